@@ -1,0 +1,204 @@
+"""The CPU backend: plans a graph once (memory, kernel builds, compiled program), then runs it.
+
+Nodes whose tensors are all f32 (or i32 where the kernel takes indices) run inside the compiled
+program loop. Others (f16/bf16 data) run one by one from Python, converted to f32 on load and
+back on store, with the very same kernels.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numba
+import numpy as np
+
+from minigraph import dtypes, flags
+from minigraph.alloc import plan_memory
+from minigraph.backend import Backend, Support
+from minigraph.errors import MinigraphError, describe
+from minigraph.graph import Graph
+from minigraph.ops.registry import OPS, kernels_for
+from minigraph.tensor import Tensor, nelements, storage_view
+
+from . import program
+
+_DUMMY = np.zeros(64, np.uint8)  # stands in for an absent optional source (e.g. no soft_max mask)
+_FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i"}
+
+
+class CpuBackend(Backend):
+    name = "CPU"
+
+    def __init__(self, n_threads: int = 0) -> None:
+        self.n_threads = n_threads or flags.n_threads()
+        self.kernels = kernels_for("cpu")
+
+    def __repr__(self) -> str:
+        return f"CpuBackend(n_threads={self.n_threads})"
+
+    def set_n_threads(self, n: int) -> None:
+        self.n_threads = max(1, int(n))
+
+    def supports_op(self, node: Tensor) -> Support:
+        op = OPS.get(node.op) if node.op else None
+        if op is None:
+            return Support(node.op is None, "leaf" if node.op is None else f"unknown op {node.op}")
+        if op.is_view:
+            return Support(True, "view: no compute")
+        k = self.kernels.get(node.op)
+        if k is None:
+            return Support(False, f"no CPU kernel for {node.op}")
+        reason = k.supports(node) if k.supports else None
+        return Support(reason is None, reason or "kernel")
+
+    # -- planning -----------------------------------------------------------------------------
+    def plan(self, graph: Graph) -> "CpuPlan":
+        cached = getattr(graph, "_cpu_plan", None)
+        if cached is not None and cached.valid_for(graph):
+            return cached
+        plan = CpuPlan(self, graph)
+        graph._cpu_plan = plan  # type: ignore[attr-defined]
+        return plan
+
+    def reserve(self, graph: Graph) -> int:
+        """Plan without computing; returns the compute-buffer bytes."""
+        return self.plan(graph).memory.size
+
+    def graph_compute(self, graph: Graph) -> None:
+        numba.set_num_threads(min(self.n_threads, numba.config.NUMBA_NUM_THREADS))
+        self.plan(graph).run()
+
+
+class CpuPlan:
+    """Everything decided once per graph: memory, kernel build per node, the program rows."""
+
+    def __init__(self, backend: CpuBackend, graph: Graph) -> None:
+        self.backend = backend
+        self.graph = graph
+        self.n_nodes = len(graph.nodes)
+        self.version = graph_version(graph)
+        for n in graph.nodes:
+            s = backend.supports_op(n)
+            if not s:
+                raise MinigraphError(f"{n.op}: the CPU backend cannot run {describe(n)}: {s.reason}")
+        self.memory = plan_memory(graph, can_inplace=lambda n: OPS[n.op].inplace_ok)
+        self.arena = np.zeros(max(self.memory.size, 64), np.uint8)
+        for root in self.memory.roots:
+            root._buf, root._offs = self.arena, self.memory.offsets[id(root)]
+        self._check_leafs(graph)
+        self.bufs: list[np.ndarray] = [_DUMMY, self.arena]
+        self.leaf_bufs: list[tuple[Tensor, np.ndarray]] = []
+        self.steps: list[tuple] = []  # ("prog", start, end) or ("node", node)
+        self.nodes: list[Tensor] = []  # program row -> node
+        variants: dict[tuple, int] = {}
+        rows, frows = [], []
+        for n in graph.nodes:
+            op = OPS[n.op]
+            if op.is_view:
+                continue
+            kern = backend.kernels[n.op]
+            build = "parallel" if op.flops(n) >= flags.parallel_min_elements() else "serial"
+            slots = [n, *n.src]
+            sig = self._fast_signature(n)
+            if sig is None:
+                self.steps.append(("node", n, build))
+                continue
+            kinds = "".join("f" if p in op.float_params else "i" for p in op.params)
+            key = (kern.fn, build, sig, kinds, kern.extra)
+            code = variants.setdefault(key, len(variants))
+            row = np.zeros(program.ROW_W, np.int64)
+            row[0], row[1], row[2] = code, build == "parallel", len(slots)
+            for s, t in enumerate(slots):
+                if t is None:
+                    program.encode_slot(row, s, 0, 0, 4, (1, 1, 1, 1), (4, 4, 4, 4))
+                else:
+                    buf, offs = self._locate(t)
+                    program.encode_slot(row, s, buf, offs, dtypes.type_size(t.type), t.ne, t.nb)
+            vals = op.param_values(n)
+            row[program.IP:program.IP + sum(k == "i" for k in kinds)] = [v for v, k in zip(vals, kinds) if k == "i"]
+            frow = np.zeros(program.MAX_PARAMS)
+            frow[:sum(k == "f" for k in kinds)] = [v for v, k in zip(vals, kinds) if k == "f"]
+            if self.steps and self.steps[-1][0] == "prog":
+                self.steps[-1] = ("prog", self.steps[-1][1], len(rows) + 1)
+            else:
+                self.steps.append(("prog", len(rows), len(rows) + 1))
+            rows.append(row)
+            frows.append(frow)
+            self.nodes.append(n)
+        self.prog = np.array(rows, np.int64).reshape(-1, program.ROW_W)
+        self.fprm = np.array(frows, np.float64).reshape(-1, program.MAX_PARAMS)
+        self.runner = program.load_runner(list(variants)) if variants else None
+        self.typed_bufs = numba.typed.List(self.bufs)
+        self.cur = np.zeros(1, np.int64)
+
+    def valid_for(self, graph: Graph) -> bool:
+        return (self.n_nodes == len(graph.nodes) and self.version == graph_version(graph)
+                and all(t._buf is b for t, b in self.leaf_bufs))
+
+    def _check_leafs(self, graph: Graph) -> None:
+        cpy_dst = {id(n.root) for n in graph.nodes if n.op == "CPY"}
+        for leaf in graph.leafs:
+            if leaf._buf is None:
+                if id(leaf) not in cpy_dst:
+                    raise MinigraphError(f"graph input {describe(leaf)} has no data: call set_data() first")
+                leaf._alloc_root()
+
+    def _locate(self, t: Tensor) -> tuple[int, int]:
+        root = t.root
+        buf = root._buf
+        for i, b in enumerate(self.bufs):
+            if b is buf:
+                break
+        else:
+            self.bufs.append(buf)
+            self.leaf_bufs.append((root, buf))
+            i = len(self.bufs) - 1
+        return i, root._offs + (t.view_offs if t.view_src is not None else 0)
+
+    @staticmethod
+    def _fast_signature(n: Tensor) -> Optional[str]:
+        """Slot dtypes ('f' f32, 'i' i32) when every tensor can run in the program, else None."""
+        sig = ""
+        for t in [n, *n.src]:
+            c = "f" if t is None else _FAST_TYPES.get(t.type)
+            if c is None:
+                return None
+            sig += c
+        return sig
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self) -> None:
+        for step in self.steps:
+            if step[0] == "prog":
+                try:
+                    self.runner(self.typed_bufs, self.prog, self.fprm, step[1], step[2], self.cur)
+                except (IndexError, ValueError, ZeroDivisionError) as e:
+                    n = self.nodes[int(self.cur[0])]
+                    raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
+            else:
+                self._run_node(step[1], step[2])
+
+    def _run_node(self, n: Tensor, build: str) -> None:
+        """Run one node from Python: f16/bf16 tensors go through f32 copies."""
+        op = OPS[n.op]
+        kern = self.backend.kernels[n.op]
+        arrays = []
+        for t in n.src:
+            if t is None:
+                arrays.append(np.zeros((1, 1, 1, 1), np.float32))
+                continue
+            raw = storage_view(t.root._buf, self._locate(t)[1], t.type, t.ne, t.nb)
+            arrays.append(np.ascontiguousarray(dtypes.to_float(raw, t.type)) if t.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) else raw)
+        dst_raw = storage_view(n.root._buf, self._locate(n)[1], n.type, n.ne, n.nb)
+        converted = n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16)
+        dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32) if converted else dst_raw
+        fn = getattr(kern.fn, build)
+        try:
+            fn(dst, *arrays, *op.param_values(n), *kern.extra)
+        except (IndexError, ValueError, ZeroDivisionError) as e:
+            raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
+        if converted:
+            dst_raw[...] = dtypes.from_float(dst, n.type)
+
+
+def graph_version(graph: Graph) -> int:
+    return getattr(graph, "_version", 0)

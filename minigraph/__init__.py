@@ -1,0 +1,20 @@
+"""minigraph: a small tensor-graph compiler in Python that mirrors ggml.
+
+The transcription rule: ggml_X(ctx, ...) is ctx.X(...); ggml functions without a context are
+module functions here (mg.nbytes(t), mg.build_forward_expand(gf, t)); GGML_ constants drop
+their prefix (mg.TYPE_F32, mg.TRI_TYPE_LOWER_DIAG) and keep ggml's values.
+"""
+from . import ops as _ops  # noqa: F401  (registers every op)
+from .backend import Backend, Support, backend_cpu_init, compute
+from .context import Context, init
+from .dtypes import TYPE_BF16, TYPE_F16, TYPE_F32, TYPE_I32, type_name, type_size
+from .errors import MinigraphError
+from .graph import Graph, build_forward_expand, graph_n_nodes, graph_node
+from .ops import TRI_TYPE_LOWER, TRI_TYPE_LOWER_DIAG, TRI_TYPE_UPPER, TRI_TYPE_UPPER_DIAG
+from .reference import reference_compute
+from .tensor import (Tensor, are_same_shape, are_same_stride, can_repeat, element_size, format_name,
+                     get_name, is_contiguous, is_contiguous_1, is_contiguous_2, is_contiguous_rows,
+                     is_empty, is_matrix, is_permuted, is_scalar, is_transposed, is_vector, n_dims,
+                     nbytes, nelements, nrows, row_size, set_input, set_name, set_output, set_param)
+
+__all__ = [n for n in dir() if not n.startswith("_")]

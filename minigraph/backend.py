@@ -1,0 +1,75 @@
+"""What every backend offers (ggml_backend's interface) and the one-call `compute`."""
+from __future__ import annotations
+
+from typing import Any, Union
+
+from .errors import MinigraphError
+from .graph import Graph
+from .tensor import Tensor
+
+
+class Support:
+    """supports_op's answer: truthy like ggml's bool, with the reason the scheduler logs."""
+
+    __slots__ = ("ok", "reason")
+
+    def __init__(self, ok: bool, reason: str) -> None:
+        self.ok = bool(ok)
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __iter__(self):
+        return iter((self.ok, self.reason))
+
+    def __repr__(self) -> str:
+        return f"Support({self.ok}, {self.reason!r})"
+
+
+class Backend:
+    """A place that runs nodes: name, supports_op(node), graph_compute(graph), synchronize()."""
+
+    name = "?"
+
+    def supports_op(self, node: Tensor) -> Support:  # pragma: no cover - interface
+        raise MinigraphError(f"backend {self.name} does not implement supports_op")
+
+    def graph_compute(self, graph: Graph) -> None:  # pragma: no cover - interface
+        raise MinigraphError(f"backend {self.name} does not implement graph_compute")
+
+    def synchronize(self) -> None:
+        pass
+
+
+_BACKENDS: dict[str, Any] = {}
+
+
+def backend_cpu_init(n_threads: int = 0) -> Any:
+    """ggml_backend_cpu_init: the Numba CPU backend (n_threads 0 = MINIGRAPH_THREADS or all cores)."""
+    from minigraph.backends.cpu.backend import CpuBackend
+
+    return CpuBackend(n_threads)
+
+
+def _as_graph(target: Union[Graph, Tensor]) -> Graph:
+    if isinstance(target, Graph):
+        return target
+    if isinstance(target, Tensor):
+        gf = Graph(target.ctx)
+        gf.build_forward_expand(target)
+        return gf
+    raise MinigraphError(f"compute: expected a Graph or a Tensor, got {type(target).__name__}")
+
+
+def compute(target: Union[Graph, Tensor], backend: Union[str, Backend] = "cpu") -> Union[Graph, Any]:
+    """Run a graph (or the graph ending in a tensor); returns the tensor's numpy value for a tensor."""
+    gf = _as_graph(target)
+    if isinstance(backend, str):
+        if backend not in ("cpu", "auto"):
+            raise MinigraphError(f"compute: unknown backend '{backend}' (known: cpu, auto)")
+        if "cpu" not in _BACKENDS:
+            _BACKENDS["cpu"] = backend_cpu_init()
+        backend = _BACKENDS["cpu"]
+    backend.graph_compute(gf)
+    return target.numpy() if isinstance(target, Tensor) else gf

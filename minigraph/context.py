@@ -1,0 +1,107 @@
+"""The graph builder: `ctx = mg.Context()`, then ggml's functions as methods (`ctx.cumsum(a)`).
+
+Every op method comes from the op registry (minigraph.ops): `ctx.X(...)` looks up the builder
+registered for ggml_X, so ops are defined once, in their own module.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import dtypes
+from .errors import MinigraphError
+from .tensor import MAX_DIMS, Tensor, extent_bytes
+
+
+class Context:
+    """Owns the tensors of one graph-building session (ggml_context without a memory pool)."""
+
+    def __init__(self, mem_size: int = 0, no_alloc: bool = False) -> None:
+        # ggml sizes its pool up front; minigraph allocates per tensor, so both are advisory
+        self.mem_size = mem_size
+        self.no_alloc = no_alloc
+        self.tensors: list[Tensor] = []
+
+    def __getattr__(self, name: str) -> Any:
+        from minigraph.ops.registry import API
+
+        fn = API.get(name)
+        if fn is None:
+            raise AttributeError(f"minigraph has no op '{name}' (ggml_{name}); see minigraph.ops.registry.API")
+        return lambda *args, **kwargs: fn(self, *args, **kwargs)
+
+    # -- tensors ------------------------------------------------------------------------------
+    def new_tensor(self, type_: int, n_dims: int, ne: Sequence[int]) -> Tensor:
+        if not 1 <= n_dims <= MAX_DIMS or len(ne) < n_dims:
+            raise MinigraphError(f"new_tensor: n_dims must be 1..4 with that many sizes, got {n_dims}, {list(ne)}")
+        full = [int(n) for n in ne[:n_dims]] + [1] * (MAX_DIMS - n_dims)
+        if any(n < 0 for n in full):
+            raise MinigraphError(f"new_tensor: negative size in ne={full}")
+        return self._add(Tensor(self, dtypes.check_type(type_), full))
+
+    def new_tensor_1d(self, type_: int, ne0: int) -> Tensor:
+        return self.new_tensor(type_, 1, [ne0])
+
+    def new_tensor_2d(self, type_: int, ne0: int, ne1: int) -> Tensor:
+        return self.new_tensor(type_, 2, [ne0, ne1])
+
+    def new_tensor_3d(self, type_: int, ne0: int, ne1: int, ne2: int) -> Tensor:
+        return self.new_tensor(type_, 3, [ne0, ne1, ne2])
+
+    def new_tensor_4d(self, type_: int, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+        return self.new_tensor(type_, 4, [ne0, ne1, ne2, ne3])
+
+    def new_f32(self, value: float) -> Tensor:
+        return self.new_tensor_1d(dtypes.TYPE_F32, 1).set_data(np.array([value], np.float32))
+
+    def new_i32(self, value: int) -> Tensor:
+        return self.new_tensor_1d(dtypes.TYPE_I32, 1).set_data(np.array([value], np.int32))
+
+    def from_numpy(self, arr: Any, type_: Optional[int] = None) -> Tensor:
+        """A leaf holding a copy of `arr`: numpy shape (d, c, b, a) becomes ne = [a, b, c, d]."""
+        a = np.asarray(arr)
+        if a.dtype == object or a.dtype.kind not in "fiub":
+            raise MinigraphError(f"from_numpy: numpy dtype {a.dtype} is not numeric")
+        if a.ndim > MAX_DIMS:
+            raise MinigraphError(f"from_numpy: ggml tensors have at most 4 dims, got shape {a.shape}")
+        t = type_ if type_ is not None else dtypes.type_from_numpy(a.dtype)
+        ne = list(reversed(a.shape)) or [1]
+        return self.new_tensor(t, max(len(ne), 1), ne).set_data(a.reshape(a.shape or (1,)))
+
+    # -- nodes (used by op builders) ------------------------------------------------------------
+    def new_node(self, op: Any, type_: int, ne: Sequence[int], src: Sequence[Tensor],
+                 params: Optional[dict] = None, nb: Optional[Sequence[int]] = None,
+                 view_src: Optional[Tensor] = None, view_offs: int = 0) -> Tensor:
+        """Record a node of `op` (an OpDef or its name). Views pass view_src/view_offs and nb."""
+        name = op if isinstance(op, str) else op.name
+        t = Tensor(self, type_, ne, nb, op=name, src=src, op_params=params, view_src=view_src,
+                   view_offs=view_offs)
+        if view_src is not None:
+            need = t.view_offs + extent_bytes(t.type, t.ne, t.nb)
+            have = extent_bytes(t.root.type, t.root.ne, t.root.nb)
+            if need > have:
+                raise MinigraphError(
+                    f"{name}: view reaches byte {need} of a {have}-byte tensor '{t.root.name}' "
+                    f"(ne={list(t.root.ne)}); offset {t.view_offs}, view ne={list(t.ne)} nb={list(t.nb)}")
+        return self._add(t)
+
+    def _add(self, t: Tensor) -> Tensor:
+        self.tensors.append(t)
+        return t
+
+    # -- graphs -------------------------------------------------------------------------------
+    def new_graph(self, size: int = 0, grads: bool = False) -> "Graph":
+        from .graph import Graph
+
+        return Graph(self, size)
+
+    def new_graph_custom(self, size: int, grads: bool = False) -> "Graph":
+        return self.new_graph(size, grads)
+
+
+def init(params: Any = None) -> Context:
+    """ggml_init: the parameters (mem_size, no_alloc) are accepted and advisory."""
+    if isinstance(params, dict):
+        return Context(params.get("mem_size", 0), params.get("no_alloc", False))
+    return Context()

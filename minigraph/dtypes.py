@@ -1,0 +1,78 @@
+"""ggml's element types (same enum values as ggml.h) and their numpy storage."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import MinigraphError
+
+TYPE_F32 = 0
+TYPE_F16 = 1
+TYPE_I32 = 26
+TYPE_BF16 = 30
+
+# storage dtype of one element; BF16 is kept as its raw 16 bits
+_STORAGE = {TYPE_F32: np.dtype(np.float32), TYPE_F16: np.dtype(np.float16),
+            TYPE_I32: np.dtype(np.int32), TYPE_BF16: np.dtype(np.uint16)}
+_NAMES = {TYPE_F32: "f32", TYPE_F16: "f16", TYPE_I32: "i32", TYPE_BF16: "bf16"}
+_FROM_NUMPY = {np.dtype(np.float32): TYPE_F32, np.dtype(np.float16): TYPE_F16,
+               np.dtype(np.int32): TYPE_I32}
+FLOAT_TYPES = (TYPE_F32, TYPE_F16, TYPE_BF16)
+
+
+def check_type(type_: int, op: str = "new_tensor") -> int:
+    if type_ not in _STORAGE:
+        known = ", ".join(f"{v}={k}" for k, v in _NAMES.items())
+        raise MinigraphError(f"{op}: unsupported type {type_!r} (known: {known})")
+    return int(type_)
+
+
+def type_size(type_: int) -> int:
+    """Bytes per element (ggml_type_size; all minigraph types have block size 1)."""
+    return _STORAGE[check_type(type_)].itemsize
+
+
+def type_name(type_: int) -> str:
+    return _NAMES.get(type_, f"type{type_}")
+
+
+def storage_dtype(type_: int) -> np.dtype:
+    return _STORAGE[check_type(type_)]
+
+
+def type_from_numpy(dtype: np.dtype, op: str = "from_numpy") -> int:
+    dt = np.dtype(dtype)
+    if dt == np.float64:
+        return TYPE_F32  # converted on the way in, as users expect from numpy defaults
+    if dt not in _FROM_NUMPY:
+        raise MinigraphError(f"{op}: numpy dtype {dt} has no ggml type (use float32, float16, int32)")
+    return _FROM_NUMPY[dt]
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round to nearest even, as ggml_compute_fp32_to_bf16 does (NaN stays quiet NaN)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded = np.where(nan, ((u >> 16) | 64).astype(np.uint16), rounded)
+    return rounded
+
+
+def to_float(raw: np.ndarray, type_: int) -> np.ndarray:
+    """Storage values -> float32 (I32 stays int32)."""
+    if type_ == TYPE_BF16:
+        return bf16_to_f32(raw)
+    if type_ == TYPE_F16:
+        return raw.astype(np.float32)
+    return raw
+
+
+def from_float(x: np.ndarray, type_: int) -> np.ndarray:
+    """float values -> storage values for `type_`."""
+    if type_ == TYPE_BF16:
+        return f32_to_bf16(np.asarray(x, dtype=np.float32))
+    return np.asarray(x).astype(_STORAGE[type_], copy=False)

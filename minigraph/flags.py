@@ -1,0 +1,54 @@
+"""Every environment flag minigraph reads, declared once."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return default
+    return v.strip().lower() not in ("0", "false", "off", "no")
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def sched_debug() -> bool:
+    """MINIGRAPH_SCHED_DEBUG=1: print every placement decision with its cause."""
+    return _env_bool("MINIGRAPH_SCHED_DEBUG", False)
+
+
+def fusion_enabled() -> bool:
+    """MINIGRAPH_FUSION=0 turns graph rewrites off."""
+    return _env_bool("MINIGRAPH_FUSION", True)
+
+
+def n_threads() -> int:
+    """MINIGRAPH_THREADS: CPU threads for parallel kernels (default: all cores)."""
+    return _env_int("MINIGRAPH_THREADS", os.cpu_count() or 1)
+
+
+def parallel_min_elements() -> int:
+    """MINIGRAPH_PARALLEL_MIN: nodes with fewer output elements run the serial kernel build."""
+    return _env_int("MINIGRAPH_PARALLEL_MIN", 1 << 15)
+
+
+def cache_dir() -> str:
+    """MINIGRAPH_CACHE_DIR: generated executors and (for read-only installs) Numba's cache."""
+    d = os.environ.get("MINIGRAPH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "minigraph")
+    try:
+        os.makedirs(d, exist_ok=True)
+        if os.access(d, os.W_OK):
+            return d
+    except OSError:
+        pass
+    d = os.path.join(tempfile.gettempdir(), f"minigraph-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+    os.makedirs(d, exist_ok=True)
+    return d

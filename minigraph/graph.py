@@ -1,0 +1,83 @@
+"""ggml_cgraph: nodes in topological order (each tensor once) and the leafs they read."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from .errors import MinigraphError
+from .tensor import Tensor
+
+
+class Graph:
+    """Built by build_forward_expand: `nodes` have an op (views included), `leafs` do not."""
+
+    def __init__(self, ctx: Any = None, size: int = 0) -> None:
+        self.ctx = ctx
+        self.size = size  # ggml's capacity; minigraph grows as needed
+        self.nodes: list[Tensor] = []
+        self.leafs: list[Tensor] = []
+        self.outputs: list[Tensor] = []  # the tensors passed to build_forward_expand
+        self._seen: set[int] = set()
+        self._version = 0  # bumped on every change, so cached plans know they are stale
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.nodes)
+
+    def build_forward_expand(self, t: Tensor) -> None:
+        if not isinstance(t, Tensor):
+            raise MinigraphError(f"build_forward_expand: expected a Tensor, got {type(t).__name__}")
+        self._visit(t)
+        self._version += 1
+        if t not in self.outputs:
+            self.outputs.append(t)
+
+    def _visit(self, root: Tensor) -> None:
+        # iterative post-order DFS over src (deep graphs must not hit Python's recursion limit)
+        stack: list[tuple[Tensor, int]] = [(root, 0)]
+        while stack:
+            t, i = stack.pop()
+            if id(t) in self._seen:
+                continue
+            if i < len(t.src):
+                stack.append((t, i + 1))
+                s = t.src[i]
+                if s is not None and id(s) not in self._seen:
+                    stack.append((s, 0))
+                continue
+            self._seen.add(id(t))
+            (self.leafs if t.op is None else self.nodes).append(t)
+
+    def node(self, i: int) -> Tensor:
+        """ggml_graph_node: negative indices count from the end."""
+        return self.nodes[i]
+
+    def n_nodes(self) -> int:
+        return len(self.nodes)
+
+    def to_networkx(self) -> Any:
+        """A networkx DiGraph: one vertex per tensor (attributes op, name, ne, nb, type), src -> dst edges."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for t in self.leafs + self.nodes:
+            g.add_node(id(t), op=t.op or "NONE", name=t.name, ne=t.ne, nb=t.nb, type=t.type,
+                       leaf=t.op is None, tensor=t)
+        for t in self.nodes:
+            for k, s in enumerate(t.src):
+                if s is not None:
+                    g.add_edge(id(s), id(t), slot=k)
+        return g
+
+
+def build_forward_expand(gf: Graph, t: Tensor) -> None:
+    gf.build_forward_expand(t)
+
+
+def graph_n_nodes(gf: Graph) -> int:
+    return len(gf.nodes)
+
+
+def graph_node(gf: Graph, i: int) -> Tensor:
+    return gf.node(i)

@@ -1,0 +1,81 @@
+"""GATED_DELTA_NET: the gated delta rule of Qwen3-Next / Qwen3.5 (GDA) and Kimi Linear (KDA).
+
+Inputs (ggml ne order):
+  q, k   [S, H_k, T, n_seqs_qk]   value head h reads q/k head h % H_k; q/k seq = seq // (n_seqs // n_seqs_qk)
+  v      [S, H_v, T, n_seqs]
+  g      [1 or S, H_v, T, n_seqs] log-decay: scalar per head (GDA) or per key row (KDA)
+  beta   [1, H_v, T, n_seqs]
+  state  [S, S, H_v, n_seqs]      transposed: element [j*S + i] is S[i][j] (i key, j value)
+Output: F32 [S*H_v, T*n_seqs + K*S*n_seqs]: the attention output [S, H_v, T, n_seqs], then K state
+snapshots [S, S, H_v, n_seqs] (slot 0 = final state, slot s = the state s tokens before the end).
+"""
+from __future__ import annotations
+
+from minigraph.errors import expect
+from minigraph.tensor import Tensor, row_size
+
+from .common import F32, check_int, check_tensor
+from .gdn_reference import gated_delta_net_reference
+from .registry import OpDef, builder, register
+
+
+def _ref(node, q, k, v, g, beta, state, K):
+    # sources arrive as (ne3, ne2, ne1, ne0) arrays: exactly the layout the reference takes
+    out = gated_delta_net_reference(q, k, v, g, beta, state, K)
+    return out.reshape(tuple(reversed(node.ne)))
+
+
+def _flops(node) -> float:
+    S, H, T, N = node.src[2].ne
+    return 8.0 * S * S * H * T * N
+
+
+GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K",), flops=_flops))
+
+
+def gdn_dims(node: Tensor) -> tuple[int, int, int, int, int]:
+    """(S, H_v, T, n_seqs, K) of a GATED_DELTA_NET node."""
+    S, H, T, N = node.src[2].ne
+    return S, H, T, N, node.op_params["K"]
+
+
+@builder("gated_delta_net")
+def gated_delta_net(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor,
+                    K: int = 1) -> Tensor:
+    op = "gated_delta_net"
+    check_tensor(op, q, k, v, g, beta, state)
+    srcs = (q, k, v, g, beta, state)
+    K = check_int(op, "K", K)
+    expect(all(t.type == F32 for t in srcs), op, "all inputs must be f32", *srcs)
+    S, H, T, N = v.ne
+    expect(K >= 1, op, f"K (snapshot slots) must be >= 1, got {K}", *srcs)
+    expect(q.ne == k.ne, op, "q and k need the same shape", *srcs)
+    expect(q.ne[0] == S and q.ne[2] == T, op, f"q/k must be [S={S}, H_k, T={T}, n_seqs]", *srcs)
+    expect(q.ne[1] > 0 and H % q.ne[1] == 0, op, f"H_v={H} must be a multiple of H_k={q.ne[1]}", *srcs)
+    expect(q.ne[3] > 0 and N % q.ne[3] == 0, op, f"n_seqs={N} must be a multiple of q/k's {q.ne[3]}", *srcs)
+    expect(g.ne[0] in (1, S) and g.ne[1:] == (H, T, N), op, f"g must be [1 or {S}, {H}, {T}, {N}]", *srcs)
+    expect(beta.ne == (1, H, T, N), op, f"beta must be [1, {H}, {T}, {N}]", *srcs)
+    expect(state.ne == (S, S, H, N), op, f"state must be [{S}, {S}, {H}, {N}]", *srcs)
+    return ctx.new_node(GATED_DELTA_NET, F32, [S * H, T * N + K * S * N, 1, 1], list(srcs), params={"K": K})
+
+
+@builder("gated_delta_net_attn")
+def gated_delta_net_attn(ctx, out: Tensor) -> Tensor:
+    """View of the attention output [S, H_v, T, n_seqs] inside a GATED_DELTA_NET result."""
+    expect(isinstance(out, Tensor) and out.op == "GATED_DELTA_NET", "gated_delta_net_attn",
+           "expects the result of gated_delta_net", *([out] if isinstance(out, Tensor) else []))
+    S, H, T, N, _ = gdn_dims(out)
+    rs = row_size(F32, S)
+    return ctx.view_4d(out, S, H, T, N, rs, rs * H, rs * H * T, 0)
+
+
+@builder("gated_delta_net_state")
+def gated_delta_net_state(ctx, out: Tensor, slot: int = 0) -> Tensor:
+    """View of state snapshot `slot` [S, S, H_v, n_seqs] (0 = final state)."""
+    expect(isinstance(out, Tensor) and out.op == "GATED_DELTA_NET", "gated_delta_net_state",
+           "expects the result of gated_delta_net", *([out] if isinstance(out, Tensor) else []))
+    S, H, T, N, K = gdn_dims(out)
+    slot = check_int("gated_delta_net_state", "slot", slot)
+    expect(0 <= slot < K, "gated_delta_net_state", f"slot {slot} must be in 0..{K - 1}", out)
+    rs = row_size(F32, S)
+    return ctx.view_4d(out, S, S, H, N, rs, rs * S, rs * S * H, rs * H * T * N + slot * rs * S * H * N)

@@ -1,0 +1,266 @@
+"""Layout ops: views (VIEW, RESHAPE, PERMUTE, TRANSPOSE) and copies (CONT, CPY, DUP, PAD,
+REPEAT, CONCAT, GET_ROWS).
+
+Views compute nothing: they are tensors over their source's memory (view_src, view_offs) and
+every view is checked at build time so that it cannot reach past its source.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from minigraph import dtypes
+from minigraph.errors import expect
+from minigraph.tensor import Tensor, can_repeat, contiguous_strides, is_contiguous, nelements
+
+from .common import F32, check_int, check_tensor, tile_to
+from .registry import OpDef, builder, register
+
+NONE_BYTES = lambda node: 0.0  # noqa: E731  (views do no arithmetic)
+
+VIEW = register(OpDef("VIEW", "layout", None, is_view=True, flops=NONE_BYTES))
+RESHAPE = register(OpDef("RESHAPE", "layout", None, is_view=True, flops=NONE_BYTES))
+PERMUTE = register(OpDef("PERMUTE", "layout", None, params=("axis0", "axis1", "axis2", "axis3"),
+                         is_view=True, flops=NONE_BYTES))
+TRANSPOSE = register(OpDef("TRANSPOSE", "layout", None, is_view=True, flops=NONE_BYTES))
+
+
+def _logical_copy(node, a, *rest):
+    """Copy a's elements in logical row-major order into the node's shape (CONT, DUP, CPY)."""
+    return a.reshape(tuple(reversed(node.ne)))
+
+
+CONT = register(OpDef("CONT", "layout", _logical_copy, flops=NONE_BYTES,
+                      doc="contiguous copy of any view, optionally with a new shape"))
+DUP = register(OpDef("DUP", "layout", _logical_copy, flops=NONE_BYTES))
+CPY = register(OpDef("CPY", "layout", _logical_copy, flops=NONE_BYTES,
+                     doc="copy src0 into src1's memory (converting type); the node is a view of src1"))
+
+
+def _ref_pad(node, a, p0, p1, p2, p3):
+    return np.pad(a, [(0, p3), (0, p2), (0, p1), (0, p0)])
+
+
+PAD = register(OpDef("PAD", "layout", _ref_pad, params=("p0", "p1", "p2", "p3"), flops=NONE_BYTES))
+REPEAT = register(OpDef("REPEAT", "layout", lambda node, a: tile_to(a, tuple(reversed(node.ne))), flops=NONE_BYTES))
+
+
+def _ref_concat(node, a, b, dim):
+    return np.concatenate([a, b], axis=3 - dim)
+
+
+CONCAT = register(OpDef("CONCAT", "layout", _ref_concat, params=("dim",), flops=NONE_BYTES))
+
+
+def _ref_get_rows(node, a, idx):
+    # a [ne00, ne01, ne02, ne03], idx [ne10, ne11, ne12] -> [ne00, ne10, ne11, ne12]
+    out = np.empty(tuple(reversed(node.ne)), np.float64)
+    for i12 in range(idx.shape[1]):
+        for i11 in range(idx.shape[2]):
+            rows = idx[0, i12, i11, :].astype(np.int64)
+            out[i12, i11] = a[i12 % a.shape[0], i11 % a.shape[1], rows, :]
+    return out
+
+
+GET_ROWS = register(OpDef("GET_ROWS", "layout", _ref_get_rows, flops=NONE_BYTES))
+
+
+# -- views ------------------------------------------------------------------------------------
+
+def _view(ctx, a: Tensor, ne: Sequence[int], nb1: int, nb2: int, nb3: int, offset: int, name: str) -> Tensor:
+    check_tensor(name, a)
+    ne = [check_int(name, f"ne{i}", n) for i, n in enumerate(ne)]
+    ts = dtypes.type_size(a.type)
+    nbs = [ts, check_int(name, "nb1", nb1), check_int(name, "nb2", nb2), check_int(name, "nb3", nb3)]
+    offset = check_int(name, "offset", offset)
+    expect(all(n >= 0 for n in ne), name, f"negative size in ne={ne}", a)
+    expect(offset >= 0 and offset % ts == 0 and all(s >= 0 and s % ts == 0 for s in nbs), name,
+           f"offset {offset} and strides {nbs} must be non-negative multiples of the element size {ts}", a)
+    return ctx.new_node(VIEW, a.type, ne, [a], nb=nbs, view_src=a,
+                        view_offs=offset)
+
+
+@builder("view_1d")
+def view_1d(ctx, a: Tensor, ne0: int, offset: int) -> Tensor:
+    ts = dtypes.type_size(getattr(a, "type", F32))
+    return _view(ctx, a, [ne0, 1, 1, 1], ts * ne0, ts * ne0, ts * ne0, offset, "view_1d")
+
+
+@builder("view_2d")
+def view_2d(ctx, a: Tensor, ne0: int, ne1: int, nb1: int, offset: int) -> Tensor:
+    return _view(ctx, a, [ne0, ne1, 1, 1], nb1, nb1 * ne1, nb1 * ne1, offset, "view_2d")
+
+
+@builder("view_3d")
+def view_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, offset: int) -> Tensor:
+    return _view(ctx, a, [ne0, ne1, ne2, 1], nb1, nb2, nb2 * ne2, offset, "view_3d")
+
+
+@builder("view_4d")
+def view_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int, nb1: int, nb2: int, nb3: int,
+            offset: int) -> Tensor:
+    return _view(ctx, a, [ne0, ne1, ne2, ne3], nb1, nb2, nb3, offset, "view_4d")
+
+
+@builder("view_tensor")
+def view_tensor(ctx, a: Tensor) -> Tensor:
+    check_tensor("view_tensor", a)
+    return ctx.new_node(VIEW, a.type, a.ne, [a], nb=a.nb, view_src=a)
+
+
+def _reshape(ctx, a: Tensor, ne: Sequence[int], name: str) -> Tensor:
+    check_tensor(name, a)
+    ne = [check_int(name, f"ne{i}", n) for i, n in enumerate(ne)] + [1] * (4 - len(ne))
+    expect(is_contiguous(a), name, "needs a contiguous tensor (ggml_cont it first)", a)
+    expect(all(n >= 0 for n in ne) and int(np.prod(ne)) == nelements(a), name,
+           f"ne={ne} has {int(np.prod(ne))} elements, the tensor has {nelements(a)}", a)
+    return ctx.new_node(RESHAPE, a.type, ne, [a], nb=contiguous_strides(a.type, ne), view_src=a)
+
+
+@builder("reshape")
+def reshape(ctx, a: Tensor, b: Tensor) -> Tensor:
+    check_tensor("reshape", b)
+    return _reshape(ctx, a, b.ne, "reshape")
+
+
+@builder("reshape_1d")
+def reshape_1d(ctx, a: Tensor, ne0: int) -> Tensor:
+    return _reshape(ctx, a, [ne0], "reshape_1d")
+
+
+@builder("reshape_2d")
+def reshape_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
+    return _reshape(ctx, a, [ne0, ne1], "reshape_2d")
+
+
+@builder("reshape_3d")
+def reshape_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
+    return _reshape(ctx, a, [ne0, ne1, ne2], "reshape_3d")
+
+
+@builder("reshape_4d")
+def reshape_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+    return _reshape(ctx, a, [ne0, ne1, ne2, ne3], "reshape_4d")
+
+
+@builder("permute")
+def permute(ctx, a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> Tensor:
+    """ggml_permute: source dim i moves to position axis_i (so ne[axis0] = a.ne[0])."""
+    check_tensor("permute", a)
+    axes = [check_int("permute", f"axis{i}", x) for i, x in enumerate((axis0, axis1, axis2, axis3))]
+    expect(sorted(axes) == [0, 1, 2, 3], "permute", f"axes {axes} must be a permutation of 0..3", a)
+    ne, nb = [0] * 4, [0] * 4
+    for i, ax in enumerate(axes):
+        ne[ax], nb[ax] = a.ne[i], a.nb[i]
+    return ctx.new_node(PERMUTE, a.type, ne, [a], params=dict(zip(PERMUTE.params, axes)), nb=nb,
+                        view_src=a)
+
+
+@builder("transpose")
+def transpose(ctx, a: Tensor) -> Tensor:
+    check_tensor("transpose", a)
+    ne = [a.ne[1], a.ne[0], a.ne[2], a.ne[3]]
+    nb = [a.nb[1], a.nb[0], a.nb[2], a.nb[3]]
+    return ctx.new_node(TRANSPOSE, a.type, ne, [a], nb=nb, view_src=a)
+
+
+# -- copies -----------------------------------------------------------------------------------
+
+def _cont(ctx, a: Tensor, ne: Sequence[int], name: str) -> Tensor:
+    check_tensor(name, a)
+    ne = [check_int(name, f"ne{i}", n) for i, n in enumerate(ne)] + [1] * (4 - len(ne))
+    expect(int(np.prod(ne)) == nelements(a), name,
+           f"ne={ne} has {int(np.prod(ne))} elements, the tensor has {nelements(a)}", a)
+    return ctx.new_node(CONT, a.type, ne, [a])
+
+
+@builder("cont")
+def cont(ctx, a: Tensor) -> Tensor:
+    check_tensor("cont", a)
+    return _cont(ctx, a, a.ne, "cont")
+
+
+@builder("cont_1d")
+def cont_1d(ctx, a: Tensor, ne0: int) -> Tensor:
+    return _cont(ctx, a, [ne0], "cont_1d")
+
+
+@builder("cont_2d")
+def cont_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
+    return _cont(ctx, a, [ne0, ne1], "cont_2d")
+
+
+@builder("cont_3d")
+def cont_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
+    return _cont(ctx, a, [ne0, ne1, ne2], "cont_3d")
+
+
+@builder("cont_4d")
+def cont_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+    return _cont(ctx, a, [ne0, ne1, ne2, ne3], "cont_4d")
+
+
+@builder("dup")
+def dup(ctx, a: Tensor) -> Tensor:
+    check_tensor("dup", a)
+    return ctx.new_node(DUP, a.type, a.ne, [a])
+
+
+@builder("cpy")
+def cpy(ctx, a: Tensor, b: Tensor) -> Tensor:
+    """Copy a into b's memory (any types, same element count); returns a view of b."""
+    check_tensor("cpy", a, b)
+    expect(nelements(a) == nelements(b), "cpy", "source and destination need the same number of elements", a, b)
+    return ctx.new_node(CPY, b.type, b.ne, [a, b], nb=b.nb, view_src=b)
+
+
+@builder("pad")
+def pad(ctx, a: Tensor, p0: int, p1: int, p2: int, p3: int) -> Tensor:
+    """Zero-pad at the end of each dim: ne = a.ne + (p0, p1, p2, p3)."""
+    check_tensor("pad", a)
+    ps = [check_int("pad", f"p{i}", p) for i, p in enumerate((p0, p1, p2, p3))]
+    expect(all(p >= 0 for p in ps), "pad", f"padding {ps} must be non-negative", a)
+    ne = [n + p for n, p in zip(a.ne, ps)]
+    return ctx.new_node(PAD, a.type, ne, [a], params=dict(zip(PAD.params, ps)))
+
+
+@builder("repeat")
+def repeat(ctx, a: Tensor, b: Tensor) -> Tensor:
+    """Tile a to b's shape (each of b's dims is a multiple of a's)."""
+    check_tensor("repeat", a, b)
+    expect(can_repeat(a, b), "repeat", "every dim of the target must be a multiple of the source's", a, b)
+    return ctx.new_node(REPEAT, a.type, b.ne, [a])
+
+
+@builder("repeat_4d")
+def repeat_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+    check_tensor("repeat_4d", a)
+    ne = [check_int("repeat_4d", f"ne{i}", n) for i, n in enumerate((ne0, ne1, ne2, ne3))]
+    ok = all(n % m == 0 for m, n in zip(a.ne, ne)) if all(m > 0 for m in a.ne) else all(n == 0 for n in ne)
+    expect(ok, "repeat_4d", f"target ne={ne} must be a multiple of the source's in every dim", a)
+    return ctx.new_node(REPEAT, a.type, ne, [a])
+
+
+@builder("concat")
+def concat(ctx, a: Tensor, b: Tensor, dim: int) -> Tensor:
+    check_tensor("concat", a, b)
+    dim = check_int("concat", "dim", dim)
+    expect(0 <= dim < 4, "concat", f"dim {dim} must be in 0..3", a, b)
+    expect(a.type == b.type, "concat", "both tensors need the same type", a, b)
+    expect(all(a.ne[i] == b.ne[i] for i in range(4) if i != dim), "concat",
+           f"all dims but {dim} must match", a, b)
+    ne = list(a.ne)
+    ne[dim] += b.ne[dim]
+    return ctx.new_node(CONCAT, a.type, ne, [a, b], params={"dim": dim})
+
+
+@builder("get_rows")
+def get_rows(ctx, a: Tensor, b: Tensor) -> Tensor:
+    """Rows of a picked by the I32 indices b: a [n, rows, ne2, ne3], b [m, ne2, ne3] -> [n, m, ne2, ne3]."""
+    check_tensor("get_rows", a, b)
+    expect(b.type == dtypes.TYPE_I32, "get_rows", "indices must be i32", a, b)
+    expect(b.ne[3] == 1 and a.ne[2] > 0 and a.ne[3] > 0 and b.ne[1] % a.ne[2] == 0 and b.ne[2] % a.ne[3] == 0,
+           "get_rows", "indices must be [m, ne2, ne3] with ne2/ne3 multiples of the table's", a, b)
+    out_type = dtypes.TYPE_I32 if a.type == dtypes.TYPE_I32 else F32
+    return ctx.new_node(GET_ROWS, out_type, [a.ne[0], b.ne[0], b.ne[1], b.ne[2]], [a, b])

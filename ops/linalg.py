@@ -1,0 +1,158 @@
+"""Matrix and triangular ops: MUL_MAT, OUT_PROD, TRI, FILL, DIAG, SOLVE_TRI.
+
+A matrix is ne [cols, rows]: element (i0, i1) is M[row=i1][col=i0], numpy's M[i1, i0].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minigraph.errors import expect
+from minigraph.tensor import Tensor, is_transposed
+
+from .common import F32, check_float, check_int, check_number
+from .registry import OpDef, builder, register
+
+TRI_TYPE_UPPER_DIAG = 0
+TRI_TYPE_UPPER = 1
+TRI_TYPE_LOWER_DIAG = 2
+TRI_TYPE_LOWER = 3
+
+
+def _bcast(a: np.ndarray, shape) -> np.ndarray:
+    """ggml's mul_mat broadcast over dims 2/3: src0 index i = i_dst // ratio (block, not tile)."""
+    r3, r2 = shape[0] // a.shape[0], shape[1] // a.shape[1]
+    return np.repeat(np.repeat(a, r3, axis=0), r2, axis=1)
+
+
+def _ref_mul_mat(node, a, b):
+    # a [K, M, ...], b [K, N, ...] -> [M, N, ...] = b @ a^T per batch
+    return np.matmul(b, np.swapaxes(_bcast(a, b.shape), -1, -2))
+
+
+def _ref_out_prod(node, a, b):
+    # a [M, K, ...], b [N, K, ...] -> [M, N]: dst[n][m] = sum_k a[k][m] * b[k][n]
+    return np.matmul(np.swapaxes(b, -1, -2), _bcast(a, b.shape))
+
+
+MUL_MAT = register(OpDef("MUL_MAT", "linalg", _ref_mul_mat,
+                         flops=lambda n: 2.0 * np.prod(n.ne) * n.src[0].ne[0]))
+OUT_PROD = register(OpDef("OUT_PROD", "linalg", _ref_out_prod,
+                          flops=lambda n: 2.0 * np.prod(n.ne) * n.src[0].ne[1]))
+
+
+def tri_mask(rows: int, cols: int, tri_type: int) -> np.ndarray:
+    """Boolean [rows, cols] mask of the kept elements (col i0 vs row i1, as ggml)."""
+    i0 = np.arange(cols)[None, :]
+    i1 = np.arange(rows)[:, None]
+    return {TRI_TYPE_UPPER_DIAG: i0 >= i1, TRI_TYPE_UPPER: i0 > i1,
+            TRI_TYPE_LOWER_DIAG: i0 <= i1, TRI_TYPE_LOWER: i0 < i1}[tri_type]
+
+
+TRI = register(OpDef("TRI", "linalg", lambda node, a, tri_type: np.where(tri_mask(a.shape[2], a.shape[3], tri_type), a, 0.0),
+                     params=("tri_type",)))
+FILL = register(OpDef("FILL", "linalg", lambda node, a, c: np.full(a.shape, c), params=("c",),
+                      float_params=("c",)))
+
+
+def _ref_diag(node, a):
+    out = np.zeros(tuple(reversed(node.ne)))
+    idx = np.arange(node.ne[0])
+    out[:, :, idx, idx] = a[:, :, 0, :]
+    return out
+
+
+DIAG = register(OpDef("DIAG", "linalg", _ref_diag))
+
+
+def _ref_solve_tri(node, a, b, left, lower, uni):
+    n = a.shape[-1]
+    mask = np.tril(np.ones((n, n), bool)) if lower else np.triu(np.ones((n, n), bool))
+    tri = np.where(mask, a, 0.0)
+    if uni:
+        tri = tri * (1 - np.eye(n)) + np.eye(n)
+    if left:  # A X = B
+        return np.linalg.solve(tri, b)
+    # X A = B  <=>  A^T X^T = B^T
+    return np.swapaxes(np.linalg.solve(np.swapaxes(tri, -1, -2), np.swapaxes(b, -1, -2)), -1, -2)
+
+
+SOLVE_TRI = register(OpDef("SOLVE_TRI", "linalg", _ref_solve_tri, params=("left", "lower", "uni"),
+                           flops=lambda n: float(np.prod(n.ne)) * n.src[0].ne[0]))
+
+
+@builder("mul_mat")
+def mul_mat(ctx, a: Tensor, b: Tensor) -> Tensor:
+    """a [K, M, ne02, ne03] x b [K, N, ne12, ne13] -> F32 [M, N, ne12, ne13] (a broadcast over 2/3)."""
+    check_float("mul_mat", a, b)
+    expect(a.ne[0] == b.ne[0], "mul_mat", "src0 and src1 need the same ne0 (the shared K)", a, b)
+    expect(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, "mul_mat",
+           "src1's ne2/ne3 must be multiples of src0's", a, b)
+    expect(not is_transposed(a), "mul_mat", "src0 must not be transposed (ggml_cont it)", a, b)
+    return ctx.new_node(MUL_MAT, F32, [a.ne[1], b.ne[1], b.ne[2], b.ne[3]], [a, b])
+
+
+@builder("out_prod")
+def out_prod(ctx, a: Tensor, b: Tensor) -> Tensor:
+    """a [M, K, ...] (x) b [N, K, ...] -> F32 [M, N, b.ne2, b.ne3]."""
+    check_float("out_prod", a, b)
+    expect(a.ne[1] == b.ne[1], "out_prod", "src0 and src1 need the same ne1", a, b)
+    expect(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, "out_prod",
+           "src1's ne2/ne3 must be multiples of src0's", a, b)
+    return ctx.new_node(OUT_PROD, F32, [a.ne[0], b.ne[0], b.ne[2], b.ne[3]], [a, b])
+
+
+@builder("tri")
+def tri(ctx, a: Tensor, type: int) -> Tensor:  # noqa: A002  (ggml's parameter name)
+    """Keep one triangle of each [ne0, ne1] matrix, zero the rest (TRI_TYPE_* of ggml)."""
+    check_float("tri", a)
+    t = check_int("tri", "type", type)
+    expect(t in (0, 1, 2, 3), "tri", f"type {t} is not a TRI_TYPE (0 UPPER_DIAG, 1 UPPER, 2 LOWER_DIAG, 3 LOWER)", a)
+    return ctx.new_node(TRI, F32, a.ne, [a], params={"tri_type": t})
+
+
+def _fill(ctx, a: Tensor, c: float, inplace: bool, name: str) -> Tensor:
+    check_float(name, a)
+    params = {"c": check_number(name, "c", c)}
+    if inplace:
+        return ctx.new_node(FILL, a.type, a.ne, [a], params=params, nb=a.nb, view_src=a)
+    return ctx.new_node(FILL, F32, a.ne, [a], params=params)
+
+
+@builder("fill")
+def fill(ctx, a: Tensor, c: float) -> Tensor:
+    return _fill(ctx, a, c, False, "fill")
+
+
+@builder("fill_inplace")
+def fill_inplace(ctx, a: Tensor, c: float) -> Tensor:
+    return _fill(ctx, a, c, True, "fill_inplace")
+
+
+@builder("diag")
+def diag(ctx, a: Tensor) -> Tensor:
+    """a [n, 1, ne2, ne3] -> diagonal matrices [n, n, ne2, ne3]."""
+    check_float("diag", a)
+    expect(a.ne[1] == 1, "diag", "input must be a row vector per matrix (ne1 == 1)", a)
+    return ctx.new_node(DIAG, F32, [a.ne[0], a.ne[0], a.ne[2], a.ne[3]], [a])
+
+
+@builder("solve_tri")
+def solve_tri(ctx, a: Tensor, b: Tensor, left: bool = True, lower: bool = True, uni: bool = False) -> Tensor:
+    """Solve a triangular system per batch: left A X = B, right X A = B; A [n, n, ...].
+
+    left: B [k, n] (n rows); right: B [n, k] (n columns). lower/upper picks A's triangle, uni
+    takes its diagonal as 1. All eight variants run (ggml implements left, lower, non-unit).
+    """
+    check_float("solve_tri", a, b)
+    flags = {}
+    for name, v in (("left", left), ("lower", lower), ("uni", uni)):
+        expect(isinstance(v, (bool, int, np.bool_)) and int(v) in (0, 1), "solve_tri", f"{name} must be a bool", a, b)
+        flags[name] = int(v)
+    n = a.ne[0]
+    expect(a.ne[1] == n, "solve_tri", "A must be square (ne0 == ne1)", a, b)
+    expect(a.ne[2] == b.ne[2] and a.ne[3] == b.ne[3], "solve_tri", "A and B need the same batch dims (ne2, ne3)", a, b)
+    if flags["left"]:
+        expect(b.ne[1] == n, "solve_tri", f"left solve needs B with ne1 == {n} (A's size)", a, b)
+    else:
+        expect(b.ne[0] == n, "solve_tri", f"right solve needs B with ne0 == {n} (A's size)", a, b)
+    return ctx.new_node(SOLVE_TRI, F32, b.ne, [a, b], params=flags)

@@ -1,0 +1,135 @@
+"""Reductions and norms: SUM, SUM_ROWS, MEAN, CUMSUM (any axis), L2_NORM, RMS_NORM, NORM, SOFT_MAX.
+
+Rows are along ne0 (numpy's last axis) unless an op says otherwise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from minigraph import dtypes
+from minigraph.errors import expect
+from minigraph.tensor import Tensor
+
+from .common import F32, check_float, check_int, check_number, check_tensor
+from .registry import OpDef, builder, register
+
+SUM = register(OpDef("SUM", "reduce", lambda node, a: a.sum().reshape(1, 1, 1, 1)))
+SUM_ROWS = register(OpDef("SUM_ROWS", "reduce", lambda node, a: a.sum(axis=3, keepdims=True)))
+MEAN = register(OpDef("MEAN", "reduce", lambda node, a: a.mean(axis=3, keepdims=True)))
+CUMSUM = register(OpDef("CUMSUM", "reduce", lambda node, a, dim: np.cumsum(a, axis=3 - dim), params=("dim",),
+                        doc="inclusive prefix sum along ne[dim] (ggml: dim 0 only)"))
+
+
+def _ref_l2(node, a, eps):
+    return a / np.maximum(np.sqrt((a * a).sum(axis=3, keepdims=True)), eps)
+
+
+def _ref_rms(node, a, eps):
+    return a / np.sqrt((a * a).mean(axis=3, keepdims=True) + eps)
+
+
+def _ref_norm(node, a, eps):
+    d = a - a.mean(axis=3, keepdims=True)
+    return d / np.sqrt((d * d).mean(axis=3, keepdims=True) + eps)
+
+
+L2_NORM = register(OpDef("L2_NORM", "reduce", _ref_l2, params=("eps",), float_params=("eps",), flops=lambda n: 3.0 * np.prod(n.ne)))
+RMS_NORM = register(OpDef("RMS_NORM", "reduce", _ref_rms, params=("eps",), float_params=("eps",), flops=lambda n: 3.0 * np.prod(n.ne)))
+NORM = register(OpDef("NORM", "reduce", _ref_norm, params=("eps",), float_params=("eps",), flops=lambda n: 5.0 * np.prod(n.ne)))
+
+
+def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
+    """ggml's ALiBi slope per head (all 1 when max_bias is 0)."""
+    if max_bias <= 0.0:
+        return np.ones(n_head)
+    n_log2 = 1 << int(math.floor(math.log2(n_head)))
+    m0 = 2.0 ** (-max_bias / n_log2)
+    m1 = 2.0 ** (-(max_bias / 2.0) / n_log2)
+    return np.array([m0 ** (h + 1) if h < n_log2 else m1 ** (2 * (h - n_log2) + 1) for h in range(n_head)])
+
+
+def _ref_soft_max(node, a, mask, scale, max_bias, has_mask):
+    x = a * scale
+    if has_mask:
+        m = mask[:, :, : a.shape[2], :]
+        m = np.tile(m, (a.shape[0] // m.shape[0], a.shape[1] // m.shape[1], 1, 1))
+        x = x + alibi_slopes(a.shape[1], max_bias)[None, :, None, None] * m
+    x = x - x.max(axis=3, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=3, keepdims=True)
+
+
+SOFT_MAX = register(OpDef("SOFT_MAX", "reduce", _ref_soft_max, params=("scale", "max_bias", "has_mask"),
+                          float_params=("scale", "max_bias"),
+                          flops=lambda n: 4.0 * np.prod(n.ne)))
+
+
+@builder("sum")
+def sum_(ctx, a: Tensor) -> Tensor:
+    check_float("sum", a)
+    return ctx.new_node(SUM, F32, [1, 1, 1, 1], [a])
+
+
+@builder("sum_rows")
+def sum_rows(ctx, a: Tensor) -> Tensor:
+    check_float("sum_rows", a)
+    return ctx.new_node(SUM_ROWS, F32, [1, a.ne[1], a.ne[2], a.ne[3]], [a])
+
+
+@builder("mean")
+def mean(ctx, a: Tensor) -> Tensor:
+    check_float("mean", a)
+    return ctx.new_node(MEAN, F32, [1, a.ne[1], a.ne[2], a.ne[3]], [a])
+
+
+@builder("cumsum")
+def cumsum(ctx, a: Tensor, dim: int = 0) -> Tensor:
+    """Inclusive prefix sum along ne[dim]; dim=0 is ggml's behaviour. Any strides in, F32 out."""
+    check_float("cumsum", a)
+    dim = check_int("cumsum", "dim", dim)
+    expect(0 <= dim < 4, "cumsum", f"dim {dim} must be in 0..3", a)
+    return ctx.new_node(CUMSUM, F32, a.ne, [a], params={"dim": dim})
+
+
+def _norm(ctx, op: OpDef, a: Tensor, eps: float, name: str) -> Tensor:
+    check_float(name, a)
+    eps = check_number(name, "eps", eps)
+    expect(eps >= 0.0, name, f"eps {eps} must be non-negative", a)
+    return ctx.new_node(op, F32, a.ne, [a], params={"eps": eps})
+
+
+@builder("l2_norm")
+def l2_norm(ctx, a: Tensor, eps: float) -> Tensor:
+    return _norm(ctx, L2_NORM, a, eps, "l2_norm")
+
+
+@builder("rms_norm")
+def rms_norm(ctx, a: Tensor, eps: float) -> Tensor:
+    return _norm(ctx, RMS_NORM, a, eps, "rms_norm")
+
+
+@builder("norm")
+def norm(ctx, a: Tensor, eps: float) -> Tensor:
+    return _norm(ctx, NORM, a, eps, "norm")
+
+
+@builder("soft_max")
+def soft_max(ctx, a: Tensor) -> Tensor:
+    return soft_max_ext(ctx, a, None, 1.0, 0.0)
+
+
+@builder("soft_max_ext")
+def soft_max_ext(ctx, a: Tensor, mask: Optional[Tensor], scale: float, max_bias: float) -> Tensor:
+    """softmax(a*scale + slope*mask) along ne0; mask [ne0, >=ne1, ne2/k, ne3/k] (f32 or f16)."""
+    check_float("soft_max_ext", a)
+    params = {"scale": check_number("soft_max_ext", "scale", scale),
+              "max_bias": check_number("soft_max_ext", "max_bias", max_bias), "has_mask": int(mask is not None)}
+    if mask is not None:
+        check_tensor("soft_max_ext", mask)
+        expect(mask.type in (F32, dtypes.TYPE_F16) and mask.ne[0] == a.ne[0] and mask.ne[1] >= a.ne[1]
+               and mask.ne[2] > 0 and mask.ne[3] > 0 and a.ne[2] % mask.ne[2] == 0 and a.ne[3] % mask.ne[3] == 0,
+               "soft_max_ext", "mask must be f32/f16 [ne0, >= ne1, divisor of ne2, divisor of ne3]", a, mask)
+    return ctx.new_node(SOFT_MAX, F32, a.ne, [a, mask], params=params)

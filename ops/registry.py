@@ -1,0 +1,101 @@
+"""The op registry: every op is one OpDef; every other layer looks ops up here.
+
+An op module declares its OpDef (ggml name, ordered params, numpy float64 reference, cost
+estimate) and the ggml-named builder functions (`ctx.cumsum(...)`) that validate inputs and
+record the node. Backends attach kernels with `register_kernel`; the dump, the conformance cases
+and `supports_op` read the same tables. Nothing outside this module keeps a list of ops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One ggml op.
+
+    name:      ggml's upper-case name (GGML_OP_CUMSUM -> "CUMSUM"); unary ops use their unary name.
+    family:    op family; CPU kernels for a family live in backends/cpu/<family>.py.
+    params:    ordered op_params keys: kernels receive them positionally after the arrays.
+    float_params: the params that are floats (kernels get float64); the others are ints.
+    reference: fn(node, *srcs, **params) -> float64 array of shape (ne3, ne2, ne1, ne0), where
+               each src is the float64 (int64 for I32) array of that source, same layout rule.
+    is_view:   the node only relabels memory (VIEW, RESHAPE, PERMUTE, TRANSPOSE): no compute.
+    inplace_ok: the output may share memory with src[0] (elementwise, same shape and type).
+    flops:     fn(node) -> float operations, for profiles and perf mode.
+    """
+
+    name: str
+    family: str
+    reference: Optional[Callable[..., np.ndarray]]
+    params: tuple[str, ...] = ()
+    float_params: tuple[str, ...] = ()
+    is_view: bool = False
+    inplace_ok: bool = False
+    flops: Callable[[Any], float] = field(default=lambda node: float(np.prod(node.ne)))
+    doc: str = ""
+
+    def param_values(self, node: Any) -> tuple:
+        """The node's params in kernel order, typed as the kernels expect."""
+        return tuple(float(node.op_params[p]) if p in self.float_params else int(node.op_params[p])
+                     for p in self.params)
+
+
+OPS: dict[str, OpDef] = {}
+API: dict[str, Callable[..., Any]] = {}
+# KERNELS[backend][op name] -> Kernel
+KERNELS: dict[str, dict[str, "Kernel"]] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in OPS:
+        raise RuntimeError(f"op {op.name} registered twice")
+    OPS[op.name] = op
+    return op
+
+
+def builder(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Expose a builder as ctx.<name>(...) for each ggml name (ggml_<name> without its prefix)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in names:
+            if name in API:
+                raise RuntimeError(f"builder {name} registered twice")
+            API[name] = fn
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A backend's implementation of one op.
+
+    fn:       the kernel (backend-specific calling convention).
+    supports: optional fn(node) -> None if the node is fine, else a reason string.
+    index_slots: tensor slots (0 = dst, 1.. = srcs) that hold I32 indices rather than floats.
+    extra:    constant arguments passed after the op's params (e.g. the scalar function of a
+              shared unary kernel); each must be a module-level object of the kernel's module.
+    """
+
+    fn: Any
+    supports: Optional[Callable[[Any], Optional[str]]] = None
+    index_slots: tuple[int, ...] = ()
+    extra: tuple = ()
+
+
+def register_kernel(op: str, backend: str, fn: Any, supports: Optional[Callable[[Any], Optional[str]]] = None,
+                    index_slots: tuple[int, ...] = (), extra: tuple = ()) -> None:
+    if op not in OPS:
+        raise RuntimeError(f"kernel for unknown op {op}")
+    table = KERNELS.setdefault(backend, {})
+    if op in table:
+        raise RuntimeError(f"{backend} kernel for {op} registered twice")
+    table[op] = Kernel(fn, supports, index_slots, extra)
+
+
+def kernels_for(backend: str) -> dict[str, Kernel]:
+    return KERNELS.get(backend, {})

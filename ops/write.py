@@ -1,0 +1,102 @@
+"""Writes into a region of a tensor: ACC (region += b) and SET (region = b), with _inplace forms.
+
+The region has b's ne, element stride = a's element size and byte strides nb1, nb2, nb3, starting
+at byte `offset` of a's memory; a must be contiguous, so the region means the same in place or
+in the copy. Regions are checked at build time: inside a, and not overlapping themselves.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from minigraph import dtypes
+from minigraph.errors import expect
+from minigraph.tensor import Tensor, is_contiguous, nelements
+
+from .common import check_float, check_int, check_region, strided_region
+from .registry import OpDef, builder, register
+
+REGION = ("nb1", "nb2", "nb3", "offset")
+
+
+def _region_ref(accumulate: bool):
+    def ref(node, a, b, nb1, nb2, nb3, offset):
+        flat = a.reshape(-1).copy()
+        region = strided_region(flat, node.type, b.shape[::-1], (dtypes.type_size(node.type), nb1, nb2, nb3), offset)
+        if accumulate:
+            region[...] = region + b
+        else:
+            region[...] = b
+        return flat.reshape(a.shape)
+    return ref
+
+
+ACC = register(OpDef("ACC", "write", _region_ref(True), params=REGION, inplace_ok=True,
+                     flops=lambda n: float(nelements(n.src[1]))))
+SET = register(OpDef("SET", "write", _region_ref(False), params=REGION, inplace_ok=True,
+                     flops=lambda n: 0.0))
+
+
+def _self_overlapping(ne: Sequence[int], nb: Sequence[int], ts: int) -> bool:
+    span = ts
+    dims = sorted(((s, n) for n, s in zip(ne, nb) if n > 1))
+    for s, n in dims:
+        if s < span:
+            return True
+        span = s * (n - 1) + span
+    return False
+
+
+def _region_op(ctx, op: OpDef, a: Tensor, b: Tensor, nb1, nb2, nb3, offset, inplace: bool, name: str) -> Tensor:
+    check_float(name, a, b)
+    vals = [check_int(name, k, v) for k, v in zip(REGION, (nb1, nb2, nb3, offset))]
+    expect(is_contiguous(a), name, "destination must be contiguous", a, b)
+    ts = dtypes.type_size(a.type)
+    nb = [ts, *vals[:3]]
+    check_region(name, a, b.ne, nb, vals[3], a, b)
+    expect(not _self_overlapping(b.ne, nb, ts), name, f"region ne={list(b.ne)} nb={nb} overlaps itself", a, b)
+    params = dict(zip(REGION, vals))
+    if inplace:
+        return ctx.new_node(op, a.type, a.ne, [a, b], params=params, nb=a.nb, view_src=a)
+    return ctx.new_node(op, a.type, a.ne, [a, b], params=params)
+
+
+@builder("acc")
+def acc(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    return _region_op(ctx, ACC, a, b, nb1, nb2, nb3, offset, False, "acc")
+
+
+@builder("acc_inplace")
+def acc_inplace(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    return _region_op(ctx, ACC, a, b, nb1, nb2, nb3, offset, True, "acc_inplace")
+
+
+@builder("set")
+def set_(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    return _region_op(ctx, SET, a, b, nb1, nb2, nb3, offset, False, "set")
+
+
+@builder("set_inplace")
+def set_inplace(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    return _region_op(ctx, SET, a, b, nb1, nb2, nb3, offset, True, "set_inplace")
+
+
+@builder("set_1d")
+def set_1d(ctx, a: Tensor, b: Tensor, offset: int) -> Tensor:
+    return _region_op(ctx, SET, a, b, a.nb[1], a.nb[2], a.nb[3], offset, False, "set_1d")
+
+
+@builder("set_1d_inplace")
+def set_1d_inplace(ctx, a: Tensor, b: Tensor, offset: int) -> Tensor:
+    return _region_op(ctx, SET, a, b, a.nb[1], a.nb[2], a.nb[3], offset, True, "set_1d_inplace")
+
+
+@builder("set_2d")
+def set_2d(ctx, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
+    return _region_op(ctx, SET, a, b, nb1, a.nb[2], a.nb[3], offset, False, "set_2d")
+
+
+@builder("set_2d_inplace")
+def set_2d_inplace(ctx, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
+    return _region_op(ctx, SET, a, b, nb1, a.nb[2], a.nb[3], offset, True, "set_2d_inplace")
