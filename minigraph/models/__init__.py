@@ -1,0 +1,1 @@
+"""Model-level graph builders written against the ggml-mirroring context API."""
