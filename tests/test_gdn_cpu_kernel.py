@@ -1,0 +1,136 @@
+"""GATED_DELTA_NET CPU kernel vs a float64 numpy reference, and vs ggml's CPU op."""
+import numpy as np
+import pytest
+
+from minigraph.backends.cpu.gated_delta_net import gated_delta_net
+
+RTOL = 2e-5  # max |err| / max |ref|: float32 rounding of the state recurrence
+
+
+def reference(q, k, v, g, beta, state, K):
+    """Plain float64 token-by-token rule; arrays in kernel order (ne3, ne2, ne1, ne0)."""
+    q, k, v, g, beta, state = (np.asarray(a, np.float64) for a in (q, k, v, g, beta, state))
+    ns, T, Hv, S = v.shape
+    Hk, rep = q.shape[2], ns // q.shape[0]
+    att = np.zeros((ns, T, Hv, S))
+    snaps = np.zeros((K, ns, Hv, S, S))
+    for s in range(ns):
+        for h in range(Hv):
+            M = state[s, h].T.copy()  # M[i, j] = S[i][j]
+            for t in range(T):
+                kk, qq = k[s // rep, t, h % Hk], q[s // rep, t, h % Hk]
+                M *= np.exp(g[s, t, h])[:, None]
+                delta = (v[s, t, h] - kk @ M) * beta[s, t, h, 0]
+                M += np.outer(kk, delta)
+                att[s, t, h] = qq @ M / np.sqrt(S)
+                if T - 1 - t < K:
+                    snaps[T - 1 - t, s, h] = M.T
+    return np.concatenate([att.reshape(-1, Hv * S), snaps.reshape(-1, Hv * S)])
+
+
+def make(rng, S, Hk, Hv, T, ns, ns_qk, gate_width, g_lo):
+    def unit(shape):
+        x = rng.standard_normal(shape).astype(np.float32)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    q, k = unit((ns_qk, T, Hk, S)), unit((ns_qk, T, Hk, S))
+    v = rng.standard_normal((ns, T, Hv, S)).astype(np.float32)
+    g = rng.uniform(g_lo, -1e-4, (ns, T, Hv, gate_width)).astype(np.float32)
+    beta = rng.uniform(0, 1, (ns, T, Hv, 1)).astype(np.float32)
+    state = rng.standard_normal((ns, Hv, S, S)).astype(np.float32)
+    return q, k, v, g, beta, state
+
+
+def run(arrs, K):
+    ns, T, Hv, S = arrs[2].shape
+    out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
+    gated_delta_net(out, *arrs, K)
+    return out[0, 0]
+
+
+def rel_err(a, b):
+    assert np.all(np.isfinite(a))
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+CASES = [  # (S, Hk, Hv, ns, ns_qk, kda)
+    (32, 2, 2, 1, 1, False),
+    (32, 2, 4, 2, 2, False),  # GQA H_v = 2 H_k, two sequences
+    (16, 1, 2, 2, 1, True),   # KDA, q/k shared by both sequences
+    (15, 2, 4, 2, 2, True),   # odd S: leftover rows
+]
+
+
+@pytest.mark.parametrize("T", [1, 4, 33, 64, 65, 127, 200])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "S%d-Hk%d-Hv%d-ns%d-nsqk%d-%s" % (
+    *c[:5], "kda" if c[5] else "gda"))
+@pytest.mark.parametrize("g_lo", [-1.0, -20.0])
+def test_vs_reference(T, case, g_lo):
+    S, Hk, Hv, ns, ns_qk, kda = case
+    rng = np.random.default_rng(T * 7 + S)
+    arrs = make(rng, S, Hk, Hv, T, ns, ns_qk, S if kda else 1, g_lo)
+    for K in (1, 3):
+        assert rel_err(run(arrs, K), reference(*arrs, K)) < RTOL
+
+
+def test_k_greater_than_t_zero_fills():
+    rng = np.random.default_rng(1)
+    arrs = make(rng, 16, 1, 2, 2, 2, 2, 1, -1.0)
+    K, S, T, ns = 5, 16, 2, 2
+    out = run(arrs, K)
+    assert rel_err(out, reference(*arrs, K)) < RTOL
+    assert np.all(out[T * ns + T * S * ns:] == 0.0)
+
+
+def test_non_contiguous_inputs():
+    """q as a permuted view, g/beta/state with odd strides."""
+    rng = np.random.default_rng(2)
+    q, k, v, g, beta, state = make(rng, 32, 2, 4, 33, 2, 2, 1, -1.0)
+    q_nc = np.ascontiguousarray(q.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    g_nc = np.repeat(g, 3, axis=3)[..., ::3]
+    beta_nc = np.ascontiguousarray(beta.transpose(2, 1, 0, 3)).transpose(2, 1, 0, 3)
+    state_nc = np.ascontiguousarray(state.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not q_nc.flags.c_contiguous and not state_nc.flags.c_contiguous
+    for T in (1, 33):
+        arrs = (q_nc[:, :T], k[:, :T], v[:, :T], g_nc[:, :T], beta_nc[:, :T], state_nc)
+        ref = reference(*arrs, 2)
+        assert rel_err(run(arrs, 2), ref) < RTOL
+
+
+def _ggml_gdn(arrs, K):
+    ggml = pytest.importorskip("ggml")
+    import ggml.utils as gu
+    mem = 3 * sum(a.nbytes for a in arrs) + 16 * 2**20
+    ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=mem, mem_buffer=None))
+    try:
+        ts = [gu.from_numpy(np.ascontiguousarray(a), ctx) for a in arrs]
+        node = ggml.ggml_gated_delta_net(ctx, *ts, K)
+        gf = ggml.ggml_new_graph(ctx)
+        ggml.ggml_build_forward_expand(gf, node)
+        ggml.ggml_graph_compute_with_ctx(ctx, gf, 2)
+        return gu.to_numpy(node).copy()
+    finally:
+        ggml.ggml_free(ctx)
+
+
+@pytest.mark.ggml
+@pytest.mark.parametrize("T,kda,K", [(1, False, 1), (5, False, 3), (65, False, 2), (33, True, 3)])
+def test_vs_ggml(T, kda, K):
+    rng = np.random.default_rng(3)
+    S = 32
+    arrs = make(rng, S, 2, 4, T, 2, 1, S if kda else 1, -1.0)
+    assert rel_err(run(arrs, K), _ggml_gdn(arrs, K)) < RTOL
+
+
+@pytest.mark.parametrize("T", [1, 33, 64, 65, 200])
+@pytest.mark.parametrize("g_lo", [-1.0, -20.0])
+def test_chunked_form(T, g_lo):
+    """The WY/UT chunked kernel directly (the entry point picks it only for long T)."""
+    from minigraph.backends.cpu.gated_delta_net import _gdn_chunked
+    rng = np.random.default_rng(T)
+    arrs = make(rng, 32, 2, 4, T, 2, 1, 1, g_lo)
+    ns, S, Hv = 2, 32, 4
+    out = np.full((1, 1, T * ns + 2 * S * ns, S * Hv), np.nan, np.float32)
+    _gdn_chunked(out, *arrs, 2)
+    ref = reference(*arrs, 2)
+    rows = T * ns + S * ns  # slot 0 only; slot 1 is zero-filled by this K == 1 form
+    assert rel_err(out[0, 0, :rows], ref[:rows]) < RTOL
