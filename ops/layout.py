@@ -27,8 +27,10 @@ TRANSPOSE = register(OpDef("TRANSPOSE", "layout", None, is_view=True, flops=NONE
 
 
 def _logical_copy(node, a, *rest):
-    """Copy a's elements in logical row-major order into the node's shape (CONT, DUP, CPY)."""
-    return a.reshape(tuple(reversed(node.ne)))
+    """Copy a's elements in logical row-major order into the node's shape (CONT, DUP, CPY);
+    an i32 destination truncates like a C cast."""
+    out = a.reshape(tuple(reversed(node.ne)))
+    return np.trunc(out) if node.type == dtypes.TYPE_I32 else out
 
 
 CONT = register(OpDef("CONT", "layout", _logical_copy, flops=NONE_BYTES,

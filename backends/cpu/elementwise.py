@@ -69,8 +69,13 @@ def binary(dst, a, b, code):
         i3 = r // (n2 * n1)
         i2 = (r // n1) % n2
         i1 = r % n1
-        for i0 in range(n0):
-            dst[i3, i2, i1, i0] = binary_fn(a[i3, i2, i1, i0], b[i3 % b3, i2 % b2, i1 % b1, i0 % b0], code)
+        brow = b[i3 % b3, i2 % b2, i1 % b1]  # the repeat's modulo once per row, not per element
+        if b0 == n0:
+            for i0 in range(n0):
+                dst[i3, i2, i1, i0] = binary_fn(a[i3, i2, i1, i0], brow[i0], code)
+        else:
+            for i0 in range(n0):
+                dst[i3, i2, i1, i0] = binary_fn(a[i3, i2, i1, i0], brow[i0 % b0], code)
 
 
 @kernel

@@ -1,0 +1,141 @@
+"""CPU kernels of the layout family: CONT, DUP, CPY, PAD, REPEAT, CONCAT, GET_ROWS.
+
+Arrays are (ne3, ne2, ne1, ne0) views with any strides. VIEW, RESHAPE, PERMUTE and TRANSPOSE
+only relabel memory, so they have no kernels. Every kernel is generic over the element type:
+float32 data and int32 (I32) data both work, and CPY converts between them on assignment.
+"""
+from __future__ import annotations
+
+from numba import prange
+
+from minigraph.ops.registry import register_kernel
+
+from .jit import kernel, scalar
+
+
+@scalar
+def _copy_row(dst, src, i3, i2, i1, k):
+    """Copy dst row (i3, i2, i1) from src's elements k, k+1, ... in src's logical row-major order."""
+    s2, s1, s0 = src.shape[1], src.shape[2], src.shape[3]
+    j0 = k % s0
+    t = k // s0
+    j1 = t % s1
+    t = t // s1
+    j2 = t % s2
+    j3 = t // s2
+    for i0 in range(dst.shape[3]):
+        dst[i3, i2, i1, i0] = src[j3, j2, j1, j0]
+        j0 += 1
+        if j0 == s0:  # carry into the next src row
+            j0 = 0
+            j1 += 1
+            if j1 == s1:
+                j1 = 0
+                j2 += 1
+                if j2 == s2:
+                    j2 = 0
+                    j3 += 1
+
+
+@kernel
+def logical_copy(dst, a):
+    """CONT, DUP: dst's elements in row-major order are a's in row-major order (shapes may differ)."""
+    n3, n2, n1, n0 = dst.shape
+    if dst.size == 0:
+        return
+    for r in prange(n3 * n2 * n1):
+        _copy_row(dst, a, r // (n2 * n1), (r // n1) % n2, r % n1, r * n0)
+
+
+@kernel
+def cpy(dst, a, b):
+    """CPY: as logical_copy; dst is a view of b's memory, and b itself is never read."""
+    n3, n2, n1, n0 = dst.shape
+    if dst.size == 0:
+        return
+    for r in prange(n3 * n2 * n1):
+        _copy_row(dst, a, r // (n2 * n1), (r // n1) % n2, r % n1, r * n0)
+
+
+@kernel
+def pad(dst, a, p0, p1, p2, p3):
+    """Zeros after a's end in every dim (dst.shape = a.shape + p); the p's are implied by the shapes."""
+    n3, n2, n1, n0 = dst.shape
+    a3, a2, a1, a0 = a.shape
+    for r in prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        inside = i3 < a3 and i2 < a2 and i1 < a1
+        for i0 in range(n0):
+            if inside and i0 < a0:
+                dst[i3, i2, i1, i0] = a[i3, i2, i1, i0]
+            else:
+                dst[i3, i2, i1, i0] = 0
+
+
+@kernel
+def repeat(dst, a):
+    """Tile a over dst: each of dst's dims is a multiple of a's."""
+    n3, n2, n1, n0 = dst.shape
+    a3, a2, a1, a0 = a.shape
+    for r in prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        for i0 in range(n0):
+            dst[i3, i2, i1, i0] = a[i3 % a3, i2 % a2, i1 % a1, i0 % a0]
+
+
+@kernel
+def concat(dst, a, b, dim):
+    """a then b along ggml dim `dim` (0 = ne0, numpy axis 3); all other dims match."""
+    n3, n2, n1, n0 = dst.shape
+    # where b starts in dst, per ggml dim
+    o0 = a.shape[3] if dim == 0 else 0
+    o1 = a.shape[2] if dim == 1 else 0
+    o2 = a.shape[1] if dim == 2 else 0
+    o3 = a.shape[0] if dim == 3 else 0
+    for r in prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        row_in_a = i3 < a.shape[0] and i2 < a.shape[1] and i1 < a.shape[2]
+        for i0 in range(n0):
+            if row_in_a and i0 < a.shape[3]:
+                dst[i3, i2, i1, i0] = a[i3, i2, i1, i0]
+            else:
+                dst[i3, i2, i1, i0] = b[i3 - o3, i2 - o2, i1 - o1, i0 - o0]
+
+
+@kernel
+def get_rows(dst, a, idx):
+    """dst[i12, i11, i10, :] = a[i12 % a3, i11 % a2, idx[0, i12, i11, i10], :].
+
+    a (ne03, ne02, ne01, ne00), idx (1, ne12, ne11, ne10) int32, dst (ne12, ne11, ne10, ne00).
+    Every index is checked before anything is read.
+    """
+    n3, n2, n1, n0 = dst.shape
+    a3, a2, a1 = a.shape[0], a.shape[1], a.shape[2]
+    for i3 in range(n3):  # serial check first: no raise inside the parallel loop
+        for i2 in range(n2):
+            for i1 in range(n1):
+                row = idx[0, i3, i2, i1]
+                if row < 0 or row >= a1:
+                    raise IndexError("get_rows: row index out of range")
+    for r in prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        row = idx[0, i3, i2, i1]
+        for i0 in range(n0):
+            dst[i3, i2, i1, i0] = a[i3 % a3, i2 % a2, row, i0]
+
+
+register_kernel("CONT", "cpu", logical_copy)
+register_kernel("DUP", "cpu", logical_copy)
+register_kernel("CPY", "cpu", cpy)
+register_kernel("PAD", "cpu", pad)
+register_kernel("REPEAT", "cpu", repeat)
+register_kernel("CONCAT", "cpu", concat)
+register_kernel("GET_ROWS", "cpu", get_rows, index_slots=(2,))
