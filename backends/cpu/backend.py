@@ -50,6 +50,10 @@ class CpuBackend(Backend):
         reason = k.supports(node) if k.supports else None
         return Support(reason is None, reason or "kernel")
 
+    def supports_op_name(self, op: str) -> bool:
+        """Whether some node of `op` can run here (views always can)."""
+        return OPS[op].is_view or op in self.kernels
+
     # -- planning -----------------------------------------------------------------------------
     def plan(self, graph: Graph) -> "CpuPlan":
         cached = getattr(graph, "_cpu_plan", None)

@@ -1,0 +1,207 @@
+"""Conformance cases as data, in the shape of ggml's test-backend-ops.
+
+A Case names its op, the parameter string a `-p` filter sees (`vars`), a builder
+`build(ctx, rng) -> output tensor` and a tolerance (NMSE, as test-backend-ops). Inputs come in
+three layouts so every op also runs on non-contiguous memory: "cont", "perm" (a permuted view
+with the same logical shape) and "offs" (a view at an element offset inside a larger tensor).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from . import dtypes
+from .tensor import Tensor
+
+LAYOUTS = ("cont", "perm", "offs")
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    vars: str
+    build: Callable[[Any, np.random.Generator], Tensor]
+    max_nmse: float = 1e-7
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}({self.vars})"
+
+
+def make_input(ctx: Any, rng: np.random.Generator, ne, layout: str = "cont", lo: float = -1.0,
+               hi: float = 1.0, type_: int = dtypes.TYPE_F32, name: str = "") -> Tensor:
+    """A leaf (or a view of one) of logical shape `ne` filled with uniform values in [lo, hi)."""
+    ne = list(ne) + [1] * (4 - len(ne))
+    data = rng.uniform(lo, hi, size=tuple(reversed(ne))).astype(np.float32)
+    if type_ == dtypes.TYPE_I32:
+        data = data.astype(np.int32)
+    if layout == "perm":
+        # store with dims 0 and 1 swapped, then permute back: same logical tensor, transposed memory
+        store = np.ascontiguousarray(np.swapaxes(data, 2, 3))
+        base = ctx.new_tensor_4d(type_, ne[1], ne[0], ne[2], ne[3]).set_data(store)
+        t = ctx.permute(base, 1, 0, 2, 3)
+    elif layout == "offs":
+        pad = 3  # an odd element offset: not 8/16/32-byte aligned
+        n = int(np.prod(ne))
+        base = ctx.new_tensor_1d(type_, n + pad + 5)
+        flat = np.zeros(n + pad + 5, data.dtype)
+        flat[pad:pad + n] = data.reshape(-1)
+        base.set_data(flat)
+        ts = dtypes.type_size(type_)
+        t = ctx.view_4d(base, ne[0], ne[1], ne[2], ne[3], ne[0] * ts, ne[0] * ne[1] * ts,
+                        ne[0] * ne[1] * ne[2] * ts, pad * ts)
+    else:
+        t = ctx.new_tensor_4d(type_, *ne).set_data(data)
+    return t.set_name(name) if name else t
+
+
+def _cases() -> Iterator[Case]:
+    unary_ranges = {"SQRT": (0.1, 2.0), "LOG": (0.1, 2.0)}
+    for op, layout in itertools.product(["NEG", "ABS", "SQR", "SQRT", "EXP", "LOG", "SIGMOID", "SILU",
+                                         "GELU", "TANH", "RELU", "SOFTPLUS"], LAYOUTS):
+        lo, hi = unary_ranges.get(op, (-3.0, 3.0))
+        yield Case(op, f"ne=[10,5,4,3],layout={layout}",
+                   lambda c, r, op=op, L=layout, lo=lo, hi=hi: getattr(c, op.lower())(make_input(c, r, [10, 5, 4, 3], L, lo, hi)))
+    for (op, ne_b), layout in itertools.product(
+            [(op, ne_b) for op in ("ADD", "SUB", "MUL", "DIV") for ne_b in ([10, 5, 4, 3], [10, 1, 1, 1], [1, 5, 2, 1])],
+            LAYOUTS):
+        lo = 0.5 if op == "DIV" else -1.0
+        yield Case(op, f"ne_a=[10,5,4,3],ne_b={ne_b},layout={layout}".replace(" ", ""),
+                   lambda c, r, op=op, nb=ne_b, L=layout, lo=lo: getattr(c, op.lower())(
+                       make_input(c, r, [10, 5, 4, 3], L), make_input(c, r, nb, "cont", lo, 2.0)))
+    for layout in LAYOUTS:
+        yield Case("SCALE", f"ne=[7,3,2,2],s=0.25,layout={layout}",
+                   lambda c, r, L=layout: c.scale(make_input(c, r, [7, 3, 2, 2], L), 0.25))
+        yield Case("CONT", f"ne=[6,5,4,3],layout={layout}", lambda c, r, L=layout: c.cont(make_input(c, r, [6, 5, 4, 3], L)))
+        yield Case("DUP", f"ne=[6,5,1,1],layout={layout}", lambda c, r, L=layout: c.dup(make_input(c, r, [6, 5], L)))
+        yield Case("CPY", f"ne=[6,5,4,1],layout={layout}",
+                   lambda c, r, L=layout: c.cpy(make_input(c, r, [6, 5, 4], L), c.new_tensor_2d(dtypes.TYPE_F32, 30, 4)))
+        yield Case("PAD", f"ne=[5,4,3,2],pad=[3,2,1,0],layout={layout}",
+                   lambda c, r, L=layout: c.pad(make_input(c, r, [5, 4, 3, 2], L), 3, 2, 1, 0))
+        yield Case("REPEAT", f"ne=[3,2,1,1],to=[6,4,3,2],layout={layout}",
+                   lambda c, r, L=layout: c.repeat_4d(make_input(c, r, [3, 2], L), 6, 4, 3, 2))
+        for dim in range(4):
+            yield Case("CONCAT", f"dim={dim},layout={layout}",
+                       lambda c, r, L=layout, d=dim: c.concat(make_input(c, r, [4, 3, 2, 2], L),
+                                                              make_input(c, r, [4 + 2 * (d == 0), 3 + (d == 1), 2 + (d == 2), 2 + (d == 3)]), d))
+            yield Case("CUMSUM", f"ne=[9,5,4,3],dim={dim},layout={layout}",
+                       lambda c, r, L=layout, d=dim: c.cumsum(make_input(c, r, [9, 5, 4, 3], L), d))
+        yield Case("SUM", f"ne=[10,5,4,3],layout={layout}", lambda c, r, L=layout: c.sum(make_input(c, r, [10, 5, 4, 3], L, 0.1, 1.0)))
+        yield Case("SUM_ROWS", f"ne=[10,5,4,3],layout={layout}", lambda c, r, L=layout: c.sum_rows(make_input(c, r, [10, 5, 4, 3], L, 0.1, 1.0)))
+        yield Case("MEAN", f"ne=[10,5,4,3],layout={layout}", lambda c, r, L=layout: c.mean(make_input(c, r, [10, 5, 4, 3], L, 0.1, 1.0)))
+        for op in ("L2_NORM", "RMS_NORM", "NORM"):
+            yield Case(op, f"ne=[33,5,2,1],eps=1e-6,layout={layout}",
+                       lambda c, r, L=layout, op=op: getattr(c, op.lower())(make_input(c, r, [33, 5, 2], L), 1e-6))
+        yield Case("SOFT_MAX", f"ne=[17,6,4,2],layout={layout}", lambda c, r, L=layout: c.soft_max(make_input(c, r, [17, 6, 4, 2], L, -4, 4)))
+        yield Case("SOFT_MAX", f"ne=[17,6,4,2],mask=[17,8,2,1],scale=0.5,max_bias=8,layout={layout}",
+                   lambda c, r, L=layout: c.soft_max_ext(make_input(c, r, [17, 6, 4, 2], L, -4, 4),
+                                                         make_input(c, r, [17, 8, 2, 1], "cont", -2, 0), 0.5, 8.0))
+        for tri_type in range(4):
+            yield Case("TRI", f"ne=[7,7,3,2],type={tri_type},layout={layout}",
+                       lambda c, r, L=layout, tt=tri_type: c.tri(make_input(c, r, [7, 7, 3, 2], L), tt))
+        yield Case("FILL", f"ne=[5,4,3,2],c=1.5,layout={layout}", lambda c, r, L=layout: c.fill(make_input(c, r, [5, 4, 3, 2], L), 1.5))
+        yield Case("DIAG", f"ne=[6,1,3,2],layout={layout}", lambda c, r, L=layout: c.diag(make_input(c, r, [6, 1, 3, 2], L)))
+        for ne_a, ne_b in (([16, 9, 1, 1], [16, 5, 1, 1]), ([32, 7, 2, 3], [32, 3, 4, 3]), ([65, 17, 1, 2], [65, 1, 3, 2])):
+            yield Case("MUL_MAT", f"ne_a={ne_a},ne_b={ne_b},layout={layout}".replace(" ", ""),
+                       lambda c, r, L=layout, a=ne_a, b=ne_b: c.mul_mat(make_input(c, r, a, "cont" if L == "perm" else L), make_input(c, r, b, L)))
+        yield Case("OUT_PROD", f"ne_a=[9,5,2,1],ne_b=[7,5,4,1],layout={layout}",
+                   lambda c, r, L=layout: c.out_prod(make_input(c, r, [9, 5, 2, 1], L), make_input(c, r, [7, 5, 4, 1], L)))
+        yield Case("GET_ROWS", f"ne=[8,10,3,1],rows=5,layout={layout}",
+                   lambda c, r, L=layout: c.get_rows(make_input(c, r, [8, 10, 3], L),
+                                                     c.from_numpy(r.integers(0, 10, size=(3, 5)).astype(np.int32))))
+    for left, lower, uni in itertools.product((True, False), repeat=3):
+        yield Case("SOLVE_TRI", f"n=16,k=5,left={int(left)},lower={int(lower)},uni={int(uni)}",
+                   lambda c, r, lf=left, lw=lower, u=uni: _solve_case(c, r, 16, 5, lf, lw, u), 1e-6)
+    yield Case("SOLVE_TRI", "n=64,k=64,unit_lower=1,batch=[4,2]",
+               lambda c, r: _solve_case(c, r, 64, 64, True, True, True, batch=(4, 2)), 1e-5)
+    for blk, off4 in itertools.product((16, 32), (True, False)):
+        for op in ("acc", "set"):
+            yield Case(op.upper(), f"block={blk},ne2=3,ne3=2,offset_4d={int(off4)}",
+                       lambda c, r, b=blk, o4=off4, op=op: _region_case(c, r, op, b, o4))
+    for op in ("acc_inplace", "set_inplace"):
+        yield Case(op.split("_")[0].upper(), f"{op},block=16,ne2=3,ne3=2",
+                   lambda c, r, op=op: _region_case(c, r, op, 16, True))
+    for kda, gqa, n_seqs, T, K in ((0, 1, 1, 1, 1), (0, 2, 2, 5, 3), (1, 1, 2, 33, 1), (1, 2, 1, 4, 6), (0, 1, 1, 65, 2)):
+        yield Case("GATED_DELTA_NET", f"S=16,H_k=2,gqa={gqa},T={T},n_seqs={n_seqs},kda={kda},K={K}",
+                   lambda c, r, kda=kda, g=gqa, N=n_seqs, T=T, K=K: _gdn_case(c, r, 16, 2, g, T, N, kda, K), 1e-6)
+
+
+def _solve_case(ctx, rng, n, k, left, lower, uni, batch=(1, 1)):
+    a = rng.uniform(-0.2, 0.2, size=(*batch[::-1], n, n)).astype(np.float32)
+    a += np.eye(n, dtype=np.float32) * (2.0 + n * 0.05)
+    A = ctx.from_numpy(a)
+    B = make_input(ctx, rng, [k, n, *batch] if left else [n, k, *batch])
+    return ctx.solve_tri(A, B, left, lower, uni)
+
+
+def _region_case(ctx, rng, op, blk, offset_4d):
+    """acc/set of a [blk, blk, 3, 2] block into a [2*blk+3, 2*blk, 4, 3] tensor at a 4-D offset."""
+    a = make_input(ctx, rng, [2 * blk + 3, 2 * blk, 4, 3])
+    b = make_input(ctx, rng, [blk, blk, 3, 2])
+    nb1, nb2, nb3 = a.nb[1], a.nb[2], a.nb[3]
+    offset = (2 * a.nb[0] + 3 * nb1 + (nb2 + nb3 if offset_4d else 0))
+    a = ctx.cont(a)  # acc/set want a contiguous destination
+    return getattr(ctx, op)(a, b, nb1, nb2, nb3, offset)
+
+
+def _gdn_case(ctx, rng, S, H_k, gqa, T, N, kda, K):
+    H = H_k * gqa
+    q = make_input(ctx, rng, [S, H_k, T, N], name="q")
+    k = make_input(ctx, rng, [S, H_k, T, N], name="k")
+    v = make_input(ctx, rng, [S, H, T, N], name="v")
+    g = make_input(ctx, rng, [S if kda else 1, H, T, N], "cont", -20.0, -1e-4, name="g")
+    beta = make_input(ctx, rng, [1, H, T, N], "cont", 0.0, 1.0, name="beta")
+    s = make_input(ctx, rng, [S, S, H, N], name="state")
+    return ctx.gated_delta_net(ctx.l2_norm(q, 1e-6), ctx.l2_norm(k, 1e-6), v, g, beta, s, K)
+
+
+CASES: list[Case] = list(_cases())
+
+
+def cases_for(op: Optional[str] = None) -> list[Case]:
+    return [c for c in CASES if op is None or c.op == op]
+
+
+def nmse(out: np.ndarray, ref: np.ndarray) -> float:
+    """test-backend-ops' normalised mean squared error."""
+    ref = np.asarray(ref, np.float64)
+    out = np.asarray(out, np.float64)
+    den = float((ref * ref).sum())
+    num = float(((out - ref) ** 2).sum())
+    return num / den if den > 0 else num
+
+
+def run_case(case: Case, backend: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(backend output, float64 reference) of one case; the reference runs first, since a
+    backend may write into its inputs (in-place ops)."""
+    from .context import Context
+    from .reference import reference_compute
+
+    ctx = Context()
+    out = case.build(ctx, np.random.default_rng(seed))
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    ref = reference_compute(gf)[out]
+    backend.graph_compute(gf)
+    return out.numpy(), ref
+
+
+def check_case(case: Case, backend: Any, seed: int = 0) -> Optional[str]:
+    """None if the backend matches the reference, else what broke (NaN/inf first, then NMSE)."""
+    out, ref = run_case(case, backend, seed)
+    if out.shape != ref.shape:
+        return f"shape {out.shape} != reference {ref.shape}"
+    bad = np.isfinite(out) != np.isfinite(ref)
+    if bad.any():
+        i = tuple(int(x) for x in np.argwhere(bad)[0])
+        return f"non-finite mismatch at {i}: got {out[i]}, want {ref[i]}"
+    fin = np.isfinite(ref)
+    err = nmse(out[fin], ref[fin])
+    if err > case.max_nmse:
+        diff = np.abs(np.where(fin, out - ref, 0))
+        i = tuple(int(x) for x in np.unravel_index(np.argmax(diff), diff.shape))
+        return f"NMSE {err:.3g} > {case.max_nmse:g}; worst at {i}: got {out[i]}, want {ref[i]}"
+    return None
