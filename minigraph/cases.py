@@ -40,8 +40,8 @@ def make_input(ctx: Any, rng: np.random.Generator, ne, layout: str = "cont", lo:
         data = data.astype(np.int32)
     if layout == "perm":
         # store with dims 0 and 1 swapped, then permute back: same logical tensor, transposed memory
-        store = np.ascontiguousarray(np.swapaxes(data, 2, 3))
-        base = ctx.new_tensor_4d(type_, ne[1], ne[0], ne[2], ne[3]).set_data(store)
+        base = ctx.new_tensor_4d(type_, ne[1], ne[0], ne[2], ne[3])
+        base.set_data(np.ascontiguousarray(np.swapaxes(data, 2, 3)))
         t = ctx.permute(base, 1, 0, 2, 3)
     elif layout == "offs":
         pad = 3  # an odd element offset: not 8/16/32-byte aligned
@@ -54,8 +54,11 @@ def make_input(ctx: Any, rng: np.random.Generator, ne, layout: str = "cont", lo:
         t = ctx.view_4d(base, ne[0], ne[1], ne[2], ne[3], ne[0] * ts, ne[0] * ne[1] * ts,
                         ne[0] * ne[1] * ne[2] * ts, pad * ts)
     else:
-        t = ctx.new_tensor_4d(type_, *ne).set_data(data)
-    return t.set_name(name) if name else t
+        t = ctx.new_tensor_4d(type_, *ne)
+        t.set_data(data)
+    if name and hasattr(t, "set_name"):
+        t.set_name(name)
+    return t
 
 
 def _cases() -> Iterator[Case]:

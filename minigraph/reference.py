@@ -57,15 +57,17 @@ def reference_compute(graph: Union[Graph, Tensor]) -> ReferenceResult:
         gf.build_forward_expand(graph)
         graph = gf
     res = ReferenceResult()
-    written: set[int] = set()
+    from minigraph.ops.registry import leafs_needing_data
+
+    needed = {id(t) for t in leafs_needing_data(graph)}
     for leaf in graph.leafs:
+        if leaf._buf is None and id(leaf) in needed:
+            raise MinigraphError(f"reference: graph input {describe(leaf)} has no data (call set_data)")
         res.mem[id(leaf)] = _root_memory(leaf)
     for node in graph.nodes:
         op = OPS[node.op]
         root = node.root
         if id(root) not in res.mem:
-            if root.op is None and root._buf is None and node.op != "CPY":
-                raise MinigraphError(f"{node.op}: input {describe(root)} has no data (call set_data)")
             res.mem[id(root)] = _root_memory(root)
         if op.is_view:
             continue
@@ -74,5 +76,4 @@ def reference_compute(graph: Union[Graph, Tensor]) -> ReferenceResult:
                 for s, t in zip(srcs, node.src)]
         out = op.reference(node, *srcs, **{k: node.op_params[k] for k in op.params})
         res.view4(node)[...] = np.broadcast_to(out, tuple(reversed(node.ne)))
-        written.add(id(node))
     return res

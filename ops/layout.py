@@ -36,7 +36,7 @@ def _logical_copy(node, a, *rest):
 CONT = register(OpDef("CONT", "layout", _logical_copy, flops=NONE_BYTES,
                       doc="contiguous copy of any view, optionally with a new shape"))
 DUP = register(OpDef("DUP", "layout", _logical_copy, flops=NONE_BYTES))
-CPY = register(OpDef("CPY", "layout", _logical_copy, flops=NONE_BYTES,
+CPY = register(OpDef("CPY", "layout", _logical_copy, flops=NONE_BYTES, shape_only=(1,),
                      doc="copy src0 into src1's memory (converting type); the node is a view of src1"))
 
 

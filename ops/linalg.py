@@ -50,7 +50,7 @@ def tri_mask(rows: int, cols: int, tri_type: int) -> np.ndarray:
 
 TRI = register(OpDef("TRI", "linalg", lambda node, a, tri_type: np.where(tri_mask(a.shape[2], a.shape[3], tri_type), a, 0.0),
                      params=("tri_type",)))
-FILL = register(OpDef("FILL", "linalg", lambda node, a, c: np.full(a.shape, c), params=("c",),
+FILL = register(OpDef("FILL", "linalg", lambda node, a, c: np.full(a.shape, c), params=("c",), shape_only=(0,),
                       float_params=("c",)))
 
 

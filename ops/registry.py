@@ -25,6 +25,8 @@ class OpDef:
                each src is the float64 (int64 for I32) array of that source, same layout rule.
     is_view:   the node only relabels memory (VIEW, RESHAPE, PERMUTE, TRANSPOSE): no compute.
     inplace_ok: the output may share memory with src[0] (elementwise, same shape and type).
+    shape_only: src slots whose values are never read (FILL's input, CPY's destination): a
+               leaf used only there needs no data.
     flops:     fn(node) -> float operations, for profiles and perf mode.
     """
 
@@ -35,6 +37,7 @@ class OpDef:
     float_params: tuple[str, ...] = ()
     is_view: bool = False
     inplace_ok: bool = False
+    shape_only: tuple[int, ...] = ()
     flops: Callable[[Any], float] = field(default=lambda node: float(np.prod(node.ne)))
     doc: str = ""
 
@@ -99,3 +102,16 @@ def register_kernel(op: str, backend: str, fn: Any, supports: Optional[Callable[
 
 def kernels_for(backend: str) -> dict[str, Kernel]:
     return KERNELS.get(backend, {})
+
+
+def leafs_needing_data(graph: Any) -> list:
+    """The graph's leafs whose values some node reads (a leaf only written or only measured is not)."""
+    read = set()
+    for n in graph.nodes:
+        op = OPS[n.op]
+        for i, s in enumerate(n.src):
+            if s is not None and (i not in op.shape_only or s.root is not s):
+                read.add(id(s.root))
+        if n.view_src is not None and not op.is_view and n.op not in ("CPY",):
+            read.add(id(n.root))  # an in-place write keeps the rest of its destination
+    return [leaf for leaf in graph.leafs if id(leaf) in read]

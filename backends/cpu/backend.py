@@ -16,7 +16,7 @@ from minigraph.alloc import plan_memory
 from minigraph.backend import Backend, Support
 from minigraph.errors import MinigraphError, describe
 from minigraph.graph import Graph
-from minigraph.ops.registry import OPS, kernels_for
+from minigraph.ops.registry import OPS, kernels_for, leafs_needing_data
 from minigraph.tensor import Tensor, nelements, storage_view
 
 from . import program
@@ -138,13 +138,14 @@ class CpuPlan:
         return (self.n_nodes == len(graph.nodes) and self.version == graph_version(graph)
                 and all(t._buf is b for t, b in self.leaf_bufs))
 
-    def _check_leafs(self, graph: Graph) -> None:
-        cpy_dst = {id(n.root) for n in graph.nodes if n.op == "CPY"}
+    @staticmethod
+    def _check_leafs(graph: Graph) -> None:
+        needed = {id(t) for t in leafs_needing_data(graph)}
         for leaf in graph.leafs:
             if leaf._buf is None:
-                if id(leaf) not in cpy_dst:
+                if id(leaf) in needed:
                     raise MinigraphError(f"graph input {describe(leaf)} has no data: call set_data() first")
-                leaf._alloc_root()
+                leaf._alloc_root()  # only written or only measured: zeroed memory will do
 
     def _locate(self, t: Tensor) -> tuple[int, int]:
         root = t.root

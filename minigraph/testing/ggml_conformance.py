@@ -1,0 +1,112 @@
+"""Run minigraph's conformance cases on ggml's own CPU backend (through ggml-python).
+
+ggml aborts the process on an argument it rejects, so this runs as its own process:
+`python -m minigraph.testing.ggml_conformance [-o OP] [-p REGEX]` prints one JSON line per case
+("start" before it, then the result) and the parent reads them; a crash shows up as a case that
+started and never finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Optional
+
+import numpy as np
+
+from minigraph.cases import CASES, Case, nmse
+from minigraph.reference import reference_compute
+
+# what ggml's CPU backend accepts of our cases: layouts it asserts on, and our extensions
+NON_CONTIGUOUS_OK = {"CONT", "CPY", "DUP", "MUL_MAT", "OUT_PROD", "REPEAT", "CONCAT", "PAD", "GET_ROWS",
+                     "SUM", "SUM_ROWS", "MEAN"}
+# ggml computes these f32 functions through an f16 table or an approximation
+GGML_TOLERANCE = {"GELU": 1e-5, "SILU": 1e-6, "SIGMOID": 1e-6, "SOFTPLUS": 1e-6}
+
+
+def ggml_accepts(case: Case) -> Optional[str]:
+    """None when ggml can run the case, else why it is skipped."""
+    v = case.vars
+    if "layout=perm" in v and case.op not in NON_CONTIGUOUS_OK:
+        return "ggml needs contiguous rows for this op"
+    if case.op == "CUMSUM" and "dim=0" not in v:
+        return "minigraph extension: cumsum along ne[dim>0]"
+    if case.op == "SOLVE_TRI" and not ("left=1,lower=1,uni=0" in v):
+        return "minigraph extension: ggml implements left/lower/non-unit only"
+    return None
+
+
+def run_on_ggml(case: Case, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from minigraph.context import Context
+    from minigraph.testing import ggml_bridge
+
+    ref_ctx = Context()
+    ref_out = case.build(ref_ctx, np.random.default_rng(seed))
+    ref = reference_compute(ref_out)[ref_out]
+    gctx = ggml_bridge.GgmlContext()
+    out = case.build(gctx, np.random.default_rng(seed))
+    got = ggml_bridge.compute([out], n_threads=2)[0]
+    return np.asarray(got).reshape(ref.shape), ref
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("-o", "--op", default="", help="comma list of ops")
+    ap.add_argument("-p", "--params", default="", help="regex over the case's parameter string")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--after", default="", help="(internal) resume after this case")
+    args = ap.parse_args(argv)
+    ops = set(filter(None, args.op.split(",")))
+    started = not args.after
+    for case in CASES:
+        if not started:
+            started = case.name == args.after
+            continue
+        if (ops and case.op not in ops) or (args.params and not re.search(args.params, case.vars)):
+            continue
+        skip = ggml_accepts(case)
+        if skip:
+            print(json.dumps({"case": case.name, "status": "skip", "why": skip}), flush=True)
+            continue
+        print(json.dumps({"case": case.name, "status": "start"}), flush=True)
+        got, ref = run_on_ggml(case, args.seed)
+        tol = max(case.max_nmse, GGML_TOLERANCE.get(case.op, 0.0))
+        err = nmse(got, ref)
+        ok = bool(np.isfinite(got).all() == np.isfinite(ref).all() and err <= tol)
+        print(json.dumps({"case": case.name, "status": "ok" if ok else "fail", "nmse": err, "tol": tol}), flush=True)
+    return 0
+
+
+def run_all(op: str = "", params: str = "", seed: int = 1, timeout: float = 900.0) -> list[dict]:
+    """Run the cases in child processes; a case during which ggml aborted is reported as
+    "crash" (ggml refused it) and the run resumes after it."""
+    import subprocess
+
+    results: list[dict] = []
+    after = ""
+    while True:
+        cmd = [sys.executable, "-m", "minigraph.testing.ggml_conformance", "-o", op, "-p", params,
+               "--seed", str(seed), "--after", after]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        current = None
+        for line in proc.stdout.splitlines():
+            if not line.startswith('{"case"'):
+                continue  # ggml's abort handler prints a backtrace to stdout
+            rec = json.loads(line)
+            if rec["status"] == "start":
+                current = rec["case"]
+            else:
+                results.append(rec)
+                current = None
+        if proc.returncode == 0 and current is None:
+            return results
+        if current is None:
+            raise RuntimeError(f"ggml conformance run failed: {proc.stderr[-2000:]}")
+        tail = [ln for ln in proc.stderr.splitlines() if "GGML_ASSERT" in ln or "error" in ln.lower()]
+        results.append({"case": current, "status": "crash", "why": (tail[-1] if tail else proc.stderr[-300:]).strip()})
+        after = current
+
+
+if __name__ == "__main__":
+    sys.exit(main())
