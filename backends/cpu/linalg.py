@@ -1,0 +1,219 @@
+"""CPU kernels of the linalg family: MUL_MAT, OUT_PROD, TRI, FILL, DIAG, SOLVE_TRI.
+
+Arrays are (ne3, ne2, ne1, ne0) views with any strides, so a matrix [cols, rows] is arr[.., row, col].
+src0 broadcasts over dims 2/3 as ggml does: batch (i3, i2) reads src0[i3 // r3, i2 // r2].
+dst never shares memory with a source.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from minigraph.ops.registry import register_kernel
+
+from .jit import JIT_OPTIONS, kernel
+
+# MUL_MAT tiles: a task owns MM_BLOCK_M rows of src0; per slice of MM_BLOCK_K along K it copies
+# them, transposed, into a contiguous [MM_BLOCK_K, MM_BLOCK_M] buffer (64 KiB: stays in L2 and is
+# no large allocation) and walks src1 MM_BLOCK_N rows at a time. The 4 x 64 f32 accumulator tile
+# keeps the inner loop a contiguous multiply-add over m that LLVM vectorises without fastmath.
+MM_BLOCK_M = 64
+MM_BLOCK_N = 4
+MM_BLOCK_K = 256
+# with few src1 rows (matrix x vector) the transposed copy of src0 costs more than it saves:
+# those products run as row dot products, 8 independent f32 lanes (vectorisable without fastmath)
+MM_DOT_MAX_N = 3
+DOT_LANES = 8
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _tile_product(at, bt, acc, k_len):
+    """acc[n, m] = sum_k bt[n, k] * at[k, m] for a full MM_BLOCK_N x MM_BLOCK_M tile."""
+    for n in range(MM_BLOCK_N):
+        for m in range(MM_BLOCK_M):
+            acc[n, m] = 0.0
+    for k in range(k_len):
+        for n in range(MM_BLOCK_N):
+            bv = bt[n, k]
+            for m in range(MM_BLOCK_M):
+                acc[n, m] += bv * at[k, m]
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _row_dot(a, j3, j2, m, b, i3, i2, n, k_len, part):
+    """sum_k a[j3, j2, m, k] * b[i3, i2, n, k] in DOT_LANES f32 lanes (part: scratch of that size)."""
+    k_main = k_len - k_len % DOT_LANES
+    for lane in range(DOT_LANES):
+        part[lane] = 0.0
+    for k0 in range(0, k_main, DOT_LANES):
+        for lane in range(DOT_LANES):
+            part[lane] += a[j3, j2, m, k0 + lane] * b[i3, i2, n, k0 + lane]
+    s = np.float32(0.0)
+    for k in range(k_main, k_len):
+        s += a[j3, j2, m, k] * b[i3, i2, n, k]
+    for lane in range(DOT_LANES):
+        s += part[lane]
+    return s
+
+
+@kernel
+def mul_mat(dst, a, b):
+    """dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
+    n3, n2, n_rows, m_rows = dst.shape
+    k_len = a.shape[3]
+    r3 = n3 // a.shape[0]
+    r2 = n2 // a.shape[1]
+    if n_rows <= MM_DOT_MAX_N:
+        for task in prange(n3 * n2 * m_rows):
+            i3 = task // (n2 * m_rows)
+            i2 = (task // m_rows) % n2
+            m = task % m_rows
+            part = np.empty(DOT_LANES, np.float32)
+            for n in range(n_rows):
+                dst[i3, i2, n, m] = _row_dot(a, i3 // r3, i2 // r2, m, b, i3, i2, n, k_len, part)
+        return
+    n_mblk = (m_rows + MM_BLOCK_M - 1) // MM_BLOCK_M
+    for task in prange(n3 * n2 * n_mblk):
+        i3 = task // (n2 * n_mblk)
+        i2 = (task // n_mblk) % n2
+        j3 = i3 // r3
+        j2 = i2 // r2
+        m0 = (task % n_mblk) * MM_BLOCK_M
+        mw = min(m_rows - m0, MM_BLOCK_M)
+        at = np.zeros((MM_BLOCK_K, MM_BLOCK_M), np.float32)  # columns past mw stay zero
+        bt = np.zeros((MM_BLOCK_N, MM_BLOCK_K), np.float32)  # rows past nw are stale, never stored
+        acc = np.empty((MM_BLOCK_N, MM_BLOCK_M), np.float32)
+        if k_len == 0:
+            for n in range(n_rows):
+                for m in range(mw):
+                    dst[i3, i2, n, m0 + m] = 0.0
+        for k0 in range(0, k_len, MM_BLOCK_K):
+            kw = min(k_len - k0, MM_BLOCK_K)
+            for m in range(mw):
+                for k in range(kw):
+                    at[k, m] = a[j3, j2, m0 + m, k0 + k]
+            for n0 in range(0, n_rows, MM_BLOCK_N):
+                nw = min(n_rows - n0, MM_BLOCK_N)
+                for n in range(nw):
+                    for k in range(kw):
+                        bt[n, k] = b[i3, i2, n0 + n, k0 + k]
+                _tile_product(at, bt, acc, kw)
+                for n in range(nw):
+                    for m in range(mw):
+                        if k0 == 0:
+                            dst[i3, i2, n0 + n, m0 + m] = acc[n, m]
+                        else:
+                            dst[i3, i2, n0 + n, m0 + m] += acc[n, m]
+
+
+@kernel
+def out_prod(dst, a, b):
+    """dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, k, m] * b[i3, i2, k, n]; a [M, K], b [N, K]."""
+    n3, n2, n_rows, m_rows = dst.shape
+    k_len = a.shape[2]
+    r3 = n3 // a.shape[0]
+    r2 = n2 // a.shape[1]
+    for task in prange(n3 * n2 * n_rows):
+        i3 = task // (n2 * n_rows)
+        i2 = (task // n_rows) % n2
+        n = task % n_rows
+        acc = np.zeros(m_rows, np.float32)
+        for k in range(k_len):
+            bv = b[i3, i2, k, n]
+            for m in range(m_rows):
+                acc[m] += a[i3 // r3, i2 // r2, k, m] * bv
+        for m in range(m_rows):
+            dst[i3, i2, n, m] = acc[m]
+
+
+@kernel
+def tri(dst, a, tri_type):
+    """Keep element (col i0, row i1) where ggml's TRI_TYPE test holds, else 0.
+
+    0 UPPER_DIAG: i0 >= i1, 1 UPPER: i0 > i1, 2 LOWER_DIAG: i0 <= i1, 3 LOWER: i0 < i1.
+    """
+    n3, n2, n1, n0 = dst.shape
+    for r in prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        for i0 in range(n0):
+            if tri_type == 0:
+                keep = i0 >= i1
+            elif tri_type == 1:
+                keep = i0 > i1
+            elif tri_type == 2:
+                keep = i0 <= i1
+            else:
+                keep = i0 < i1
+            dst[i3, i2, i1, i0] = a[i3, i2, i1, i0] if keep else np.float32(0.0)
+
+
+@kernel
+def fill(dst, a, c):
+    """Every element of dst is c (a only gives the shape)."""
+    n3, n2, n1, n0 = dst.shape
+    cf = np.float32(c)
+    for r in prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        for i0 in range(n0):
+            dst[i3, i2, i1, i0] = cf
+
+
+@kernel
+def diag(dst, a):
+    """a [n, 1, ne2, ne3] -> dst [n, n, ne2, ne3] with a's row on the diagonal."""
+    n3, n2, n1, n0 = dst.shape
+    for r in prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        for i0 in range(n0):
+            dst[i3, i2, i1, i0] = a[i3, i2, 0, i0] if i0 == i1 else np.float32(0.0)
+
+
+@kernel
+def solve_tri(dst, a, b, left, lower, uni):
+    """Triangular solve per batch, f64 accumulation; A is a[.., row, col], n x n.
+
+    left:  A X = B, B [k, n] (n rows): each column of B is one system A x = b.
+    right: X A = B, B [n, k] (k rows): each row of B is one system A^T x = b.
+    A^T of a lower A is upper, so the substitution runs forward when left == lower and backward
+    otherwise; T[i, j] below is A[i, j] (left) or A[j, i] (right). Only A's `lower`/upper
+    triangle is read, its diagonal not at all when uni. A zero pivot gives inf/nan.
+    """
+    n3, n2, b_rows, b_cols = b.shape
+    n = a.shape[3]
+    n_sys = b_cols if left else b_rows
+    forward = (lower != 0) == (left != 0)
+    for task in prange(n3 * n2 * n_sys):
+        i3 = task // (n2 * n_sys)
+        i2 = (task // n_sys) % n2
+        v = task % n_sys
+        x = np.empty(n, np.float64)
+        for step in range(n):
+            i = step if forward else n - 1 - step
+            j_lo = 0 if forward else i + 1
+            j_hi = i if forward else n
+            s = np.float64(b[i3, i2, i, v] if left else b[i3, i2, v, i])
+            for j in range(j_lo, j_hi):
+                t = a[i3, i2, i, j] if left else a[i3, i2, j, i]
+                s -= t * x[j]
+            if not uni:
+                s /= a[i3, i2, i, i]
+            x[i] = s
+            if left:
+                dst[i3, i2, i, v] = s
+            else:
+                dst[i3, i2, v, i] = s
+
+
+register_kernel("MUL_MAT", "cpu", mul_mat)
+register_kernel("OUT_PROD", "cpu", out_prod)
+register_kernel("TRI", "cpu", tri)
+register_kernel("FILL", "cpu", fill)
+register_kernel("DIAG", "cpu", diag)
+register_kernel("SOLVE_TRI", "cpu", solve_tri)
