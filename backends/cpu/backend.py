@@ -131,7 +131,9 @@ class CpuPlan:
         self.prog = np.array(rows, np.int64).reshape(-1, program.ROW_W)
         self.fprm = np.array(frows, np.float64).reshape(-1, program.MAX_PARAMS)
         self.runner = program.load_runner(list(variants)) if variants else None
-        self.typed_bufs = numba.typed.List(self.bufs)
+        # every buffer viewed once per dtype, so the program does no per-node re-typing
+        self.bufs_f32 = numba.typed.List([x.view(np.float32) for x in self.bufs])
+        self.bufs_i32 = numba.typed.List([x.view(np.int32) for x in self.bufs])
         self.cur = np.zeros(1, np.int64)
 
     def valid_for(self, graph: Graph) -> bool:
@@ -142,7 +144,7 @@ class CpuPlan:
     def _check_leafs(graph: Graph) -> None:
         needed = {id(t) for t in leafs_needing_data(graph)}
         for leaf in graph.leafs:
-            if leaf._buf is None:
+            if leaf.root._buf is None:  # a leaf may be a view (e.g. a scheduler split's input)
                 if id(leaf) in needed:
                     raise MinigraphError(f"graph input {describe(leaf)} has no data: call set_data() first")
                 leaf._alloc_root()  # only written or only measured: zeroed memory will do
@@ -172,10 +174,12 @@ class CpuPlan:
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> None:
+        for root in self.memory.roots:  # another runner (e.g. the scheduler) may have re-bound them
+            root._buf, root._offs = self.arena, self.memory.offsets[id(root)]
         for step in self.steps:
             if step[0] == "prog":
                 try:
-                    self.runner(self.typed_bufs, self.prog, self.fprm, step[1], step[2], self.cur)
+                    self.runner(self.bufs_f32, self.bufs_i32, self.prog, self.fprm, step[1], step[2], self.cur)
                 except (IndexError, ValueError, ZeroDivisionError) as e:
                     n = self.nodes[int(self.cur[0])]
                     raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
