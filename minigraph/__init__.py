@@ -17,5 +17,7 @@ from .tensor import (Tensor, are_same_shape, are_same_stride, can_repeat, elemen
                      get_name, is_contiguous, is_contiguous_1, is_contiguous_2, is_contiguous_rows,
                      is_empty, is_matrix, is_permuted, is_scalar, is_transposed, is_vector, n_dims,
                      nbytes, nelements, nrows, row_size, set_input, set_name, set_output, set_param)
+from .sched import (BackendSched, HostBuffer, backend_alloc_ctx_tensors, backend_sched_new, backend_tensor_alloc,
+                    backend_tensor_get, backend_tensor_set, tensor_buffer)
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -52,3 +52,14 @@ def cache_dir() -> str:
     d = os.path.join(tempfile.gettempdir(), f"minigraph-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def offload_min_batch() -> int:
+    """MINIGRAPH_OFFLOAD_MIN_BATCH: smallest batch (node.ne[1]) for which the scheduler moves an
+    op on host-resident weights to a higher-priority backend (ggml: 32)."""
+    return _env_int("MINIGRAPH_OFFLOAD_MIN_BATCH", 32)
+
+
+def no_offload() -> bool:
+    """MINIGRAPH_NO_OFFLOAD=1: ops on host-resident weights always stay on the host."""
+    return _env_bool("MINIGRAPH_NO_OFFLOAD", False)

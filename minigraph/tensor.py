@@ -20,6 +20,22 @@ FLAG_OUTPUT = 2
 FLAG_PARAM = 4
 
 _STORAGE_ALIGN = 64
+_binding_epoch = [0]
+
+
+def bind_storage(bindings) -> int:
+    """Point storage roots at (buffer, byte offset) pairs; returns the new binding epoch.
+
+    Planners (the CPU backend, the scheduler) bind the roots they planned; one whose epoch is no
+    longer current re-binds before it runs, since someone else may have re-pointed the roots."""
+    for root, buf, offs in bindings:
+        root._buf, root._offs = buf, offs
+    _binding_epoch[0] += 1
+    return _binding_epoch[0]
+
+
+def binding_epoch() -> int:
+    return _binding_epoch[0]
 
 
 def contiguous_strides(type_: int, ne: Sequence[int]) -> tuple[int, int, int, int]:

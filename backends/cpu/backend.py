@@ -17,7 +17,7 @@ from minigraph.backend import Backend, Support
 from minigraph.errors import MinigraphError, describe
 from minigraph.graph import Graph
 from minigraph.ops.registry import OPS, kernels_for, leafs_needing_data
-from minigraph.tensor import Tensor, nelements, storage_view
+from minigraph.tensor import Tensor, bind_storage, binding_epoch, nelements, storage_view
 
 from . import program
 
@@ -86,8 +86,8 @@ class CpuPlan:
                 raise MinigraphError(f"{n.op}: the CPU backend cannot run {describe(n)}: {s.reason}")
         self.memory = plan_memory(graph, can_inplace=lambda n: OPS[n.op].inplace_ok)
         self.arena = np.zeros(max(self.memory.size, 64), np.uint8)
-        for root in self.memory.roots:
-            root._buf, root._offs = self.arena, self.memory.offsets[id(root)]
+        self.bindings = [(root, self.arena, self.memory.offsets[id(root)]) for root in self.memory.roots]
+        self.epoch = bind_storage(self.bindings)
         self._check_leafs(graph)
         self.bufs: list[np.ndarray] = [_DUMMY, self.arena]
         self.leaf_bufs: list[tuple[Tensor, np.ndarray]] = []
@@ -174,8 +174,8 @@ class CpuPlan:
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> None:
-        for root in self.memory.roots:  # another runner (e.g. the scheduler) may have re-bound them
-            root._buf, root._offs = self.arena, self.memory.offsets[id(root)]
+        if self.epoch != binding_epoch():  # another planner (e.g. the scheduler) re-bound roots
+            self.epoch = bind_storage(self.bindings)
         for step in self.steps:
             if step[0] == "prog":
                 try:

@@ -1,0 +1,70 @@
+"""The scheduler's decisions as data (`sched.report()`, for the dump CLI) and as the
+MINIGRAPH_SCHED_DEBUG log (ggml's GGML_SCHED_DEBUG, with every cause spelled out)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .graph import Graph
+
+
+def _name(t: Any) -> str:
+    return t.name or f"<{t.op or 'leaf'}@{id(t) & 0xffff:04x}>"
+
+
+def report(sched: Any, plan: Any) -> dict:
+    """Splits, copies, bytes copied, compute-buffer bytes and every placement with its cause."""
+    names = [b.name for b in sched.backends]
+    splits = []
+    for k, s in enumerate(plan.splits):
+        splits.append({
+            "index": k,
+            "backend": names[s.backend],
+            "nodes": [{"op": n.op, "name": _name(n)} for n in s.nodes],
+            "copies": [{"tensor": _name(c.src), "copy": c.dst.name, "from": names[c.src_backend],
+                        "to": names[c.dst_backend], "ne": list(c.src.ne), "nb": list(c.src.nb),
+                        "nbytes": c.nbytes} for c in s.copies],
+            "outputs": [_name(t) for t in s.graph.outputs],
+        })
+    placements = []
+    for tid, t in plan.tensors.items():
+        tag, detail = plan.cause[tid]
+        placements.append({"name": _name(t), "op": t.op or "NONE", "leaf": t.op is None,
+                           "backend": names[plan.assign[tid]], "cause": tag, "detail": detail})
+    copies = [c for s in plan.splits for c in s.copies]
+    return {
+        "backends": names,
+        "n_splits": len(plan.splits),
+        "n_copies": len(copies),
+        "bytes_copied": sum(c.nbytes for c in copies),
+        "buffer_size": {names[i]: n for i, n in sorted(plan.buffer_size.items())},
+        "splits": splits,
+        "placements": placements,
+    }
+
+
+def format_log(sched: Any, plan: Any, gf: Graph) -> str:
+    """One line per leaf and node (backend, cause, detail), then the splits with their copies."""
+    names = [b.name for b in sched.backends]
+    width = max(len(n) for n in names)
+    rep = report(sched, plan)
+    lines = [f"sched: {len(gf.leafs)} leafs, {len(gf.nodes)} nodes on [{', '.join(names)}]: "
+             f"{rep['n_splits']} splits, {rep['n_copies']} copies ({rep['bytes_copied']} bytes), "
+             f"compute buffers {rep['buffer_size']}"]
+    for kind, ts in (("leaf", gf.leafs), ("node", gf.nodes)):
+        for k, t in enumerate(ts):
+            if id(t) not in plan.assign:
+                continue
+            tag, detail = plan.cause[id(t)]
+            lines.append(f"  {kind} {k:4d} {t.op or 'NONE':>16} {_name(t):<24} "
+                         f"[{names[plan.assign[id(t)]]:>{width}}] {tag}: {detail}")
+    for s in rep["splits"]:
+        ins = ", ".join(f"{c['tensor']} ({c['from']}->{c['to']}, {c['nbytes']} B)" for c in s["copies"])
+        lines.append(f"## SPLIT #{s['index']}: {s['backend']} # {len(s['nodes'])} nodes, "
+                     f"{len(s['copies'])} inputs: [{ins}]")
+        for c in s["copies"]:
+            lines.append(f"    copy: {c['tensor']} ne={c['ne']} nb={c['nb']} -> {c['copy']} ({c['nbytes']} bytes)")
+    return "\n".join(lines)
+
+
+def print_log(sched: Any, plan: Any, gf: Graph) -> None:
+    print(format_log(sched, plan, gf), flush=True)
