@@ -27,6 +27,8 @@ class OpDef:
     inplace_ok: the output may share memory with src[0] (elementwise, same shape and type).
     shape_only: src slots whose values are never read (FILL's input, CPY's destination): a
                leaf used only there needs no data.
+    byte_params: params counted in bytes of the node's type (rescaled when a backend computes
+               an f16/bf16 node in f32).
     flops:     fn(node) -> float operations, for profiles and perf mode.
     """
 
@@ -38,12 +40,15 @@ class OpDef:
     is_view: bool = False
     inplace_ok: bool = False
     shape_only: tuple[int, ...] = ()
+    byte_params: tuple[str, ...] = ()
     flops: Callable[[Any], float] = field(default=lambda node: float(np.prod(node.ne)))
     doc: str = ""
 
-    def param_values(self, node: Any) -> tuple:
-        """The node's params in kernel order, typed as the kernels expect."""
-        return tuple(float(node.op_params[p]) if p in self.float_params else int(node.op_params[p])
+    def param_values(self, node: Any, byte_scale: int = 1) -> tuple:
+        """The node's params in kernel order, typed as the kernels expect; byte params are
+        multiplied by `byte_scale` (f32 size / the node type's size when computed in f32)."""
+        return tuple(float(node.op_params[p]) if p in self.float_params
+                     else int(node.op_params[p]) * (byte_scale if p in self.byte_params else 1)
                      for p in self.params)
 
 

@@ -32,9 +32,9 @@ def _region_ref(accumulate: bool):
     return ref
 
 
-ACC = register(OpDef("ACC", "write", _region_ref(True), params=REGION, inplace_ok=True,
+ACC = register(OpDef("ACC", "write", _region_ref(True), params=REGION, inplace_ok=True, byte_params=REGION,
                      flops=lambda n: float(nelements(n.src[1]))))
-SET = register(OpDef("SET", "write", _region_ref(False), params=REGION, inplace_ok=True,
+SET = register(OpDef("SET", "write", _region_ref(False), params=REGION, inplace_ok=True, byte_params=REGION,
                      flops=lambda n: 0.0))
 
 

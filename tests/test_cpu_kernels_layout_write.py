@@ -281,8 +281,15 @@ def test_views_have_no_kernels():
         assert op not in KERNELS["cpu"]
 
 
-def test_write_kernels_refuse_half_types(rng):
+@pytest.mark.parametrize("type_", [mg.TYPE_F16, mg.TYPE_BF16])
+def test_write_half_types_rescale_byte_params(rng, type_):
+    """ACC/SET byte params count bytes of the node's type; the f32 kernel gets them rescaled."""
     ctx = mg.Context()
-    a = ctx.from_numpy(rand(rng, 4, 8).astype(np.float16))
-    node = ctx.acc(a, ctx.from_numpy(rand(rng, 2, 8).astype(np.float16)), a.nb[1], a.nb[2], a.nb[3], 0)
-    assert "F32 only" in KERNELS["cpu"]["ACC"].supports(node)
+    a = ctx.new_tensor_2d(type_, 8, 4).set_data(rand(rng, 4, 8))
+    b = ctx.new_tensor_2d(type_, 3, 2).set_data(rand(rng, 2, 3))
+    node = ctx.acc(a, b, a.nb[1], a.nb[2], a.nb[3], a.nb[1] + 2 * a.nb[0])
+    gf = ctx.new_graph()
+    mg.build_forward_expand(gf, node)
+    ref = mg.reference_compute(gf)[node]
+    mg.backend_cpu_init(1).graph_compute(gf)
+    np.testing.assert_allclose(node.numpy().astype(np.float64), ref, rtol=1e-2, atol=1e-2)

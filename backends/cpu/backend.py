@@ -202,7 +202,8 @@ class CpuPlan:
         dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32) if converted else dst_raw
         fn = getattr(kern.fn, build)
         try:
-            fn(dst, *arrays, *op.param_values(n), *kern.extra)
+            scale = 4 // dtypes.type_size(n.type) if converted else 1  # byte params of f16 -> f32
+            fn(dst, *arrays, *op.param_values(n, scale), *kern.extra)
         except (IndexError, ValueError, ZeroDivisionError) as e:
             raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
         if converted:

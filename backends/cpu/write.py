@@ -2,15 +2,13 @@
 
 Arrays are (ne3, ne2, ne1, ne0) views. dst is contiguous with a's shape (and is a's memory when
 the node is in place). The region has b's shape, element stride 1 and row strides nb1, nb2, nb3;
-it starts at byte `offset` of dst. These byte values are in units of dst's element size, so the
-kernel supports F32 nodes only: an F16/BF16 node reaches a kernel as float32 with a different
-element size than its byte params assume.
+it starts at byte `offset` of dst, in units of dst's element size (the executor rescales them
+when an f16/bf16 node is computed in f32).
 """
 from __future__ import annotations
 
 from numba import prange
 
-from minigraph import dtypes
 from minigraph.ops.registry import register_kernel
 
 from .jit import kernel
@@ -67,13 +65,5 @@ def region_write(dst, a, b, nb1, nb2, nb3, offset, accumulate):
                         j3 += 1
 
 
-def f32_only(node):
-    """Byte params are in the node type's element size; the kernel sees float32 (4 bytes)."""
-    if node.type != dtypes.TYPE_F32:
-        return (f"{node.op}: CPU kernel takes F32 only (nb1/nb2/nb3/offset are bytes of "
-                f"{dtypes.type_name(node.type)}, the kernel sees f32)")
-    return None
-
-
-register_kernel("ACC", "cpu", region_write, supports=f32_only, extra=(1,))
-register_kernel("SET", "cpu", region_write, supports=f32_only, extra=(0,))
+register_kernel("ACC", "cpu", region_write, extra=(1,))
+register_kernel("SET", "cpu", region_write, extra=(0,))
