@@ -6,7 +6,7 @@ their prefix (mg.TYPE_F32, mg.TRI_TYPE_LOWER_DIAG) and keep ggml's values.
 """
 from . import ops as _ops  # noqa: F401  (registers every op)
 from .backends import cpu as _cpu  # noqa: F401  (registers the CPU kernels)
-from .backend import Backend, Support, backend_cpu_init, compute
+from .backend import Backend, Support, backend_cpu_init, backend_cuda_init, compute
 from .context import Context, init
 from .dtypes import TYPE_BF16, TYPE_F16, TYPE_F32, TYPE_I32, type_name, type_size
 from .errors import MinigraphError

@@ -52,6 +52,15 @@ def backend_cpu_init(n_threads: int = 0) -> Any:
     return CpuBackend(n_threads)
 
 
+def backend_cuda_init(device: int = 0, use_graphs: bool = True) -> Any:
+    """ggml_backend_cuda_init: the Numba CUDA backend on GPU `device` (needs numba-cuda;
+    NUMBA_ENABLE_CUDASIM=1 runs it on the simulator). use_graphs=False or
+    MINIGRAPH_CUDA_GRAPHS=0: plain kernel launches instead of CUDA graph replay."""
+    from minigraph.backends.cuda.backend import CudaBackend
+
+    return CudaBackend(device, use_graphs=use_graphs)
+
+
 def _as_graph(target: Union[Graph, Tensor]) -> Graph:
     if isinstance(target, Graph):
         return target
@@ -62,14 +71,42 @@ def _as_graph(target: Union[Graph, Tensor]) -> Graph:
     raise MinigraphError(f"compute: expected a Graph or a Tensor, got {type(target).__name__}")
 
 
+def _gpu_present() -> bool:
+    from . import flags
+
+    if flags.cuda_simulator():
+        return False  # the simulator is for tests, never an automatic choice
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except ImportError:
+        return False
+
+
+def _auto() -> Any:
+    """The scheduler over [CUDA, CPU] when a GPU is there, else the CPU backend."""
+    if not _gpu_present():
+        return backend_cpu_init()
+    from .sched import backend_sched_new
+
+    return backend_sched_new([backend_cuda_init(0), backend_cpu_init()])
+
+
+def _named_backend(name: str) -> Any:
+    known = {"cpu": backend_cpu_init, "cuda": backend_cuda_init, "auto": _auto}
+    if name not in known:
+        raise MinigraphError(f"compute: unknown backend '{name}' (known: cpu, cuda, auto)")
+    if name not in _BACKENDS:
+        _BACKENDS[name] = known[name]()
+    return _BACKENDS[name]
+
+
 def compute(target: Union[Graph, Tensor], backend: Union[str, Backend] = "cpu") -> Union[Graph, Any]:
-    """Run a graph (or the graph ending in a tensor); returns the tensor's numpy value for a tensor."""
+    """Run a graph (or the graph ending in a tensor) on one backend ("cpu", "cuda", "auto" or a
+    Backend); returns the tensor's numpy value for a tensor, else the graph."""
     gf = _as_graph(target)
     if isinstance(backend, str):
-        if backend not in ("cpu", "auto"):
-            raise MinigraphError(f"compute: unknown backend '{backend}' (known: cpu, auto)")
-        if "cpu" not in _BACKENDS:
-            _BACKENDS["cpu"] = backend_cpu_init()
-        backend = _BACKENDS["cpu"]
+        backend = _named_backend(backend)
     backend.graph_compute(gf)
     return target.numpy() if isinstance(target, Tensor) else gf

@@ -63,3 +63,13 @@ def offload_min_batch() -> int:
 def no_offload() -> bool:
     """MINIGRAPH_NO_OFFLOAD=1: ops on host-resident weights always stay on the host."""
     return _env_bool("MINIGRAPH_NO_OFFLOAD", False)
+
+
+def cuda_graphs() -> bool:
+    """MINIGRAPH_CUDA_GRAPHS=0: plain kernel launches on every compute, no CUDA graph replay."""
+    return _env_bool("MINIGRAPH_CUDA_GRAPHS", True)
+
+
+def cuda_simulator() -> bool:
+    """NUMBA_ENABLE_CUDASIM=1 (Numba's own flag): CUDA kernels run on numba-cuda's simulator."""
+    return _env_bool("NUMBA_ENABLE_CUDASIM", False)

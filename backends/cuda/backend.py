@@ -1,0 +1,464 @@
+"""The Numba CUDA backend: plans a graph once (memory, launches, CUDA graph), then replays it.
+
+Where tensors live (docs/backend-interface.md):
+  * `CudaBuffer` (an object with `.backend`): device memory of this backend, from alloc_buffer
+    (the scheduler's compute buffers and copies, mg.backend_tensor_alloc) or wrapping a caller's
+    device array (set_tensor_device: zero-copy, `__cuda_array_interface__` or DLPack).
+  * a host numpy buffer: a graph input. The backend keeps one device MIRROR per host array
+    (same size, same offsets), uploaded when its bytes differ from the last upload (a host
+    snapshot is kept for the comparison), and downloaded back when a node writes into it.
+  * no buffer (a node computed standalone, `mg.compute(t, backend)`): the plan lays such nodes
+    out in one device arena with minigraph.alloc.plan_memory and binds them, like the CPU
+    backend does, to a host arena of the same layout; the output ranges are downloaded after
+    compute, so `t.numpy()` works.
+
+A plan precomputes every launch (kernel configured with grid/block/stream, the argument tuple:
+per-node meta row, flat buffers, params). The first compute launches them one by one (which
+also compiles the kernels); the next one captures them into a CUDA graph (driver stream
+capture) and later computes replay it with one cuGraphLaunch. The plan is rebuilt (and the
+graph re-captured) when the graph, its shapes or where its inputs live change.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Optional
+
+import numpy as np
+from numba import cuda
+
+from minigraph import dtypes
+from minigraph.alloc import plan_memory
+from minigraph.backend import Backend, Support
+from minigraph.errors import MinigraphError, describe
+from minigraph import flags
+from minigraph.graph import Graph
+from minigraph.ops.registry import OPS, kernels_for
+from minigraph.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, extent_bytes, is_contiguous, nelements
+
+from .common import META_W, SIM, SLOT_W
+
+DOWNLOAD_ALL_BYTES = 1 << 20   # arenas up to this size come back in one copy, else range by range
+_DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32}
+
+
+def graphs_enabled() -> bool:
+    return flags.cuda_graphs()
+
+
+class CudaBuffer:
+    """Device memory of one CudaBackend: `dev` is a flat uint8 device array."""
+
+    def __init__(self, backend: "CudaBackend", dev: Any, owner: Any = None) -> None:
+        self.backend = backend
+        self.dev = dev
+        self.nbytes = int(dev.size)
+        self.owner = owner        # the caller's array, kept alive, for wrapped memory
+        self._flat: dict[Any, Any] = {}
+
+    @classmethod
+    def alloc(cls, backend: "CudaBackend", nbytes: int) -> "CudaBuffer":
+        return cls(backend, cuda.device_array(max(64, -(-int(nbytes) // 64) * 64), np.uint8))
+
+    def flat(self, dtype: Any) -> Any:
+        """The whole buffer as a flat device array of `dtype` (what kernels index)."""
+        v = self._flat.get(dtype)
+        if v is None:
+            n = self.nbytes // np.dtype(dtype).itemsize
+            v = self._flat[dtype] = self.dev[: n * np.dtype(dtype).itemsize].view(dtype)
+        return v
+
+    def __repr__(self) -> str:
+        return f"CudaBuffer({self.backend.name}, {self.nbytes} bytes)"
+
+
+class _Mirror:
+    """Device copy of one host numpy buffer, with the snapshot of what was uploaded."""
+
+    def __init__(self, backend: "CudaBackend", host: np.ndarray) -> None:
+        self.host_ref = weakref.ref(host)
+        self.buf = CudaBuffer.alloc(backend, host.nbytes)
+        self.snapshot: Optional[np.ndarray] = None
+
+    def upload_if_changed(self, stream: Any) -> None:
+        host = self.host_ref()
+        if host is None:
+            return
+        if self.snapshot is not None and np.array_equal(host, self.snapshot):
+            return
+        self.buf.dev[: host.nbytes].copy_to_device(host, stream=stream)
+        self.snapshot = host.copy()
+
+    def download(self, stream: Any) -> None:
+        host = self.host_ref()
+        if host is not None:
+            self.buf.dev[: host.nbytes].copy_to_host(host, stream=stream)
+            self.snapshot = None  # refreshed after the stream is synchronised
+
+
+class CudaBackend(Backend):
+    """ggml_backend_cuda_init's counterpart on Numba CUDA (f32 kernels, one stream, CUDA graphs)."""
+
+    def __init__(self, device: int = 0, use_graphs: bool = True, download_outputs: bool = True) -> None:
+        self.device = int(device)
+        self.name = f"CUDA{self.device}"
+        if not SIM:
+            cuda.select_device(self.device)
+        self.use_graphs = bool(use_graphs) and graphs_enabled() and not SIM
+        self.download_outputs = download_outputs
+        self.kernels = kernels_for("cuda")
+        self.stream = cuda.stream()
+        self._plans: "weakref.WeakKeyDictionary[Graph, CudaPlan]" = weakref.WeakKeyDictionary()
+        self._mirrors: dict[int, _Mirror] = {}
+        self._dummy = CudaBuffer.alloc(self, 64)
+
+    def __repr__(self) -> str:
+        return f"CudaBackend(device={self.device}, use_graphs={self.use_graphs}{', simulator' if SIM else ''})"
+
+    # -- what runs here ----------------------------------------------------------------------
+    def supports_op(self, node: Tensor) -> Support:
+        op = OPS.get(node.op) if node.op else None
+        if op is None:
+            return Support(node.op is None, "leaf" if node.op is None else f"unknown op {node.op}")
+        if op.is_view:
+            return Support(True, "view: no compute")
+        k = self.kernels.get(node.op)
+        if k is None:
+            return Support(False, f"no CUDA kernel for {node.op}")
+        reason = k.supports(node) if k.supports else None
+        return Support(reason is None, reason or "kernel")
+
+    def offload_op(self, node: Tensor) -> bool:
+        return bool(self.supports_op(node))
+
+    # -- memory (backend interface) ------------------------------------------------------------
+    def alloc_buffer(self, nbytes: int) -> CudaBuffer:
+        return CudaBuffer.alloc(self, nbytes)
+
+    def tensor_set(self, t: Tensor, data: Any) -> None:
+        buf, offs = self._device_location(t)
+        raw = np.ascontiguousarray(np.asarray(data)).view(np.uint8).reshape(-1)
+        n = nelements(t) * dtypes.type_size(t.type)
+        if raw.size != n:
+            raise MinigraphError(f"tensor_set: {describe(t)} takes {n} bytes, got {raw.size}")
+        if is_contiguous(t):
+            buf.dev[offs:offs + n].copy_to_device(raw, stream=self.stream)
+            return
+        ext = extent_bytes(t.type, t.ne, t.nb)  # read-modify-write the extent on the host
+        host = buf.dev[offs:offs + ext].copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
+        view[...] = raw.view(dtypes.storage_dtype(t.type)).reshape(view.shape)
+        buf.dev[offs:offs + ext].copy_to_device(host, stream=self.stream)
+
+    def tensor_get(self, t: Tensor) -> np.ndarray:
+        buf, offs = self._device_location(t)
+        ext = extent_bytes(t.type, t.ne, t.nb)
+        if ext == 0:
+            return np.zeros(0, np.uint8)
+        host = buf.dev[offs:offs + ext].copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
+        return np.ascontiguousarray(view).view(np.uint8).reshape(-1)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    # -- zero-copy interop ---------------------------------------------------------------------
+    def set_tensor_device(self, t: Tensor, arr: Any) -> Tensor:
+        """Make leaf t read the caller's device array in place (no copy).
+
+        arr: any object with `__cuda_array_interface__` or `__dlpack__` (numba, CuPy, PyTorch,
+        JAX), C-contiguous, of t's element type and element count. The array must stay alive
+        and unmodified while a compute that reads it runs (this backend's stream is not
+        synchronised with the producer's: synchronise it first)."""
+        if t.op is not None or t.view_src is not None:
+            raise MinigraphError(f"set_tensor_device: {describe(t)} must be a leaf (no op, not a view)")
+        if t.type not in _DTYPES or tuple(t.nb) != contiguous_strides(t.type, t.ne):
+            raise MinigraphError(f"set_tensor_device: {describe(t)} must be a contiguous f32/i32 tensor")
+        dev = _as_device_array(arr)
+        want = np.dtype(_DTYPES[t.type])
+        if dev.dtype != want or int(dev.size) != nelements(t) or not dev.is_c_contiguous():
+            raise MinigraphError(f"set_tensor_device: {describe(t)} needs a C-contiguous {want} array of "
+                                 f"{nelements(t)} elements, got {dev.dtype} shape {tuple(dev.shape)}")
+        flat = dev.reshape(dev.size) if dev.ndim != 1 else dev
+        t._buf, t._offs = CudaBuffer(self, flat.view(np.uint8), owner=arr), 0
+        return t
+
+    def tensor_from_device_array(self, ctx: Any, arr: Any) -> Tensor:
+        """A new leaf of ctx over a device array (numpy shape (d, c, b, a) -> ne [a, b, c, d])."""
+        dev = _as_device_array(arr)
+        types = {np.dtype(np.float32): dtypes.TYPE_F32, np.dtype(np.int32): dtypes.TYPE_I32}
+        if dev.dtype not in types or not 1 <= dev.ndim <= 4:
+            raise MinigraphError(f"tensor_from_device_array: need a 1-4 dim f32/i32 array, got {dev.dtype} "
+                                 f"shape {tuple(dev.shape)}")
+        t = ctx.new_tensor(types[dev.dtype], dev.ndim, list(reversed(dev.shape)))
+        return self.set_tensor_device(t, arr)
+
+    def tensor_device_array(self, t: Tensor) -> Any:
+        """t's device memory as a numba device array (no copy), shaped like t.numpy():
+        shape reversed(ne[:n_dims]), strides reversed(nb[:n_dims]).
+
+        Valid for tensors this backend holds or computed (after graph_compute); pass it to CuPy
+        or PyTorch through its `__cuda_array_interface__`."""
+        buf, offs = self._device_location(t)
+        ext = extent_bytes(t.type, t.ne, t.nb)
+        dt = np.dtype(dtypes.storage_dtype(t.type))
+        nd = t.n_dims
+        shape, strides = tuple(reversed(t.ne[:nd])), tuple(reversed(t.nb[:nd]))
+        if SIM:
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+            base = buf.dev[offs:offs + max(ext, dt.itemsize)]
+            host = getattr(base, "_ary", base)
+            return FakeCUDAArray(np.lib.stride_tricks.as_strided(host.view(dt), shape, strides))
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        return DeviceNDArray(shape, strides, dt, stream=0, gpu_data=buf.dev[offs:offs + max(ext, dt.itemsize)].gpu_data)
+
+    def _device_location(self, t: Tensor) -> tuple[CudaBuffer, int]:
+        """(device buffer, byte offset of t's first element) of a tensor this backend holds."""
+        root = t.root
+        offs = root._offs + (t.view_offs if t.view_src is not None else 0)
+        buf = root._buf
+        if isinstance(buf, CudaBuffer):
+            if buf.backend is not self:
+                raise MinigraphError(f"{describe(t)} lives on {buf.backend.name}, not {self.name}")
+            return buf, offs
+        if isinstance(buf, np.ndarray):
+            m = self._mirrors.get(id(buf))
+            if m is not None and m.host_ref() is buf:
+                return m.buf, offs
+        raise MinigraphError(f"{describe(t)} has no memory on {self.name} (compute a graph with it first)")
+
+    def mirror(self, host: np.ndarray) -> _Mirror:
+        """The device mirror of a host buffer (made on first use, dropped with the host array)."""
+        m = self._mirrors.get(id(host))
+        if m is None or m.host_ref() is not host:
+            m = self._mirrors[id(host)] = _Mirror(self, host)
+            weakref.finalize(host, self._mirrors.pop, id(host), None)
+        return m
+
+    # -- compute ---------------------------------------------------------------------------------
+    def plan(self, graph: Graph) -> "CudaPlan":
+        p = self._plans.get(graph)
+        if p is None or not p.valid_for(graph):
+            p = self._plans[graph] = CudaPlan(self, graph)
+        return p
+
+    def reserve(self, graph: Graph) -> int:
+        return self.plan(graph).memory.size
+
+    def graph_compute(self, graph: Graph) -> None:
+        self.plan(graph).run()
+
+
+def _as_device_array(arr: Any) -> Any:
+    """A numba device array over a CAI or DLPack object (no copy)."""
+    if SIM:  # the simulator has no interop: its own fake device arrays only
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        if isinstance(arr, FakeCUDAArray):
+            return arr
+        raise MinigraphError(f"CUDA simulator: expected a numba (fake) device array, got {type(arr).__name__}")
+    if cuda.is_cuda_array(arr):
+        return cuda.as_cuda_array(arr)
+    if hasattr(arr, "__dlpack__"):
+        from cuda.core.utils import StridedMemoryView  # numba-cuda's dependency
+
+        v = StridedMemoryView.from_dlpack(arr, stream_ptr=-1)
+        itemsize = np.dtype(v.dtype).itemsize
+        cai = {"shape": tuple(v.shape), "typestr": np.dtype(v.dtype).str, "data": (int(v.ptr), v.readonly),
+               "strides": None if v.strides is None else tuple(s * itemsize for s in v.strides), "version": 3}
+        return cuda.from_cuda_array_interface(cai, owner=arr)
+    raise MinigraphError(f"expected a device array (__cuda_array_interface__ or __dlpack__), got {type(arr).__name__}")
+
+
+class CudaPlan:
+    """Everything decided once per graph: where each tensor is, the launches, the CUDA graph."""
+
+    def __init__(self, backend: CudaBackend, graph: Graph) -> None:
+        self.backend = backend
+        self.n_nodes = len(graph.nodes)
+        self.version = getattr(graph, "_version", 0)
+        for n in graph.nodes:
+            s = backend.supports_op(n)
+            if not s:
+                raise MinigraphError(f"{n.op}: the {backend.name} backend cannot run {describe(n)}: {s.reason}")
+        self._bind_leafs(graph)
+        self.memory = plan_memory(graph, can_inplace=lambda n: OPS[n.op].inplace_ok)
+        self.host_arena = np.zeros(max(self.memory.size, 64), np.uint8)
+        self.arena = backend.mirror(self.host_arena).buf
+        # nodes with no storage of their own get the arena (bound to its host twin)
+        self.bound = [r for r in self.memory.roots if not isinstance(r._buf, CudaBuffer)]
+        self._bind_roots()
+        self.inputs = {}      # id(host array) -> _Mirror: graph inputs to upload when changed
+        self.written = {}     # mirrors of host inputs that nodes write into (downloaded after)
+        self.external = {}    # id(root) -> (root, buffer) of the other tensors: the plan holds while they stay
+        self.launches = []    # (configured kernel, args)
+        metas = []
+        for n in graph.nodes:
+            if OPS[n.op].is_view:
+                continue
+            meta = np.zeros(META_W, np.int64)
+            bufs = []
+            for s, t in enumerate([n, *n.src]):
+                if t is None:
+                    bufs.append(backend._dummy.flat(np.float32))
+                    continue
+                buf, offs = self._locate(t, written=(s == 0))
+                dt = _DTYPES[t.type]
+                meta[s * SLOT_W] = offs // 4
+                meta[s * SLOT_W + 1:s * SLOT_W + 5] = t.ne
+                meta[s * SLOT_W + 5:s * SLOT_W + 9] = [x // 4 for x in t.nb]
+                bufs.append(buf.flat(dt))
+            params = OPS[n.op].param_values(n)
+            for la in backend.kernels[n.op].fn.launches(n):
+                metas.append((meta, la, bufs, params, n))
+        rows = [m[0] for m in metas] or [np.zeros(META_W, np.int64)]
+        self.meta = cuda.to_device(np.array(rows, np.int64).reshape(-1, META_W))
+        for i, (_, la, bufs, params, n) in enumerate(metas):
+            cfg = la.kernel[la.grid, la.block, backend.stream]
+            args = (self.meta[i], *bufs, *(params if la.with_params else ()), *la.scalars)
+            self.launches.append((cfg, args, n))
+        self.outputs = self._output_ranges(graph)
+        self.n_runs = 0
+        self.graph_exec: Optional[_CudaGraph] = None
+        self.graph_error: Optional[str] = None
+
+    # -- planning helpers --------------------------------------------------------------------
+    def _bind_leafs(self, graph: Graph) -> None:
+        cpy_dst = {id(n.root) for n in graph.nodes if n.op == "CPY"}
+        for leaf in graph.leafs:
+            if leaf.root._buf is None:
+                if id(leaf.root) not in cpy_dst:
+                    raise MinigraphError(f"graph input {describe(leaf)} has no data: call set_data() first")
+                leaf._alloc_root()
+
+    def _bind_roots(self) -> None:
+        for r in self.bound:
+            r._buf, r._offs = self.host_arena, self.memory.offsets[id(r)]
+
+    def _locate(self, t: Tensor, written: bool) -> tuple[CudaBuffer, int]:
+        root = t.root
+        offs = root._offs + (t.view_offs if t.view_src is not None else 0)
+        buf = root._buf
+        if isinstance(buf, CudaBuffer):
+            if buf.backend is not self.backend:
+                raise MinigraphError(f"{describe(t)} lives on {buf.backend.name}, not {self.backend.name}")
+            self.external[id(root)] = (root, buf)
+            return buf, offs
+        if buf is self.host_arena:
+            return self.arena, offs
+        if not isinstance(buf, np.ndarray):
+            raise MinigraphError(f"{describe(t)}: unknown buffer {type(buf).__name__} (not host, not {self.backend.name})")
+        m = self.backend.mirror(buf)
+        self.inputs[id(buf)] = m
+        self.external[id(root)] = (root, buf)
+        if written:
+            self.written[id(buf)] = m
+        return m.buf, offs
+
+    def _output_ranges(self, graph: Graph) -> list[tuple[int, int]]:
+        """Byte ranges of the arena the host reads after compute (outputs, flagged, sinks)."""
+        if not self.backend.download_outputs or not self.bound:
+            return []
+        read = {id(s.root) for n in graph.nodes for s in n.src if s is not None}
+        want = {id(t.root) for t in graph.outputs} | {id(n.root) for n in graph.nodes if n.flags & FLAG_OUTPUT}
+        ranges = sorted((self.memory.offsets[id(r)], extent_bytes(r.type, r.ne, r.nb)) for r in self.bound
+                        if id(r) in want or id(r) not in read)
+        if sum(sz for _, sz in ranges) > 0 and self.host_arena.nbytes <= DOWNLOAD_ALL_BYTES:
+            return [(0, self.host_arena.nbytes)]
+        return [(o, sz) for o, sz in ranges if sz > 0]
+
+    def valid_for(self, graph: Graph) -> bool:
+        return (self.n_nodes == len(graph.nodes) and self.version == getattr(graph, "_version", 0)
+                and all(r._buf is b for r, b in self.external.values()))
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self) -> None:
+        be = self.backend
+        stream = be.stream
+        if self.bound and self.bound[-1]._buf is not self.host_arena:
+            self._bind_roots()  # another backend planned the same graph meanwhile
+        for m in self.inputs.values():
+            m.upload_if_changed(stream)
+        if be.use_graphs and self.n_runs >= 1 and self.graph_error is None:
+            if self.graph_exec is None:
+                try:
+                    self.graph_exec = _CudaGraph.capture(stream, self.launches)
+                except Exception as e:  # noqa: BLE001 - fall back to plain launches, say why
+                    self.graph_error = f"{type(e).__name__}: {e}"
+            if self.graph_exec is not None:
+                self.graph_exec.launch(stream)
+            else:
+                self._launch_all()
+        else:
+            self._launch_all()
+        self.n_runs += 1
+        for off, size in self.outputs:
+            self.arena.dev[off:off + size].copy_to_host(self.host_arena[off:off + size], stream=stream)
+        for m in self.written.values():
+            m.download(stream)
+        if self.outputs or self.written:
+            stream.synchronize()
+            for m in self.written.values():
+                host = m.host_ref()
+                m.snapshot = None if host is None else host.copy()
+
+    def _launch_all(self) -> None:
+        for cfg, args, n in self.launches:
+            try:
+                cfg(*args)
+            except Exception as e:  # noqa: BLE001 - name the node whose launch failed
+                raise MinigraphError(f"{n.op}: CUDA launch failed on {describe(n)}: {type(e).__name__}: {e}") from e
+
+
+class _CudaGraph:
+    """A captured CUDA graph of a plan's launches (driver API through cuda.bindings)."""
+
+    def __init__(self, graph: Any, exec_: Any, n: int) -> None:
+        self.graph, self.exec, self.n = graph, exec_, n
+
+    @staticmethod
+    def capture(stream: Any, launches: list) -> "_CudaGraph":
+        from cuda.bindings import driver as drv
+
+        h = _stream_handle(stream, drv)
+        _check(drv.cuStreamBeginCapture(h, drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")
+        try:
+            for cfg, args, _ in launches:
+                cfg(*args)
+        except BaseException:
+            drv.cuStreamEndCapture(h)
+            raise
+        graph = _check(drv.cuStreamEndCapture(h), "end capture")
+        exec_ = _check(drv.cuGraphInstantiate(graph, 0), "instantiate")
+        return _CudaGraph(graph, exec_, len(launches))
+
+    def launch(self, stream: Any) -> None:
+        from cuda.bindings import driver as drv
+
+        _check(drv.cuGraphLaunch(self.exec, _stream_handle(stream, drv)), "graph launch")
+
+    def __del__(self) -> None:
+        try:
+            from cuda.bindings import driver as drv
+
+            drv.cuGraphExecDestroy(self.exec)
+            drv.cuGraphDestroy(self.graph)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _stream_handle(stream: Any, drv: Any) -> Any:
+    h = stream.handle
+    if isinstance(h, drv.CUstream):
+        return h
+    return drv.CUstream(int(getattr(h, "value", h) or 0))
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda.bindings calls return (CUresult, *values): raise on an error, return the value(s)."""
+    from cuda.bindings import driver as drv
+
+    err, *vals = result if isinstance(result, tuple) else (result,)
+    if err != drv.CUresult.CUDA_SUCCESS:
+        raise MinigraphError(f"CUDA graph {what} failed: {err}")
+    return vals[0] if len(vals) == 1 else tuple(vals)

@@ -1,0 +1,146 @@
+"""CUDA kernels of the elementwise family: ADD SUB MUL DIV (src1 repeats into src0), SCALE, unary ops.
+
+One thread per dst element (cuda.grid + bounds guard); the element's (i0..i3) come from its
+flat index over dst's ne, and every tensor is read through its own strides (common.py). dst may
+be src0's memory (in-place): each thread reads its element before writing it.
+
+Fast path: when every tensor is contiguous (and src1 is src0's shape, or one contiguous block
+that src0 repeats, such as a row), element i is simply flat index i: no 64-bit divisions to
+find (i0..i3) and no per-dimension modulo. In a replayed CUDA graph of small nodes the
+generic index arithmetic is most of a kernel's time.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from minigraph.ops.registry import register_kernel
+from minigraph.tensor import is_contiguous
+
+from .common import SLOT_W, CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
+
+# scalar functions are picked by an int code (uniform across the launch: no divergence)
+BINARY_CODES = {"ADD": 0, "SUB": 1, "MUL": 2, "DIV": 3}
+UNARY_CODES = {"NEG": 0, "ABS": 1, "SQR": 2, "SQRT": 3, "EXP": 4, "LOG": 5, "SIGMOID": 6, "SILU": 7,
+               "GELU": 8, "TANH": 9, "RELU": 10, "SOFTPLUS": 11}
+GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+GELU_A = np.float32(0.044715)
+HALF = np.float32(0.5)
+ONE = np.float32(1.0)
+ZERO = np.float32(0.0)
+SOFTPLUS_MAX = np.float32(20.0)
+
+
+@cuda.jit(device=True)
+def binary_fn(x, y, code):
+    if code == 0:
+        return x + y
+    if code == 1:
+        return x - y
+    if code == 2:
+        return x * y
+    return x / y
+
+
+@cuda.jit(device=True)
+def unary_fn(x, code):
+    if code == 0:
+        return -x
+    if code == 1:
+        return abs(x)
+    if code == 2:
+        return x * x
+    if code == 3:
+        return math.sqrt(x)
+    if code == 4:
+        return math.exp(x)
+    if code == 5:
+        return math.log(x)
+    if code == 6:
+        return ONE / (ONE + math.exp(-x))
+    if code == 7:
+        return x / (ONE + math.exp(-x))
+    if code == 8:  # ggml's tanh approximation
+        return HALF * x * (ONE + math.tanh(GELU_C * x * (ONE + GELU_A * x * x)))
+    if code == 9:
+        return math.tanh(x)
+    if code == 10:
+        return x if x > ZERO else ZERO * x
+    return x if x > SOFTPLUS_MAX else math.log1p(math.exp(x))  # softplus: identity above 20, as ggml
+
+
+@cuda.jit
+def binary(meta, dst, a, b, code):
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        i0, i1, i2, i3 = unflat(meta, 0, i)
+        y = b[at(meta, 2, i0 % ne(meta, 2, 0), i1 % ne(meta, 2, 1), i2 % ne(meta, 2, 2), i3 % ne(meta, 2, 3))]
+        dst[at(meta, 0, i0, i1, i2, i3)] = binary_fn(a[at(meta, 1, i0, i1, i2, i3)], y, code)
+
+
+@cuda.jit
+def unary(meta, dst, a, code):
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        i0, i1, i2, i3 = unflat(meta, 0, i)
+        dst[at(meta, 0, i0, i1, i2, i3)] = unary_fn(a[at(meta, 1, i0, i1, i2, i3)], code)
+
+
+@cuda.jit
+def scale(meta, dst, a, s, b):
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        i0, i1, i2, i3 = unflat(meta, 0, i)
+        dst[at(meta, 0, i0, i1, i2, i3)] = a[at(meta, 1, i0, i1, i2, i3)] * np.float32(s) + np.float32(b)
+
+
+@cuda.jit
+def binary_contig(meta, dst, a, b, code):
+    """All contiguous; b holds nb_ elements that repeat along a's flat order (nb_ divides n)."""
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        nb_ = size(meta, 2)
+        j = i if nb_ == size(meta, 0) else i % nb_
+        dst[meta[0] + i] = binary_fn(a[meta[SLOT_W] + i], b[meta[2 * SLOT_W] + j], code)
+
+
+@cuda.jit
+def unary_contig(meta, dst, a, code):
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        dst[meta[0] + i] = unary_fn(a[meta[SLOT_W] + i], code)
+
+
+@cuda.jit
+def scale_contig(meta, dst, a, s, b):
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        dst[meta[0] + i] = a[meta[SLOT_W] + i] * np.float32(s) + np.float32(b)
+
+
+def _tiles_flat(b, a) -> bool:
+    """b repeated over a is b's flat block repeated along a's flat order (b = a trailing-1 prefix
+    shape: ne[k] of b equals a's up to some dim, then 1s)."""
+    k = 0
+    while k < 4 and b.ne[k] == a.ne[k]:
+        k += 1
+    return all(n == 1 for n in b.ne[k:])
+
+
+def _elementwise(generic, contig, name, code=None):
+    extra = () if code is None else (code,)
+
+    def launches(node):
+        srcs = [t for t in node.src if t is not None]
+        fast = all(is_contiguous(t) for t in [node, *srcs]) and (len(srcs) < 2 or _tiles_flat(srcs[1], srcs[0]))
+        return [flat_launch(contig if fast else generic, nelem(node.ne), extra)]
+    return CudaKernel(launches, name)
+
+
+for _op, _code in BINARY_CODES.items():
+    register_kernel(_op, "cuda", _elementwise(binary, binary_contig, "binary", _code), supports=f32_only)
+for _op, _code in UNARY_CODES.items():
+    register_kernel(_op, "cuda", _elementwise(unary, unary_contig, "unary", _code), supports=f32_only)
+register_kernel("SCALE", "cuda", _elementwise(scale, scale_contig, "scale"), supports=f32_only)

@@ -1,0 +1,117 @@
+"""CUDA kernels of the layout family: CONT, DUP, CPY, PAD, REPEAT, CONCAT, GET_ROWS.
+
+One thread per dst element, every tensor read and written through its strides (common.py).
+VIEW, RESHAPE, PERMUTE and TRANSPOSE relabel memory and have no kernels. The kernels are generic
+over the buffer type (Numba specialises per f32/i32 buffer), so I32 data copies too, and CPY
+converts between f32 and i32 on assignment.
+"""
+from __future__ import annotations
+
+from numba import cuda
+
+from minigraph import dtypes
+from minigraph.ops.registry import register_kernel
+
+from .common import CudaKernel, at, f32_or_i32, flat_launch, ne, nelem, size, unflat
+
+
+@cuda.jit
+def logical_copy(meta, dst, a):
+    """CONT, DUP: dst's i-th element in row-major order is a's i-th (the shapes may differ)."""
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        d0, d1, d2, d3 = unflat(meta, 0, i)
+        s0, s1, s2, s3 = unflat(meta, 1, i)
+        dst[at(meta, 0, d0, d1, d2, d3)] = a[at(meta, 1, s0, s1, s2, s3)]
+
+
+@cuda.jit
+def cpy(meta, dst, a, b):
+    """CPY: as logical_copy into b's memory (dst is a view of b; b itself is not read)."""
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        d0, d1, d2, d3 = unflat(meta, 0, i)
+        s0, s1, s2, s3 = unflat(meta, 1, i)
+        dst[at(meta, 0, d0, d1, d2, d3)] = a[at(meta, 1, s0, s1, s2, s3)]
+
+
+@cuda.jit
+def pad(meta, dst, a, p0, p1, p2, p3):
+    """Zeros after a's end in every dim (the p's are implied by the shapes)."""
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        i0, i1, i2, i3 = unflat(meta, 0, i)
+        o = at(meta, 0, i0, i1, i2, i3)
+        if i0 < ne(meta, 1, 0) and i1 < ne(meta, 1, 1) and i2 < ne(meta, 1, 2) and i3 < ne(meta, 1, 3):
+            dst[o] = a[at(meta, 1, i0, i1, i2, i3)]
+        else:
+            dst[o] = 0
+
+
+@cuda.jit
+def repeat(meta, dst, a):
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        i0, i1, i2, i3 = unflat(meta, 0, i)
+        dst[at(meta, 0, i0, i1, i2, i3)] = a[at(meta, 1, i0 % ne(meta, 1, 0), i1 % ne(meta, 1, 1),
+                                                i2 % ne(meta, 1, 2), i3 % ne(meta, 1, 3))]
+
+
+@cuda.jit
+def concat(meta, dst, a, b, dim):
+    """a then b along ggml dim `dim`."""
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        i0, i1, i2, i3 = unflat(meta, 0, i)
+        o = at(meta, 0, i0, i1, i2, i3)
+        if i0 < ne(meta, 1, 0) and i1 < ne(meta, 1, 1) and i2 < ne(meta, 1, 2) and i3 < ne(meta, 1, 3):
+            dst[o] = a[at(meta, 1, i0, i1, i2, i3)]
+        else:
+            n = ne(meta, 1, dim)  # where b starts along dim
+            dst[o] = b[at(meta, 2, i0 - (n if dim == 0 else 0), i1 - (n if dim == 1 else 0),
+                          i2 - (n if dim == 2 else 0), i3 - (n if dim == 3 else 0))]
+
+
+@cuda.jit
+def get_rows(meta, dst, a, idx, bad):
+    """dst (i0, i10, i11, i12) = a (i0, idx[i10, i11, i12], i11 % ne02, i12 % ne03).
+
+    A GPU kernel cannot raise: an index outside a's rows yields `bad` (NaN for f32 data, 0 for
+    i32) and is never dereferenced.
+    """
+    i = cuda.grid(1)
+    if i < size(meta, 0):
+        i0, i1, i2, i3 = unflat(meta, 0, i)
+        row = idx[at(meta, 2, i1, i2, i3, 0)]
+        o = at(meta, 0, i0, i1, i2, i3)
+        if row < 0 or row >= ne(meta, 1, 1):
+            dst[o] = bad
+        else:
+            dst[o] = a[at(meta, 1, i0, row, i2 % ne(meta, 1, 2), i3 % ne(meta, 1, 3))]
+
+
+def _flat(kernel, name):
+    return CudaKernel(lambda node: [flat_launch(kernel, nelem(node.ne))], name)
+
+
+def _get_rows_launches(node):
+    bad = float("nan") if node.type == dtypes.TYPE_F32 else 0
+    return [flat_launch(get_rows, nelem(node.ne), (bad,))]
+
+
+def _get_rows_supports(node):
+    if node.src[1].type != dtypes.TYPE_I32:
+        return "GET_ROWS: indices must be i32"
+    if node.type != node.src[0].type:
+        return "GET_ROWS: CUDA kernel copies rows without conversion (dst type == table type)"
+    return f32_or_i32(node)
+
+
+register_kernel("CONT", "cuda", _flat(logical_copy, "logical_copy"), supports=f32_or_i32)
+register_kernel("DUP", "cuda", _flat(logical_copy, "logical_copy"), supports=f32_or_i32)
+register_kernel("CPY", "cuda", _flat(cpy, "cpy"), supports=f32_or_i32)
+register_kernel("PAD", "cuda", _flat(pad, "pad"), supports=f32_or_i32)
+register_kernel("REPEAT", "cuda", _flat(repeat, "repeat"), supports=f32_or_i32)
+register_kernel("CONCAT", "cuda", _flat(concat, "concat"), supports=f32_or_i32)
+register_kernel("GET_ROWS", "cuda", CudaKernel(_get_rows_launches, "get_rows"), supports=_get_rows_supports,
+                index_slots=(2,))
