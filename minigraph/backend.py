@@ -28,12 +28,33 @@ class Support:
 
 
 class Backend:
-    """A place that runs nodes: name, supports_op(node), graph_compute(graph), synchronize()."""
+    """A place that runs nodes: name, supports_op(node), graph_compute(graph), synchronize().
+
+    What a backend supports derives from its kernel table (`self.kernels`, the registry's
+    KERNELS[key]) and each kernel's own `supports` rule, so the answer cannot drift."""
 
     name = "?"
+    kernels: dict = {}
 
-    def supports_op(self, node: Tensor) -> Support:  # pragma: no cover - interface
-        raise MinigraphError(f"backend {self.name} does not implement supports_op")
+    def supports_op(self, node: Tensor) -> Support:
+        from minigraph.ops.registry import OPS
+
+        op = OPS.get(node.op) if node.op else None
+        if op is None:
+            return Support(node.op is None, "leaf" if node.op is None else f"unknown op {node.op}")
+        if op.is_view:
+            return Support(True, "view: no compute")
+        k = self.kernels.get(node.op)
+        if k is None:
+            return Support(False, f"no {self.name} kernel for {node.op}")
+        reason = k.supports(node) if k.supports else None
+        return Support(reason is None, reason or "kernel")
+
+    def supports_op_name(self, op: str) -> bool:
+        """Whether some node of `op` can run here (views always can)."""
+        from minigraph.ops.registry import OPS
+
+        return OPS[op].is_view or op in self.kernels
 
     def graph_compute(self, graph: Graph) -> None:  # pragma: no cover - interface
         raise MinigraphError(f"backend {self.name} does not implement graph_compute")

@@ -86,16 +86,19 @@ def _view(ctx, a: Tensor, ne: Sequence[int], nb1: int, nb2: int, nb3: int, offse
 @builder("view_1d")
 def view_1d(ctx, a: Tensor, ne0: int, offset: int) -> Tensor:
     ts = dtypes.type_size(getattr(a, "type", F32))
+    ne0 = check_int("view_1d", "ne0", ne0)
     return _view(ctx, a, [ne0, 1, 1, 1], ts * ne0, ts * ne0, ts * ne0, offset, "view_1d")
 
 
 @builder("view_2d")
 def view_2d(ctx, a: Tensor, ne0: int, ne1: int, nb1: int, offset: int) -> Tensor:
+    nb1, ne1 = check_int("view_2d", "nb1", nb1), check_int("view_2d", "ne1", ne1)
     return _view(ctx, a, [ne0, ne1, 1, 1], nb1, nb1 * ne1, nb1 * ne1, offset, "view_2d")
 
 
 @builder("view_3d")
 def view_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, offset: int) -> Tensor:
+    nb2, ne2 = check_int("view_3d", "nb2", nb2), check_int("view_3d", "ne2", ne2)
     return _view(ctx, a, [ne0, ne1, ne2, 1], nb1, nb2, nb2 * ne2, offset, "view_3d")
 
 
@@ -115,7 +118,8 @@ def _reshape(ctx, a: Tensor, ne: Sequence[int], name: str) -> Tensor:
     check_tensor(name, a)
     ne = [check_int(name, f"ne{i}", n) for i, n in enumerate(ne)] + [1] * (4 - len(ne))
     expect(is_contiguous(a), name, "needs a contiguous tensor (ggml_cont it first)", a)
-    expect(all(n >= 0 for n in ne) and int(np.prod(ne)) == nelements(a), name,
+    expect(all(n >= 0 for n in ne), name, f"negative size in ne={ne}", a)
+    expect(int(np.prod(ne)) == nelements(a), name,
            f"ne={ne} has {int(np.prod(ne))} elements, the tensor has {nelements(a)}", a)
     return ctx.new_node(RESHAPE, a.type, ne, [a], nb=contiguous_strides(a.type, ne), view_src=a)
 
@@ -172,6 +176,7 @@ def transpose(ctx, a: Tensor) -> Tensor:
 def _cont(ctx, a: Tensor, ne: Sequence[int], name: str) -> Tensor:
     check_tensor(name, a)
     ne = [check_int(name, f"ne{i}", n) for i, n in enumerate(ne)] + [1] * (4 - len(ne))
+    expect(all(n >= 0 for n in ne), name, f"negative size in ne={ne}", a)
     expect(int(np.prod(ne)) == nelements(a), name,
            f"ne={ne} has {int(np.prod(ne))} elements, the tensor has {nelements(a)}", a)
     return ctx.new_node(CONT, a.type, ne, [a])
@@ -239,6 +244,7 @@ def repeat(ctx, a: Tensor, b: Tensor) -> Tensor:
 def repeat_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
     check_tensor("repeat_4d", a)
     ne = [check_int("repeat_4d", f"ne{i}", n) for i, n in enumerate((ne0, ne1, ne2, ne3))]
+    expect(all(n >= 0 for n in ne), "repeat_4d", f"negative size in ne={ne}", a)
     ok = all(n % m == 0 for m, n in zip(a.ne, ne)) if all(m > 0 for m in a.ne) else all(n == 0 for n in ne)
     expect(ok, "repeat_4d", f"target ne={ne} must be a multiple of the source's in every dim", a)
     return ctx.new_node(REPEAT, a.type, ne, [a])

@@ -14,7 +14,7 @@ from minigraph import dtypes
 from minigraph.errors import expect
 from minigraph.tensor import Tensor, is_contiguous, nelements
 
-from .common import check_float, check_int, check_region, strided_region
+from .common import check_float, check_int, check_region, check_tensor, strided_region
 from .registry import OpDef, builder, register
 
 REGION = ("nb1", "nb2", "nb3", "offset")
@@ -84,19 +84,23 @@ def set_inplace(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset:
 
 @builder("set_1d")
 def set_1d(ctx, a: Tensor, b: Tensor, offset: int) -> Tensor:
+    check_tensor("set_1d", a)
     return _region_op(ctx, SET, a, b, a.nb[1], a.nb[2], a.nb[3], offset, False, "set_1d")
 
 
 @builder("set_1d_inplace")
 def set_1d_inplace(ctx, a: Tensor, b: Tensor, offset: int) -> Tensor:
+    check_tensor("set_1d_inplace", a)
     return _region_op(ctx, SET, a, b, a.nb[1], a.nb[2], a.nb[3], offset, True, "set_1d_inplace")
 
 
 @builder("set_2d")
 def set_2d(ctx, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
+    check_tensor("set_2d", a)
     return _region_op(ctx, SET, a, b, nb1, a.nb[2], a.nb[3], offset, False, "set_2d")
 
 
 @builder("set_2d_inplace")
 def set_2d_inplace(ctx, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
+    check_tensor("set_2d_inplace", a)
     return _region_op(ctx, SET, a, b, nb1, a.nb[2], a.nb[3], offset, True, "set_2d_inplace")

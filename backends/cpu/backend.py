@@ -38,22 +38,6 @@ class CpuBackend(Backend):
     def set_n_threads(self, n: int) -> None:
         self.n_threads = max(1, int(n))
 
-    def supports_op(self, node: Tensor) -> Support:
-        op = OPS.get(node.op) if node.op else None
-        if op is None:
-            return Support(node.op is None, "leaf" if node.op is None else f"unknown op {node.op}")
-        if op.is_view:
-            return Support(True, "view: no compute")
-        k = self.kernels.get(node.op)
-        if k is None:
-            return Support(False, f"no CPU kernel for {node.op}")
-        reason = k.supports(node) if k.supports else None
-        return Support(reason is None, reason or "kernel")
-
-    def supports_op_name(self, op: str) -> bool:
-        """Whether some node of `op` can run here (views always can)."""
-        return OPS[op].is_view or op in self.kernels
-
     # -- planning -----------------------------------------------------------------------------
     def plan(self, graph: Graph) -> "CpuPlan":
         cached = getattr(graph, "_cpu_plan", None)
@@ -130,7 +114,11 @@ class CpuPlan:
             self.nodes.append(n)
         self.prog = np.array(rows, np.int64).reshape(-1, program.ROW_W)
         self.fprm = np.array(frows, np.float64).reshape(-1, program.MAX_PARAMS)
-        self.runner = program.load_runner(list(variants)) if variants else None
+        # codes in a canonical order: the same set of variants shares one generated program
+        order = sorted(variants, key=lambda v: (v[0].name, v[1:4], repr(v[4])))
+        recode = np.array([order.index(v) for v in variants] or [0], np.int64)
+        self.prog[:, 0] = recode[self.prog[:, 0]]
+        self.runner = program.load_runner(order) if variants else None
         # every buffer viewed once per dtype, so the program does no per-node re-typing
         self.bufs_f32 = numba.typed.List([x.view(np.float32) for x in self.bufs])
         self.bufs_i32 = numba.typed.List([x.view(np.int32) for x in self.bufs])

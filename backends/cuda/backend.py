@@ -115,18 +115,6 @@ class CudaBackend(Backend):
         return f"CudaBackend(device={self.device}, use_graphs={self.use_graphs}{', simulator' if SIM else ''})"
 
     # -- what runs here ----------------------------------------------------------------------
-    def supports_op(self, node: Tensor) -> Support:
-        op = OPS.get(node.op) if node.op else None
-        if op is None:
-            return Support(node.op is None, "leaf" if node.op is None else f"unknown op {node.op}")
-        if op.is_view:
-            return Support(True, "view: no compute")
-        k = self.kernels.get(node.op)
-        if k is None:
-            return Support(False, f"no CUDA kernel for {node.op}")
-        reason = k.supports(node) if k.supports else None
-        return Support(reason is None, reason or "kernel")
-
     def offload_op(self, node: Tensor) -> bool:
         return bool(self.supports_op(node))
 
