@@ -4,61 +4,21 @@ Arrays are (ne3, ne2, ne1, ne0) views with any strides; dst may be the same memo
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import prange
 
 from minigraph.ops.registry import register_kernel
 
+from .. import scalar_math
+from ..scalar_math import BINARY_CODES, UNARY_CODES
 from .jit import kernel, scalar
 
 
 # Ops pass their scalar function as an int code: a dispatcher passed as an argument would keep
 # Numba from caching the kernels and the compiled program; the switch is loop-invariant.
-BINARY_CODES = {"ADD": 0, "SUB": 1, "MUL": 2, "DIV": 3}
-UNARY_CODES = {"NEG": 0, "ABS": 1, "SQR": 2, "SQRT": 3, "EXP": 4, "LOG": 5, "SIGMOID": 6, "SILU": 7,
-               "GELU": 8, "TANH": 9, "RELU": 10, "SOFTPLUS": 11}
-GELU_C = np.float32(math.sqrt(2.0 / math.pi))
-ONE = np.float32(1.0)
-
-
-@scalar
-def binary_fn(x, y, code):
-    if code == 0:
-        return x + y
-    if code == 1:
-        return x - y
-    if code == 2:
-        return x * y
-    return x / y
-
-
-@scalar
-def unary_fn(x, code):
-    if code == 0:
-        return -x
-    if code == 1:
-        return abs(x)
-    if code == 2:
-        return x * x
-    if code == 3:
-        return np.sqrt(x)
-    if code == 4:
-        return np.exp(x)
-    if code == 5:
-        return np.log(x)
-    if code == 6:
-        return ONE / (ONE + np.exp(-x))
-    if code == 7:
-        return x / (ONE + np.exp(-x))
-    if code == 8:  # ggml's tanh approximation
-        return np.float32(0.5) * x * (ONE + np.tanh(GELU_C * x * (ONE + np.float32(0.044715) * x * x)))
-    if code == 9:
-        return np.tanh(x)
-    if code == 10:
-        return x if x > 0 else np.float32(0.0) * x
-    return x if x > np.float32(20.0) else np.log1p(np.exp(x))  # softplus, as ggml: identity above 20
+binary_fn = scalar(scalar_math.binary_fn)
+unary_fn = scalar(scalar_math.unary_fn)
 
 
 @kernel

@@ -21,54 +21,11 @@ from minigraph.tensor import is_contiguous
 
 from .common import SLOT_W, CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
 
-# scalar functions are picked by an int code (uniform across the launch: no divergence)
-BINARY_CODES = {"ADD": 0, "SUB": 1, "MUL": 2, "DIV": 3}
-UNARY_CODES = {"NEG": 0, "ABS": 1, "SQR": 2, "SQRT": 3, "EXP": 4, "LOG": 5, "SIGMOID": 6, "SILU": 7,
-               "GELU": 8, "TANH": 9, "RELU": 10, "SOFTPLUS": 11}
-GELU_C = np.float32(math.sqrt(2.0 / math.pi))
-GELU_A = np.float32(0.044715)
-HALF = np.float32(0.5)
-ONE = np.float32(1.0)
-ZERO = np.float32(0.0)
-SOFTPLUS_MAX = np.float32(20.0)
+from ..scalar_math import BINARY_CODES, UNARY_CODES
+from .. import scalar_math
 
-
-@cuda.jit(device=True)
-def binary_fn(x, y, code):
-    if code == 0:
-        return x + y
-    if code == 1:
-        return x - y
-    if code == 2:
-        return x * y
-    return x / y
-
-
-@cuda.jit(device=True)
-def unary_fn(x, code):
-    if code == 0:
-        return -x
-    if code == 1:
-        return abs(x)
-    if code == 2:
-        return x * x
-    if code == 3:
-        return math.sqrt(x)
-    if code == 4:
-        return math.exp(x)
-    if code == 5:
-        return math.log(x)
-    if code == 6:
-        return ONE / (ONE + math.exp(-x))
-    if code == 7:
-        return x / (ONE + math.exp(-x))
-    if code == 8:  # ggml's tanh approximation
-        return HALF * x * (ONE + math.tanh(GELU_C * x * (ONE + GELU_A * x * x)))
-    if code == 9:
-        return math.tanh(x)
-    if code == 10:
-        return x if x > ZERO else ZERO * x
-    return x if x > SOFTPLUS_MAX else math.log1p(math.exp(x))  # softplus: identity above 20, as ggml
+binary_fn = cuda.jit(device=True)(scalar_math.binary_fn)
+unary_fn = cuda.jit(device=True)(scalar_math.unary_fn)
 
 
 @cuda.jit
