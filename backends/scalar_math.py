@@ -45,14 +45,17 @@ def unary_fn(x, code):
         return math.exp(x)
     if code == 5:
         return math.log(x)
-    if code == 6:
-        return ONE / (ONE + math.exp(-x))
-    if code == 7:
-        return x / (ONE + math.exp(-x))
+    if code == 6 or code == 7:  # sigmoid, silu: exp of a non-positive number only, never overflows
+        if x >= ZERO:
+            s = ONE / (ONE + math.exp(-x))
+        else:
+            e = math.exp(x)
+            s = e / (ONE + e)
+        return s if code == 6 else x * s
     if code == 8:  # ggml's tanh approximation
         return HALF * x * (ONE + math.tanh(GELU_C * x * (ONE + GELU_A * x * x)))
     if code == 9:
         return math.tanh(x)
     if code == 10:
         return x if x > ZERO else ZERO * x
-    return x if x > SOFTPLUS_MAX else math.log1p(math.exp(x))
+    return x if x > SOFTPLUS_MAX else math.log1p(math.exp(x))  # x <= 20 here: exp stays finite

@@ -161,7 +161,28 @@ def _gdn_case(ctx, rng, S, H_k, gqa, T, N, kda, K):
     return ctx.gated_delta_net(ctx.l2_norm(q, 1e-6), ctx.l2_norm(k, 1e-6), v, g, beta, s, K)
 
 
-CASES: list[Case] = list(_cases())
+def _view_cases() -> Iterator[Case]:
+    """VIEW/RESHAPE/PERMUTE/TRANSPOSE: built as the view, materialised with cont (ggml's
+    test-backend-ops does the same). VIEW and RESHAPE need contiguous rows, so no "perm" layout."""
+    for layout in ("cont", "offs"):
+        yield Case("VIEW", f"ne=[8,6,4,2],view=[5,3,4,2],at=[2,1,0,0],layout={layout}",
+                   lambda c, r, L=layout: _view_case(c, make_input(c, r, [8, 6, 4, 2], L)))
+        yield Case("RESHAPE", f"ne=[8,6,4,2],to=[12,4,8,1],layout={layout}",
+                   lambda c, r, L=layout: c.cont(c.reshape_3d(make_input(c, r, [8, 6, 4, 2], L), 12, 4, 8)))
+    for layout in LAYOUTS:
+        for axes in ((1, 0, 2, 3), (2, 0, 3, 1), (3, 2, 1, 0)):
+            yield Case("PERMUTE", f"ne=[5,4,3,2],axes={list(axes)},layout={layout}".replace(" ", ""),
+                       lambda c, r, L=layout, ax=axes: c.cont(c.permute(make_input(c, r, [5, 4, 3, 2], L), *ax)))
+        yield Case("TRANSPOSE", f"ne=[7,5,3,2],layout={layout}",
+                   lambda c, r, L=layout: c.cont(c.transpose(make_input(c, r, [7, 5, 3, 2], L))))
+
+
+def _view_case(ctx, a):
+    """A [5, 3, 4, 2] window of a starting at element (2, 1, 0, 0), through a's strides."""
+    return ctx.cont(ctx.view_4d(a, 5, 3, 4, 2, a.nb[1], a.nb[2], a.nb[3], 2 * a.nb[0] + a.nb[1]))
+
+
+CASES: list[Case] = list(_cases()) + list(_view_cases())
 
 
 def cases_for(op: Optional[str] = None) -> list[Case]:

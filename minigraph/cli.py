@@ -1,0 +1,151 @@
+"""The `minigraph` command (console script and `python -m minigraph`): argument parsing and
+dispatch. The work lives in minigraph.dump, .profile, .compare and .test_backend_ops.
+
+Exit status: 0 fine, 1 a divergence or a failing test, 2 a usage error, a bad target or any
+other refusal (printed as one short message, with the user's own traceback frame when their
+file raised).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, TextIO
+
+from .errors import MinigraphError
+
+TARGET_HELP = ("path/file.py:function (called as function(ctx, **params), returns the output tensor or "
+               "tensors) or a graph file written by mg.save_graph")
+PROFILE_HELP = ("run the graph (random inputs for leafs without data) and time every node: each compute "
+                "node runs ALONE as a one-node graph on the backend the scheduler placed it on, warm-up "
+                "then the median of --repeat runs; adds time, share, cumulative share, GFLOP/s "
+                "(OpDef.flops) and GB/s (ggml_nbytes of the node and its sources)")
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help=TARGET_HELP)
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="keyword parameter for the target function (repeatable; Python literals)")
+    p.add_argument("--no-fuse", action="store_true", help="the graph as written (skip mg.optimize)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs of leafs without data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="minigraph", description="minigraph tools: dump, compare, test-backend-ops")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("dump", help="print a graph: table, JSON, DOT, SVG/PNG; --profile times it")
+    _target_args(d)
+    d.add_argument("-f", "--format", default="text", choices=["text", "json", "dot", "svg", "png"])
+    d.add_argument("-b", "--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    d.add_argument("--filter", metavar="REGEX", help="keep nodes and leafs whose op or name matches")
+    d.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout (svg/png)")
+    d.add_argument("--save", metavar="FILE", help="also write the (fused) graph as a graph file")
+    d.add_argument("--profile", action="store_true", help=PROFILE_HELP)
+    d.add_argument("--top", type=int, metavar="N", help="with --profile: only the N slowest nodes and ops")
+    d.add_argument("--repeat", type=int, default=5, help="with --profile: timed runs per node")
+
+    c = sub.add_parser("compare", help="run a graph two ways; report the first diverging node (exit 1)")
+    _target_args(c)
+    c.add_argument("--backends", default="cpu,reference", metavar="A,B",
+                   help="two of cpu, cuda, auto, reference (default cpu,reference)")
+    c.add_argument("--fused-vs-unfused", action="store_true",
+                   help="the graph as written vs after mg.optimize, on --backend")
+    c.add_argument("-b", "--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    c.add_argument("--tol", type=float, default=1e-6, help="NMSE above which a node diverges (default 1e-6)")
+    c.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("test-backend-ops", help="ggml's test-backend-ops over minigraph.cases")
+    t.add_argument("mode", nargs="?", default="test", choices=["test", "perf", "support"])
+    t.add_argument("-o", "--op", help="comma list of ops or full case strings, e.g. 'MUL_MAT(ne_a=[16,9,1,1],...)'")
+    t.add_argument("-b", "--backend", help="comma list of backends: cpu, cuda (default: all available)")
+    t.add_argument("-p", "--params", help="regex over the case's parameter string")
+    t.add_argument("--seed", type=int, help="input seed (default random; printed with each failure)")
+    t.add_argument("--against", choices=["ggml"], help="also run the cases on ggml's CPU backend (ggml-python)")
+    t.add_argument("--list", action="store_true", help="list the selected cases")
+    t.add_argument("--show-coverage", action="store_true", help="ops of the registry without cases")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
+    t.add_argument("--markdown", action="store_true", help="support mode: a Markdown table (docs/ops.md)")
+    return ap
+
+
+def _write(data: "str | bytes", path: Optional[str], out: TextIO) -> None:
+    if path:
+        with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+    elif isinstance(data, bytes):
+        getattr(out, "buffer", sys.stdout.buffer).write(data)
+    else:
+        out.write(data)
+
+
+def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
+    from . import dump, graphio, profile
+
+    p = dump.prepare(args.target, graphio.parse_params(args.param), args.backend, not args.no_fuse)
+    if args.save:
+        graphio.save_graph(p.graph, args.save)
+    if args.format in ("svg", "png"):
+        img = dump.render_graphviz(dump.render_dot(p, args.filter), args.format)
+        _write(img.decode() if args.format == "svg" else img, args.output, out)  # svg is text
+        return 0
+    prof = profile.profile_nodes(p, args.repeat, args.seed) if args.profile else None
+    if args.format == "json":
+        extra = profile.profile_json(*prof, top=args.top) if prof else None
+        text = dump.render_json(p, args.filter, extra)
+    elif args.format == "dot":
+        text = dump.render_dot(p, args.filter)
+    else:
+        text = dump.render_text(p, args.filter) + ("\n" + profile.render_profile(*prof, top=args.top, pattern=args.filter) if prof else "")
+    _write(text, args.output, out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from . import compare, dump, graphio
+
+    ways = [w.strip() for w in args.backends.split(",")]
+    if not args.fused_vs_unfused and (len(ways) != 2 or any(w not in ("cpu", "cuda", "auto", "reference") for w in ways)):
+        raise MinigraphError(f"--backends {args.backends!r}: expected two of cpu, cuda, auto, reference")
+    gf = graphio.load_target(args.target, graphio.parse_params(args.param))
+    graphio.fill_random_inputs(gf, args.seed)
+    res = compare.compare(gf, ways, dump._labels(gf), args.tol, args.fused_vs_unfused, args.backend)
+    out.write(json.dumps(res, indent=1) + "\n" if args.json else compare.render(res))
+    return 1 if res["diverged"] else 0
+
+
+def cmd_test_backend_ops(args: argparse.Namespace, out: TextIO) -> int:
+    from . import test_backend_ops
+
+    return test_backend_ops.main(args, out)
+
+
+COMMANDS = {"dump": cmd_dump, "compare": cmd_compare, "test-backend-ops": cmd_test_backend_ops}
+
+
+def main(argv: Optional[list[str]] = None, out: Optional[TextIO] = None) -> int:
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
+    from .graphio import TargetError
+
+    out = out or sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return int(e.code or 0)
+    try:
+        return COMMANDS[args.command](args, out)
+    except TargetError as e:
+        print(f"minigraph {args.command}: error in {e}", file=sys.stderr)
+        if e.frame:
+            print(e.frame, file=sys.stderr)
+        return 2
+    except MinigraphError as e:
+        print(f"minigraph {args.command}: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `minigraph dump ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""`minigraph test-backend-ops`: ggml's tests/test-backend-ops.cpp over minigraph.cases.
+
+Modes: `test` (each backend against the float64 numpy reference, by NMSE with per-case
+tolerances; NaN/inf mismatches fail first), `perf` (time per run, GFLOP/s for compute-bound
+cases, GB/s for the others), `support` (op x backend table; `--markdown` writes docs/ops.md).
+A case a backend refuses (supports_op on any of its compute nodes) is "not supported", never a
+failure; a case it claims and then cannot run is a failure (supports_op must be honest).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, TextIO
+
+import numpy as np
+
+from .cases import CASES, Case, check_case
+from .dump import init_backend
+from .errors import MinigraphError
+
+ALL_BACKENDS = ("cpu", "cuda")
+PERF_MIN_SECONDS = 0.05  # time each case for at least this long (and at least PERF_MIN_RUNS runs)
+PERF_MIN_RUNS = 3
+
+
+@dataclass
+class Result:
+    backend: str
+    case: str
+    op: str
+    status: str           # "ok", "fail", "not supported"
+    detail: str = ""
+    us_per_run: Optional[float] = None
+    flops: Optional[float] = None
+    bytes: Optional[int] = None
+
+
+# -- selecting cases -------------------------------------------------------------------------
+
+def split_top(s: str) -> list[str]:
+    """Split a comma list at depth 0, so `MUL_MAT(ne_a=[16,9,1,1],...)` stays one item."""
+    items, depth, cur = [], 0, ""
+    for ch in s:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [x.strip() for x in items + [cur] if x.strip()]
+
+
+def select_cases(ops: str = "", params: str = "") -> list[Case]:
+    """Cases named by -o (ops or full case strings) and matching -p; nothing selected is an error."""
+    from minigraph.ops.registry import OPS
+
+    want = split_top(ops)
+    for w in want:
+        if "(" not in w and w.upper() not in OPS:
+            raise MinigraphError(f"-o {w}: unknown op (known: {', '.join(sorted(OPS))})")
+    try:
+        rx = re.compile(params) if params else None
+    except re.error as e:
+        raise MinigraphError(f"-p {params!r}: bad regex: {e}") from None
+    out = [c for c in CASES
+           if (not want or any(w == c.name if "(" in w else w.upper() == c.op for w in want))
+           and (rx is None or rx.search(c.vars))]
+    if not out:
+        raise MinigraphError(f"no case matches -o {ops!r} -p {params!r} (see --list)")
+    return out
+
+
+# -- running one case ------------------------------------------------------------------------
+
+def _build(case: Case, seed: int) -> tuple[Any, Any]:
+    from .context import Context
+
+    ctx = Context()
+    out = case.build(ctx, np.random.default_rng(seed))
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    return gf, out
+
+
+def refusal(case: Case, backend: Any, seed: int = 0) -> Optional[str]:
+    """None when the backend claims every compute node of the case, else its first reason."""
+    from minigraph.ops.registry import OPS
+
+    gf, _ = _build(case, seed)
+    for n in gf.nodes:
+        if OPS[n.op].is_view:
+            continue
+        ok, reason = backend.supports_op(n)
+        if not ok:
+            return f"{n.op}: {reason}"
+    return None
+
+
+def test_case(case: Case, backend: Any, seed: int) -> Result:
+    why = refusal(case, backend, seed)
+    if why is not None:
+        return Result(backend.name, case.name, case.op, "not supported", why)
+    try:
+        err = check_case(case, backend, seed)
+    except Exception as e:  # a claimed case that cannot run is a failure, whatever it raised
+        err = f"{type(e).__name__}: {e}".splitlines()[0]
+    return Result(backend.name, case.name, case.op, "ok" if err is None else "fail", err or "")
+
+
+def perf_case(case: Case, backend: Any, seed: int) -> Result:
+    """Time per graph run (after a warm-up run), FLOPs and bytes of the case's compute nodes."""
+    from minigraph.ops.registry import OPS
+    from .tensor import nbytes
+
+    why = refusal(case, backend, seed)
+    if why is not None:
+        return Result(backend.name, case.name, case.op, "not supported", why)
+    gf, _ = _build(case, seed)
+    nodes = [n for n in gf.nodes if not OPS[n.op].is_view]
+    flops = sum(float(OPS[n.op].flops(n)) for n in nodes)
+    nbytes_ = sum(nbytes(n) + sum(nbytes(s) for s in n.src if s is not None) for n in nodes)
+    try:
+        backend.graph_compute(gf)
+        backend.synchronize()
+        runs, t0 = 0, time.perf_counter()
+        while runs < PERF_MIN_RUNS or time.perf_counter() - t0 < PERF_MIN_SECONDS:
+            backend.graph_compute(gf)
+            backend.synchronize()
+            runs += 1
+        us = (time.perf_counter() - t0) / runs * 1e6
+    except Exception as e:
+        return Result(backend.name, case.name, case.op, "fail", f"{type(e).__name__}: {e}".splitlines()[0])
+    return Result(backend.name, case.name, case.op, "ok", "", us, flops, nbytes_)
+
+
+def rate(r: Result) -> str:
+    """GFLOP/s when the case does more than one FLOP per byte moved (compute-bound), else GB/s."""
+    if not r.us_per_run:
+        return ""
+    if r.flops and r.bytes and r.flops > r.bytes:
+        return f"{r.flops / r.us_per_run / 1e3:9.2f} GFLOP/s"
+    return f"{(r.bytes or 0) / r.us_per_run / 1e3:9.2f} GB/s"
+
+
+# -- output ----------------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on stderr when it is a terminal (erased before each result line)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done = total, 0
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            fill = width * self.done // max(self.total, 1)
+            sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {what[:40]:<40}")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 90 + "\r")
+            sys.stderr.flush()
+
+
+def result_line(r: Result, mode: str) -> str:
+    if r.status == "not supported":
+        return f"  {r.case}: not supported [{r.backend}] ({r.detail})"
+    if r.status == "fail":
+        return f"  {r.case}: FAIL [{r.backend}] {r.detail}"
+    if mode == "perf":
+        return f"  {r.case + ':':<58} {r.us_per_run:10.2f} us/run  {rate(r)}"
+    return f"  {r.case}: OK"
+
+
+def repro(r: Result, seed: int) -> str:
+    b = "ggml" if r.backend == "ggml-CPU" else r.backend
+    extra = " --against ggml" if b == "ggml" else f" -b {b}"
+    return f"minigraph test-backend-ops test{extra} -o {shlex.quote(r.case)} --seed {seed}"
+
+
+def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result]:
+    fn = test_case if mode == "test" else perf_case
+    prog = Progress(len(cases), out is not None)
+    results = []
+    for case in cases:
+        prog.step(case.name)
+        r = fn(case, backend, seed)
+        results.append(r)
+        if out is not None:
+            prog.clear()
+            print(result_line(r, mode), file=out, flush=True)
+            if r.status == "fail":
+                print(f"    seed {seed}; repro: {repro(r, seed)}", file=out)
+    prog.clear()
+    return results
+
+
+def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result]:
+    """The same cases on ggml's own CPU backend (ggml-python), in child processes."""
+    from minigraph.testing.ggml_conformance import run_all
+
+    ops = ",".join(sorted({c.op for c in cases}))
+    names = {c.name: c for c in cases}
+    status = {"ok": "ok", "fail": "fail", "skip": "not supported", "crash": "not supported"}
+    results = []
+    for rec in run_all(op=ops, seed=seed):
+        if rec["case"] not in names:
+            continue
+        detail = rec.get("why", "")
+        if rec["status"] == "crash":
+            detail = "ggml aborted: " + re.sub(r"\S*/([^/\s]+:\d+:)", r"\1", detail)  # file:line, no build path
+        elif rec["status"] == "fail":
+            detail = f"NMSE {rec['nmse']:.3g} > {rec['tol']:g}"
+        r = Result("ggml-CPU", rec["case"], names[rec["case"]].op, status[rec["status"]], detail)
+        results.append(r)
+        if out is not None:
+            print(result_line(r, "test"), file=out, flush=True)
+            if r.status == "fail":
+                print(f"    seed {seed}; repro: {repro(r, seed)}", file=out)
+    return results
+
+
+def summary_lines(results: list[Result], backend: str, mode: str) -> list[str]:
+    mine = [r for r in results if r.backend == backend]
+    ok = sum(r.status == "ok" for r in mine)
+    ns = sum(r.status == "not supported" for r in mine)
+    fail = sum(r.status == "fail" for r in mine)
+    verb = "ran" if mode == "perf" else "passed"
+    return [f"  {backend}: {ok}/{len(mine) - ns} tests {verb}, {ns} not supported, {fail} failed"]
+
+
+def _open_backends(names: list[str], explicit: bool, out: Optional[TextIO]) -> tuple[list, dict]:
+    """Backends that could be initialised, and {name: reason} for those that could not."""
+    ready, missing = [], {}
+    for name in names:
+        try:
+            ready.append(init_backend(name))
+        except MinigraphError as e:
+            missing[name] = str(e)
+            if out is not None:
+                print(f"Backend {name}: unavailable ({e})", file=out)
+    if explicit and not ready:
+        raise MinigraphError("; ".join(missing.values()))
+    return ready, missing
+
+
+# -- support table ---------------------------------------------------------------------------
+
+def support_rows(cases: list[Case], backends: list, missing: dict) -> list[dict]:
+    """Per op: how many of its cases each backend claims, with the first refusal reason."""
+    from minigraph.ops.registry import OPS
+
+    rows = []
+    for op in sorted({c.op for c in cases}):
+        mine = [c for c in cases if c.op == op]
+        row = {"op": op, "family": OPS[op].family, "cases": len(mine), "backends": {}}
+        for b in backends:
+            why = [w for w in (refusal(c, b) for c in mine) if w is not None]
+            row["backends"][b.name] = {"supported": len(mine) - len(why), "reason": why[0] if why else ""}
+        for name in missing:
+            row["backends"][name] = None
+        rows.append(row)
+    return rows
+
+
+def _cell(v: Optional[dict], n: int) -> str:
+    if v is None:
+        return "n/a"
+    if v["supported"] == n:
+        return "yes"
+    return "no" if v["supported"] == 0 else f"partial ({v['supported']}/{n})"
+
+
+def render_support(rows: list[dict], markdown: bool) -> str:
+    from .dump import table
+
+    names = list(rows[0]["backends"]) if rows else []
+    cells = [[r["op"], r["family"], str(r["cases"])] + [_cell(r["backends"][n], r["cases"]) for n in names]
+             for r in rows]
+    head = ["op", "family", "cases"] + names
+    refusals = sorted({(r["op"], n, v["reason"]) for r in rows for n, v in r["backends"].items()
+                       if v and v["reason"]})
+    if not markdown:
+        lines = table(head, cells)
+        lines += [f"  {op} on {n}: {why}" for op, n, why in refusals]
+        return "\n".join(lines) + "\n"
+    lines = ["# Op support", "",
+             "Generated by `minigraph test-backend-ops support --markdown > docs/ops.md`: for every op of",
+             "the registry, how many of its conformance cases (minigraph/cases.py: contiguous, permuted",
+             "and offset inputs) each backend claims through `supports_op`. `n/a`: the backend could not",
+             "be initialised where this was generated.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    if refusals:
+        lines += ["", "## First refusal reason per op and backend", ""]
+        lines += [f"- `{op}` on {n}: {why}" for op, n, why in refusals]
+    return "\n".join(lines) + "\n"
+
+
+def coverage_lines() -> list[str]:
+    from minigraph.ops.registry import OPS
+
+    covered = {c.op for c in CASES}
+    missing = sorted(set(OPS) - covered)
+    return [f"coverage: {len(covered)}/{len(OPS)} ops have cases" + (f"; without: {', '.join(missing)}" if missing else "")]
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def main(args: Any, out: TextIO) -> int:
+    """Dispatch on args.mode (test, perf, support); returns the exit status."""
+    cases = select_cases(args.op or "", args.params or "")
+    if args.list:
+        for c in cases:
+            print(c.name, file=out)
+        print(f"{len(cases)} cases; " + coverage_lines()[0], file=out)
+        return 0
+    if args.show_coverage:
+        print(coverage_lines()[0], file=out)
+        return 0
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "little")
+    text = None if args.json else out
+    names = [b.strip() for b in args.backend.split(",")] if args.backend else list(ALL_BACKENDS)
+    if args.against == "ggml" and not args.backend:
+        names = []
+    backends, missing = _open_backends(names, bool(args.backend), text if args.mode != "support" else None)
+    if args.mode == "support":
+        rows = support_rows(cases, backends, missing)
+        out.write(json.dumps(rows, indent=1) + "\n" if args.json else render_support(rows, args.markdown))
+        return 0
+    if text:
+        print(f"Testing {len(cases)} cases, mode {args.mode}, seed {seed}", file=text)
+    results: list[Result] = []
+    for i, b in enumerate(backends):
+        if text:
+            print(f"Backend {i + 1}/{len(backends)}: {b.name}", file=text)
+        results += run_backend(args.mode, b, cases, seed, text)
+    if args.against == "ggml":
+        if text:
+            print("Backend ggml-CPU (ggml-python, child processes)", file=text)
+        results += run_ggml(cases, seed, text)
+    return finish(results, args.mode, seed, out, args.json)
+
+
+def finish(results: list[Result], mode: str, seed: int, out: TextIO, as_json: bool) -> int:
+    failing = [r for r in results if r.status == "fail"]
+    backends = list(dict.fromkeys(r.backend for r in results))
+    if as_json:
+        out.write(json.dumps({"mode": mode, "seed": seed, "results": [asdict(r) for r in results],
+                              "failing": [{"case": r.case, "backend": r.backend, "repro": repro(r, seed)}
+                                          for r in failing], "ok": not failing}, indent=1) + "\n")
+        return 1 if failing else 0
+    print("Summary:", file=out)
+    for b in backends:
+        print("\n".join(summary_lines(results, b, mode)), file=out)
+    if failing:
+        print(f"failing tests ({len(failing)}):", file=out)
+        for r in failing:
+            print(f"  {repro(r, seed)}", file=out)
+    print("FAIL" if failing else "OK", file=out)
+    return 1 if failing else 0
