@@ -20,5 +20,6 @@ from .tensor import (Tensor, are_same_shape, are_same_stride, can_repeat, elemen
 from .sched import (BackendSched, HostBuffer, backend_alloc_ctx_tensors, backend_sched_new, backend_tensor_alloc,
                     backend_tensor_get, backend_tensor_set, tensor_buffer)
 from .graphio import load_graph, save_graph
+from .optimize import optimize
 
 __all__ = [n for n in dir() if not n.startswith("_")]

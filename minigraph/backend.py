@@ -1,7 +1,7 @@
 """What every backend offers (ggml_backend's interface) and the one-call `compute`."""
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from .errors import MinigraphError
 from .graph import Graph
@@ -123,11 +123,17 @@ def _named_backend(name: str) -> Any:
     return _BACKENDS[name]
 
 
-def compute(target: Union[Graph, Tensor], backend: Union[str, Backend] = "cpu") -> Union[Graph, Any]:
+def compute(target: Union[Graph, Tensor], backend: Union[str, Backend] = "cpu",
+            fuse: Optional[bool] = None) -> Union[Graph, Any]:
     """Run a graph (or the graph ending in a tensor) on one backend ("cpu", "cuda", "auto" or a
-    Backend); returns the tensor's numpy value for a tensor, else the graph."""
+    Backend); returns the tensor's numpy value for a tensor, else the graph. What runs is
+    mg.optimize(gf, backend) (fusion passes); fuse=False or MINIGRAPH_FUSION=0 runs gf as written."""
+    from .optimize import bind_results, optimize
+
     gf = _as_graph(target)
     if isinstance(backend, str):
         backend = _named_backend(backend)
-    backend.graph_compute(gf)
+    run = optimize(gf, backend, fuse)
+    backend.graph_compute(run)
+    bind_results(run)
     return target.numpy() if isinstance(target, Tensor) else gf

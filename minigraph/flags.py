@@ -73,3 +73,9 @@ def cuda_graphs() -> bool:
 def cuda_simulator() -> bool:
     """NUMBA_ENABLE_CUDASIM=1 (Numba's own flag): CUDA kernels run on numba-cuda's simulator."""
     return _env_bool("NUMBA_ENABLE_CUDASIM", False)
+
+
+def fusion_debug() -> bool:
+    """MINIGRAPH_FUSION_DEBUG=1: print what each fusion pass matched, what it did not and why
+    (the first mismatching node of a near miss)."""
+    return _env_bool("MINIGRAPH_FUSION_DEBUG", False)

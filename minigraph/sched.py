@@ -194,13 +194,20 @@ class BackendSched:
     def get_backend(self, i: int) -> Any:
         return self.backends[i]
 
-    def reserve(self, gf: Graph) -> bool:
-        """Plan placement, splits and memory without computing."""
-        self._get_plan(gf)
+    def reserve(self, gf: Graph, fuse: Optional[bool] = None) -> bool:
+        """Plan placement, splits and memory without computing (of mg.optimize(gf, self))."""
+        from .optimize import optimize
+
+        self._get_plan(optimize(gf, self, fuse))
         return True
 
-    def graph_compute(self, gf: Graph) -> Graph:
-        plan = self._get_plan(gf)
+    def graph_compute(self, gf: Graph, fuse: Optional[bool] = None) -> Graph:
+        """Run mg.optimize(gf, self) (fusion passes; fuse=False or MINIGRAPH_FUSION=0: gf as written)."""
+        from .optimize import bind_results, optimize, sched_provenance
+
+        run = optimize(gf, self, fuse)
+        plan = self._get_plan(run)
+        sched_provenance(plan, run)
         if plan.epoch != binding_epoch():  # another runner may have re-bound these roots
             plan.epoch = bind_storage(plan.bindings)
         for split in plan.splits:
@@ -209,6 +216,7 @@ class BackendSched:
             self.backends[split.backend].graph_compute(split.graph)
         for i in {s.backend for s in plan.splits}:
             self.backends[i].synchronize()
+        bind_results(run)
         return gf
 
     def get_n_splits(self) -> int:

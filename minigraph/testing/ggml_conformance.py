@@ -20,14 +20,18 @@ from minigraph.reference import reference_compute
 
 # what ggml's CPU backend accepts of our cases: layouts it asserts on, and our extensions
 NON_CONTIGUOUS_OK = {"CONT", "CPY", "DUP", "MUL_MAT", "OUT_PROD", "REPEAT", "CONCAT", "PAD", "GET_ROWS",
-                     "SUM", "SUM_ROWS", "MEAN"}
+                     "SUM", "SUM_ROWS", "MEAN", "PERMUTE", "TRANSPOSE"}
 # ggml computes these f32 functions through an f16 table or an approximation
 GGML_TOLERANCE = {"GELU": 1e-5, "SILU": 1e-6, "SIGMOID": 1e-6, "SOFTPLUS": 1e-6}
 
 
 def ggml_accepts(case: Case) -> Optional[str]:
     """None when ggml can run the case, else why it is skipped."""
+    from minigraph.ops.registry import OPS
+
     v = case.vars
+    if OPS[case.op].family == "fused":
+        return "minigraph extension: a fused op with no ggml twin"
     if "layout=perm" in v and case.op not in NON_CONTIGUOUS_OK:
         return "ggml needs contiguous rows for this op"
     if case.op == "CUMSUM" and "dim=0" not in v:
