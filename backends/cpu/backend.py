@@ -17,7 +17,7 @@ from minigraph.backend import Backend, Support
 from minigraph.errors import MinigraphError, describe
 from minigraph.graph import Graph
 from minigraph.ops.registry import OPS, kernels_for, leafs_needing_data
-from minigraph.tensor import Tensor, bind_storage, binding_epoch, nelements, storage_view
+from minigraph.tensor import Tensor, bind_storage, binding_epoch, is_contiguous, nelements, storage_view
 
 from . import program
 
@@ -151,13 +151,14 @@ class CpuPlan:
 
     @staticmethod
     def _fast_signature(n: Tensor) -> Optional[str]:
-        """Slot dtypes ('f' f32, 'i' i32) when every tensor can run in the program, else None."""
+        """Slot dtypes ('f' f32, 'i' i32; upper case for a contiguous tensor, which the program
+        passes as a C-contiguous array) when every tensor can run in the program, else None."""
         sig = ""
         for t in [n, *n.src]:
             c = "f" if t is None else _FAST_TYPES.get(t.type)
             if c is None:
                 return None
-            sig += c
+            sig += c.upper() if t is not None and is_contiguous(t) and nelements(t) > 0 else c
         return sig
 
     # -- running ------------------------------------------------------------------------------
