@@ -60,7 +60,7 @@ CASES = [  # (S, Hk, Hv, ns, ns_qk, kda)
 ]
 
 
-@pytest.mark.parametrize("T", [1, 4, 33, 64, 65, 127, 200])
+@pytest.mark.parametrize("T", [1, 4, 15, 16, 33, 63, 64, 65, 100, 127, 200, 256, 1000])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "S%d-Hk%d-Hv%d-ns%d-nsqk%d-%s" % (
     *c[:5], "kda" if c[5] else "gda"))
 @pytest.mark.parametrize("g_lo", [-1.0, -20.0])
@@ -121,16 +121,37 @@ def test_vs_ggml(T, kda, K):
     assert rel_err(run(arrs, K), _ggml_gdn(arrs, K)) < RTOL
 
 
-@pytest.mark.parametrize("T", [1, 33, 64, 65, 200])
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 33, 63, 64, 65, 100, 200, 256])
 @pytest.mark.parametrize("g_lo", [-1.0, -20.0])
 def test_chunked_form(T, g_lo):
-    """The WY/UT chunked kernel directly (the entry point picks it only for long T)."""
+    """The WY/UT chunked kernel directly (the entry point picks it for GDA from CHUNK_MIN_T on),
+    K = 2 so the token-by-token tail that feeds the snapshot slots runs too."""
     from minigraph.backends.cpu.gated_delta_net import _gdn_chunked
     rng = np.random.default_rng(T)
     arrs = make(rng, 32, 2, 4, T, 2, 1, 1, g_lo)
-    ns, S, Hv = 2, 32, 4
-    out = np.full((1, 1, T * ns + 2 * S * ns, S * Hv), np.nan, np.float32)
-    _gdn_chunked(out, *arrs, 2)
-    ref = reference(*arrs, 2)
-    rows = T * ns + S * ns  # slot 0 only; slot 1 is zero-filled by this K == 1 form
-    assert rel_err(out[0, 0, :rows], ref[:rows]) < RTOL
+    ns, S, Hv, K = 2, 32, 4, 2
+    out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
+    _gdn_chunked(out, *arrs, K)
+    assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
+
+
+def test_chunked_strong_gates_stay_finite():
+    """Per-token gates of -60: a chunk's cumulative gate reaches -960 (exp(+960) in the naive
+    k * exp(-g_cum) form); the masked differences keep every factor <= 1."""
+    from minigraph.backends.cpu.gated_delta_net import _gdn_chunked
+    rng = np.random.default_rng(5)
+    arrs = list(make(rng, 32, 2, 4, 100, 1, 1, 1, -60.0))
+    ns, S, Hv = 1, 32, 4
+    out = np.full((1, 1, 100 * ns + S * ns, S * Hv), np.nan, np.float32)
+    _gdn_chunked(out, *arrs, 1)
+    assert rel_err(out[0, 0], reference(*arrs, 1)) < RTOL
+
+
+@pytest.mark.parametrize("kda", [False, True])
+def test_long_prefill_s128(kda):
+    """T = 4096 at the model's head size S = 128 (two value heads, GQA): the entry point
+    (chunked for GDA, recurrence for KDA) against the float64 rule."""
+    rng = np.random.default_rng(11)
+    S = 128
+    arrs = make(rng, S, 1, 2, 4096, 1, 1, S if kda else 1, -1.0)
+    assert rel_err(run(arrs, 1), reference(*arrs, 1)) < RTOL

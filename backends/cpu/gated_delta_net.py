@@ -25,9 +25,11 @@ Algorithms (chosen by `gated_delta_net`):
   * recurrent: the state lives in a local [j][i] buffer; each token makes ONE fused pass
     over it (update with the previous delta, dot with q for the output, dot with the next
     decayed key for the next delta), two rows at a time so k/q loads are shared.
-  * chunked (GDA, K == 1, T >= CHUNK_MIN_T): WY/UT form over chunks of CHUNK tokens; decays
-    only as masked differences g_cum[r] - g_cum[s] (r >= s) before exp, so nothing
-    overflows; the tail chunk is just shorter (exact, no padding).
+  * chunked (GDA, T >= CHUNK_MIN_T, K <= CHUNK): WY/UT form over chunks of CHUNK tokens,
+    its products through BLAS sgemm (Numba's np.dot; scipy present, else plain loops and
+    the form stays off); decays only as masked differences g_cum[r] - g_cum[s] (r >= s)
+    before exp, so nothing overflows; the tail chunk is just shorter (exact, no padding);
+    the last K - 1 tokens run token by token so each snapshot slot is a real state.
 """
 import math
 
@@ -38,11 +40,11 @@ from numba import njit, prange
 # must keep working), no afn (exp stays exact).
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
-CHUNK = 64            # chunk length of the WY form
-# Chunked form from this many tokens on. Off: on the 2-core AVX-512 dev box the chunked
-# form (plain Numba loops, no BLAS) ran T=4096 at ~10k tok/s vs ~16k for the recurrence;
-# at S=128 both do ~3 S^2 multiply-adds per token, chunking only pays with fast GEMMs.
-CHUNK_MIN_T = 1 << 30
+# Chunk length of the WY form. Per token it does 3 S^2 multiply-adds on the state (as the
+# recurrence) plus ~5 CHUNK*S inside the chunk; measured on the 2-core AVX-512 dev box
+# (1 thread, T=1024, H_v=32, S=128, BLAS products): 8: 17.3k, 16: 17.5k, 24: 16.7k,
+# 32: 14.0k, 64: 10.7k tok/s per core; the recurrence 7.6-8.1k.
+CHUNK = 16
 TOKEN_BLOCK = 16       # tokens a block of state rows runs through while it sits in L1
 
 
@@ -328,98 +330,219 @@ def _gdn_recurrent(dst, q, k, v, g, beta, state, K):
 
 # ----------------------------------------------------------------------------- chunked
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _mm_loops(a, b, out):
+    """out = a @ b for 2-D float32 arrays: i-k-j loops so the inner loop runs along rows of b
+    and out (the fallback when Numba's BLAS binding is not there)."""
+    m, p = a.shape
+    n = b.shape[1]
+    for r in range(m):
+        for c in range(n):
+            out[r, c] = 0.0
+        for t in range(p):
+            x = a[r, t]
+            for c in range(n):
+                out[r, c] += x * b[t, c]
+
+
+@njit(cache=True, nogil=True)
+def _mm_blas(a, b, out):
+    """out = a @ b through BLAS sgemm (Numba's np.dot binding; needs scipy at run time)."""
+    np.dot(a, b, out)
+
+
+def _have_blas() -> bool:
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls sgemm from here)
+        return True
+    except ImportError:
+        return False
+
+
+def _openblas_local_threads():
+    """openblas_set_num_threads_local of the OpenBLAS that scipy bundles, as a Numba external
+    function (bound by symbol name, so kernels calling it stay cacheable), or None. Each
+    worker sets 1 BLAS thread for itself around its products: OpenBLAS's own pool, entered
+    from two Numba workers at once, serialised them (0.1k tok/s instead of 7k)."""
+    import ctypes
+    import glob
+    import os
+
+    import scipy
+    libs = glob.glob(os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs", "*openblas*"))
+    for lib in libs:
+        try:
+            if hasattr(ctypes.CDLL(lib), "openblas_set_num_threads_local"):
+                import llvmlite.binding as llb
+                from numba import types
+                llb.load_library_permanently(lib)
+                return types.ExternalFunction("openblas_set_num_threads_local", types.int32(types.int32))
+        except OSError:
+            pass
+    return None
+
+
+@njit(cache=True, nogil=True)
+def _no_blas_threads(n):
+    return np.int32(1)
+
+
+HAVE_BLAS = _have_blas()
+_mm = _mm_blas if HAVE_BLAS else _mm_loops   # chosen at import: scipy is optional
+_blas_threads = (_openblas_local_threads() if HAVE_BLAS else None) or _no_blas_threads
+# Chunked form (GDA) from this many tokens on: with BLAS it beat the recurrence from T=16 on
+# (T=16: 10.6k vs 8.2k tok/s per core; T=256: 18.0k vs 8.1k). Without BLAS its plain-loop
+# products lose (6.6k vs 8.0k at T=1024), so the recurrence keeps every length.
+CHUNK_MIN_T = CHUNK if HAVE_BLAS else 1 << 30
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, gc, bb, n, S):
+    """One chunk of n tokens of the WY/UT form on the state M[i, j] = S[i][j], in place.
+
+    In: kq rows 0..n-1 = k, rows n..2n-1 = q; vb = beta v; bb = beta; gc = cumulative gate
+    (float64). Out: y rows n..2n-1 = the chunk's outputs (unscaled). With A[r, s] =
+    beta_r exp(gc_r - gc_s) k_r.k_s (s < r) and Tm = (I + A)^-1:
+        U = Tm beta V;  W = Tm (beta e^gc K);  D = U - W M
+        O = e^gc Q M + P D,  P[r, s] = exp(gc_r - gc_s) q_r.k_s (s <= r)
+        M <- e^gc_last M + (e^(gc_last - gc) K)^T D
+    Every exponent is a masked difference gc_r - gc_s (r >= s) or a cumulative gate, so for
+    g <= 0 no factor exceeds 1 and nothing overflows. All products go through _mm on
+    contiguous (or transposed-contiguous) 2-D float32 operands."""
+    gram = pbuf[:2 * n * n].reshape((2 * n, n))      # [K; Q] K^T
+    _mm(kq[:2 * n], kq[:n].T, gram)
+    tm = tbuf[:n * n].reshape((n, n))
+    # Tm = (I + A)^-1, forward substitution: row r = e_r - sum_{s<r} A[r, s] Tm[s]
+    for r in range(n):
+        br = bb[r]
+        for c in range(n):
+            tm[r, c] = 0.0
+        tm[r, r] = 1.0
+        for s in range(r):
+            a = br * np.float32(math.exp(gc[r] - gc[s])) * gram[r, s]
+            for c in range(s + 1):
+                tm[r, c] -= a * tm[s, c]
+    for r in range(n):
+        eg = np.float32(math.exp(gc[r]))
+        for i in range(S):
+            kb[r, i] = bb[r] * eg * kq[r, i]
+            x[n + r, i] = eg * kq[n + r, i]          # e^gc Q below W
+    _mm(tm, vb[:n], u[:n])                           # U
+    _mm(tm, kb[:n], x[:n])                           # W
+    _mm(x[:2 * n], M, y[:2 * n])                     # [W M ; e^gc Q M]
+    for r in range(n):
+        for j in range(S):
+            u[r, j] -= y[r, j]                       # D = U - W M
+    for r in range(n):
+        for s in range(n):
+            tm[r, s] = np.float32(math.exp(gc[r] - gc[s])) * gram[n + r, s] if s <= r else 0.0
+    _mm(tm, u[:n], y[:n])                            # P D (rows 0..n-1 of y are free now)
+    for r in range(n):
+        for j in range(S):
+            y[n + r, j] += y[r, j]
+    gl = gc[n - 1]
+    for s in range(n):
+        e = np.float32(math.exp(gl - gc[s]))
+        for i in range(S):
+            kb[s, i] = e * kq[s, i]
+    _mm(kb[:n].T, u[:n], z)                          # (e^(gl - gc) K)^T D
+    egl = np.float32(math.exp(gl))
+    for i in range(S):
+        for j in range(S):
+            M[i, j] = M[i, j] * egl + z[i, j]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _token_step_m(M, kt, qt, vt, e, b, out, S):
+    """One token of the plain rule on M[i, j] = S[i][j] (GDA gate e = exp(g)); out = S^T q."""
+    for j in range(S):
+        out[j] = 0.0
+    for i in range(S):
+        ki = kt[i]
+        for j in range(S):
+            M[i, j] *= e
+            out[j] += ki * M[i, j]
+    for j in range(S):
+        out[j] = (vt[j] - out[j]) * b                # delta
+    for i in range(S):
+        ki = kt[i]
+        for j in range(S):
+            M[i, j] += ki * out[j]
+    for j in range(S):
+        out[j] = 0.0
+    for i in range(S):
+        qi = qt[i]
+        for j in range(S):
+            out[j] += qi * M[i, j]
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def _gdn_chunked(dst, q, k, v, g, beta, state, K):
-    """WY/UT form for GDA (scalar gates), K == 1. Per chunk of n <= CHUNK tokens, with
-    gc = cumulative gate inside the chunk and M the state at chunk start (M[i, j]):
-      A[r, s] = beta_r exp(gc_r - gc_s) k_r.k_s (s < r);  (I + A) [U | W] = beta [V | e^gc K]
-      D = U - W M;  O_r = e^gc_r q_r M + sum_{s<=r} exp(gc_r - gc_s) q_r.k_s D_s
-      M <- e^gc_last M + sum_s exp(gc_last - gc_s) k_s D_s^T
-    Every exponent is a masked difference (<= 0) or a cumulative gate (<= 0 for g <= 0)."""
+    """GDA (scalar gates): the first T - K + 1 tokens in chunks of CHUNK (_chunk_step), the
+    last K - 1 token by token so every snapshot slot is a state the rule passes through."""
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
     scale = np.float32(1.0 / math.sqrt(S))
     C = CHUNK
+    Tc = T - min(K, T) + 1                           # tokens done in chunks
     for p in prange(ns * Hv):
         seq = p // Hv
         h = p - seq * Hv
         sq = seq // rep
         hk = h % Hk
-        M = np.empty((S, S), np.float32)       # M[i, j] = S[i][j]
-        kc = np.empty((C, S), np.float32)
-        qc = np.empty((C, S), np.float32)
-        u = np.empty((C, S), np.float32)       # U, then D
-        w = np.empty((C, S), np.float32)
-        o = np.empty((C, S), np.float32)
-        a = np.zeros((C, C), np.float32)
+        M = np.empty((S, S), np.float32)             # M[i, j] = S[i][j]
+        kq = np.empty((2 * C, S), np.float32)
+        vb = np.empty((C, S), np.float32)
+        kb = np.empty((C, S), np.float32)
+        x = np.empty((2 * C, S), np.float32)
+        u = np.empty((C, S), np.float32)
+        y = np.empty((2 * C, S), np.float32)
+        z = np.empty((S, S), np.float32)
+        pbuf = np.empty(2 * C * C, np.float32)
+        tbuf = np.empty(C * C, np.float32)
         gc = np.empty(C, np.float64)
+        bb = np.empty(C, np.float32)
+        blas_prev = _blas_threads(1)
         for j in range(S):
             for i in range(S):
                 M[i, j] = state[seq, h, j, i]
-        for t0 in range(0, T, C):
-            n = min(C, T - t0)
+        for t0 in range(0, Tc, C):
+            n = min(C, Tc - t0)
             acc = 0.0
             for r in range(n):
-                acc += np.float64(g[seq, t0 + r, h, 0])
+                t = t0 + r
+                acc += np.float64(g[seq, t, h, 0])
                 gc[r] = acc
-                b = np.float32(beta[seq, t0 + r, h, 0])
-                eg = np.float32(math.exp(acc))
+                b = np.float32(beta[seq, t, h, 0])
+                bb[r] = b
                 for i in range(S):
-                    kc[r, i] = k[sq, t0 + r, hk, i]
-                    qc[r, i] = q[sq, t0 + r, hk, i]
-                    u[r, i] = b * v[seq, t0 + r, h, i]
-                    w[r, i] = b * eg * kc[r, i]
-            # forward substitution, row r uses rows s < r already solved
+                    kq[r, i] = k[sq, t, hk, i]
+                    kq[n + r, i] = q[sq, t, hk, i]
+                    vb[r, i] = b * v[seq, t, h, i]
+            _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, gc, bb, n, S)
             for r in range(n):
-                br = np.float32(beta[seq, t0 + r, h, 0])
-                for s in range(r):
-                    dot = np.float32(0.0)
-                    for i in range(S):
-                        dot += kc[r, i] * kc[s, i]
-                    c = br * np.float32(math.exp(gc[r] - gc[s])) * dot
-                    for i in range(S):
-                        u[r, i] -= c * u[s, i]
-                        w[r, i] -= c * w[s, i]
-            # D = U - W M and O = e^gc Q M (axpy over the contiguous value index)
-            for r in range(n):
-                egr = np.float32(math.exp(gc[r]))
-                for j in range(S):
-                    o[r, j] = 0.0
-                for i in range(S):
-                    wi = w[r, i]
-                    qi = qc[r, i] * egr
-                    for j in range(S):
-                        u[r, j] -= wi * M[i, j]
-                        o[r, j] += qi * M[i, j]
-            for r in range(n):
-                for s in range(r + 1):
-                    dot = np.float32(0.0)
-                    for i in range(S):
-                        dot += qc[r, i] * kc[s, i]
-                    a[r, s] = np.float32(math.exp(gc[r] - gc[s])) * dot
                 orow = seq * T + t0 + r
                 for j in range(S):
-                    acc32 = o[r, j]
-                    for s in range(r + 1):
-                        acc32 += a[r, s] * u[s, j]
-                    dst[0, 0, orow, h * S + j] = acc32 * scale
-            gl = gc[n - 1]
-            egl = np.float32(math.exp(gl))
-            for s in range(n):
-                a[0, s] = np.float32(math.exp(gl - gc[s]))
-            for i in range(S):
+                    dst[0, 0, orow, h * S + j] = y[n + r, j] * scale
+        for t in range(Tc, T + 1):                   # snapshot of the state after token t-1
+            slot = T - t
+            if slot < K:
                 for j in range(S):
-                    M[i, j] *= egl
-                for s in range(n):
-                    c = a[0, s] * kc[s, i]
-                    for j in range(S):
-                        M[i, j] += c * u[s, j]
-        for j in range(S):
-            row = _dst_row(dst, _snap_off(0, seq, h, j, S, Hv, T, ns), S)
-            for i in range(S):
-                row[i] = M[i, j]
-        _zero_slots(dst, seq, h, 1, K, S, Hv, T, ns)
+                    row = _dst_row(dst, _snap_off(slot, seq, h, j, S, Hv, T, ns), S)
+                    for i in range(S):
+                        row[i] = M[i, j]
+            if t < T:
+                for i in range(S):
+                    kq[0, i] = k[sq, t, hk, i]
+                    kq[1, i] = q[sq, t, hk, i]
+                    vb[0, i] = v[seq, t, h, i]
+                e = np.float32(math.exp(np.float64(g[seq, t, h, 0])))
+                _token_step_m(M, kq[0], kq[1], vb[0], e, np.float32(beta[seq, t, h, 0]), y[0], S)
+                for j in range(S):
+                    dst[0, 0, seq * T + t, h * S + j] = y[0, j] * scale
+        _zero_slots(dst, seq, h, T, K, S, Hv, T, ns)
+        _blas_threads(blas_prev)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -432,7 +555,7 @@ def gated_delta_net(dst, q, k, v, g, beta, state, K):
     T = v.shape[1]
     if T == 1:
         _gdn_decode(dst, q, k, v, g, beta, state, K)
-    elif T >= CHUNK_MIN_T and g.shape[3] == 1 and K == 1:
+    elif T >= CHUNK_MIN_T and g.shape[3] == 1 and K <= CHUNK:
         _gdn_chunked(dst, q, k, v, g, beta, state, K)
     else:
         _gdn_recurrent(dst, q, k, v, g, beta, state, K)
