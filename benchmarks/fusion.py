@@ -1,7 +1,7 @@
 """Fusion benchmark: llama.cpp's chunked delta net unfused vs fused (mg.optimize) vs the fused op
-called directly, and elementwise fusion of a gate chain, on the CPU backend. Prints markdown.
+called directly, and elementwise fusion of a gate chain, on the CPU or CUDA backend. Prints markdown.
 
-    python benchmarks/fusion.py [--threads N] [--reps R] [--quick]
+    python benchmarks/fusion.py [--backend cpu|cuda] [--threads N] [--reps R] [--quick]
 """
 from __future__ import annotations
 
@@ -81,13 +81,21 @@ def bench_gate_chain(cpu, H, T, N, reps):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small sizes only")
     a = ap.parse_args()
-    cpu = mg.backend_cpu_init(a.threads)
-    print(f"CPU backend, {cpu.n_threads} threads ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
-          f"median of {a.reps} runs after 2 warm-ups\n")
+    if a.backend == "cuda":
+        from numba import cuda
+
+        cpu = mg.backend_cuda_init(0)
+        name = getattr(cuda.get_current_device(), "name", b"simulator")
+        where = f"CUDA backend on {name.decode() if isinstance(name, bytes) else name} (times include the host round trip)"
+    else:
+        cpu = mg.backend_cpu_init(a.threads)
+        where = f"CPU backend, {cpu.n_threads} threads ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    print(f"{where}, median of {a.reps} runs after 2 warm-ups\n")
     cases = [(128, 4, 64, 1, 0), (128, 4, 512, 1, 0), (128, 8, 1024, 1, 0), (128, 4, 100, 2, 0),
              (128, 4, 256, 1, 1), (64, 4, 1, 1, 0)]
     if a.quick:
