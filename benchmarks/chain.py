@@ -98,7 +98,10 @@ def main() -> None:
         if t is None:
             print(f"| {name} | not installed | | |")
             continue
-        ratio = f"{t_ggml / t:.2f}x faster" if t_ggml and t <= t_ggml else (f"{t / t_ggml:.2f}x slower" if t_ggml else "")
+        if not t_ggml or t is t_ggml:
+            ratio = "baseline" if t is t_ggml else ""
+        else:
+            ratio = f"{t_ggml / t:.2f}x faster" if t <= t_ggml else f"{t / t_ggml:.2f}x slower"
         print(f"| {name} | {t * 1e3:.3f} ms | {us(t):.3f} us | {ratio} |")
     print(f"\nimport minigraph: {cold[0]:.2f} s cold, {warm[0]:.2f} s cached; build + plan + first compute: "
           f"{cold[1]:.2f} s with empty caches (Numba compiles), {warm[1]:.2f} s in a second process (disk cache)")
