@@ -8,7 +8,7 @@ with the same logical shape) and "offs" (a view at an element offset inside a la
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np

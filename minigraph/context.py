@@ -5,13 +5,16 @@ registered for ggml_X, so ops are defined once, in their own module.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from . import dtypes
 from .errors import MinigraphError
 from .tensor import MAX_DIMS, Tensor, extent_bytes
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 
 class Context:

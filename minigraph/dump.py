@@ -1,8 +1,8 @@
 """`minigraph dump`: a graph as a table (ggml_graph_print with placement), JSON or Graphviz DOT.
 
-prepare() loads a TARGET, applies the fusion passes (`mg.optimize`, when present and not
---no-fuse) and plans it with the scheduler (`sched.reserve`), so every row can say where the node
-runs, in which split, and what was copied. Rendering never runs the graph (--profile does, in
+prepare() loads a TARGET, applies the fusion passes (`mg.optimize`, unless --no-fuse) and plans
+it with the scheduler (`sched.reserve`), so every row can say where the node runs, in which
+split, and what was copied. Rendering never runs the graph (--profile does, in
 minigraph.profile).
 """
 from __future__ import annotations
@@ -63,21 +63,6 @@ def backends_for(kind: str) -> list:
     raise MinigraphError(f"unknown --backend {kind!r} (known: cpu, cuda, auto)")
 
 
-def _optimizer() -> Any:
-    """mg.optimize when the fusion passes exist (minigraph/optimize.py), else None."""
-    import importlib
-
-    import minigraph as mg
-
-    fn = getattr(mg, "optimize", None)
-    if fn is None or not callable(fn):
-        try:
-            fn = getattr(importlib.import_module("minigraph.optimize"), "optimize", None)
-        except ImportError:
-            fn = None
-    return fn if callable(fn) else None
-
-
 @contextlib.contextmanager
 def fusion_off(off: bool = True) -> Iterator[None]:
     """MINIGRAPH_FUSION=0 for the duration, so a runner that fuses by itself keeps the graph as written."""
@@ -92,13 +77,12 @@ def fusion_off(off: bool = True) -> Iterator[None]:
 
 
 def optimize(gf: Graph, backend: Any, fuse: bool) -> tuple[Graph, str]:
-    """The graph that will run, and a word on fusion: 'off', 'not available' or 'on'."""
-    opt = _optimizer()
+    """The graph that will run, and a word on fusion: 'off' or 'on'."""
+    from .optimize import optimize as run_passes
+
     if not fuse:
         return gf, "off"
-    if opt is None:
-        return gf, "not available"
-    return opt(gf, backend=backend), "on"
+    return run_passes(gf, backend=backend), "on"
 
 
 # -- the analysed graph ----------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 
 from minigraph import dtypes
 from minigraph.errors import expect

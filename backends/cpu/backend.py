@@ -6,14 +6,14 @@ back on store, with the very same kernels.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numba
 import numpy as np
 
 from minigraph import dtypes, flags
 from minigraph.alloc import plan_memory
-from minigraph.backend import Backend, Support
+from minigraph.backend import Backend
 from minigraph.errors import MinigraphError, describe
 from minigraph.graph import Graph
 from minigraph.ops.registry import OPS, kernels_for, leafs_needing_data

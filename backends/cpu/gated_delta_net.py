@@ -103,7 +103,6 @@ def _gdn_decode(dst, q, k, v, g, beta, state, K):
     Hk = q.shape[2]
     rep = ns // q.shape[0]
     scale = np.float32(1.0 / math.sqrt(S))
-    kda = g.shape[3] != 1
     for p in prange(ns * Hv):
         seq = p // Hv
         h = p - seq * Hv

@@ -28,7 +28,7 @@ from numba import cuda
 
 from minigraph import dtypes
 from minigraph.alloc import plan_memory
-from minigraph.backend import Backend, Support
+from minigraph.backend import Backend
 from minigraph.errors import MinigraphError, describe
 from minigraph import flags
 from minigraph.graph import Graph

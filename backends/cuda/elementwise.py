@@ -11,7 +11,6 @@ generic index arithmetic is most of a kernel's time.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import cuda

@@ -20,7 +20,7 @@ GATED_DELTA_NET (see models/delta_net.py): it is a near miss by design and never
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from minigraph.context import Context
 from minigraph.errors import MinigraphError
