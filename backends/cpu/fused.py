@@ -30,6 +30,7 @@ from minigraph.ops.fused import MAX_INPUTS, broadcast_dims
 from minigraph.ops.registry import KERNELS, Kernel, register_kernel
 
 from .elementwise import BINARY_CODES, UNARY_CODES
+from .jit import kernels_fingerprint
 
 GENERATOR_VERSION = 1
 _lock = threading.Lock()
@@ -124,7 +125,7 @@ def _register(code: int, program: tuple, bcast: tuple) -> None:
         _load(f"mg_fused_{code:x}", kernel_source(code, program, bcast))
         _programs[code] = (program, bcast)
         codes = sorted(_programs)
-        key = hashlib.sha1(f"{GENERATOR_VERSION}{codes}".encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"{GENERATOR_VERSION}{kernels_fingerprint()}{codes}".encode()).hexdigest()[:16]
         mod = _load(f"mg_fused_set_{key}", dispatcher_source(codes))
         KERNELS["cpu"]["FUSED_ELEMENTWISE"] = Kernel(mod.fused_elementwise, _supports)
 

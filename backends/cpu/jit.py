@@ -8,6 +8,8 @@ get separate entries in Numba's on-disk cache.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import types
 from dataclasses import dataclass
@@ -17,12 +19,31 @@ import numba
 
 from minigraph.flags import cache_dir
 
-# Numba caches next to the source file; fall back to a per-user directory when that is read-only.
-if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(__file__), os.W_OK):
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(cache_dir(), "numba")
-    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@functools.lru_cache(maxsize=None)
+def kernels_fingerprint() -> str:
+    """A hash of every kernel source file (backends/**/*.py) and the Numba version.
+
+    Numba's disk cache checks only the cached function's own file, but a generated program
+    compiles the kernels it calls into itself: its cache key must change whenever any kernel
+    source does, or a stale program would run against new kernels."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha1(numba.__version__.encode())
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:16]
+
+
+# Numba keys a cached kernel on its own file only, so a kernel that inlines scalar_math (or a
+# program that inlines kernels) would survive an edit of what it calls. Keep every compiled
+# kernel under a folder named after the fingerprint of all kernel sources instead; this also
+# gives read-only installs a writable cache. An explicit NUMBA_CACHE_DIR is respected.
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    numba.config.CACHE_DIR = os.path.join(cache_dir(), "numba", kernels_fingerprint())
 
 
 @dataclass(frozen=True)

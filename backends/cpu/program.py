@@ -21,6 +21,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from minigraph.flags import cache_dir
 
+from .jit import kernels_fingerprint
+
 MAX_SLOTS = 7
 SLOT_W = 10
 HEAD = 3          # code, build, n_slots
@@ -112,7 +114,7 @@ _loaded: dict[str, Any] = {}
 def load_runner(variants: Sequence[tuple]) -> Any:
     """The compiled `run` for these variants (generated once per set, cached on disk)."""
     src = generate_source(variants)
-    key = hashlib.sha1(f"{GENERATOR_VERSION}\n{src}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{GENERATOR_VERSION}\n{kernels_fingerprint()}\n{src}".encode()).hexdigest()[:16]
     if key in _loaded:
         return _loaded[key]
     folder = os.path.join(cache_dir(), "executors")
