@@ -275,3 +275,10 @@ def test_against_ggml():
     pytest.importorskip("ggml")
     rc, out = run("test-backend-ops", "--against", "ggml", "-o", "NEG,TRANSPOSE", "--seed", "1")
     assert rc == 0 and "[ggml-CPU]" in out and "ggml-CPU: 5/5 tests passed, 1 not supported" in out
+
+
+def test_test_backend_ops_on_the_cuda_backend():
+    """CI has no GPU: conftest.py turns on numba-cuda's simulator, and the same cases run there."""
+    pytest.importorskip("numba.cuda")
+    rc, out = run("test-backend-ops", "-b", "cuda", "-o", "NEG,ADD,CUMSUM,TRI", "-p", "layout=cont", "--seed", "2")
+    assert rc == 0 and "CUDA0:" in out and " 0 failed" in out, out
