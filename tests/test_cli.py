@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import minigraph as mg
+from minigraph.testing.restricted import RestrictedCpu
 from minigraph import cli, dump, test_backend_ops
-from minigraph.backends.cpu.backend import CpuBackend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "examples", "graphs.py") + ":mlp"
@@ -23,21 +23,6 @@ def run(*argv):
     out = io.StringIO()
     rc = cli.main(list(argv), out=out)
     return rc, out.getvalue()
-
-
-class RestrictedCpu(CpuBackend):
-    """A CPU backend that refuses some ops (as in test_sched.py)."""
-
-    name = "CPU-R"
-
-    def __init__(self, refuse=()):
-        super().__init__(1)
-        self.refuse = set(refuse)
-
-    def supports_op(self, node):
-        if node.op in self.refuse:
-            return mg.Support(False, f"CPU-R refuses {node.op}")
-        return super().supports_op(node)
 
 
 class LyingCpu(RestrictedCpu):

@@ -5,24 +5,9 @@ import numpy as np
 import pytest
 
 import minigraph as mg
-from minigraph.backends.cpu.backend import CpuBackend
+from minigraph.testing.restricted import RestrictedCpu
 
 F32 = mg.TYPE_F32
-
-
-class RestrictedCpu(CpuBackend):
-    """A CPU backend that refuses the ops in `refuse` (its memory is HostBuffers of its own)."""
-
-    name = "CPU-R"
-
-    def __init__(self, refuse=()):
-        super().__init__(1)
-        self.refuse = set(refuse)
-
-    def supports_op(self, node):
-        if node.op in self.refuse:
-            return mg.Support(False, f"CPU-R refuses {node.op}")
-        return super().supports_op(node)
 
 
 @pytest.fixture
