@@ -115,6 +115,12 @@ def _cases() -> Iterator[Case]:
         yield Case("GET_ROWS", f"ne=[8,10,3,1],rows=5,layout={layout}",
                    lambda c, r, L=layout: c.get_rows(make_input(c, r, [8, 10, 3], L),
                                                      c.from_numpy(r.integers(0, 10, size=(3, 5)).astype(np.int32))))
+    # ggml's hard ones: 64-wide chunk rows (the chunked delta net's gate cumsum), and MLA's V as a
+    # view of K laid out [kv, pe] per row (a strided view whose rows skip the pe part)
+    yield Case("CUMSUM", "ne=[64,64,4,1],dim=0,chunk_rows=1",
+               lambda c, r: c.cumsum(make_input(c, r, [64, 64, 4, 1], "cont", -2.0, 0.0), 0))
+    yield Case("MUL_MAT", "mla_v_view_of_k=1,kv=16,pe=8,n_kv=10,tokens=5,heads=2",
+               lambda c, r: _mla_case(c, r, 16, 8, 10, 5, 2))
     for left, lower, uni in itertools.product((True, False), repeat=3):
         yield Case("SOLVE_TRI", f"n=16,k=5,left={int(left)},lower={int(lower)},uni={int(uni)}",
                    lambda c, r, lf=left, lw=lower, u=uni: _solve_case(c, r, 16, 5, lf, lw, u), 1e-6)
@@ -130,6 +136,14 @@ def _cases() -> Iterator[Case]:
     for kda, gqa, n_seqs, T, K in ((0, 1, 1, 1, 1), (0, 2, 2, 5, 3), (1, 1, 2, 33, 1), (1, 2, 1, 4, 6), (0, 1, 1, 65, 2)):
         yield Case("GATED_DELTA_NET", f"S=16,H_k=2,gqa={gqa},T={T},n_seqs={n_seqs},kda={kda},K={K}",
                    lambda c, r, kda=kda, g=gqa, N=n_seqs, T=T, K=K: _gdn_case(c, r, 16, 2, g, T, N, kda, K), 1e-6)
+
+
+def _mla_case(ctx, rng, kv, pe, n_kv, tokens, heads):
+    """K rows hold [kv | pe]; V is the kv part of each row, read through K's strides."""
+    k = make_input(ctx, rng, [kv + pe, n_kv, heads], name="k_mla")
+    v = ctx.view_3d(k, kv, n_kv, heads, k.nb[1], k.nb[2], 0)
+    q = make_input(ctx, rng, [kv, tokens, heads], name="q")
+    return ctx.mul_mat(v, q)
 
 
 def _solve_case(ctx, rng, n, k, left, lower, uni, batch=(1, 1)):
