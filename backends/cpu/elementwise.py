@@ -12,7 +12,7 @@ from minigraph.ops.registry import register_kernel
 
 from .. import scalar_math
 from ..scalar_math import BINARY_CODES, UNARY_CODES
-from .jit import kernel, scalar
+from .jit import kernel, row_index, scalar
 
 
 # Ops pass their scalar function as an int code: a dispatcher passed as an argument would keep
@@ -26,9 +26,7 @@ def binary(dst, a, b, code):
     n3, n2, n1, n0 = dst.shape
     b3, b2, b1, b0 = b.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         brow = b[i3 % b3, i2 % b2, i1 % b1]  # the repeat's modulo once per row, not per element
         if b0 == n0:
             for i0 in range(n0):
@@ -42,9 +40,7 @@ def binary(dst, a, b, code):
 def unary(dst, a, code):
     n3, n2, n1, n0 = dst.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
             dst[i3, i2, i1, i0] = unary_fn(a[i3, i2, i1, i0], code)
 
@@ -55,9 +51,7 @@ def scale(dst, a, s, b):
     sf = np.float32(s)
     bf = np.float32(b)
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
             dst[i3, i2, i1, i0] = a[i3, i2, i1, i0] * sf + bf
 

@@ -74,3 +74,9 @@ def kernel(fn: Callable) -> DualKernel:
 def scalar(fn: Callable) -> Any:
     """A scalar device function (inlined into the kernels that take it as an argument)."""
     return numba.njit(inline="always", **JIT_OPTIONS)(fn)
+
+
+@scalar
+def row_index(r, n2, n1):
+    """(i3, i2, i1) of flattened row r of a (n3, n2, n1, ne0) array: kernels run prange over rows."""
+    return r // (n2 * n1), (r // n1) % n2, r % n1

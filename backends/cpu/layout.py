@@ -10,7 +10,7 @@ from numba import prange
 
 from minigraph.ops.registry import register_kernel
 
-from .jit import kernel, scalar
+from .jit import kernel, row_index, scalar
 
 
 @scalar
@@ -63,9 +63,7 @@ def pad(dst, a, p0, p1, p2, p3):
     n3, n2, n1, n0 = dst.shape
     a3, a2, a1, a0 = a.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         inside = i3 < a3 and i2 < a2 and i1 < a1
         for i0 in range(n0):
             if inside and i0 < a0:
@@ -80,9 +78,7 @@ def repeat(dst, a):
     n3, n2, n1, n0 = dst.shape
     a3, a2, a1, a0 = a.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
             dst[i3, i2, i1, i0] = a[i3 % a3, i2 % a2, i1 % a1, i0 % a0]
 
@@ -97,9 +93,7 @@ def concat(dst, a, b, dim):
     o2 = a.shape[1] if dim == 2 else 0
     o3 = a.shape[0] if dim == 3 else 0
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         row_in_a = i3 < a.shape[0] and i2 < a.shape[1] and i1 < a.shape[2]
         for i0 in range(n0):
             if row_in_a and i0 < a.shape[3]:
@@ -124,9 +118,7 @@ def get_rows(dst, a, idx):
                 if row < 0 or row >= a1:
                     raise IndexError("get_rows: row index out of range")
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         row = idx[0, i3, i2, i1]
         for i0 in range(n0):
             dst[i3, i2, i1, i0] = a[i3 % a3, i2 % a2, row, i0]

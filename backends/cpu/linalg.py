@@ -12,7 +12,7 @@ from numba import prange
 
 from minigraph.ops.registry import register_kernel
 
-from .jit import JIT_OPTIONS, kernel
+from .jit import JIT_OPTIONS, kernel, row_index
 
 # MUL_MAT tiles: a task owns MM_BLOCK_M rows of src0; per slice of MM_BLOCK_K along K it copies
 # them, transposed, into a contiguous [MM_BLOCK_K, MM_BLOCK_M] buffer (64 KiB: stays in L2 and is
@@ -135,9 +135,7 @@ def tri(dst, a, tri_type):
     """
     n3, n2, n1, n0 = dst.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
             if tri_type == 0:
                 keep = i0 >= i1
@@ -156,9 +154,7 @@ def fill(dst, a, c):
     n3, n2, n1, n0 = dst.shape
     cf = np.float32(c)
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
             dst[i3, i2, i1, i0] = cf
 
@@ -168,9 +164,7 @@ def diag(dst, a):
     """a [n, 1, ne2, ne3] -> dst [n, n, ne2, ne3] with a's row on the diagonal."""
     n3, n2, n1, n0 = dst.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
             dst[i3, i2, i1, i0] = a[i3, i2, 0, i0] if i0 == i1 else np.float32(0.0)
 

@@ -13,7 +13,7 @@ from numba import prange
 
 from minigraph.ops.registry import register_kernel
 
-from .jit import kernel
+from .jit import kernel, row_index
 
 
 @kernel
@@ -22,9 +22,7 @@ def sum_all(dst, a):
     n3, n2, n1, n0 = a.shape
     partial = np.zeros(n3 * n2 * n1, np.float64)
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         s = 0.0
         for i0 in range(n0):
             s += a[i3, i2, i1, i0]
@@ -37,9 +35,7 @@ def sum_rows(dst, a, divide):
     """SUM_ROWS (divide 0) and MEAN (divide 1): dst [1, ne1, ne2, ne3] = sum (or mean) over ne0."""
     n3, n2, n1, n0 = a.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         s = 0.0
         for i0 in range(n0):
             s += a[i3, i2, i1, i0]
@@ -89,9 +85,7 @@ NORM_MEAN = 2  # (x - mean) / sqrt(var + eps)
 def norm_rows(dst, a, eps, kind):
     n3, n2, n1, n0 = a.shape
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         mean = 0.0
         if kind == NORM_MEAN:
             for i0 in range(n0):
@@ -124,9 +118,7 @@ def soft_max(dst, a, mask, scale, max_bias, has_mask):
     m1 = 2.0 ** (-(max_bias / 2.0) / n_log2)
     sc = np.float32(scale)
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         slope = np.float32(1.0)
         if max_bias > 0.0:
             slope = np.float32(m0 ** (i2 + 1) if i2 < n_log2 else m1 ** (2 * (i2 - n_log2) + 1))

@@ -11,7 +11,7 @@ from numba import prange
 
 from minigraph.ops.registry import register_kernel
 
-from .jit import kernel
+from .jit import kernel, row_index
 
 
 @kernel
@@ -31,9 +31,7 @@ def region_write(dst, a, b, nb1, nb2, nb3, offset, accumulate):
             raise IndexError("acc/set: region lies outside the destination")
     # dst = a (harmless when the node is in place and dst is a's memory)
     for r in prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
             dst[i3, i2, i1, i0] = a[i3, i2, i1, i0]
     # the region: rows of b never overlap each other (checked by the builder)
