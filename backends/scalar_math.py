@@ -59,3 +59,15 @@ def unary_fn(x, code):
     if code == 10:
         return x if x > ZERO else ZERO * x
     return x if x > SOFTPLUS_MAX else math.log1p(math.exp(x))  # x <= 20 here: exp stays finite
+
+
+def tri_keep(i0, i1, tri_type):
+    """Whether TRI keeps element (col i0, row i1): ggml's TRI_TYPE_UPPER_DIAG 0, UPPER 1,
+    LOWER_DIAG 2, LOWER 3."""
+    if tri_type == 0:
+        return i0 >= i1
+    if tri_type == 1:
+        return i0 > i1
+    if tri_type == 2:
+        return i0 <= i1
+    return i0 < i1

@@ -12,7 +12,10 @@ from numba import prange
 
 from minigraph.ops.registry import register_kernel
 
-from .jit import JIT_OPTIONS, kernel, row_index
+from .. import scalar_math
+from .jit import JIT_OPTIONS, kernel, row_index, scalar
+
+tri_keep = scalar(scalar_math.tri_keep)
 
 # MUL_MAT tiles: a task owns MM_BLOCK_M rows of src0; per slice of MM_BLOCK_K along K it copies
 # them, transposed, into a contiguous [MM_BLOCK_K, MM_BLOCK_M] buffer (64 KiB: stays in L2 and is
@@ -137,15 +140,7 @@ def tri(dst, a, tri_type):
     for r in prange(n3 * n2 * n1):
         i3, i2, i1 = row_index(r, n2, n1)
         for i0 in range(n0):
-            if tri_type == 0:
-                keep = i0 >= i1
-            elif tri_type == 1:
-                keep = i0 > i1
-            elif tri_type == 2:
-                keep = i0 <= i1
-            else:
-                keep = i0 < i1
-            dst[i3, i2, i1, i0] = a[i3, i2, i1, i0] if keep else np.float32(0.0)
+            dst[i3, i2, i1, i0] = a[i3, i2, i1, i0] if tri_keep(i0, i1, tri_type) else np.float32(0.0)
 
 
 @kernel

@@ -10,7 +10,10 @@ from numba import cuda, float32, float64
 
 from minigraph.ops.registry import register_kernel
 
+from .. import scalar_math
 from .common import SIM, CudaKernel, Launch, at, f32_only, flat_launch, ne, nelem, size, unflat
+
+tri_keep = cuda.jit(device=True)(scalar_math.tri_keep)
 
 # MUL_MAT: a TILE x TILE block computes a TILE x TILE tile of dst, walking K in TILE steps
 # through shared memory (rows padded by one against bank conflicts). Plain f32 FMA, no tensor
@@ -74,14 +77,7 @@ def tri(meta, dst, a, tri_type):
     i = cuda.grid(1)
     if i < size(meta, 0):
         i0, i1, i2, i3 = unflat(meta, 0, i)
-        if tri_type == 0:
-            keep = i0 >= i1
-        elif tri_type == 1:
-            keep = i0 > i1
-        elif tri_type == 2:
-            keep = i0 <= i1
-        else:
-            keep = i0 < i1
+        keep = tri_keep(i0, i1, tri_type)
         dst[at(meta, 0, i0, i1, i2, i3)] = a[at(meta, 1, i0, i1, i2, i3)] if keep else float32(0.0)
 
 
