@@ -285,10 +285,11 @@ class CudaPlan:
             if OPS[n.op].is_view:
                 continue
             meta = np.zeros(META_W, np.int64)
-            bufs = []
+            bufs, extents = [], []
             for s, t in enumerate([n, *n.src]):
                 if t is None:
                     bufs.append(backend._dummy.flat(np.float32))
+                    extents.append((0, None))
                     continue
                 buf, offs = self._locate(t, written=(s == 0))
                 dt = _DTYPES[t.type]
@@ -296,14 +297,16 @@ class CudaPlan:
                 meta[s * SLOT_W + 1:s * SLOT_W + 5] = t.ne
                 meta[s * SLOT_W + 5:s * SLOT_W + 9] = [x // 4 for x in t.nb]
                 bufs.append(buf.flat(dt))
+                extents.append((offs // 4, offs // 4 + nelements(t)))
             params = OPS[n.op].param_values(n)
             for la in backend.kernels[n.op].fn.launches(n):
-                metas.append((meta, la, bufs, params, n))
+                args = [b[lo:hi] for b, (lo, hi) in zip(bufs, extents)] if la.sliced else bufs
+                metas.append((meta, la, args, params, n))
         rows = [m[0] for m in metas] or [np.zeros(META_W, np.int64)]
         self.meta = cuda.to_device(np.array(rows, np.int64).reshape(-1, META_W))
         for i, (_, la, bufs, params, n) in enumerate(metas):
             cfg = la.kernel[la.grid, la.block, backend.stream]
-            args = (self.meta[i], *bufs, *(params if la.with_params else ()), *la.scalars)
+            args = ((() if la.sliced else (self.meta[i],)) + (*bufs, *(params if la.with_params else ()), *la.scalars))
             self.launches.append((cfg, args, n))
         self.outputs = self._output_ranges(graph)
         self.n_runs = 0

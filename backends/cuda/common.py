@@ -11,7 +11,11 @@ slot (0 = dst, 1.. = srcs), where the tensor starts and how it is laid out, in E
 Element (i0, i1, i2, i3) of slot s is `buf[at(meta, s, i0, i1, i2, i3)]`, so any strides work
 (views, permutes, transposes) and kernels never assume a layout unless supports_op says so.
 Kernel signature: `kernel(meta, dst, src0, src1, ..., scalar params...)`; params are the op's
-(`OpDef.param_values`) then the registration's extras. Buffers may be the plan's arena (viewed as
+(`OpDef.param_values`) then the registration's extras. A launch marked `sliced` (every tensor
+contiguous) gets no meta row: each tensor comes as its own 1-D array of exactly its elements,
+`kernel(dst, src0, ..., params...)`, so sizes are kernel parameters (`dst.size`) and the kernel
+does no dependent load of layout data from global memory before its first real load; in a
+replayed CUDA graph of small nodes that latency is a good part of a node's time. Buffers may be the plan's arena (viewed as
 f32 / i32), a leaf's own device buffer, or a caller's device array (zero-copy interop).
 
 Each op registers a `CudaKernel`: its `launches(node)` returns the launches (kernel, grid, block,
@@ -46,6 +50,7 @@ class Launch:
     block: tuple
     scalars: tuple = ()
     with_params: bool = True   # pass the op's params before `scalars`
+    sliced: bool = False       # no meta row: each tensor is its own 1-D array (contiguous only)
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,9 @@ class CudaKernel:
 
 
 def flat_launch(kernel: Any, n: int, scalars: Sequence = (), block: int = BLOCK,
-                with_params: bool = True) -> Launch:
+                with_params: bool = True, sliced: bool = False) -> Launch:
     """One thread per item (n items), BLOCK threads a block."""
-    return Launch(kernel, (max(1, -(-n // block)),), (block,), tuple(scalars), with_params)
+    return Launch(kernel, (max(1, -(-n // block)),), (block,), tuple(scalars), with_params, sliced)
 
 
 def nelem(ne: Sequence[int]) -> int:

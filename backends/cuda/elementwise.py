@@ -6,8 +6,9 @@ be src0's memory (in-place): each thread reads its element before writing it.
 
 Fast path: when every tensor is contiguous (and src1 is src0's shape, or one contiguous block
 that src0 repeats, such as a row), element i is simply flat index i: no 64-bit divisions to
-find (i0..i3) and no per-dimension modulo. In a replayed CUDA graph of small nodes the
-generic index arithmetic is most of a kernel's time.
+find (i0..i3), no per-dimension modulo, and no meta row (a sliced launch: each tensor is its
+own 1-D array, common.py). In a replayed CUDA graph of small nodes the generic index
+arithmetic and the layout loads are most of a kernel's time.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from numba import cuda
 from minigraph.ops.registry import register_kernel
 from minigraph.tensor import is_contiguous
 
-from .common import SLOT_W, CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
+from .common import CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
 
 from ..scalar_math import BINARY_CODES, UNARY_CODES
 from .. import scalar_math
@@ -53,27 +54,26 @@ def scale(meta, dst, a, s, b):
 
 
 @cuda.jit
-def binary_contig(meta, dst, a, b, code):
-    """All contiguous; b holds nb_ elements that repeat along a's flat order (nb_ divides n)."""
+def binary_contig(dst, a, b, code):
+    """All contiguous (sliced launch); b's elements repeat along a's flat order (b.size divides n)."""
     i = cuda.grid(1)
-    if i < size(meta, 0):
-        nb_ = size(meta, 2)
-        j = i if nb_ == size(meta, 0) else i % nb_
-        dst[meta[0] + i] = binary_fn(a[meta[SLOT_W] + i], b[meta[2 * SLOT_W] + j], code)
+    if i < dst.size:
+        j = i if b.size == dst.size else i % b.size
+        dst[i] = binary_fn(a[i], b[j], code)
 
 
 @cuda.jit
-def unary_contig(meta, dst, a, code):
+def unary_contig(dst, a, code):
     i = cuda.grid(1)
-    if i < size(meta, 0):
-        dst[meta[0] + i] = unary_fn(a[meta[SLOT_W] + i], code)
+    if i < dst.size:
+        dst[i] = unary_fn(a[i], code)
 
 
 @cuda.jit
-def scale_contig(meta, dst, a, s, b):
+def scale_contig(dst, a, s, b):
     i = cuda.grid(1)
-    if i < size(meta, 0):
-        dst[meta[0] + i] = a[meta[SLOT_W] + i] * np.float32(s) + np.float32(b)
+    if i < dst.size:
+        dst[i] = a[i] * np.float32(s) + np.float32(b)
 
 
 def _tiles_flat(b, a) -> bool:
@@ -91,7 +91,7 @@ def _elementwise(generic, contig, name, code=None):
     def launches(node):
         srcs = [t for t in node.src if t is not None]
         fast = all(is_contiguous(t) for t in [node, *srcs]) and (len(srcs) < 2 or _tiles_flat(srcs[1], srcs[0]))
-        return [flat_launch(contig if fast else generic, nelem(node.ne), extra)]
+        return [flat_launch(contig if fast else generic, nelem(node.ne), extra, sliced=fast)]
     return CudaKernel(launches, name)
 
 
