@@ -12,7 +12,7 @@ import numpy as np
 from . import dtypes
 from .errors import MinigraphError, describe
 from .graph import Graph
-from .tensor import Tensor, extent_bytes
+from .tensor import Tensor, extent_bytes, is_contiguous
 
 
 class ReferenceResult:
@@ -44,8 +44,15 @@ def _root_memory(root: Tensor) -> np.ndarray:
     n_elem = -(-extent_bytes(root.type, root.ne, root.nb) // dtypes.type_size(root.type))
     if root._buf is None:
         return np.zeros(n_elem)
-    raw = root._buf[root._offs:].view(dtypes.storage_dtype(root.type))[:n_elem]
-    return dtypes.to_float(raw, root.type).astype(np.float64)
+    if isinstance(root._buf, np.ndarray):
+        raw = root._buf[root._offs:].view(dtypes.storage_dtype(root.type))[:n_elem]
+        return dtypes.to_float(raw, root.type).astype(np.float64)
+    # device memory (a backend buffer): read through its backend; a root is laid out contiguous
+    from .sched import backend_tensor_get
+
+    if not is_contiguous(root):
+        raise MinigraphError(f"reference: {describe(root)} lives on a device with a padded layout")
+    return np.asarray(backend_tensor_get(root), np.float64).reshape(-1)[:n_elem]
 
 
 def reference_compute(graph: Union[Graph, Tensor]) -> ReferenceResult:

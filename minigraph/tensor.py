@@ -128,7 +128,14 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """A copy of the data, shape reversed(ne[:n_dims]), logical order whatever nb is.
 
-        F32/F16/I32 keep their dtype; BF16 comes back as float32."""
+        F32/F16/I32 keep their dtype; BF16 comes back as float32. Memory on a device (a
+        scheduler's GPU compute buffer, a backend_tensor_alloc'd tensor) is read through its
+        backend, like ggml_backend_tensor_get."""
+        buf = self.root._buf
+        if buf is not None and not isinstance(buf, np.ndarray):
+            from .sched import backend_tensor_get
+
+            return backend_tensor_get(self)
         raw = self._raw_view()
         out = dtypes.to_float(raw, self.type) if self.type == dtypes.TYPE_BF16 else raw
         return np.array(out).reshape(tuple(reversed(self.ne[: self.n_dims])))

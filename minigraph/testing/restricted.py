@@ -2,7 +2,7 @@
 fallbacks (and the fusion passes' supports_op checks) without a GPU."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from minigraph.backend import Support
 from minigraph.backends.cpu.backend import CpuBackend
@@ -21,3 +21,20 @@ class RestrictedCpu(CpuBackend):
         if node.op in self.refuse:
             return Support(False, f"CPU-R refuses {node.op}")
         return super().supports_op(node)
+
+
+def restricted_cuda(refuse: Iterable[str] = (), device: int = 0, name: str = "") -> Any:
+    """A CUDA backend on `device` refusing every op in `refuse` (named `name`, default
+    "CUDA<device>-R"): a second CUDA backend for scheduler tests on one GPU or the simulator."""
+    from minigraph.backends.cuda.backend import CudaBackend
+
+    class RestrictedCuda(CudaBackend):
+        def supports_op(self, node) -> Support:
+            if node.op in self.refuse:
+                return Support(False, f"{self.name} refuses {node.op}")
+            return super().supports_op(node)
+
+    be = RestrictedCuda(device)
+    be.refuse = set(refuse)
+    be.name = name or f"CUDA{device}-R"
+    return be
