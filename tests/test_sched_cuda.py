@@ -97,7 +97,7 @@ def _second_gpu():
     return 1 if len(cuda.gpus) > 1 else 0
 
 
-def test_two_cuda_backends_in_one_scheduler(cpu):
+def test_two_cuda_backends_in_one_scheduler(cpu, monkeypatch):
     """[CUDA0 refusing EXP, a second CUDA backend, CPU]: EXP runs on the second GPU backend
     (it supports it; the CPU is only the fallback), so the graph splits across the two with
     device-to-device copies through the scheduler, and the values match the reference."""
@@ -113,8 +113,12 @@ def test_two_cuda_backends_in_one_scheduler(cpu):
     z = ctx.cont(ctx.transpose(ctx.add(y, a).set_name("z"))).set_name("zt")
     gf = ctx.new_graph()
     mg.build_forward_expand(gf, z)
+    d2d = []
+    real_copy = type(second).copy_tensor
+    monkeypatch.setattr(type(second), "copy_tensor", lambda self, s, d: d2d.append(real_copy(self, s, d)) or d2d[-1])
     sched = mg.backend_sched_new([first, second, cpu])
     sched.graph_compute(gf)
+    assert d2d.count(True) == 2  # x to the second backend, y back: device to device, not via the host
     assert sched.get_tensor_backend(x) is first and sched.get_tensor_backend(y) is second
     assert sched.get_tensor_cause(y)[0] == "fallback"
     assert sched.get_tensor_backend(z) is first

@@ -151,6 +151,23 @@ class CudaBackend(Backend):
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    def copy_tensor(self, src: Tensor, dst: Tensor) -> bool:
+        """The scheduler's copy hook: src (in any CUDA backend's memory, this GPU or another)
+        into dst (in this backend's memory) device to device, when both are contiguous of one
+        type. False: the scheduler copies through the host instead (strided views, host src)."""
+        sb, db = src.root._buf, dst.root._buf
+        if not (isinstance(sb, CudaBuffer) and isinstance(db, CudaBuffer) and db.backend is self):
+            return False
+        if src.type != dst.type or not (is_contiguous(src) and is_contiguous(dst)):
+            return False
+        n = nelements(src) * dtypes.type_size(src.type)
+        so = src.root._offs + (src.view_offs if src.view_src is not None else 0)
+        do = dst.root._offs + (dst.view_offs if dst.view_src is not None else 0)
+        if n:
+            sb.backend.synchronize()
+            db.dev[do:do + n].copy_to_device(sb.dev[so:so + n], stream=self.stream)
+        return True
+
     # -- zero-copy interop ---------------------------------------------------------------------
     def set_tensor_device(self, t: Tensor, arr: Any) -> Tensor:
         """Make leaf t read the caller's device array in place (no copy).
@@ -238,6 +255,12 @@ class CudaBackend(Backend):
         self.plan(graph).run()
 
 
+def _sim_launcher(la: Any, stream: Any) -> Any:
+    """The simulator's kernel[grid, block] configures the kernel object itself (the last of a plan's
+    launches of one kernel would set the grid of all of them), so there it is configured per call."""
+    return lambda *args: la.kernel[la.grid, la.block, stream](*args)
+
+
 def _as_device_array(arr: Any) -> Any:
     """A numba device array over a CAI or DLPack object (no copy)."""
     if SIM:  # the simulator has no interop: its own fake device arrays only
@@ -305,7 +328,7 @@ class CudaPlan:
         rows = [m[0] for m in metas] or [np.zeros(META_W, np.int64)]
         self.meta = cuda.to_device(np.array(rows, np.int64).reshape(-1, META_W))
         for i, (_, la, bufs, params, n) in enumerate(metas):
-            cfg = la.kernel[la.grid, la.block, backend.stream]
+            cfg = _sim_launcher(la, backend.stream) if SIM else la.kernel[la.grid, la.block, backend.stream]
             args = ((() if la.sliced else (self.meta[i],)) + (*bufs, *(params if la.with_params else ()), *la.scalars))
             self.launches.append((cfg, args, n))
         self.outputs = self._output_ranges(graph)
