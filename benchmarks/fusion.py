@@ -1,7 +1,11 @@
 """Fusion benchmark: llama.cpp's chunked delta net unfused vs fused (mg.optimize) vs the fused op
 called directly, and elementwise fusion of a gate chain, on the CPU or CUDA backend. Prints markdown.
 
-    python benchmarks/fusion.py [--backend cpu|cuda] [--threads N] [--reps R] [--quick]
+    python benchmarks/fusion.py [--backend cpu|cuda] [--threads N] [--reps R] [--quick] [--part all|delta_net|elementwise]
+
+The gate-chain table times unfused and fused runs alternately (side by side), so load that drifts
+on a shared machine biases neither; its ratio is the number to read. Under the CUDA simulator
+(NUMBA_ENABLE_CUDASIM=1) it runs a tiny chain once: a check of the code path, not a benchmark.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import time
 import numpy as np
 
 import minigraph as mg
+from minigraph import flags
 from minigraph.models.delta_net import build_delta_net_chunking, build_delta_net_fused
 
 
@@ -58,25 +63,85 @@ def bench_delta_net(cpu, S, H, T, N, kda, reps):
                 nodes_direct=len(gd), unfused=t_unfused, fused=t_fused, direct=t_direct, err=err)
 
 
-def bench_gate_chain(cpu, H, T, N, reps):
-    """Qwen3-Next's gates: decay = exp(softplus(a + dt_bias) * A), beta = sigmoid(b)."""
+def timed_pair(fa, fb, reps: int) -> tuple[float, float]:
+    """Median wall times (ms) of fa() and fb(), run alternately after two warm-up calls each."""
+    for f in (fa, fb, fa, fb):
+        f()
+    times: tuple[list, list] = ([], [])
+    for _ in range(reps):
+        for f, ts in zip((fa, fb), times):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times[0])), 1e3 * float(np.median(times[1]))
+
+
+def gate_chain_graph(H, T, N, resident=None):
+    """Qwen3-Next's gates: decay = exp(softplus(a + dt_bias) * A), beta = sigmoid(b). With
+    `resident`, the inputs live in that backend's memory (no per-run upload or change check)."""
     ctx = mg.Context()
     rng = np.random.default_rng(1)
     a = ctx.from_numpy(rng.standard_normal((N, T, H)).astype(np.float32))
     b = ctx.from_numpy(rng.standard_normal((N, T, H)).astype(np.float32))
     dt = ctx.from_numpy(rng.standard_normal(H).astype(np.float32))
     A = ctx.from_numpy(-np.abs(rng.standard_normal(H)).astype(np.float32))
+    if resident is not None:
+        for t in (a, b, dt, A):
+            mg.backend_tensor_alloc(resident, t)
     decay = ctx.exp(ctx.scale(ctx.mul(ctx.softplus(ctx.add(a, dt)), A), 1.0))
     beta = ctx.sigmoid(ctx.scale(b, 1.0))
     gf = ctx.new_graph()
     mg.build_forward_expand(gf, decay)
     mg.build_forward_expand(gf, beta)
-    t_unfused = timed(lambda: mg.compute(gf, cpu, fuse=False), reps)
-    ref = decay.numpy().copy()
-    t_fused = timed(lambda: mg.compute(gf, cpu), reps)
-    same = bool(np.array_equal(decay.numpy(), ref))
-    return dict(case=f"gate chain [H={H}, T={T}, n_seqs={N}]", nodes=len(gf), nodes_fused=len(mg.optimize(gf, cpu)),
+    return gf, decay, beta
+
+
+def bench_gate_chain(backend, H, T, N, reps, timing=None):
+    """Fused vs unfused gate chain: checked on `backend`; timed on `timing` (default: the same
+    graph on `backend`; else a copy whose inputs live on `timing`), synchronised after each run."""
+    gf, decay, beta = gate_chain_graph(H, T, N)
+    mg.compute(gf, backend, fuse=False)
+    ref = [decay.numpy().copy(), beta.numpy().copy()]
+    mg.compute(gf, backend)
+    same = all(np.array_equal(t.numpy(), r) for t, r in zip((decay, beta), ref))
+    gt = gf if timing is None else gate_chain_graph(H, T, N, resident=timing)[0]
+    timing = timing or backend
+
+    def run(fuse: bool) -> None:
+        mg.compute(gt, timing, fuse=fuse)
+        timing.synchronize()
+    t_unfused, t_fused = timed_pair(lambda: run(False), lambda: run(True), reps)
+    return dict(case=f"gate chain [H={H}, T={T}, n_seqs={N}]", nodes=len(gf), nodes_fused=len(mg.optimize(gf, backend)),
                 unfused=t_unfused, fused=t_fused, same=same)
+
+
+def delta_net_table(cpu, cases, reps) -> None:
+    print("| delta net (chunked graph, as llama.cpp builds it) | nodes unfused | nodes fused | nodes direct "
+          "| unfused ms | fused (mg.optimize) ms | direct fused op ms | unfused/fused | fused/direct | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for S, H, T, N, kda in cases:
+        r = bench_delta_net(cpu, S, H, T, N, kda, reps)
+        print(f"| {r['case']} | {r['nodes']} | {r['nodes_fused']} | {r['nodes_direct']} | {r['unfused']:.2f} | "
+              f"{r['fused']:.2f} | {r['direct']:.2f} | {r['unfused'] / r['fused']:.1f}x | "
+              f"{r['fused'] / r['direct']:.2f}x | {r['err']:.1e} |")
+
+
+def gate_chain_table(backend, quick: bool, reps: int, simulator: bool = False) -> None:
+    shapes, reps = ([(32, 512, 1)] if quick else [(32, 512, 1), (32, 4096, 4)]), reps * 4
+    if simulator:
+        shapes, reps = [(4, 8, 1)], 1  # every GPU thread is a Python thread there: check the path only
+    timing = None
+    if getattr(backend, "download_outputs", False):  # CUDA: time the device work alone
+        from minigraph.backends.cuda.backend import CudaBackend
+
+        timing = CudaBackend(backend.device, download_outputs=False)
+        print("\nElementwise chains: inputs and outputs stay on the GPU (no host round trip).")
+    print("\n| elementwise chain | nodes unfused | nodes fused | unfused ms | fused ms | speed-up | bit-identical |")
+    print("|---|---|---|---|---|---|---|")
+    for H, T, N in shapes:
+        r = bench_gate_chain(backend, H, T, N, reps, timing)
+        print(f"| {r['case']} | {r['nodes']} | {r['nodes_fused']} | {r['unfused']:.3f} | {r['fused']:.3f} | "
+              f"{r['unfused'] / r['fused']:.2f}x | {r['same']} |")
 
 
 def main() -> None:
@@ -85,6 +150,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small sizes only")
+    ap.add_argument("--part", choices=("all", "delta_net", "elementwise"), default="all", help="which tables")
     a = ap.parse_args()
     if a.backend == "cuda":
         from numba import cuda
@@ -100,20 +166,10 @@ def main() -> None:
              (128, 4, 256, 1, 1), (64, 4, 1, 1, 0)]
     if a.quick:
         cases = [(64, 2, 100, 1, 0), (64, 2, 40, 1, 1)]
-    print("| delta net (chunked graph, as llama.cpp builds it) | nodes unfused | nodes fused | nodes direct "
-          "| unfused ms | fused (mg.optimize) ms | direct fused op ms | unfused/fused | fused/direct | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for S, H, T, N, kda in cases:
-        r = bench_delta_net(cpu, S, H, T, N, kda, a.reps)
-        print(f"| {r['case']} | {r['nodes']} | {r['nodes_fused']} | {r['nodes_direct']} | {r['unfused']:.2f} | "
-              f"{r['fused']:.2f} | {r['direct']:.2f} | {r['unfused'] / r['fused']:.1f}x | "
-              f"{r['fused'] / r['direct']:.2f}x | {r['err']:.1e} |")
-    print("\n| elementwise chain | nodes unfused | nodes fused | unfused ms | fused ms | speed-up | bit-identical |")
-    print("|---|---|---|---|---|---|---|")
-    for H, T, N in ([(32, 512, 1), (32, 4096, 4)] if not a.quick else [(32, 512, 1)]):
-        r = bench_gate_chain(cpu, H, T, N, a.reps * 4)
-        print(f"| {r['case']} | {r['nodes']} | {r['nodes_fused']} | {r['unfused']:.3f} | {r['fused']:.3f} | "
-              f"{r['unfused'] / r['fused']:.2f}x | {r['same']} |")
+    if a.part != "elementwise":
+        delta_net_table(cpu, cases, a.reps)
+    if a.part != "delta_net":
+        gate_chain_table(cpu, a.quick, a.reps, a.backend == "cuda" and flags.cuda_simulator())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
 """CPU kernels of the fused family: FUSED_ELEMENTWISE, one generated Numba kernel per program.
 
 For each program (minigraph/ops/fused.py) the generator writes a real module
-`<cache_dir>/fused/mg_fused_<code>.py`: one loop nest over the (ne3, ne2, ne1, ne0) output with the
-program's scalar ops inlined (the very `unary_fn` / `binary_fn` of the unfused kernels, so results
-are bit-identical), sources read through their strides, repeated sources indexed modulo their ne
-only in the dims that repeat. It is compiled serial and parallel by `jit.kernel`, cached on disk.
+`<cache_dir>/fused/mg_fused_<code>_<source hash>.py`: one loop nest over the (ne3, ne2, ne1, ne0)
+output with the program's scalar ops inlined (the very `unary_fn` / `binary_fn` of the unfused
+kernels, so results are bit-identical), sources read through their strides, repeated sources
+indexed modulo their ne only in the dims that repeat; each source's row is found once per output
+row. A source repeated along dim 0 with ne0 == 1 (a per-row scalar, the usual case) is read once
+per row, so the inner loop has no per-element modulo and vectorises when its ops do. It is
+compiled serial and parallel by `jit.kernel`, cached on disk.
+
+What fusion saves on the CPU is the passes over memory and the per-node launches; the scalar math
+is the same calls. A chain whose time is transcendental calls (the Qwen3-Next gate: glibc's
+log1pf in SOFTPLUS alone is over half of it) is about as fast fused as unfused, and no loop shape
+changes that: libm calls do not vectorise without a vector math library, and fused results must
+stay bit-identical to the unfused kernels' scalar calls.
 
 The op registry holds one kernel per op, so FUSED_ELEMENTWISE's registered kernel is a generated
 dispatcher (`mg_fused_set_<hash>.py`) over every program seen so far: `if code == ...: kernel(...)`.
@@ -12,8 +21,7 @@ A node's `supports_op` check registers its program; when the set grows the dispa
 regenerated and re-registered (plans made earlier keep the dispatcher they compiled with).
 Only the dispatcher is recompiled; each program's kernel comes from its own cache entry.
 
-CUDA hook: another backend adds its own generator the same way: register a kernel for
-"FUSED_ELEMENTWISE" whose `supports` accepts the node's program (op_params["program"]).
+The CUDA backend generates its own kernels (backends/cuda/fused.py), registered the same way.
 """
 from __future__ import annotations
 
@@ -32,9 +40,9 @@ from minigraph.ops.registry import KERNELS, Kernel, register_kernel
 from .elementwise import BINARY_CODES, UNARY_CODES
 from .jit import kernels_fingerprint
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _lock = threading.Lock()
-_programs: dict[int, tuple] = {}        # code -> (program, bcast)
+_programs: dict[int, tuple] = {}        # code -> (program, bcast, module name)
 _modules: dict[str, Any] = {}           # module name -> module
 
 
@@ -70,6 +78,19 @@ def _scalar(op: str, args: list[str], consts: tuple) -> str:
     return f"unary_fn({args[0]}, {UNARY_CODES[op]})"
 
 
+def _row_loop(program: tuple, bcast: tuple, pad: str, hoisted: tuple = ()) -> list[str]:
+    """The loop over one output row: read the sources (but `hoisted` ones), run the program, store."""
+    lines = [f"{pad}for i0 in range(n0):"]
+    for i, b in enumerate(bcast):
+        if i not in hoisted:
+            lines.append(f"{pad}    x{i} = r{i}[i0 % m{i}_0]" if b[0] else f"{pad}    x{i} = r{i}[i0]")
+    for k, (op, operands, consts) in enumerate(program):
+        args = [f"x{i}" if kind == "in" else f"t{i}" for kind, i in operands]
+        lines.append(f"{pad}    t{k} = {_scalar(op, args, consts)}")
+    lines.append(f"{pad}    dst[i3, i2, i1, i0] = t{len(program) - 1}")
+    return lines
+
+
 def kernel_source(code: int, program: tuple, bcast: tuple) -> str:
     """The generated module of one program (see the module docstring)."""
     n_in = len(bcast)
@@ -88,15 +109,22 @@ def kernel_source(code: int, program: tuple, bcast: tuple) -> str:
     for i, b in enumerate(bcast):  # each source's row once per output row
         idx = [f"i{d} % m{i}_{d}" if b[d] else f"i{d}" for d in (3, 2, 1)]
         lines.append(f"        r{i} = a{i}[{', '.join(idx)}]")
-    lines.append("        for i0 in range(n0):")
-    for i, b in enumerate(bcast):
-        lines.append(f"            x{i} = r{i}[i0 % m{i}_0]" if b[0] else f"            x{i} = r{i}[i0]")
-    for k, (op, operands, consts) in enumerate(program):
-        args = [f"x{i}" if kind == "in" else f"t{i}" for kind, i in operands]
-        lines.append(f"            t{k} = {_scalar(op, args, consts)}")
-    lines += [f"            dst[i3, i2, i1, i0] = t{len(program) - 1}", "", "",
-              f"K = kernel(fused_{code:x})", "fused_serial = K.serial", "fused_parallel = K.parallel", ""]
+    rep0 = tuple(i for i, b in enumerate(bcast) if b[0])
+    if rep0:  # one element per row (ne0 == 1, the usual case): read once; the loop has no modulo
+        lines.append(f"        if {' and '.join(f'm{i}_0 == 1' for i in rep0)}:")
+        lines += [f"            x{i} = r{i}[0]" for i in rep0]
+        lines += _row_loop(program, bcast, " " * 12, rep0)
+        lines.append("        else:")
+        lines += _row_loop(program, bcast, " " * 12)
+    else:
+        lines += _row_loop(program, bcast, " " * 8)
+    lines += ["", "", f"K = kernel(fused_{code:x})", "fused_serial = K.serial", "fused_parallel = K.parallel", ""]
     return "\n".join(lines)
+
+
+def module_name(code: int, src: str) -> str:
+    """Named after the source too: a changed generator never imports a stale file of the cache."""
+    return f"mg_fused_{code:x}_{hashlib.sha1(src.encode()).hexdigest()[:8]}"
 
 
 def dispatcher_source(codes: list[int]) -> str:
@@ -104,7 +132,7 @@ def dispatcher_source(codes: list[int]) -> str:
     lines = ["# generated by minigraph.backends.cpu.fused: do not edit", "from numba import njit",
              "from minigraph.backends.cpu.jit import JIT_OPTIONS, DualKernel"]
     for c in codes:
-        lines.append(f"from mg_fused_{c:x} import fused_serial as s_{c:x}, fused_parallel as p_{c:x}")
+        lines.append(f"from {_programs[c][2]} import fused_serial as s_{c:x}, fused_parallel as p_{c:x}")
     for build, prefix in (("__serial", "s"), ("", "p")):
         lines += ["", "", f"def dispatch{build}(dst, {args}, code):"]
         for c in codes:
@@ -122,10 +150,13 @@ def _register(code: int, program: tuple, bcast: tuple) -> None:
     with _lock:
         if code in _programs:
             return
-        _load(f"mg_fused_{code:x}", kernel_source(code, program, bcast))
-        _programs[code] = (program, bcast)
+        src = kernel_source(code, program, bcast)
+        name = module_name(code, src)
+        _load(name, src)
+        _programs[code] = (program, bcast, name)
         codes = sorted(_programs)
-        key = hashlib.sha1(f"{GENERATOR_VERSION}{kernels_fingerprint()}{codes}".encode()).hexdigest()[:16]
+        names = [_programs[c][2] for c in codes]
+        key = hashlib.sha1(f"{GENERATOR_VERSION}{kernels_fingerprint()}{names}".encode()).hexdigest()[:16]
         mod = _load(f"mg_fused_set_{key}", dispatcher_source(codes))
         KERNELS["cpu"]["FUSED_ELEMENTWISE"] = Kernel(mod.fused_elementwise, _supports)
 

@@ -4,5 +4,5 @@ Importing this package registers the "cuda" kernels (numba-cuda must be installe
 NUMBA_ENABLE_CUDASIM=1 before numba is imported to run them on the CPU simulator).
 """
 from . import common  # noqa: F401
-from . import elementwise, layout, reduce, linalg, write, gated_delta_net  # noqa: F401
+from . import elementwise, fused, layout, reduce, linalg, write, gated_delta_net  # noqa: F401
 from .backend import CudaBackend, CudaBuffer  # noqa: F401
