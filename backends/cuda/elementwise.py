@@ -76,7 +76,7 @@ def scale_contig(dst, a, s, b):
         dst[i] = a[i] * np.float32(s) + np.float32(b)
 
 
-def _tiles_flat(b, a) -> bool:
+def tiles_flat(b, a) -> bool:
     """b repeated over a is b's flat block repeated along a's flat order (b = a trailing-1 prefix
     shape: ne[k] of b equals a's up to some dim, then 1s)."""
     k = 0
@@ -90,7 +90,7 @@ def _elementwise(generic, contig, name, code=None):
 
     def launches(node):
         srcs = [t for t in node.src if t is not None]
-        fast = all(is_contiguous(t) for t in [node, *srcs]) and (len(srcs) < 2 or _tiles_flat(srcs[1], srcs[0]))
+        fast = all(is_contiguous(t) for t in [node, *srcs]) and (len(srcs) < 2 or tiles_flat(srcs[1], srcs[0]))
         return [flat_launch(contig if fast else generic, nelem(node.ne), extra, sliced=fast)]
     return CudaKernel(launches, name)
 

@@ -47,7 +47,7 @@ from minigraph.tensor import is_contiguous
 
 from ..scalar_math import BINARY_CODES, UNARY_CODES
 from .common import SIM, CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
-from .elementwise import _tiles_flat, binary_fn, unary_fn
+from .elementwise import binary_fn, tiles_flat, unary_fn
 
 NEG_ZERO = np.float32(-0.0)   # x + -0.0 == x for every x, +0.0 and -0.0 included
 
@@ -128,7 +128,7 @@ def _build(code: int, program: tuple, bcast: tuple) -> tuple[Any, Any]:
 def _is_flat(node: Any, srcs: list) -> bool:
     """Every tensor contiguous, every repeated source a block that tiles dst's flat order."""
     return (all(is_contiguous(t) for t in [node, *srcs])
-            and all(_tiles_flat(s, node) for s in srcs))
+            and all(tiles_flat(s, node) for s in srcs))
 
 
 def _launches(node: Any) -> list:
