@@ -15,6 +15,11 @@ stages k, q and exp(g) in shared memory, then each thread runs two fused passes 
     pass 2: S[i][j] += k_i delta_j;  o += S[i][j] q_i       (out_j = o / sqrt(S))
 
 so decode (T == 1) reads the state once and writes the new state once.
+
+Which kernel runs is decided per node at plan time (`_launches`): the fast kernels of gdn_fast.py
+(a warp-per-rows recurrence, or the chunked WY form for long GDA prompts) when every tensor is
+contiguous, 16-byte aligned, with S <= 128 and S % 4 == 0; this generic kernel (any strides)
+otherwise. `kernel_choice(node)` says which and why.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from numba import cuda, float32
 
 from minigraph.ops.registry import register_kernel
 
+from . import gdn_fast
 from .common import CudaKernel, Launch, at, f32_only, ne
 
 GDN_MAX_S = 128        # state column held per thread (local array size: a compile-time constant)
@@ -92,10 +98,23 @@ def gated_delta_net(meta, dst, q, k, v, g, beta, state, K):
                 _store(meta, dst, base + i, float32(0.0))
 
 
+def kernel_choice(node) -> tuple[str, str]:
+    """("chunked" | "recurrent" | "generic", why) for a GATED_DELTA_NET node."""
+    refusal = gdn_fast.fast_path_refusal(node)
+    if refusal is not None:
+        return "generic", refusal
+    S, H, T, N = node.src[2].ne
+    if gdn_fast.use_chunked(T, node.op_params["K"], node.src[3].ne[0] != 1):
+        return "chunked", f"GDA, K == 1, T={T} >= {gdn_fast.CHUNKED_MIN_T}"
+    return "recurrent", "contiguous, S <= 128"
+
+
 def _launches(node):
     S, H, T, N = node.src[2].ne
     if S * H * N == 0:
         return []
+    if gdn_fast.fast_path_refusal(node) is None:
+        return gdn_fast.node_launches(node)
     threads = max(WARP, -(-S // WARP) * WARP)
     return [Launch(gated_delta_net, (H, N), (threads,))]
 

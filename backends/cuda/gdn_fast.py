@@ -1,359 +1,352 @@
-"""Fast CUDA kernels for GATED_DELTA_NET (numba-cuda): a warp-per-row recurrence and a chunked
-(WY / UT-transform) prefill.
+"""Fast CUDA kernels for GATED_DELTA_NET: a warp-per-rows recurrence and a chunked (WY / UT) prefill.
 
-Arrays are device arrays in the CPU kernel order, C-contiguous, float32 (numpy shape = reversed
-ggml ne): q, k (n_seqs_qk, T, H_k, S); v (n_seqs, T, H_v, S); g (n_seqs, T, H_v, 1 or S);
-beta (n_seqs, T, H_v, 1); state (n_seqs, H_v, S, S) with state[n, h, j, i] = S[i][j]; dst a flat
-float32 array of S*H_v*(T*n_seqs + K*S*n_seqs) elements: the output [S, H_v, T, n_seqs], then K
-snapshots [S, S, H_v, n_seqs] (slot 0 = final state, slot s = s tokens back, slots s >= T zero).
-Value head h reads q/k head h % H_k and q/k sequence seq // (n_seqs / n_seqs_qk). S <= 128.
+They follow the backend's kernel convention (backends/cuda/common.py): flat float32 arrays plus a
+meta row of element offsets and ne per slot (0 dst, 1 q, 2 k, 3 v, 4 g, 5 beta, 6 state), and
+signature kernel(meta, dst, q, k, v, g, beta, state, K[, workspace arrays]). Unlike the generic
+kernel (gated_delta_net.py) they need the CONTIGUOUS layout, S <= 128, S % 4 == 0 and 16-byte
+aligned tensor starts (float4 loads); `fast_path_refusal(node)` says when a node misses that.
+Layout (ggml ne): q, k [S, H_k, T, n_seqs_qk]; v [S, H_v, T, n_seqs]; g [1 or S, H_v, T, n_seqs];
+beta [1, H_v, T, n_seqs]; state [S, S, H_v, n_seqs] (row j of a head is S[:, j]); dst [S*H_v,
+T*n_seqs + K*S*n_seqs] (output, then K snapshots: slot 0 final, slot s s tokens back, s >= T zero).
+Value head h reads q/k head h % H_k and q/k sequence seq // (n_seqs / n_seqs_qk).
 
-  recurrent (any T, GDA and KDA, any K): one warp per RPW state rows j (S[:, j], contiguous in
-      the stored state), the rows in registers (4 floats a lane each), each token one batch of
-      warp reductions; for T == 1 the state is read once and written once.
-  chunked (GDA, K == 1, long T): CHUNK tokens per chunk.
-      _chunk_prep, parallel over (chunk, head, seq): A = strictly lower beta_r e^(gc_r - gc_s)
-          k_r.k_s, Tm = (I + A)^-1 by forward substitution in shared memory, U = Tm beta V,
-          W = Tm beta e^gc K, P = masked e^(gc_r - gc_s) q_r.k_s / sqrt(S), into a workspace.
-      _chunk_state, parallel over (block of JB value columns, head, seq), sequential over
-          chunks: D = U - W M, O = e^gc Q M / sqrt(S) + P D, M <- e^gc_last M +
-          (e^(gc_last - gc) K)^T D, M kept in shared memory.
-      Every exponent is a masked difference (r >= s) or a cumulative gate, so nothing
-      overflows for g <= 0; the tail chunk is padded with k = q = 0, beta = 0, g = 0.
-
-Entry points: gdn_recurrent(...), gdn_chunked(...), gated_delta_net_fast(...) (picks by shape);
-all take (dst, q, k, v, g, beta, state, K, stream=0[, workspace]).
+  decode (T == 1, GDA and KDA, any K): a lane holds 4 consecutive i of a state row j (one float4),
+      a warp streams groups of DEC_RPW rows with the next group's loads in flight while the
+      current one is reduced (warp shuffles) and stored; ld/st.global.cs since the state is read
+      once and written once. Fewer groups a warp when the grid is small (B=1: latency).
+  recurrent (T > 1 when not chunked: KDA, K > 1, short prompts): the same lanes, RPW rows a warp
+      in registers for all T tokens, per token one batch of warp reductions.
+  chunked (GDA, K == 1, T >= CHUNKED_MIN_T): CHUNK tokens a chunk, fla's algorithm in three
+      kernels (prep, sequential state pass, out): gdn_chunked.py.
+Shared device helpers (float4 PTX loads/stores, warp sums): gdn_device.py.
+Standalone use (numpy-shaped C-contiguous device arrays): standalone(...) / gated_delta_net_fast(...).
 """
 from __future__ import annotations
 
 import math
+from typing import Any, Optional
 
 import numpy as np
 from numba import cuda, float32
 
-WARP = 32
-ROWS = 4               # warps per block of the recurrent kernel
-RPW = 4                # state rows per warp (loaded together: more bytes in flight, fewer blocks)
-PER_LANE = 4           # S <= WARP * PER_LANE
-MAX_S = WARP * PER_LANE
-RPW_LANE = RPW * PER_LANE
-RPW2 = 2 * RPW
-CHUNK = 64             # tokens per chunk of the WY form
-PREP_THREADS = 256
-IB = 32                # key columns staged per step of the Gram products
-CHUNK_PAD = CHUNK + 1  # padded shared rows (no bank conflicts down a column)
-IB_PAD = IB + 1
-JB = 32                # value columns per block of the state pass
-STATE_THREADS = 256
-RPT = CHUNK * JB // STATE_THREADS   # chunk rows per thread in the state pass (8)
-CHUNKED_MIN_T = 64     # chunked form from this many tokens on (GDA, K == 1)
+from .common import META_W, SIM, SLOT_W, Launch, ne
+from .gdn_chunked import BV, chunk_kernels
+from .gdn_device import MAX_S, WARP, dims, ld4, ld4cs, st4, st4cs, warp_sums
+
+REC_WARPS = 1 if SIM else 4      # warps per block of the recurrence (the simulator: one)
+RPW = 8                          # state rows per warp: 8 float4 loads in flight per lane
+DEC_RPW = 4                      # decode (T == 1): rows per group, groups per warp
+DEC_GROUPS = 2 if SIM else 4
+DEC_MAX_REGS = 96                # 5 blocks an SM
+STREAM_HINT = True               # decode: ld/st.global.cs (the state is touched once)
+CHUNK = 64                       # tokens per chunk of the WY form (16, 32 or 64)
+CHUNKED_MIN_T = 160              # chunked form from this many tokens on (GDA, K == 1; H100, B=1:
+                                 # recurrence 208 us / chunked 224 us at T=128, 405 / 215 at T=256)
+DEC_MIN_BLOCKS = 1 if SIM else 528   # decode: halve the row groups a warp until the grid has this many
+
+# ----------------------------------------------------------------------------- recurrence
+
+_RECURRENT: dict = {}
 
 
-# ----------------------------------------------------------------------------- recurrent
+def recurrent_kernel(rpw: int = RPW, hint: bool = STREAM_HINT) -> Any:
+    """The recurrence with `rpw` rows per warp (and .cs state loads/stores when `hint`)."""
+    key = (rpw, hint)
+    if key in _RECURRENT:
+        return _RECURRENT[key]
+    lds, sts = (ld4cs, st4cs) if hint else (ld4, st4)
+    R2 = 2 * rpw
+    NRED = R2 + 1                # x.k and x.q per row, then k.q
+    R4 = 4 * rpw
+    SCR = REC_WARPS * WARP * NRED if SIM else 1
 
-@cuda.jit
-def _recurrent(dst, q, k, v, g, beta, state, K):
-    ns, T, Hv, S = v.shape
-    Hk = q.shape[2]
-    rep = ns // q.shape[0]
-    lane = cuda.threadIdx.x % WARP
-    j0 = (cuda.blockIdx.x * ROWS + cuda.threadIdx.x // WARP) * RPW
-    h = cuda.blockIdx.y
-    seq = cuda.blockIdx.z
-    if j0 >= S:
-        return
-    sq = seq // rep
-    hk = h % Hk
-    kda = g.shape[3] != 1
-    scale = float32(1.0) / math.sqrt(float32(S))
-    n_attn = S * Hv * T * ns
-    # RPW rows per warp, all loaded before any is used: 4x the bytes in flight of one row
-    row = cuda.local.array(RPW_LANE, float32)
-    kv = cuda.local.array(PER_LANE, float32)
-    qv = cuda.local.array(PER_LANE, float32)
-    ev = cuda.local.array(PER_LANE, float32)
-    red = cuda.local.array(RPW2, float32)
-    for r in range(RPW):
-        for c in range(PER_LANE):
-            i = lane + WARP * c
-            row[r * PER_LANE + c] = state[seq, h, j0 + r, i] if i < S and j0 + r < S else float32(0.0)
-    for t in range(T):
-        e = math.exp(g[seq, t, h, 0])
-        kq = float32(0.0)
-        for c in range(PER_LANE):
-            i = lane + WARP * c
-            ki = float32(0.0)
-            qi = float32(0.0)
-            ei = e
-            if i < S:
-                ki = k[sq, t, hk, i]
-                qi = q[sq, t, hk, i]
-                if kda:
-                    ei = math.exp(g[seq, t, h, i])
-            kv[c] = ki
-            qv[c] = qi
-            ev[c] = ei
-            kq += ki * qi
-        for r in range(RPW):
-            kd = float32(0.0)
-            qd = float32(0.0)
-            for c in range(PER_LANE):
-                x = row[r * PER_LANE + c] * ev[c]
-                row[r * PER_LANE + c] = x
-                kd += x * kv[c]
-                qd += x * qv[c]
-            red[2 * r] = kd
-            red[2 * r + 1] = qd
-        for off in (16, 8, 4, 2, 1):
-            kq += cuda.shfl_xor_sync(0xFFFFFFFF, kq, off)
-            for m in range(RPW2):
-                red[m] += cuda.shfl_xor_sync(0xFFFFFFFF, red[m], off)
-        slot = T - 1 - t
-        for r in range(RPW):
-            j = j0 + r
-            if j < S:
-                delta = (v[seq, t, h, j] - red[2 * r]) * beta[seq, t, h, 0]
-                for c in range(PER_LANE):
-                    row[r * PER_LANE + c] += kv[c] * delta
-                if lane == 0:
-                    dst[((seq * T + t) * Hv + h) * S + j] = (red[2 * r + 1] + delta * kq) * scale
-                if slot < K:
-                    base = n_attn + ((slot * ns + seq) * Hv + h) * S * S + j * S
-                    for c in range(PER_LANE):
-                        i = lane + WARP * c
-                        if i < S:
-                            dst[base + i] = row[r * PER_LANE + c]
-    for slot in range(T, K):
-        for r in range(RPW):
-            j = j0 + r
-            if j < S:
-                base = n_attn + ((slot * ns + seq) * Hv + h) * S * S + j * S
-                for c in range(PER_LANE):
-                    i = lane + WARP * c
-                    if i < S:
-                        dst[base + i] = float32(0.0)
+    @cuda.jit
+    def recurrent(meta, dst, q, k, v, g, beta, state, K):
+        scr = cuda.shared.array(SCR, float32)
+        row = cuda.local.array(R4, float32)
+        red = cuda.local.array(NRED, float32)
+        S, Hv, T, N, Hk, rep = dims(meta)
+        kda = ne(meta, 4, 0) != 1
+        lane = cuda.threadIdx.x % WARP
+        j0 = (cuda.blockIdx.x * REC_WARPS + cuda.threadIdx.x // WARP) * rpw
+        h = cuda.blockIdx.y
+        seq = cuda.blockIdx.z
+        sq = seq // rep
+        hk = h % Hk
+        i0 = 4 * lane
+        act = i0 < S
+        od, oq, ok, ov = meta[0], meta[SLOT_W], meta[2 * SLOT_W], meta[3 * SLOT_W]
+        og, ob, osb = meta[4 * SLOT_W], meta[5 * SLOT_W], meta[6 * SLOT_W]
+        scale = float32(1.0) / math.sqrt(float32(S))
+        n_attn = S * Hv * T * N
+        sbase = osb + (seq * Hv + h) * S * S
+        for r in range(rpw):             # every row's load issued before any is used
+            x0 = x1 = x2 = x3 = float32(0.0)
+            if act and j0 + r < S:
+                x0, x1, x2, x3 = lds(state, sbase + (j0 + r) * S + i0)
+            row[4 * r] = x0
+            row[4 * r + 1] = x1
+            row[4 * r + 2] = x2
+            row[4 * r + 3] = x3
+        for t in range(T):
+            vt = (seq * T + t) * Hv + h
+            k0 = k1 = k2 = k3 = q0 = q1 = q2 = q3 = float32(0.0)
+            if act:
+                qk = ((sq * T + t) * Hk + hk) * S + i0
+                k0, k1, k2, k3 = ld4(k, ok + qk)
+                q0, q1, q2, q3 = ld4(q, oq + qk)
+            if kda:
+                e0 = e1 = e2 = e3 = float32(1.0)
+                if act:
+                    e0, e1, e2, e3 = ld4(g, og + vt * S + i0)
+                    e0, e1, e2, e3 = math.exp(e0), math.exp(e1), math.exp(e2), math.exp(e3)
+            else:
+                e0 = e1 = e2 = e3 = math.exp(g[og + vt])
+            bt = beta[ob + vt]
+            red[R2] = k0 * q0 + k1 * q1 + k2 * q2 + k3 * q3
+            for r in range(rpw):
+                x0 = row[4 * r] * e0
+                x1 = row[4 * r + 1] * e1
+                x2 = row[4 * r + 2] * e2
+                x3 = row[4 * r + 3] * e3
+                row[4 * r] = x0
+                row[4 * r + 1] = x1
+                row[4 * r + 2] = x2
+                row[4 * r + 3] = x3
+                red[2 * r] = x0 * k0 + x1 * k1 + x2 * k2 + x3 * k3
+                red[2 * r + 1] = x0 * q0 + x1 * q1 + x2 * q2 + x3 * q3
+            warp_sums(scr, red, NRED)
+            kq = red[R2]
+            slot = T - 1 - t
+            for r in range(rpw):
+                j = j0 + r
+                if j < S:
+                    delta = (v[ov + vt * S + j] - red[2 * r]) * bt
+                    x0 = row[4 * r] + k0 * delta
+                    x1 = row[4 * r + 1] + k1 * delta
+                    x2 = row[4 * r + 2] + k2 * delta
+                    x3 = row[4 * r + 3] + k3 * delta
+                    row[4 * r] = x0
+                    row[4 * r + 1] = x1
+                    row[4 * r + 2] = x2
+                    row[4 * r + 3] = x3
+                    if lane == r % WARP:
+                        dst[od + vt * S + j] = (red[2 * r + 1] + delta * kq) * scale
+                    if slot < K and act:
+                        sts(dst, od + n_attn + ((slot * N + seq) * Hv + h) * S * S + j * S + i0, x0, x1, x2, x3)
+        for slot in range(T, K):
+            for r in range(rpw):
+                if act and j0 + r < S:
+                    z = float32(0.0)
+                    st4(dst, od + n_attn + ((slot * N + seq) * Hv + h) * S * S + (j0 + r) * S + i0, z, z, z, z)
 
-
-def gdn_recurrent(dst, q, k, v, g, beta, state, K, stream=0):
-    """Warp-per-row recurrence (any T, GDA/KDA, any K)."""
-    ns, T, Hv, S = v.shape
-    if S > MAX_S:
-        raise ValueError(f"GATED_DELTA_NET (cuda gdn_fast): S={S} > {MAX_S}")
-    grid = ((S + ROWS * RPW - 1) // (ROWS * RPW), Hv, ns)
-    _recurrent[grid, ROWS * WARP, stream](dst, q, k, v, g, beta, state, K)
-
-
-# ----------------------------------------------------------------------------- chunked: prep
-
-@cuda.jit
-def _chunk_prep(q, k, v, g, beta, U, W, P, GC):
-    """One chunk of one (head, seq): U, W [CHUNK, S] and P [CHUNK, CHUNK], GC [CHUNK]."""
-    ns, T, Hv, S = v.shape
-    Hk = q.shape[2]
-    rep = ns // q.shape[0]
-    c = cuda.blockIdx.x
-    h = cuda.blockIdx.y
-    seq = cuda.blockIdx.z
-    sq = seq // rep
-    hk = h % Hk
-    hs = seq * Hv + h
-    t0 = c * CHUNK
-    tid = cuda.threadIdx.x
-    scale = float32(1.0) / math.sqrt(float32(S))
-    gc = cuda.shared.array(CHUNK, float32)
-    bb = cuda.shared.array(CHUNK, float32)
-    A = cuda.shared.array((CHUNK, CHUNK_PAD), float32)
-    Ks = cuda.shared.array((CHUNK, IB_PAD), float32)
-    Qs = cuda.shared.array((CHUNK, IB_PAD), float32)
-    if tid < CHUNK:
-        t = t0 + tid
-        gc[tid] = g[seq, t, h, 0] if t < T else float32(0.0)
-        bb[tid] = beta[seq, t, h, 0] if t < T else float32(0.0)
-    cuda.syncthreads()
-    if tid == 0:                                   # cumulative gate (64 adds)
-        acc = float32(0.0)
-        for r in range(CHUNK):
-            acc += gc[r]
-            gc[r] = acc
-    # Gram products: thread -> row r, 16 columns s0..s0+15 of K K^T and Q K^T
-    r = tid // 4
-    s0 = (tid % 4) * 16
-    aK = cuda.local.array(16, float32)
-    aQ = cuda.local.array(16, float32)
-    for m in range(16):
-        aK[m] = float32(0.0)
-        aQ[m] = float32(0.0)
-    for i0 in range(0, S, IB):
-        for e in range(tid, CHUNK * IB, PREP_THREADS):
-            rr = e // IB
-            ii = e % IB
-            t = t0 + rr
-            inside = t < T and i0 + ii < S
-            Ks[rr, ii] = k[sq, t, hk, i0 + ii] if inside else float32(0.0)
-            Qs[rr, ii] = q[sq, t, hk, i0 + ii] if inside else float32(0.0)
-        cuda.syncthreads()
-        for ii in range(IB):
-            kr = Ks[r, ii]
-            qr = Qs[r, ii]
-            for m in range(16):
-                ks = Ks[s0 + m, ii]
-                aK[m] += kr * ks
-                aQ[m] += qr * ks
-        cuda.syncthreads()
-    gr = gc[r]
-    br = bb[r]
-    pbase = (hs * ((T + CHUNK - 1) // CHUNK) + c) * CHUNK * CHUNK + r * CHUNK
-    for m in range(16):
-        s = s0 + m
-        d = math.exp(gr - gc[s]) if s <= r else float32(0.0)
-        A[r, s] = br * d * aK[m] if s < r else float32(0.0)
-        P[pbase + s] = d * aQ[m] * scale
-    if tid < CHUNK:
-        GC[hs * U.shape[1] + t0 + tid] = gc[tid]
-    cuda.syncthreads()
-    # Tm = (I + A)^-1 in place, row by row: Tm[r, c] = -A[r, c] - sum_{c<s<r} A[r, s] Tm[s, c]
-    for rr in range(1, CHUNK):
-        x = float32(0.0)
-        if tid < rr:
-            x = -A[rr, tid]
-            for s in range(tid + 1, rr):
-                x -= A[rr, s] * A[s, tid]
-        cuda.syncthreads()
-        if tid < rr:
-            A[rr, tid] = x
-        cuda.syncthreads()
-    # U = Tm beta V, W = Tm beta e^gc K: thread -> rows wr + 8a (a < 8), columns lane + 32b
-    lane = tid % WARP
-    wr = tid // WARP
-    for b in range(PER_LANE):
-        j = lane + WARP * b
-        if j < S:
-            accU = cuda.local.array(8, float32)
-            accW = cuda.local.array(8, float32)
-            for a in range(8):
-                accU[a] = float32(0.0)
-                accW[a] = float32(0.0)
-            for s in range(CHUNK):
-                t = t0 + s
-                if t < T:
-                    bs = bb[s]
-                    vv = v[seq, t, h, j] * bs
-                    kk = k[sq, t, hk, j] * bs * math.exp(gc[s])
-                    for a in range(8):
-                        rr = wr + 8 * a
-                        tm = A[rr, s] if s < rr else (float32(1.0) if s == rr else float32(0.0))
-                        accU[a] += tm * vv
-                        accW[a] += tm * kk
-            for a in range(8):
-                rr = wr + 8 * a
-                U[hs, t0 + rr, j] = accU[a]
-                W[hs, t0 + rr, j] = accW[a]
+    _RECURRENT[key] = recurrent
+    return recurrent
 
 
-# ----------------------------------------------------------------------------- chunked: state
-
-@cuda.jit
-def _chunk_state(dst, q, k, state, U, W, P, GC):
-    """Value columns j0..j0+JB-1 of one (head, seq), all chunks in order; K == 1."""
-    ns = state.shape[0]
-    Hv = state.shape[1]
-    S = state.shape[2]
-    T = q.shape[1]
-    Hk = q.shape[2]
-    rep = ns // q.shape[0]
-    j0 = cuda.blockIdx.x * JB
-    h = cuda.blockIdx.y
-    seq = cuda.blockIdx.z
-    sq = seq // rep
-    hk = h % Hk
-    hs = seq * Hv + h
-    n_chunks = (T + CHUNK - 1) // CHUNK
-    scale = float32(1.0) / math.sqrt(float32(S))
-    tid = cuda.threadIdx.x
-    lane = tid % JB
-    wr = tid // JB                                 # 0 .. STATE_THREADS/JB - 1
-    NR = STATE_THREADS // JB                       # 8 row groups
-    j = j0 + lane
-    jin = j < S
-    M = cuda.shared.array((MAX_S, JB), float32)
-    D = cuda.shared.array((CHUNK, JB), float32)
-    dec = cuda.shared.array(CHUNK, float32)
-    for i in range(wr, S, NR):
-        M[i, lane] = state[seq, h, j, i] if jin else float32(0.0)
-    cuda.syncthreads()
-    for c in range(n_chunks):
-        t0 = c * CHUNK
-        # D = U - W M and O1 = Q M, rows wr + NR*a
-        accD = cuda.local.array(RPT, float32)
-        accO = cuda.local.array(RPT, float32)
-        for a in range(RPT):
-            accD[a] = float32(0.0)
-            accO[a] = float32(0.0)
-        for i in range(S):
-            mij = M[i, lane]
-            for a in range(RPT):
-                r = wr + NR * a
-                t = t0 + r
-                accD[a] += W[hs, t, i] * mij
-                if t < T:
-                    accO[a] += q[sq, t, hk, i] * mij
-        for a in range(RPT):
-            r = wr + NR * a
-            D[r, lane] = (U[hs, t0 + r, j] - accD[a]) if jin else float32(0.0)
-        gl = GC[hs * U.shape[1] + min(t0 + CHUNK, T) - 1]
-        if tid < CHUNK:
-            t = t0 + tid
-            dec[tid] = math.exp(gl - GC[hs * U.shape[1] + t]) if t < T else float32(0.0)
-        cuda.syncthreads()
-        # O = e^gc Q M / sqrt(S) + P D
-        pbase = (hs * n_chunks + c) * CHUNK * CHUNK
-        for a in range(RPT):
-            r = wr + NR * a
-            t = t0 + r
-            if t < T:
-                o = accO[a] * math.exp(GC[hs * U.shape[1] + t]) * scale
-                for s in range(r + 1):
-                    o += P[pbase + r * CHUNK + s] * D[s, lane]
-                if jin:
-                    dst[((seq * T + t) * Hv + h) * S + j] = o
-        # M <- e^gl M + (e^(gl - gc) K)^T D
-        egl = math.exp(gl)
-        ns_c = min(CHUNK, T - t0)
-        for i in range(wr, S, NR):
-            acc = M[i, lane] * egl
-            for s in range(ns_c):
-                acc += dec[s] * k[sq, t0 + s, hk, i] * D[s, lane]
-            M[i, lane] = acc
-        cuda.syncthreads()
-    if jin:
-        base = S * Hv * T * ns + (seq * Hv + h) * S * S + j * S
-        for i in range(wr, S, NR):
-            dst[base + i] = M[i, lane]
+_DECODE: dict = {}
 
 
-def gdn_workspace(ns, Hv, T, S):
-    """Device scratch of the chunked form: U, W [ns*Hv, Tpad, S], P, GC."""
-    nc = (T + CHUNK - 1) // CHUNK
-    Tp = nc * CHUNK
-    return (cuda.device_array((ns * Hv, Tp, S), np.float32), cuda.device_array((ns * Hv, Tp, S), np.float32),
-            cuda.device_array(ns * Hv * nc * CHUNK * CHUNK, np.float32), cuda.device_array(ns * Hv * Tp, np.float32))
+def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC_WARPS,
+                  hint: bool = STREAM_HINT, max_registers: int = DEC_MAX_REGS) -> Any:
+    """T == 1: each warp streams `groups` groups of `rpw` rows, the next group's loads in flight
+    while the current one is reduced and stored (.cs loads / stores when `hint`)."""
+    key = (rpw, groups, warps, hint, max_registers)
+    if key in _DECODE:
+        return _DECODE[key]
+    lds, sts = (ld4cs, st4cs) if hint else (ld4, st4)
+    R2 = 2 * rpw
+    NRED = R2 + 1
+    R4 = 4 * rpw
+    SCR = warps * WARP * NRED if SIM else 1
+
+    @cuda.jit(**({} if SIM or not max_registers else {"max_registers": max_registers}))
+    def decode(meta, dst, q, k, v, g, beta, state, K):
+        scr = cuda.shared.array(SCR, float32)
+        cur = cuda.local.array(R4, float32)
+        nxt = cuda.local.array(R4, float32)
+        red = cuda.local.array(NRED, float32)
+        S, Hv, T, N, Hk, rep = dims(meta)
+        lane = cuda.threadIdx.x % WARP
+        jw = (cuda.blockIdx.x * warps + cuda.threadIdx.x // WARP) * (rpw * groups)
+        h = cuda.blockIdx.y
+        seq = cuda.blockIdx.z
+        i0 = 4 * lane
+        act = i0 < S
+        od, oq, ok, ov = meta[0], meta[SLOT_W], meta[2 * SLOT_W], meta[3 * SLOT_W]
+        og, ob, osb = meta[4 * SLOT_W], meta[5 * SLOT_W], meta[6 * SLOT_W]
+        sbase = osb + (seq * Hv + h) * S * S + i0
+        for r in range(rpw):
+            x0 = x1 = x2 = x3 = float32(0.0)
+            if act and jw + r < S:
+                x0, x1, x2, x3 = lds(state, sbase + (jw + r) * S)
+            cur[4 * r] = x0
+            cur[4 * r + 1] = x1
+            cur[4 * r + 2] = x2
+            cur[4 * r + 3] = x3
+        vt = seq * Hv + h
+        k0 = k1 = k2 = k3 = q0 = q1 = q2 = q3 = float32(0.0)
+        e0 = e1 = e2 = e3 = float32(1.0)
+        if act:
+            qk = ((seq // rep) * Hk + h % Hk) * S + i0
+            k0, k1, k2, k3 = ld4(k, ok + qk)
+            q0, q1, q2, q3 = ld4(q, oq + qk)
+            if ne(meta, 4, 0) != 1:
+                e0, e1, e2, e3 = ld4(g, og + vt * S + i0)
+                e0, e1, e2, e3 = math.exp(e0), math.exp(e1), math.exp(e2), math.exp(e3)
+            else:
+                e0 = e1 = e2 = e3 = math.exp(g[og + vt])
+        bt = beta[ob + vt]
+        scale = float32(1.0) / math.sqrt(float32(S))
+        obase = od + S * Hv * N + (seq * Hv + h) * S * S + i0      # snapshot slot 0
+        ng = min(groups, (S - jw + rpw - 1) // rpw)     # a runtime trip count: not unrolled
+        for gi in range(ng):
+            j0 = jw + gi * rpw
+            if gi + 1 < ng:
+                for r in range(rpw):
+                    x0 = x1 = x2 = x3 = float32(0.0)
+                    if act and j0 + rpw + r < S:
+                        x0, x1, x2, x3 = lds(state, sbase + (j0 + rpw + r) * S)
+                    nxt[4 * r] = x0
+                    nxt[4 * r + 1] = x1
+                    nxt[4 * r + 2] = x2
+                    nxt[4 * r + 3] = x3
+            for r in range(rpw):
+                x0 = cur[4 * r] * e0
+                x1 = cur[4 * r + 1] * e1
+                x2 = cur[4 * r + 2] * e2
+                x3 = cur[4 * r + 3] * e3
+                cur[4 * r] = x0
+                cur[4 * r + 1] = x1
+                cur[4 * r + 2] = x2
+                cur[4 * r + 3] = x3
+                red[2 * r] = x0 * k0 + x1 * k1 + x2 * k2 + x3 * k3
+                red[2 * r + 1] = x0 * q0 + x1 * q1 + x2 * q2 + x3 * q3
+            red[R2] = k0 * q0 + k1 * q1 + k2 * q2 + k3 * q3
+            warp_sums(scr, red, NRED)
+            for r in range(rpw):
+                j = j0 + r
+                if j < S:
+                    delta = (v[ov + vt * S + j] - red[2 * r]) * bt
+                    if lane == r % WARP:
+                        dst[od + vt * S + j] = (red[2 * r + 1] + delta * red[R2]) * scale
+                    if act:
+                        sts(dst, obase + j * S, cur[4 * r] + k0 * delta, cur[4 * r + 1] + k1 * delta,
+                            cur[4 * r + 2] + k2 * delta, cur[4 * r + 3] + k3 * delta)
+            for m in range(R4):
+                cur[m] = nxt[m]
+        for slot in range(1, K):                                   # T == 1: slots >= 1 are zero
+            for r in range(rpw * groups):
+                if act and jw + r < S:
+                    z = float32(0.0)
+                    st4(dst, obase + slot * S * S * Hv * N + (jw + r) * S, z, z, z, z)
+
+    _DECODE[key] = decode
+    return decode
 
 
-def gdn_chunked(dst, q, k, v, g, beta, state, K, stream=0, workspace=None):
-    """Chunked WY form: GDA (g.shape[3] == 1), K == 1."""
-    ns, T, Hv, S = v.shape
-    if g.shape[3] != 1 or K != 1 or S > MAX_S:
-        raise ValueError("GATED_DELTA_NET (cuda gdn_chunked): needs scalar gates, K == 1, S <= 128")
-    U, W, P, GC = workspace if workspace is not None else gdn_workspace(ns, Hv, T, S)
-    nc = (T + CHUNK - 1) // CHUNK
-    _chunk_prep[(nc, Hv, ns), PREP_THREADS, stream](q, k, v, g, beta, U, W, P, GC)
-    _chunk_state[((S + JB - 1) // JB, Hv, ns), STATE_THREADS, stream](dst, q, k, state, U, W, P, GC)
+# ----------------------------------------------------------------------------- planning
+
+def use_chunked(T: int, K: int, kda: bool) -> bool:
+    return T >= CHUNKED_MIN_T and K == 1 and not kda
+
+
+def workspace(S: int, Hv: int, T: int, N: int, L: int = CHUNK) -> tuple:
+    """Device scratch of the chunked form: U/D [hs, Tp, S], W^T per chunk, P^T, gc, H_c."""
+    nc = -(-T // L)
+    hs = Hv * N
+    sizes = (hs * nc * L * S, hs * nc * S * L, hs * nc * L * L, hs * nc * L, hs * nc * S * S)
+    return tuple(cuda.device_array(max(n, 4), np.float32) for n in sizes)
+
+
+def plan(S: int, Hv: int, T: int, N: int, K: int, kda: bool, ws: Optional[tuple] = None,
+         chunked: Optional[bool] = None) -> list[Launch]:
+    """The launches of one GATED_DELTA_NET (workspace allocated here unless given); `chunked`
+    None picks the form by use_chunked."""
+    if chunked if chunked is not None else use_chunked(T, K, kda):
+        if kda or K != 1:
+            raise ValueError("GATED_DELTA_NET (cuda): the chunked form takes GDA gates and K == 1")
+        ck = chunk_kernels(CHUNK)
+        nc = -(-T // ck.L)
+        ws = ws if ws is not None else workspace(S, Hv, T, N, ck.L)
+        return [Launch(ck.prep, (nc, Hv, N), (ck.prep_threads,), ws),
+                Launch(ck.state, (-(-S // BV), Hv, N), (ck.state_threads,), ws),
+                Launch(ck.out, (nc, Hv, N), (ck.out_threads,), ws)]
+    if T == 1:          # long row streams per warp when the grid is big, short when small (B=1)
+        groups = DEC_GROUPS
+        while groups > 1 and -(-S // (REC_WARPS * DEC_RPW * groups)) * Hv * N < DEC_MIN_BLOCKS:
+            groups //= 2
+        rows = REC_WARPS * DEC_RPW * groups
+        return [Launch(decode_kernel(groups=groups), (-(-S // rows), Hv, N), (REC_WARPS * WARP,))]
+    rows = REC_WARPS * RPW
+    return [Launch(recurrent_kernel(), (-(-S // rows), Hv, N), (REC_WARPS * WARP,))]
+
+
+def _byte_offset(t: Any) -> int:
+    root = t.root
+    return root._offs + (t.view_offs if t.view_src is not None else 0)
+
+
+def fast_path_refusal(node: Any) -> Optional[str]:
+    """None when the fast kernels can run this node, else why the generic kernel runs it."""
+    from minigraph.tensor import is_contiguous
+
+    S = node.src[2].ne[0]
+    if S > MAX_S or S % 4:
+        return f"S={S}: the fast kernels take S <= {MAX_S} with S % 4 == 0"
+    for s, t in enumerate([node, *node.src]):
+        role = "dst" if s == 0 else f"src[{s - 1}]"
+        if not is_contiguous(t):
+            return f"{role} is not contiguous"
+        if _byte_offset(t) % 16:
+            return f"{role} does not start 16-byte aligned (float4 loads)"
+        owner = getattr(t.root._buf, "owner", None)
+        if owner is not None and not SIM and t.root._buf.dev.device_ctypes_pointer.value % 16:
+            return f"{role}'s device array is not 16-byte aligned"
+    return None
+
+
+def node_launches(node: Any) -> list[Launch]:
+    S, Hv, T, N = node.src[2].ne
+    return plan(S, Hv, T, N, node.op_params["K"], node.src[3].ne[0] != 1)
+
+
+# ----------------------------------------------------------------------------- standalone
+
+def contiguous_meta(dst_size: int, *arrays: Any) -> np.ndarray:
+    """The meta row for C-contiguous arrays (q, k, v, g, beta, state; numpy shapes) at offset 0."""
+    meta = np.zeros(META_W, np.int64)
+    meta[1:5] = [dst_size, 1, 1, 1]
+    meta[5:9] = [1, dst_size, dst_size, dst_size]
+    for s, a in enumerate(arrays, start=1):
+        n = list(reversed(a.shape)) + [1] * (4 - a.ndim)
+        nb = np.cumprod([1] + n[:3])
+        meta[s * SLOT_W] = 0
+        meta[s * SLOT_W + 1:s * SLOT_W + 5] = n
+        meta[s * SLOT_W + 5:s * SLOT_W + 9] = nb
+    return meta
+
+
+def standalone(dst, q, k, v, g, beta, state, K, workspace=None, chunked=None):
+    """A callable run(stream=0) doing GATED_DELTA_NET on numpy-shaped C-contiguous device
+    arrays: q, k (n_seqs_qk, T, H_k, S); v (n_seqs, T, H_v, S); g (n_seqs, T, H_v, 1 or S);
+    beta (n_seqs, T, H_v, 1); state (n_seqs, H_v, S, S); dst flat float32 of
+    S*H_v*(T*n_seqs + K*S*n_seqs). Meta row and workspace are made here, once; calls only
+    launch (capturable into a CUDA graph). run.launches / run.args time kernels one by one."""
+    N, T, Hv, S = v.shape
+    if S > MAX_S or S % 4:
+        raise ValueError(f"GATED_DELTA_NET (cuda gdn_fast): S={S} needs S <= {MAX_S}, S % 4 == 0")
+    meta = cuda.to_device(contiguous_meta(dst.size, q, k, v, g, beta, state))
+    args = (meta, *(a.reshape(a.size) for a in (dst, q, k, v, g, beta, state)), K)
+    launches = plan(S, Hv, T, N, K, g.shape[3] != 1, workspace, chunked)
+
+    def run(stream=0):
+        for la in launches:
+            la.kernel[la.grid, la.block, stream](*args, *la.scalars)
+    run.launches, run.args = launches, args
+    return run
 
 
 def gated_delta_net_fast(dst, q, k, v, g, beta, state, K, stream=0, workspace=None):
-    """GATED_DELTA_NET: chunked for long GDA prompts with K == 1, else the recurrence."""
-    T = v.shape[1]
-    if T >= CHUNKED_MIN_T and g.shape[3] == 1 and K == 1:
-        gdn_chunked(dst, q, k, v, g, beta, state, K, stream, workspace)
-    else:
-        gdn_recurrent(dst, q, k, v, g, beta, state, K, stream)
+    """One GATED_DELTA_NET on numpy-shaped device arrays (see standalone)."""
+    standalone(dst, q, k, v, g, beta, state, K, workspace)(stream)
