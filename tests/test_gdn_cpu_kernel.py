@@ -94,6 +94,12 @@ def test_non_contiguous_inputs():
         arrs = (q_nc[:, :T], k[:, :T], v[:, :T], g_nc[:, :T], beta_nc[:, :T], state_nc)
         ref = reference(*arrs, 2)
         assert rel_err(run(arrs, 2), ref) < RTOL
+    # the streaming decode path falls back to ordinary stores for a strided state
+    from minigraph.backends.cpu.gated_delta_net import _gdn_decode
+    arrs = (q_nc[:, :1], k[:, :1], v[:, :1], g_nc[:, :1], beta_nc[:, :1], state_nc)
+    out = np.full((1, 1, 2 + 2 * 32 * 2, 32 * 4), np.nan, np.float32)
+    _gdn_decode(out, *arrs, 2, True)
+    assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL
 
 
 def _ggml_gdn(arrs, K):
@@ -155,3 +161,55 @@ def test_long_prefill_s128(kda):
     S = 128
     arrs = make(rng, S, 1, 2, 4096, 1, 1, S if kda else 1, -1.0)
     assert rel_err(run(arrs, 1), reference(*arrs, 1)) < RTOL
+
+
+def aligned_out(rows, width, shift):
+    """A NaN-filled dst (1, 1, rows, width) whose data starts `shift` floats after a 64-byte
+    line: shift 0 lets the decode stream whole lines, shift 1 makes every row straddle two."""
+    n = rows * width
+    raw = np.full(n + 32, np.nan, np.float32)
+    start = (-raw.ctypes.data % 64) // 4 + shift
+    return raw[start:start + n].reshape(1, 1, rows, width)
+
+
+@pytest.mark.parametrize("kda", [False, True])
+@pytest.mark.parametrize("S", [15, 32, 128])
+@pytest.mark.parametrize("stream,shift", [(False, 0), (True, 0), (True, 1)])
+@pytest.mark.parametrize("g_lo", [-1.0, -20.0])
+def test_decode_single_pass(kda, S, stream, shift, g_lo):
+    """The T == 1 kernel directly, both store paths (non-temporal stores are what the entry
+    point takes for big states; rows off a 64-byte line, or S % 16 != 0, fall back to
+    ordinary ones): GQA, q/k shared by two sequences, K = 2 (slot 1 zero)."""
+    from minigraph.backends.cpu.gated_delta_net import _gdn_decode
+    rng = np.random.default_rng(S + 2 * kda)
+    arrs = make(rng, S, 2, 4, 1, 2, 1, S if kda else 1, g_lo)
+    ns, Hv, K = 2, 4, 2
+    out = aligned_out(ns + K * S * ns, S * Hv, shift)
+    _gdn_decode(out, *arrs, K, stream)
+    assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
+
+
+def test_decode_big_state_streams():
+    """A state of STREAM_BYTES through the entry point (streaming stores, dst on a line)."""
+    from minigraph.backends.cpu.gated_delta_net import STREAM_BYTES, gated_delta_net
+    S = 128
+    Hv = STREAM_BYTES // (S * S * 4)
+    rng = np.random.default_rng(4)
+    arrs = make(rng, S, 16, Hv, 1, 1, 1, 1, -1.0)
+    assert arrs[5].nbytes >= STREAM_BYTES
+    out = aligned_out(1 + S, S * Hv, 0)
+    gated_delta_net(out, *arrs, 1)
+    assert rel_err(out[0, 0], reference(*arrs, 1)) < RTOL
+
+
+@pytest.mark.parametrize("Hv,ns,ns_qk", [(12, 1, 1), (4, 3, 1), (6, 3, 3)])
+def test_chunked_head_groups(Hv, ns, ns_qk):
+    """(seq, head) pairs that do not fill whole HEAD_GROUPs, and groups spanning sequences."""
+    from minigraph.backends.cpu.gated_delta_net import HEAD_GROUP, _gdn_chunked
+    S, T, K = 32, 40, 2
+    assert ns * Hv > HEAD_GROUP                      # two groups at least
+    rng = np.random.default_rng(Hv * ns)
+    arrs = make(rng, S, 2, Hv, T, ns, ns_qk, 1, -1.0)
+    out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
+    _gdn_chunked(out, *arrs, K)
+    assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL

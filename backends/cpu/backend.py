@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from minigraph import dtypes, flags
-from minigraph.alloc import plan_memory
+from minigraph.alloc import ALIGNMENT, plan_memory
 from minigraph.backend import Backend
 from minigraph.errors import MinigraphError, describe
 from minigraph.graph import Graph
@@ -69,7 +69,9 @@ class CpuPlan:
             if not s:
                 raise MinigraphError(f"{n.op}: the CPU backend cannot run {describe(n)}: {s.reason}")
         self.memory = plan_memory(graph, can_inplace=lambda n: OPS[n.op].inplace_ok)
-        self.arena = np.zeros(max(self.memory.size, 64), np.uint8)
+        size = max(self.memory.size, 64)
+        raw = np.zeros(size + ALIGNMENT, np.uint8)   # the plan's offsets are 64-byte aligned: so is the base
+        self.arena = raw[-raw.ctypes.data % ALIGNMENT:][:size]
         self.bindings = [(root, self.arena, self.memory.offsets[id(root)]) for root in self.memory.roots]
         self.epoch = bind_storage(self.bindings)
         self._check_leafs(graph)

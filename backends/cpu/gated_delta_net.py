@@ -20,37 +20,59 @@ dst as the (1, 1, rows, S*H_v) view. Kernels copy what they need into contiguous
 buffers, so any strides work. Work is split over (seq, head) pairs with prange.
 
 Algorithms (chosen by `gated_delta_net`):
-  * T == 1: one pass per state row (read once, dot with k and q, write the new row
-    straight into the snapshot slot).
+  * T == 1: one pass over the state, read once and written once. With kg = e^g k and
+    qg = e^g q, row j of the new state is e^g S_j + k delta_j and its output
+    q.S_new_j = qg.S_j + (q.k) delta_j, so one read of row j gives both dots and the
+    write follows while the row is in L1. States of STREAM_BYTES or more get their snapshot
+    written with non-temporal stores (no read-for-ownership of lines that will not stay cached).
   * recurrent: the state lives in a local [j][i] buffer; each token makes ONE fused pass
     over it (update with the previous delta, dot with q for the output, dot with the next
-    decayed key for the next delta), two rows at a time so k/q loads are shared.
+    decayed key for the next delta), four rows at a time so k/q loads are shared.
   * chunked (GDA, T >= CHUNK_MIN_T, K <= CHUNK): WY/UT form over chunks of CHUNK tokens,
     its products through BLAS sgemm (Numba's np.dot; scipy present, else plain loops and
-    the form stays off); decays only as masked differences g_cum[r] - g_cum[s] (r >= s)
-    before exp, so nothing overflows; the tail chunk is just shorter (exact, no padding);
-    the last K - 1 tokens run token by token so each snapshot slot is a real state.
+    the form stays off); decays only as running products of exp(g) <= 1, so nothing
+    overflows; the tail chunk is just shorter (exact, no padding); the last K - 1 tokens
+    run token by token so each snapshot slot is a real state. Heads go out in groups of
+    HEAD_GROUP that walk their chunks in step.
+
+Numba notes that the speed depends on: helpers called inside hot loops are inline="always"
+(a plain njit call is not inlined by LLVM here and costs a call plus NRT refcounts per
+array argument); inner loops index a row view (out[j]), not dst[.., h * S + j], whose
+possibly negative index defeats vectorisation; no numba.get_num_threads() in kernels (it
+makes them uncacheable).
 """
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # reassociation lets LLVM vectorise the dot-product reductions; no nnan/ninf (isfinite
 # must keep working), no afn (exp stays exact).
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+INLINE = dict(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 
-# Chunk length of the WY form. Per token it does 3 S^2 multiply-adds on the state (as the
-# recurrence) plus ~5 CHUNK*S inside the chunk; measured on the 2-core AVX-512 dev box
-# (1 thread, T=1024, H_v=32, S=128, BLAS products): 8: 17.3k, 16: 17.5k, 24: 16.7k,
-# 32: 14.0k, 64: 10.7k tok/s per core; the recurrence 7.6-8.1k.
+# Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
+# state plus ~10 CHUNK*S inside the chunk; measured on the 2-core AVX-512 dev box
+# (1 thread, T=1024, H_v=32, S=128): 8: 17.5k, 16: 18.3k, 32: 14.6k tok/s per core.
 CHUNK = 16
+# Heads a chunked-form worker walks together, chunk by chunk: a token's q/k/v/out rows of
+# neighbouring heads are adjacent in memory, one head alone touches a 512-byte island every
+# 8-16 KB. Their states (64 KB each at S=128) stay in L2. 8 and 16 measured alike (+4%).
+HEAD_GROUP = 8
 TOKEN_BLOCK = 16       # tokens a block of state rows runs through while it sits in L1
+# Decode states at least this big get their snapshot written with non-temporal stores:
+# skipping the read-for-ownership of lines that will not stay cached cuts the traffic from
+# 3 to 2 passes over the state. Measured on the dev box (32 MB L3, 2 threads, S=128,
+# H_v=32): n_seqs=16 (32 MB) ordinary stores 25% faster; 24 (48 MB) streaming 2-7% faster,
+# 32 (64 MB) 4-10%, 64 (128 MB) 10%.
+STREAM_BYTES = 40 << 20
 
 
 # ----------------------------------------------------------------------------- helpers
 
-@njit(cache=True, nogil=True)
+@njit(**INLINE)
 def _dst_row(dst, off, S):
     """The S floats of dst starting at flat element `off` (off % S == 0, so one row)."""
     W = dst.shape[3]
@@ -59,10 +81,16 @@ def _dst_row(dst, off, S):
     return dst[0, 0, r, c:c + S]
 
 
-@njit(cache=True, nogil=True)
+@njit(**INLINE)
 def _snap_off(slot, seq, h, j, S, Hv, T, ns):
     """Flat offset of row j of head (seq, h) in snapshot `slot`."""
     return S * Hv * T * ns + ((slot * ns + seq) * Hv + h) * S * S + j * S
+
+
+@njit(**INLINE)
+def _out_row(dst, row, h, S):
+    """Head h's S outputs in output row `row` (a view: its loops index from 0)."""
+    return dst[0, 0, row, h * S:(h + 1) * S]
 
 
 @njit(cache=True, nogil=True)
@@ -74,7 +102,7 @@ def _zero_slots(dst, seq, h, first, K, S, Hv, T, ns):
                 row[i] = 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(**INLINE)
 def _store_rows(dst, buf, j0, j1, slot, seq, h, S, Hv, T, ns):
     """Rows j0 .. j1-1 of the local state buffer into snapshot `slot`."""
     for j in range(j0, j1):
@@ -83,7 +111,7 @@ def _store_rows(dst, buf, j0, j1, slot, seq, h, S, Hv, T, ns):
             row[i] = buf[j, i]
 
 
-@njit(cache=True, nogil=True)
+@njit(**INLINE)
 def _load_gate(out, g, seq, t, h, S):
     """exp of the gate of token t as an S-vector (GDA broadcasts its scalar)."""
     if g.shape[3] == 1:
@@ -95,51 +123,137 @@ def _load_gate(out, g, seq, t, h, S):
             out[i] = np.float32(math.exp(np.float64(g[seq, t, h, i])))
 
 
+# ----------------------------------------------------------------------------- streaming stores
+
+@intrinsic
+def _nt_update16(typingctx, out, i, s, e, kb, d):
+    """out[i:i+16] = s[i:i+16] * e[i:i+16] + kb[i:i+16] * d as ONE non-temporal 64-byte
+    store (a loop of scalar nontemporal stores stays scalar: the vectoriser cannot prove the
+    alignment a vector one needs, so the vector is explicit here). The caller guarantees
+    contiguous 1-D operands and out + i 64-byte aligned."""
+    sig = types.void(out, i, s, e, kb, d)
+
+    def codegen(context, builder, signature, args):
+        vec = ir.VectorType(ir.FloatType(), 16)
+
+        def ptr(k):
+            data = context.make_array(signature.args[k])(context, builder, args[k]).data
+            return builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
+
+        vs, ve, vk = (builder.load(ptr(k), align=4) for k in (2, 3, 4))
+        dv = builder.insert_element(ir.Constant(vec, ir.Undefined), args[5], ir.IntType(32)(0))
+        dv = builder.shuffle_vector(dv, dv, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(vec, [vec] * 3))
+        st = builder.store(builder.call(fma, [vk, dv, builder.fmul(vs, ve)]), ptr(0), align=64)
+        st.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """A full fence: orders this thread's non-temporal stores before whatever follows
+    (x86 mfence; they are weakly ordered, and other threads read dst after the kernel)."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(**INLINE)
+def _update_row(out, s, e, kb, d):
+    """out = s * e + kb * d: one state row, per-key decay e (KDA)."""
+    for c in range(s.shape[0]):
+        out[c] = s[c] * e[c] + kb[c] * d
+
+
+@njit(**INLINE)
+def _update_row_gda(out, s, e, kb, d):
+    """_update_row with a scalar decay (GDA): one load less per element, 5-8% on decode."""
+    for c in range(s.shape[0]):
+        out[c] = s[c] * e + kb[c] * d
+
+
+@njit(**INLINE)
+def _stream_row(out, s, e, kb, d):
+    """_update_row with non-temporal stores, for a row (contiguous) of whole 64-byte lines.
+    A row sharing its first and last lines with its neighbours streamed at half the speed
+    of ordinary stores, so such rows get ordinary ones. (No loop here starts at a variable:
+    LLVM then cannot rule out negative indices and leaves the loop scalar, 5-8x slower.)"""
+    if out.ctypes.data % 64 or s.shape[0] % 16:
+        _update_row(out, s, e, kb, d)
+    else:
+        for i in range(0, s.shape[0], 16):
+            _nt_update16(out, i, s, e, kb, d)
+
+
 # ----------------------------------------------------------------------------- T == 1
 
+@njit(**INLINE)
+def _dots2(s, a, b):
+    """(s.a, s.b) for one state row: a single read of s."""
+    x = np.float32(0.0)
+    y = np.float32(0.0)
+    for i in range(s.shape[0]):
+        x += s[i] * a[i]
+        y += s[i] * b[i]
+    return x, y
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_decode(dst, q, k, v, g, beta, state, K):
+def _gdn_decode(dst, q, k, v, g, beta, state, K, stream):
+    """T == 1, one pass: row j of head (seq, h) is read once (its dots with the decayed
+    key and query), then its new value written once, while it is in L1. Rows go in
+    order: reading several rows interleaved halved the prefetchers' DRAM throughput."""
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
     scale = np.float32(1.0 / math.sqrt(S))
+    stream = stream and dst.strides[3] == 4 and state.strides[3] == 4   # _stream_row needs unit strides
+    kda = g.shape[3] != 1
     for p in prange(ns * Hv):
         seq = p // Hv
         h = p - seq * Hv
         sq = seq // rep
         hk = h % Hk
-        kb = np.empty(S, np.float32)
-        qb = np.empty(S, np.float32)
-        gd = np.empty(S, np.float32)
-        row = np.empty(S, np.float32)
-        for i in range(S):
-            kb[i] = k[sq, 0, hk, i]
-            qb[i] = q[sq, 0, hk, i]
+        buf = np.empty((4, S), np.float32)     # one allocation per head, not four
+        kb = buf[0]
+        kg = buf[1]                            # e^g k: S_j . kg = k . (decayed row j)
+        qg = buf[2]                            # e^g q
+        gd = buf[3]
         _load_gate(gd, g, seq, 0, h, S)
-        b = np.float32(beta[seq, 0, h, 0])
+        kr = k[sq, 0, hk]
+        qr = q[sq, 0, hk]
         kq = np.float32(0.0)
         for i in range(S):
-            kq += kb[i] * qb[i]
+            kb[i] = kr[i]
+            kg[i] = kr[i] * gd[i]
+            qg[i] = qr[i] * gd[i]
+            kq += kr[i] * qr[i]
+        b = np.float32(beta[seq, 0, h, 0])
+        vr = v[seq, 0, h]
+        out = _out_row(dst, seq, h, S)
+        st = state[seq, h]
         for j in range(S):
-            src = state[seq, h, j]
-            kd = np.float32(0.0)
-            qd = np.float32(0.0)
-            for i in range(S):
-                x = src[i] * gd[i]
-                row[i] = x
-                kd += x * kb[i]
-                qd += x * qb[i]
-            delta = (np.float32(v[seq, 0, h, j]) - kd) * b
-            out = _dst_row(dst, _snap_off(0, seq, h, j, S, Hv, T, ns), S)
-            for i in range(S):
-                out[i] = row[i] + kb[i] * delta
-            dst[0, 0, seq, h * S + j] = (qd + delta * kq) * scale
-        _zero_slots(dst, seq, h, 1, K, S, Hv, T, ns)
+            a, c = _dots2(st[j], kg, qg)
+            delta = (vr[j] - a) * b
+            out[j] = (c + delta * kq) * scale  # q . (e^g S_j + k delta)
+            row = _dst_row(dst, _snap_off(0, seq, h, j, S, Hv, T, ns), S)
+            if stream:
+                _stream_row(row, st[j], gd, kb, delta)
+            elif kda:
+                _update_row(row, st[j], gd, kb, delta)
+            else:
+                _update_row_gda(row, st[j], gd[0], kb, delta)
+        if stream:
+            _store_fence()
+        if K > 1:
+            _zero_slots(dst, seq, h, 1, K, S, Hv, T, ns)
 
 
 # ----------------------------------------------------------------------------- recurrent
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**INLINE)
 def _row_quad_step_scalar(r0, r1, r2, r3, e, kt, qt, kn, d0, d1, d2, d3):
     """Token step for four state rows r0..r3 (S[:, j..j+3]) with scalar decay e (GDA):
     r = r * e + kt * delta_r; returns the rows' dots with qt (outputs) and with kn (the
@@ -175,7 +289,7 @@ def _row_quad_step_scalar(r0, r1, r2, r3, e, kt, qt, kn, d0, d1, d2, d3):
     return o0, o1, o2, o3, a0, a1, a2, a3
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**INLINE)
 def _row_step(r0, d, kt, qt, kn, d0):
     """_row_quad_step for one row (S % 4 leftovers)."""
     o0 = np.float32(0.0)
@@ -188,7 +302,7 @@ def _row_step(r0, d, kt, qt, kn, d0):
     return o0, a0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**INLINE)
 def _row_quad_step(r0, r1, r2, r3, d, kt, qt, kn, d0, d1, d2, d3):
     """_row_quad_step_scalar with a per-key decay vector d (KDA)."""
     o0 = np.float32(0.0)
@@ -223,7 +337,7 @@ def _row_quad_step(r0, r1, r2, r3, d, kt, qt, kn, d0, d1, d2, d3):
     return o0, o1, o2, o3, a0, a1, a2, a3
 
 
-@njit(cache=True, nogil=True)
+@njit(**INLINE)
 def _load_block(kk, qq, dd, kn, vb, bb, q, k, v, g, beta, sq, seq, hk, h, t0, nb, T, S):
     """Tokens t0 .. t0+nb-1 into contiguous buffers; kn[t] is the decayed key of the token
     after t (zero after the last token), vb/bb the values and betas."""
@@ -321,9 +435,9 @@ def _gdn_recurrent(dst, q, k, v, g, beta, state, K):
                         _store_rows(dst, buf, j, j + 1, slot, seq, h, S, Hv, T, ns)
                 kd[j] = c0
             for t in range(nb):
-                orow = seq * T + t0 + t
+                out = _out_row(dst, seq * T + t0 + t, h, S)
                 for j in range(S):
-                    dst[0, 0, orow, h * S + j] = ob[t, j]
+                    out[j] = ob[t, j]
         _zero_slots(dst, seq, h, T, K, S, Hv, T, ns)
 
 
@@ -395,19 +509,28 @@ _blas_threads = (_openblas_local_threads() if HAVE_BLAS else None) or _no_blas_t
 CHUNK_MIN_T = CHUNK if HAVE_BLAS else 1 << 30
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, gc, bb, n, S):
+@njit(**INLINE)
+def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S):
     """One chunk of n tokens of the WY/UT form on the state M[i, j] = S[i][j], in place.
 
-    In: kq rows 0..n-1 = k, rows n..2n-1 = q; vb = beta v; bb = beta; gc = cumulative gate
-    (float64). Out: y rows n..2n-1 = the chunk's outputs (unscaled). With A[r, s] =
-    beta_r exp(gc_r - gc_s) k_r.k_s (s < r) and Tm = (I + A)^-1:
+    In: kq rows 0..n-1 = k, rows n..2n-1 = q; vb = beta v; bb = beta; gt = the gates
+    (float64). Out: y rows n..2n-1 = the chunk's outputs (unscaled). With gc the cumulative
+    gate, A[r, s] = beta_r exp(gc_r - gc_s) k_r.k_s (s < r) and Tm = (I + A)^-1:
         U = Tm beta V;  W = Tm (beta e^gc K);  D = U - W M
         O = e^gc Q M + P D,  P[r, s] = exp(gc_r - gc_s) q_r.k_s (s <= r)
         M <- e^gc_last M + (e^(gc_last - gc) K)^T D
-    Every exponent is a masked difference gc_r - gc_s (r >= s) or a cumulative gate, so for
-    g <= 0 no factor exceeds 1 and nothing overflows. All products go through _mm on
-    contiguous (or transposed-contiguous) 2-D float32 operands."""
+    The decays exp(gc_r - gc_s) (r >= s) are running products of the per-token factors
+    exp(g_t) <= 1 (n exps, not n^2), so for g <= 0 no factor exceeds 1 and nothing
+    overflows. All products go through _mm on contiguous (or transposed-contiguous) 2-D
+    float32 operands."""
+    eg = 1.0
+    for r in range(n):                               # dk[r, s] = exp(gc_r - gc_s), s <= r
+        a = math.exp(gt[r])
+        eg *= a
+        gt[r] = eg                                   # gt now holds exp(gc)
+        for s in range(r):
+            dk[r, s] = dk[r - 1, s] * a
+        dk[r, r] = 1.0
     gram = pbuf[:2 * n * n].reshape((2 * n, n))      # [K; Q] K^T
     _mm(kq[:2 * n], kq[:n].T, gram)
     tm = tbuf[:n * n].reshape((n, n))
@@ -418,14 +541,15 @@ def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, gc, bb, n, S):
             tm[r, c] = 0.0
         tm[r, r] = 1.0
         for s in range(r):
-            a = br * np.float32(math.exp(gc[r] - gc[s])) * gram[r, s]
+            a = br * np.float32(dk[r, s]) * gram[r, s]
             for c in range(s + 1):
                 tm[r, c] -= a * tm[s, c]
     for r in range(n):
-        eg = np.float32(math.exp(gc[r]))
+        e = np.float32(gt[r])
+        be = bb[r] * e
         for i in range(S):
-            kb[r, i] = bb[r] * eg * kq[r, i]
-            x[n + r, i] = eg * kq[n + r, i]          # e^gc Q below W
+            kb[r, i] = be * kq[r, i]
+            x[n + r, i] = e * kq[n + r, i]           # e^gc Q below W
     _mm(tm, vb[:n], u[:n])                           # U
     _mm(tm, kb[:n], x[:n])                           # W
     _mm(x[:2 * n], M, y[:2 * n])                     # [W M ; e^gc Q M]
@@ -434,18 +558,17 @@ def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, gc, bb, n, S):
             u[r, j] -= y[r, j]                       # D = U - W M
     for r in range(n):
         for s in range(n):
-            tm[r, s] = np.float32(math.exp(gc[r] - gc[s])) * gram[n + r, s] if s <= r else 0.0
+            tm[r, s] = np.float32(dk[r, s]) * gram[n + r, s] if s <= r else 0.0
     _mm(tm, u[:n], y[:n])                            # P D (rows 0..n-1 of y are free now)
     for r in range(n):
         for j in range(S):
             y[n + r, j] += y[r, j]
-    gl = gc[n - 1]
     for s in range(n):
-        e = np.float32(math.exp(gl - gc[s]))
+        e = np.float32(dk[n - 1, s])
         for i in range(S):
             kb[s, i] = e * kq[s, i]
     _mm(kb[:n].T, u[:n], z)                          # (e^(gl - gc) K)^T D
-    egl = np.float32(math.exp(gl))
+    egl = np.float32(gt[n - 1])
     for i in range(S):
         for j in range(S):
             M[i, j] = M[i, j] * egl + z[i, j]
@@ -475,22 +598,51 @@ def _token_step_m(M, kt, qt, vt, e, b, out, S):
             out[j] += qi * M[i, j]
 
 
+@njit(**INLINE)
+def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
+                kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb):
+    """Tokens t0 .. t0+n-1 of head (seq, h) on its state M: inputs in, _chunk_step,
+    outputs out."""
+    T = v.shape[1]
+    S = v.shape[3]
+    for r in range(n):
+        t = t0 + r
+        gt[r] = np.float64(g[seq, t, h, 0])
+        b = np.float32(beta[seq, t, h, 0])
+        bb[r] = b
+        kr = k[sq, t, hk]
+        qr = q[sq, t, hk]
+        vr = v[seq, t, h]
+        for i in range(S):
+            kq[r, i] = kr[i]
+            kq[n + r, i] = qr[i]
+            vb[r, i] = b * vr[i]
+    _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S)
+    for r in range(n):
+        out = _out_row(dst, seq * T + t0 + r, h, S)
+        yr = y[n + r]
+        for j in range(S):
+            out[j] = yr[j] * scale
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def _gdn_chunked(dst, q, k, v, g, beta, state, K):
     """GDA (scalar gates): the first T - K + 1 tokens in chunks of CHUNK (_chunk_step), the
-    last K - 1 token by token so every snapshot slot is a state the rule passes through."""
+    last K - 1 token by token so every snapshot slot is a state the rule passes through.
+    Work goes out in groups of HEAD_GROUP (seq, head) pairs; a group walks its chunks in
+    step, all its heads per chunk."""
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
     scale = np.float32(1.0 / math.sqrt(S))
     C = CHUNK
+    G = HEAD_GROUP
     Tc = T - min(K, T) + 1                           # tokens done in chunks
-    for p in prange(ns * Hv):
-        seq = p // Hv
-        h = p - seq * Hv
-        sq = seq // rep
-        hk = h % Hk
-        M = np.empty((S, S), np.float32)             # M[i, j] = S[i][j]
+    P = ns * Hv
+    for grp in prange((P + G - 1) // G):
+        p0 = grp * G
+        p1 = min(p0 + G, P)
+        Ms = np.empty((p1 - p0, S, S), np.float32)   # Ms[p - p0, i, j] = S[i][j] of pair p
         kq = np.empty((2 * C, S), np.float32)
         vb = np.empty((C, S), np.float32)
         kb = np.empty((C, S), np.float32)
@@ -500,47 +652,48 @@ def _gdn_chunked(dst, q, k, v, g, beta, state, K):
         z = np.empty((S, S), np.float32)
         pbuf = np.empty(2 * C * C, np.float32)
         tbuf = np.empty(C * C, np.float32)
-        gc = np.empty(C, np.float64)
+        gt = np.empty(C, np.float64)
+        dk = np.empty((C, C), np.float64)
         bb = np.empty(C, np.float32)
         blas_prev = _blas_threads(1)
-        for j in range(S):
-            for i in range(S):
-                M[i, j] = state[seq, h, j, i]
+        for p in range(p0, p1):
+            seq = p // Hv
+            h = p - seq * Hv
+            M = Ms[p - p0]
+            for j in range(S):
+                for i in range(S):
+                    M[i, j] = state[seq, h, j, i]
         for t0 in range(0, Tc, C):
             n = min(C, Tc - t0)
-            acc = 0.0
-            for r in range(n):
-                t = t0 + r
-                acc += np.float64(g[seq, t, h, 0])
-                gc[r] = acc
-                b = np.float32(beta[seq, t, h, 0])
-                bb[r] = b
-                for i in range(S):
-                    kq[r, i] = k[sq, t, hk, i]
-                    kq[n + r, i] = q[sq, t, hk, i]
-                    vb[r, i] = b * v[seq, t, h, i]
-            _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, gc, bb, n, S)
-            for r in range(n):
-                orow = seq * T + t0 + r
-                for j in range(S):
-                    dst[0, 0, orow, h * S + j] = y[n + r, j] * scale
-        for t in range(Tc, T + 1):                   # snapshot of the state after token t-1
-            slot = T - t
-            if slot < K:
-                for j in range(S):
-                    row = _dst_row(dst, _snap_off(slot, seq, h, j, S, Hv, T, ns), S)
+            for p in range(p0, p1):
+                seq = p // Hv
+                h = p - seq * Hv
+                _chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
+                            kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb)
+        for p in range(p0, p1):
+            seq = p // Hv
+            h = p - seq * Hv
+            sq = seq // rep
+            hk = h % Hk
+            M = Ms[p - p0]
+            for t in range(Tc, T + 1):               # snapshot of the state after token t-1
+                slot = T - t
+                if slot < K:
+                    for j in range(S):
+                        row = _dst_row(dst, _snap_off(slot, seq, h, j, S, Hv, T, ns), S)
+                        for i in range(S):
+                            row[i] = M[i, j]
+                if t < T:
                     for i in range(S):
-                        row[i] = M[i, j]
-            if t < T:
-                for i in range(S):
-                    kq[0, i] = k[sq, t, hk, i]
-                    kq[1, i] = q[sq, t, hk, i]
-                    vb[0, i] = v[seq, t, h, i]
-                e = np.float32(math.exp(np.float64(g[seq, t, h, 0])))
-                _token_step_m(M, kq[0], kq[1], vb[0], e, np.float32(beta[seq, t, h, 0]), y[0], S)
-                for j in range(S):
-                    dst[0, 0, seq * T + t, h * S + j] = y[0, j] * scale
-        _zero_slots(dst, seq, h, T, K, S, Hv, T, ns)
+                        kq[0, i] = k[sq, t, hk, i]
+                        kq[1, i] = q[sq, t, hk, i]
+                        vb[0, i] = v[seq, t, h, i]
+                    e = np.float32(math.exp(np.float64(g[seq, t, h, 0])))
+                    _token_step_m(M, kq[0], kq[1], vb[0], e, np.float32(beta[seq, t, h, 0]), y[0], S)
+                    out = _out_row(dst, seq * T + t, h, S)
+                    for j in range(S):
+                        out[j] = y[0, j] * scale
+            _zero_slots(dst, seq, h, T, K, S, Hv, T, ns)
         _blas_threads(blas_prev)
 
 
@@ -553,7 +706,7 @@ def gated_delta_net(dst, q, k, v, g, beta, state, K):
     beta (n_seqs, T, H_v, 1), state (n_seqs, H_v, S, S); K snapshot slots."""
     T = v.shape[1]
     if T == 1:
-        _gdn_decode(dst, q, k, v, g, beta, state, K)
+        _gdn_decode(dst, q, k, v, g, beta, state, K, state.size * 4 >= STREAM_BYTES)
     elif T >= CHUNK_MIN_T and g.shape[3] == 1 and K <= CHUNK:
         _gdn_chunked(dst, q, k, v, g, beta, state, K)
     else:
