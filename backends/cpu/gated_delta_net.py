@@ -61,6 +61,7 @@ CHUNK = 16
 # neighbouring heads are adjacent in memory, one head alone touches a 512-byte island every
 # 8-16 KB. Their states (64 KB each at S=128) stay in L2. 8 and 16 measured alike (+4%).
 HEAD_GROUP = 8
+MIN_GROUPS = 8   # but smaller groups when there are few heads: every thread needs work (H=4: 1 a group)
 TOKEN_BLOCK = 16       # tokens a block of state rows runs through while it sits in L1
 # Decode states at least this big get their snapshot written with non-temporal stores:
 # skipping the read-for-ownership of lines that will not stay cached cuts the traffic from
@@ -636,9 +637,9 @@ def _gdn_chunked(dst, q, k, v, g, beta, state, K):
     rep = ns // q.shape[0]
     scale = np.float32(1.0 / math.sqrt(S))
     C = CHUNK
-    G = HEAD_GROUP
-    Tc = T - min(K, T) + 1                           # tokens done in chunks
     P = ns * Hv
+    G = -(-P // max(-(-P // HEAD_GROUP), min(P, MIN_GROUPS)))   # <= HEAD_GROUP, >= MIN_GROUPS groups
+    Tc = T - min(K, T) + 1                           # tokens done in chunks
     for grp in prange((P + G - 1) // G):
         p0 = grp * G
         p1 = min(p0 + G, P)
