@@ -219,15 +219,17 @@ def bind_results(run: Graph) -> None:
     copies = run.__dict__.setdefault("_copies", {})
     for u, r in getattr(run, "results", ()):
         root = u.root
-        c = copies.get(id(u))  # a host-to-host copy done before: same memory on both sides?
+        c = copies.get(id(u))  # an alias or host copy made before: same memory on both sides?
         if c is not None and c[0] is root._buf and c[1] is r.root._buf and c[2] == (root._offs, r.root._offs):
-            np.copyto(c[3], c[4])
+            if c[3] is not None:
+                np.copyto(c[3], c[4])
             continue
         rel = u.view_offs if u.view_src is not None else 0
         if u.nb == r.nb and root.op is not None and _start(r) >= rel:
             buf, offs = r.root._buf, _start(r) - rel
             if root._buf is not buf or root._offs != offs:
                 bind_storage([(root, buf, offs)])  # alias: the user's root over the result's memory
+            copies[id(u)] = (root._buf, r.root._buf, (root._offs, r.root._offs), None, None)
             continue
         host = tensor_buffer(r) is None or isinstance(tensor_buffer(r), np.ndarray)
         data = r._raw_view() if host else backend_tensor_get(r)
