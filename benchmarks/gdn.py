@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 import minigraph as mg
-from minigraph.backends.cpu.gated_delta_net import _store_fence, _stream_row
+from minigraph.backends.cpu.gdn_rows import _store_fence, _stream_row
 from minigraph.testing import ggml_bridge
 
 FULL = dict(S=128, H_k=16, H_v=32, shapes=[  # (name, T, n_seqs, repeat)

@@ -95,7 +95,7 @@ def test_non_contiguous_inputs():
         ref = reference(*arrs, 2)
         assert rel_err(run(arrs, 2), ref) < RTOL
     # the streaming decode path falls back to ordinary stores for a strided state
-    from minigraph.backends.cpu.gated_delta_net import _gdn_decode
+    from minigraph.backends.cpu.gdn_rows import _gdn_decode
     arrs = (q_nc[:, :1], k[:, :1], v[:, :1], g_nc[:, :1], beta_nc[:, :1], state_nc)
     out = np.full((1, 1, 2 + 2 * 32 * 2, 32 * 4), np.nan, np.float32)
     _gdn_decode(out, *arrs, 2, True)
@@ -180,7 +180,7 @@ def test_decode_single_pass(kda, S, stream, shift, g_lo):
     """The T == 1 kernel directly, both store paths (non-temporal stores are what the entry
     point takes for big states; rows off a 64-byte line, or S % 16 != 0, fall back to
     ordinary ones): GQA, q/k shared by two sequences, K = 2 (slot 1 zero)."""
-    from minigraph.backends.cpu.gated_delta_net import _gdn_decode
+    from minigraph.backends.cpu.gdn_rows import _gdn_decode
     rng = np.random.default_rng(S + 2 * kda)
     arrs = make(rng, S, 2, 4, 1, 2, 1, S if kda else 1, g_lo)
     ns, Hv, K = 2, 4, 2
