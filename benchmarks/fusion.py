@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import minigraph as mg
-from minigraph import flags
+from minigraph.core import flags
 from minigraph.models.delta_net import build_delta_net_chunking, build_delta_net_fused
 
 

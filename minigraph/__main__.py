@@ -1,6 +1,6 @@
 """`python -m minigraph ...` is the `minigraph` command (minigraph.cli)."""
 import sys
 
-from minigraph.cli import main
+from minigraph.tools.cli import main
 
 sys.exit(main())

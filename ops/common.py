@@ -5,9 +5,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from minigraph import dtypes
-from minigraph.errors import MinigraphError, expect
-from minigraph.tensor import Tensor, extent_bytes
+from minigraph.core import dtypes
+from minigraph.core.errors import MinigraphError, expect
+from minigraph.core.tensor import Tensor, extent_bytes
 
 F32 = dtypes.TYPE_F32
 

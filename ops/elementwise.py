@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 
-from minigraph.errors import expect
-from minigraph.tensor import Tensor, can_repeat
+from minigraph.core.errors import expect
+from minigraph.core.tensor import Tensor, can_repeat
 
-from .common import check_float, check_number, check_tensor, tile_to
-from .registry import OpDef, builder, register
+from minigraph.ops.common import check_float, check_number, check_tensor, tile_to
+from minigraph.core.registry import OpDef, builder, register
 
 
 def _binary_ref(fn):

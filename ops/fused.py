@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Sequence
 
-from minigraph.cases import CASES, Case, make_input
-from minigraph.errors import expect
-from minigraph.tensor import Tensor, can_repeat
+from minigraph.core.cases import CASES, Case, make_input
+from minigraph.core.errors import expect
+from minigraph.core.tensor import Tensor, can_repeat
 
-from .common import F32, check_float
-from .elementwise import UNARY_REFS
-from .registry import OPS, OpDef, builder, register
+from minigraph.ops.common import F32, check_float
+from minigraph.ops.elementwise import UNARY_REFS
+from minigraph.core.registry import OPS, OpDef, builder, register
 
 MAX_INPUTS = 6
 BINARY_OPS = ("ADD", "SUB", "MUL", "DIV")

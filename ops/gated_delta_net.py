@@ -11,12 +11,12 @@ snapshots [S, S, H_v, n_seqs] (slot 0 = final state, slot s = the state s tokens
 """
 from __future__ import annotations
 
-from minigraph.errors import expect
-from minigraph.tensor import Tensor, row_size
+from minigraph.core.errors import expect
+from minigraph.core.tensor import Tensor, row_size
 
-from .common import F32, check_int, check_tensor
-from .gdn_reference import gated_delta_net_reference
-from .registry import OpDef, builder, register
+from minigraph.ops.common import F32, check_int, check_tensor
+from minigraph.ops.gdn_reference import gated_delta_net_reference
+from minigraph.core.registry import OpDef, builder, register
 
 
 def _ref(node, q, k, v, g, beta, state, K):

@@ -10,12 +10,12 @@ from typing import Sequence
 
 import numpy as np
 
-from minigraph import dtypes
-from minigraph.errors import expect
-from minigraph.tensor import Tensor, can_repeat, contiguous_strides, is_contiguous, nelements
+from minigraph.core import dtypes
+from minigraph.core.errors import expect
+from minigraph.core.tensor import Tensor, can_repeat, contiguous_strides, is_contiguous, nelements
 
-from .common import F32, check_int, check_tensor, tile_to
-from .registry import OpDef, builder, register
+from minigraph.ops.common import F32, check_int, check_tensor, tile_to
+from minigraph.core.registry import OpDef, builder, register
 
 NONE_BYTES = lambda node: 0.0  # noqa: E731  (views do no arithmetic)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigraph.errors import expect
-from minigraph.tensor import Tensor, is_transposed
+from minigraph.core.errors import expect
+from minigraph.core.tensor import Tensor, is_transposed
 
-from .common import F32, check_float, check_int, check_number
-from .registry import OpDef, builder, register
+from minigraph.ops.common import F32, check_float, check_int, check_number
+from minigraph.core.registry import OpDef, builder, register
 
 TRI_TYPE_UPPER_DIAG = 0
 TRI_TYPE_UPPER = 1

@@ -9,12 +9,12 @@ from typing import Optional
 
 import numpy as np
 
-from minigraph import dtypes
-from minigraph.errors import expect
-from minigraph.tensor import Tensor
+from minigraph.core import dtypes
+from minigraph.core.errors import expect
+from minigraph.core.tensor import Tensor
 
-from .common import F32, check_float, check_int, check_number, check_tensor
-from .registry import OpDef, builder, register
+from minigraph.ops.common import F32, check_float, check_int, check_number, check_tensor
+from minigraph.core.registry import OpDef, builder, register
 
 SUM = register(OpDef("SUM", "reduce", lambda node, a: a.sum().reshape(1, 1, 1, 1)))
 SUM_ROWS = register(OpDef("SUM_ROWS", "reduce", lambda node, a: a.sum(axis=3, keepdims=True)))

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Sequence
 
 
-from minigraph import dtypes
-from minigraph.errors import expect
-from minigraph.tensor import Tensor, is_contiguous, nelements
+from minigraph.core import dtypes
+from minigraph.core.errors import expect
+from minigraph.core.tensor import Tensor, is_contiguous, nelements
 
-from .common import check_float, check_int, check_region, check_tensor, strided_region
-from .registry import OpDef, builder, register
+from minigraph.ops.common import check_float, check_int, check_region, check_tensor, strided_region
+from minigraph.core.registry import OpDef, builder, register
 
 REGION = ("nb1", "nb2", "nb3", "offset")
 

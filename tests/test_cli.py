@@ -12,7 +12,7 @@ import pytest
 
 import minigraph as mg
 from minigraph.testing.restricted import RestrictedCpu
-from minigraph import cli, dump, test_backend_ops
+from minigraph.tools import cli, dump, test_backend_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "examples", "graphs.py") + ":mlp"
@@ -123,14 +123,14 @@ def test_dump_profile():
 
 def _saved_mlp(tmp, data=True):
     path = os.path.join(tmp, f"mlp_{int(data)}.json")
-    from minigraph.graphio import load_target
+    from minigraph.tools.graphio import load_target
 
     mg.save_graph(load_target(MLP), path, data=data)
     return path
 
 
 def test_save_load_round_trip(tmp_path):
-    from minigraph.graphio import load_target
+    from minigraph.tools.graphio import load_target
 
     gf = load_target(DELTA, {"n_tokens": 20})
     path = str(tmp_path / "dn.json")

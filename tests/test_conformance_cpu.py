@@ -2,8 +2,9 @@
 import pytest
 
 import minigraph as mg
-from minigraph.cases import CASES, check_case
-from minigraph.ops.registry import OPS
+from minigraph.core.cases import CASES
+from minigraph.tools.conformance import check_case
+from minigraph.core.registry import OPS
 
 CPU = mg.backend_cpu_init(2)
 

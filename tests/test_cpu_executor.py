@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import minigraph as mg
-from minigraph.alloc import plan_memory
+from minigraph.memory.alloc import plan_memory
 
 CPU = mg.backend_cpu_init(2)
 

@@ -10,7 +10,7 @@ import pytest
 
 import minigraph as mg
 import minigraph.backends.cpu  # noqa: F401  (registers the kernels)
-from minigraph.ops.registry import KERNELS, OPS
+from minigraph.core.registry import KERNELS, OPS
 
 TOL = 1e-6  # copies are exact; ACC adds two float32s
 GUARD = 64  # sentinel bytes before and after every root

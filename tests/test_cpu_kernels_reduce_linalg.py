@@ -10,7 +10,7 @@ import pytest
 
 import minigraph as mg
 import minigraph.backends.cpu  # noqa: F401  (registers the kernels)
-from minigraph.ops.registry import KERNELS, OPS
+from minigraph.core.registry import KERNELS, OPS
 
 MAX_NMSE = 1e-7  # test-backend-ops' default
 SENTINEL = np.float32(-12345.0)

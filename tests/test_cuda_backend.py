@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minigraph as mg
-from minigraph.backend import backend_cuda_init
+from minigraph.device.backend import backend_cuda_init
 
 
 def _skip_reason():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import minigraph as mg
-from minigraph.cases import cases_for, check_case, make_input
+from minigraph.core.cases import cases_for, make_input
+from minigraph.tools.conformance import check_case
 from minigraph.ops.fused import GATE_PROGRAM
 from test_cuda_backend import SKIP, be  # noqa: F401 - `be`: that module's backend fixture
 from test_fusion import gate_chain, ops_of, run_both

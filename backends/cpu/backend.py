@@ -11,15 +11,15 @@ from typing import Optional
 import numba
 import numpy as np
 
-from minigraph import dtypes, flags
-from minigraph.alloc import ALIGNMENT, plan_memory
-from minigraph.backend import Backend
-from minigraph.errors import MinigraphError, describe
-from minigraph.graph import Graph
-from minigraph.ops.registry import OPS, kernels_for, leafs_needing_data
-from minigraph.tensor import Tensor, bind_storage, binding_epoch, is_contiguous, nelements, storage_view
+from minigraph.core import dtypes, flags
+from minigraph.memory.alloc import ALIGNMENT, plan_memory
+from minigraph.device.backend import Backend
+from minigraph.core.errors import MinigraphError, describe
+from minigraph.core.graph import Graph
+from minigraph.core.registry import OPS, kernels_for, leafs_needing_data
+from minigraph.core.tensor import Tensor, bind_storage, binding_epoch, is_contiguous, nelements, storage_view
 
-from . import program
+from minigraph.backends.cpu import program
 
 _DUMMY = np.zeros(64, np.uint8)  # stands in for an absent optional source (e.g. no soft_max mask)
 _FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i"}

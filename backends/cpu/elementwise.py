@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from .. import scalar_math
-from ..scalar_math import BINARY_CODES, UNARY_CODES
-from .jit import kernel, row_index, scalar
+from minigraph.backends import scalar_math
+from minigraph.backends.scalar_math import BINARY_CODES, UNARY_CODES
+from minigraph.backends.cpu.jit import kernel, row_index, scalar
 
 
 # Ops pass their scalar function as an int code: a dispatcher passed as an argument would keep

@@ -32,13 +32,13 @@ import sys
 import threading
 from typing import Any, Optional
 
-from minigraph.dtypes import TYPE_F32
-from minigraph.flags import cache_dir
+from minigraph.core.dtypes import TYPE_F32
+from minigraph.core.flags import cache_dir
 from minigraph.ops.fused import MAX_INPUTS, broadcast_dims
-from minigraph.ops.registry import KERNELS, Kernel, register_kernel
+from minigraph.core.registry import KERNELS, Kernel, register_kernel
 
-from .elementwise import BINARY_CODES, UNARY_CODES
-from .jit import kernels_fingerprint
+from minigraph.backends.cpu.elementwise import BINARY_CODES, UNARY_CODES
+from minigraph.backends.cpu.jit import kernels_fingerprint
 
 GENERATOR_VERSION = 2
 _lock = threading.Lock()

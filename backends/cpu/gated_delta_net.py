@@ -49,8 +49,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .gdn_rows import (FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row,
-                       _snap_off, _zero_slots)
+from minigraph.backends.cpu.gdn_rows import FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row, _snap_off, _zero_slots
 
 # Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
 # state plus ~10 CHUNK*S inside the chunk; measured on the 2-core AVX-512 dev box
@@ -336,9 +335,9 @@ def gated_delta_net(dst, q, k, v, g, beta, state, K):
 
 
 # the op picks its own parallelism inside, so both builds are the same entry point
-from minigraph.ops.registry import register_kernel  # noqa: E402
+from minigraph.core.registry import register_kernel  # noqa: E402
 
-from .jit import DualKernel  # noqa: E402
+from minigraph.backends.cpu.jit import DualKernel  # noqa: E402
 
 GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net")
 register_kernel("GATED_DELTA_NET", "cpu", GATED_DELTA_NET_KERNEL)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numba
 
-from minigraph.flags import cache_dir
+from minigraph.core.flags import cache_dir
 
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 

@@ -10,10 +10,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from .. import scalar_math
-from .jit import JIT_OPTIONS, kernel, row_index, scalar
+from minigraph.backends import scalar_math
+from minigraph.backends.cpu.jit import JIT_OPTIONS, kernel, row_index, scalar
 
 tri_keep = scalar(scalar_math.tri_keep)
 

@@ -19,9 +19,9 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
-from minigraph.flags import cache_dir
+from minigraph.core.flags import cache_dir
 
-from .jit import kernels_fingerprint
+from minigraph.backends.cpu.jit import kernels_fingerprint
 
 MAX_SLOTS = 7
 SLOT_W = 10

@@ -11,9 +11,9 @@ import math
 import numpy as np
 from numba import prange
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from .jit import kernel, row_index
+from minigraph.backends.cpu.jit import kernel, row_index
 
 
 @kernel

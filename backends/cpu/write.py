@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from numba import prange
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from .jit import kernel, row_index
+from minigraph.backends.cpu.jit import kernel, row_index
 
 
 @kernel

@@ -3,6 +3,6 @@
 Importing this package registers the "cuda" kernels (numba-cuda must be installed; set
 NUMBA_ENABLE_CUDASIM=1 before numba is imported to run them on the CPU simulator).
 """
-from . import common  # noqa: F401
-from . import elementwise, fused, layout, reduce, linalg, write, gated_delta_net  # noqa: F401
-from .backend import CudaBackend, CudaBuffer  # noqa: F401
+from minigraph.backends.cuda import common  # noqa: F401
+from minigraph.backends.cuda import elementwise, fused, layout, reduce, linalg, write, gated_delta_net  # noqa: F401
+from minigraph.backends.cuda.backend import CudaBackend, CudaBuffer  # noqa: F401

@@ -26,16 +26,16 @@ from typing import Any, Optional
 import numpy as np
 from numba import cuda
 
-from minigraph import dtypes
-from minigraph.alloc import plan_memory
-from minigraph.backend import Backend
-from minigraph.errors import MinigraphError, describe
-from minigraph import flags
-from minigraph.graph import Graph
-from minigraph.ops.registry import OPS, kernels_for
-from minigraph.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, extent_bytes, is_contiguous, nelements
+from minigraph.core import dtypes
+from minigraph.memory.alloc import plan_memory
+from minigraph.device.backend import Backend
+from minigraph.core.errors import MinigraphError, describe
+from minigraph.core import flags
+from minigraph.core.graph import Graph
+from minigraph.core.registry import OPS, kernels_for
+from minigraph.core.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, extent_bytes, is_contiguous, nelements
 
-from .common import META_W, SIM, SLOT_W
+from minigraph.backends.cuda.common import META_W, SIM, SLOT_W
 
 DOWNLOAD_ALL_BYTES = 1 << 20   # arenas up to this size come back in one copy, else range by range
 _DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32}

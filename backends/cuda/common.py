@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from numba import cuda
 
-from minigraph import dtypes, flags
+from minigraph.core import dtypes, flags
 
 SIM = flags.cuda_simulator()
 

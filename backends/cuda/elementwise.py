@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from minigraph.ops.registry import register_kernel
-from minigraph.tensor import is_contiguous
+from minigraph.core.registry import register_kernel
+from minigraph.core.tensor import is_contiguous
 
-from .common import CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
+from minigraph.backends.cuda.common import CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
 
-from ..scalar_math import BINARY_CODES, UNARY_CODES
-from .. import scalar_math
+from minigraph.backends.scalar_math import BINARY_CODES, UNARY_CODES
+from minigraph.backends import scalar_math
 
 binary_fn = cuda.jit(device=True)(scalar_math.binary_fn)
 unary_fn = cuda.jit(device=True)(scalar_math.unary_fn)

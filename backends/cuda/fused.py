@@ -42,12 +42,12 @@ import numpy as np
 from numba import cuda
 
 from minigraph.ops.fused import MAX_INPUTS, broadcast_dims
-from minigraph.ops.registry import register_kernel
-from minigraph.tensor import is_contiguous
+from minigraph.core.registry import register_kernel
+from minigraph.core.tensor import is_contiguous
 
-from ..scalar_math import BINARY_CODES, UNARY_CODES
-from .common import SIM, CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
-from .elementwise import binary_fn, tiles_flat, unary_fn
+from minigraph.backends.scalar_math import BINARY_CODES, UNARY_CODES
+from minigraph.backends.cuda.common import SIM, CudaKernel, at, f32_only, flat_launch, ne, nelem, size, unflat
+from minigraph.backends.cuda.elementwise import binary_fn, tiles_flat, unary_fn
 
 NEG_ZERO = np.float32(-0.0)   # x + -0.0 == x for every x, +0.0 and -0.0 included
 

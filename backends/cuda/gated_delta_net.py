@@ -27,10 +27,10 @@ import math
 
 from numba import cuda, float32
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from . import gdn_fast
-from .common import CudaKernel, Launch, at, f32_only, ne
+from minigraph.backends.cuda import gdn_fast
+from minigraph.backends.cuda.common import CudaKernel, Launch, at, f32_only, ne
 
 GDN_MAX_S = 128        # state column held per thread (local array size: a compile-time constant)
 WARP = 32

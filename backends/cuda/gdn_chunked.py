@@ -19,8 +19,8 @@ from typing import Any
 
 from numba import cuda, float32
 
-from .common import SIM, SLOT_W
-from .gdn_device import MAX_S, WARP, dims, fma_outer, ld1, ld4, st4
+from minigraph.backends.cuda.common import SIM, SLOT_W
+from minigraph.backends.cuda.gdn_device import MAX_S, WARP, dims, fma_outer, ld1, ld4, st4
 
 IB = 32                          # reduction slice staged in shared memory
 JS = 32                          # value columns per U/W slice of the prep kernel

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from numba import cuda, float32
 
-from .common import SIM, ne
+from minigraph.backends.cuda.common import SIM, ne
 
 WARP = 32
 MAX_S = 128                      # state rows a lane group covers: 32 lanes x one float4

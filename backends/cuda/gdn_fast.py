@@ -29,9 +29,9 @@ from typing import Any, Optional
 import numpy as np
 from numba import cuda, float32
 
-from .common import META_W, SIM, SLOT_W, Launch, ne
-from .gdn_chunked import BV, chunk_kernels
-from .gdn_device import MAX_S, WARP, dims, ld4, ld4cs, st4, st4cs, warp_sums
+from minigraph.backends.cuda.common import META_W, SIM, SLOT_W, Launch, ne
+from minigraph.backends.cuda.gdn_chunked import BV, chunk_kernels
+from minigraph.backends.cuda.gdn_device import MAX_S, WARP, dims, ld4, ld4cs, st4, st4cs, warp_sums
 
 REC_WARPS = 1 if SIM else 4      # warps per block of the recurrence (the simulator: one)
 RPW = 8                          # state rows per warp: 8 float4 loads in flight per lane
@@ -289,7 +289,7 @@ def _byte_offset(t: Any) -> int:
 
 def fast_path_refusal(node: Any) -> Optional[str]:
     """None when the fast kernels can run this node, else why the generic kernel runs it."""
-    from minigraph.tensor import is_contiguous
+    from minigraph.core.tensor import is_contiguous
 
     S = node.src[2].ne[0]
     if S > MAX_S or S % 4:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from numba import cuda
 
-from minigraph import dtypes
-from minigraph.ops.registry import register_kernel
+from minigraph.core import dtypes
+from minigraph.core.registry import register_kernel
 
-from .common import CudaKernel, at, f32_or_i32, flat_launch, ne, nelem, size, unflat
+from minigraph.backends.cuda.common import CudaKernel, at, f32_or_i32, flat_launch, ne, nelem, size, unflat
 
 
 @cuda.jit

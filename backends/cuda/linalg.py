@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from numba import cuda, float32, float64
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from .. import scalar_math
-from .common import SIM, CudaKernel, Launch, at, f32_only, flat_launch, ne, nelem, size, unflat
+from minigraph.backends import scalar_math
+from minigraph.backends.cuda.common import SIM, CudaKernel, Launch, at, f32_only, flat_launch, ne, nelem, size, unflat
 
 tri_keep = cuda.jit(device=True)(scalar_math.tri_keep)
 

@@ -12,10 +12,9 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from .common import (SIM, CudaKernel, Launch, at, block_max, block_sum, f32_only, flat_launch, ne, nelem,
-                     nrows, size, unflat)
+from minigraph.backends.cuda.common import SIM, CudaKernel, Launch, at, block_max, block_sum, f32_only, flat_launch, ne, nelem, nrows, size, unflat
 
 RBLOCK = 32 if SIM else 256  # threads per row block (a power of two)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from numba import cuda
 
-from minigraph.ops.registry import register_kernel
+from minigraph.core.registry import register_kernel
 
-from .common import CudaKernel, at, f32_only, flat_launch, nelem, size, unflat
+from minigraph.backends.cuda.common import CudaKernel, at, f32_only, flat_launch, nelem, size, unflat
 
 F32_SIZE = 4
 

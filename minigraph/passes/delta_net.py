@@ -22,16 +22,16 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Optional, Union
 
-from minigraph.context import Context
-from minigraph.errors import MinigraphError
-from minigraph.graph import Graph
+from minigraph.core.context import Context
+from minigraph.core.errors import MinigraphError
+from minigraph.core.graph import Graph
 from minigraph.models.delta_net import build_delta_net_autoregressive, build_delta_net_chunking
 from minigraph.ops.linalg import TRI_TYPE_LOWER
-from minigraph.optimize import PassLog, Rewrite, Target, view_segment
-from minigraph.patterns import AX0213, Miss, P, PatternMatcher, find, is_relabel, normalise
-from minigraph.tensor import Tensor, is_contiguous
+from minigraph.passes.pipeline import PassLog, Rewrite, Target, view_segment
+from minigraph.passes.patterns import AX0213, Miss, P, PatternMatcher, find, is_relabel, normalise
+from minigraph.core.tensor import Tensor, is_contiguous
 
-from .template import Template, TemplateMatch, match_template, norm_consumers
+from minigraph.passes.template import Template, TemplateMatch, match_template, norm_consumers
 
 # -- patterns ------------------------------------------------------------------------------------
 _ATTN = P("TRI", name="attn", params={"tri_type": TRI_TYPE_LOWER})

@@ -10,14 +10,14 @@ Inputs may repeat into the shape wherever the unfused ops allowed it (src1 of a 
 """
 from __future__ import annotations
 
-from minigraph.context import Context
-from minigraph.dtypes import TYPE_F32
-from minigraph.errors import MinigraphError
-from minigraph.graph import Graph
+from minigraph.core.context import Context
+from minigraph.core.dtypes import TYPE_F32
+from minigraph.core.errors import MinigraphError
+from minigraph.core.graph import Graph
 from minigraph.ops.fused import ELEMENTWISE_OPS, MAX_INPUTS
-from minigraph.optimize import PassLog, Rewrite, Target
-from minigraph.patterns import P
-from minigraph.tensor import Tensor
+from minigraph.passes.pipeline import PassLog, Rewrite, Target
+from minigraph.passes.patterns import P
+from minigraph.core.tensor import Tensor
 
 PASS = "elementwise"
 ELEMENTWISE = P(ELEMENTWISE_OPS, check=lambda t, c: t.view_src is None and t.type == TYPE_F32

@@ -16,12 +16,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-from minigraph.context import Context
-from minigraph.dtypes import TYPE_F32
-from minigraph.errors import MinigraphError
-from minigraph.graph import Graph
-from minigraph.patterns import Miss, is_relabel, normalise, relabel_chain, same_param
-from minigraph.tensor import Tensor
+from minigraph.core.context import Context
+from minigraph.core.dtypes import TYPE_F32
+from minigraph.core.errors import MinigraphError
+from minigraph.core.graph import Graph
+from minigraph.passes.patterns import Miss, is_relabel, normalise, relabel_chain, same_param
+from minigraph.core.tensor import Tensor
 
 IGNORED_PARAMS = ("fused_from", "fused_pattern")
 

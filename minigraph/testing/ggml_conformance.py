@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from minigraph.cases import CASES, Case, nmse
-from minigraph.reference import reference_compute
+from minigraph.core.cases import CASES, Case, nmse
+from minigraph.backends.reference import reference_compute
 
 # what ggml's CPU backend accepts of our cases: layouts it asserts on, and our extensions
 NON_CONTIGUOUS_OK = {"CONT", "CPY", "DUP", "MUL_MAT", "OUT_PROD", "REPEAT", "CONCAT", "PAD", "GET_ROWS",
@@ -27,7 +27,7 @@ GGML_TOLERANCE = {"GELU": 1e-5, "SILU": 1e-6, "SIGMOID": 1e-6, "SOFTPLUS": 1e-6}
 
 def ggml_accepts(case: Case) -> Optional[str]:
     """None when ggml can run the case, else why it is skipped."""
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     v = case.vars
     if OPS[case.op].family == "fused":
@@ -42,7 +42,7 @@ def ggml_accepts(case: Case) -> Optional[str]:
 
 
 def run_on_ggml(case: Case, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from minigraph.context import Context
+    from minigraph.core.context import Context
     from minigraph.testing import ggml_bridge
 
     ref_ctx = Context()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from minigraph.backend import Support
+from minigraph.device.backend import Support
 from minigraph.backends.cpu.backend import CpuBackend
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from .graph import Graph
-from .tensor import FLAG_OUTPUT, Tensor, extent_bytes, is_contiguous
+from minigraph.core.graph import Graph
+from minigraph.core.tensor import FLAG_OUTPUT, Tensor, extent_bytes, is_contiguous
 
 ALIGNMENT = 64
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .graph import Graph
+from minigraph.core.graph import Graph
 
 
 def _name(t: Any) -> str:

@@ -10,8 +10,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import dtypes
-from .errors import MinigraphError, describe
+from minigraph.core import dtypes
+from minigraph.core.errors import MinigraphError, describe
 
 MAX_DIMS = 4
 MAX_NAME = 64  # ggml's GGML_MAX_NAME
@@ -133,7 +133,7 @@ class Tensor:
         backend, like ggml_backend_tensor_get."""
         buf = self.root._buf
         if buf is not None and not isinstance(buf, np.ndarray):
-            from .sched import backend_tensor_get
+            from minigraph.schedule.scheduler import backend_tensor_get
 
             return backend_tensor_get(self)
         raw = self._raw_view()

@@ -14,11 +14,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .cases import nmse
-from .dump import backends_for, fusion_off, label, optimize
-from .graph import Graph
-from .sched import backend_tensor_get
-from .tensor import Tensor
+from minigraph.core.cases import nmse
+from minigraph.tools.dump import backends_for, fusion_off, label, optimize
+from minigraph.core.graph import Graph
+from minigraph.schedule.scheduler import backend_tensor_get
+from minigraph.core.tensor import Tensor
 
 DEFAULT_TOL = 1e-6  # NMSE, as test-backend-ops measures it
 
@@ -31,7 +31,7 @@ class Run:
 
 
 def _compute_nodes(gf: Graph) -> list[Tensor]:
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     return [n for n in gf.nodes if not OPS[n.op].is_view]
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Optional, TextIO
 
-from .errors import MinigraphError
+from minigraph.core.errors import MinigraphError
 
 TARGET_HELP = ("path/file.py:function (called as function(ctx, **params), returns the output tensor or "
                "tensors) or a graph file written by mg.save_graph")
@@ -79,7 +79,7 @@ def _write(data: "str | bytes", path: Optional[str], out: TextIO) -> None:
 
 
 def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
-    from . import dump, graphio, profile
+    from minigraph.tools import dump, graphio, profile
 
     p = dump.prepare(args.target, graphio.parse_params(args.param), args.backend, not args.no_fuse)
     if args.save:
@@ -103,7 +103,7 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     import json
 
-    from . import compare, dump, graphio
+    from minigraph.tools import compare, dump, graphio
 
     ways = [w.strip() for w in args.backends.split(",")]
     if not args.fused_vs_unfused and (len(ways) != 2 or any(w not in ("cpu", "cuda", "auto", "reference") for w in ways)):
@@ -116,7 +116,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_test_backend_ops(args: argparse.Namespace, out: TextIO) -> int:
-    from . import test_backend_ops
+    from minigraph.tools import test_backend_ops
 
     return test_backend_ops.main(args, out)
 
@@ -126,7 +126,7 @@ COMMANDS = {"dump": cmd_dump, "compare": cmd_compare, "test-backend-ops": cmd_te
 
 def main(argv: Optional[list[str]] = None, out: Optional[TextIO] = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
-    from .graphio import TargetError
+    from minigraph.tools.graphio import TargetError
 
     out = out or sys.stdout
     try:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from .errors import MinigraphError
-from .graph import Graph
-from .tensor import Tensor
+from minigraph.core.errors import MinigraphError
+from minigraph.core.graph import Graph
+from minigraph.core.tensor import Tensor
 
 
 class Support:
@@ -37,7 +37,7 @@ class Backend:
     kernels: dict = {}
 
     def supports_op(self, node: Tensor) -> Support:
-        from minigraph.ops.registry import OPS
+        from minigraph.core.registry import OPS
 
         op = OPS.get(node.op) if node.op else None
         if op is None:
@@ -52,7 +52,7 @@ class Backend:
 
     def supports_op_name(self, op: str) -> bool:
         """Whether some node of `op` can run here (views always can)."""
-        from minigraph.ops.registry import OPS
+        from minigraph.core.registry import OPS
 
         return OPS[op].is_view or op in self.kernels
 
@@ -93,7 +93,7 @@ def _as_graph(target: Union[Graph, Tensor]) -> Graph:
 
 
 def _gpu_present() -> bool:
-    from . import flags
+    from minigraph.core import flags
 
     if flags.cuda_simulator():
         return False  # the simulator is for tests, never an automatic choice
@@ -109,7 +109,7 @@ def _auto() -> Any:
     """The scheduler over [CUDA, CPU] when a GPU is there, else the CPU backend."""
     if not _gpu_present():
         return backend_cpu_init()
-    from .sched import backend_sched_new
+    from minigraph.schedule.scheduler import backend_sched_new
 
     return backend_sched_new([backend_cuda_init(0), backend_cpu_init()])
 
@@ -128,7 +128,7 @@ def compute(target: Union[Graph, Tensor], backend: Union[str, Backend] = "cpu",
     """Run a graph (or the graph ending in a tensor) on one backend ("cpu", "cuda", "auto" or a
     Backend); returns the tensor's numpy value for a tensor, else the graph. What runs is
     mg.optimize(gf, backend) (fusion passes); fuse=False or MINIGRAPH_FUSION=0 runs gf as written."""
-    from .optimize import bind_results, optimize
+    from minigraph.passes.pipeline import bind_results, optimize
 
     gf = _as_graph(target)
     if isinstance(backend, str):

@@ -28,11 +28,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import dtypes
-from .context import Context
-from .errors import MinigraphError
-from .graph import Graph
-from .tensor import Tensor, extent_bytes
+from minigraph.core import dtypes
+from minigraph.core.context import Context
+from minigraph.core.errors import MinigraphError
+from minigraph.core.graph import Graph
+from minigraph.core.tensor import Tensor, extent_bytes
 
 FORMAT = "minigraph-graph"
 VERSION = 1
@@ -133,7 +133,7 @@ def graph_from_dict(d: dict) -> Graph:
         raise MinigraphError(f"load_graph: not a minigraph graph file (format {d.get('format')!r})")
     if d.get("version") != VERSION:
         raise MinigraphError(f"load_graph: graph file version {d.get('version')!r}, this minigraph reads {VERSION}")
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     ctx = Context()
     by_id: dict[int, Tensor] = {}
@@ -262,7 +262,7 @@ def load_target(target: str, params: Optional[dict] = None) -> Graph:
 def fill_random_inputs(gf: Graph, seed: int = 0) -> int:
     """Give every leaf that some node reads and that has no data uniform random values
     ([-1, 1) for floats, [0, 2) for I32 indices); returns how many leafs were filled."""
-    from minigraph.ops.registry import leafs_needing_data
+    from minigraph.core.registry import leafs_needing_data
 
     rng = np.random.default_rng(seed)
     n = 0

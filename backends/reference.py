@@ -9,10 +9,10 @@ from typing import Union
 
 import numpy as np
 
-from . import dtypes
-from .errors import MinigraphError, describe
-from .graph import Graph
-from .tensor import Tensor, extent_bytes, is_contiguous
+from minigraph.core import dtypes
+from minigraph.core.errors import MinigraphError, describe
+from minigraph.core.graph import Graph
+from minigraph.core.tensor import Tensor, extent_bytes, is_contiguous
 
 
 class ReferenceResult:
@@ -48,7 +48,7 @@ def _root_memory(root: Tensor) -> np.ndarray:
         raw = root._buf[root._offs:].view(dtypes.storage_dtype(root.type))[:n_elem]
         return dtypes.to_float(raw, root.type).astype(np.float64)
     # device memory (a backend buffer): read through its backend; a root is laid out contiguous
-    from .sched import backend_tensor_get
+    from minigraph.schedule.scheduler import backend_tensor_get
 
     if not is_contiguous(root):
         raise MinigraphError(f"reference: {describe(root)} lives on a device with a padded layout")
@@ -57,14 +57,14 @@ def _root_memory(root: Tensor) -> np.ndarray:
 
 def reference_compute(graph: Union[Graph, Tensor]) -> ReferenceResult:
     """Evaluate every node of `graph` (or of the graph ending in a tensor) in float64."""
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     if isinstance(graph, Tensor):
         gf = Graph()
         gf.build_forward_expand(graph)
         graph = gf
     res = ReferenceResult()
-    from minigraph.ops.registry import leafs_needing_data
+    from minigraph.core.registry import leafs_needing_data
 
     needed = {id(t) for t in leafs_needing_data(graph)}
     for leaf in graph.leafs:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .errors import MinigraphError
-from .tensor import Tensor
+from minigraph.core.errors import MinigraphError
+from minigraph.core.tensor import Tensor
 
 
 class Graph:

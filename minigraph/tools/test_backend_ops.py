@@ -19,9 +19,10 @@ from typing import Any, Optional, TextIO
 
 import numpy as np
 
-from .cases import CASES, Case, check_case
-from .dump import init_backend
-from .errors import MinigraphError
+from minigraph.core.cases import CASES, Case
+from minigraph.tools.conformance import check_case
+from minigraph.tools.dump import init_backend
+from minigraph.core.errors import MinigraphError
 
 ALL_BACKENDS = ("cpu", "cuda")
 PERF_MIN_SECONDS = 0.05  # time each case for at least this long (and at least PERF_MIN_RUNS runs)
@@ -60,7 +61,7 @@ def split_top(s: str) -> list[str]:
 
 def select_cases(ops: str = "", params: str = "") -> list[Case]:
     """Cases named by -o (ops or full case strings) and matching -p; nothing selected is an error."""
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     want = split_top(ops)
     for w in want:
@@ -81,7 +82,7 @@ def select_cases(ops: str = "", params: str = "") -> list[Case]:
 # -- running one case ------------------------------------------------------------------------
 
 def _build(case: Case, seed: int) -> tuple[Any, Any]:
-    from .context import Context
+    from minigraph.core.context import Context
 
     ctx = Context()
     out = case.build(ctx, np.random.default_rng(seed))
@@ -92,7 +93,7 @@ def _build(case: Case, seed: int) -> tuple[Any, Any]:
 
 def refusal(case: Case, backend: Any, seed: int = 0) -> Optional[str]:
     """None when the backend claims every compute node of the case, else its first reason."""
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     gf, _ = _build(case, seed)
     for n in gf.nodes:
@@ -117,8 +118,8 @@ def test_case(case: Case, backend: Any, seed: int) -> Result:
 
 def perf_case(case: Case, backend: Any, seed: int) -> Result:
     """Time per graph run (after a warm-up run), FLOPs and bytes of the case's compute nodes."""
-    from minigraph.ops.registry import OPS
-    from .tensor import nbytes
+    from minigraph.core.registry import OPS
+    from minigraph.core.tensor import nbytes
 
     why = refusal(case, backend, seed)
     if why is not None:
@@ -259,7 +260,7 @@ def _open_backends(names: list[str], explicit: bool, out: Optional[TextIO]) -> t
 
 def support_rows(cases: list[Case], backends: list, missing: dict) -> list[dict]:
     """Per op: how many of its cases each backend claims, with the first refusal reason."""
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     rows = []
     for op in sorted({c.op for c in cases}):
@@ -283,7 +284,7 @@ def _cell(v: Optional[dict], n: int) -> str:
 
 
 def render_support(rows: list[dict], markdown: bool) -> str:
-    from .dump import table
+    from minigraph.tools.dump import table
 
     names = list(rows[0]["backends"]) if rows else []
     cells = [[r["op"], r["family"], str(r["cases"])] + [_cell(r["backends"][n], r["cases"]) for n in names]
@@ -309,7 +310,7 @@ def render_support(rows: list[dict], markdown: bool) -> str:
 
 
 def coverage_lines() -> list[str]:
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     covered = {c.op for c in CASES}
     missing = sorted(set(OPS) - covered)

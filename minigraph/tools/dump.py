@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from . import dtypes
-from .errors import MinigraphError
-from .graph import Graph
-from .graphio import load_target, node_attr
-from .tensor import Tensor, is_contiguous, nbytes
+from minigraph.core import dtypes
+from minigraph.core.errors import MinigraphError
+from minigraph.core.graph import Graph
+from minigraph.tools.graphio import load_target, node_attr
+from minigraph.core.tensor import Tensor, is_contiguous, nbytes
 
 BACKEND_COLOURS = ("#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#d9d2e9")  # by scheduler priority
 LEAF_COLOUR = "pink"  # ggml_graph_dump_dot's leaf colour
@@ -40,7 +40,7 @@ def init_backend(name: str) -> Any:
     if key in ("cuda", "cuda0"):
         init = getattr(mg, "backend_cuda_init", None)
         if init is None:
-            from .backend import backend_cuda_init as init
+            from minigraph.device.backend import backend_cuda_init as init
         try:
             return init(0)
         except Exception as e:  # ImportError, CUDA driver errors, a backend being written
@@ -78,7 +78,7 @@ def fusion_off(off: bool = True) -> Iterator[None]:
 
 def optimize(gf: Graph, backend: Any, fuse: bool) -> tuple[Graph, str]:
     """The graph that will run, and a word on fusion: 'off' or 'on'."""
-    from .optimize import optimize as run_passes
+    from minigraph.passes.pipeline import optimize as run_passes
 
     if not fuse:
         return gf, "off"
@@ -157,7 +157,7 @@ def tensor_row(p: Prepared, t: Tensor, index: int) -> dict:
 
 def summary(p: Prepared) -> dict:
     gf = p.graph
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     views = sum(1 for n in gf.nodes if OPS[n.op].is_view)
     return {"nodes": len(gf.nodes), "compute_nodes": len(gf.nodes) - views, "views": views,

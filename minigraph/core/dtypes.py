@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import MinigraphError
+from minigraph.core.errors import MinigraphError
 
 TYPE_F32 = 0
 TYPE_F16 = 1

@@ -25,11 +25,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import dtypes, flags
-from .alloc import ALIGNMENT, plan_memory
-from .errors import MinigraphError, describe
-from .graph import Graph
-from .tensor import Tensor, bind_storage, binding_epoch, nelements
+from minigraph.core import dtypes, flags
+from minigraph.memory.alloc import ALIGNMENT, plan_memory
+from minigraph.core.errors import MinigraphError, describe
+from minigraph.core.graph import Graph
+from minigraph.core.tensor import Tensor, bind_storage, binding_epoch, nelements
 
 _HOST_BUF_ALIGN = 64
 
@@ -196,14 +196,14 @@ class BackendSched:
 
     def reserve(self, gf: Graph, fuse: Optional[bool] = None) -> bool:
         """Plan placement, splits and memory without computing (of mg.optimize(gf, self))."""
-        from .optimize import optimize
+        from minigraph.passes.pipeline import optimize
 
         self._get_plan(optimize(gf, self, fuse))
         return True
 
     def graph_compute(self, gf: Graph, fuse: Optional[bool] = None) -> Graph:
         """Run mg.optimize(gf, self) (fusion passes; fuse=False or MINIGRAPH_FUSION=0: gf as written)."""
-        from .optimize import bind_results, optimize, sched_provenance
+        from minigraph.passes.pipeline import bind_results, optimize, sched_provenance
 
         run = optimize(gf, self, fuse)
         plan = self._get_plan(run)
@@ -243,7 +243,7 @@ class BackendSched:
         return self._last().buffer_size.get(self._index(backend), 0)
 
     def report(self) -> dict:
-        from .sched_report import report
+        from minigraph.schedule.report import report
 
         return report(self, self._last())
 
@@ -276,7 +276,7 @@ class BackendSched:
             gf._sched_plan = plan  # type: ignore[attr-defined]
         self.plan = plan
         if flags.sched_debug():
-            from .sched_report import print_log
+            from minigraph.schedule.report import print_log
 
             print_log(self, plan, gf)
         return plan
@@ -338,7 +338,7 @@ class _State:
 
 
 def _is_view_op(node: Tensor) -> bool:
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     op = OPS.get(node.op)
     return op is not None and op.is_view
@@ -518,7 +518,7 @@ def pass4_splits(st: _State) -> None:
 
 def pass5_memory(st: _State) -> None:
     """One compute buffer per backend: its nodes planned together, its copies after them."""
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     plan = st.plan
     copy_srcs = [cp.src for s in plan.splits for cp in s.copies]  # read by other backends: keep

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
-from .errors import describe
-from .tensor import Tensor, is_contiguous, nelements
+from minigraph.core.errors import describe
+from minigraph.core.tensor import Tensor, is_contiguous, nelements
 
 RELABEL_OPS = ("RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE", "CONT", "DUP")
 AX0213 = {"axis0": 0, "axis1": 2, "axis2": 1, "axis3": 3}  # ggml_permute(t, 0, 2, 1, 3)

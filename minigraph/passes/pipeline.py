@@ -24,11 +24,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import flags
-from .context import Context
-from .errors import MinigraphError, describe
-from .graph import Graph
-from .tensor import FLAG_OUTPUT, Tensor, bind_storage, contiguous_strides, extent_bytes
+from minigraph.core import flags
+from minigraph.core.context import Context
+from minigraph.core.errors import MinigraphError, describe
+from minigraph.core.graph import Graph
+from minigraph.core.tensor import FLAG_OUTPUT, Tensor, bind_storage, contiguous_strides, extent_bytes
 
 COUNTERS: Counter = Counter()  # "<pass>.fused", "<pass>.near_miss", "<pass>.refused" (Inductor's counters)
 
@@ -88,7 +88,7 @@ class PassLog:
 
 
 def _pipeline() -> list:
-    from .passes import delta_net, elementwise
+    from minigraph.passes import delta_net, elementwise
 
     return [delta_net.chunked_pass, delta_net.autoregressive_pass, elementwise.elementwise_pass]
 
@@ -168,7 +168,7 @@ def optimize(gf: Graph, backend: Any = None, fuse: Optional[bool] = None) -> Gra
     if not (flags.fusion_enabled() if fuse is None else fuse):
         return gf
     if backend is None or isinstance(backend, str):
-        from .backend import _BACKENDS, backend_cpu_init
+        from minigraph.device.backend import _BACKENDS, backend_cpu_init
 
         if "cpu" not in _BACKENDS:
             _BACKENDS["cpu"] = backend_cpu_init()
@@ -214,7 +214,7 @@ def _start(t: Tensor) -> int:
 
 def bind_results(run: Graph) -> None:
     """After `run` computed: make each user output tensor show its value (see the module doc)."""
-    from .sched import backend_tensor_get, tensor_buffer
+    from minigraph.schedule.scheduler import backend_tensor_get, tensor_buffer
 
     copies = run.__dict__.setdefault("_copies", {})
     for u, r in getattr(run, "results", ()):
@@ -241,7 +241,7 @@ def bind_results(run: Graph) -> None:
             bind_storage([(root, priv, 0)])
             run._bound[id(root)] = priv  # type: ignore[attr-defined]
         if tensor_buffer(u) is not None and not isinstance(tensor_buffer(u), np.ndarray):
-            from .sched import backend_tensor_set
+            from minigraph.schedule.scheduler import backend_tensor_set
 
             backend_tensor_set(u, data)
         else:

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
-from . import dtypes
-from .errors import MinigraphError
-from .tensor import MAX_DIMS, Tensor, extent_bytes
+from minigraph.core import dtypes
+from minigraph.core.errors import MinigraphError
+from minigraph.core.tensor import MAX_DIMS, Tensor, extent_bytes
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from minigraph.core.graph import Graph
 
 
 class Context:
@@ -27,7 +27,7 @@ class Context:
         self.tensors: list[Tensor] = []
 
     def __getattr__(self, name: str) -> Any:
-        from minigraph.ops.registry import API
+        from minigraph.core.registry import API
 
         fn = API.get(name)
         if fn is None:
@@ -95,7 +95,7 @@ class Context:
 
     # -- graphs -------------------------------------------------------------------------------
     def new_graph(self, size: int = 0, grads: bool = False) -> "Graph":
-        from .graph import Graph
+        from minigraph.core.graph import Graph
 
         return Graph(self, size)
 

@@ -10,7 +10,7 @@ class MinigraphError(ValueError):
 
 def describe(t: Any) -> str:
     """One-line description of a tensor as ggml users read it: name, type, ne, nb."""
-    from .dtypes import type_name
+    from minigraph.core.dtypes import type_name
 
     name = getattr(t, "name", "") or "<unnamed>"
     try:

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .dump import Prepared, _ne, fusion_off, label, table
-from .graph import Graph
-from .graphio import fill_random_inputs
-from .tensor import Tensor, nbytes
+from minigraph.tools.dump import Prepared, _ne, fusion_off, label, table
+from minigraph.core.graph import Graph
+from minigraph.tools.graphio import fill_random_inputs
+from minigraph.core.tensor import Tensor, nbytes
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _run_on(backend: Any, g: Graph) -> Any:
 
 def profile_nodes(p: Prepared, repeat: int = 5, seed: int = 0) -> tuple[list[NodeTime], float]:
     """Per-node times (topological order) and the whole graph's time through the scheduler."""
-    from minigraph.ops.registry import OPS
+    from minigraph.core.registry import OPS
 
     gf = p.graph
     fill_random_inputs(gf, seed)

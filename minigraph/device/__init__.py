@@ -1,0 +1,1 @@
+"""The device stage: the backend interface and the buffer operations the scheduler calls."""

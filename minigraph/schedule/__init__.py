@@ -1,0 +1,1 @@
+"""The schedule stage: place nodes on backends, split the graph, copy between backends."""

@@ -1,0 +1,40 @@
+"""Run one conformance case on a backend against the float64 reference (what test-backend-ops does per case)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from minigraph.backends.reference import reference_compute
+from minigraph.core.cases import Case, nmse
+from minigraph.core.context import Context
+
+
+def run_case(case: Case, backend: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(backend output, float64 reference) of one case; the reference runs first, since a
+    backend may write into its inputs (in-place ops)."""
+    ctx = Context()
+    out = case.build(ctx, np.random.default_rng(seed))
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    ref = reference_compute(gf)[out]
+    backend.graph_compute(gf)
+    return out.numpy(), ref
+
+
+def check_case(case: Case, backend: Any, seed: int = 0) -> Optional[str]:
+    """None if the backend matches the reference, else what broke (NaN/inf first, then NMSE)."""
+    out, ref = run_case(case, backend, seed)
+    if out.shape != ref.shape:
+        return f"shape {out.shape} != reference {ref.shape}"
+    bad = np.isfinite(out) != np.isfinite(ref)
+    if bad.any():
+        i = tuple(int(x) for x in np.argwhere(bad)[0])
+        return f"non-finite mismatch at {i}: got {out[i]}, want {ref[i]}"
+    fin = np.isfinite(ref)
+    err = nmse(out[fin], ref[fin])
+    if err > case.max_nmse:
+        diff = np.abs(np.where(fin, out - ref, 0))
+        i = tuple(int(x) for x in np.unravel_index(np.argmax(diff), diff.shape))
+        return f"NMSE {err:.3g} > {case.max_nmse:g}; worst at {i}: got {out[i]}, want {ref[i]}"
+    return None
