@@ -12,7 +12,9 @@ import numpy as np
 from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
+from minigraph.core.registry import OPS
 from minigraph.core.tensor import Tensor, extent_bytes, is_contiguous
+from minigraph.memory.scaffold import leafs_needing_data
 
 
 class ReferenceResult:
@@ -42,33 +44,28 @@ class ReferenceResult:
 
 def _root_memory(root: Tensor) -> np.ndarray:
     n_elem = -(-extent_bytes(root.type, root.ne, root.nb) // dtypes.type_size(root.type))
-    if root._buf is None:
+    buf = root._buf
+    if buf is None:
         return np.zeros(n_elem)
-    if isinstance(root._buf, np.ndarray):
-        raw = root._buf[root._offs:].view(dtypes.storage_dtype(root.type))[:n_elem]
+    if buf.is_host:
+        raw = buf.data[root._offs:].view(dtypes.storage_dtype(root.type))[:n_elem]
         return dtypes.to_float(raw, root.type).astype(np.float64)
-    # device memory (a backend buffer): read through its backend; a root is laid out contiguous
-    from minigraph.schedule.scheduler import backend_tensor_get
-
+    # device memory: read through its buffer; a root is laid out contiguous
     if not is_contiguous(root):
         raise MinigraphError(f"reference: {describe(root)} lives on a device with a padded layout")
-    return np.asarray(backend_tensor_get(root), np.float64).reshape(-1)[:n_elem]
+    return np.asarray(root.numpy(), np.float64).reshape(-1)[:n_elem]
 
 
 def reference_compute(graph: Union[Graph, Tensor]) -> ReferenceResult:
     """Evaluate every node of `graph` (or of the graph ending in a tensor) in float64."""
-    from minigraph.core.registry import OPS
-
     if isinstance(graph, Tensor):
         gf = Graph()
         gf.build_forward_expand(graph)
         graph = gf
     res = ReferenceResult()
-    from minigraph.core.registry import leafs_needing_data
-
     needed = {id(t) for t in leafs_needing_data(graph)}
     for leaf in graph.leafs:
-        if leaf._buf is None and id(leaf) in needed:
+        if leaf.root._buf is None and id(leaf) in needed:
             raise MinigraphError(f"reference: graph input {describe(leaf)} has no data (call set_data)")
         res.mem[id(leaf)] = _root_memory(leaf)
     for node in graph.nodes:

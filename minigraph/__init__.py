@@ -3,19 +3,31 @@
 The transcription rule: ggml_X(ctx, ...) is ctx.X(...); ggml functions without a context are
 module functions here (mg.nbytes(t), mg.build_forward_expand(gf, t)); GGML_ constants drop
 their prefix (mg.TYPE_F32, mg.TRI_TYPE_LOWER_DIAG) and keep ggml's values.
+
+The package is a pipeline whose folders import downwards only (docs/design.md):
+core -> ops -> models -> passes | schedule -> memory -> device -> backends -> run -> tools.
+This file is the public surface and may import from every layer.
 """
-from minigraph import ops as _ops
-from minigraph.backends import cpu as _cpu
-from minigraph.device.backend import Backend, Support, backend_cpu_init, backend_cuda_init, compute
+from minigraph import ops as _ops  # noqa: F401  (registers every op)
+from minigraph.backends import cpu as _cpu  # noqa: F401  (registers the CPU kernels)
+from minigraph.backends.reference import reference_compute
+from minigraph.core.buffer import Buffer, HostBuffer
 from minigraph.core.context import Context, init
 from minigraph.core.dtypes import TYPE_BF16, TYPE_F16, TYPE_F32, TYPE_I32, type_name, type_size
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph, build_forward_expand, graph_n_nodes, graph_node
+from minigraph.core.tensor import (Tensor, are_same_shape, are_same_stride, can_repeat, element_size,
+                                   format_name, get_name, is_contiguous, is_contiguous_1, is_contiguous_2,
+                                   is_contiguous_rows, is_empty, is_matrix, is_permuted, is_scalar,
+                                   is_transposed, is_vector, n_dims, nbytes, nelements, nrows, row_size,
+                                   set_input, set_name, set_output, set_param)
+from minigraph.device.backend import Backend, Support
+from minigraph.device.buffers import (backend_alloc_ctx_tensors, backend_tensor_alloc, backend_tensor_get,
+                                      backend_tensor_set, tensor_buffer)
 from minigraph.ops import TRI_TYPE_LOWER, TRI_TYPE_LOWER_DIAG, TRI_TYPE_UPPER, TRI_TYPE_UPPER_DIAG
-from minigraph.backends.reference import reference_compute
-from minigraph.core.tensor import Tensor, are_same_shape, are_same_stride, can_repeat, element_size, format_name, get_name, is_contiguous, is_contiguous_1, is_contiguous_2, is_contiguous_rows, is_empty, is_matrix, is_permuted, is_scalar, is_transposed, is_vector, n_dims, nbytes, nelements, nrows, row_size, set_input, set_name, set_output, set_param
-from minigraph.schedule.scheduler import BackendSched, HostBuffer, backend_alloc_ctx_tensors, backend_sched_new, backend_tensor_alloc, backend_tensor_get, backend_tensor_set, tensor_buffer
+from minigraph.passes import Optimized
+from minigraph.run import backend_cpu_init, backend_cuda_init, backend_sched_new, compute, optimize
+from minigraph.schedule.scheduler import BackendSched
 from minigraph.tools.graphio import load_graph, save_graph
-from minigraph.passes.pipeline import optimize
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -117,12 +117,12 @@ def test_rerun_replans_nothing(cpu):
     _, gf, t = chain(refuse={"EXP"})
     sched = mg.backend_sched_new([RestrictedCpu({"EXP"}), cpu])
     sched.graph_compute(gf)
-    plan = gf._sched_plan
-    cpu_plans = [s.graph._cpu_plan for s in plan.splits]
+    plan = sched._plans.peek(gf)
+    cpu_plans = [cpu._plans.peek(s.graph) for s in plan.splits]
     t["a"].set_data(np.ones((3, 4), np.float32))
     sched.graph_compute(gf)
-    assert gf._sched_plan is plan
-    assert [s.graph._cpu_plan for s in plan.splits] == cpu_plans
+    assert sched._plans.peek(gf) is plan
+    assert [cpu._plans.peek(s.graph) for s in plan.splits] == cpu_plans
     check_ref(gf, t["w"])
 
 

@@ -12,16 +12,19 @@ import numba
 import numpy as np
 
 from minigraph.core import dtypes, flags
-from minigraph.memory.alloc import ALIGNMENT, plan_memory
-from minigraph.device.backend import Backend
+from minigraph.core.buffer import HostBuffer, aligned_zeros, storage_view, tensor_start
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
-from minigraph.core.registry import OPS, kernels_for, leafs_needing_data
-from minigraph.core.tensor import Tensor, bind_storage, binding_epoch, is_contiguous, nelements, storage_view
+from minigraph.core.plan_cache import PlanCache
+from minigraph.core.registry import OPS, kernels_for
+from minigraph.core.tensor import Tensor, is_contiguous, nelements
+from minigraph.device.backend import Backend
+from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
+from minigraph.memory.scaffold import prepare
 
 from minigraph.backends.cpu import program
 
-_DUMMY = np.zeros(64, np.uint8)  # stands in for an absent optional source (e.g. no soft_max mask)
+_DUMMY = HostBuffer(np.zeros(64, np.uint8))  # stands in for an absent optional source (e.g. no soft_max mask)
 _FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i"}
 
 
@@ -29,23 +32,28 @@ class CpuBackend(Backend):
     name = "CPU"
 
     def __init__(self, n_threads: int = 0) -> None:
-        self.n_threads = n_threads or flags.n_threads()
+        if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 0:
+            raise MinigraphError(f"backend_cpu_init: n_threads must be an int >= 0 (0: MINIGRAPH_THREADS or "
+                                 f"all cores), got {n_threads!r}")
+        self.n_threads = int(n_threads) or flags.n_threads()
         self.kernels = kernels_for("cpu")
+        self._plans = PlanCache()
 
     def __repr__(self) -> str:
         return f"CpuBackend(n_threads={self.n_threads})"
 
     def set_n_threads(self, n: int) -> None:
-        self.n_threads = max(1, int(n))
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise MinigraphError(f"set_n_threads: expected an int >= 1, got {n!r}")
+        self.n_threads = int(n)
 
     # -- planning -----------------------------------------------------------------------------
     def plan(self, graph: Graph) -> "CpuPlan":
-        cached = getattr(graph, "_cpu_plan", None)
-        if cached is not None and cached.valid_for(graph):
-            return cached
-        plan = CpuPlan(self, graph)
-        graph._cpu_plan = plan  # type: ignore[attr-defined]
-        return plan
+        """The plan of `graph` (made once per graph version; remade when an input moved)."""
+        if not isinstance(graph, Graph):
+            raise MinigraphError(f"{self.name}.graph_compute: expected a Graph, got {type(graph).__name__} "
+                                 "(mg.compute(tensor) takes a tensor)")
+        return self._plans.get(graph, lambda: CpuPlan(self, graph), valid=CpuPlan.inputs_in_place)
 
     def reserve(self, graph: Graph) -> int:
         """Plan without computing; returns the compute-buffer bytes."""
@@ -53,7 +61,8 @@ class CpuBackend(Backend):
 
     def graph_compute(self, graph: Graph) -> None:
         numba.set_num_threads(min(self.n_threads, numba.config.NUMBA_NUM_THREADS))
-        self.plan(graph).run()
+        with graph_lock(graph):
+            self.plan(graph).run()
 
 
 class CpuPlan:
@@ -61,22 +70,12 @@ class CpuPlan:
 
     def __init__(self, backend: CpuBackend, graph: Graph) -> None:
         self.backend = backend
-        self.graph = graph
-        self.n_nodes = len(graph.nodes)
-        self.version = graph_version(graph)
-        for n in graph.nodes:
-            s = backend.supports_op(n)
-            if not s:
-                raise MinigraphError(f"{n.op}: the CPU backend cannot run {describe(n)}: {s.reason}")
-        self.memory = plan_memory(graph, can_inplace=lambda n: OPS[n.op].inplace_ok)
-        size = max(self.memory.size, 64)
-        raw = np.zeros(size + ALIGNMENT, np.uint8)   # the plan's offsets are 64-byte aligned: so is the base
-        self.arena = raw[-raw.ctypes.data % ALIGNMENT:][:size]
+        self.memory = prepare(backend, graph)
+        self.arena = HostBuffer(aligned_zeros(max(self.memory.size, 64), "CPU compute buffer"))
         self.bindings = [(root, self.arena, self.memory.offsets[id(root)]) for root in self.memory.roots]
         self.epoch = bind_storage(self.bindings)
-        self._check_leafs(graph)
-        self.bufs: list[np.ndarray] = [_DUMMY, self.arena]
-        self.leaf_bufs: list[tuple[Tensor, np.ndarray]] = []
+        self.bufs: list[HostBuffer] = [_DUMMY, self.arena]
+        self.leaf_bufs: list[tuple[Tensor, HostBuffer]] = []
         self.steps: list[tuple] = []  # ("prog", start, end) or ("node", node)
         self.nodes: list[Tensor] = []  # program row -> node
         variants: dict[tuple, int] = {}
@@ -122,22 +121,13 @@ class CpuPlan:
         self.prog[:, 0] = recode[self.prog[:, 0]]
         self.runner = program.load_runner(order) if variants else None
         # every buffer viewed once per dtype, so the program does no per-node re-typing
-        self.bufs_f32 = numba.typed.List([x.view(np.float32) for x in self.bufs])
-        self.bufs_i32 = numba.typed.List([x.view(np.int32) for x in self.bufs])
+        self.bufs_f32 = numba.typed.List([x.data.view(np.float32) for x in self.bufs])
+        self.bufs_i32 = numba.typed.List([x.data.view(np.int32) for x in self.bufs])
         self.cur = np.zeros(1, np.int64)
 
-    def valid_for(self, graph: Graph) -> bool:
-        return (self.n_nodes == len(graph.nodes) and self.version == graph_version(graph)
-                and all(t._buf is b for t, b in self.leaf_bufs))
-
-    @staticmethod
-    def _check_leafs(graph: Graph) -> None:
-        needed = {id(t) for t in leafs_needing_data(graph)}
-        for leaf in graph.leafs:
-            if leaf.root._buf is None:  # a leaf may be a view (e.g. a scheduler split's input)
-                if id(leaf) in needed:
-                    raise MinigraphError(f"graph input {describe(leaf)} has no data: call set_data() first")
-                leaf._alloc_root()  # only written or only measured: zeroed memory will do
+    def inputs_in_place(self) -> bool:
+        """Whether every input still lives in the buffer it was planned with."""
+        return all(t._buf is b for t, b in self.leaf_bufs)
 
     def _locate(self, t: Tensor) -> tuple[int, int]:
         root = t.root
@@ -146,10 +136,13 @@ class CpuPlan:
             if b is buf:
                 break
         else:
+            if not buf.is_host:
+                raise MinigraphError(f"CPU backend: tensor {describe(t)} lives in {buf!r}, which the "
+                                     "CPU backend cannot address: use a scheduler over both backends")
             self.bufs.append(buf)
             self.leaf_bufs.append((root, buf))
             i = len(self.bufs) - 1
-        return i, root._offs + (t.view_offs if t.view_src is not None else 0)
+        return i, tensor_start(t)
 
     @staticmethod
     def _fast_signature(n: Tensor) -> Optional[str]:
@@ -186,9 +179,9 @@ class CpuPlan:
             if t is None:
                 arrays.append(np.zeros((1, 1, 1, 1), np.float32))
                 continue
-            raw = storage_view(t.root._buf, self._locate(t)[1], t.type, t.ne, t.nb)
+            raw = storage_view(t.root._buf.data, self._locate(t)[1], t.type, t.ne, t.nb)
             arrays.append(np.ascontiguousarray(dtypes.to_float(raw, t.type)) if t.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) else raw)
-        dst_raw = storage_view(n.root._buf, self._locate(n)[1], n.type, n.ne, n.nb)
+        dst_raw = storage_view(n.root._buf.data, self._locate(n)[1], n.type, n.ne, n.nb)
         converted = n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16)
         dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32) if converted else dst_raw
         fn = getattr(kern.fn, build)
@@ -199,7 +192,3 @@ class CpuPlan:
             raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
         if converted:
             dst_raw[...] = dtypes.from_float(dst, n.type)
-
-
-def graph_version(graph: Graph) -> int:
-    return getattr(graph, "_version", 0)

@@ -1,14 +1,15 @@
 """The Numba CUDA backend: plans a graph once (memory, launches, CUDA graph), then replays it.
 
 Where tensors live (docs/backend-interface.md):
-  * `CudaBuffer` (an object with `.backend`): device memory of this backend, from alloc_buffer
-    (the scheduler's compute buffers and copies, mg.backend_tensor_alloc) or wrapping a caller's
-    device array (set_tensor_device: zero-copy, `__cuda_array_interface__` or DLPack).
-  * a host numpy buffer: a graph input. The backend keeps one device MIRROR per host array
+  * `CudaBuffer` (minigraph.core.buffer's interface, device memory of this backend): from
+    alloc_buffer (the scheduler's compute buffers and copies, mg.backend_tensor_alloc) or wrapping
+    a caller's device array (set_tensor_device / ctx.from_dlpack: zero-copy,
+    `__cuda_array_interface__` or DLPack).
+  * a HostBuffer: a graph input. The backend keeps one device MIRROR per host array
     (same size, same offsets), uploaded when its bytes differ from the last upload (a host
     snapshot is kept for the comparison), and downloaded back when a node writes into it.
   * no buffer (a node computed standalone, `mg.compute(t, backend)`): the plan lays such nodes
-    out in one device arena with minigraph.alloc.plan_memory and binds them, like the CPU
+    out in one device arena with minigraph.memory.alloc.plan_memory and binds them, like the CPU
     backend does, to a host arena of the same layout; the output ranges are downloaded after
     compute, so `t.numpy()` works.
 
@@ -26,14 +27,17 @@ from typing import Any, Optional
 import numpy as np
 from numba import cuda
 
-from minigraph.core import dtypes
-from minigraph.memory.alloc import plan_memory
-from minigraph.device.backend import Backend
+from minigraph.core import dtypes, flags
+from minigraph.core.buffer import (DLPACK_CUDA, Buffer, HostBuffer, aligned_zeros, extent_bytes,
+                                   register_dlpack_importer, tensor_start)
 from minigraph.core.errors import MinigraphError, describe
-from minigraph.core import flags
 from minigraph.core.graph import Graph
+from minigraph.core.plan_cache import PlanCache
 from minigraph.core.registry import OPS, kernels_for
-from minigraph.core.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, extent_bytes, is_contiguous, nelements
+from minigraph.core.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, is_contiguous, nelements
+from minigraph.device.backend import Backend
+from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
+from minigraph.memory.scaffold import prepare
 
 from minigraph.backends.cuda.common import META_W, SIM, SLOT_W
 
@@ -45,8 +49,10 @@ def graphs_enabled() -> bool:
     return flags.cuda_graphs()
 
 
-class CudaBuffer:
+class CudaBuffer(Buffer):
     """Device memory of one CudaBackend: `dev` is a flat uint8 device array."""
+
+    is_host = False
 
     def __init__(self, backend: "CudaBackend", dev: Any, owner: Any = None) -> None:
         self.backend = backend
@@ -67,14 +73,65 @@ class CudaBuffer:
             v = self._flat[dtype] = self.dev[: n * np.dtype(dtype).itemsize].view(dtype)
         return v
 
+    # -- the buffer interface ----------------------------------------------------------------
+    def set(self, t: Tensor, data: Any) -> None:
+        offs, stream = tensor_start(t), self.backend.stream
+        raw = np.ascontiguousarray(np.asarray(data)).view(np.uint8).reshape(-1)
+        n = nelements(t) * dtypes.type_size(t.type)
+        if raw.size != n:
+            raise MinigraphError(f"tensor_set: {describe(t)} takes {n} bytes, got {raw.size}")
+        if is_contiguous(t):
+            self.dev[offs:offs + n].copy_to_device(raw, stream=stream)
+            return
+        ext = extent_bytes(t.type, t.ne, t.nb)  # read-modify-write the extent on the host
+        host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
+        stream.synchronize()
+        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
+        view[...] = raw.view(dtypes.storage_dtype(t.type)).reshape(view.shape)
+        self.dev[offs:offs + ext].copy_to_device(host, stream=stream)
+
+    def get(self, t: Tensor) -> np.ndarray:
+        offs, stream = tensor_start(t), self.backend.stream
+        ext = extent_bytes(t.type, t.ne, t.nb)
+        if ext == 0:
+            return np.zeros(0, np.uint8)
+        host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
+        stream.synchronize()
+        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
+        return np.ascontiguousarray(view).view(np.uint8).reshape(-1)
+
+    def view(self, t: Tensor) -> Any:
+        """t's device memory as a numba device array (no copy), shaped like t.numpy():
+        shape reversed(ne[:n_dims]), strides reversed(nb[:n_dims])."""
+        offs = tensor_start(t)
+        ext = extent_bytes(t.type, t.ne, t.nb)
+        dt = np.dtype(dtypes.storage_dtype(t.type))
+        nd = t.n_dims
+        shape, strides = tuple(reversed(t.ne[:nd])), tuple(reversed(t.nb[:nd]))
+        base = self.dev[offs:offs + max(ext, dt.itemsize)]
+        if SIM:
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+            host = getattr(base, "_ary", base)
+            return FakeCUDAArray(np.lib.stride_tricks.as_strided(host.view(dt), shape, strides))
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        return DeviceNDArray(shape, strides, dt, stream=0, gpu_data=base.gpu_data)
+
+    def data_ptr(self) -> int:
+        if SIM:
+            return int(getattr(self.dev, "_ary", self.dev).ctypes.data)
+        return int(self.dev.device_ctypes_pointer.value)
+
+    def dlpack_device(self) -> tuple[int, int]:
+        return (DLPACK_CUDA, self.backend.device)
+
     def __repr__(self) -> str:
         return f"CudaBuffer({self.backend.name}, {self.nbytes} bytes)"
 
 
 class _Mirror:
-    """Device copy of one host numpy buffer, with the snapshot of what was uploaded."""
+    """Device copy of one host buffer, with the snapshot of what was uploaded."""
 
-    def __init__(self, backend: "CudaBackend", host: np.ndarray) -> None:
+    def __init__(self, backend: "CudaBackend", host: HostBuffer) -> None:
         self.host_ref = weakref.ref(host)
         self.buf = CudaBuffer.alloc(backend, host.nbytes)
         self.snapshot: Optional[np.ndarray] = None
@@ -83,16 +140,31 @@ class _Mirror:
         host = self.host_ref()
         if host is None:
             return
-        if self.snapshot is not None and np.array_equal(host, self.snapshot):
+        if self.snapshot is not None and np.array_equal(host.data, self.snapshot):
             return
-        self.buf.dev[: host.nbytes].copy_to_device(host, stream=stream)
-        self.snapshot = host.copy()
+        self.buf.dev[: host.nbytes].copy_to_device(host.data, stream=stream)
+        self.snapshot = host.data.copy()
 
     def download(self, stream: Any) -> None:
         host = self.host_ref()
         if host is not None:
-            self.buf.dev[: host.nbytes].copy_to_host(host, stream=stream)
+            self.buf.dev[: host.nbytes].copy_to_host(host.data, stream=stream)
             self.snapshot = None  # refreshed after the stream is synchronised
+
+
+_BY_DEVICE: "weakref.WeakValueDictionary[int, CudaBackend]" = weakref.WeakValueDictionary()
+
+
+def _import_dlpack(ctx: Any, obj: Any, device_id: int) -> Tensor:
+    """ctx.from_dlpack for CUDA memory: a leaf over it on the first backend made for that GPU."""
+    be = _BY_DEVICE.get(device_id)
+    if be is None:
+        raise MinigraphError(f"from_dlpack: the memory is on CUDA device {device_id}, which has no backend yet: "
+                             f"create it first with mg.backend_cuda_init({device_id})")
+    return be.tensor_from_device_array(ctx, obj)
+
+
+register_dlpack_importer(DLPACK_CUDA, _import_dlpack)
 
 
 class CudaBackend(Backend):
@@ -107,9 +179,10 @@ class CudaBackend(Backend):
         self.download_outputs = download_outputs
         self.kernels = kernels_for("cuda")
         self.stream = cuda.stream()
-        self._plans: "weakref.WeakKeyDictionary[Graph, CudaPlan]" = weakref.WeakKeyDictionary()
+        self._plans = PlanCache()
         self._mirrors: dict[int, _Mirror] = {}
         self._dummy = CudaBuffer.alloc(self, 64)
+        _BY_DEVICE.setdefault(self.device, self)
 
     def __repr__(self) -> str:
         return f"CudaBackend(device={self.device}, use_graphs={self.use_graphs}{', simulator' if SIM else ''})"
@@ -121,32 +194,6 @@ class CudaBackend(Backend):
     # -- memory (backend interface) ------------------------------------------------------------
     def alloc_buffer(self, nbytes: int) -> CudaBuffer:
         return CudaBuffer.alloc(self, nbytes)
-
-    def tensor_set(self, t: Tensor, data: Any) -> None:
-        buf, offs = self._device_location(t)
-        raw = np.ascontiguousarray(np.asarray(data)).view(np.uint8).reshape(-1)
-        n = nelements(t) * dtypes.type_size(t.type)
-        if raw.size != n:
-            raise MinigraphError(f"tensor_set: {describe(t)} takes {n} bytes, got {raw.size}")
-        if is_contiguous(t):
-            buf.dev[offs:offs + n].copy_to_device(raw, stream=self.stream)
-            return
-        ext = extent_bytes(t.type, t.ne, t.nb)  # read-modify-write the extent on the host
-        host = buf.dev[offs:offs + ext].copy_to_host(stream=self.stream)
-        self.stream.synchronize()
-        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
-        view[...] = raw.view(dtypes.storage_dtype(t.type)).reshape(view.shape)
-        buf.dev[offs:offs + ext].copy_to_device(host, stream=self.stream)
-
-    def tensor_get(self, t: Tensor) -> np.ndarray:
-        buf, offs = self._device_location(t)
-        ext = extent_bytes(t.type, t.ne, t.nb)
-        if ext == 0:
-            return np.zeros(0, np.uint8)
-        host = buf.dev[offs:offs + ext].copy_to_host(stream=self.stream)
-        self.stream.synchronize()
-        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
-        return np.ascontiguousarray(view).view(np.uint8).reshape(-1)
 
     def synchronize(self) -> None:
         self.stream.synchronize()
@@ -161,8 +208,7 @@ class CudaBackend(Backend):
         if src.type != dst.type or not (is_contiguous(src) and is_contiguous(dst)):
             return False
         n = nelements(src) * dtypes.type_size(src.type)
-        so = src.root._offs + (src.view_offs if src.view_src is not None else 0)
-        do = dst.root._offs + (dst.view_offs if dst.view_src is not None else 0)
+        so, do = tensor_start(src), tensor_start(dst)
         if n:
             sb.backend.synchronize()
             db.dev[do:do + n].copy_to_device(sb.dev[so:so + n], stream=self.stream)
@@ -186,7 +232,7 @@ class CudaBackend(Backend):
             raise MinigraphError(f"set_tensor_device: {describe(t)} needs a C-contiguous {want} array of "
                                  f"{nelements(t)} elements, got {dev.dtype} shape {tuple(dev.shape)}")
         flat = dev.reshape(dev.size) if dev.ndim != 1 else dev
-        t._buf, t._offs = CudaBuffer(self, flat.view(np.uint8), owner=arr), 0
+        bind_storage([(t, CudaBuffer(self, flat.view(np.uint8), owner=arr), 0)])
         return t
 
     def tensor_from_device_array(self, ctx: Any, arr: Any) -> Tensor:
@@ -200,41 +246,27 @@ class CudaBackend(Backend):
         return self.set_tensor_device(t, arr)
 
     def tensor_device_array(self, t: Tensor) -> Any:
-        """t's device memory as a numba device array (no copy), shaped like t.numpy():
-        shape reversed(ne[:n_dims]), strides reversed(nb[:n_dims]).
-
-        Valid for tensors this backend holds or computed (after graph_compute); pass it to CuPy
-        or PyTorch through its `__cuda_array_interface__`."""
-        buf, offs = self._device_location(t)
-        ext = extent_bytes(t.type, t.ne, t.nb)
-        dt = np.dtype(dtypes.storage_dtype(t.type))
-        nd = t.n_dims
-        shape, strides = tuple(reversed(t.ne[:nd])), tuple(reversed(t.nb[:nd]))
-        if SIM:
-            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-            base = buf.dev[offs:offs + max(ext, dt.itemsize)]
-            host = getattr(base, "_ary", base)
-            return FakeCUDAArray(np.lib.stride_tricks.as_strided(host.view(dt), shape, strides))
-        from numba.cuda.cudadrv.devicearray import DeviceNDArray
-        return DeviceNDArray(shape, strides, dt, stream=0, gpu_data=buf.dev[offs:offs + max(ext, dt.itemsize)].gpu_data)
+        """t's device memory as a numba device array (no copy), shaped like t.numpy(). Valid for
+        tensors this backend holds or computed (after graph_compute); t.__cuda_array_interface__
+        and torch.from_dlpack(t) give the same memory to CuPy or PyTorch."""
+        buf, _ = self._device_location(t)
+        return buf.view(t)  # a host tensor's mirror has the host buffer's offsets
 
     def _device_location(self, t: Tensor) -> tuple[CudaBuffer, int]:
         """(device buffer, byte offset of t's first element) of a tensor this backend holds."""
-        root = t.root
-        offs = root._offs + (t.view_offs if t.view_src is not None else 0)
-        buf = root._buf
+        buf, offs = t.root._buf, tensor_start(t)
         if isinstance(buf, CudaBuffer):
             if buf.backend is not self:
                 raise MinigraphError(f"{describe(t)} lives on {buf.backend.name}, not {self.name}")
             return buf, offs
-        if isinstance(buf, np.ndarray):
+        if isinstance(buf, HostBuffer):
             m = self._mirrors.get(id(buf))
             if m is not None and m.host_ref() is buf:
                 return m.buf, offs
         raise MinigraphError(f"{describe(t)} has no memory on {self.name} (compute a graph with it first)")
 
-    def mirror(self, host: np.ndarray) -> _Mirror:
-        """The device mirror of a host buffer (made on first use, dropped with the host array)."""
+    def mirror(self, host: HostBuffer) -> _Mirror:
+        """The device mirror of a host buffer (made on first use, dropped with the host buffer)."""
         m = self._mirrors.get(id(host))
         if m is None or m.host_ref() is not host:
             m = self._mirrors[id(host)] = _Mirror(self, host)
@@ -243,16 +275,16 @@ class CudaBackend(Backend):
 
     # -- compute ---------------------------------------------------------------------------------
     def plan(self, graph: Graph) -> "CudaPlan":
-        p = self._plans.get(graph)
-        if p is None or not p.valid_for(graph):
-            p = self._plans[graph] = CudaPlan(self, graph)
-        return p
+        if not isinstance(graph, Graph):
+            raise MinigraphError(f"{self.name}.graph_compute: expected a Graph, got {type(graph).__name__}")
+        return self._plans.get(graph, lambda: CudaPlan(self, graph), valid=CudaPlan.inputs_in_place)
 
     def reserve(self, graph: Graph) -> int:
         return self.plan(graph).memory.size
 
     def graph_compute(self, graph: Graph) -> None:
-        self.plan(graph).run()
+        with graph_lock(graph):
+            self.plan(graph).run()
 
 
 def _sim_launcher(la: Any, stream: Any) -> Any:
@@ -286,19 +318,12 @@ class CudaPlan:
 
     def __init__(self, backend: CudaBackend, graph: Graph) -> None:
         self.backend = backend
-        self.n_nodes = len(graph.nodes)
-        self.version = getattr(graph, "_version", 0)
-        for n in graph.nodes:
-            s = backend.supports_op(n)
-            if not s:
-                raise MinigraphError(f"{n.op}: the {backend.name} backend cannot run {describe(n)}: {s.reason}")
-        self._bind_leafs(graph)
-        self.memory = plan_memory(graph, can_inplace=lambda n: OPS[n.op].inplace_ok)
-        self.host_arena = np.zeros(max(self.memory.size, 64), np.uint8)
+        self.memory = prepare(backend, graph)
+        self.host_arena = HostBuffer(aligned_zeros(max(self.memory.size, 64), f"{backend.name} host twin"))
         self.arena = backend.mirror(self.host_arena).buf
         # nodes with no storage of their own get the arena (bound to its host twin)
         self.bound = [r for r in self.memory.roots if not isinstance(r._buf, CudaBuffer)]
-        self._bind_roots()
+        self.epoch = bind_storage([(r, self.host_arena, self.memory.offsets[id(r)]) for r in self.bound])
         self.inputs = {}      # id(host array) -> _Mirror: graph inputs to upload when changed
         self.written = {}     # mirrors of host inputs that nodes write into (downloaded after)
         self.external = {}    # id(root) -> (root, buffer) of the other tensors: the plan holds while they stay
@@ -337,22 +362,9 @@ class CudaPlan:
         self.graph_error: Optional[str] = None
 
     # -- planning helpers --------------------------------------------------------------------
-    def _bind_leafs(self, graph: Graph) -> None:
-        cpy_dst = {id(n.root) for n in graph.nodes if n.op == "CPY"}
-        for leaf in graph.leafs:
-            if leaf.root._buf is None:
-                if id(leaf.root) not in cpy_dst:
-                    raise MinigraphError(f"graph input {describe(leaf)} has no data: call set_data() first")
-                leaf._alloc_root()
-
-    def _bind_roots(self) -> None:
-        for r in self.bound:
-            r._buf, r._offs = self.host_arena, self.memory.offsets[id(r)]
-
     def _locate(self, t: Tensor, written: bool) -> tuple[CudaBuffer, int]:
         root = t.root
-        offs = root._offs + (t.view_offs if t.view_src is not None else 0)
-        buf = root._buf
+        offs, buf = tensor_start(t), root._buf
         if isinstance(buf, CudaBuffer):
             if buf.backend is not self.backend:
                 raise MinigraphError(f"{describe(t)} lives on {buf.backend.name}, not {self.backend.name}")
@@ -360,7 +372,7 @@ class CudaPlan:
             return buf, offs
         if buf is self.host_arena:
             return self.arena, offs
-        if not isinstance(buf, np.ndarray):
+        if not isinstance(buf, HostBuffer):
             raise MinigraphError(f"{describe(t)}: unknown buffer {type(buf).__name__} (not host, not {self.backend.name})")
         m = self.backend.mirror(buf)
         self.inputs[id(buf)] = m
@@ -381,16 +393,16 @@ class CudaPlan:
             return [(0, self.host_arena.nbytes)]
         return [(o, sz) for o, sz in ranges if sz > 0]
 
-    def valid_for(self, graph: Graph) -> bool:
-        return (self.n_nodes == len(graph.nodes) and self.version == getattr(graph, "_version", 0)
-                and all(r._buf is b for r, b in self.external.values()))
+    def inputs_in_place(self) -> bool:
+        """Whether every tensor outside the arena still lives in the buffer it was planned with."""
+        return all(r._buf is b for r, b in self.external.values())
 
     # -- running -------------------------------------------------------------------------------
     def run(self) -> None:
         be = self.backend
         stream = be.stream
-        if self.bound and self.bound[-1]._buf is not self.host_arena:
-            self._bind_roots()  # another backend planned the same graph meanwhile
+        if self.bound and self.epoch != binding_epoch():  # another plan re-pointed these roots meanwhile
+            self.epoch = bind_storage([(r, self.host_arena, self.memory.offsets[id(r)]) for r in self.bound])
         for m in self.inputs.values():
             m.upload_if_changed(stream)
         if be.use_graphs and self.n_runs >= 1 and self.graph_error is None:
@@ -407,14 +419,14 @@ class CudaPlan:
             self._launch_all()
         self.n_runs += 1
         for off, size in self.outputs:
-            self.arena.dev[off:off + size].copy_to_host(self.host_arena[off:off + size], stream=stream)
+            self.arena.dev[off:off + size].copy_to_host(self.host_arena.data[off:off + size], stream=stream)
         for m in self.written.values():
             m.download(stream)
         if self.outputs or self.written:
             stream.synchronize()
             for m in self.written.values():
                 host = m.host_ref()
-                m.snapshot = None if host is None else host.copy()
+                m.snapshot = None if host is None else host.data.copy()
 
     def _launch_all(self) -> None:
         for cfg, args, n in self.launches:

@@ -29,6 +29,8 @@ from typing import Any, Optional
 import numpy as np
 from numba import cuda, float32
 
+from minigraph.core.buffer import tensor_start
+from minigraph.core.tensor import is_contiguous
 from minigraph.backends.cuda.common import META_W, SIM, SLOT_W, Launch, ne
 from minigraph.backends.cuda.gdn_chunked import BV, chunk_kernels
 from minigraph.backends.cuda.gdn_device import MAX_S, WARP, dims, ld4, ld4cs, st4, st4cs, warp_sums
@@ -282,15 +284,8 @@ def plan(S: int, Hv: int, T: int, N: int, K: int, kda: bool, ws: Optional[tuple]
     return [Launch(recurrent_kernel(), (-(-S // rows), Hv, N), (REC_WARPS * WARP,))]
 
 
-def _byte_offset(t: Any) -> int:
-    root = t.root
-    return root._offs + (t.view_offs if t.view_src is not None else 0)
-
-
 def fast_path_refusal(node: Any) -> Optional[str]:
     """None when the fast kernels can run this node, else why the generic kernel runs it."""
-    from minigraph.core.tensor import is_contiguous
-
     S = node.src[2].ne[0]
     if S > MAX_S or S % 4:
         return f"S={S}: the fast kernels take S <= {MAX_S} with S % 4 == 0"
@@ -298,7 +293,7 @@ def fast_path_refusal(node: Any) -> Optional[str]:
         role = "dst" if s == 0 else f"src[{s - 1}]"
         if not is_contiguous(t):
             return f"{role} is not contiguous"
-        if _byte_offset(t) % 16:
+        if tensor_start(t) % 16:
             return f"{role} does not start 16-byte aligned (float4 loads)"
         owner = getattr(t.root._buf, "owner", None)
         if owner is not None and not SIM and t.root._buf.dev.device_ctypes_pointer.value % 16:

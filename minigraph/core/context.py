@@ -11,6 +11,7 @@ import numpy as np
 
 from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError
+from minigraph.core.buffer import DLPACK_CPU, DLPACK_IMPORTERS, wrap_host_array
 from minigraph.core.tensor import MAX_DIMS, Tensor, extent_bytes
 
 if TYPE_CHECKING:
@@ -61,8 +62,12 @@ class Context:
     def new_i32(self, value: int) -> Tensor:
         return self.new_tensor_1d(dtypes.TYPE_I32, 1).set_data(np.array([value], np.int32))
 
-    def from_numpy(self, arr: Any, type_: Optional[int] = None) -> Tensor:
-        """A leaf holding a copy of `arr`: numpy shape (d, c, b, a) becomes ne = [a, b, c, d]."""
+    def from_numpy(self, arr: Any, type_: Optional[int] = None, copy: bool = True) -> Tensor:
+        """A leaf over `arr`: numpy shape (d, c, b, a) becomes ne = [a, b, c, d].
+
+        copy=True (ggml's semantics: the data belongs to the context) copies; copy=False wraps a
+        C-contiguous, aligned, writeable array as the tensor's memory, so a change to `arr` between
+        two computes changes the result, and a node that writes this tensor writes `arr`."""
         a = np.asarray(arr)
         if a.dtype == object or a.dtype.kind not in "fiub":
             raise MinigraphError(f"from_numpy: numpy dtype {a.dtype} is not numeric")
@@ -70,7 +75,34 @@ class Context:
             raise MinigraphError(f"from_numpy: ggml tensors have at most 4 dims, got shape {a.shape}")
         t = type_ if type_ is not None else dtypes.type_from_numpy(a.dtype)
         ne = list(reversed(a.shape)) or [1]
-        return self.new_tensor(t, max(len(ne), 1), ne).set_data(a.reshape(a.shape or (1,)))
+        if copy:
+            return self.new_tensor(t, max(len(ne), 1), ne).set_data(a.reshape(a.shape or (1,)))
+        if a.dtype != dtypes.storage_dtype(t):
+            raise MinigraphError(f"from_numpy(copy=False): numpy dtype {a.dtype} is not the storage of "
+                                 f"{dtypes.type_name(t)} ({dtypes.storage_dtype(t)}); convert it or pass copy=True")
+        leaf = self.new_tensor(t, max(len(ne), 1), ne)
+        leaf._buf, leaf._offs = wrap_host_array(a), 0
+        return leaf
+
+    def from_dlpack(self, obj: Any) -> Tensor:
+        """A leaf sharing the memory of any DLPack producer (numpy, torch, cupy, a minigraph Tensor).
+
+        Host memory is wrapped like from_numpy(copy=False); CUDA memory is wrapped by the CUDA
+        backend (create it first with mg.backend_cuda_init(device)), with no host round trip."""
+        if not hasattr(obj, "__dlpack_device__"):
+            raise MinigraphError(f"from_dlpack: {type(obj).__name__} is not a DLPack producer (no __dlpack_device__)")
+        dev_type, dev_id = (int(x) for x in obj.__dlpack_device__())
+        if dev_type == DLPACK_CPU:
+            try:
+                a = np.from_dlpack(obj)
+            except (BufferError, TypeError, RuntimeError) as e:
+                raise MinigraphError(f"from_dlpack: numpy cannot import this {type(obj).__name__}: {e}") from None
+            return self.from_numpy(a, copy=False)
+        importer = DLPACK_IMPORTERS.get(dev_type)
+        if importer is None:
+            raise MinigraphError(f"from_dlpack: memory on DLPack device type {dev_type} (id {dev_id}) needs a backend "
+                                 "that imports it: create it first (mg.backend_cuda_init(device) for CUDA)")
+        return importer(self, obj, dev_id)
 
     # -- nodes (used by op builders) ------------------------------------------------------------
     def new_node(self, op: Any, type_: int, ne: Sequence[int], src: Sequence[Tensor],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigraph.core.errors import MinigraphError
+from minigraph.core.errors import TYPE_NAMES, MinigraphError
 
 TYPE_F32 = 0
 TYPE_F16 = 1
@@ -17,6 +17,7 @@ _NAMES = {TYPE_F32: "f32", TYPE_F16: "f16", TYPE_I32: "i32", TYPE_BF16: "bf16"}
 _FROM_NUMPY = {np.dtype(np.float32): TYPE_F32, np.dtype(np.float16): TYPE_F16,
                np.dtype(np.int32): TYPE_I32}
 FLOAT_TYPES = (TYPE_F32, TYPE_F16, TYPE_BF16)
+TYPE_NAMES.update(_NAMES)  # so errors.describe names types without importing this module
 
 
 def check_type(type_: int, op: str = "new_tensor") -> int:

@@ -4,17 +4,18 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 
+TYPE_NAMES: dict[int, str] = {}  # filled by minigraph.core.dtypes (which imports this module)
+
+
 class MinigraphError(ValueError):
     """Raised for every refused input: names the op, the tensors and what was expected."""
 
 
 def describe(t: Any) -> str:
     """One-line description of a tensor as ggml users read it: name, type, ne, nb."""
-    from minigraph.core.dtypes import type_name
-
     name = getattr(t, "name", "") or "<unnamed>"
     try:
-        return f"'{name}' {type_name(t.type)} ne={list(t.ne)} nb={list(t.nb)}"
+        return f"'{name}' {TYPE_NAMES.get(t.type, f'type{t.type}')} ne={list(t.ne)} nb={list(t.nb)}"
     except AttributeError:
         return f"{type(t).__name__} {t!r}"
 

@@ -1,7 +1,7 @@
 """ggml_cgraph: nodes in topological order (each tensor once) and the leafs they read."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from minigraph.core.errors import MinigraphError
 from minigraph.core.tensor import Tensor
@@ -18,6 +18,35 @@ class Graph:
         self.outputs: list[Tensor] = []  # the tensors passed to build_forward_expand
         self._seen: set[int] = set()
         self._version = 0  # bumped on every change, so cached plans know they are stale
+
+    @classmethod
+    def from_nodes(cls, ctx: Any, nodes: list[Tensor], leafs: Optional[list[Tensor]] = None,
+                   outputs: Optional[list[Tensor]] = None) -> "Graph":
+        """A graph over nodes already in topological order; leafs default to the sources that are
+        not among the nodes (what a scheduler split or a one-backend run reads)."""
+        g = cls(ctx)
+        g.nodes = list(nodes)
+        seen = {id(n) for n in g.nodes}
+        if leafs is None:
+            leafs = []
+            for n in g.nodes:
+                for s in n.src:
+                    if s is not None and id(s) not in seen:
+                        seen.add(id(s))
+                        leafs.append(s)
+        g.leafs = list(leafs)
+        g.outputs = list(outputs or [])
+        g._seen = {id(t) for t in g.nodes + g.leafs}
+        return g
+
+    @property
+    def version(self) -> int:
+        """Bumped by every build_forward_expand: what a cached plan of this graph is keyed by."""
+        return self._version
+
+    def plan_key(self) -> tuple[int, int, int]:
+        """(version, n_nodes, n_leafs): a plan made for another key is stale."""
+        return (self._version, len(self.nodes), len(self.leafs))
 
     def __len__(self) -> int:
         return len(self.nodes)

@@ -107,20 +107,3 @@ def register_kernel(op: str, backend: str, fn: Any, supports: Optional[Callable[
 
 def kernels_for(backend: str) -> dict[str, Kernel]:
     return KERNELS.get(backend, {})
-
-
-def leafs_needing_data(graph: Any) -> list:
-    """The graph's leafs whose initial values some node reads: a leaf that is only measured
-    (FILL's input) or written before it is read (CPY's destination) needs no data."""
-    written: set[int] = set()
-    read: set[int] = set()
-    for n in graph.nodes:
-        op = OPS[n.op]
-        for i, s in enumerate(n.src):
-            if s is not None and id(s.root) not in written and (i not in op.shape_only or s.root is not s):
-                read.add(id(s.root))
-        if n.view_src is not None and not op.is_view:
-            if n.op != "CPY" and id(n.root) not in written:
-                read.add(id(n.root))  # an in-place write keeps the rest of its destination
-            written.add(id(n.root))
-    return [leaf for leaf in graph.leafs if id(leaf) in read]

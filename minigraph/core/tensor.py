@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from minigraph.core import dtypes
+from minigraph.core.buffer import Buffer, HostBuffer, extent_bytes, storage_view, tensor_start  # noqa: F401
 from minigraph.core.errors import MinigraphError, describe
 
 MAX_DIMS = 4
@@ -19,23 +20,6 @@ FLAG_INPUT = 1
 FLAG_OUTPUT = 2
 FLAG_PARAM = 4
 
-_STORAGE_ALIGN = 64
-_binding_epoch = [0]
-
-
-def bind_storage(bindings) -> int:
-    """Point storage roots at (buffer, byte offset) pairs; returns the new binding epoch.
-
-    Planners (the CPU backend, the scheduler) bind the roots they planned; one whose epoch is no
-    longer current re-binds before it runs, since someone else may have re-pointed the roots."""
-    for root, buf, offs in bindings:
-        root._buf, root._offs = buf, offs
-    _binding_epoch[0] += 1
-    return _binding_epoch[0]
-
-
-def binding_epoch() -> int:
-    return _binding_epoch[0]
 
 
 def contiguous_strides(type_: int, ne: Sequence[int]) -> tuple[int, int, int, int]:
@@ -43,13 +27,6 @@ def contiguous_strides(type_: int, ne: Sequence[int]) -> tuple[int, int, int, in
     for i in range(1, MAX_DIMS):
         nb.append(nb[i - 1] * ne[i - 1])
     return tuple(nb)  # type: ignore[return-value]
-
-
-def extent_bytes(type_: int, ne: Sequence[int], nb: Sequence[int]) -> int:
-    """ggml_nbytes: the bytes from the first element to the end of the last one."""
-    if any(n <= 0 for n in ne):
-        return 0
-    return dtypes.type_size(type_) + sum((n - 1) * s for n, s in zip(ne, nb))
 
 
 class Tensor:
@@ -75,9 +52,9 @@ class Tensor:
             view_offs += view_src.view_offs
             view_src = view_src.view_src
         self.view_src = view_src
-        self.view_offs = int(view_offs)
+        self.view_offs = int(view_offs) if view_src is not None else 0
         self.flags = 0
-        self._buf: Optional[np.ndarray] = None  # uint8 storage (roots only)
+        self._buf: Optional[Buffer] = None  # storage (roots only): see minigraph.core.buffer
         self._offs = 0
 
     # -- ggml's little predicates -------------------------------------------------------------
@@ -106,42 +83,60 @@ class Tensor:
     def root(self) -> "Tensor":
         return self.view_src if self.view_src is not None else self
 
+    @property
+    def buffer(self) -> Optional[Buffer]:
+        """The buffer holding the root's memory (None: no memory yet)."""
+        return self.root._buf
+
+    @property
+    def data_offs(self) -> int:
+        """Byte offset of the first element inside `buffer` (ggml's `t->data - base`)."""
+        return tensor_start(self)
+
     def has_data(self) -> bool:
         return self.root._buf is not None
 
-    def _alloc_root(self) -> None:
+    def alloc_host(self) -> None:
+        """Give the root zeroed host memory of its own, if it has none yet."""
         root = self.root
         if root._buf is None:
-            size = extent_bytes(root.type, root.ne, root.nb)
-            root._buf = np.zeros(-(-max(size, 1) // _STORAGE_ALIGN) * _STORAGE_ALIGN, np.uint8)
+            root._buf = HostBuffer.alloc(extent_bytes(root.type, root.ne, root.nb), what=f"tensor '{root.name}'")
             root._offs = 0
 
-    def _raw_view(self) -> np.ndarray:
-        """Strided numpy view (storage dtype) of shape (ne3, ne2, ne1, ne0) over the memory."""
-        root = self.root
-        if root._buf is None:
+    def _buffer_or_fail(self) -> Buffer:
+        buf = self.root._buf
+        if buf is None:
             raise MinigraphError(f"tensor {describe(self)} has no data: call set_data() on it "
                                  "or compute the graph that produces it first")
-        offs = root._offs + (self.view_offs if self.view_src is not None else 0)
-        return storage_view(root._buf, offs, self.type, self.ne, self.nb)
+        return buf
 
-    def numpy(self) -> np.ndarray:
-        """A copy of the data, shape reversed(ne[:n_dims]), logical order whatever nb is.
+    def numpy(self, copy: bool = True) -> np.ndarray:
+        """The data as numpy, shape reversed(ne[:n_dims]), in logical order whatever nb is.
 
-        F32/F16/I32 keep their dtype; BF16 comes back as float32. Memory on a device (a
-        scheduler's GPU compute buffer, a backend_tensor_alloc'd tensor) is read through its
-        backend, like ggml_backend_tensor_get."""
-        buf = self.root._buf
-        if buf is not None and not isinstance(buf, np.ndarray):
-            from minigraph.schedule.scheduler import backend_tensor_get
-
-            return backend_tensor_get(self)
-        raw = self._raw_view()
+        copy=True (default): a new array (ggml_backend_tensor_get); memory on a device is read
+        through its buffer. F32/F16/I32 keep their dtype; BF16 comes back as float32.
+        copy=False: a view of the tensor's host memory, strided like nb (refused for device
+        memory and BF16). It shows what the next compute writes there: a compute that reuses
+        this memory (a later node, another graph on the same plan) overwrites it."""
+        buf = self._buffer_or_fail()
+        shape = tuple(reversed(self.ne[: self.n_dims]))
+        if not copy:
+            if not buf.is_host:
+                raise MinigraphError(f"numpy(copy=False): tensor {describe(self)} lives in {buf!r}, not host "
+                                     "memory: use torch/cupy from_dlpack(t) or t.__cuda_array_interface__")
+            if self.type == dtypes.TYPE_BF16:
+                raise MinigraphError(f"numpy(copy=False): tensor {describe(self)} is bf16, which numpy cannot view")
+            return buf.view(self).reshape(shape)
+        if buf.is_host:
+            raw = buf.view(self)
+        else:
+            raw = buf.get(self).view(dtypes.storage_dtype(self.type))
         out = dtypes.to_float(raw, self.type) if self.type == dtypes.TYPE_BF16 else raw
-        return np.array(out).reshape(tuple(reversed(self.ne[: self.n_dims])))
+        return np.array(out).reshape(shape)
 
     def set_data(self, arr: Any) -> "Tensor":
-        """Write `arr` (numpy shape reversed(ne)) into the tensor's memory, through its strides."""
+        """Write `arr` (numpy shape reversed(ne)) into the tensor's memory, through its strides
+        (ggml_backend_tensor_set: a device tensor is written through its buffer)."""
         a = np.asarray(arr)
         if a.dtype == object or a.dtype.kind not in "fiub":
             raise MinigraphError(f"set_data: tensor {describe(self)}: numpy dtype {a.dtype} is not numeric")
@@ -150,20 +145,34 @@ class Tensor:
         if shape4 != want:
             raise MinigraphError(f"set_data: tensor {describe(self)} expects numpy shape "
                                  f"{tuple(reversed(self.ne[: self.n_dims]))}, got {a.shape}")
-        self._alloc_root()
-        self._raw_view()[...] = dtypes.from_float(a.reshape(want), self.type)
+        self.alloc_host()
+        buf = self.root._buf
+        vals = dtypes.from_float(a.reshape(want), self.type)
+        if buf.is_host:
+            buf.view(self)[...] = vals
+        else:
+            buf.set(self, np.ascontiguousarray(vals).reshape(-1).view(np.uint8))
         return self
 
+    # -- zero-copy interop (DLPack, CUDA array interface) ----------------------------------------
+    def __dlpack__(self, stream: Any = None, max_version: Any = None, dl_device: Any = None,
+                   copy: Optional[bool] = None) -> Any:
+        """DLPack export of the tensor's memory (no copy): torch.from_dlpack(t), np.from_dlpack(t)."""
+        if copy:
+            raise MinigraphError(f"__dlpack__: tensor {describe(self)}: copy=True is not offered; use t.numpy()")
+        from minigraph.core.dlpack import to_dlpack
 
-def storage_view(buf: np.ndarray, offs: int, type_: int, ne: Sequence[int], nb: Sequence[int]) -> np.ndarray:
-    """A 4-D numpy view (shape (ne3, ne2, ne1, ne0)) of a uint8 buffer, with byte strides nb."""
-    dt = dtypes.storage_dtype(type_)
-    shape = tuple(reversed(ne))
-    strides = tuple(reversed(nb))
-    if extent_bytes(type_, ne, nb) == 0:
-        return np.zeros(shape, dt)
-    # np.ndarray checks that the whole extent lies inside `buf`: no view can reach past it
-    return np.ndarray(shape, dtype=dt, buffer=buf, offset=offs, strides=strides)
+        return to_dlpack(self)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._buffer_or_fail().dlpack_device()
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        buf = self.root._buf
+        if buf is None or buf.is_host:
+            raise AttributeError("__cuda_array_interface__: the tensor is not in device memory")
+        return buf.view(self).__cuda_array_interface__
 
 
 # -- module functions, named as ggml's -------------------------------------------------------

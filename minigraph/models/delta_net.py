@@ -48,12 +48,7 @@ TRI_TYPE_LOWER = 3
 CHUNK_SIZE_GDA = 64
 CHUNK_SIZE_KDA = 16
 
-try:
-    from minigraph import row_size as _row_size  # the core's ggml_row_size, when it exists
-except ImportError:
-    def _row_size(type_: int, n: int) -> int:
-        """ggml_row_size for the unquantized types the builders see (F32/I32: 4 bytes, F16: 2)."""
-        return n * (2 if type_ == 1 else 4)
+from minigraph.core.tensor import row_size as _row_size  # noqa: E402  (ggml_row_size)
 
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, g: Tensor, b: Tensor, s: Tensor, ar: bool) -> None:

@@ -1,20 +1,18 @@
-"""mg.optimize: the graph that will actually run (fusion passes applied). The input graph is unchanged.
+"""The optimize stage: the graph that will actually run (fusion passes applied). The input graph is unchanged.
 
 Pipeline (each pass: Graph in, rewrites out, a new Graph built from them):
   1. delta_net_chunked         llama.cpp's chunked delta net (GDA/KDA)  -> GATED_DELTA_NET + 2 views
   2. delta_net_autoregressive  llama.cpp's one-token delta net (GDA)    -> GATED_DELTA_NET + 2 views
   3. elementwise               chains of elementwise ops over one shape -> FUSED_ELEMENTWISE
-A rewrite happens only where the backend the region would run on (the first of `backend`, in
-priority order, that supports the region's anchor node) `supports_op` the fused node. Every fused
-node carries op_params["fused_from"] (the op names it replaced) and op_params["fused_pattern"].
+A rewrite happens only where the backend the region would run on (the first of the target's
+backends, in priority order, that supports the region's anchor node) `supports_op` the fused node.
+Every fused node carries op_params["fused_from"] (the op names it replaced) and op_params["fused_pattern"].
 
-Results: the rewritten graph is made of new tensors where anything changed, so the user's output
-tensors are not computed by it. After a run, `bind_results(run)` makes each user output show its
-value: when the new tensor has the same memory layout, the user's storage root is pointed at the
-new tensor's memory (no copy; what ggml's allocator would do); otherwise (e.g. the delta net's
-attention output, a permuted view of a padded chunk buffer) the values are copied into a private
-buffer of the user's tensor. `mg.compute` and `sched.graph_compute` do both; fuse=False or
-MINIGRAPH_FUSION=0 runs the graph as written. MINIGRAPH_FUSION_DEBUG=1 prints the pass log.
+`Pipeline.optimize(gf, target, fuse)` returns an `Optimized` result: the graph to run, the
+(user tensor, tensor holding its value) pairs, provenance and the pass log. The rewritten graph is
+made of new tensors where anything changed, so after a run the caller binds the results
+(minigraph.memory.binding.bind_results) to make the user's tensors show their values. Results are
+cached per (graph, target) at the graph's plan key. MINIGRAPH_FUSION_DEBUG=1 prints the pass log.
 """
 from __future__ import annotations
 
@@ -22,13 +20,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from minigraph.core import flags
 from minigraph.core.context import Context
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
-from minigraph.core.tensor import FLAG_OUTPUT, Tensor, bind_storage, contiguous_strides, extent_bytes
+from minigraph.core.plan_cache import PlanCache
+from minigraph.core.tensor import FLAG_OUTPUT, Tensor, contiguous_strides
+from minigraph.memory.binding import ResultBinder
 
 COUNTERS: Counter = Counter()  # "<pass>.fused", "<pass>.near_miss", "<pass>.refused" (Inductor's counters)
 
@@ -85,12 +83,6 @@ class PassLog:
 
     def __str__(self) -> str:
         return "\n".join(f"{p}: {s}: {m}" for p, s, m in self.entries)
-
-
-def _pipeline() -> list:
-    from minigraph.passes import delta_net, elementwise
-
-    return [delta_net.chunked_pass, delta_net.autoregressive_pass, elementwise.elementwise_pass]
 
 
 def _clone(n: Tensor, srcs: list, ctx: Context) -> Tensor:
@@ -158,110 +150,76 @@ def _results(gf: Graph) -> list[Tensor]:
     return outs + [n for n in gf.nodes if n.flags & FLAG_OUTPUT and id(n) not in seen]
 
 
-def optimize(gf: Graph, backend: Any = None, fuse: Optional[bool] = None) -> Graph:
-    """The graph that will run `gf` on `backend` (a Backend, a list in priority order, a scheduler,
-    or "cpu"; default the CPU). Returns gf itself when nothing is rewritten (or fusion is off);
-    otherwise a new Graph with `.fusion_log`, `.results` [(user tensor, tensor holding its value)]
-    and `.provenance` {id(user node): tensor that now computes it}. Cached on gf."""
-    if not isinstance(gf, Graph):
-        raise MinigraphError(f"optimize: expected a Graph, got {type(gf).__name__}")
-    if not (flags.fusion_enabled() if fuse is None else fuse):
-        return gf
-    if backend is None or isinstance(backend, str):
-        from minigraph.device.backend import _BACKENDS, backend_cpu_init
+@dataclass
+class Optimized:
+    """What the optimize stage returns for one (graph, target): `graph` runs in place of the user's
+    graph; `results` pairs each user tensor whose value another tensor now computes with that
+    tensor; `provenance` maps id(user node) to the tensor that now computes it; `log` is the pass
+    log. `binder` keeps what binding the results learnt between computes."""
 
-        if "cpu" not in _BACKENDS:
-            _BACKENDS["cpu"] = backend_cpu_init()
-        backend = _BACKENDS["cpu"]
-    key = (getattr(gf, "_version", 0), len(gf.nodes), id(backend))
-    cached = getattr(gf, "_optimized", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    target, log, ctx = Target(backend), PassLog(), Context()
-    results = [(u, u) for u in _results(gf)]
-    prov: dict[int, Tensor] = {}
-    graph = gf
-    for p in _pipeline():
-        keep = {id(c) for _, c in results}
-        rewrites = p(graph, target, log, keep)
-        if not rewrites:
-            continue
-        try:
-            graph, new_of = rebuild(graph, [c for _, c in results], rewrites, ctx)
-        except RewriteRefused as e:
-            log.add(p.__name__.replace("_pass", ""), "refused", e)
-            continue
-        absorbed = {id(a): rw.fused for rw in rewrites for a in rw.absorbed}
-        results = [(u, new_of.get(id(c), c)) for u, c in results]
-        for n in gf.nodes:
-            cur = prov.get(id(n), n)
-            cur = new_of.get(id(cur)) or absorbed.get(id(cur)) or cur
-            if cur is not n:
-                prov[id(n)] = cur
-    if graph is not gf:
-        graph.fusion_log = log  # type: ignore[attr-defined]
-        graph.results = [(u, c) for u, c in results if c is not u]  # type: ignore[attr-defined]
-        graph.provenance = prov  # type: ignore[attr-defined]
-        graph._bound = {}  # type: ignore[attr-defined]
-    gf._optimized = (key, graph)  # type: ignore[attr-defined]
-    gf.fusion_log = log  # type: ignore[attr-defined]
-    return graph
+    graph: Graph
+    results: list = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    log: PassLog = field(default_factory=PassLog)
+    binder: ResultBinder = field(default_factory=ResultBinder)
+
+    # the graph's own view, so code that only reads the graph can take either
+    @property
+    def nodes(self) -> list:
+        return self.graph.nodes
+
+    @property
+    def leafs(self) -> list:
+        return self.graph.leafs
+
+    def __len__(self) -> int:
+        return len(self.graph.nodes)
 
 
-def _start(t: Tensor) -> int:
-    return t.root._offs + (t.view_offs if t.view_src is not None else 0)
+class Pipeline:
+    """Named passes run in order, each `pass(graph, target, log, keep) -> [Rewrite]`."""
 
+    def __init__(self, passes: Sequence[Any]) -> None:
+        self.passes = list(passes)
+        self._cache = PlanCache()
 
-def bind_results(run: Graph) -> None:
-    """After `run` computed: make each user output tensor show its value (see the module doc)."""
-    from minigraph.schedule.scheduler import backend_tensor_get, tensor_buffer
+    def __call__(self, gf: Graph, target: Any, fuse: Optional[bool] = None) -> Optimized:
+        return self.optimize(gf, target, fuse)
 
-    copies = run.__dict__.setdefault("_copies", {})
-    for u, r in getattr(run, "results", ()):
-        root = u.root
-        c = copies.get(id(u))  # an alias or host copy made before: same memory on both sides?
-        if c is not None and c[0] is root._buf and c[1] is r.root._buf and c[2] == (root._offs, r.root._offs):
-            if c[3] is not None:
-                np.copyto(c[3], c[4])
-            continue
-        rel = u.view_offs if u.view_src is not None else 0
-        if u.nb == r.nb and root.op is not None and _start(r) >= rel:
-            buf, offs = r.root._buf, _start(r) - rel
-            if root._buf is not buf or root._offs != offs:
-                bind_storage([(root, buf, offs)])  # alias: the user's root over the result's memory
-            copies[id(u)] = (root._buf, r.root._buf, (root._offs, r.root._offs), None, None)
-            continue
-        host = tensor_buffer(r) is None or isinstance(tensor_buffer(r), np.ndarray)
-        data = r._raw_view() if host else backend_tensor_get(r)
-        if root.op is None and root._buf is None:
-            root._alloc_root()
-        if root.op is not None and (root._buf is None or run._bound.get(id(root)) is not root._buf):  # type: ignore[attr-defined]
-            size = extent_bytes(root.type, root.ne, root.nb)
-            priv = np.zeros(-(-max(size, 1) // 64) * 64, np.uint8)
-            bind_storage([(root, priv, 0)])
-            run._bound[id(root)] = priv  # type: ignore[attr-defined]
-        if tensor_buffer(u) is not None and not isinstance(tensor_buffer(u), np.ndarray):
-            from minigraph.schedule.scheduler import backend_tensor_set
+    def optimize(self, gf: Graph, target: Any, fuse: Optional[bool] = None) -> Optimized:
+        """The Optimized result of running gf on `target` (a Backend, a list in priority order or a
+        scheduler). fuse=False (or MINIGRAPH_FUSION=0 when fuse is None): gf as written."""
+        if not isinstance(gf, Graph):
+            raise MinigraphError(f"optimize: expected a Graph, got {type(gf).__name__}")
+        if not (flags.fusion_enabled() if fuse is None else fuse):
+            return Optimized(gf)
+        return self._cache.get(gf, lambda: self._run(gf, target), tag=id(target))
 
-            backend_tensor_set(u, data)
-        else:
-            dst = u._raw_view()
-            dst[...] = np.asarray(data).reshape(dst.shape)
-            if host and data.shape == dst.shape:  # both views stay valid while neither root is re-bound
-                copies[id(u)] = (root._buf, r.root._buf, (root._offs, r.root._offs), dst, data)
-
-
-def sched_provenance(plan: Any, run: Graph) -> None:
-    """Let a scheduler plan of `run` answer get_tensor_backend/cause for the user's fused-away
-    tensors: each gets the placement of the node that now computes it."""
-    for t_id, cur in getattr(run, "provenance", {}).items():
-        c = cur
-        while id(c) not in plan.assign and c.view_src is not None and c.src:
-            c = c.src[0]
-        if id(c) in plan.assign and t_id not in plan.assign:
-            plan.assign[t_id] = plan.assign[id(c)]
-            if id(c) in plan.cause:
-                plan.cause[t_id] = plan.cause[id(c)]
+    def _run(self, gf: Graph, backend: Any) -> Optimized:
+        target, log, ctx = Target(backend), PassLog(), Context()
+        results = [(u, u) for u in _results(gf)]
+        prov: dict[int, Tensor] = {}
+        graph = gf
+        for p in self.passes:
+            keep = {id(c) for _, c in results}
+            rewrites = p(graph, target, log, keep)
+            if not rewrites:
+                continue
+            try:
+                graph, new_of = rebuild(graph, [c for _, c in results], rewrites, ctx)
+            except RewriteRefused as e:
+                log.add(p.__name__.replace("_pass", ""), "refused", e)
+                continue
+            absorbed = {id(a): rw.fused for rw in rewrites for a in rw.absorbed}
+            results = [(u, new_of.get(id(c), c)) for u, c in results]
+            for n in gf.nodes:
+                cur = prov.get(id(n), n)
+                cur = new_of.get(id(cur)) or absorbed.get(id(cur)) or cur
+                if cur is not n:
+                    prov[id(n)] = cur
+        if graph is gf:
+            return Optimized(gf, log=log)
+        return Optimized(graph, [(u, c) for u, c in results if c is not u], prov, log)
 
 
 def view_segment(ctx: Context, fused: Tensor, ne: Sequence[int], offset: int) -> Tensor:

@@ -23,107 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from minigraph.core import dtypes, flags
-from minigraph.memory.alloc import ALIGNMENT, plan_memory
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
-from minigraph.core.tensor import Tensor, bind_storage, binding_epoch, nelements
-
-_HOST_BUF_ALIGN = 64
-
-
-# -- where a tensor lives --------------------------------------------------------------------
-
-class HostBuffer(np.ndarray):
-    """Host memory (uint8) owned by a backend: a numpy array everywhere, with `.backend`."""
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.backend = getattr(obj, "backend", None)
-
-
-def tensor_buffer(t: Tensor) -> Any:
-    """The buffer holding t's memory (an object with `.backend`), or None for plain host memory
-    of the CPU backend (or no memory yet)."""
-    buf = t.root._buf
-    return buf if buf is not None and getattr(buf, "backend", None) is not None else None
-
-
-def _packed_bytes(t: Tensor) -> int:
-    return nelements(t) * dtypes.type_size(t.type)
-
-
-def _alloc_buffer(backend: Any, nbytes: int) -> Any:
-    fn = getattr(backend, "alloc_buffer", None)
-    if fn is not None:
-        return fn(nbytes)
-    buf = np.zeros(-(-max(nbytes, 1) // _HOST_BUF_ALIGN) * _HOST_BUF_ALIGN, np.uint8).view(HostBuffer)
-    buf.backend = backend
-    return buf
-
-
-def _tensor_get(backend: Any, t: Tensor) -> np.ndarray:
-    """t's elements in logical order as packed uint8 bytes (never the raw strided extent)."""
-    fn = getattr(backend, "tensor_get", None) if backend is not None else None
-    if fn is not None:
-        return fn(t)
-    return np.ascontiguousarray(t._raw_view()).reshape(-1).view(np.uint8)
-
-
-def _tensor_set(backend: Any, t: Tensor, data: np.ndarray) -> None:
-    fn = getattr(backend, "tensor_set", None) if backend is not None else None
-    if fn is not None:
-        fn(t, data)
-        return
-    t._alloc_root()
-    t._raw_view()[...] = data.view(dtypes.storage_dtype(t.type)).reshape(tuple(reversed(t.ne)))
-
-
-def backend_tensor_alloc(backend: Any, t: Tensor) -> Tensor:
-    """ggml_backend_tensor_alloc: give t's root memory on `backend` (data already there is kept).
-
-    Resident tensors pull the ops that read them to their backend (weights, state)."""
-    root = t.root
-    if tensor_buffer(root) is not None and tensor_buffer(root).backend is backend:
-        return t
-    old = _tensor_get(tensor_buffer(root) and tensor_buffer(root).backend, root) if root.has_data() else None
-    buf = _alloc_buffer(backend, root.nbytes())
-    root._buf, root._offs = buf, 0
-    if old is not None:
-        _tensor_set(backend, root, old)
-    return t
-
-
-def backend_alloc_ctx_tensors(ctx: Any, backend: Any) -> None:
-    """ggml_backend_alloc_ctx_tensors: every leaf of ctx without a buffer moves to `backend`."""
-    for t in ctx.tensors:
-        if t.op is None and t.view_src is None and tensor_buffer(t) is None:
-            backend_tensor_alloc(backend, t)
-
-
-def backend_tensor_set(t: Tensor, arr: Any) -> Tensor:
-    """ggml_backend_tensor_set with numpy in: writes whatever backend t lives on."""
-    buf = tensor_buffer(t)
-    if buf is None or isinstance(buf, np.ndarray):
-        return t.set_data(arr)
-    a = np.asarray(arr)
-    if a.size != nelements(t):
-        raise MinigraphError(f"backend_tensor_set: tensor {describe(t)} has {nelements(t)} elements, got {a.shape}")
-    data = np.ascontiguousarray(dtypes.from_float(a.reshape(-1), t.type)).view(np.uint8)
-    _tensor_set(buf.backend, t, data)
-    return t
-
-
-def backend_tensor_get(t: Tensor) -> np.ndarray:
-    """ggml_backend_tensor_get with numpy out: shape reversed(ne[:n_dims]), from any backend."""
-    buf = tensor_buffer(t)
-    if buf is None or isinstance(buf, np.ndarray):
-        return t.numpy()
-    raw = _tensor_get(buf.backend, t).view(dtypes.storage_dtype(t.type))
-    out = dtypes.to_float(raw, t.type) if t.type == dtypes.TYPE_BF16 else raw
-    return np.array(out).reshape(tuple(reversed(t.ne[: t.n_dims])))
-
+from minigraph.core.plan_cache import PlanCache
+from minigraph.core.registry import OPS
+from minigraph.core.tensor import Tensor, nelements
+from minigraph.device.buffers import alloc_buffer, tensor_buffer
+from minigraph.memory.alloc import ALIGNMENT, plan_memory
+from minigraph.memory.binding import bind_results, bind_storage, binding_epoch, graph_lock
+from minigraph.memory.scaffold import bind_leafs, can_inplace
 
 # -- the plan --------------------------------------------------------------------------------
 
@@ -155,21 +64,22 @@ class SchedPlan:
     buffer_size: dict = field(default_factory=dict)  # backend index -> compute-buffer bytes
     buffers: dict = field(default_factory=dict)      # backend index -> buffer
     bindings: list = field(default_factory=list)     # (root, buffer, offset)
-    epoch: int = -1                                  # tensor.bind_storage epoch of the bindings
+    epoch: int = -1                                  # memory.binding epoch of the bindings
     residence: list = field(default_factory=list)    # (leaf root, buffer) seen when planning
-    version: int = -1
-    n_nodes: int = -1
 
-    def valid_for(self, gf: Graph) -> bool:
-        return (self.version == getattr(gf, "_version", 0) and self.n_nodes == len(gf.nodes)
-                and all(tensor_buffer(r) is b for r, b in self.residence))
+    def still_resident(self) -> bool:
+        """Whether every leaf is still in the buffer it was planned in."""
+        return all(tensor_buffer(r) is b for r, b in self.residence)
 
 
 class BackendSched:
     """ggml_backend_sched: see the module docstring for the passes."""
 
     def __init__(self, backends: Sequence[Any], op_offload: Optional[bool] = None,
-                 offload_min_batch: Optional[int] = None) -> None:
+                 offload_min_batch: Optional[int] = None, optimizer: Optional[Any] = None) -> None:
+        """optimizer(gf, target, fuse) -> an optimize result (.graph, .results, .provenance,
+        .binder): the pass pipeline run before planning (mg.backend_sched_new gives the default
+        one; None runs graphs as written)."""
         backends = list(backends) if isinstance(backends, (list, tuple)) else None
         if not backends:
             raise MinigraphError("backend_sched_new: expected a non-empty list of backends in priority "
@@ -182,7 +92,9 @@ class BackendSched:
         self.backends = backends
         self.op_offload = (not flags.no_offload()) if op_offload is None else bool(op_offload)
         self.offload_min_batch = flags.offload_min_batch() if offload_min_batch is None else int(offload_min_batch)
+        self.optimizer = optimizer
         self.plan: Optional[SchedPlan] = None
+        self._plans = PlanCache()
 
     def __repr__(self) -> str:
         return f"BackendSched([{', '.join(b.name for b in self.backends)}])"
@@ -195,29 +107,34 @@ class BackendSched:
         return self.backends[i]
 
     def reserve(self, gf: Graph, fuse: Optional[bool] = None) -> bool:
-        """Plan placement, splits and memory without computing (of mg.optimize(gf, self))."""
-        from minigraph.passes.pipeline import optimize
-
-        self._get_plan(optimize(gf, self, fuse))
+        """Plan placement, splits and memory without computing (of the optimized gf)."""
+        self._get_plan(self._optimize(gf, fuse).graph)
         return True
 
     def graph_compute(self, gf: Graph, fuse: Optional[bool] = None) -> Graph:
-        """Run mg.optimize(gf, self) (fusion passes; fuse=False or MINIGRAPH_FUSION=0: gf as written)."""
-        from minigraph.passes.pipeline import bind_results, optimize, sched_provenance
-
-        run = optimize(gf, self, fuse)
-        plan = self._get_plan(run)
-        sched_provenance(plan, run)
-        if plan.epoch != binding_epoch():  # another runner may have re-bound these roots
-            plan.epoch = bind_storage(plan.bindings)
-        for split in plan.splits:
-            for cp in split.copies:
-                self._copy(cp)
-            self.backends[split.backend].graph_compute(split.graph)
-        for i in {s.backend for s in plan.splits}:
-            self.backends[i].synchronize()
-        bind_results(run)
+        """Run the optimizer's graph for gf (fuse=False or MINIGRAPH_FUSION=0: gf as written)."""
+        with graph_lock(gf):
+            run = self._optimize(gf, fuse)
+            plan = self._get_plan(run.graph)
+            _provenance(plan, run)
+            if plan.epoch != binding_epoch():  # another runner may have re-bound these roots
+                plan.epoch = bind_storage(plan.bindings)
+            for split in plan.splits:
+                for cp in split.copies:
+                    self._copy(cp)
+                self.backends[split.backend].graph_compute(split.graph)
+            for i in {s.backend for s in plan.splits}:
+                self.backends[i].synchronize()
+            if run.results:
+                bind_results(run.results, run.binder)
         return gf
+
+    def _optimize(self, gf: Graph, fuse: Optional[bool]) -> Any:
+        if not isinstance(gf, Graph):
+            raise MinigraphError(f"scheduler: expected a Graph, got {type(gf).__name__}")
+        if self.optimizer is None:
+            return _AsWritten(gf)
+        return self.optimizer(gf, self, fuse)
 
     def get_n_splits(self) -> int:
         return len(self._last().splits)
@@ -263,17 +180,7 @@ class BackendSched:
     def _get_plan(self, gf: Graph) -> SchedPlan:
         if not isinstance(gf, Graph):
             raise MinigraphError(f"scheduler: expected a Graph, got {type(gf).__name__}")
-        plan = getattr(gf, "_sched_plan", None)
-        if plan is None or plan.sched is not self or not plan.valid_for(gf):
-            plan = SchedPlan(version=getattr(gf, "_version", 0), n_nodes=len(gf.nodes))
-            plan.sched = self  # type: ignore[attr-defined]
-            state = _State(self, gf, plan)
-            pass1_preallocated(state)
-            pass2_views(state)
-            pass3_supported(state)
-            pass4_splits(state)
-            pass5_memory(state)
-            gf._sched_plan = plan  # type: ignore[attr-defined]
+        plan = self._plans.get(gf, lambda: self._make_plan(gf), valid=SchedPlan.still_resident)
         self.plan = plan
         if flags.sched_debug():
             from minigraph.schedule.report import print_log
@@ -281,23 +188,47 @@ class BackendSched:
             print_log(self, plan, gf)
         return plan
 
+    def _make_plan(self, gf: Graph) -> SchedPlan:
+        bind_leafs(gf)  # a cpy/set destination or a FILL input without data gets zeroed host memory
+        state = _State(self, gf, SchedPlan())
+        pass1_preallocated(state)
+        pass2_views(state)
+        pass3_supported(state)
+        pass4_splits(state)
+        pass5_memory(state)
+        return state.plan
+
     def _copy(self, cp: Copy) -> None:
         src_b, dst_b = self.backends[cp.src_backend], self.backends[cp.dst_backend]
         src_b.synchronize()
         fast = getattr(dst_b, "copy_tensor", None)
         if fast is not None and fast(cp.src, cp.dst):
             return
-        buf = tensor_buffer(cp.src)
-        _tensor_set(dst_b, cp.dst, _tensor_get(buf.backend if buf is not None else src_b, cp.src))
+        cp.dst.root._buf.set(cp.dst, cp.src.root._buf.get(cp.src))
 
 
-def backend_sched_new(backends: Sequence[Any], op_offload: Optional[bool] = None,
-                      offload_min_batch: Optional[int] = None, **_ggml_args: Any) -> BackendSched:
-    """ggml_backend_sched_new(backends, bufts, n_backends, graph_size, parallel, op_offload).
+def _packed_bytes(t: Tensor) -> int:
+    return nelements(t) * dtypes.type_size(t.type)
 
-    op_offload=False (or MINIGRAPH_NO_OFFLOAD=1) keeps ops on host weights on the host;
-    offload_min_batch (MINIGRAPH_OFFLOAD_MIN_BATCH, default 32) is the smallest node.ne[1] offloaded."""
-    return BackendSched(backends, op_offload, offload_min_batch)
+
+class _AsWritten:
+    """The optimize result of a scheduler without passes: the graph itself, nothing to bind."""
+
+    def __init__(self, gf: Graph) -> None:
+        self.graph, self.results, self.provenance, self.binder = gf, (), {}, None
+
+
+def _provenance(plan: SchedPlan, run: Any) -> None:
+    """Let the plan of an optimized graph answer get_tensor_backend/cause for the user's
+    fused-away tensors: each gets the placement of the node that now computes it."""
+    for t_id, cur in run.provenance.items():
+        c = cur
+        while id(c) not in plan.assign and c.view_src is not None and c.src:
+            c = c.src[0]
+        if id(c) in plan.assign and t_id not in plan.assign:
+            plan.assign[t_id] = plan.assign[id(c)]
+            if id(c) in plan.cause:
+                plan.cause[t_id] = plan.cause[id(c)]
 
 
 # -- the passes ------------------------------------------------------------------------------
@@ -338,8 +269,6 @@ class _State:
 
 
 def _is_view_op(node: Tensor) -> bool:
-    from minigraph.core.registry import OPS
-
     op = OPS.get(node.op)
     return op is not None and op.is_view
 
@@ -366,14 +295,11 @@ def _preallocated_error(st: _State, node: Tensor, i: int, reason: str) -> Minigr
 def pass1_preallocated(st: _State) -> None:
     """Leafs stay with their memory; writes into resident tensors and ops on weights follow it."""
     gf = st.gf
-    written = {id(n.root) for n in gf.nodes if n.view_src is not None and not _is_view_op(n)}
     for leaf in gf.leafs:
         i = st.residence(leaf)
         if tensor_buffer(leaf) is not None:
             st.assign(leaf, i, "weights/buffer", f"lives in {_buffer_name(st, leaf)}")
         else:
-            if leaf._buf is None and id(leaf) in written:
-                leaf._alloc_root()  # a cpy/set destination that holds no data yet
             st.assign(leaf, i, "input", "host memory (no backend buffer)")
         st.plan.residence.append((leaf, tensor_buffer(leaf)))
     for node in gf.nodes:
@@ -404,7 +330,7 @@ def pass1_preallocated(st: _State) -> None:
         tag = "weights/buffer" if i == first else "upgrade"
         w = next(w for w in weights if st.residence(w) == i)
         detail = f"reads '{w.root.name}' in {_buffer_name(st, w)}"
-        if isinstance(tensor_buffer(w), np.ndarray) and i > 0:
+        if tensor_buffer(w).is_host and i > 0:
             # host weights: a big enough batch is worth offloading to a higher-priority backend
             batch = node.ne[1]
             if st.sched.op_offload and batch >= st.sched.offload_min_batch:
@@ -493,15 +419,7 @@ def pass4_splits(st: _State) -> None:
             clone.name, clone.flags = node.name, node.flags
             mapped[id(node)] = clone
             clones.append(clone)
-        g = Graph(st.gf.ctx)
-        g.nodes = clones
-        seen = {id(c) for c in clones}
-        for c in clones:
-            for s in c.src:
-                if s is not None and id(s) not in seen:
-                    seen.add(id(s))
-                    g.leafs.append(s)
-        g._seen = {id(t) for t in g.nodes + g.leafs}
+        g = Graph.from_nodes(st.gf.ctx, clones)
         split.graph = g
     # outputs: nodes read by another split (directly or through a copy) or asked for by the user
     readers: dict[int, set] = {}
@@ -518,23 +436,19 @@ def pass4_splits(st: _State) -> None:
 
 def pass5_memory(st: _State) -> None:
     """One compute buffer per backend: its nodes planned together, its copies after them."""
-    from minigraph.core.registry import OPS
-
     plan = st.plan
     copy_srcs = [cp.src for s in plan.splits for cp in s.copies]  # read by other backends: keep
     for i in sorted({s.backend for s in plan.splits}):
         nodes = [n for s in plan.splits if s.backend == i for n in s.nodes]
-        g = Graph(st.gf.ctx)
-        g.nodes = nodes
-        g.outputs = list(st.gf.outputs) + copy_srcs
-        mem = plan_memory(g, can_inplace=lambda n: OPS[n.op].inplace_ok)
+        g = Graph.from_nodes(st.gf.ctx, nodes, outputs=list(st.gf.outputs) + copy_srcs)
+        mem = plan_memory(g, can_inplace=can_inplace)
         copies = [cp for s in plan.splits if s.backend == i for cp in s.copies]
         offs = mem.size
         placed = [(root, mem.offsets[id(root)]) for root in mem.roots]
         for cp in copies:
             placed.append((cp.dst, offs))
             offs += -(-max(cp.nbytes, 1) // ALIGNMENT) * ALIGNMENT
-        buf = _alloc_buffer(st.backends[i], offs)
+        buf = alloc_buffer(st.backends[i], offs)
         plan.buffers[i] = buf
         plan.buffer_size[i] = offs
         plan.bindings += [(root, buf, o) for root, o in placed]

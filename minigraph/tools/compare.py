@@ -15,9 +15,9 @@ from typing import Any, Optional
 import numpy as np
 
 from minigraph.core.cases import nmse
-from minigraph.tools.dump import backends_for, fusion_off, label, optimize
+from minigraph.tools.dump import backends_for, label, optimize
 from minigraph.core.graph import Graph
-from minigraph.schedule.scheduler import backend_tensor_get
+from minigraph.device.buffers import backend_tensor_get
 from minigraph.core.tensor import Tensor
 
 DEFAULT_TOL = 1e-6  # NMSE, as test-backend-ops measures it
@@ -53,16 +53,16 @@ def _keep_all(gf: Graph) -> Graph:
 
 
 def _snapshot(gf: Graph) -> list[tuple[Tensor, Any]]:
-    return [(t.root, t.root._buf.copy()) for t in gf.leafs
-            if isinstance(t.root._buf, np.ndarray) and type(t.root._buf) is np.ndarray]
+    return [(t.root, t.root._buf.data.copy()) for t in gf.leafs
+            if t.root._buf is not None and t.root._buf.is_host and t.root._buf.backend is None]
 
 
 def _restore(snap: list[tuple[Tensor, Any]]) -> None:
     for root, data in snap:
-        root._buf[...] = data
+        root._buf.data[...] = data
 
 
-def run_way(gf: Graph, way: str) -> Run:
+def run_way(gf: Graph, way: str, fuse: Optional[bool] = None) -> Run:
     """Every compute node's value after running `gf` on `way` (reference, cpu, cuda, auto)."""
     import minigraph as mg
 
@@ -71,7 +71,7 @@ def run_way(gf: Graph, way: str) -> Run:
         return Run(way, gf, {id(n): res[n] for n in _checked(gf)})
     sched = mg.backend_sched_new(backends_for(way))
     g = _keep_all(gf)
-    sched.graph_compute(g)
+    sched.graph_compute(g, fuse=fuse)
     return Run(way, gf, {id(n): np.asarray(mg.backend_tensor_get(n), np.float64) for n in _checked(gf)})
 
 
@@ -137,16 +137,16 @@ def compare(gf: Graph, ways: list[str], labels: dict, tol: float = DEFAULT_TOL,
     snap = _snapshot(gf)
     if fused_vs_unfused:
         bks = backends_for(backend)
-        fused, _ = optimize(gf, bks[0], True)
-        with fusion_off():
-            ra = run_way(gf, backend)
+        run, _ = optimize(gf, bks[0], True)
+        fused = run.graph
+        ra = run_way(gf, backend, fuse=False)
         ra.way = "unfused"
         _restore(snap)
         rb = run_way(fused, backend)
         rb.way = "fused"
         # user nodes that fusion replaced: compare them with the tensor that now holds their value
         fused_nodes = {id(n) for n in _compute_nodes(fused)}
-        pairs = list(getattr(fused, "results", []))  # (user tensor, tensor holding its value)
+        pairs = list(run.results)  # (user tensor, tensor holding its value)
         for user, holder in pairs:
             if holder is not user and id(user) in ra.values:
                 rb.values[id(user)] = rb.values.get(id(holder)) if id(holder) in rb.values else \

@@ -7,19 +7,18 @@ minigraph.profile).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
+from minigraph.passes import DEFAULT_PIPELINE, Optimized
 from minigraph.tools.graphio import load_target, node_attr
 from minigraph.core.tensor import Tensor, is_contiguous, nbytes
 
@@ -63,26 +62,9 @@ def backends_for(kind: str) -> list:
     raise MinigraphError(f"unknown --backend {kind!r} (known: cpu, cuda, auto)")
 
 
-@contextlib.contextmanager
-def fusion_off(off: bool = True) -> Iterator[None]:
-    """MINIGRAPH_FUSION=0 for the duration, so a runner that fuses by itself keeps the graph as written."""
-    old = os.environ.get("MINIGRAPH_FUSION")
-    if off:
-        os.environ["MINIGRAPH_FUSION"] = "0"
-    try:
-        yield
-    finally:
-        if off:
-            os.environ.pop("MINIGRAPH_FUSION", None) if old is None else os.environ.__setitem__("MINIGRAPH_FUSION", old)
-
-
-def optimize(gf: Graph, backend: Any, fuse: bool) -> tuple[Graph, str]:
-    """The graph that will run, and a word on fusion: 'off' or 'on'."""
-    from minigraph.passes.pipeline import optimize as run_passes
-
-    if not fuse:
-        return gf, "off"
-    return run_passes(gf, backend=backend), "on"
+def optimize(gf: Graph, backend: Any, fuse: bool) -> tuple[Optimized, str]:
+    """What will run (the scheduler's own pipeline, so dump shows what it runs) and a word on fusion."""
+    return DEFAULT_PIPELINE.optimize(gf, backend, fuse), ("on" if fuse else "off")
 
 
 # -- the analysed graph ----------------------------------------------------------------------
@@ -124,9 +106,9 @@ def prepare(target: str, params: Optional[dict] = None, backend: str = "cpu", fu
     source = graph if graph is not None else load_target(target, params)
     backends = backends or backends_for(backend)
     sched = mg.backend_sched_new(backends)
-    gf, fusion = optimize(source, sched, fuse)  # what the scheduler runs (it fuses the same way)
-    with fusion_off(not fuse):
-        sched.reserve(source)
+    run, fusion = optimize(source, sched, fuse)  # what the scheduler runs (it fuses the same way)
+    gf = run.graph
+    sched.reserve(source, fuse=fuse)
     p = Prepared(target, gf, backends, sched, fusion, sched.report(), _labels(gf), source=source)
     p.keys = {id(t): f"{kind}{i}" for kind, ts in (("l", gf.leafs), ("n", gf.nodes)) for i, t in enumerate(ts)}
     for k, split in enumerate(sched.plan.splits):

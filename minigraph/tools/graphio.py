@@ -72,10 +72,10 @@ def _ordered_tensors(gf: Graph) -> list[Tensor]:
 
 
 def _root_bytes(t: Tensor) -> Optional[bytes]:
-    if t.view_src is not None or t._buf is None or not isinstance(t._buf, np.ndarray):
+    if t.view_src is not None or t._buf is None or not t._buf.is_host:
         return None
     n = extent_bytes(t.type, t.ne, t.nb)
-    return bytes(np.asarray(t._buf)[t._offs:t._offs + n])
+    return bytes(t._buf.data[t._offs:t._offs + n])
 
 
 def graph_to_dict(gf: Graph, data: bool = True) -> dict:
@@ -123,8 +123,8 @@ def _tensor_from(ctx: Context, rec: dict, by_id: dict[int, Tensor]) -> Tensor:
     t.name, t.flags = rec["name"], rec["flags"]
     if "data" in rec:
         raw = np.frombuffer(base64.b64decode(rec["data"]), np.uint8)
-        t._alloc_root()
-        t._buf[:raw.size] = raw
+        t.alloc_host()
+        t._buf.data[:raw.size] = raw
     return ctx._add(t)
 
 
@@ -262,7 +262,7 @@ def load_target(target: str, params: Optional[dict] = None) -> Graph:
 def fill_random_inputs(gf: Graph, seed: int = 0) -> int:
     """Give every leaf that some node reads and that has no data uniform random values
     ([-1, 1) for floats, [0, 2) for I32 indices); returns how many leafs were filled."""
-    from minigraph.core.registry import leafs_needing_data
+    from minigraph.memory.scaffold import leafs_needing_data
 
     rng = np.random.default_rng(seed)
     n = 0

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from minigraph.tools.dump import Prepared, _ne, fusion_off, label, table
+from minigraph.tools.dump import Prepared, _ne, label, table
 from minigraph.core.graph import Graph
 from minigraph.tools.graphio import fill_random_inputs
 from minigraph.core.tensor import Tensor, nbytes
@@ -74,8 +74,8 @@ def profile_nodes(p: Prepared, repeat: int = 5, seed: int = 0) -> tuple[list[Nod
     gf = p.graph
     fill_random_inputs(gf, seed)
     source = p.source if p.source is not None else gf
-    with fusion_off(p.fusion == "off"):  # --no-fuse: the scheduler must not fuse by itself either
-        whole = _time(lambda: (p.sched.graph_compute(source), None), repeat)
+    fuse = p.fusion == "on"  # --no-fuse: the scheduler must not fuse by itself either
+    whole = _time(lambda: (p.sched.graph_compute(source, fuse=fuse), None), repeat)
     rows = []
     for i, n in enumerate(gf.nodes):
         op = OPS[n.op]
