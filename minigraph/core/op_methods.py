@@ -17,613 +17,1030 @@ class OpMethods:
 
     __slots__ = ()
 
-    def abs(self, a):
-        """No docstring yet.
+    def abs(self, a: Tensor) -> Tensor:
+        """Elementwise abs: y = |x| (ggml_abs).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: ABS.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.abs; node op: ABS.
         """
         return _API['abs'](self, a)
 
-    def abs_inplace(self, a):
-        """No docstring yet.
+    def abs_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise abs in place: y = |x| (ggml_abs_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: ABS.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.abs_inplace; node op: ABS.
         """
         return _API['abs_inplace'](self, a)
 
     def acc(self, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """A copy of a with b added into a strided region of it (ggml_acc).
+
+        The region is view(a, b.ne, nb1, nb2, nb3, offset); it must lie inside a and not overlap itself.
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a's ne and type, contiguous.
 
         Builder: minigraph.ops.write.acc; node op: ACC.
         """
         return _API['acc'](self, a, b, nb1, nb2, nb3, offset)
 
     def acc_inplace(self, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """Add b into a strided region of a, in place (ggml_acc_inplace).
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a view of a (a's ne, type and nb): the op writes a's memory.
 
         Builder: minigraph.ops.write.acc_inplace; node op: ACC.
         """
         return _API['acc_inplace'](self, a, b, nb1, nb2, nb3, offset)
 
-    def add(self, a, b):
-        """No docstring yet.
+    def add(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise sum a + b, b repeated into a's shape (ggml_add).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: ADD.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.add; node op: ADD.
         """
         return _API['add'](self, a, b)
 
-    def add_inplace(self, a, b):
-        """No docstring yet.
+    def add_inplace(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise sum a + b, b repeated into a's shape (ggml_add_inplace).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: ADD.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.add_inplace; node op: ADD.
         """
         return _API['add_inplace'](self, a, b)
 
     def concat(self, a: Tensor, b: Tensor, dim: int) -> Tensor:
-        """No docstring yet.
+        """Join a and b along one dim, a first (ggml_concat).
+
+        a:      [ne0, ne1, ne2, ne3], any type, any strides.
+        b:      a's type and ne except in dim, any strides.
+        dim:    the dim to join along, 0..3.
+        result: a's ne with ne[dim] = a.ne[dim] + b.ne[dim], a's type, contiguous.
 
         Builder: minigraph.ops.layout.concat; node op: CONCAT.
         """
         return _API['concat'](self, a, b, dim)
 
     def cont(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """A contiguous copy of a, whatever its strides (ggml_cont).
+
+        a:      [ne0, ne1, ne2, ne3], any type, any strides (typically a permute or transpose).
+        result: [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.layout.cont; node op: CONT.
         """
         return _API['cont'](self, a)
 
     def cont_1d(self, a: Tensor, ne0: int) -> Tensor:
-        """No docstring yet.
+        """A contiguous copy of a, in logical element order, shaped [ne0, 1, 1, 1] (ggml_cont_1d).
+
+        a:      any type, any strides.
+        ne0:    the new sizes; their product must equal a's element count.
+        result: [ne0, 1, 1, 1], a's type, contiguous.
 
         Builder: minigraph.ops.layout.cont_1d; node op: CONT.
         """
         return _API['cont_1d'](self, a, ne0)
 
     def cont_2d(self, a: Tensor, ne0: int, ne1: int) -> Tensor:
-        """No docstring yet.
+        """A contiguous copy of a, in logical element order, shaped [ne0, ne1, 1, 1] (ggml_cont_2d).
+
+        a:        any type, any strides.
+        ne0, ne1: the new sizes; their product must equal a's element count.
+        result:   [ne0, ne1, 1, 1], a's type, contiguous.
 
         Builder: minigraph.ops.layout.cont_2d; node op: CONT.
         """
         return _API['cont_2d'](self, a, ne0, ne1)
 
     def cont_3d(self, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
-        """No docstring yet.
+        """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, 1] (ggml_cont_3d).
+
+        a:             any type, any strides.
+        ne0, ne1, ne2: the new sizes; their product must equal a's element count.
+        result:        [ne0, ne1, ne2, 1], a's type, contiguous.
 
         Builder: minigraph.ops.layout.cont_3d; node op: CONT.
         """
         return _API['cont_3d'](self, a, ne0, ne1, ne2)
 
     def cont_4d(self, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
-        """No docstring yet.
+        """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, ne3] (ggml_cont_4d).
+
+        a:                  any type, any strides.
+        ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
+        result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.layout.cont_4d; node op: CONT.
         """
         return _API['cont_4d'](self, a, ne0, ne1, ne2, ne3)
 
     def cpy(self, a: Tensor, b: Tensor) -> Tensor:
-        """Copy a into b's memory (any types, same element count); returns a view of b.
+        """Copy a's elements into b's memory, converting to b's type (ggml_cpy).
+
+        Elements go in logical order, so the shapes may differ as long as the counts match; this is
+        how ggml writes a KV cache (cpy into a view of it) and changes type (f32 -> f16; to i32
+        truncates toward zero like a C cast). b's values are not read.
+
+        a:      any shape, any type, any strides.
+        b:      the destination, any shape with a's element count, any type and strides.
+        result: a view of b (b's ne, type and nb); computing it writes b's memory.
 
         Builder: minigraph.ops.layout.cpy; node op: CPY.
         """
         return _API['cpy'](self, a, b)
 
     def cumsum(self, a: Tensor, dim: int = 0) -> Tensor:
-        """Inclusive prefix sum along ne[dim]; dim=0 is ggml's behaviour. Any strides in, F32 out.
+        """Inclusive prefix sum along one axis, ne[dim] (ggml_cumsum).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        dim:    the axis to sum along, 0..3. Extension: ggml_cumsum has no dim and always sums along
+                ne0; the default 0 keeps that behaviour.
+        result: [ne0, ne1, ne2, ne3] f32, contiguous: result[i] = a[0] + ... + a[i] along dim.
 
         Builder: minigraph.ops.reduce.cumsum; node op: CUMSUM.
         """
         return _API['cumsum'](self, a, dim)
 
     def diag(self, a: Tensor) -> Tensor:
-        """a [n, 1, ne2, ne3] -> diagonal matrices [n, n, ne2, ne3].
+        """Diagonal matrices from row vectors (ggml_diag): result[i2, i3] = diag(a[i2, i3]).
+
+        a:      [n, 1, ne2, ne3] f32/f16/bf16: one row vector per matrix.
+        result: [n, n, ne2, ne3] f32, zero off the diagonal (ggml keeps a's type).
 
         Builder: minigraph.ops.linalg.diag; node op: DIAG.
         """
         return _API['diag'](self, a)
 
-    def div(self, a, b):
-        """No docstring yet.
+    def div(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise quotient a / b, b repeated into a's shape (ggml_div).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: DIV.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.div; node op: DIV.
         """
         return _API['div'](self, a, b)
 
-    def div_inplace(self, a, b):
-        """No docstring yet.
+    def div_inplace(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise quotient a / b, b repeated into a's shape (ggml_div_inplace).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: DIV.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.div_inplace; node op: DIV.
         """
         return _API['div_inplace'](self, a, b)
 
     def dup(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """A copy of a (ggml_dup).
+
+        a:      [ne0, ne1, ne2, ne3], any type, any strides.
+        result: [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.layout.dup; node op: DUP.
         """
         return _API['dup'](self, a)
 
-    def exp(self, a):
-        """No docstring yet.
+    def exp(self, a: Tensor) -> Tensor:
+        """Elementwise exp: y = exp(x) (ggml_exp).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: EXP.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.exp; node op: EXP.
         """
         return _API['exp'](self, a)
 
-    def exp_inplace(self, a):
-        """No docstring yet.
+    def exp_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise exp in place: y = exp(x) (ggml_exp_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: EXP.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.exp_inplace; node op: EXP.
         """
         return _API['exp_inplace'](self, a)
 
     def fill(self, a: Tensor, c: float) -> Tensor:
-        """No docstring yet.
+        """A tensor of a's shape with every element c (ggml_fill); a's values are never read.
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16: gives the shape only.
+        c:      the value.
+        result: [ne0, ne1, ne2, ne3] f32, contiguous (ggml keeps a's type).
 
         Builder: minigraph.ops.linalg.fill; node op: FILL.
         """
         return _API['fill'](self, a, c)
 
     def fill_inplace(self, a: Tensor, c: float) -> Tensor:
-        """No docstring yet.
+        """Set every element of a to c (ggml_fill_inplace).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        c:      the value.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
 
         Builder: minigraph.ops.linalg.fill_inplace; node op: FILL.
         """
         return _API['fill_inplace'](self, a, c)
 
     def fused_elementwise(self, program: Sequence[tuple], srcs: Sequence[Tensor], fused_from: Any = None) -> Tensor:
-        """One node computing `program` (see the module docstring) over `srcs` (at most MAX_INPUTS).
+        """One node that computes a chain of elementwise ops in one pass (no ggml twin).
+
+        The elementwise fusion pass (mg.optimize) makes these; build one by hand to test a kernel.
+        An instruction is (op, operands, consts): op is a unary op name (EXP, SOFTPLUS, ...), ADD,
+        SUB, MUL, DIV (operand 1 repeats into operand 0, as in ggml) or SCALE (consts (s, b)); an
+        operand is ("in", i) for srcs[i] or ("t", k) for instruction k's result. The last
+        instruction is the output.
+
+        program:    tuple of instructions, SSA order (an operand refers only to earlier results).
+        srcs:       1..6 (MAX_INPUTS) f32/f16/bf16 tensors, any strides; a binary op's second
+                    operand may be smaller and repeats.
+        fused_from: labels of the replaced nodes for dumps (default: the program's op names).
+        result:     the shape of the program's first chain (src0 decides, as unfused), f32, contiguous.
 
         Builder: minigraph.ops.fused.fused_elementwise; node op: FUSED_ELEMENTWISE.
         """
         return _API['fused_elementwise'](self, program, srcs, fused_from)
 
     def gated_delta_net(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor, K: int = 1) -> Tensor:
-        """No docstring yet.
+        """The gated delta rule over T tokens, every head and sequence in one node (ggml_gated_delta_net).
+
+        Per value head h (reading q/k head h % H_k) and token t: S = exp(g_t) * S (g per head for
+        GDA, per key row for KDA); delta = beta_t * (v_t - S^T k_t); S += k_t delta^T; and
+        o_t = S^T q_t / sqrt(S). The caller l2-normalises q and k (ctx.l2_norm), as llama.cpp does.
+
+        q:      [S, H_k, T, n_seqs_qk] f32, contiguous rows; H_v % H_k == 0 (GQA), n_seqs % n_seqs_qk == 0.
+        k:      [S, H_k, T, n_seqs_qk] f32, q's shape.
+        v:      [S, H_v, T, n_seqs] f32, contiguous rows.
+        g:      [1, H_v, T, n_seqs] (scalar log-decay per head, GDA) or [S, H_v, T, n_seqs] (per key
+                row, KDA) f32.
+        beta:   [1, H_v, T, n_seqs] f32, the write strength.
+        state:  [S, S, H_v, n_seqs] f32, the initial state, transposed: element [j*S + i] is S[i][j]
+                (i key row, j value column).
+        K:      state snapshot slots kept, most recent first (speculative-decoding rollback). ggml's
+                argument has no default; 1 (the final state only) is what llama.cpp passes.
+        result: [S*H_v, T*n_seqs + K*S*n_seqs] f32: the output [S, H_v, T, n_seqs] then K snapshots
+                [S, S, H_v, n_seqs] (slot 0 = final state, slot s = s tokens before the end); read
+                them with ctx.gated_delta_net_attn and ctx.gated_delta_net_state.
 
         Builder: minigraph.ops.gated_delta_net.gated_delta_net; node op: GATED_DELTA_NET.
         """
         return _API['gated_delta_net'](self, q, k, v, g, beta, state, K)
 
     def gated_delta_net_attn(self, out: Tensor) -> Tensor:
-        """View of the attention output [S, H_v, T, n_seqs] inside a GATED_DELTA_NET result.
+        """The attention output inside a gated_delta_net result, as a view (no ggml twin).
 
-        Builder: minigraph.ops.gated_delta_net.gated_delta_net_attn; node op: GATED_DELTA_NET.
+        llama.cpp takes the same view by hand (ggml_view_4d at offset 0).
+
+        out:    a GATED_DELTA_NET node, [S*H_v, T*n_seqs + K*S*n_seqs] f32.
+        result: [S, H_v, T, n_seqs] f32, a contiguous view of out.
+
+        Builder: minigraph.ops.gated_delta_net.gated_delta_net_attn; node op: VIEW.
         """
         return _API['gated_delta_net_attn'](self, out)
 
     def gated_delta_net_state(self, out: Tensor, slot: int = 0) -> Tensor:
-        """View of state snapshot `slot` [S, S, H_v, n_seqs] (0 = final state).
+        """One state snapshot inside a gated_delta_net result, as a view (no ggml twin).
 
-        Builder: minigraph.ops.gated_delta_net.gated_delta_net_state; node op: GATED_DELTA_NET.
+        out:    a GATED_DELTA_NET node, [S*H_v, T*n_seqs + K*S*n_seqs] f32.
+        slot:   0 (the default) = the final state, s = the state s tokens before the end; < K.
+        result: [S, S, H_v, n_seqs] f32 (transposed like the input state), a contiguous view of out.
+
+        Builder: minigraph.ops.gated_delta_net.gated_delta_net_state; node op: VIEW.
         """
         return _API['gated_delta_net_state'](self, out, slot)
 
-    def gelu(self, a):
-        """No docstring yet.
+    def gelu(self, a: Tensor) -> Tensor:
+        """Elementwise gelu: y = 0.5 * x * (1 + tanh(sqrt(2 / pi) * x * (1 + 0.044715 * x * x))), ggml's tanh approximation (ggml_gelu).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: GELU.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.gelu; node op: GELU.
         """
         return _API['gelu'](self, a)
 
-    def gelu_inplace(self, a):
-        """No docstring yet.
+    def gelu_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise gelu in place: y = 0.5 * x * (1 + tanh(sqrt(2 / pi) * x * (1 + 0.044715 * x * x))), ggml's tanh approximation (ggml_gelu_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: GELU.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.gelu_inplace; node op: GELU.
         """
         return _API['gelu_inplace'](self, a)
 
     def get_rows(self, a: Tensor, b: Tensor) -> Tensor:
-        """Rows of a picked by the I32 indices b: a [n, rows, ne2, ne3], b [m, ne2, ne3] -> [n, m, ne2, ne3].
+        """Gather rows of a by index (ggml_get_rows): the embedding lookup.
+
+        result[:, j, i2, i3] = a[:, b[j, i2, i3], i2 % a.ne2, i3 % a.ne3] (ne order). Extension: ggml
+        asks b.ne1 == a.ne2 and b.ne2 == a.ne3; here a also repeats over them.
+
+        a:      [n, rows, ne2, ne3] f32/f16/bf16 or i32: the table.
+        b:      [m, ne12, ne13, 1] i32 row indices in 0..rows-1, with ne12 % ne2 == 0, ne13 % ne3 == 0.
+        result: [n, m, ne12, ne13], f32 (i32 when a is i32), contiguous.
 
         Builder: minigraph.ops.layout.get_rows; node op: GET_ROWS.
         """
         return _API['get_rows'](self, a, b)
 
     def l2_norm(self, a: Tensor, eps: float) -> Tensor:
-        """No docstring yet.
+        """Divide each row (along ne0) by its L2 norm: x / max(sqrt(sum(x*x)), eps) (ggml_l2_norm).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        eps:    lower bound of the norm (>= 0), so an all-zero row stays zero.
+        result: [ne0, ne1, ne2, ne3] f32, contiguous.
 
         Builder: minigraph.ops.reduce.l2_norm; node op: L2_NORM.
         """
         return _API['l2_norm'](self, a, eps)
 
-    def log(self, a):
-        """No docstring yet.
+    def log(self, a: Tensor) -> Tensor:
+        """Elementwise log: y = log(x), the natural logarithm (ggml_log).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: LOG.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.log; node op: LOG.
         """
         return _API['log'](self, a)
 
-    def log_inplace(self, a):
-        """No docstring yet.
+    def log_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise log in place: y = log(x), the natural logarithm (ggml_log_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: LOG.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.log_inplace; node op: LOG.
         """
         return _API['log_inplace'](self, a)
 
     def mean(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """Mean of each row, along ne0 (ggml_mean).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: [1, ne1, ne2, ne3] f32.
 
         Builder: minigraph.ops.reduce.mean; node op: MEAN.
         """
         return _API['mean'](self, a)
 
-    def mul(self, a, b):
-        """No docstring yet.
+    def mul(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise product a * b, b repeated into a's shape (ggml_mul).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: MUL.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.mul; node op: MUL.
         """
         return _API['mul'](self, a, b)
 
-    def mul_inplace(self, a, b):
-        """No docstring yet.
+    def mul_inplace(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise product a * b, b repeated into a's shape (ggml_mul_inplace).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: MUL.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.mul_inplace; node op: MUL.
         """
         return _API['mul_inplace'](self, a, b)
 
     def mul_mat(self, a: Tensor, b: Tensor) -> Tensor:
-        """a [K, M, ne02, ne03] x b [K, N, ne12, ne13] -> F32 [M, N, ne12, ne13] (a broadcast over 2/3).
+        """Matrix product with a transposed: result = b @ a^T per matrix (ggml_mul_mat).
+
+        Both operands hold their rows along ne0, so each result element is the dot product of a row
+        of a and a row of b. a repeats over dims 2 and 3 in blocks (result batch i2 reads a's
+        batch i2 // (ne12 / ne02)), which is how grouped-query attention shares K and V heads.
+
+        a:      [K, M, ne02, ne03] f32/f16/bf16, not transposed (ggml_cont a transposed view first).
+        b:      [K, N, ne12, ne13] f32/f16/bf16 with ne12 % ne02 == 0 and ne13 % ne03 == 0.
+        result: [M, N, ne12, ne13] f32; in numpy indexing, per matrix, result[n, m] = sum_k a[m, k] * b[n, k].
 
         Builder: minigraph.ops.linalg.mul_mat; node op: MUL_MAT.
         """
         return _API['mul_mat'](self, a, b)
 
-    def neg(self, a):
-        """No docstring yet.
+    def neg(self, a: Tensor) -> Tensor:
+        """Elementwise neg: y = -x (ggml_neg).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: NEG.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.neg; node op: NEG.
         """
         return _API['neg'](self, a)
 
-    def neg_inplace(self, a):
-        """No docstring yet.
+    def neg_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise neg in place: y = -x (ggml_neg_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: NEG.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.neg_inplace; node op: NEG.
         """
         return _API['neg_inplace'](self, a)
 
     def norm(self, a: Tensor, eps: float) -> Tensor:
-        """No docstring yet.
+        """Layer normalisation of each row: (x - mean) / sqrt(variance + eps) (ggml_norm).
+
+        No learned weight or bias: apply them with ctx.mul and ctx.add as llama.cpp does.
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        eps:    added to the variance (>= 0), e.g. 1e-5.
+        result: [ne0, ne1, ne2, ne3] f32, contiguous.
 
         Builder: minigraph.ops.reduce.norm; node op: NORM.
         """
         return _API['norm'](self, a, eps)
 
     def out_prod(self, a: Tensor, b: Tensor) -> Tensor:
-        """a [M, K, ...] (x) b [N, K, ...] -> F32 [M, N, b.ne2, b.ne3].
+        """Sum of outer products over the shared ne1 (ggml_out_prod).
+
+        a:      [M, K, ne02, ne03] f32/f16/bf16.
+        b:      [N, K, ne12, ne13] f32/f16/bf16 with ne12 % ne02 == 0 and ne13 % ne03 == 0 (a repeats).
+        result: [M, N, ne12, ne13] f32; in numpy indexing, per matrix, result[n, m] = sum_k a[k, m] * b[k, n].
 
         Builder: minigraph.ops.linalg.out_prod; node op: OUT_PROD.
         """
         return _API['out_prod'](self, a, b)
 
     def pad(self, a: Tensor, p0: int, p1: int, p2: int, p3: int) -> Tensor:
-        """Zero-pad at the end of each dim: ne = a.ne + (p0, p1, p2, p3).
+        """Append zeros at the end of each dim (ggml_pad).
+
+        a:                  [ne0, ne1, ne2, ne3], any type, any strides.
+        p0, p1, p2, p3:     how many zeros to append to dims 0..3 (>= 0).
+        result:             [ne0 + p0, ne1 + p1, ne2 + p2, ne3 + p3], a's type, contiguous.
 
         Builder: minigraph.ops.layout.pad; node op: PAD.
         """
         return _API['pad'](self, a, p0, p1, p2, p3)
 
     def permute(self, a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> Tensor:
-        """ggml_permute: source dim i moves to position axis_i (so ne[axis0] = a.ne[0]).
+        """Reorder a's dims without copying: a's dim i becomes the result's dim axis_i (ggml_permute).
+
+        So result.ne[axis0] = a.ne[0] and result.nb[axis0] = a.nb[0], and so on; permute(a, 1, 0, 2, 3)
+        is transpose(a). Follow it with ctx.cont for a contiguous copy.
+
+        a:                          any tensor, any type.
+        axis0, axis1, axis2, axis3: where a's dims 0, 1, 2, 3 go: a permutation of 0..3.
+        result:                     a view of a with the permuted ne and nb, a's type.
 
         Builder: minigraph.ops.layout.permute; node op: PERMUTE.
         """
         return _API['permute'](self, a, axis0, axis1, axis2, axis3)
 
-    def relu(self, a):
-        """No docstring yet.
+    def relu(self, a: Tensor) -> Tensor:
+        """Elementwise relu: y = max(x, 0) (ggml_relu).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: RELU.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.relu; node op: RELU.
         """
         return _API['relu'](self, a)
 
-    def relu_inplace(self, a):
-        """No docstring yet.
+    def relu_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise relu in place: y = max(x, 0) (ggml_relu_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: RELU.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.relu_inplace; node op: RELU.
         """
         return _API['relu_inplace'](self, a)
 
     def repeat(self, a: Tensor, b: Tensor) -> Tensor:
-        """Tile a to b's shape (each of b's dims is a multiple of a's).
+        """Tile a to b's shape; b's values are not read (ggml_repeat).
+
+        a:      [ne0, ne1, ne2, ne3], any type, any strides.
+        b:      gives the shape: each of its dims a whole multiple of a's.
+        result: b's ne, a's type, contiguous; result[i] = a[i mod a.ne] in every dim.
 
         Builder: minigraph.ops.layout.repeat; node op: REPEAT.
         """
         return _API['repeat'](self, a, b)
 
     def repeat_4d(self, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
-        """No docstring yet.
+        """Tile a to the shape [ne0, ne1, ne2, ne3] (ggml_repeat_4d).
+
+        a:                  any type, any strides.
+        ne0, ne1, ne2, ne3: the target sizes, each a whole multiple of a's size in that dim.
+        result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.layout.repeat_4d; node op: REPEAT.
         """
         return _API['repeat_4d'](self, a, ne0, ne1, ne2, ne3)
 
     def reshape(self, a: Tensor, b: Tensor) -> Tensor:
-        """No docstring yet.
+        """a's elements with b's shape; b's values are not read (ggml_reshape).
+
+        a:      contiguous, any type ([ne0, ne1, ne2, ne3]; ggml_cont a strided view first).
+        b:      any tensor with as many elements as a: gives the shape only.
+        result: b's ne, a's type, contiguous strides, a view of a.
 
         Builder: minigraph.ops.layout.reshape; node op: RESHAPE.
         """
         return _API['reshape'](self, a, b)
 
     def reshape_1d(self, a: Tensor, ne0: int) -> Tensor:
-        """No docstring yet.
+        """a's elements as a 1-d tensor [ne0, 1, 1, 1] (ggml_reshape_1d).
+
+        a:      contiguous, any type (ggml_cont a strided view first).
+        ne0:    the new sizes; their product must equal a's element count.
+        result: [ne0, 1, 1, 1], a's type, contiguous strides, a view of a.
 
         Builder: minigraph.ops.layout.reshape_1d; node op: RESHAPE.
         """
         return _API['reshape_1d'](self, a, ne0)
 
     def reshape_2d(self, a: Tensor, ne0: int, ne1: int) -> Tensor:
-        """No docstring yet.
+        """a's elements as a 2-d tensor [ne0, ne1, 1, 1] (ggml_reshape_2d).
+
+        a:        contiguous, any type (ggml_cont a strided view first).
+        ne0, ne1: the new sizes; their product must equal a's element count.
+        result:   [ne0, ne1, 1, 1], a's type, contiguous strides, a view of a.
 
         Builder: minigraph.ops.layout.reshape_2d; node op: RESHAPE.
         """
         return _API['reshape_2d'](self, a, ne0, ne1)
 
     def reshape_3d(self, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
-        """No docstring yet.
+        """a's elements as a 3-d tensor [ne0, ne1, ne2, 1] (ggml_reshape_3d).
+
+        a:             contiguous, any type (ggml_cont a strided view first).
+        ne0, ne1, ne2: the new sizes; their product must equal a's element count.
+        result:        [ne0, ne1, ne2, 1], a's type, contiguous strides, a view of a.
 
         Builder: minigraph.ops.layout.reshape_3d; node op: RESHAPE.
         """
         return _API['reshape_3d'](self, a, ne0, ne1, ne2)
 
     def reshape_4d(self, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
-        """No docstring yet.
+        """a's elements as a 4-d tensor [ne0, ne1, ne2, ne3] (ggml_reshape_4d).
+
+        a:                  contiguous, any type (ggml_cont a strided view first).
+        ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
+        result:             [ne0, ne1, ne2, ne3], a's type, contiguous strides, a view of a.
 
         Builder: minigraph.ops.layout.reshape_4d; node op: RESHAPE.
         """
         return _API['reshape_4d'](self, a, ne0, ne1, ne2, ne3)
 
     def rms_norm(self, a: Tensor, eps: float) -> Tensor:
-        """No docstring yet.
+        """Root-mean-square normalisation of each row: x / sqrt(mean(x*x) + eps) (ggml_rms_norm).
+
+        No learned weight: multiply the result by one (ctx.mul) as llama.cpp does.
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        eps:    added to the mean square (>= 0), e.g. 1e-6.
+        result: [ne0, ne1, ne2, ne3] f32, contiguous.
 
         Builder: minigraph.ops.reduce.rms_norm; node op: RMS_NORM.
         """
         return _API['rms_norm'](self, a, eps)
 
     def scale(self, a: Tensor, s: float) -> Tensor:
-        """No docstring yet.
+        """Multiply every element by a constant: y = s * x (ggml_scale).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        s:      the factor (a Python number; the node stores it as a float).
+        result: same ne and type as a, contiguous.
 
         Builder: minigraph.ops.elementwise.scale; node op: SCALE.
         """
         return _API['scale'](self, a, s)
 
     def scale_bias(self, a: Tensor, s: float, b: float) -> Tensor:
-        """No docstring yet.
+        """Scale and shift every element: y = s * x + b (ggml_scale_bias).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        s:      the factor.
+        b:      the constant added after scaling (a number, not a tensor).
+        result: same ne and type as a, contiguous.
 
         Builder: minigraph.ops.elementwise.scale_bias; node op: SCALE.
         """
         return _API['scale_bias'](self, a, s, b)
 
     def scale_inplace(self, a: Tensor, s: float) -> Tensor:
-        """No docstring yet.
+        """Multiply a by a constant in place: a = s * a (ggml_scale_inplace).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        s:      the factor.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
 
         Builder: minigraph.ops.elementwise.scale_inplace; node op: SCALE.
         """
         return _API['scale_inplace'](self, a, s)
 
     def set(self, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """A copy of a with a strided region overwritten by b (ggml_set).
+
+        The region is view(a, b.ne, nb1, nb2, nb3, offset); it must lie inside a and not overlap itself.
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a's ne and type, contiguous.
 
         Builder: minigraph.ops.write.set_; node op: SET.
         """
         return _API['set'](self, a, b, nb1, nb2, nb3, offset)
 
     def set_1d(self, a: Tensor, b: Tensor, offset: int) -> Tensor:
-        """No docstring yet.
+        """A copy of a with b written at a byte offset, using a's strides (ggml_set_1d).
+
+        The region uses a's own strides nb1, nb2, nb3 (so a 1-d b is a run of consecutive elements).
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a's ne and type, contiguous.
 
         Builder: minigraph.ops.write.set_1d; node op: SET.
         """
         return _API['set_1d'](self, a, b, offset)
 
     def set_1d_inplace(self, a: Tensor, b: Tensor, offset: int) -> Tensor:
-        """No docstring yet.
+        """Write b into a at a byte offset, in place, using a's strides (ggml_set_1d_inplace).
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a view of a (a's ne, type and nb): the op writes a's memory.
 
         Builder: minigraph.ops.write.set_1d_inplace; node op: SET.
         """
         return _API['set_1d_inplace'](self, a, b, offset)
 
     def set_2d(self, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """A copy of a with b written into rows nb1 bytes apart (ggml_set_2d).
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        nb1:    the region's row stride in bytes (its nb2, nb3 are a's).
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a's ne and type, contiguous.
 
         Builder: minigraph.ops.write.set_2d; node op: SET.
         """
         return _API['set_2d'](self, a, b, nb1, offset)
 
     def set_2d_inplace(self, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """Write b into rows of a nb1 bytes apart, in place (ggml_set_2d_inplace).
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        nb1:    the region's row stride in bytes (its nb2, nb3 are a's).
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a view of a (a's ne, type and nb): the op writes a's memory.
 
         Builder: minigraph.ops.write.set_2d_inplace; node op: SET.
         """
         return _API['set_2d_inplace'](self, a, b, nb1, offset)
 
     def set_inplace(self, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """Overwrite a strided region of a with b, in place (ggml_set_inplace).
+
+        a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+        offset: byte offset of the region's first element in a (a multiple of the element size).
+        result: a view of a (a's ne, type and nb): the op writes a's memory.
 
         Builder: minigraph.ops.write.set_inplace; node op: SET.
         """
         return _API['set_inplace'](self, a, b, nb1, nb2, nb3, offset)
 
-    def sigmoid(self, a):
-        """No docstring yet.
+    def sigmoid(self, a: Tensor) -> Tensor:
+        """Elementwise sigmoid: y = 1 / (1 + exp(-x)) (ggml_sigmoid).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SIGMOID.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.sigmoid; node op: SIGMOID.
         """
         return _API['sigmoid'](self, a)
 
-    def sigmoid_inplace(self, a):
-        """No docstring yet.
+    def sigmoid_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise sigmoid in place: y = 1 / (1 + exp(-x)) (ggml_sigmoid_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SIGMOID.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.sigmoid_inplace; node op: SIGMOID.
         """
         return _API['sigmoid_inplace'](self, a)
 
-    def silu(self, a):
-        """No docstring yet.
+    def silu(self, a: Tensor) -> Tensor:
+        """Elementwise silu: y = x * sigmoid(x) (ggml_silu).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SILU.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.silu; node op: SILU.
         """
         return _API['silu'](self, a)
 
-    def silu_inplace(self, a):
-        """No docstring yet.
+    def silu_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise silu in place: y = x * sigmoid(x) (ggml_silu_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SILU.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.silu_inplace; node op: SILU.
         """
         return _API['silu_inplace'](self, a)
 
     def soft_max(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """Softmax of each row along ne0 (ggml_soft_max): soft_max_ext(a, None, 1.0, 0.0).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: [ne0, ne1, ne2, ne3] f32, contiguous; each row sums to 1.
 
         Builder: minigraph.ops.reduce.soft_max; node op: SOFT_MAX.
         """
         return _API['soft_max'](self, a)
 
     def soft_max_ext(self, a: Tensor, mask: Optional[Tensor], scale: float, max_bias: float) -> Tensor:
-        """softmax(a*scale + slope*mask) along ne0; mask [ne0, >=ne1, ne2/k, ne3/k] (f32 or f16).
+        """Softmax along ne0 of a * scale + slope * mask, fused (ggml_soft_max_ext).
+
+        The ALiBi slope of head h (h = the ne2 index) is 1 when max_bias is 0, else ggml's
+        geometric sequence over the ne2 heads.
+
+        a:        [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides (attention: [n_kv, n_tokens, n_head, n_seq]).
+        mask:     None, or [ne0, >= ne1, ne2 / r2, ne3 / r3] f32 or f16, added to the scaled logits
+                  (-inf masks a position); only its first ne1 rows are read; it repeats over dims 2 and 3.
+        scale:    factor applied to a before the mask (e.g. 1 / sqrt(head_dim)).
+        max_bias: ALiBi maximum bias; 0.0 disables ALiBi.
+        result:   [ne0, ne1, ne2, ne3] f32, contiguous; each row sums to 1.
 
         Builder: minigraph.ops.reduce.soft_max_ext; node op: SOFT_MAX.
         """
         return _API['soft_max_ext'](self, a, mask, scale, max_bias)
 
-    def softplus(self, a):
-        """No docstring yet.
+    def softplus(self, a: Tensor) -> Tensor:
+        """Elementwise softplus: y = log(1 + exp(x)); x > 20 passes through unchanged, as in ggml (ggml_softplus).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SOFTPLUS.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.softplus; node op: SOFTPLUS.
         """
         return _API['softplus'](self, a)
 
-    def softplus_inplace(self, a):
-        """No docstring yet.
+    def softplus_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise softplus in place: y = log(1 + exp(x)); x > 20 passes through unchanged, as in ggml (ggml_softplus_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SOFTPLUS.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.softplus_inplace; node op: SOFTPLUS.
         """
         return _API['softplus_inplace'](self, a)
 
     def solve_tri(self, a: Tensor, b: Tensor, left: bool = True, lower: bool = True, uni: bool = False) -> Tensor:
-        """Solve a triangular system per batch: left A X = B, right X A = B; A [n, n, ...].
+        """Solve a triangular system per matrix: A X = B (left) or X A = B (right) (ggml_solve_tri).
 
-        left: B [k, n] (n rows); right: B [n, k] (n columns). lower/upper picks A's triangle, uni
-        takes its diagonal as 1. All eight variants run (ggml implements left, lower, non-unit).
+        Only the chosen triangle of A is read; the other one may hold anything. Extension: all eight
+        (left, lower, uni) variants run; ggml implements only left=True, lower=True, uni=False, which
+        are the defaults here.
+
+        a:      [n, n, ne2, ne3] f32/f16/bf16: A, element (i0, i1) = A[row i1][column i0].
+        b:      left: [k, n, ne2, ne3] (n rows of k columns); right: [n, k, ne2, ne3] (k rows of n
+                columns); same ne2, ne3 as a.
+        left:   True solves A X = B, False solves X A = B. Default True (ggml's only variant).
+        lower:  True reads A's lower triangle, False its upper one. Default True (ggml's).
+        uni:    True takes A's diagonal as all ones, whatever it holds. Default False (ggml's).
+        result: X, same ne as b, f32, contiguous.
 
         Builder: minigraph.ops.linalg.solve_tri; node op: SOLVE_TRI.
         """
         return _API['solve_tri'](self, a, b, left, lower, uni)
 
-    def sqr(self, a):
-        """No docstring yet.
+    def sqr(self, a: Tensor) -> Tensor:
+        """Elementwise sqr: y = x * x (ggml_sqr).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SQR.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.sqr; node op: SQR.
         """
         return _API['sqr'](self, a)
 
-    def sqr_inplace(self, a):
-        """No docstring yet.
+    def sqr_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise sqr in place: y = x * x (ggml_sqr_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SQR.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.sqr_inplace; node op: SQR.
         """
         return _API['sqr_inplace'](self, a)
 
-    def sqrt(self, a):
-        """No docstring yet.
+    def sqrt(self, a: Tensor) -> Tensor:
+        """Elementwise sqrt: y = sqrt(x) (ggml_sqrt).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SQRT.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.sqrt; node op: SQRT.
         """
         return _API['sqrt'](self, a)
 
-    def sqrt_inplace(self, a):
-        """No docstring yet.
+    def sqrt_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise sqrt in place: y = sqrt(x) (ggml_sqrt_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: SQRT.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.sqrt_inplace; node op: SQRT.
         """
         return _API['sqrt_inplace'](self, a)
 
-    def sub(self, a, b):
-        """No docstring yet.
+    def sub(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise difference a - b, b repeated into a's shape (ggml_sub).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: SUB.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.sub; node op: SUB.
         """
         return _API['sub'](self, a, b)
 
-    def sub_inplace(self, a, b):
-        """No docstring yet.
+    def sub_inplace(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise difference a - b, b repeated into a's shape (ggml_sub_inplace).
 
-        Builder: minigraph.ops.elementwise._make_binary.<locals>.<lambda>; node op: SUB.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims
+                is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.sub_inplace; node op: SUB.
         """
         return _API['sub_inplace'](self, a, b)
 
     def sum(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """Sum of all elements (ggml_sum).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: [1, 1, 1, 1] f32 (ggml keeps a's type; the same for f32 input).
 
         Builder: minigraph.ops.reduce.sum_; node op: SUM.
         """
         return _API['sum'](self, a)
 
     def sum_rows(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """Sum of each row, along ne0 (ggml_sum_rows).
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: [1, ne1, ne2, ne3] f32 (ggml keeps a's type; the same for f32 input).
 
         Builder: minigraph.ops.reduce.sum_rows; node op: SUM_ROWS.
         """
         return _API['sum_rows'](self, a)
 
-    def tanh(self, a):
-        """No docstring yet.
+    def tanh(self, a: Tensor) -> Tensor:
+        """Elementwise tanh: y = tanh(x) (ggml_tanh).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: TANH.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: same ne and type as a, contiguous.
+
+        Builder: minigraph.ops.elementwise.tanh; node op: TANH.
         """
         return _API['tanh'](self, a)
 
-    def tanh_inplace(self, a):
-        """No docstring yet.
+    def tanh_inplace(self, a: Tensor) -> Tensor:
+        """Elementwise tanh in place: y = tanh(x) (ggml_tanh_inplace).
 
-        Builder: minigraph.ops.elementwise.<lambda>.<locals>.<lambda>; node op: TANH.
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        result: a view of a (same ne, type and nb): the op writes a's memory.
+
+        Builder: minigraph.ops.elementwise.tanh_inplace; node op: TANH.
         """
         return _API['tanh_inplace'](self, a)
 
     def transpose(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """Swap dims 0 and 1 without copying (ggml_transpose): permute(a, 1, 0, 2, 3).
+
+        a:      [ne0, ne1, ne2, ne3], any type.
+        result: [ne1, ne0, ne2, ne3] with a's nb0 and nb1 swapped, a view of a.
 
         Builder: minigraph.ops.layout.transpose; node op: TRANSPOSE.
         """
         return _API['transpose'](self, a)
 
     def tri(self, a: Tensor, type: int) -> Tensor:
-        """Keep one triangle of each [ne0, ne1] matrix, zero the rest (TRI_TYPE_* of ggml).
+        """Keep one triangle of each matrix and zero the rest (ggml_tri).
+
+        Element (i0, i1) is column i0 of row i1. Extension: ggml asks for square contiguous f32
+        matrices; here any [ne0, ne1] shape, float type and strides work.
+
+        a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+        type:   mg.TRI_TYPE_UPPER_DIAG (0: keep i0 >= i1), TRI_TYPE_UPPER (1: i0 > i1),
+                TRI_TYPE_LOWER_DIAG (2: i0 <= i1) or TRI_TYPE_LOWER (3: i0 < i1); ggml's enum values.
+        result: [ne0, ne1, ne2, ne3] f32, contiguous.
 
         Builder: minigraph.ops.linalg.tri; node op: TRI.
         """
         return _API['tri'](self, a, type)
 
     def view_1d(self, a: Tensor, ne0: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """A 1-d view of ne0 consecutive elements of a, starting `offset` bytes in (ggml_view_1d).
+
+        Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+        a:      any tensor, any type.
+        ne0:    number of elements.
+        offset: start, in bytes from the start of a's memory (a multiple of the element size).
+        result: [ne0, 1, 1, 1], a's type, a view of a (view_src = a).
 
         Builder: minigraph.ops.layout.view_1d; node op: VIEW.
         """
         return _API['view_1d'](self, a, ne0, offset)
 
     def view_2d(self, a: Tensor, ne0: int, ne1: int, nb1: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """A 2-d view of a: ne1 rows of ne0 elements, rows nb1 bytes apart (ggml_view_2d).
+
+        Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+        a:        any tensor, any type.
+        ne0, ne1: the view's sizes.
+        nb1:      row stride in bytes (e.g. a.nb[1] for a's own rows).
+        offset:   start, in bytes from the start of a's memory.
+        result:   [ne0, ne1, 1, 1], a's type, nb = [element size, nb1, nb1 * ne1, nb1 * ne1], a view of a.
 
         Builder: minigraph.ops.layout.view_2d; node op: VIEW.
         """
         return _API['view_2d'](self, a, ne0, ne1, nb1, offset)
 
     def view_3d(self, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """A 3-d view of a with byte strides nb1 (rows) and nb2 (planes) (ggml_view_3d).
+
+        Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+        a:             any tensor, any type.
+        ne0, ne1, ne2: the view's sizes.
+        nb1, nb2:      row and plane strides in bytes.
+        offset:        start, in bytes from the start of a's memory.
+        result:        [ne0, ne1, ne2, 1], a's type, nb = [element size, nb1, nb2, nb2 * ne2], a view of a.
 
         Builder: minigraph.ops.layout.view_3d; node op: VIEW.
         """
         return _API['view_3d'](self, a, ne0, ne1, ne2, nb1, nb2, offset)
 
     def view_4d(self, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
-        """No docstring yet.
+        """A 4-d view of a with byte strides nb1, nb2, nb3 (ggml_view_4d).
+
+        Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+        a:                  any tensor, any type.
+        ne0, ne1, ne2, ne3: the view's sizes.
+        nb1, nb2, nb3:      strides in bytes of dims 1, 2, 3 (dim 0 is contiguous: nb0 = element size).
+        offset:             start, in bytes from the start of a's memory.
+        result:             [ne0, ne1, ne2, ne3], a's type, nb = [element size, nb1, nb2, nb3], a view of a.
 
         Builder: minigraph.ops.layout.view_4d; node op: VIEW.
         """
         return _API['view_4d'](self, a, ne0, ne1, ne2, ne3, nb1, nb2, nb3, offset)
 
     def view_tensor(self, a: Tensor) -> Tensor:
-        """No docstring yet.
+        """A view of all of a, same ne and nb (ggml_view_tensor).
+
+        a:      any tensor, any type.
+        result: a's ne, type and nb, a view of a.
 
         Builder: minigraph.ops.layout.view_tensor; node op: VIEW.
         """
