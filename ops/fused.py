@@ -74,10 +74,11 @@ def fused_elementwise(ctx, program: Sequence[tuple], srcs: Sequence[Tensor], fus
     instruction is the output.
 
     program:    tuple of instructions, SSA order (an operand refers only to earlier results).
-    srcs:       1..6 (MAX_INPUTS) f32/f16/bf16 tensors, any strides; a binary op's second
-                operand may be smaller and repeats.
+    srcs:       1..6 (MAX_INPUTS) tensors, each [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides; a
+                binary op's second operand may be smaller ([ne0/r0, ...]) and repeats.
     fused_from: labels of the replaced nodes for dumps (default: the program's op names).
-    result:     the shape of the program's first chain (src0 decides, as unfused), f32, contiguous.
+    result:     [ne0, ne1, ne2, ne3], the shape the program computes on (each op's src0 decides, as
+                unfused), f32, contiguous.
     """
     name = "fused_elementwise"
     srcs = list(srcs)

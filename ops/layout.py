@@ -89,7 +89,7 @@ def view_1d(ctx, a: Tensor, ne0: int, offset: int) -> Tensor:
 
     Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-    a:      any tensor, any type.
+    a:      [ne00, ne01, ne02, ne03], any type, any strides.
     ne0:    number of elements.
     offset: start, in bytes from the start of a's memory (a multiple of the element size).
     result: [ne0, 1, 1, 1], a's type, a view of a (view_src = a).
@@ -105,7 +105,7 @@ def view_2d(ctx, a: Tensor, ne0: int, ne1: int, nb1: int, offset: int) -> Tensor
 
     Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-    a:        any tensor, any type.
+    a:        [ne00, ne01, ne02, ne03], any type, any strides.
     ne0, ne1: the view's sizes.
     nb1:      row stride in bytes (e.g. a.nb[1] for a's own rows).
     offset:   start, in bytes from the start of a's memory.
@@ -121,7 +121,7 @@ def view_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, of
 
     Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-    a:             any tensor, any type.
+    a:             [ne00, ne01, ne02, ne03], any type, any strides.
     ne0, ne1, ne2: the view's sizes.
     nb1, nb2:      row and plane strides in bytes.
     offset:        start, in bytes from the start of a's memory.
@@ -138,7 +138,7 @@ def view_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int, nb1: int, nb
 
     Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-    a:                  any tensor, any type.
+    a:                  [ne00, ne01, ne02, ne03], any type, any strides.
     ne0, ne1, ne2, ne3: the view's sizes.
     nb1, nb2, nb3:      strides in bytes of dims 1, 2, 3 (dim 0 is contiguous: nb0 = element size).
     offset:             start, in bytes from the start of a's memory.
@@ -151,8 +151,8 @@ def view_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int, nb1: int, nb
 def view_tensor(ctx, a: Tensor) -> Tensor:
     """A view of all of a, same ne and nb (ggml_view_tensor).
 
-    a:      any tensor, any type.
-    result: a's ne, type and nb, a view of a.
+    a:      [ne0, ne1, ne2, ne3], any type, any strides.
+    result: [ne0, ne1, ne2, ne3] with a's type and nb, a view of a.
     """
     check_tensor("view_tensor", a)
     return ctx.new_node(VIEW, a.type, a.ne, [a], nb=a.nb, view_src=a)
@@ -172,9 +172,9 @@ def _reshape(ctx, a: Tensor, ne: Sequence[int], name: str) -> Tensor:
 def reshape(ctx, a: Tensor, b: Tensor) -> Tensor:
     """a's elements with b's shape; b's values are not read (ggml_reshape).
 
-    a:      contiguous, any type ([ne0, ne1, ne2, ne3]; ggml_cont a strided view first).
-    b:      any tensor with as many elements as a: gives the shape only.
-    result: b's ne, a's type, contiguous strides, a view of a.
+    a:      [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
+    b:      [ne0, ne1, ne2, ne3] with as many elements as a, any type: gives the shape only.
+    result: [ne0, ne1, ne2, ne3] (b's ne), a's type, contiguous strides, a view of a.
     """
     check_tensor("reshape", b)
     return _reshape(ctx, a, b.ne, "reshape")
@@ -184,7 +184,7 @@ def reshape(ctx, a: Tensor, b: Tensor) -> Tensor:
 def reshape_1d(ctx, a: Tensor, ne0: int) -> Tensor:
     """a's elements as a 1-d tensor [ne0, 1, 1, 1] (ggml_reshape_1d).
 
-    a:      contiguous, any type (ggml_cont a strided view first).
+    a:      [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
     ne0:    the new sizes; their product must equal a's element count.
     result: [ne0, 1, 1, 1], a's type, contiguous strides, a view of a.
     """
@@ -195,7 +195,7 @@ def reshape_1d(ctx, a: Tensor, ne0: int) -> Tensor:
 def reshape_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
     """a's elements as a 2-d tensor [ne0, ne1, 1, 1] (ggml_reshape_2d).
 
-    a:        contiguous, any type (ggml_cont a strided view first).
+    a:        [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
     ne0, ne1: the new sizes; their product must equal a's element count.
     result:   [ne0, ne1, 1, 1], a's type, contiguous strides, a view of a.
     """
@@ -206,7 +206,7 @@ def reshape_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
 def reshape_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
     """a's elements as a 3-d tensor [ne0, ne1, ne2, 1] (ggml_reshape_3d).
 
-    a:             contiguous, any type (ggml_cont a strided view first).
+    a:             [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
     ne0, ne1, ne2: the new sizes; their product must equal a's element count.
     result:        [ne0, ne1, ne2, 1], a's type, contiguous strides, a view of a.
     """
@@ -217,7 +217,7 @@ def reshape_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
 def reshape_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
     """a's elements as a 4-d tensor [ne0, ne1, ne2, ne3] (ggml_reshape_4d).
 
-    a:                  contiguous, any type (ggml_cont a strided view first).
+    a:                  [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
     ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
     result:             [ne0, ne1, ne2, ne3], a's type, contiguous strides, a view of a.
     """
@@ -231,7 +231,7 @@ def permute(ctx, a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> T
     So result.ne[axis0] = a.ne[0] and result.nb[axis0] = a.nb[0], and so on; permute(a, 1, 0, 2, 3)
     is transpose(a). Follow it with ctx.cont for a contiguous copy.
 
-    a:                          any tensor, any type.
+    a:                          [ne0, ne1, ne2, ne3], any type, any strides.
     axis0, axis1, axis2, axis3: where a's dims 0, 1, 2, 3 go: a permutation of 0..3.
     result:                     a view of a with the permuted ne and nb, a's type.
     """
@@ -284,7 +284,7 @@ def cont(ctx, a: Tensor) -> Tensor:
 def cont_1d(ctx, a: Tensor, ne0: int) -> Tensor:
     """A contiguous copy of a, in logical element order, shaped [ne0, 1, 1, 1] (ggml_cont_1d).
 
-    a:      any type, any strides.
+    a:      [ne00, ne01, ne02, ne03], any type, any strides.
     ne0:    the new sizes; their product must equal a's element count.
     result: [ne0, 1, 1, 1], a's type, contiguous.
     """
@@ -295,7 +295,7 @@ def cont_1d(ctx, a: Tensor, ne0: int) -> Tensor:
 def cont_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
     """A contiguous copy of a, in logical element order, shaped [ne0, ne1, 1, 1] (ggml_cont_2d).
 
-    a:        any type, any strides.
+    a:        [ne00, ne01, ne02, ne03], any type, any strides.
     ne0, ne1: the new sizes; their product must equal a's element count.
     result:   [ne0, ne1, 1, 1], a's type, contiguous.
     """
@@ -306,7 +306,7 @@ def cont_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
 def cont_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
     """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, 1] (ggml_cont_3d).
 
-    a:             any type, any strides.
+    a:             [ne00, ne01, ne02, ne03], any type, any strides.
     ne0, ne1, ne2: the new sizes; their product must equal a's element count.
     result:        [ne0, ne1, ne2, 1], a's type, contiguous.
     """
@@ -317,7 +317,7 @@ def cont_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
 def cont_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
     """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, ne3] (ggml_cont_4d).
 
-    a:                  any type, any strides.
+    a:                  [ne00, ne01, ne02, ne03], any type, any strides.
     ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
     result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
     """
@@ -343,8 +343,8 @@ def cpy(ctx, a: Tensor, b: Tensor) -> Tensor:
     how ggml writes a KV cache (cpy into a view of it) and changes type (f32 -> f16; to i32
     truncates toward zero like a C cast). b's values are not read.
 
-    a:      any shape, any type, any strides.
-    b:      the destination, any shape with a's element count, any type and strides.
+    a:      [ne00, ne01, ne02, ne03], any type, any strides.
+    b:      [ne10, ne11, ne12, ne13] with a's element count, any type, any strides: the destination.
     result: a view of b (b's ne, type and nb); computing it writes b's memory.
     """
     check_tensor("cpy", a, b)
@@ -372,8 +372,8 @@ def repeat(ctx, a: Tensor, b: Tensor) -> Tensor:
     """Tile a to b's shape; b's values are not read (ggml_repeat).
 
     a:      [ne0, ne1, ne2, ne3], any type, any strides.
-    b:      gives the shape: each of its dims a whole multiple of a's.
-    result: b's ne, a's type, contiguous; result[i] = a[i mod a.ne] in every dim.
+    b:      [ne10, ne11, ne12, ne13], each a whole multiple of a's size in that dim: gives the shape only.
+    result: [ne10, ne11, ne12, ne13], a's type, contiguous; result[i] = a[i mod a.ne] in every dim.
     """
     check_tensor("repeat", a, b)
     expect(can_repeat(a, b), "repeat", "every dim of the target must be a multiple of the source's", a, b)
@@ -384,7 +384,7 @@ def repeat(ctx, a: Tensor, b: Tensor) -> Tensor:
 def repeat_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
     """Tile a to the shape [ne0, ne1, ne2, ne3] (ggml_repeat_4d).
 
-    a:                  any type, any strides.
+    a:                  [ne00, ne01, ne02, ne03], any type, any strides.
     ne0, ne1, ne2, ne3: the target sizes, each a whole multiple of a's size in that dim.
     result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
     """
@@ -401,7 +401,7 @@ def concat(ctx, a: Tensor, b: Tensor, dim: int) -> Tensor:
     """Join a and b along one dim, a first (ggml_concat).
 
     a:      [ne0, ne1, ne2, ne3], any type, any strides.
-    b:      a's type and ne except in dim, any strides.
+    b:      [ne0, ne1, ne2, ne3] except in dim (any size there), a's type, any strides.
     dim:    the dim to join along, 0..3.
     result: a's ne with ne[dim] = a.ne[dim] + b.ne[dim], a's type, contiguous.
     """

@@ -43,10 +43,10 @@ class OpMethods:
         The region is view(a, b.ne, nb1, nb2, nb3, offset); it must lie inside a and not overlap itself.
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
         offset: byte offset of the region's first element in a (a multiple of the element size).
-        result: a's ne and type, contiguous.
+        result: [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.write.acc; node op: ACC.
         """
@@ -56,7 +56,7 @@ class OpMethods:
         """Add b into a strided region of a, in place (ggml_acc_inplace).
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
         offset: byte offset of the region's first element in a (a multiple of the element size).
         result: a view of a (a's ne, type and nb): the op writes a's memory.
@@ -93,7 +93,7 @@ class OpMethods:
         """Join a and b along one dim, a first (ggml_concat).
 
         a:      [ne0, ne1, ne2, ne3], any type, any strides.
-        b:      a's type and ne except in dim, any strides.
+        b:      [ne0, ne1, ne2, ne3] except in dim (any size there), a's type, any strides.
         dim:    the dim to join along, 0..3.
         result: a's ne with ne[dim] = a.ne[dim] + b.ne[dim], a's type, contiguous.
 
@@ -114,7 +114,7 @@ class OpMethods:
     def cont_1d(self, a: Tensor, ne0: int) -> Tensor:
         """A contiguous copy of a, in logical element order, shaped [ne0, 1, 1, 1] (ggml_cont_1d).
 
-        a:      any type, any strides.
+        a:      [ne00, ne01, ne02, ne03], any type, any strides.
         ne0:    the new sizes; their product must equal a's element count.
         result: [ne0, 1, 1, 1], a's type, contiguous.
 
@@ -125,7 +125,7 @@ class OpMethods:
     def cont_2d(self, a: Tensor, ne0: int, ne1: int) -> Tensor:
         """A contiguous copy of a, in logical element order, shaped [ne0, ne1, 1, 1] (ggml_cont_2d).
 
-        a:        any type, any strides.
+        a:        [ne00, ne01, ne02, ne03], any type, any strides.
         ne0, ne1: the new sizes; their product must equal a's element count.
         result:   [ne0, ne1, 1, 1], a's type, contiguous.
 
@@ -136,7 +136,7 @@ class OpMethods:
     def cont_3d(self, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
         """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, 1] (ggml_cont_3d).
 
-        a:             any type, any strides.
+        a:             [ne00, ne01, ne02, ne03], any type, any strides.
         ne0, ne1, ne2: the new sizes; their product must equal a's element count.
         result:        [ne0, ne1, ne2, 1], a's type, contiguous.
 
@@ -147,7 +147,7 @@ class OpMethods:
     def cont_4d(self, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
         """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, ne3] (ggml_cont_4d).
 
-        a:                  any type, any strides.
+        a:                  [ne00, ne01, ne02, ne03], any type, any strides.
         ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
         result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
 
@@ -162,8 +162,8 @@ class OpMethods:
         how ggml writes a KV cache (cpy into a view of it) and changes type (f32 -> f16; to i32
         truncates toward zero like a C cast). b's values are not read.
 
-        a:      any shape, any type, any strides.
-        b:      the destination, any shape with a's element count, any type and strides.
+        a:      [ne00, ne01, ne02, ne03], any type, any strides.
+        b:      [ne10, ne11, ne12, ne13] with a's element count, any type, any strides: the destination.
         result: a view of b (b's ne, type and nb); computing it writes b's memory.
 
         Builder: minigraph.ops.layout.cpy; node op: CPY.
@@ -278,10 +278,11 @@ class OpMethods:
         instruction is the output.
 
         program:    tuple of instructions, SSA order (an operand refers only to earlier results).
-        srcs:       1..6 (MAX_INPUTS) f32/f16/bf16 tensors, any strides; a binary op's second
-                    operand may be smaller and repeats.
+        srcs:       1..6 (MAX_INPUTS) tensors, each [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides; a
+                    binary op's second operand may be smaller ([ne0/r0, ...]) and repeats.
         fused_from: labels of the replaced nodes for dumps (default: the program's op names).
-        result:     the shape of the program's first chain (src0 decides, as unfused), f32, contiguous.
+        result:     [ne0, ne1, ne2, ne3], the shape the program computes on (each op's src0 decides, as
+                    unfused), f32, contiguous.
 
         Builder: minigraph.ops.fused.fused_elementwise; node op: FUSED_ELEMENTWISE.
         """
@@ -510,7 +511,7 @@ class OpMethods:
         So result.ne[axis0] = a.ne[0] and result.nb[axis0] = a.nb[0], and so on; permute(a, 1, 0, 2, 3)
         is transpose(a). Follow it with ctx.cont for a contiguous copy.
 
-        a:                          any tensor, any type.
+        a:                          [ne0, ne1, ne2, ne3], any type, any strides.
         axis0, axis1, axis2, axis3: where a's dims 0, 1, 2, 3 go: a permutation of 0..3.
         result:                     a view of a with the permuted ne and nb, a's type.
 
@@ -542,8 +543,8 @@ class OpMethods:
         """Tile a to b's shape; b's values are not read (ggml_repeat).
 
         a:      [ne0, ne1, ne2, ne3], any type, any strides.
-        b:      gives the shape: each of its dims a whole multiple of a's.
-        result: b's ne, a's type, contiguous; result[i] = a[i mod a.ne] in every dim.
+        b:      [ne10, ne11, ne12, ne13], each a whole multiple of a's size in that dim: gives the shape only.
+        result: [ne10, ne11, ne12, ne13], a's type, contiguous; result[i] = a[i mod a.ne] in every dim.
 
         Builder: minigraph.ops.layout.repeat; node op: REPEAT.
         """
@@ -552,7 +553,7 @@ class OpMethods:
     def repeat_4d(self, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
         """Tile a to the shape [ne0, ne1, ne2, ne3] (ggml_repeat_4d).
 
-        a:                  any type, any strides.
+        a:                  [ne00, ne01, ne02, ne03], any type, any strides.
         ne0, ne1, ne2, ne3: the target sizes, each a whole multiple of a's size in that dim.
         result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
 
@@ -563,9 +564,9 @@ class OpMethods:
     def reshape(self, a: Tensor, b: Tensor) -> Tensor:
         """a's elements with b's shape; b's values are not read (ggml_reshape).
 
-        a:      contiguous, any type ([ne0, ne1, ne2, ne3]; ggml_cont a strided view first).
-        b:      any tensor with as many elements as a: gives the shape only.
-        result: b's ne, a's type, contiguous strides, a view of a.
+        a:      [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
+        b:      [ne0, ne1, ne2, ne3] with as many elements as a, any type: gives the shape only.
+        result: [ne0, ne1, ne2, ne3] (b's ne), a's type, contiguous strides, a view of a.
 
         Builder: minigraph.ops.layout.reshape; node op: RESHAPE.
         """
@@ -574,7 +575,7 @@ class OpMethods:
     def reshape_1d(self, a: Tensor, ne0: int) -> Tensor:
         """a's elements as a 1-d tensor [ne0, 1, 1, 1] (ggml_reshape_1d).
 
-        a:      contiguous, any type (ggml_cont a strided view first).
+        a:      [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
         ne0:    the new sizes; their product must equal a's element count.
         result: [ne0, 1, 1, 1], a's type, contiguous strides, a view of a.
 
@@ -585,7 +586,7 @@ class OpMethods:
     def reshape_2d(self, a: Tensor, ne0: int, ne1: int) -> Tensor:
         """a's elements as a 2-d tensor [ne0, ne1, 1, 1] (ggml_reshape_2d).
 
-        a:        contiguous, any type (ggml_cont a strided view first).
+        a:        [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
         ne0, ne1: the new sizes; their product must equal a's element count.
         result:   [ne0, ne1, 1, 1], a's type, contiguous strides, a view of a.
 
@@ -596,7 +597,7 @@ class OpMethods:
     def reshape_3d(self, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
         """a's elements as a 3-d tensor [ne0, ne1, ne2, 1] (ggml_reshape_3d).
 
-        a:             contiguous, any type (ggml_cont a strided view first).
+        a:             [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
         ne0, ne1, ne2: the new sizes; their product must equal a's element count.
         result:        [ne0, ne1, ne2, 1], a's type, contiguous strides, a view of a.
 
@@ -607,7 +608,7 @@ class OpMethods:
     def reshape_4d(self, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
         """a's elements as a 4-d tensor [ne0, ne1, ne2, ne3] (ggml_reshape_4d).
 
-        a:                  contiguous, any type (ggml_cont a strided view first).
+        a:                  [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
         ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
         result:             [ne0, ne1, ne2, ne3], a's type, contiguous strides, a view of a.
 
@@ -668,10 +669,10 @@ class OpMethods:
         The region is view(a, b.ne, nb1, nb2, nb3, offset); it must lie inside a and not overlap itself.
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
         offset: byte offset of the region's first element in a (a multiple of the element size).
-        result: a's ne and type, contiguous.
+        result: [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.write.set_; node op: SET.
         """
@@ -683,9 +684,9 @@ class OpMethods:
         The region uses a's own strides nb1, nb2, nb3 (so a 1-d b is a run of consecutive elements).
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         offset: byte offset of the region's first element in a (a multiple of the element size).
-        result: a's ne and type, contiguous.
+        result: [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.write.set_1d; node op: SET.
         """
@@ -695,7 +696,7 @@ class OpMethods:
         """Write b into a at a byte offset, in place, using a's strides (ggml_set_1d_inplace).
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         offset: byte offset of the region's first element in a (a multiple of the element size).
         result: a view of a (a's ne, type and nb): the op writes a's memory.
 
@@ -707,10 +708,10 @@ class OpMethods:
         """A copy of a with b written into rows nb1 bytes apart (ggml_set_2d).
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         nb1:    the region's row stride in bytes (its nb2, nb3 are a's).
         offset: byte offset of the region's first element in a (a multiple of the element size).
-        result: a's ne and type, contiguous.
+        result: [ne0, ne1, ne2, ne3], a's type, contiguous.
 
         Builder: minigraph.ops.write.set_2d; node op: SET.
         """
@@ -720,7 +721,7 @@ class OpMethods:
         """Write b into rows of a nb1 bytes apart, in place (ggml_set_2d_inplace).
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         nb1:    the region's row stride in bytes (its nb2, nb3 are a's).
         offset: byte offset of the region's first element in a (a multiple of the element size).
         result: a view of a (a's ne, type and nb): the op writes a's memory.
@@ -733,7 +734,7 @@ class OpMethods:
         """Overwrite a strided region of a with b, in place (ggml_set_inplace).
 
         a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
-        b:      the values, f32/f16/bf16, any strides; its ne is the region's shape.
+        b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
         nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
         offset: byte offset of the region's first element in a (a multiple of the element size).
         result: a view of a (a's ne, type and nb): the op writes a's memory.
@@ -982,7 +983,7 @@ class OpMethods:
 
         Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-        a:      any tensor, any type.
+        a:      [ne00, ne01, ne02, ne03], any type, any strides.
         ne0:    number of elements.
         offset: start, in bytes from the start of a's memory (a multiple of the element size).
         result: [ne0, 1, 1, 1], a's type, a view of a (view_src = a).
@@ -996,7 +997,7 @@ class OpMethods:
 
         Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-        a:        any tensor, any type.
+        a:        [ne00, ne01, ne02, ne03], any type, any strides.
         ne0, ne1: the view's sizes.
         nb1:      row stride in bytes (e.g. a.nb[1] for a's own rows).
         offset:   start, in bytes from the start of a's memory.
@@ -1011,7 +1012,7 @@ class OpMethods:
 
         Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-        a:             any tensor, any type.
+        a:             [ne00, ne01, ne02, ne03], any type, any strides.
         ne0, ne1, ne2: the view's sizes.
         nb1, nb2:      row and plane strides in bytes.
         offset:        start, in bytes from the start of a's memory.
@@ -1026,7 +1027,7 @@ class OpMethods:
 
         Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
 
-        a:                  any tensor, any type.
+        a:                  [ne00, ne01, ne02, ne03], any type, any strides.
         ne0, ne1, ne2, ne3: the view's sizes.
         nb1, nb2, nb3:      strides in bytes of dims 1, 2, 3 (dim 0 is contiguous: nb0 = element size).
         offset:             start, in bytes from the start of a's memory.
@@ -1039,8 +1040,8 @@ class OpMethods:
     def view_tensor(self, a: Tensor) -> Tensor:
         """A view of all of a, same ne and nb (ggml_view_tensor).
 
-        a:      any tensor, any type.
-        result: a's ne, type and nb, a view of a.
+        a:      [ne0, ne1, ne2, ne3], any type, any strides.
+        result: [ne0, ne1, ne2, ne3] with a's type and nb, a view of a.
 
         Builder: minigraph.ops.layout.view_tensor; node op: VIEW.
         """

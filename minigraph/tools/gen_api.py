@@ -322,8 +322,13 @@ def _public_names() -> list[tuple[str, str, Any]]:
 
 def public_functions_without_doc() -> list[str]:
     """`mg.` names (functions and classes) that have no docstring of their own."""
-    return [f"{name} ({module})" for name, module, obj in _public_names()
-            if callable(obj) and not inspect.getdoc(obj)]
+    return [f"{name} ({module})" for name, module, obj in _public_names() if callable(obj) and not _own_doc(obj)]
+
+
+def _own_doc(obj: Any) -> str:
+    """The object's own docstring (a class does not inherit its base's here)."""
+    doc = vars(obj).get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+    return inspect.cleandoc(doc) if doc else ""
 
 
 def _public_section() -> list[str]:
@@ -336,8 +341,7 @@ def _public_section() -> list[str]:
             except (TypeError, ValueError):
                 sig = "(...)"
             kind = "class " if inspect.isclass(obj) else ""
-            doc = obj.__doc__ if (inspect.isclass(obj) and "__doc__" in vars(obj)) or not inspect.isclass(obj) else None
-            summary = _first_line(inspect.cleandoc(doc)) if doc else "(no docstring)"
+            summary = _first_line(_own_doc(obj))
             out.append(f"| `mg.{name}` | {module} | `{kind}{_md(sig)}` | {_md(summary)} |")
         else:
             out.append(f"| `mg.{name}` | {module} | `{obj!r}` | constant |")
