@@ -195,6 +195,8 @@ def test_api_md_covers_every_op_builder_and_public_name():
     for name in mg.__all__:
         if not inspect.ismodule(getattr(mg, name)):
             assert f"`mg.{name}`" in text, name
+    for name in ("new_tensor_4d", "from_numpy", "new_graph"):
+        assert f"| `ctx.{name}` |" in text, name
     assert "| CUMSUM | reduce | `cumsum` | cpu, cuda |" in text
     assert "ggml: `ggml_cumsum`" in text
 

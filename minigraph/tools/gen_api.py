@@ -348,6 +348,24 @@ def _public_section() -> list[str]:
     return out + [""]
 
 
+def _context_section(registry: Any) -> list[str]:
+    """Context's own methods (tensors, graphs): everything on ctx that is not an op builder."""
+    context = importlib.import_module("minigraph.core.context").Context
+    out = ["## Context methods that are not ops", "", "| method | signature | summary |", "|---|---|---|"]
+    for name, fn in sorted(vars(context).items()):
+        if name.startswith("_") or name in registry.API or not callable(fn):
+            continue
+        sig = str(inspect.signature(fn)).replace("(self, ", "(", 1).replace("(self)", "()", 1)
+        out.append(f"| `ctx.{name}` | `{_md(sig)}` | {_md(_first_line(_own_doc(fn)))} |")
+    return out + [""]
+
+
+def context_methods_without_doc(registry: Any) -> list[str]:
+    context = importlib.import_module("minigraph.core.context").Context
+    return [f"Context.{n}" for n, fn in sorted(vars(context).items())
+            if not n.startswith("_") and callable(fn) and n not in registry.API and not _own_doc(fn)]
+
+
 def render_api_md(registry: Any) -> str:
     load_kernel_tables()
     by_op: dict[str, list[str]] = {}
@@ -373,7 +391,7 @@ def render_api_md(registry: Any) -> str:
         out += ["## Other builders", ""]
         for name in other:
             out += _builder_section(name, registry)
-    out += _public_section()
+    out += _context_section(registry) + _public_section()
     return "\n".join(out).rstrip("\n") + "\n"
 
 
