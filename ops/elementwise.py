@@ -47,6 +47,20 @@ UNARY = {name: register(OpDef(name, "elementwise", (lambda f: lambda node, a: f(
          for name, f in UNARY_REFS.items()}
 
 
+FLOAT_IN = "[ne0, ne1, ne2, ne3] f32/f16/bf16, any strides."
+SAME_OUT = "same ne and type as a, contiguous."
+INPLACE_OUT = "a view of a (same ne, type and nb): the op writes a's memory."
+BINARY_DOCS = {"ADD": ("Elementwise sum", "a + b"), "SUB": ("Elementwise difference", "a - b"),
+               "MUL": ("Elementwise product", "a * b"), "DIV": ("Elementwise quotient", "a / b")}
+UNARY_DOCS = {
+    "NEG": "y = -x", "ABS": "y = |x|", "SQR": "y = x * x", "SQRT": "y = sqrt(x)", "EXP": "y = exp(x)",
+    "LOG": "y = log(x), the natural logarithm", "SIGMOID": "y = 1 / (1 + exp(-x))",
+    "SILU": "y = x * sigmoid(x)", "TANH": "y = tanh(x)", "RELU": "y = max(x, 0)",
+    "GELU": "y = 0.5 * x * (1 + tanh(sqrt(2 / pi) * x * (1 + 0.044715 * x * x))), ggml's tanh approximation",
+    "SOFTPLUS": "y = log(1 + exp(x)); x > 20 passes through unchanged, as in ggml",
+}
+
+
 def _binary(ctx, op: OpDef, a: Tensor, b: Tensor, inplace: bool, name: str) -> Tensor:
     check_float(name, a, b)
     expect(can_repeat(b, a), name, "src1 must repeat into src0 (each of src0's dims a multiple of src1's)", a, b)
@@ -55,13 +69,23 @@ def _binary(ctx, op: OpDef, a: Tensor, b: Tensor, inplace: bool, name: str) -> T
     return ctx.new_node(op, a.type, a.ne, [a, b])
 
 
-def _make_binary(op: OpDef, name: str) -> None:
-    builder(name)(lambda ctx, a, b: _binary(ctx, op, a, b, False, name))
-    builder(name + "_inplace")(lambda ctx, a, b: _binary(ctx, op, a, b, True, name + "_inplace"))
+def _make_binary(op: OpDef, name: str, inplace: bool) -> None:
+    def build(ctx, a: Tensor, b: Tensor) -> Tensor:
+        return _binary(ctx, op, a, b, inplace, name)
+
+    what, formula = BINARY_DOCS[op.name]
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (f"{what} {formula}, b repeated into a's shape (ggml_{name}).\n\n"
+                     f"a:      {FLOAT_IN}\n"
+                     f"b:      [ne0/r0, ne1/r1, ne2/r2, ne3/r3] f32/f16/bf16, any strides: each of a's dims\n"
+                     f"        is a whole multiple of b's (ggml_can_repeat(b, a)); b is tiled over a.\n"
+                     f"result: {INPLACE_OUT if inplace else SAME_OUT}")
+    builder(name)(build)
 
 
 for _op, _name in ((ADD, "add"), (SUB, "sub"), (MUL, "mul"), (DIV, "div")):
-    _make_binary(_op, _name)
+    _make_binary(_op, _name, False)
+    _make_binary(_op, _name + "_inplace", True)
 
 
 def _scale(ctx, a: Tensor, s: float, b: float, inplace: bool, name: str) -> Tensor:
@@ -74,16 +98,35 @@ def _scale(ctx, a: Tensor, s: float, b: float, inplace: bool, name: str) -> Tens
 
 @builder("scale")
 def scale(ctx, a: Tensor, s: float) -> Tensor:
+    """Multiply every element by a constant: y = s * x (ggml_scale).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    s:      the factor (a Python number; the node stores it as a float).
+    result: same ne and type as a, contiguous.
+    """
     return _scale(ctx, a, s, 0.0, False, "scale")
 
 
 @builder("scale_inplace")
 def scale_inplace(ctx, a: Tensor, s: float) -> Tensor:
+    """Multiply a by a constant in place: a = s * a (ggml_scale_inplace).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    s:      the factor.
+    result: a view of a (same ne, type and nb): the op writes a's memory.
+    """
     return _scale(ctx, a, s, 0.0, True, "scale_inplace")
 
 
 @builder("scale_bias")
 def scale_bias(ctx, a: Tensor, s: float, b: float) -> Tensor:
+    """Scale and shift every element: y = s * x + b (ggml_scale_bias).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    s:      the factor.
+    b:      the constant added after scaling (a number, not a tensor).
+    result: same ne and type as a, contiguous.
+    """
     return _scale(ctx, a, s, b, False, "scale_bias")
 
 
@@ -95,7 +138,18 @@ def _unary(ctx, op: OpDef, a: Tensor, inplace: bool, name: str) -> Tensor:
     return ctx.new_node(op, a.type, a.ne, [a])
 
 
+def _make_unary(op: OpDef, name: str, inplace: bool) -> None:
+    def build(ctx, a: Tensor) -> Tensor:
+        return _unary(ctx, op, a, inplace, name)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (f"Elementwise {op.name.lower()}{' in place' if inplace else ''}: {UNARY_DOCS[op.name]} "
+                     f"(ggml_{name}).\n\n"
+                     f"a:      {FLOAT_IN}\n"
+                     f"result: {INPLACE_OUT if inplace else SAME_OUT}")
+    builder(name)(build)
+
+
 for _name, _op in UNARY.items():
-    _lname = _name.lower()
-    builder(_lname)((lambda op, n: lambda ctx, a: _unary(ctx, op, a, False, n))(_op, _lname))
-    builder(_lname + "_inplace")((lambda op, n: lambda ctx, a: _unary(ctx, op, a, True, n))(_op, _lname + "_inplace"))
+    _make_unary(_op, _name.lower(), False)
+    _make_unary(_op, _name.lower() + "_inplace", True)

@@ -65,7 +65,21 @@ FUSED_ELEMENTWISE = register(OpDef(
 
 @builder("fused_elementwise")
 def fused_elementwise(ctx, program: Sequence[tuple], srcs: Sequence[Tensor], fused_from: Any = None) -> Tensor:
-    """One node computing `program` (see the module docstring) over `srcs` (at most MAX_INPUTS)."""
+    """One node that computes a chain of elementwise ops in one pass (no ggml twin).
+
+    The elementwise fusion pass (mg.optimize) makes these; build one by hand to test a kernel.
+    An instruction is (op, operands, consts): op is a unary op name (EXP, SOFTPLUS, ...), ADD,
+    SUB, MUL, DIV (operand 1 repeats into operand 0, as in ggml) or SCALE (consts (s, b)); an
+    operand is ("in", i) for srcs[i] or ("t", k) for instruction k's result. The last
+    instruction is the output.
+
+    program:    tuple of instructions, SSA order (an operand refers only to earlier results).
+    srcs:       1..6 (MAX_INPUTS) tensors, each [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides; a
+                binary op's second operand may be smaller ([ne0/r0, ...]) and repeats.
+    fused_from: labels of the replaced nodes for dumps (default: the program's op names).
+    result:     [ne0, ne1, ne2, ne3], the shape the program computes on (each op's src0 decides, as
+                unfused), f32, contiguous.
+    """
     name = "fused_elementwise"
     srcs = list(srcs)
     check_float(name, *srcs)

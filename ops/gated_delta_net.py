@@ -42,6 +42,26 @@ def gdn_dims(node: Tensor) -> tuple[int, int, int, int, int]:
 @builder("gated_delta_net")
 def gated_delta_net(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor,
                     K: int = 1) -> Tensor:
+    """The gated delta rule over T tokens, every head and sequence in one node (ggml_gated_delta_net).
+
+    Per value head h (reading q/k head h % H_k) and token t: S = exp(g_t) * S (g per head for
+    GDA, per key row for KDA); delta = beta_t * (v_t - S^T k_t); S += k_t delta^T; and
+    o_t = S^T q_t / sqrt(S). The caller l2-normalises q and k (ctx.l2_norm), as llama.cpp does.
+
+    q:      [S, H_k, T, n_seqs_qk] f32, contiguous rows; H_v % H_k == 0 (GQA), n_seqs % n_seqs_qk == 0.
+    k:      [S, H_k, T, n_seqs_qk] f32, q's shape.
+    v:      [S, H_v, T, n_seqs] f32, contiguous rows.
+    g:      [1, H_v, T, n_seqs] (scalar log-decay per head, GDA) or [S, H_v, T, n_seqs] (per key
+            row, KDA) f32.
+    beta:   [1, H_v, T, n_seqs] f32, the write strength.
+    state:  [S, S, H_v, n_seqs] f32, the initial state, transposed: element [j*S + i] is S[i][j]
+            (i key row, j value column).
+    K:      state snapshot slots kept, most recent first (speculative-decoding rollback). ggml's
+            argument has no default; 1 (the final state only) is what llama.cpp passes.
+    result: [S*H_v, T*n_seqs + K*S*n_seqs] f32: the output [S, H_v, T, n_seqs] then K snapshots
+            [S, S, H_v, n_seqs] (slot 0 = final state, slot s = s tokens before the end); read
+            them with ctx.gated_delta_net_attn and ctx.gated_delta_net_state.
+    """
     op = "gated_delta_net"
     check_tensor(op, q, k, v, g, beta, state)
     srcs = (q, k, v, g, beta, state)
@@ -59,9 +79,15 @@ def gated_delta_net(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
     return ctx.new_node(GATED_DELTA_NET, F32, [S * H, T * N + K * S * N, 1, 1], list(srcs), params={"K": K})
 
 
-@builder("gated_delta_net_attn")
+@builder("gated_delta_net_attn", op="VIEW")
 def gated_delta_net_attn(ctx, out: Tensor) -> Tensor:
-    """View of the attention output [S, H_v, T, n_seqs] inside a GATED_DELTA_NET result."""
+    """The attention output inside a gated_delta_net result, as a view (no ggml twin).
+
+    llama.cpp takes the same view by hand (ggml_view_4d at offset 0).
+
+    out:    a GATED_DELTA_NET node, [S*H_v, T*n_seqs + K*S*n_seqs] f32.
+    result: [S, H_v, T, n_seqs] f32, a contiguous view of out.
+    """
     expect(isinstance(out, Tensor) and out.op == "GATED_DELTA_NET", "gated_delta_net_attn",
            "expects the result of gated_delta_net", *([out] if isinstance(out, Tensor) else []))
     S, H, T, N, _ = gdn_dims(out)
@@ -69,9 +95,14 @@ def gated_delta_net_attn(ctx, out: Tensor) -> Tensor:
     return ctx.view_4d(out, S, H, T, N, rs, rs * H, rs * H * T, 0)
 
 
-@builder("gated_delta_net_state")
+@builder("gated_delta_net_state", op="VIEW")
 def gated_delta_net_state(ctx, out: Tensor, slot: int = 0) -> Tensor:
-    """View of state snapshot `slot` [S, S, H_v, n_seqs] (0 = final state)."""
+    """One state snapshot inside a gated_delta_net result, as a view (no ggml twin).
+
+    out:    a GATED_DELTA_NET node, [S*H_v, T*n_seqs + K*S*n_seqs] f32.
+    slot:   0 (the default) = the final state, s = the state s tokens before the end; < K.
+    result: [S, S, H_v, n_seqs] f32 (transposed like the input state), a contiguous view of out.
+    """
     expect(isinstance(out, Tensor) and out.op == "GATED_DELTA_NET", "gated_delta_net_state",
            "expects the result of gated_delta_net", *([out] if isinstance(out, Tensor) else []))
     S, H, T, N, K = gdn_dims(out)

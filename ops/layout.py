@@ -85,6 +85,15 @@ def _view(ctx, a: Tensor, ne: Sequence[int], nb1: int, nb2: int, nb3: int, offse
 
 @builder("view_1d")
 def view_1d(ctx, a: Tensor, ne0: int, offset: int) -> Tensor:
+    """A 1-d view of ne0 consecutive elements of a, starting `offset` bytes in (ggml_view_1d).
+
+    Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+    a:      [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0:    number of elements.
+    offset: start, in bytes from the start of a's memory (a multiple of the element size).
+    result: [ne0, 1, 1, 1], a's type, a view of a (view_src = a).
+    """
     ts = dtypes.type_size(getattr(a, "type", F32))
     ne0 = check_int("view_1d", "ne0", ne0)
     return _view(ctx, a, [ne0, 1, 1, 1], ts * ne0, ts * ne0, ts * ne0, offset, "view_1d")
@@ -92,12 +101,32 @@ def view_1d(ctx, a: Tensor, ne0: int, offset: int) -> Tensor:
 
 @builder("view_2d")
 def view_2d(ctx, a: Tensor, ne0: int, ne1: int, nb1: int, offset: int) -> Tensor:
+    """A 2-d view of a: ne1 rows of ne0 elements, rows nb1 bytes apart (ggml_view_2d).
+
+    Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+    a:        [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0, ne1: the view's sizes.
+    nb1:      row stride in bytes (e.g. a.nb[1] for a's own rows).
+    offset:   start, in bytes from the start of a's memory.
+    result:   [ne0, ne1, 1, 1], a's type, nb = [element size, nb1, nb1 * ne1, nb1 * ne1], a view of a.
+    """
     nb1, ne1 = check_int("view_2d", "nb1", nb1), check_int("view_2d", "ne1", ne1)
     return _view(ctx, a, [ne0, ne1, 1, 1], nb1, nb1 * ne1, nb1 * ne1, offset, "view_2d")
 
 
 @builder("view_3d")
 def view_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, offset: int) -> Tensor:
+    """A 3-d view of a with byte strides nb1 (rows) and nb2 (planes) (ggml_view_3d).
+
+    Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+    a:             [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0, ne1, ne2: the view's sizes.
+    nb1, nb2:      row and plane strides in bytes.
+    offset:        start, in bytes from the start of a's memory.
+    result:        [ne0, ne1, ne2, 1], a's type, nb = [element size, nb1, nb2, nb2 * ne2], a view of a.
+    """
     nb2, ne2 = check_int("view_3d", "nb2", nb2), check_int("view_3d", "ne2", ne2)
     return _view(ctx, a, [ne0, ne1, ne2, 1], nb1, nb2, nb2 * ne2, offset, "view_3d")
 
@@ -105,11 +134,26 @@ def view_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, of
 @builder("view_4d")
 def view_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int, nb1: int, nb2: int, nb3: int,
             offset: int) -> Tensor:
+    """A 4-d view of a with byte strides nb1, nb2, nb3 (ggml_view_4d).
+
+    Like every view it computes nothing; it is checked here so it cannot reach past a's memory.
+
+    a:                  [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0, ne1, ne2, ne3: the view's sizes.
+    nb1, nb2, nb3:      strides in bytes of dims 1, 2, 3 (dim 0 is contiguous: nb0 = element size).
+    offset:             start, in bytes from the start of a's memory.
+    result:             [ne0, ne1, ne2, ne3], a's type, nb = [element size, nb1, nb2, nb3], a view of a.
+    """
     return _view(ctx, a, [ne0, ne1, ne2, ne3], nb1, nb2, nb3, offset, "view_4d")
 
 
 @builder("view_tensor")
 def view_tensor(ctx, a: Tensor) -> Tensor:
+    """A view of all of a, same ne and nb (ggml_view_tensor).
+
+    a:      [ne0, ne1, ne2, ne3], any type, any strides.
+    result: [ne0, ne1, ne2, ne3] with a's type and nb, a view of a.
+    """
     check_tensor("view_tensor", a)
     return ctx.new_node(VIEW, a.type, a.ne, [a], nb=a.nb, view_src=a)
 
@@ -126,33 +170,71 @@ def _reshape(ctx, a: Tensor, ne: Sequence[int], name: str) -> Tensor:
 
 @builder("reshape")
 def reshape(ctx, a: Tensor, b: Tensor) -> Tensor:
+    """a's elements with b's shape; b's values are not read (ggml_reshape).
+
+    a:      [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
+    b:      [ne0, ne1, ne2, ne3] with as many elements as a, any type: gives the shape only.
+    result: [ne0, ne1, ne2, ne3] (b's ne), a's type, contiguous strides, a view of a.
+    """
     check_tensor("reshape", b)
     return _reshape(ctx, a, b.ne, "reshape")
 
 
 @builder("reshape_1d")
 def reshape_1d(ctx, a: Tensor, ne0: int) -> Tensor:
+    """a's elements as a 1-d tensor [ne0, 1, 1, 1] (ggml_reshape_1d).
+
+    a:      [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
+    ne0:    the new sizes; their product must equal a's element count.
+    result: [ne0, 1, 1, 1], a's type, contiguous strides, a view of a.
+    """
     return _reshape(ctx, a, [ne0], "reshape_1d")
 
 
 @builder("reshape_2d")
 def reshape_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
+    """a's elements as a 2-d tensor [ne0, ne1, 1, 1] (ggml_reshape_2d).
+
+    a:        [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
+    ne0, ne1: the new sizes; their product must equal a's element count.
+    result:   [ne0, ne1, 1, 1], a's type, contiguous strides, a view of a.
+    """
     return _reshape(ctx, a, [ne0, ne1], "reshape_2d")
 
 
 @builder("reshape_3d")
 def reshape_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
+    """a's elements as a 3-d tensor [ne0, ne1, ne2, 1] (ggml_reshape_3d).
+
+    a:             [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
+    ne0, ne1, ne2: the new sizes; their product must equal a's element count.
+    result:        [ne0, ne1, ne2, 1], a's type, contiguous strides, a view of a.
+    """
     return _reshape(ctx, a, [ne0, ne1, ne2], "reshape_3d")
 
 
 @builder("reshape_4d")
 def reshape_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+    """a's elements as a 4-d tensor [ne0, ne1, ne2, ne3] (ggml_reshape_4d).
+
+    a:                  [ne00, ne01, ne02, ne03], any type, contiguous (ggml_cont a strided view first).
+    ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
+    result:             [ne0, ne1, ne2, ne3], a's type, contiguous strides, a view of a.
+    """
     return _reshape(ctx, a, [ne0, ne1, ne2, ne3], "reshape_4d")
 
 
 @builder("permute")
 def permute(ctx, a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> Tensor:
-    """ggml_permute: source dim i moves to position axis_i (so ne[axis0] = a.ne[0])."""
+    """Reorder a's dims without copying: a's dim i becomes the result's dim axis_i (ggml_permute).
+
+    So result.ne[axis0] = a.ne[0] and result.nb[axis0] = a.nb[0], and so on; permute(a, 1, 0, 2, 3)
+    is transpose(a). Follow it with ctx.cont for a contiguous copy.
+
+    a:                          [ne0, ne1, ne2, ne3], any type, any strides.
+    axis0, axis1, axis2, axis3: where a's dims 0, 1, 2, 3 go: a permutation of 0..3.
+    result:                     a view of a with the permuted ne and nb, a's type.
+    """
     check_tensor("permute", a)
     axes = [check_int("permute", f"axis{i}", x) for i, x in enumerate((axis0, axis1, axis2, axis3))]
     expect(sorted(axes) == [0, 1, 2, 3], "permute", f"axes {axes} must be a permutation of 0..3", a)
@@ -165,6 +247,11 @@ def permute(ctx, a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> T
 
 @builder("transpose")
 def transpose(ctx, a: Tensor) -> Tensor:
+    """Swap dims 0 and 1 without copying (ggml_transpose): permute(a, 1, 0, 2, 3).
+
+    a:      [ne0, ne1, ne2, ne3], any type.
+    result: [ne1, ne0, ne2, ne3] with a's nb0 and nb1 swapped, a view of a.
+    """
     check_tensor("transpose", a)
     ne = [a.ne[1], a.ne[0], a.ne[2], a.ne[3]]
     nb = [a.nb[1], a.nb[0], a.nb[2], a.nb[3]]
@@ -184,39 +271,82 @@ def _cont(ctx, a: Tensor, ne: Sequence[int], name: str) -> Tensor:
 
 @builder("cont")
 def cont(ctx, a: Tensor) -> Tensor:
+    """A contiguous copy of a, whatever its strides (ggml_cont).
+
+    a:      [ne0, ne1, ne2, ne3], any type, any strides (typically a permute or transpose).
+    result: [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     check_tensor("cont", a)
     return _cont(ctx, a, a.ne, "cont")
 
 
 @builder("cont_1d")
 def cont_1d(ctx, a: Tensor, ne0: int) -> Tensor:
+    """A contiguous copy of a, in logical element order, shaped [ne0, 1, 1, 1] (ggml_cont_1d).
+
+    a:      [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0:    the new sizes; their product must equal a's element count.
+    result: [ne0, 1, 1, 1], a's type, contiguous.
+    """
     return _cont(ctx, a, [ne0], "cont_1d")
 
 
 @builder("cont_2d")
 def cont_2d(ctx, a: Tensor, ne0: int, ne1: int) -> Tensor:
+    """A contiguous copy of a, in logical element order, shaped [ne0, ne1, 1, 1] (ggml_cont_2d).
+
+    a:        [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0, ne1: the new sizes; their product must equal a's element count.
+    result:   [ne0, ne1, 1, 1], a's type, contiguous.
+    """
     return _cont(ctx, a, [ne0, ne1], "cont_2d")
 
 
 @builder("cont_3d")
 def cont_3d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int) -> Tensor:
+    """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, 1] (ggml_cont_3d).
+
+    a:             [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0, ne1, ne2: the new sizes; their product must equal a's element count.
+    result:        [ne0, ne1, ne2, 1], a's type, contiguous.
+    """
     return _cont(ctx, a, [ne0, ne1, ne2], "cont_3d")
 
 
 @builder("cont_4d")
 def cont_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+    """A contiguous copy of a, in logical element order, shaped [ne0, ne1, ne2, ne3] (ggml_cont_4d).
+
+    a:                  [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0, ne1, ne2, ne3: the new sizes; their product must equal a's element count.
+    result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     return _cont(ctx, a, [ne0, ne1, ne2, ne3], "cont_4d")
 
 
 @builder("dup")
 def dup(ctx, a: Tensor) -> Tensor:
+    """A copy of a (ggml_dup).
+
+    a:      [ne0, ne1, ne2, ne3], any type, any strides.
+    result: [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     check_tensor("dup", a)
     return ctx.new_node(DUP, a.type, a.ne, [a])
 
 
 @builder("cpy")
 def cpy(ctx, a: Tensor, b: Tensor) -> Tensor:
-    """Copy a into b's memory (any types, same element count); returns a view of b."""
+    """Copy a's elements into b's memory, converting to b's type (ggml_cpy).
+
+    Elements go in logical order, so the shapes may differ as long as the counts match; this is
+    how ggml writes a KV cache (cpy into a view of it) and changes type (f32 -> f16; to i32
+    truncates toward zero like a C cast). b's values are not read.
+
+    a:      [ne00, ne01, ne02, ne03], any type, any strides.
+    b:      [ne10, ne11, ne12, ne13] with a's element count, any type, any strides: the destination.
+    result: a view of b (b's ne, type and nb); computing it writes b's memory.
+    """
     check_tensor("cpy", a, b)
     expect(nelements(a) == nelements(b), "cpy", "source and destination need the same number of elements", a, b)
     return ctx.new_node(CPY, b.type, b.ne, [a, b], nb=b.nb, view_src=b)
@@ -224,7 +354,12 @@ def cpy(ctx, a: Tensor, b: Tensor) -> Tensor:
 
 @builder("pad")
 def pad(ctx, a: Tensor, p0: int, p1: int, p2: int, p3: int) -> Tensor:
-    """Zero-pad at the end of each dim: ne = a.ne + (p0, p1, p2, p3)."""
+    """Append zeros at the end of each dim (ggml_pad).
+
+    a:                  [ne0, ne1, ne2, ne3], any type, any strides.
+    p0, p1, p2, p3:     how many zeros to append to dims 0..3 (>= 0).
+    result:             [ne0 + p0, ne1 + p1, ne2 + p2, ne3 + p3], a's type, contiguous.
+    """
     check_tensor("pad", a)
     ps = [check_int("pad", f"p{i}", p) for i, p in enumerate((p0, p1, p2, p3))]
     expect(all(p >= 0 for p in ps), "pad", f"padding {ps} must be non-negative", a)
@@ -234,7 +369,12 @@ def pad(ctx, a: Tensor, p0: int, p1: int, p2: int, p3: int) -> Tensor:
 
 @builder("repeat")
 def repeat(ctx, a: Tensor, b: Tensor) -> Tensor:
-    """Tile a to b's shape (each of b's dims is a multiple of a's)."""
+    """Tile a to b's shape; b's values are not read (ggml_repeat).
+
+    a:      [ne0, ne1, ne2, ne3], any type, any strides.
+    b:      [ne10, ne11, ne12, ne13], each a whole multiple of a's size in that dim: gives the shape only.
+    result: [ne10, ne11, ne12, ne13], a's type, contiguous; result[i] = a[i mod a.ne] in every dim.
+    """
     check_tensor("repeat", a, b)
     expect(can_repeat(a, b), "repeat", "every dim of the target must be a multiple of the source's", a, b)
     return ctx.new_node(REPEAT, a.type, b.ne, [a])
@@ -242,6 +382,12 @@ def repeat(ctx, a: Tensor, b: Tensor) -> Tensor:
 
 @builder("repeat_4d")
 def repeat_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+    """Tile a to the shape [ne0, ne1, ne2, ne3] (ggml_repeat_4d).
+
+    a:                  [ne00, ne01, ne02, ne03], any type, any strides.
+    ne0, ne1, ne2, ne3: the target sizes, each a whole multiple of a's size in that dim.
+    result:             [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     check_tensor("repeat_4d", a)
     ne = [check_int("repeat_4d", f"ne{i}", n) for i, n in enumerate((ne0, ne1, ne2, ne3))]
     expect(all(n >= 0 for n in ne), "repeat_4d", f"negative size in ne={ne}", a)
@@ -252,6 +398,13 @@ def repeat_4d(ctx, a: Tensor, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
 
 @builder("concat")
 def concat(ctx, a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """Join a and b along one dim, a first (ggml_concat).
+
+    a:      [ne0, ne1, ne2, ne3], any type, any strides.
+    b:      [ne0, ne1, ne2, ne3] except in dim (any size there), a's type, any strides.
+    dim:    the dim to join along, 0..3.
+    result: a's ne with ne[dim] = a.ne[dim] + b.ne[dim], a's type, contiguous.
+    """
     check_tensor("concat", a, b)
     dim = check_int("concat", "dim", dim)
     expect(0 <= dim < 4, "concat", f"dim {dim} must be in 0..3", a, b)
@@ -265,7 +418,15 @@ def concat(ctx, a: Tensor, b: Tensor, dim: int) -> Tensor:
 
 @builder("get_rows")
 def get_rows(ctx, a: Tensor, b: Tensor) -> Tensor:
-    """Rows of a picked by the I32 indices b: a [n, rows, ne2, ne3], b [m, ne2, ne3] -> [n, m, ne2, ne3]."""
+    """Gather rows of a by index (ggml_get_rows): the embedding lookup.
+
+    result[:, j, i2, i3] = a[:, b[j, i2, i3], i2 % a.ne2, i3 % a.ne3] (ne order). Extension: ggml
+    asks b.ne1 == a.ne2 and b.ne2 == a.ne3; here a also repeats over them.
+
+    a:      [n, rows, ne2, ne3] f32/f16/bf16 or i32: the table.
+    b:      [m, ne12, ne13, 1] i32 row indices in 0..rows-1, with ne12 % ne2 == 0, ne13 % ne3 == 0.
+    result: [n, m, ne12, ne13], f32 (i32 when a is i32), contiguous.
+    """
     check_tensor("get_rows", a, b)
     expect(b.type == dtypes.TYPE_I32, "get_rows", "indices must be i32", a, b)
     expect(b.ne[3] == 1 and a.ne[2] > 0 and a.ne[3] > 0 and b.ne[1] % a.ne[2] == 0 and b.ne[2] % a.ne[3] == 0,

@@ -82,7 +82,16 @@ SOLVE_TRI = register(OpDef("SOLVE_TRI", "linalg", _ref_solve_tri, params=("left"
 
 @builder("mul_mat")
 def mul_mat(ctx, a: Tensor, b: Tensor) -> Tensor:
-    """a [K, M, ne02, ne03] x b [K, N, ne12, ne13] -> F32 [M, N, ne12, ne13] (a broadcast over 2/3)."""
+    """Matrix product with a transposed: result = b @ a^T per matrix (ggml_mul_mat).
+
+    Both operands hold their rows along ne0, so each result element is the dot product of a row
+    of a and a row of b. a repeats over dims 2 and 3 in blocks (result batch i2 reads a's
+    batch i2 // (ne12 / ne02)), which is how grouped-query attention shares K and V heads.
+
+    a:      [K, M, ne02, ne03] f32/f16/bf16, not transposed (ggml_cont a transposed view first).
+    b:      [K, N, ne12, ne13] f32/f16/bf16 with ne12 % ne02 == 0 and ne13 % ne03 == 0.
+    result: [M, N, ne12, ne13] f32; in numpy indexing, per matrix, result[n, m] = sum_k a[m, k] * b[n, k].
+    """
     check_float("mul_mat", a, b)
     expect(a.ne[0] == b.ne[0], "mul_mat", "src0 and src1 need the same ne0 (the shared K)", a, b)
     expect(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, "mul_mat",
@@ -93,7 +102,12 @@ def mul_mat(ctx, a: Tensor, b: Tensor) -> Tensor:
 
 @builder("out_prod")
 def out_prod(ctx, a: Tensor, b: Tensor) -> Tensor:
-    """a [M, K, ...] (x) b [N, K, ...] -> F32 [M, N, b.ne2, b.ne3]."""
+    """Sum of outer products over the shared ne1 (ggml_out_prod).
+
+    a:      [M, K, ne02, ne03] f32/f16/bf16.
+    b:      [N, K, ne12, ne13] f32/f16/bf16 with ne12 % ne02 == 0 and ne13 % ne03 == 0 (a repeats).
+    result: [M, N, ne12, ne13] f32; in numpy indexing, per matrix, result[n, m] = sum_k a[k, m] * b[k, n].
+    """
     check_float("out_prod", a, b)
     expect(a.ne[1] == b.ne[1], "out_prod", "src0 and src1 need the same ne1", a, b)
     expect(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, "out_prod",
@@ -103,7 +117,16 @@ def out_prod(ctx, a: Tensor, b: Tensor) -> Tensor:
 
 @builder("tri")
 def tri(ctx, a: Tensor, type: int) -> Tensor:  # noqa: A002  (ggml's parameter name)
-    """Keep one triangle of each [ne0, ne1] matrix, zero the rest (TRI_TYPE_* of ggml)."""
+    """Keep one triangle of each matrix and zero the rest (ggml_tri).
+
+    Element (i0, i1) is column i0 of row i1. Extension: ggml asks for square contiguous f32
+    matrices; here any [ne0, ne1] shape, float type and strides work.
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    type:   mg.TRI_TYPE_UPPER_DIAG (0: keep i0 >= i1), TRI_TYPE_UPPER (1: i0 > i1),
+            TRI_TYPE_LOWER_DIAG (2: i0 <= i1) or TRI_TYPE_LOWER (3: i0 < i1); ggml's enum values.
+    result: [ne0, ne1, ne2, ne3] f32, contiguous.
+    """
     check_float("tri", a)
     t = check_int("tri", "type", type)
     expect(t in (0, 1, 2, 3), "tri", f"type {t} is not a TRI_TYPE (0 UPPER_DIAG, 1 UPPER, 2 LOWER_DIAG, 3 LOWER)", a)
@@ -120,17 +143,33 @@ def _fill(ctx, a: Tensor, c: float, inplace: bool, name: str) -> Tensor:
 
 @builder("fill")
 def fill(ctx, a: Tensor, c: float) -> Tensor:
+    """A tensor of a's shape with every element c (ggml_fill); a's values are never read.
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16: gives the shape only.
+    c:      the value.
+    result: [ne0, ne1, ne2, ne3] f32, contiguous (ggml keeps a's type).
+    """
     return _fill(ctx, a, c, False, "fill")
 
 
 @builder("fill_inplace")
 def fill_inplace(ctx, a: Tensor, c: float) -> Tensor:
+    """Set every element of a to c (ggml_fill_inplace).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    c:      the value.
+    result: a view of a (same ne, type and nb): the op writes a's memory.
+    """
     return _fill(ctx, a, c, True, "fill_inplace")
 
 
 @builder("diag")
 def diag(ctx, a: Tensor) -> Tensor:
-    """a [n, 1, ne2, ne3] -> diagonal matrices [n, n, ne2, ne3]."""
+    """Diagonal matrices from row vectors (ggml_diag): result[i2, i3] = diag(a[i2, i3]).
+
+    a:      [n, 1, ne2, ne3] f32/f16/bf16: one row vector per matrix.
+    result: [n, n, ne2, ne3] f32, zero off the diagonal (ggml keeps a's type).
+    """
     check_float("diag", a)
     expect(a.ne[1] == 1, "diag", "input must be a row vector per matrix (ne1 == 1)", a)
     return ctx.new_node(DIAG, F32, [a.ne[0], a.ne[0], a.ne[2], a.ne[3]], [a])
@@ -138,10 +177,19 @@ def diag(ctx, a: Tensor) -> Tensor:
 
 @builder("solve_tri")
 def solve_tri(ctx, a: Tensor, b: Tensor, left: bool = True, lower: bool = True, uni: bool = False) -> Tensor:
-    """Solve a triangular system per batch: left A X = B, right X A = B; A [n, n, ...].
+    """Solve a triangular system per matrix: A X = B (left) or X A = B (right) (ggml_solve_tri).
 
-    left: B [k, n] (n rows); right: B [n, k] (n columns). lower/upper picks A's triangle, uni
-    takes its diagonal as 1. All eight variants run (ggml implements left, lower, non-unit).
+    Only the chosen triangle of A is read; the other one may hold anything. Extension: all eight
+    (left, lower, uni) variants run; ggml implements only left=True, lower=True, uni=False, which
+    are the defaults here.
+
+    a:      [n, n, ne2, ne3] f32/f16/bf16: A, element (i0, i1) = A[row i1][column i0].
+    b:      left: [k, n, ne2, ne3] (n rows of k columns); right: [n, k, ne2, ne3] (k rows of n
+            columns); same ne2, ne3 as a.
+    left:   True solves A X = B, False solves X A = B. Default True (ggml's only variant).
+    lower:  True reads A's lower triangle, False its upper one. Default True (ggml's).
+    uni:    True takes A's diagonal as all ones, whatever it holds. Default False (ggml's).
+    result: X, same ne as b, f32, contiguous.
     """
     check_float("solve_tri", a, b)
     flags = {}

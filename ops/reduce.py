@@ -69,25 +69,46 @@ SOFT_MAX = register(OpDef("SOFT_MAX", "reduce", _ref_soft_max, params=("scale", 
 
 @builder("sum")
 def sum_(ctx, a: Tensor) -> Tensor:
+    """Sum of all elements (ggml_sum).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    result: [1, 1, 1, 1] f32 (ggml keeps a's type; the same for f32 input).
+    """
     check_float("sum", a)
     return ctx.new_node(SUM, F32, [1, 1, 1, 1], [a])
 
 
 @builder("sum_rows")
 def sum_rows(ctx, a: Tensor) -> Tensor:
+    """Sum of each row, along ne0 (ggml_sum_rows).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    result: [1, ne1, ne2, ne3] f32 (ggml keeps a's type; the same for f32 input).
+    """
     check_float("sum_rows", a)
     return ctx.new_node(SUM_ROWS, F32, [1, a.ne[1], a.ne[2], a.ne[3]], [a])
 
 
 @builder("mean")
 def mean(ctx, a: Tensor) -> Tensor:
+    """Mean of each row, along ne0 (ggml_mean).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    result: [1, ne1, ne2, ne3] f32.
+    """
     check_float("mean", a)
     return ctx.new_node(MEAN, F32, [1, a.ne[1], a.ne[2], a.ne[3]], [a])
 
 
 @builder("cumsum")
 def cumsum(ctx, a: Tensor, dim: int = 0) -> Tensor:
-    """Inclusive prefix sum along ne[dim]; dim=0 is ggml's behaviour. Any strides in, F32 out."""
+    """Inclusive prefix sum along one axis, ne[dim] (ggml_cumsum).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    dim:    the axis to sum along, 0..3. Extension: ggml_cumsum has no dim and always sums along
+            ne0; the default 0 keeps that behaviour.
+    result: [ne0, ne1, ne2, ne3] f32, contiguous: result[i] = a[0] + ... + a[i] along dim.
+    """
     check_float("cumsum", a)
     dim = check_int("cumsum", "dim", dim)
     expect(0 <= dim < 4, "cumsum", f"dim {dim} must be in 0..3", a)
@@ -103,27 +124,65 @@ def _norm(ctx, op: OpDef, a: Tensor, eps: float, name: str) -> Tensor:
 
 @builder("l2_norm")
 def l2_norm(ctx, a: Tensor, eps: float) -> Tensor:
+    """Divide each row (along ne0) by its L2 norm: x / max(sqrt(sum(x*x)), eps) (ggml_l2_norm).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    eps:    lower bound of the norm (>= 0), so an all-zero row stays zero.
+    result: [ne0, ne1, ne2, ne3] f32, contiguous.
+    """
     return _norm(ctx, L2_NORM, a, eps, "l2_norm")
 
 
 @builder("rms_norm")
 def rms_norm(ctx, a: Tensor, eps: float) -> Tensor:
+    """Root-mean-square normalisation of each row: x / sqrt(mean(x*x) + eps) (ggml_rms_norm).
+
+    No learned weight: multiply the result by one (ctx.mul) as llama.cpp does.
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    eps:    added to the mean square (>= 0), e.g. 1e-6.
+    result: [ne0, ne1, ne2, ne3] f32, contiguous.
+    """
     return _norm(ctx, RMS_NORM, a, eps, "rms_norm")
 
 
 @builder("norm")
 def norm(ctx, a: Tensor, eps: float) -> Tensor:
+    """Layer normalisation of each row: (x - mean) / sqrt(variance + eps) (ggml_norm).
+
+    No learned weight or bias: apply them with ctx.mul and ctx.add as llama.cpp does.
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    eps:    added to the variance (>= 0), e.g. 1e-5.
+    result: [ne0, ne1, ne2, ne3] f32, contiguous.
+    """
     return _norm(ctx, NORM, a, eps, "norm")
 
 
 @builder("soft_max")
 def soft_max(ctx, a: Tensor) -> Tensor:
+    """Softmax of each row along ne0 (ggml_soft_max): soft_max_ext(a, None, 1.0, 0.0).
+
+    a:      [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides.
+    result: [ne0, ne1, ne2, ne3] f32, contiguous; each row sums to 1.
+    """
     return soft_max_ext(ctx, a, None, 1.0, 0.0)
 
 
 @builder("soft_max_ext")
 def soft_max_ext(ctx, a: Tensor, mask: Optional[Tensor], scale: float, max_bias: float) -> Tensor:
-    """softmax(a*scale + slope*mask) along ne0; mask [ne0, >=ne1, ne2/k, ne3/k] (f32 or f16)."""
+    """Softmax along ne0 of a * scale + slope * mask, fused (ggml_soft_max_ext).
+
+    The ALiBi slope of head h (h = the ne2 index) is 1 when max_bias is 0, else ggml's
+    geometric sequence over the ne2 heads.
+
+    a:        [ne0, ne1, ne2, ne3] f32/f16/bf16, any strides (attention: [n_kv, n_tokens, n_head, n_seq]).
+    mask:     None, or [ne0, >= ne1, ne2 / r2, ne3 / r3] f32 or f16, added to the scaled logits
+              (-inf masks a position); only its first ne1 rows are read; it repeats over dims 2 and 3.
+    scale:    factor applied to a before the mask (e.g. 1 / sqrt(head_dim)).
+    max_bias: ALiBi maximum bias; 0.0 disables ALiBi.
+    result:   [ne0, ne1, ne2, ne3] f32, contiguous; each row sums to 1.
+    """
     check_float("soft_max_ext", a)
     params = {"scale": check_number("soft_max_ext", "scale", scale),
               "max_bias": check_number("soft_max_ext", "max_bias", max_bias), "has_mask": int(mask is not None)}

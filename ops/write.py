@@ -63,43 +63,111 @@ def _region_op(ctx, op: OpDef, a: Tensor, b: Tensor, nb1, nb2, nb3, offset, inpl
 
 @builder("acc")
 def acc(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    """A copy of a with b added into a strided region of it (ggml_acc).
+
+    The region is view(a, b.ne, nb1, nb2, nb3, offset); it must lie inside a and not overlap itself.
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     return _region_op(ctx, ACC, a, b, nb1, nb2, nb3, offset, False, "acc")
 
 
 @builder("acc_inplace")
 def acc_inplace(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    """Add b into a strided region of a, in place (ggml_acc_inplace).
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: a view of a (a's ne, type and nb): the op writes a's memory.
+    """
     return _region_op(ctx, ACC, a, b, nb1, nb2, nb3, offset, True, "acc_inplace")
 
 
 @builder("set")
 def set_(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    """A copy of a with a strided region overwritten by b (ggml_set).
+
+    The region is view(a, b.ne, nb1, nb2, nb3, offset); it must lie inside a and not overlap itself.
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     return _region_op(ctx, SET, a, b, nb1, nb2, nb3, offset, False, "set")
 
 
 @builder("set_inplace")
 def set_inplace(ctx, a: Tensor, b: Tensor, nb1: int, nb2: int, nb3: int, offset: int) -> Tensor:
+    """Overwrite a strided region of a with b, in place (ggml_set_inplace).
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    nb1, nb2, nb3: the region's byte strides in a (its element stride is a's element size).
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: a view of a (a's ne, type and nb): the op writes a's memory.
+    """
     return _region_op(ctx, SET, a, b, nb1, nb2, nb3, offset, True, "set_inplace")
 
 
 @builder("set_1d")
 def set_1d(ctx, a: Tensor, b: Tensor, offset: int) -> Tensor:
+    """A copy of a with b written at a byte offset, using a's strides (ggml_set_1d).
+
+    The region uses a's own strides nb1, nb2, nb3 (so a 1-d b is a run of consecutive elements).
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     check_tensor("set_1d", a)
     return _region_op(ctx, SET, a, b, a.nb[1], a.nb[2], a.nb[3], offset, False, "set_1d")
 
 
 @builder("set_1d_inplace")
 def set_1d_inplace(ctx, a: Tensor, b: Tensor, offset: int) -> Tensor:
+    """Write b into a at a byte offset, in place, using a's strides (ggml_set_1d_inplace).
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: a view of a (a's ne, type and nb): the op writes a's memory.
+    """
     check_tensor("set_1d_inplace", a)
     return _region_op(ctx, SET, a, b, a.nb[1], a.nb[2], a.nb[3], offset, True, "set_1d_inplace")
 
 
 @builder("set_2d")
 def set_2d(ctx, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
+    """A copy of a with b written into rows nb1 bytes apart (ggml_set_2d).
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    nb1:    the region's row stride in bytes (its nb2, nb3 are a's).
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: [ne0, ne1, ne2, ne3], a's type, contiguous.
+    """
     check_tensor("set_2d", a)
     return _region_op(ctx, SET, a, b, nb1, a.nb[2], a.nb[3], offset, False, "set_2d")
 
 
 @builder("set_2d_inplace")
 def set_2d_inplace(ctx, a: Tensor, b: Tensor, nb1: int, offset: int) -> Tensor:
+    """Write b into rows of a nb1 bytes apart, in place (ggml_set_2d_inplace).
+
+    a:      the destination, [ne0, ne1, ne2, ne3] f32/f16/bf16, contiguous.
+    b:      [nr0, nr1, nr2, nr3] f32/f16/bf16, any strides: the values; its ne is the region's shape.
+    nb1:    the region's row stride in bytes (its nb2, nb3 are a's).
+    offset: byte offset of the region's first element in a (a multiple of the element size).
+    result: a view of a (a's ne, type and nb): the op writes a's memory.
+    """
     check_tensor("set_2d_inplace", a)
     return _region_op(ctx, SET, a, b, nb1, a.nb[2], a.nb[3], offset, True, "set_2d_inplace")

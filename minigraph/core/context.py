@@ -1,7 +1,8 @@
 """The graph builder: `ctx = mg.Context()`, then ggml's functions as methods (`ctx.cumsum(a)`).
 
-Every op method comes from the op registry (minigraph.ops): `ctx.X(...)` looks up the builder
-registered for ggml_X, so ops are defined once, in their own module.
+Every op method is inherited from OpMethods (minigraph/core/op_methods.py), generated from the op
+registry by `python -m minigraph.tools.gen_api`: each calls the builder registered for ggml_X, so
+ops are defined once, in their own module, and still have real signatures and docstrings.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import numpy as np
 from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError
 from minigraph.core.buffer import DLPACK_CPU, DLPACK_IMPORTERS, wrap_host_array
+from minigraph.core.op_methods import OpMethods
 from minigraph.core.tensor import MAX_DIMS, Tensor, extent_bytes
 
 if TYPE_CHECKING:
     from minigraph.core.graph import Graph
 
 
-class Context:
+class Context(OpMethods):
     """Owns the tensors of one graph-building session (ggml_context without a memory pool)."""
 
     def __init__(self, mem_size: int = 0, no_alloc: bool = False) -> None:
@@ -28,12 +30,14 @@ class Context:
         self.tensors: list[Tensor] = []
 
     def __getattr__(self, name: str) -> Any:
+        # reached only when normal lookup fails: every op is a real method of OpMethods. A builder
+        # registered after op_methods.py was generated gets this error, never a silent lambda.
         from minigraph.core.registry import API
 
-        fn = API.get(name)
-        if fn is None:
-            raise AttributeError(f"minigraph has no op '{name}' (ggml_{name}); see minigraph.ops.registry.API")
-        return lambda *args, **kwargs: fn(self, *args, **kwargs)
+        if name in API:
+            raise AttributeError(f"Context.{name}: ggml_{name} has a registered builder but no method; "
+                                 "minigraph/core/op_methods.py is stale: run `python -m minigraph.tools.gen_api`")
+        raise AttributeError(f"'Context' object has no attribute '{name}' (minigraph has no op ggml_{name})")
 
     # -- tensors ------------------------------------------------------------------------------
     def new_tensor(self, type_: int, n_dims: int, ne: Sequence[int]) -> Tensor:

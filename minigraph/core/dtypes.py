@@ -33,6 +33,7 @@ def type_size(type_: int) -> int:
 
 
 def type_name(type_: int) -> str:
+    """ggml_type_name: "f32", "f16", "bf16", "i32" (ggml's spelling); "type<n>" for an unknown value."""
     return _NAMES.get(type_, f"type{type_}")
 
 

@@ -54,6 +54,9 @@ class OpDef:
 
 OPS: dict[str, OpDef] = {}
 API: dict[str, Callable[..., Any]] = {}
+# BUILDER_OP[builder name] -> the OpDef name of the node it records, where the name does not say
+# it (gated_delta_net_attn records a VIEW); the docs generator reads it (minigraph.tools.gen_api)
+BUILDER_OP: dict[str, str] = {}
 # KERNELS[backend][op name] -> Kernel
 KERNELS: dict[str, dict[str, "Kernel"]] = {}
 
@@ -65,14 +68,22 @@ def register(op: OpDef) -> OpDef:
     return op
 
 
-def builder(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Expose a builder as ctx.<name>(...) for each ggml name (ggml_<name> without its prefix)."""
+def builder(*names: str, op: Optional[str] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Expose a builder as ctx.<name>(...) for each ggml name (ggml_<name> without its prefix).
+
+    `op`: the OpDef name of the node the builder records, when the builder's name does not start
+    with it (the API docs group builders by op: minigraph.tools.gen_api). Context gets one real
+    method per name from the generated minigraph/core/op_methods.py: rerun
+    `python -m minigraph.tools.gen_api` after adding or changing a builder.
+    """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         for name in names:
             if name in API:
                 raise RuntimeError(f"builder {name} registered twice")
             API[name] = fn
+            if op is not None:
+                BUILDER_OP[name] = op
         return fn
 
     return deco

@@ -12,6 +12,7 @@ import sys
 from typing import Optional, TextIO
 
 from minigraph.core.errors import MinigraphError
+from minigraph.core.version import __version__
 
 TARGET_HELP = ("path/file.py:function (called as function(ctx, **params), returns the output tensor or "
                "tensors) or a graph file written by mg.save_graph")
@@ -31,6 +32,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="minigraph", description="minigraph tools: dump, compare, test-backend-ops")
+    ap.add_argument("--version", action="version", version=f"minigraph {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("dump", help="print a graph: table, JSON, DOT, SVG/PNG; --profile times it")
