@@ -3,7 +3,7 @@
 Each case builds q [hsk, n_q, n_head, ne3], k [hsk, n_kv, n_head_kv, nk3], v [hsv, ...] of one
 KV type and one KV layout, an optional mask and sinks, and runs ctx.flash_attn_ext. The same
 builder runs on minigraph and on ggml's bridge (minigraph.testing.ggml_bridge), so it only uses
-what both have. KV layouts:
+what both have. KV layouts (var kv_view):
     cont  k, v are leaves
     perm  stored [hs, n_head_kv, n_kv, ne3] and permuted (0, 2, 1, 3), as llama.cpp's KV cache views
     offs  views at an odd element offset inside a larger buffer, rows padded (nb1 > hs * size)
@@ -45,7 +45,7 @@ class FaCase(NamedTuple):
         s = (f"hsk={self.hsk},hsv={self.hsv},nh={self.n_head},nr={self.n_head // self.n_head_kv},"
              f"kv={self.n_kv},nb={self.n_q},mask={self.mask},max_bias={self.max_bias:g},"
              f"logit_softcap={self.softcap:g},sinks={int(self.sinks)},type_KV={self.type_kv},"
-             f"kv_layout={self.layout},ne3={self.ne3}")
+             f"kv_view={self.layout},ne3={self.ne3}")
         if self.layout == "vk":
             s += f",v_offs={self.v_offs}"
         if self.mask == "rand_f32":
@@ -108,7 +108,7 @@ def build_case(ctx: Any, rng: np.random.Generator, c: FaCase) -> Any:
 
 def add_sinks(ctx: Any, out: Any, sinks: Any) -> None:
     """ggml_flash_attn_ext_add_sinks takes no context: minigraph's is a module function, the
-    bridge's a method of its context (it calls the C function)."""
+    bridge (minigraph.testing.ggml_bridge) has it as a method of its context."""
     from minigraph.core.context import Context
 
     if isinstance(ctx, Context):
@@ -116,7 +116,7 @@ def add_sinks(ctx: Any, out: Any, sinks: Any) -> None:
 
         flash_attn_ext_add_sinks(out, sinks)
     else:
-        ctx.flash_attn_ext_add_sinks_noctx(out, sinks)
+        ctx.flash_attn_ext_add_sinks(out, sinks)
 
 
 GRID = [
@@ -146,6 +146,10 @@ GRID = [
     FaCase(64, 64, 4, 4, 33, 3, type_kv="f16", layout="offs"),
     FaCase(64, 64, 4, 4, 33, 3, type_kv="bf16", layout="offs"),
     FaCase(64, 64, 4, 2, 33, 4, ne3=2, nk3=2),
+    # flash-decoding split of the kv range (n_q = 1, few tasks), with sinks; causal blocks skipped
+    FaCase(64, 64, 4, 1, 300, 1, sinks=True),
+    FaCase(576, 512, 16, 1, 200, 1, type_kv="f16", layout="vk", sinks=True),
+    FaCase(64, 64, 4, 1, 130, 130, mask="causal"),
     # MLA: V a view of K (576/512), decode and causal prefill; and V inside K at an offset
     FaCase(576, 512, 16, 1, 70, 1, type_kv="f16", layout="vk"),
     FaCase(576, 512, 16, 1, 40, 4, mask="causal", type_kv="f16", layout="vk"),
