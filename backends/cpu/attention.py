@@ -86,24 +86,58 @@ def _scores(qt, nr, kb, nj, dk, s):
 
 
 @numba.njit(**_FAST)
-def _accumulate(p, nr, vb, voff, nj, dv, o):
-    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv], four kv rows per pass over o."""
-    for r in range(nr):
-        j = 0
-        while j + 4 <= nj:
-            p0 = p[r, j]
-            p1 = p[r, j + 1]
-            p2 = p[r, j + 2]
-            p3 = p[r, j + 3]
-            for d in range(dv):
-                o[r, d] += (p0 * vb[j, voff + d] + p1 * vb[j + 1, voff + d]
-                            + p2 * vb[j + 2, voff + d] + p3 * vb[j + 3, voff + d])
-            j += 4
-        for jj in range(j, nj):
-            pj = p[r, jj]
+def _accumulate_rows(p, r0, r1, vb, voff, nj, dv, o):
+    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv] for r0 <= r < r1, one row at a time."""
+    for r in range(r0, r1):
+        orow = o[r]
+        for j in range(nj):
+            pj = p[r, j]
             if pj != 0.0:
+                vrow = vb[j, voff:voff + dv]   # a contiguous 1-D slice: the loop vectorises
                 for d in range(dv):
-                    o[r, d] += pj * vb[jj, voff + d]
+                    orow[d] += pj * vrow[d]
+
+
+@numba.njit(**_FAST)
+def _accumulate(p, nr, vb, voff, nj, dv, o):
+    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv]: four rows of o kept in contiguous
+    scratch rows while two kv rows at a time stream past (each V value loaded once per 4 rows)."""
+    t0 = np.empty(dv, np.float32)
+    t1 = np.empty(dv, np.float32)
+    t2 = np.empty(dv, np.float32)
+    t3 = np.empty(dv, np.float32)
+    r = 0
+    while r + 4 <= nr:
+        for d in range(dv):
+            t0[d] = o[r, d]
+            t1[d] = o[r + 1, d]
+            t2[d] = o[r + 2, d]
+            t3[d] = o[r + 3, d]
+        j = 0
+        while j + 2 <= nj:
+            v0 = vb[j, voff:voff + dv]
+            v1 = vb[j + 1, voff:voff + dv]
+            a0, b0 = p[r, j], p[r, j + 1]
+            a1, b1 = p[r + 1, j], p[r + 1, j + 1]
+            a2, b2 = p[r + 2, j], p[r + 2, j + 1]
+            a3, b3 = p[r + 3, j], p[r + 3, j + 1]
+            for d in range(dv):
+                x = v0[d]
+                y = v1[d]
+                t0[d] += a0 * x + b0 * y
+                t1[d] += a1 * x + b1 * y
+                t2[d] += a2 * x + b2 * y
+                t3[d] += a3 * x + b3 * y
+            j += 2
+        for d in range(dv):
+            o[r, d] = t0[d]
+            o[r + 1, d] = t1[d]
+            o[r + 2, d] = t2[d]
+            o[r + 3, d] = t3[d]
+        if j < nj:   # odd block length: the last kv row for these four rows
+            _accumulate_rows(p[:, j:], r, r + 4, vb[j:], voff, 1, dv, o)
+        r += 4
+    _accumulate_rows(p, r, nr, vb, voff, nj, dv, o)
 
 
 @numba.njit(inline="always", cache=True, nogil=True)
