@@ -31,7 +31,7 @@ class FaCase(NamedTuple):
     n_head_kv: int
     n_kv: int
     n_q: int
-    mask: str = "rand"        # none | rand | causal | rand_f32 (extension) | dead_row
+    mask: str = "rand"        # none | rand | causal | dead_row (row 0 all -inf, every 3rd kv masked)
     max_bias: float = 0.0
     softcap: float = 0.0
     sinks: bool = False
@@ -40,6 +40,7 @@ class FaCase(NamedTuple):
     ne3: int = 1
     nk3: int = 1
     v_offs: int = 0           # vk layout: V's row offset inside K's row, in elements
+    mask_f32: bool = False    # an f32 mask (minigraph extension; ggml takes f16 only)
 
     def vars(self) -> str:
         s = (f"hsk={self.hsk},hsv={self.hsv},nh={self.n_head},nr={self.n_head // self.n_head_kv},"
@@ -48,7 +49,7 @@ class FaCase(NamedTuple):
              f"kv_view={self.layout},ne3={self.ne3}")
         if self.layout == "vk":
             s += f",v_offs={self.v_offs}"
-        if self.mask == "rand_f32":
+        if self.mask_f32 and self.mask != "none":
             s += ",ext=f32_mask"
         if self.nk3 != self.ne3:
             s += f",nk3={self.nk3},ext=ne3_broadcast"
@@ -83,7 +84,7 @@ def _mask(ctx: Any, rng: np.random.Generator, c: FaCase) -> Any:
         if c.mask == "dead_row":
             m[0, :] = -np.inf   # query row 0 sees nothing: its result is 0 (or 0 with a sink)
             m[1:, ::3] = -np.inf
-    t = ctx.new_tensor_4d(dtypes.TYPE_F32 if c.mask == "rand_f32" else dtypes.TYPE_F16, c.n_kv, rows, 1, 1)
+    t = ctx.new_tensor_4d(dtypes.TYPE_F32 if c.mask_f32 else dtypes.TYPE_F16, c.n_kv, rows, 1, 1)
     t.set_data(m.reshape(1, 1, rows, c.n_kv))
     return t
 
@@ -157,7 +158,7 @@ GRID = [
     FaCase(128, 64, 4, 2, 33, 3, layout="vk", v_offs=32),
     FaCase(128, 64, 4, 2, 33, 3, type_kv="bf16", layout="vk", v_offs=64),
     # minigraph extensions (ggml asserts on them)
-    FaCase(64, 64, 4, 2, 33, 3, mask="rand_f32"),
+    FaCase(64, 64, 4, 2, 33, 3, mask="causal", mask_f32=True),
     FaCase(64, 64, 4, 2, 33, 2, ne3=2, nk3=1),
 ]
 
