@@ -5,3 +5,4 @@ from minigraph.backends.cpu import reduce, linalg  # noqa: F401
 from minigraph.backends.cpu import layout, write  # noqa: F401
 from minigraph.backends.cpu import gated_delta_net  # noqa: F401
 from minigraph.backends.cpu import fused  # noqa: F401
+from minigraph.backends.cpu import attention  # noqa: F401

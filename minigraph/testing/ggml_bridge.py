@@ -30,6 +30,7 @@ DEFAULT_GRAPH_SIZE = 1 << 15      # nodes per graph: enough for long chunked del
 
 _NP_OF_TYPE = {0: np.float32, 1: np.float16, 26: np.int32}     # GGML_TYPE_F32, F16, I32
 _TYPE_OF_NP = {np.dtype(v): k for k, v in _NP_OF_TYPE.items()}
+_BF16 = 30   # GGML_TYPE_BF16: stored as raw uint16 bits, converted on set_data / numpy
 _cpu_ready = False
 
 
@@ -119,17 +120,21 @@ class GgmlTensor:
 
     def _strided(self) -> np.ndarray:
         """A (ne3, ne2, ne1, ne0) numpy view of the tensor's memory with strides (nb3, nb2, nb1, nb0)."""
-        if self.type not in _NP_OF_TYPE:
+        np_type = np.uint16 if self.type == _BF16 else _NP_OF_TYPE.get(self.type)
+        if np_type is None:
             raise TypeError(f"ggml_bridge: type {self.type} of tensor {self.name!r} has no numpy dtype")
         ne, nb = self.ne, self.nb
         span = sum((n - 1) * s for n, s in zip(ne, nb)) + nb[0] if min(ne) > 0 else 0
         addr = _g.ggml_get_data(self._ptr)
         buf = (ctypes.c_uint8 * span).from_address(addr) if span else bytearray()
-        return np.ndarray(tuple(reversed(ne)), _NP_OF_TYPE[self.type], buf, 0, tuple(reversed(nb)))
+        return np.ndarray(tuple(reversed(ne)), np_type, buf, 0, tuple(reversed(nb)))
 
     def numpy(self) -> np.ndarray:
         """A copy in logical element order, shape reversed(ne[:n_dims]), whatever nb is."""
-        return self._strided().copy().reshape(tuple(reversed(self.ne[:self.n_dims])))
+        out = self._strided().copy()
+        if self.type == _BF16:
+            out = (out.astype(np.uint32) << 16).view(np.float32)
+        return out.reshape(tuple(reversed(self.ne[:self.n_dims])))
 
     def set_data(self, arr: np.ndarray) -> None:
         """Write `arr` (any shape with ne0*ne1*ne2*ne3 elements, logical order) into the tensor."""
@@ -137,6 +142,10 @@ class GgmlTensor:
         arr = np.asarray(arr)
         if arr.size != dst.size:
             raise ValueError(f"ggml_bridge: set_data of {arr.shape} into tensor with ne {self.ne}")
+        if self.type == _BF16:
+            from minigraph.core.dtypes import f32_to_bf16
+
+            arr = f32_to_bf16(np.asarray(arr, np.float32))
         dst[...] = arr.reshape(dst.shape).astype(dst.dtype, copy=False)
 
     def __repr__(self) -> str:
@@ -175,6 +184,15 @@ class GgmlContext:
 
         call.__name__ = name
         return call
+
+    # ggml functions that take no context, called as the case builders call minigraph's
+    def flash_attn_ext_add_sinks(self, a: GgmlTensor, sinks: GgmlTensor) -> None:
+        """ggml_flash_attn_ext_add_sinks(a, sinks) (no context in ggml)."""
+        _g.ggml_flash_attn_ext_add_sinks(a._ptr, sinks._ptr)
+
+    def flash_attn_ext_set_prec(self, a: GgmlTensor, prec: int) -> None:
+        """ggml_flash_attn_ext_set_prec(a, prec) (no context in ggml)."""
+        _g.ggml_flash_attn_ext_set_prec(a._ptr, prec)
 
     def from_numpy(self, arr: np.ndarray) -> GgmlTensor:
         """New tensor holding a copy of `arr`: numpy shape (d, c, b, a) is ggml ne [a, b, c, d].

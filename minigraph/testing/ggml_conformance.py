@@ -23,6 +23,18 @@ NON_CONTIGUOUS_OK = {"CONT", "CPY", "DUP", "MUL_MAT", "OUT_PROD", "REPEAT", "CON
                      "SUM", "SUM_ROWS", "MEAN", "PERMUTE", "TRANSPOSE"}
 # ggml computes these f32 functions through an f16 table or an approximation
 GGML_TOLERANCE = {"GELU": 1e-5, "SILU": 1e-6, "SIGMOID": 1e-6, "SOFTPLUS": 1e-6}
+# FLASH_ATTN_EXT: ggml rounds Q to K's dot type (f16 / bf16) and, for f16 V, accumulates V in
+# f16; f32 K/V stay f32. Measured on the cases (seed 1): f32 <= 6e-14, f16 <= 2.3e-6, bf16 <= 2.5e-7.
+GGML_FA_TOLERANCE = {"f32": 1e-6, "f16": 2e-5, "bf16": 5e-6}
+
+
+def ggml_tolerance(case: Case) -> float:
+    """The NMSE that ggml's CPU backend is allowed against the float64 reference."""
+    tol = max(case.max_nmse, GGML_TOLERANCE.get(case.op, 0.0))
+    if case.op == "FLASH_ATTN_EXT":
+        kv = case.vars.split("type_KV=")[1].split(",")[0]
+        tol = max(tol, GGML_FA_TOLERANCE[kv])
+    return tol
 
 
 def ggml_accepts(case: Case) -> Optional[str]:
@@ -36,6 +48,8 @@ def ggml_accepts(case: Case) -> Optional[str]:
         return "ggml needs contiguous rows for this op"
     if case.op == "CUMSUM" and "dim=0" not in v:
         return "minigraph extension: cumsum along ne[dim>0]"
+    if "ext=" in v:
+        return "minigraph extension: " + v.split("ext=")[1]
     if case.op == "SOLVE_TRI" and not ("left=1,lower=1,uni=0" in v):
         return "minigraph extension: ggml implements left/lower/non-unit only"
     return None
@@ -75,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         print(json.dumps({"case": case.name, "status": "start"}), flush=True)
         got, ref = run_on_ggml(case, args.seed)
-        tol = max(case.max_nmse, GGML_TOLERANCE.get(case.op, 0.0))
+        tol = ggml_tolerance(case)
         err = nmse(got, ref)
         ok = bool(np.isfinite(got).all() == np.isfinite(ref).all() and err <= tol)
         print(json.dumps({"case": case.name, "status": "ok" if ok else "fail", "nmse": err, "tol": tol}), flush=True)
