@@ -13,9 +13,10 @@ from minigraph.backends import cpu as _cpu  # noqa: F401  (registers the CPU ker
 from minigraph.backends.reference import reference_compute
 from minigraph.core.buffer import Buffer, HostBuffer
 from minigraph.core.context import Context, init
-from minigraph.core.dtypes import TYPE_BF16, TYPE_F16, TYPE_F32, TYPE_I32, type_name, type_size
+from minigraph.core.dtypes import TYPE_BF16, TYPE_F16, TYPE_F32, TYPE_I32, TYPE_I64, type_name, type_size
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph, build_forward_expand, graph_n_nodes, graph_node
+from minigraph.core.version import __version__
 from minigraph.core.tensor import (Tensor, are_same_shape, are_same_stride, can_repeat, element_size,
                                    format_name, get_name, is_contiguous, is_contiguous_1, is_contiguous_2,
                                    is_contiguous_rows, is_empty, is_matrix, is_permuted, is_scalar,
@@ -24,10 +25,13 @@ from minigraph.core.tensor import (Tensor, are_same_shape, are_same_stride, can_
 from minigraph.device.backend import Backend, Support
 from minigraph.device.buffers import (backend_alloc_ctx_tensors, backend_tensor_alloc, backend_tensor_get,
                                       backend_tensor_set, tensor_buffer)
-from minigraph.ops import TRI_TYPE_LOWER, TRI_TYPE_LOWER_DIAG, TRI_TYPE_UPPER, TRI_TYPE_UPPER_DIAG
+from minigraph.ops import (PREC_DEFAULT, PREC_F32, ROPE_TYPE_IMROPE, ROPE_TYPE_MROPE, ROPE_TYPE_NEOX,
+                           ROPE_TYPE_NORM, ROPE_TYPE_NORMAL, ROPE_TYPE_VISION, TRI_TYPE_LOWER, TRI_TYPE_LOWER_DIAG, TRI_TYPE_UPPER,
+                           TRI_TYPE_UPPER_DIAG, flash_attn_ext_add_sinks, flash_attn_ext_get_prec,
+                           flash_attn_ext_set_prec)
 from minigraph.passes import Optimized
 from minigraph.run import backend_cpu_init, backend_cuda_init, backend_sched_new, compute, optimize
 from minigraph.schedule.scheduler import BackendSched
 from minigraph.tools.graphio import load_graph, save_graph
 
-__all__ = [n for n in dir() if not n.startswith("_")]
+__all__ = [n for n in dir() if not n.startswith("_")] + ["__version__"]

@@ -108,9 +108,20 @@ def v_offset_in_k(k: Tensor, v: Tensor) -> int:
 @builder("flash_attn_ext")
 def flash_attn_ext(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float,
                    max_bias: float = 0.0, logit_softcap: float = 0.0) -> Tensor:
-    """ggml_flash_attn_ext: q [DK, n_q, n_head, ne3], k [DK, n_kv, n_head_kv, nk3],
-    v [DV, n_kv, n_head_v, nv3], mask [>= n_kv, >= n_q, m2, m3] f16/f32 or None
-    -> f32 [DV, n_head, n_q, ne3]. See the module docstring for the math."""
+    """Fused attention softmax(scale * q.k^T + mask + alibi) . v, online softmax (ggml_flash_attn_ext).
+
+    q:      [DK, n_q, n_head, ne3] f32.
+    k:      [DK, n_kv, n_head_kv, nk3] f32/f16/bf16, any strides and byte offset; n_head % n_head_kv
+            == 0 (GQA/MQA). Extension: nk3 may divide ne3 (ggml asks nk3 == ne3).
+    v:      [DV, n_kv, n_head_kv, nv3] f32/f16/bf16; DV may differ from DK (576/512, 192/128). When V
+            is a view of K (same root, V's rows inside K's rows, as MLA builds it) kernels read K once.
+    mask:   [>= n_kv, >= n_q, m2, m3] f16 (as ggml) or f32 (extension), added to the scores; or None.
+    scale:  the score scale, usually 1/sqrt(DK).
+    max_bias: ALiBi maximum bias (0: off; > 0 needs a mask), slopes as ggml's m0/m1 over n_head.
+    logit_softcap: 0 for off, else scores become softcap * tanh(scores / softcap).
+    result: [DV, n_head, n_q, ne3] f32 (note: head before query row, as ggml). See the module
+            docstring for the math; mg.flash_attn_ext_add_sinks adds gpt-oss sinks.
+    """
     check_tensor(OP, q, k, v)
     check_float(OP, q, k, v)
     expect(q.type == F32, OP, "q must be f32 (as ggml's CPU kernel reads it)", q, k, v)

@@ -268,6 +268,25 @@ class OpMethods:
         """
         return _API['fill_inplace'](self, a, c)
 
+    def flash_attn_ext(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float, max_bias: float = 0.0, logit_softcap: float = 0.0) -> Tensor:
+        """Fused attention softmax(scale * q.k^T + mask + alibi) . v, online softmax (ggml_flash_attn_ext).
+
+        q:      [DK, n_q, n_head, ne3] f32.
+        k:      [DK, n_kv, n_head_kv, nk3] f32/f16/bf16, any strides and byte offset; n_head % n_head_kv
+                == 0 (GQA/MQA). Extension: nk3 may divide ne3 (ggml asks nk3 == ne3).
+        v:      [DV, n_kv, n_head_kv, nv3] f32/f16/bf16; DV may differ from DK (576/512, 192/128). When V
+                is a view of K (same root, V's rows inside K's rows, as MLA builds it) kernels read K once.
+        mask:   [>= n_kv, >= n_q, m2, m3] f16 (as ggml) or f32 (extension), added to the scores; or None.
+        scale:  the score scale, usually 1/sqrt(DK).
+        max_bias: ALiBi maximum bias (0: off; > 0 needs a mask), slopes as ggml's m0/m1 over n_head.
+        logit_softcap: 0 for off, else scores become softcap * tanh(scores / softcap).
+        result: [DV, n_head, n_q, ne3] f32 (note: head before query row, as ggml). See the module
+                docstring for the math; mg.flash_attn_ext_add_sinks adds gpt-oss sinks.
+
+        Builder: minigraph.ops.attention.flash_attn_ext; node op: FLASH_ATTN_EXT.
+        """
+        return _API['flash_attn_ext'](self, q, k, v, mask, scale, max_bias, logit_softcap)
+
     def fused_elementwise(self, program: Sequence[tuple], srcs: Sequence[Tensor], fused_from: Any = None) -> Tensor:
         """One node that computes a chain of elementwise ops in one pass (no ggml twin).
 

@@ -315,7 +315,7 @@ def _public_names() -> list[tuple[str, str, Any]]:
             module = importlib.import_module(node.module)
             for alias in node.names:
                 public = alias.asname or alias.name
-                if not public.startswith("_"):
+                if not public.startswith("_") or public == "__version__":
                     names.append((public, node.module, getattr(module, alias.name)))
     return sorted(names, key=lambda t: t[0].lower())
 
