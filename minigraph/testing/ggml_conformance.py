@@ -38,6 +38,8 @@ def ggml_accepts(case: Case) -> Optional[str]:
         return "minigraph extension: cumsum along ne[dim>0]"
     if case.op == "SOLVE_TRI" and not ("left=1,lower=1,uni=0" in v):
         return "minigraph extension: ggml implements left/lower/non-unit only"
+    if case.op == "SET_ROWS" and "type=bf16" in v:
+        return "the bridge has no numpy type for bf16 data"
     return None
 
 
