@@ -38,29 +38,33 @@ def rope(dst, a, pos, ff, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_f
         low, high = yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow)
     mscale = yarn_mscale(attn_factor, freq_scale, ext_factor)
     theta_scale = freq_base ** (-2.0 / n_dims)
-    cos = np.empty((n2, half))
-    sin = np.empty((n2, half))
+    cos = np.empty((n2, half), np.float32)  # f32 like ggml's cache: the row loop stays in f32
+    sin = np.empty((n2, half), np.float32)
     for i2 in prange(n2):
         theta = float(pos[0, 0, 0, i2])
         for i in range(half):  # ggml's cache: the angle scaled pair by pair
             t = theta / ff[0, 0, 0, i] if has_ff else theta
             cos[i2, i], sin[i2, i] = rope_yarn(t, freq_scale, low, high, i, ext_factor, mscale)
             theta *= theta_scale
-    # NORMAL: element 2i pairs with 2i+1; NEOX: element i pairs with i + half
-    step = 1 if mode == NEOX else 2
-    gap = half if mode == NEOX else 1
     for r in prange(n3 * n2 * n1):
         i3, i2, i1 = row_index(r, n2, n1)
-        for i in range(half):
-            j = i * step
-            x0 = a[i3, i2, i1, j]
-            x1 = a[i3, i2, i1, j + gap]
-            c = cos[i2, i]
-            s = sin[i2, i]
-            dst[i3, i2, i1, j] = x0 * c - x1 * s
-            dst[i3, i2, i1, j + gap] = x0 * s + x1 * c
+        src = a[i3, i2, i1]
+        out = dst[i3, i2, i1]
+        c = cos[i2]
+        s = sin[i2]
+        if mode == NEOX:  # element i pairs with i + half
+            for i in range(half):
+                x0 = src[i]
+                x1 = src[i + half]
+                out[i] = x0 * c[i] - x1 * s[i]
+                out[i + half] = x0 * s[i] + x1 * c[i]
+        else:             # NORMAL: element 2i pairs with 2i + 1
+            for i in range(half):
+                x0 = src[2 * i]
+                x1 = src[2 * i + 1]
+                out[2 * i] = x0 * c[i] - x1 * s[i]
+                out[2 * i + 1] = x0 * s[i] + x1 * c[i]
         for i0 in range(n_dims, n0):
-            dst[i3, i2, i1, i0] = a[i3, i2, i1, i0]
-
+            out[i0] = src[i0]
 
 register_kernel("ROPE", "cpu", rope, index_slots=(2,))
