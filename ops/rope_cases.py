@@ -47,9 +47,10 @@ def mla_rope_shift(ctx, rng, n_kv, yarn, kv=512, pe=64, mode=ROPE_TYPE_NORMAL):
     return k_cache, ctx.rope_ext_inplace(k_pe, shift, None, pe, mode, *params)
 
 
-def _set_rows_case(ctx, rng, dst_type, idx_type, c_ne, layout, n=4, n_rows=10, ne0=8, ne2=2, ne3=3):
+def _set_rows_case(ctx, rng, dst_type, idx_type, c_ne, layout, n=4, n_rows=10, ne0=8, ne2=2, ne3=3,
+                   src_type=dtypes.TYPE_F32):
     a = make_input(ctx, rng, [ne0, n_rows, ne2, ne3], layout, type_=dst_type, name="cache")
-    b = make_input(ctx, rng, [ne0, n, ne2, ne3], name="rows")
+    b = make_input(ctx, rng, [ne0, n, ne2, ne3], type_=src_type, name="rows")
     k1, k2 = c_ne
     idx = np.stack([rng.permutation(n_rows)[:n] for _ in range(k1 * k2)]).reshape(k2, k1, n)
     c = ctx.from_numpy(idx.astype(np.int64 if idx_type == dtypes.TYPE_I64 else np.int32))
@@ -67,6 +68,9 @@ def _cases() -> Iterator[Case]:
                    lambda c, r, m=mode, L=layout: _rope_case(c, r, m, 16, 1, 1, L, inplace=True))
         yield Case("ROPE", f"type=f16,mode={mode},n_dims=16,ff=0,yarn=1,layout={layout}",
                    lambda c, r, m=mode, L=layout: _rope_case(c, r, m, 16, 0, 1, L, type_=dtypes.TYPE_F16), F16_NMSE)
+    yield Case("ROPE", "inplace=1,type=f16,mode=2,n_dims=32,ff=1,yarn=1,layout=offs",
+               lambda c, r: _rope_case(c, r, ROPE_TYPE_NEOX, 32, 1, 1, "offs", inplace=True, type_=dtypes.TYPE_F16),
+               F16_NMSE)
     for yarn in (0, 1):
         yield Case("ROPE", f"mla_rope_shift=1,kv=512,pe=64,n_kv=6,yarn={yarn}",
                    lambda c, r, y=yarn: mla_rope_shift(c, r, 6, y)[1])
@@ -78,6 +82,10 @@ def _cases() -> Iterator[Case]:
         yield Case("SET_ROWS", f"type={dtypes.type_name(dst)},idx={dtypes.type_name(idx)},c_ne=[4,{c_ne[0]},{c_ne[1]}],"
                    f"layout={layout}",
                    lambda c, r, d=dst, i=idx, k=c_ne, L=layout: _set_rows_case(c, r, d, i, k, L), tol)
+    for dst, tol in types[:2]:  # ggml also takes f16 rows (copied as is into an f16 destination)
+        yield Case("SET_ROWS", f"src=f16,type={dtypes.type_name(dst)},idx=i32,c_ne=[4,2,1],layout=cont",
+                   lambda c, r, d=dst: _set_rows_case(c, r, d, dtypes.TYPE_I32, (2, 1), "cont", src_type=dtypes.TYPE_F16),
+                   tol)
     yield Case("SET_ROWS", "kv_cache=1,type=f16,idx=i64,ne=[128,64,1,1],n=7",
                lambda c, r: _set_rows_case(c, r, dtypes.TYPE_F16, dtypes.TYPE_I64, (1, 1), "cont", 7, 64, 128, 1, 1),
                F16_NMSE)

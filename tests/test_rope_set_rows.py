@@ -233,7 +233,8 @@ def test_ggml_agrees_on_rope_and_set_rows():
     assert any("mla_rope_shift=1" in c and "yarn=1" in c for c in ok)
     assert any("idx=i64" in c for c in ok) and any("type=f16" in c and c.startswith("ROPE") for c in ok)
     skipped = {r["why"] for r in res if r["status"] == "skip"}
-    assert skipped == {"ggml needs contiguous rows for this op", "the bridge has no numpy type for bf16 data"}
+    assert skipped == {"ggml needs contiguous rows for this op", "the bridge has no numpy type for bf16 data",
+                       "ggml-python 0.0.45's ggml_set_rows takes f32 rows only (current ggml also f16)"}
 
 
 # -- refusals ------------------------------------------------------------------------------------

@@ -67,4 +67,5 @@ def rope(dst, a, pos, ff, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_f
         for i0 in range(n_dims, n0):
             out[i0] = src[i0]
 
+
 register_kernel("ROPE", "cpu", rope, index_slots=(2,))
