@@ -76,7 +76,7 @@ def reference_compute(graph: Union[Graph, Tensor]) -> ReferenceResult:
         if op.is_view:
             continue
         srcs = [None if s is None else res.view4(s) for s in node.src]
-        srcs = [None if s is None else (s.astype(np.int64) if t.type == dtypes.TYPE_I32 else s)
+        srcs = [None if s is None else (s.astype(np.int64) if t.type in dtypes.INT_TYPES else s)
                 for s, t in zip(srcs, node.src)]
         out = op.reference(node, *srcs, **{k: node.op_params[k] for k in op.params})
         res.view4(node)[...] = np.broadcast_to(out, tuple(reversed(node.ne)))

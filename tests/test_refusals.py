@@ -80,7 +80,7 @@ CASES = [
     ("from_numpy_object", lambda c: c.from_numpy(np.array([1, "a", None], dtype=object)), r"from_numpy", []),
     ("from_numpy_strings", lambda c: c.from_numpy(np.array(["a", "b"])), r"from_numpy", []),
     ("from_numpy_complex", lambda c: c.from_numpy(np.zeros(3, np.complex64)), r"from_numpy", []),
-    ("from_numpy_int64", lambda c: c.from_numpy(np.zeros(3, np.int64)), r"from_numpy", []),
+    ("from_numpy_int16", lambda c: c.from_numpy(np.zeros(3, np.int16)), r"from_numpy", []),
     ("set_data_wrong_shape", lambda c: src48(c).set_data(np.zeros((4, 3), np.float32)), r"set_data", ["'src'", "[4, 3, 1, 1]"]),
     ("set_data_too_many_dims", lambda c: src48(c).set_data(np.zeros((1, 1, 1, 1, 3, 4), np.float32)), r"set_data", ["'src'"]),
     ("set_data_object", lambda c: src48(c).set_data(np.full((3, 4), None, dtype=object)), r"set_data", ["'src'"]),

@@ -3,6 +3,7 @@ from minigraph.backends.cpu import jit  # noqa: F401
 from minigraph.backends.cpu import elementwise  # noqa: F401
 from minigraph.backends.cpu import reduce, linalg  # noqa: F401
 from minigraph.backends.cpu import layout, write  # noqa: F401
+from minigraph.backends.cpu import rope, rows  # noqa: F401
 from minigraph.backends.cpu import gated_delta_net  # noqa: F401
 from minigraph.backends.cpu import fused  # noqa: F401
 from minigraph.backends.cpu import attention  # noqa: F401

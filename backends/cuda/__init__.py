@@ -6,4 +6,5 @@ NUMBA_ENABLE_CUDASIM=1 before numba is imported to run them on the CPU simulator
 from minigraph.backends.cuda import common  # noqa: F401
 from minigraph.backends.cuda import elementwise, fused, layout, reduce, linalg, write, gated_delta_net  # noqa: F401
 from minigraph.backends.cuda import attention  # noqa: F401
+from minigraph.backends.cuda import rope, rows  # noqa: F401
 from minigraph.backends.cuda.backend import CudaBackend, CudaBuffer  # noqa: F401

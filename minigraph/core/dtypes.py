@@ -8,16 +8,18 @@ from minigraph.core.errors import TYPE_NAMES, MinigraphError
 TYPE_F32 = 0
 TYPE_F16 = 1
 TYPE_I32 = 26
+TYPE_I64 = 27
 TYPE_BF16 = 30
 
 # storage dtype of one element; BF16 is kept as its raw 16 bits
 _STORAGE = {TYPE_F32: np.dtype(np.float32), TYPE_F16: np.dtype(np.float16),
-            TYPE_I32: np.dtype(np.int32), TYPE_BF16: np.dtype(np.uint16)}
-_NAMES = {TYPE_F32: "f32", TYPE_F16: "f16", TYPE_I32: "i32", TYPE_BF16: "bf16"}
+            TYPE_I32: np.dtype(np.int32), TYPE_I64: np.dtype(np.int64), TYPE_BF16: np.dtype(np.uint16)}
+_NAMES = {TYPE_F32: "f32", TYPE_F16: "f16", TYPE_I32: "i32", TYPE_I64: "i64", TYPE_BF16: "bf16"}
 _FROM_NUMPY = {np.dtype(np.float32): TYPE_F32, np.dtype(np.float16): TYPE_F16,
-               np.dtype(np.int32): TYPE_I32}
+               np.dtype(np.int32): TYPE_I32, np.dtype(np.int64): TYPE_I64}
 FLOAT_TYPES = (TYPE_F32, TYPE_F16, TYPE_BF16)
 TYPE_NAMES.update(_NAMES)  # so errors.describe names types without importing this module
+INT_TYPES = (TYPE_I32, TYPE_I64)
 
 
 def check_type(type_: int, op: str = "new_tensor") -> int:
@@ -46,7 +48,7 @@ def type_from_numpy(dtype: np.dtype, op: str = "from_numpy") -> int:
     if dt == np.float64:
         return TYPE_F32  # converted on the way in, as users expect from numpy defaults
     if dt not in _FROM_NUMPY:
-        raise MinigraphError(f"{op}: numpy dtype {dt} has no ggml type (use float32, float16, int32)")
+        raise MinigraphError(f"{op}: numpy dtype {dt} has no ggml type (use float32, float16, int32, int64)")
     return _FROM_NUMPY[dt]
 
 
@@ -65,7 +67,7 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def to_float(raw: np.ndarray, type_: int) -> np.ndarray:
-    """Storage values -> float32 (I32 stays int32)."""
+    """Storage values -> float32 (I32/I64 stay int32/int64)."""
     if type_ == TYPE_BF16:
         return bf16_to_f32(raw)
     if type_ == TYPE_F16:

@@ -648,6 +648,76 @@ class OpMethods:
         """
         return _API['rms_norm'](self, a, eps)
 
+    def rope(self, a: Tensor, b: Tensor, n_dims: int, mode: int) -> Tensor:
+        """rope_ext without freq_factors or YaRN: freq_base 10000, freq_scale 1, attn_factor 1 (ggml_rope).
+
+        a:      [head dim ne0, n_head, n_tokens, ne3] f32/f16, any strides.
+        b:      [n_tokens] I32 positions.
+        n_dims: rotated dims (even, <= ne0); the tail is copied.
+        mode:   ROPE_TYPE_NORMAL (0) or ROPE_TYPE_NEOX (2).
+        result: [ne0, n_head, n_tokens, ne3], a's type, contiguous.
+
+        Builder: minigraph.ops.rope.rope; node op: ROPE.
+        """
+        return _API['rope'](self, a, b, n_dims, mode)
+
+    def rope_ext(self, a: Tensor, b: Tensor, c: Optional[Tensor], n_dims: int, mode: int, n_ctx_orig: int, freq_base: float, freq_scale: float, ext_factor: float, attn_factor: float, beta_fast: float, beta_slow: float) -> Tensor:
+        """Rotary position embedding with YaRN and freq_factors (ggml_rope_ext; see the module doc).
+
+        a:      [head dim ne0, n_head, n_tokens, ne3] f32/f16, any strides and byte offset (e.g. the pe
+                part of an MLA K cache row).
+        b:      [n_tokens] I32 positions, one per ne2 index.
+        c:      [>= n_dims/2] f32 freq_factors dividing each pair's frequency, or None.
+        n_dims: rotated dims (even, <= ne0); the tail ne0 - n_dims is copied (partial rotation).
+        mode:   ROPE_TYPE_NORMAL (0, adjacent pairs) or ROPE_TYPE_NEOX (2, halves); mrope/vision refused.
+        n_ctx_orig: the training context length (YaRN's correction dims).
+        freq_base: theta base (10000 in most models).
+        freq_scale: position interpolation factor (1: none).
+        ext_factor: YaRN extrapolation mix (0: off).
+        attn_factor: magnitude scale of cos/sin (1: none).
+        beta_fast: YaRN ramp low bound (32 in ggml's defaults).
+        beta_slow: YaRN ramp high bound (1 in ggml's defaults).
+        result: [ne0, n_head, n_tokens, ne3], a's type, contiguous.
+
+        Builder: minigraph.ops.rope.rope_ext; node op: ROPE.
+        """
+        return _API['rope_ext'](self, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor, attn_factor, beta_fast, beta_slow)
+
+    def rope_ext_inplace(self, a: Tensor, b: Tensor, c: Optional[Tensor], n_dims: int, mode: int, n_ctx_orig: int, freq_base: float, freq_scale: float, ext_factor: float, attn_factor: float, beta_fast: float, beta_slow: float) -> Tensor:
+        """rope_ext written into a (ggml_rope_ext_inplace).
+
+        a:      [head dim ne0, n_head, n_tokens, ne3] f32/f16, any strides and byte offset (e.g. the pe
+                part of an MLA K cache row).
+        b:      [n_tokens] I32 positions, one per ne2 index.
+        c:      [>= n_dims/2] f32 freq_factors dividing each pair's frequency, or None.
+        n_dims: rotated dims (even, <= ne0); the tail ne0 - n_dims is copied (partial rotation).
+        mode:   ROPE_TYPE_NORMAL (0, adjacent pairs) or ROPE_TYPE_NEOX (2, halves); mrope/vision refused.
+        n_ctx_orig: the training context length (YaRN's correction dims).
+        freq_base: theta base (10000 in most models).
+        freq_scale: position interpolation factor (1: none).
+        ext_factor: YaRN extrapolation mix (0: off).
+        attn_factor: magnitude scale of cos/sin (1: none).
+        beta_fast: YaRN ramp low bound (32 in ggml's defaults).
+        beta_slow: YaRN ramp high bound (1 in ggml's defaults).
+        result: a view of a (a's ne and nb), written in place.
+
+        Builder: minigraph.ops.rope.rope_ext_inplace; node op: ROPE.
+        """
+        return _API['rope_ext_inplace'](self, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor, attn_factor, beta_fast, beta_slow)
+
+    def rope_inplace(self, a: Tensor, b: Tensor, n_dims: int, mode: int) -> Tensor:
+        """rope written into a (ggml_rope_inplace).
+
+        a:      [head dim ne0, n_head, n_tokens, ne3] f32/f16, any strides.
+        b:      [n_tokens] I32 positions.
+        n_dims: rotated dims (even, <= ne0); the tail is copied.
+        mode:   ROPE_TYPE_NORMAL (0) or ROPE_TYPE_NEOX (2).
+        result: a view of a (a's ne and nb), written in place.
+
+        Builder: minigraph.ops.rope.rope_inplace; node op: ROPE.
+        """
+        return _API['rope_inplace'](self, a, b, n_dims, mode)
+
     def scale(self, a: Tensor, s: float) -> Tensor:
         """Multiply every element by a constant: y = s * x (ggml_scale).
 
@@ -761,6 +831,19 @@ class OpMethods:
         Builder: minigraph.ops.write.set_inplace; node op: SET.
         """
         return _API['set_inplace'](self, a, b, nb1, nb2, nb3, offset)
+
+    def set_rows(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        """Write b's rows into a at the row indices c, in place: the KV-cache write (ggml_set_rows).
+
+        a:      [ne0, n_rows, ne2, ne3] f32/f16/bf16, the destination (e.g. a K or V cache).
+        b:      [ne0, n, ne2, ne3] f32/f16, the rows to write.
+        c:      [n, ne11, ne12] I32 or I64 row indices into a, with ne2 % ne11 == 0 and ne3 % ne12 == 0
+                (broadcast over b's dims 2 and 3); an index outside 0..n_rows-1 is refused at compute.
+        result: a view of a (a's ne and nb) whose rows c[i] hold b's rows i.
+
+        Builder: minigraph.ops.rows.set_rows; node op: SET_ROWS.
+        """
+        return _API['set_rows'](self, a, b, c)
 
     def sigmoid(self, a: Tensor) -> Tensor:
         """Elementwise sigmoid: y = 1 / (1 + exp(-x)) (ggml_sigmoid).

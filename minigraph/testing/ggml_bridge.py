@@ -28,7 +28,7 @@ except ImportError:  # ggml-python is an optional test dependency
 DEFAULT_MEM_SIZE = 1 << 30        # bytes; ggml mallocs it once, pages are touched only when used
 DEFAULT_GRAPH_SIZE = 1 << 15      # nodes per graph: enough for long chunked delta-net graphs
 
-_NP_OF_TYPE = {0: np.float32, 1: np.float16, 26: np.int32}     # GGML_TYPE_F32, F16, I32
+_NP_OF_TYPE = {0: np.float32, 1: np.float16, 26: np.int32, 27: np.int64}  # GGML_TYPE_F32, F16, I32, I64
 _TYPE_OF_NP = {np.dtype(v): k for k, v in _NP_OF_TYPE.items()}
 _BF16 = 30   # GGML_TYPE_BF16: stored as raw uint16 bits, converted on set_data / numpy
 _cpu_ready = False
