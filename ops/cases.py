@@ -64,6 +64,10 @@ def _cases() -> Iterator[Case]:
         yield Case("GET_ROWS", f"ne=[8,10,3,1],rows=5,layout={layout}",
                    lambda c, r, L=layout: c.get_rows(make_input(c, r, [8, 10, 3], L),
                                                      c.from_numpy(r.integers(0, 10, size=(3, 5)).astype(np.int32))))
+    # the README's example: FILL reads only its input's shape, so a leaf without data must work on
+    # every backend (it did on the CPU only)
+    yield Case("TRI", "fill_of_new_tensor=1,ne=[6,6,1,1],type=2",
+               lambda c, r: c.tri(c.fill(c.new_tensor_2d(dtypes.TYPE_F32, 6, 6), 1.0), 2))
     # ggml's hard ones: 64-wide chunk rows (the chunked delta net's gate cumsum), and MLA's V as a
     # view of K laid out [kv, pe] per row (a strided view whose rows skip the pe part)
     yield Case("CUMSUM", "ne=[64,64,4,1],dim=0,chunk_rows=1",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minigraph as mg
-from minigraph.device.backend import backend_cuda_init
+from minigraph.run import backend_cuda_init
 
 
 def _skip_reason():
@@ -307,15 +307,16 @@ def test_zero_copy_in_and_out(be):
 def test_buffers_set_get(be):
     ctx = mg.Context()
     t = ctx.new_tensor_2d(mg.TYPE_F32, 4, 3)
-    buf = be.alloc_buffer(mg.nbytes(t))
-    t._buf, t._offs = buf, 0
+    mg.backend_tensor_alloc(be, t)
+    buf = mg.tensor_buffer(t)
+    assert buf.backend is be and not buf.is_host
     x = randn(3, 4)
-    be.tensor_set(t, x.view(np.uint8).reshape(-1))
-    np.testing.assert_array_equal(be.tensor_get(t).view(np.float32).reshape(3, 4), x)
+    buf.set(t, x.view(np.uint8).reshape(-1))
+    np.testing.assert_array_equal(buf.get(t).view(np.float32).reshape(3, 4), x)
     tt = ctx.transpose(t)  # non-contiguous: read through nb, packed
-    np.testing.assert_array_equal(be.tensor_get(tt).view(np.float32).reshape(4, 3), x.T)
-    be.tensor_set(tt, np.ascontiguousarray(x.T * 3).view(np.uint8).reshape(-1))
-    np.testing.assert_array_equal(be.tensor_get(t).view(np.float32).reshape(3, 4), x * 3)
+    np.testing.assert_array_equal(buf.get(tt).view(np.float32).reshape(4, 3), x.T)
+    buf.set(tt, np.ascontiguousarray(x.T * 3).view(np.uint8).reshape(-1))
+    np.testing.assert_array_equal(buf.get(t).view(np.float32).reshape(3, 4), x * 3)
     # a node reading a device-resident tensor computes in place of the copy
     out = ctx.scale(t, 2.0)
     mg.compute(out, be)

@@ -13,6 +13,7 @@ array wrapped without a copy (`owner` keeps it alive). Device buffers live with 
 """
 from __future__ import annotations
 
+import ctypes
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -120,14 +121,20 @@ class HostBuffer(Buffer):
         return f"HostBuffer({self.nbytes} bytes, {owner})"
 
 
-def wrap_host_array(arr: np.ndarray, op: str = "from_numpy") -> HostBuffer:
-    """A HostBuffer over a caller's C-contiguous, aligned, writeable array (no copy)."""
+def wrap_host_array(arr: np.ndarray, op: str = "from_numpy", writable_import: bool = False) -> HostBuffer:
+    """A HostBuffer over a caller's C-contiguous, aligned, writeable array (no copy).
+
+    writable_import: the array came through DLPack, whose legacy capsules numpy marks read-only
+    although the producer's memory (a torch tensor, a minigraph result) is writable: alias it."""
     if not (arr.flags.c_contiguous and arr.flags.aligned):
         raise MinigraphError(f"{op}(copy=False): the array must be C-contiguous and aligned "
                              f"(shape {arr.shape}, strides {arr.strides}); pass copy=True or np.ascontiguousarray(a)")
-    if not arr.flags.writeable:
+    if arr.flags.writeable:
+        return HostBuffer(arr.reshape(-1).view(np.uint8), owner=arr)
+    if not writable_import:
         raise MinigraphError(f"{op}(copy=False): the array is read-only; a graph may write its inputs (pass copy=True)")
-    return HostBuffer(arr.reshape(-1).view(np.uint8), owner=arr)
+    raw = (ctypes.c_uint8 * arr.nbytes).from_address(arr.ctypes.data) if arr.nbytes else (ctypes.c_uint8 * 1)()
+    return HostBuffer(np.ctypeslib.as_array(raw)[: arr.nbytes], owner=arr)
 
 
 # -- DLPack importers: how a device's memory becomes a tensor (registered by the backends) ----

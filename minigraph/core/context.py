@@ -101,7 +101,12 @@ class Context(OpMethods):
                 a = np.from_dlpack(obj)
             except (BufferError, TypeError, RuntimeError) as e:
                 raise MinigraphError(f"from_dlpack: numpy cannot import this {type(obj).__name__}: {e}") from None
-            return self.from_numpy(a, copy=False)
+            t = dtypes.type_from_numpy(a.dtype, "from_dlpack")
+            if a.ndim > MAX_DIMS or a.dtype != dtypes.storage_dtype(t):
+                raise MinigraphError(f"from_dlpack: need at most 4 dims of a ggml type, got {a.dtype} shape {a.shape}")
+            leaf = self.new_tensor(t, max(a.ndim, 1), list(reversed(a.shape)) or [1])
+            leaf._buf, leaf._offs = wrap_host_array(a, "from_dlpack", writable_import=True), 0
+            return leaf
         importer = DLPACK_IMPORTERS.get(dev_type)
         if importer is None:
             raise MinigraphError(f"from_dlpack: memory on DLPack device type {dev_type} (id {dev_id}) needs a backend "

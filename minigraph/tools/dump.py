@@ -39,7 +39,7 @@ def init_backend(name: str) -> Any:
     if key in ("cuda", "cuda0"):
         init = getattr(mg, "backend_cuda_init", None)
         if init is None:
-            from minigraph.device.backend import backend_cuda_init as init
+            from minigraph.run import backend_cuda_init as init
         try:
             return init(0)
         except Exception as e:  # ImportError, CUDA driver errors, a backend being written
