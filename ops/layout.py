@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from minigraph.core import dtypes
-from minigraph.core.errors import expect
+from minigraph.core.errors import expect, fail
 from minigraph.core.tensor import Tensor, can_repeat, contiguous_strides, is_contiguous, nelements
 
 from minigraph.ops.common import F32, check_int, check_tensor, tile_to
@@ -57,6 +57,11 @@ CONCAT = register(OpDef("CONCAT", "layout", _ref_concat, params=("dim",), flops=
 
 def _ref_get_rows(node, a, idx):
     # a [ne00, ne01, ne02, ne03], idx [ne10, ne11, ne12] -> [ne00, ne10, ne11, ne12]
+    bad = np.argwhere((idx < 0) | (idx >= a.shape[2]))
+    if bad.size:  # numpy would raise IndexError, or wrap a negative index silently
+        i3, i2, i1, i0 = (int(x) for x in bad[0])
+        raise fail("GET_ROWS", f"row index {int(idx[i3, i2, i1, i0])} at indices[{i0}, {i1}, {i2}] is outside "
+                   f"0..{a.shape[2] - 1} (the table's ne1 = {a.shape[2]} rows); node '{node.name}'", node.src)
     out = np.empty(tuple(reversed(node.ne)), np.float64)
     for i12 in range(idx.shape[1]):
         for i11 in range(idx.shape[2]):

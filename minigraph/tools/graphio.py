@@ -224,6 +224,21 @@ def _import_file(path: str) -> Any:
     return mod
 
 
+def _defined_functions(path: str) -> list[str]:
+    """The public top-level functions a Python file defines (read with ast, never run)."""
+    import ast
+
+    if not os.path.isfile(path):
+        raise MinigraphError(f"target file {path} not found")
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MinigraphError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and not n.name.startswith("_")]
+
+
 def _to_graph(ctx: Context, result: Any, where: str) -> Graph:
     if isinstance(result, Graph):
         return result
@@ -241,6 +256,11 @@ def load_target(target: str, params: Optional[dict] = None) -> Graph:
     """A Graph from `file.py:function` (called with a fresh Context and **params) or a graph file."""
     params = params or {}
     path, sep, fn_name = target.rpartition(":")
+    if target.endswith(".py") or (sep and path.endswith(".py") and not fn_name):
+        file = path if sep else target
+        have = ", ".join(_defined_functions(file)) or "none"
+        raise MinigraphError(f"{target} is a Python file: name the function that builds the graph, "
+                             f"{file}:FUNCTION (functions in {file}: {have})")
     if not sep or not path.endswith(".py"):
         if params:
             raise MinigraphError(f"-p parameters apply to a Python target (file.py:function), not {target}")
