@@ -165,6 +165,8 @@ def _check_record(rec: Any, k: int) -> _Where:
     where = _Where(k)
     if not isinstance(rec, dict):
         raise where.fail("-", f"expected an object, got {type(rec).__name__}")
+    if isinstance(rec.get("name"), str):  # name the tensor in every message, if the file lets us
+        where.text = f"tensor #{k} '{rec['name'][:MAX_NAME]}'"
     for key in RECORD_KEYS:
         if key not in rec:
             raise where.fail(key, "missing")
