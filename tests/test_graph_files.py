@@ -353,3 +353,13 @@ def test_region_strides_wider_than_the_destination():
     with pytest.raises(mg.MinigraphError, match="exceed the 128-byte destination"):
         ctx.acc(a, b, 32, 1 << 62, 1 << 62, 0)
     assert ctx.acc(a, b, 32, 128, 128, 0).ne == (8, 4, 1, 1)
+
+
+def test_reference_value_of_an_empty_tensor():
+    """Found by the mutation test (a view edited to ne [4, 4, 0, 1]): the reference keeps the
+    zero-size dim instead of failing to reshape (Tensor.numpy() still does: see the report)."""
+    ctx = mg.Context()
+    a = ctx.new_tensor_4d(mg.TYPE_F32, 4, 4, 0, 1)
+    a.set_data(np.zeros((1, 0, 4, 4), np.float32))
+    b = ctx.neg(a)
+    assert reference_compute(b)[b].shape == (0, 4, 4)
