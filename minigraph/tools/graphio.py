@@ -13,6 +13,10 @@ name (upper case, `null` for a leaf), `ne`/`nb` are ggml's (elements, bytes), `v
 storage root (as in ggml). `data` is present for leaf roots with data when saved with
 `data=True` (the bytes from the root's first element to its last, ggml_nbytes of them).
 
+Loading treats the file as untrusted (see "-- loading" below): a field of the wrong type, leaf
+data of the wrong size, a node its op's builder would not make as recorded, or nodes out of
+topological order is a MinigraphError naming the tensor (id, name, op) and the field.
+
 A TARGET is `path/file.py:function` (called as function(ctx, **params); returns a tensor, a
 list/tuple of tensors or a Graph) or a graph file.
 """
