@@ -35,6 +35,8 @@ def test_against_ggml_without_ggml_python_is_an_error(monkeypatch, capsys):
     assert rc == 2, out
     assert 'pip install -e ".[ggml]"' in err and "ggml-python" in err
     assert "not supported" not in out and not out.rstrip().endswith("OK")
+    rc, out = run("test-backend-ops", "-b", "cpu", "--against", "ggml", "-o", "NEG", "--seed", "1")
+    assert rc == 2 and "Testing" not in out  # refused before the CPU cases run
 
 
 def test_against_ggml_without_the_package_in_a_fresh_process():

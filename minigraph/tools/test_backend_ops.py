@@ -337,6 +337,11 @@ def main(args: Any, out: TextIO) -> int:
     if args.show_coverage:
         print(coverage_lines()[0], file=out)
         return 0
+    if args.against == "ggml":  # before any backend runs: a missing reference engine is an error
+        from minigraph.testing import ggml_bridge
+
+        if not ggml_bridge.available():
+            raise MinigraphError(GGML_MISSING)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "little")
     text = None if args.json else out
     names = [b.strip() for b in args.backend.split(",")] if args.backend else list(ALL_BACKENDS)
