@@ -38,7 +38,8 @@ class ReferenceResult:
         return np.lib.stride_tricks.as_strided(flat[offs:], shape=tuple(reversed(t.ne)), strides=strides)
 
     def __getitem__(self, t: Tensor) -> np.ndarray:
-        n = t.n_dims
+        # ggml_n_dims ignores dims of size 0, but an empty tensor must keep them to reshape
+        n = max([t.n_dims] + [i + 1 for i, x in enumerate(t.ne) if x == 0])
         return np.array(self.view4(t)).reshape(tuple(reversed(t.ne[:n])))
 
 

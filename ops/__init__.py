@@ -10,3 +10,10 @@ from minigraph.ops.attention import (PREC_DEFAULT, PREC_F32, flash_attn_ext_add_
                                      flash_attn_ext_get_prec, flash_attn_ext_set_prec)
 from minigraph.ops.rope import (ROPE_TYPE_IMROPE, ROPE_TYPE_MROPE, ROPE_TYPE_NEOX, ROPE_TYPE_NORM,  # noqa: F401
                                 ROPE_TYPE_NORMAL, ROPE_TYPE_VISION)
+
+from minigraph.core.registry import OPS as _OPS
+
+# every op can be read back from a graph file through its builder (OpDef.rebuild)
+_missing = sorted(name for name, op in _OPS.items() if op.rebuild is None)
+if _missing:
+    raise RuntimeError(f"ops without a graph-file rebuild hook (OpDef.rebuild): {', '.join(_missing)}")

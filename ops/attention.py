@@ -87,6 +87,7 @@ FLASH_ATTN_EXT = register(OpDef(
     "FLASH_ATTN_EXT", "attention", _ref_flash_attn_ext,
     params=("scale", "max_bias", "logit_softcap", "prec", "v_in_k", "has_mask", "has_sinks"),
     float_params=("scale", "max_bias", "logit_softcap"), flops=_flops,
+    rebuild=lambda ctx, spec, q, k, v, mask=None, sinks=None: _rebuild(ctx, spec, q, k, v, mask, sinks),
     doc="ggml_flash_attn_ext: softmax(scale*q.k + slope*mask) v per head, result [DV, n_head, n_q, ne3]"))
 
 
@@ -180,3 +181,15 @@ def flash_attn_ext_add_sinks(a: Tensor, sinks: Optional[Tensor]) -> None:
            f"sinks must be f32 with ne0 == n_head = {a.src[0].ne[2]}", a.src[0], sinks)
     a.src[4] = sinks
     a.op_params["has_sinks"] = 1
+
+
+def _rebuild(ctx, spec: Any, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+             sinks: Optional[Tensor]) -> Tensor:
+    """A FLASH_ATTN_EXT node from a graph file, through the builder and the two module functions."""
+    p = spec.params
+    t = flash_attn_ext(ctx, q, k, v, mask, p.get("scale"), p.get("max_bias", 0.0), p.get("logit_softcap", 0.0))
+    if sinks is not None:
+        flash_attn_ext_add_sinks(t, sinks)
+    if "prec" in p:
+        flash_attn_ext_set_prec(t, p["prec"])
+    return t

@@ -58,5 +58,9 @@ def check_region(op: str, dst: Tensor, ne: Sequence[int], nb: Sequence[int], off
            f"offset {offset} and strides {list(nb)} must be non-negative multiples of the element size {ts_}", *ts)
     end = offset + extent_bytes(dst.type, ne, nb)
     size = extent_bytes(dst.type, dst.ne, dst.nb)
+    # a stride of a size-1 dim never moves, but one wider than the destination is a corrupt value
+    # (numpy's as_strided overflows on it); the destination's own strides are always fine
+    limit = max([size, *dst.nb])
+    expect(all(s <= limit for s in nb), op, f"strides {list(nb)} exceed the {size}-byte destination", *ts)
     expect(end <= size, op, f"region ne={list(ne)} nb={list(nb)} at offset {offset} ends at byte {end}, "
            f"past the {size}-byte destination", *ts)

@@ -20,12 +20,23 @@ def _binary_ref(fn):
     return lambda node, a, b: fn(a, tile_to(b, a.shape))
 
 
-ADD = register(OpDef("ADD", "elementwise", _binary_ref(np.add), inplace_ok=True))
-SUB = register(OpDef("SUB", "elementwise", _binary_ref(np.subtract), inplace_ok=True))
-MUL = register(OpDef("MUL", "elementwise", _binary_ref(np.multiply), inplace_ok=True))
-DIV = register(OpDef("DIV", "elementwise", _binary_ref(np.divide), inplace_ok=True))
+# graph files: each op is rebuilt through its builder (the _inplace one when the record writes
+# into its source's memory); see OpDef.rebuild
+def _rebuild_binary(name: str):
+    return lambda ctx, spec, a, b: getattr(ctx, name + ("_inplace" if spec.inplace else ""))(a, b)
+
+
+def _rebuild_unary(name: str):
+    return lambda ctx, spec, a: getattr(ctx, name + ("_inplace" if spec.inplace else ""))(a)
+
+
+ADD = register(OpDef("ADD", "elementwise", _binary_ref(np.add), inplace_ok=True, rebuild=_rebuild_binary("add")))
+SUB = register(OpDef("SUB", "elementwise", _binary_ref(np.subtract), inplace_ok=True, rebuild=_rebuild_binary("sub")))
+MUL = register(OpDef("MUL", "elementwise", _binary_ref(np.multiply), inplace_ok=True, rebuild=_rebuild_binary("mul")))
+DIV = register(OpDef("DIV", "elementwise", _binary_ref(np.divide), inplace_ok=True, rebuild=_rebuild_binary("div")))
 SCALE = register(OpDef("SCALE", "elementwise", lambda node, a, s, b: a * s + b, params=("s", "b"), float_params=("s", "b"),
-                       inplace_ok=True))
+                       inplace_ok=True, rebuild=lambda ctx, spec, a: _scale(
+                           ctx, a, spec.params.get("s"), spec.params.get("b"), spec.inplace, "scale")))
 
 
 def _gelu(x):
@@ -43,7 +54,8 @@ UNARY_REFS = {
     "LOG": np.log, "SIGMOID": lambda x: 1.0 / (1.0 + np.exp(-x)), "SILU": lambda x: x / (1.0 + np.exp(-x)),
     "GELU": _gelu, "TANH": np.tanh, "RELU": lambda x: np.maximum(x, 0.0), "SOFTPLUS": _softplus,
 }
-UNARY = {name: register(OpDef(name, "elementwise", (lambda f: lambda node, a: f(a))(f), inplace_ok=True))
+UNARY = {name: register(OpDef(name, "elementwise", (lambda f: lambda node, a: f(a))(f), inplace_ok=True,
+                              rebuild=_rebuild_unary(name.lower())))
          for name, f in UNARY_REFS.items()}
 
 

@@ -60,7 +60,17 @@ def _ref(node, *srcs, code):
 FUSED_ELEMENTWISE = register(OpDef(
     "FUSED_ELEMENTWISE", "fused", _ref, params=("code",),
     flops=lambda n: float(len(n.op_params["program"])) * n.ne[0] * n.ne[1] * n.ne[2] * n.ne[3],
-    doc="a chain of elementwise ops over one shape in one kernel (fused_from: the ops it replaced)"))
+    doc="a chain of elementwise ops over one shape in one kernel (fused_from: the ops it replaced)",
+    rebuild=lambda ctx, spec, *srcs: ctx.fused_elementwise(spec.params.get("program"), _real_inputs(srcs),
+                                                           spec.params.get("fused_from"))))
+
+
+def _real_inputs(srcs: Sequence[Any]) -> list:
+    """The inputs before the None padding (a None between inputs stays, so the builder refuses it)."""
+    srcs = list(srcs)
+    while srcs and srcs[-1] is None:
+        srcs.pop()
+    return srcs
 
 
 @builder("fused_elementwise")

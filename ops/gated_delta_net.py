@@ -30,7 +30,8 @@ def _flops(node) -> float:
     return 8.0 * S * S * H * T * N
 
 
-GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K",), flops=_flops))
+GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K",), flops=_flops,
+                                 rebuild=lambda ctx, spec, *srcs: ctx.gated_delta_net(*srcs, spec.params.get("K"))))
 
 
 def gdn_dims(node: Tensor) -> tuple[int, int, int, int, int]:

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from minigraph.core import dtypes
-from minigraph.core.errors import expect
+from minigraph.core.errors import expect, fail
 from minigraph.core.tensor import Tensor, can_repeat, contiguous_strides, is_contiguous, nelements
 
 from minigraph.ops.common import F32, check_int, check_tensor, tile_to
@@ -19,11 +19,23 @@ from minigraph.core.registry import OpDef, builder, register
 
 NONE_BYTES = lambda node: 0.0  # noqa: E731  (views do no arithmetic)
 
-VIEW = register(OpDef("VIEW", "layout", None, is_view=True, flops=NONE_BYTES))
-RESHAPE = register(OpDef("RESHAPE", "layout", None, is_view=True, flops=NONE_BYTES))
+def _rebuild_view(ctx, spec, a):
+    """view_tensor when the record keeps a's geometry (its nb0 may then differ from the element
+    size), else view_4d with the record's ne, nb1..3 and offset: both check the view's bounds."""
+    check_tensor("view", a)
+    if (spec.ne, spec.nb, spec.offset_in(a)) == (a.ne, a.nb, 0):
+        return ctx.view_tensor(a)
+    return ctx.view_4d(a, *spec.ne, *spec.nb[1:], spec.offset_in(a))
+
+
+VIEW = register(OpDef("VIEW", "layout", None, is_view=True, flops=NONE_BYTES, rebuild=_rebuild_view))
+RESHAPE = register(OpDef("RESHAPE", "layout", None, is_view=True, flops=NONE_BYTES,
+                         rebuild=lambda ctx, spec, a: ctx.reshape_4d(a, *spec.ne)))
 PERMUTE = register(OpDef("PERMUTE", "layout", None, params=("axis0", "axis1", "axis2", "axis3"),
-                         is_view=True, flops=NONE_BYTES))
-TRANSPOSE = register(OpDef("TRANSPOSE", "layout", None, is_view=True, flops=NONE_BYTES))
+                         is_view=True, flops=NONE_BYTES,
+                         rebuild=lambda ctx, spec, a: ctx.permute(a, *(spec.params.get(f"axis{i}") for i in range(4)))))
+TRANSPOSE = register(OpDef("TRANSPOSE", "layout", None, is_view=True, flops=NONE_BYTES,
+                           rebuild=lambda ctx, spec, a: ctx.transpose(a)))
 
 
 def _logical_copy(node, a, *rest):
@@ -34,29 +46,39 @@ def _logical_copy(node, a, *rest):
 
 
 CONT = register(OpDef("CONT", "layout", _logical_copy, flops=NONE_BYTES,
-                      doc="contiguous copy of any view, optionally with a new shape"))
-DUP = register(OpDef("DUP", "layout", _logical_copy, flops=NONE_BYTES))
+                      doc="contiguous copy of any view, optionally with a new shape",
+                      rebuild=lambda ctx, spec, a: ctx.cont_4d(a, *spec.ne)))
+DUP = register(OpDef("DUP", "layout", _logical_copy, flops=NONE_BYTES, rebuild=lambda ctx, spec, a: ctx.dup(a)))
 CPY = register(OpDef("CPY", "layout", _logical_copy, flops=NONE_BYTES, shape_only=(1,),
-                     doc="copy src0 into src1's memory (converting type); the node is a view of src1"))
+                     doc="copy src0 into src1's memory (converting type); the node is a view of src1",
+                     rebuild=lambda ctx, spec, a, b: ctx.cpy(a, b)))
 
 
 def _ref_pad(node, a, p0, p1, p2, p3):
     return np.pad(a, [(0, p3), (0, p2), (0, p1), (0, p0)])
 
 
-PAD = register(OpDef("PAD", "layout", _ref_pad, params=("p0", "p1", "p2", "p3"), flops=NONE_BYTES))
-REPEAT = register(OpDef("REPEAT", "layout", lambda node, a: tile_to(a, tuple(reversed(node.ne))), flops=NONE_BYTES))
+PAD = register(OpDef("PAD", "layout", _ref_pad, params=("p0", "p1", "p2", "p3"), flops=NONE_BYTES,
+                     rebuild=lambda ctx, spec, a: ctx.pad(a, *(spec.params.get(f"p{i}") for i in range(4)))))
+REPEAT = register(OpDef("REPEAT", "layout", lambda node, a: tile_to(a, tuple(reversed(node.ne))), flops=NONE_BYTES,
+                        rebuild=lambda ctx, spec, a: ctx.repeat_4d(a, *spec.ne)))
 
 
 def _ref_concat(node, a, b, dim):
     return np.concatenate([a, b], axis=3 - dim)
 
 
-CONCAT = register(OpDef("CONCAT", "layout", _ref_concat, params=("dim",), flops=NONE_BYTES))
+CONCAT = register(OpDef("CONCAT", "layout", _ref_concat, params=("dim",), flops=NONE_BYTES,
+                        rebuild=lambda ctx, spec, a, b: ctx.concat(a, b, spec.params.get("dim"))))
 
 
 def _ref_get_rows(node, a, idx):
     # a [ne00, ne01, ne02, ne03], idx [ne10, ne11, ne12] -> [ne00, ne10, ne11, ne12]
+    bad = np.argwhere((idx < 0) | (idx >= a.shape[2]))
+    if bad.size:  # numpy would raise IndexError, or wrap a negative index silently
+        i3, i2, i1, i0 = (int(x) for x in bad[0])
+        raise fail("GET_ROWS", f"row index {int(idx[i3, i2, i1, i0])} at indices[{i0}, {i1}, {i2}] is outside "
+                   f"0..{a.shape[2] - 1} (the table's ne1 = {a.shape[2]} rows); node '{node.name}'", node.src)
     out = np.empty(tuple(reversed(node.ne)), np.float64)
     for i12 in range(idx.shape[1]):
         for i11 in range(idx.shape[2]):
@@ -65,7 +87,8 @@ def _ref_get_rows(node, a, idx):
     return out
 
 
-GET_ROWS = register(OpDef("GET_ROWS", "layout", _ref_get_rows, flops=NONE_BYTES))
+GET_ROWS = register(OpDef("GET_ROWS", "layout", _ref_get_rows, flops=NONE_BYTES,
+                          rebuild=lambda ctx, spec, a, b: ctx.get_rows(a, b)))
 
 
 # -- views ------------------------------------------------------------------------------------

@@ -35,9 +35,11 @@ def _ref_out_prod(node, a, b):
 
 
 MUL_MAT = register(OpDef("MUL_MAT", "linalg", _ref_mul_mat,
-                         flops=lambda n: 2.0 * np.prod(n.ne) * n.src[0].ne[0]))
+                         flops=lambda n: 2.0 * np.prod(n.ne) * n.src[0].ne[0],
+                         rebuild=lambda ctx, spec, a, b: ctx.mul_mat(a, b)))
 OUT_PROD = register(OpDef("OUT_PROD", "linalg", _ref_out_prod,
-                          flops=lambda n: 2.0 * np.prod(n.ne) * n.src[0].ne[1]))
+                          flops=lambda n: 2.0 * np.prod(n.ne) * n.src[0].ne[1],
+                          rebuild=lambda ctx, spec, a, b: ctx.out_prod(a, b)))
 
 
 def tri_mask(rows: int, cols: int, tri_type: int) -> np.ndarray:
@@ -49,9 +51,10 @@ def tri_mask(rows: int, cols: int, tri_type: int) -> np.ndarray:
 
 
 TRI = register(OpDef("TRI", "linalg", lambda node, a, tri_type: np.where(tri_mask(a.shape[2], a.shape[3], tri_type), a, 0.0),
-                     params=("tri_type",)))
+                     params=("tri_type",), rebuild=lambda ctx, spec, a: ctx.tri(a, spec.params.get("tri_type"))))
 FILL = register(OpDef("FILL", "linalg", lambda node, a, c: np.full(a.shape, c), params=("c",), shape_only=(0,),
-                      float_params=("c",)))
+                      float_params=("c",),
+                      rebuild=lambda ctx, spec, a: _fill(ctx, a, spec.params.get("c"), spec.inplace, "fill")))
 
 
 def _ref_diag(node, a):
@@ -61,7 +64,7 @@ def _ref_diag(node, a):
     return out
 
 
-DIAG = register(OpDef("DIAG", "linalg", _ref_diag))
+DIAG = register(OpDef("DIAG", "linalg", _ref_diag, rebuild=lambda ctx, spec, a: ctx.diag(a)))
 
 
 def _ref_solve_tri(node, a, b, left, lower, uni):
@@ -77,7 +80,9 @@ def _ref_solve_tri(node, a, b, left, lower, uni):
 
 
 SOLVE_TRI = register(OpDef("SOLVE_TRI", "linalg", _ref_solve_tri, params=("left", "lower", "uni"),
-                           flops=lambda n: float(np.prod(n.ne)) * n.src[0].ne[0]))
+                           flops=lambda n: float(np.prod(n.ne)) * n.src[0].ne[0],
+                           rebuild=lambda ctx, spec, a, b: ctx.solve_tri(
+                               a, b, *(spec.params.get(k) for k in ("left", "lower", "uni")))))
 
 
 @builder("mul_mat")

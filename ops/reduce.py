@@ -16,11 +16,15 @@ from minigraph.core.tensor import Tensor
 from minigraph.ops.common import F32, check_float, check_int, check_number, check_tensor
 from minigraph.core.registry import OpDef, builder, register
 
-SUM = register(OpDef("SUM", "reduce", lambda node, a: a.sum().reshape(1, 1, 1, 1)))
-SUM_ROWS = register(OpDef("SUM_ROWS", "reduce", lambda node, a: a.sum(axis=3, keepdims=True)))
-MEAN = register(OpDef("MEAN", "reduce", lambda node, a: a.mean(axis=3, keepdims=True)))
+SUM = register(OpDef("SUM", "reduce", lambda node, a: a.sum().reshape(1, 1, 1, 1),
+                     rebuild=lambda ctx, spec, a: ctx.sum(a)))
+SUM_ROWS = register(OpDef("SUM_ROWS", "reduce", lambda node, a: a.sum(axis=3, keepdims=True),
+                          rebuild=lambda ctx, spec, a: ctx.sum_rows(a)))
+MEAN = register(OpDef("MEAN", "reduce", lambda node, a: a.mean(axis=3, keepdims=True),
+                      rebuild=lambda ctx, spec, a: ctx.mean(a)))
 CUMSUM = register(OpDef("CUMSUM", "reduce", lambda node, a, dim: np.cumsum(a, axis=3 - dim), params=("dim",),
-                        doc="inclusive prefix sum along ne[dim] (ggml: dim 0 only)"))
+                        doc="inclusive prefix sum along ne[dim] (ggml: dim 0 only)",
+                        rebuild=lambda ctx, spec, a: ctx.cumsum(a, spec.params.get("dim"))))
 
 
 def _ref_l2(node, a, eps):
@@ -36,9 +40,16 @@ def _ref_norm(node, a, eps):
     return d / np.sqrt((d * d).mean(axis=3, keepdims=True) + eps)
 
 
-L2_NORM = register(OpDef("L2_NORM", "reduce", _ref_l2, params=("eps",), float_params=("eps",), flops=lambda n: 3.0 * np.prod(n.ne)))
-RMS_NORM = register(OpDef("RMS_NORM", "reduce", _ref_rms, params=("eps",), float_params=("eps",), flops=lambda n: 3.0 * np.prod(n.ne)))
-NORM = register(OpDef("NORM", "reduce", _ref_norm, params=("eps",), float_params=("eps",), flops=lambda n: 5.0 * np.prod(n.ne)))
+def _rebuild_norm(name: str):
+    return lambda ctx, spec, a: getattr(ctx, name)(a, spec.params.get("eps"))
+
+
+L2_NORM = register(OpDef("L2_NORM", "reduce", _ref_l2, params=("eps",), float_params=("eps",), flops=lambda n: 3.0 * np.prod(n.ne),
+                         rebuild=_rebuild_norm("l2_norm")))
+RMS_NORM = register(OpDef("RMS_NORM", "reduce", _ref_rms, params=("eps",), float_params=("eps",), flops=lambda n: 3.0 * np.prod(n.ne),
+                          rebuild=_rebuild_norm("rms_norm")))
+NORM = register(OpDef("NORM", "reduce", _ref_norm, params=("eps",), float_params=("eps",), flops=lambda n: 5.0 * np.prod(n.ne),
+                      rebuild=_rebuild_norm("norm")))
 
 
 def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
@@ -64,7 +75,9 @@ def _ref_soft_max(node, a, mask, scale, max_bias, has_mask):
 
 SOFT_MAX = register(OpDef("SOFT_MAX", "reduce", _ref_soft_max, params=("scale", "max_bias", "has_mask"),
                           float_params=("scale", "max_bias"),
-                          flops=lambda n: 4.0 * np.prod(n.ne)))
+                          flops=lambda n: 4.0 * np.prod(n.ne),
+                          rebuild=lambda ctx, spec, a, mask: ctx.soft_max_ext(
+                              a, mask, spec.params.get("scale"), spec.params.get("max_bias"))))
 
 
 @builder("sum")

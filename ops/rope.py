@@ -111,6 +111,8 @@ def _rope_flops(node) -> float:
 
 
 ROPE = register(OpDef("ROPE", "rope", _ref_rope, params=PARAMS, float_params=FLOAT_PARAMS, flops=_rope_flops,
+                      rebuild=lambda ctx, spec, a, b, c=None: (rope_ext_inplace if spec.inplace else rope_ext)(
+                          ctx, a, b, c, *(spec.params.get(k) for k in PARAMS)),
                       doc="rotary position embedding of pairs of ne0, angle from b[i2] (ggml_rope_ext)"))
 
 

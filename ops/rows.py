@@ -41,6 +41,7 @@ def _ref_set_rows(node, b, c, a):
 
 
 SET_ROWS = register(OpDef("SET_ROWS", "rows", _ref_set_rows, flops=lambda n: 0.0,
+                          rebuild=lambda ctx, spec, b, c, a: set_rows(ctx, a, b, c),
                           doc="a[:, c[i], i2, i3] = b[:, i, i2, i3], in place (ggml_set_rows)"))
 
 

@@ -14,7 +14,7 @@ from minigraph.core.errors import expect
 from minigraph.core.tensor import Tensor, is_contiguous, nelements
 
 from minigraph.ops.common import check_float, check_int, check_region, check_tensor, strided_region
-from minigraph.core.registry import OpDef, builder, register
+from minigraph.core.registry import OPS, OpDef, builder, register
 
 REGION = ("nb1", "nb2", "nb3", "offset")
 
@@ -31,10 +31,15 @@ def _region_ref(accumulate: bool):
     return ref
 
 
+def _rebuild_region(name: str):
+    return lambda ctx, spec, a, b: _region_op(ctx, OPS[name], a, b, *(spec.params.get(k) for k in REGION),
+                                              spec.inplace, name.lower())
+
+
 ACC = register(OpDef("ACC", "write", _region_ref(True), params=REGION, inplace_ok=True, byte_params=REGION,
-                     flops=lambda n: float(nelements(n.src[1]))))
+                     flops=lambda n: float(nelements(n.src[1])), rebuild=_rebuild_region("ACC")))
 SET = register(OpDef("SET", "write", _region_ref(False), params=REGION, inplace_ok=True, byte_params=REGION,
-                     flops=lambda n: 0.0))
+                     flops=lambda n: 0.0, rebuild=_rebuild_region("SET")))
 
 
 def _self_overlapping(ne: Sequence[int], nb: Sequence[int], ts: int) -> bool:

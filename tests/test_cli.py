@@ -13,6 +13,7 @@ import pytest
 import minigraph as mg
 from minigraph.core.registry import OPS
 from minigraph.testing.restricted import RestrictedCpu
+from minigraph.core.registry import OPS
 from minigraph.tools import cli, dump, test_backend_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

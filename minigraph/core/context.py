@@ -43,6 +43,12 @@ class Context(OpMethods):
     def new_tensor(self, type_: int, n_dims: int, ne: Sequence[int]) -> Tensor:
         if not 1 <= n_dims <= MAX_DIMS or len(ne) < n_dims:
             raise MinigraphError(f"new_tensor: n_dims must be 1..4 with that many sizes, got {n_dims}, {list(ne)}")
+        for i, n in enumerate(ne[:n_dims]):
+            # int(2.5) would silently truncate: only integral sizes (ints, integral floats)
+            integral = (isinstance(n, (int, np.integer)) or (isinstance(n, (float, np.floating)) and float(n).is_integer()))
+            if isinstance(n, (bool, np.bool_)) or not integral:
+                raise MinigraphError(f"new_tensor: ne{i} must be an integer, got {type(n).__name__} {n!r:.40} "
+                                     f"(ne={list(ne)[:n_dims]})")
         full = [int(n) for n in ne[:n_dims]] + [1] * (MAX_DIMS - n_dims)
         if any(n < 0 for n in full):
             raise MinigraphError(f"new_tensor: negative size in ne={full}")

@@ -30,6 +30,10 @@ class OpDef:
     byte_params: params counted in bytes of the node's type (rescaled when a backend computes
                an f16/bf16 node in f32).
     flops:     fn(node) -> float operations, for profiles and perf mode.
+    rebuild:   fn(ctx, spec, *srcs) -> Tensor: the node made again through its builder from a
+               graph file's record (`spec` is a NodeSpec: the record's type, ne, nb, op_params,
+               view_offs), so a loaded node passes the same checks as a built one; the loader
+               then refuses any difference between the rebuilt node and the record.
     """
 
     name: str
@@ -43,6 +47,7 @@ class OpDef:
     byte_params: tuple[str, ...] = ()
     flops: Callable[[Any], float] = field(default=lambda node: float(np.prod(node.ne)))
     doc: str = ""
+    rebuild: Optional[Callable[..., Any]] = None
 
     def param_values(self, node: Any, byte_scale: int = 1) -> tuple:
         """The node's params in kernel order, typed as the kernels expect; byte params are
@@ -50,6 +55,26 @@ class OpDef:
         return tuple(float(node.op_params[p]) if p in self.float_params
                      else int(node.op_params[p]) * (byte_scale if p in self.byte_params else 1)
                      for p in self.params)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a graph file says about a node besides its op and sources (OpDef.rebuild's input).
+
+    type, ne, nb: ggml's (ne in elements, nb in bytes); params: the record's op_params;
+    view_offs: the absolute byte offset into the storage root (ggml's view_offs);
+    inplace: the record has a view_src although its op is not a view (an _inplace builder, CPY)."""
+
+    type: int
+    ne: tuple
+    nb: tuple
+    params: dict
+    view_offs: int
+    inplace: bool
+
+    def offset_in(self, parent: Any) -> int:
+        """view_offs relative to `parent` (a view builder's `offset` argument)."""
+        return self.view_offs - (parent.view_offs if parent.view_src is not None else 0)
 
 
 OPS: dict[str, OpDef] = {}

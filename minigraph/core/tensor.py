@@ -119,7 +119,8 @@ class Tensor:
         memory and BF16). It shows what the next compute writes there: a compute that reuses
         this memory (a later node, another graph on the same plan) overwrites it."""
         buf = self._buffer_or_fail()
-        shape = tuple(reversed(self.ne[: self.n_dims]))
+        zero = [i for i, n in enumerate(self.ne) if n == 0]  # an empty dim counts, wherever it is
+        shape = tuple(reversed(self.ne[: max(self.n_dims, zero[-1] + 1 if zero else 0)]))
         if not copy:
             if not buf.is_host:
                 raise MinigraphError(f"numpy(copy=False): tensor {describe(self)} lives in {buf!r}, not host "

@@ -31,6 +31,7 @@ from minigraph.passes.pipeline import PassLog, Rewrite, Target, view_segment
 from minigraph.passes.patterns import AX0213, Miss, P, PatternMatcher, find, is_relabel, normalise
 from minigraph.core.tensor import Tensor, is_contiguous
 
+from minigraph.passes.elementwise import user_names
 from minigraph.passes.template import Template, TemplateMatch, match_template, norm_consumers
 
 # -- patterns ------------------------------------------------------------------------------------
@@ -137,8 +138,11 @@ def _splice(graph: Graph, m: TemplateMatch, shapes: tuple, anchor: Tensor, keep:
     rw = Rewrite(name, fused, absorbed=region)
     for x, j in external.values():
         offs = segments[j][1]
-        rw.replace[id(x)] = view_segment(ctx, fused, x.ne, offs)
+        # the view takes the place of the user's output: it keeps its name (dn_out, dn_state)
+        rw.replace[id(x)] = view_segment(ctx, fused, x.ne, offs).set_name(x.name)
         rw.keep.append(x)
+    carried = {x.name for x, _ in external.values()}
+    fused.op_params["fused_names"] = [nm for nm in user_names(region) if nm not in carried]
     return rw
 
 

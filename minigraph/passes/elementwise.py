@@ -24,6 +24,15 @@ ELEMENTWISE = P(ELEMENTWISE_OPS, check=lambda t, c: t.view_src is None and t.typ
                 and all(s is not None and s.type == TYPE_F32 for s in t.src), why="in-place or not f32")
 
 
+def user_names(nodes) -> list[str]:
+    """The distinct non-empty names of `nodes`, in order (the user names a fused node absorbs)."""
+    out: list[str] = []
+    for n in nodes:
+        if n.name and n.name not in out:
+            out.append(n.name)
+    return out
+
+
 def _fusible(t: Tensor) -> bool:
     return isinstance(ELEMENTWISE.match(t), dict)
 
@@ -101,7 +110,10 @@ def elementwise_pass(graph: Graph, target: Target, log: PassLog, keep: set) -> l
             log.add(PASS, "refused", f"{'+'.join(ops)}: {getattr(backend, 'name', '?')} does not support "
                                      f"FUSED_ELEMENTWISE: {ok.reason if ok is not None else 'no backend'}")
             continue
+        # the fused node computes root's value, so it takes root's name; the names the user gave
+        # the intermediates it absorbs stay visible in the dump's fused-from column
         fused.name = root.name
+        fused.op_params["fused_names"] = user_names(n for n in group if n is not root)
         assigned |= {id(n) for n in group}
         rewrites.append(Rewrite(PASS, fused, replace={id(root): fused}, keep=[root], absorbed=group))
         log.add(PASS, "fused", f"{len(group)} ops ({'+'.join(ops)}) over ne={list(root.ne)} -> FUSED_ELEMENTWISE")

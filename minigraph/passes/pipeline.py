@@ -6,7 +6,8 @@ Pipeline (each pass: Graph in, rewrites out, a new Graph built from them):
   3. elementwise               chains of elementwise ops over one shape -> FUSED_ELEMENTWISE
 A rewrite happens only where the backend the region would run on (the first of the target's
 backends, in priority order, that supports the region's anchor node) `supports_op` the fused node.
-Every fused node carries op_params["fused_from"] (the op names it replaced) and op_params["fused_pattern"].
+Every fused node carries op_params["fused_from"] (the op names it replaced), op_params["fused_pattern"]
+and op_params["fused_names"] (the user names it absorbed).
 
 `Pipeline.optimize(gf, target, fuse)` returns an `Optimized` result: the graph to run, the
 (user tensor, tensor holding its value) pairs, provenance and the pass log. The rewritten graph is

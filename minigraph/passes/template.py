@@ -23,7 +23,7 @@ from minigraph.core.graph import Graph
 from minigraph.passes.patterns import Miss, is_relabel, normalise, relabel_chain, same_param
 from minigraph.core.tensor import Tensor
 
-IGNORED_PARAMS = ("fused_from", "fused_pattern")
+IGNORED_PARAMS = ("fused_from", "fused_pattern", "fused_names")
 
 
 def norm_consumers(nodes: Sequence[Tensor]) -> dict[int, list[tuple[Tensor, int]]]:

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from minigraph.core.cases import CASES, Case, nmse
+from minigraph.core.errors import MinigraphError
 from minigraph.backends.reference import reference_compute
 
 # what ggml's CPU backend accepts of our cases: layouts it asserts on, and our extensions
@@ -79,6 +80,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--after", default="", help="(internal) resume after this case")
     args = ap.parse_args(argv)
+    from minigraph.testing import ggml_bridge
+
+    if not ggml_bridge.available():  # no reference engine: say so once, never per case
+        print(json.dumps({"case": "", "status": "unavailable", "why": "ggml-python is not installed"}), flush=True)
+        return 3
     ops = set(filter(None, args.op.split(",")))
     started = not args.after
     for case in CASES:
@@ -116,6 +122,9 @@ def run_all(op: str = "", params: str = "", seed: int = 1, timeout: float = 900.
             if not line.startswith('{"case"'):
                 continue  # ggml's abort handler prints a backtrace to stdout
             rec = json.loads(line)
+            if rec["status"] == "unavailable":
+                raise MinigraphError(f"ggml conformance: {rec['why']} in {sys.executable}: "
+                                     'pip install -e ".[ggml]"')
             if rec["status"] == "start":
                 current = rec["case"]
             else:

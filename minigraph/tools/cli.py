@@ -92,7 +92,7 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     prof = profile.profile_nodes(p, args.repeat, args.seed) if args.profile else None
     if args.format == "json":
-        extra = profile.profile_json(*prof, top=args.top) if prof else None
+        extra = profile.profile_json(*prof, top=args.top, pattern=args.filter) if prof else None
         text = dump.render_json(p, args.filter, extra)
     elif args.format == "dot":
         text = dump.render_dot(p, args.filter)

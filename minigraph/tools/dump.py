@@ -126,6 +126,7 @@ def tensor_row(p: Prepared, t: Tensor, index: int) -> dict:
     if t.view_src is not None:
         view = {"src": label(t.view_src, p.labels), "offs": t.view_offs}
     fused = node_attr(t, "fused_from")
+    fused_names = node_attr(t, "fused_names") if fused else None
     split = p.split_of.get(id(t))
     return {"key": p.keys.get(id(t), "?"), "index": index, "op": t.op or "NONE", "name": label(t, p.labels), "type": dtypes.type_name(t.type),
             "ne": list(t.ne), "nb": list(t.nb), "contiguous": is_contiguous(t), "view": view,
@@ -134,7 +135,8 @@ def tensor_row(p: Prepared, t: Tensor, index: int) -> dict:
             "copied_in": [p.copies.get((id(s), split), 0) for s in t.src if s is not None],
             "backend": be.name if be is not None else "-", "split": split,
             "cause": (p.sched.get_tensor_cause(t) or ("", ""))[0],
-            "fused_from": list(fused) if fused else [], "bytes": nbytes(t)}
+            "fused_from": list(fused) if fused else [], "fused_names": list(fused_names or []),
+            "bytes": nbytes(t)}
 
 
 def summary(p: Prepared) -> dict:
@@ -179,15 +181,19 @@ def _cells(r: dict) -> list[str]:
     view = f"{r['view']['src']}+{r['view']['offs']}" if r["view"] else ""
     split = "" if r["split"] is None else str(r["split"])
     return [str(r["index"]), r["op"], r["name"], r["type"], _ne(r["ne"]), _layout(r), view,
-            ", ".join(r["src"]), r["backend"], split, _fused(r["fused_from"]), str(r["bytes"])]
+            ", ".join(r["src"]), r["backend"], split, _fused(r["fused_from"], r["fused_names"]), str(r["bytes"])]
 
 
-def _fused(ops: list) -> str:
-    """fused-from for the table: the op list, or its size and commonest ops when long."""
+def _fused(ops: list, names: list = ()) -> str:
+    """fused-from for the table: the op list (or its size and commonest ops when long), then the
+    user names of the absorbed nodes in parentheses: "SILU,MUL (ffn_gate_act)"."""
     if len(ops) <= 4:
-        return ",".join(ops)
-    common = ",".join(op for op, _ in Counter(ops).most_common(3))
-    return f"{len(ops)} nodes ({common},...)"
+        text = ",".join(ops)
+    else:
+        text = f"{len(ops)} nodes ({','.join(op for op, _ in Counter(ops).most_common(3))},...)"
+    if names:
+        text += " (" + ", ".join(names[:3]) + (f", +{len(names) - 3} more" if len(names) > 3 else "") + ")"
+    return text
 
 
 HEADER = ["#", "op", "name", "type", "ne", "nb", "view of+offs", "src", "backend", "split", "fused-from", "bytes"]
@@ -254,7 +260,7 @@ def _dot_label(r: dict) -> str:
     if r["view"]:
         parts.append(f"view of {r['view']['src']} +{r['view']['offs']}")
     if r["fused_from"]:
-        parts.append("fused from " + _fused(r["fused_from"]))
+        parts.append("fused from " + _fused(r["fused_from"], r["fused_names"]))
     return "{" + "|".join(_esc(x) for x in parts) + "}"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from minigraph.tools.dump import Prepared, _ne, label, table
+from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
 from minigraph.tools.graphio import fill_random_inputs
 from minigraph.core.tensor import Tensor, nbytes
@@ -103,14 +104,32 @@ def by_op(rows: list[NodeTime]) -> list[dict]:
     return sorted(agg.values(), key=lambda a: -a["seconds"])
 
 
+def matching(rows: list[NodeTime], pattern: Optional[str]) -> list[NodeTime]:
+    """The rows whose op or name matches --filter (all of them without one)."""
+    if not pattern:
+        return rows
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise MinigraphError(f"--filter {pattern!r}: bad regex: {e}") from None
+    return [r for r in rows if rx.search(r.op) or rx.search(r.name)]
+
+
+def _covers(rows: list[NodeTime], kept: list[NodeTime], pattern: Optional[str]) -> str:
+    """What the sum and the shares are over, in words."""
+    if not pattern:
+        return f"all {len(rows)} nodes"
+    return f"the {len(kept)} of {len(rows)} nodes matching --filter {pattern!r}"
+
+
 def render_profile(rows: list[NodeTime], whole: float, top: Optional[int] = None,
                    pattern: Optional[str] = None) -> str:
-    """tinygrad DEBUG=2 style: every node (or the top N by time; those matching --filter), then
-    the per-op totals. Shares are of the whole graph's sum."""
-    total = sum(r.seconds for r in rows) or 1e-30
-    rx = re.compile(pattern) if pattern else None
-    shown = [r for r in rows if rx is None or rx.search(r.op) or rx.search(r.name)]
-    shown = sorted(shown, key=lambda r: -r.seconds)[:top] if top else shown
+    """tinygrad DEBUG=2 style: the nodes matching --filter (all without one; the top N by time
+    with --top), then the per-op totals of the same nodes. Shares are of those nodes' sum, and
+    the last line says which nodes that sum covers."""
+    kept = matching(rows, pattern)
+    total = sum(r.seconds for r in kept) or 1e-30
+    shown = sorted(kept, key=lambda r: -r.seconds)[:top] if top else kept
     cum, cells = 0.0, []
     for r in shown:
         cum += r.seconds
@@ -119,25 +138,33 @@ def render_profile(rows: list[NodeTime], whole: float, top: Optional[int] = None
                       f"{100 * r.seconds / total:.1f}", f"{100 * cum / total:.1f}",
                       _rate(r.flops, r.seconds), _rate(r.bytes, r.seconds)])
     head = ["#", "op", "name", "backend", "ne", "time us", "share %", "cum %", "GFLOP/s", "GB/s"]
-    title = f"profile: top {top} of {len(rows)} nodes by time" if top else f"profile: {len(rows)} nodes"
+    of = f"{len(kept)} nodes matching {pattern!r}" if pattern else f"{len(rows)} nodes"
+    title = f"profile: top {top} of {of} by time" if top else f"profile: {of}"
     out = [title + " (each node run alone as a one-node graph, median of repeats)", ""]
     out += table(head, cells, right=(0, 5, 6, 7, 8, 9))
-    out += ["", "by op:"]
+    ops = by_op(kept)
+    out += ["", f"by op: top {top} of {len(ops)} ops" if top and top < len(ops) else "by op:"]
     out += table(["op", "count", "time us", "share %", "GFLOP/s", "GB/s"],
                  [[a["op"], str(a["count"]), f"{a['seconds'] * 1e6:.1f}", f"{100 * a['seconds'] / total:.1f}",
-                   _rate(a["flops"], a["seconds"]), _rate(a["bytes"], a["seconds"])] for a in by_op(rows)[:top]],
+                   _rate(a["flops"], a["seconds"]), _rate(a["bytes"], a["seconds"])] for a in ops[:top]],
                  right=(1, 2, 3, 4, 5))
-    out += ["", f"sum of nodes {total * 1e6:.1f} us; whole graph through the scheduler {whole * 1e6:.1f} us"]
+    out += ["", f"sum of {_covers(rows, kept, pattern)}: {sum(r.seconds for r in kept) * 1e6:.1f} us (shares are of "
+                f"this sum); whole graph through the scheduler {whole * 1e6:.1f} us"]
     return "\n".join(out) + "\n"
 
 
-def profile_json(rows: list[NodeTime], whole: float, top: Optional[int] = None) -> dict:
-    total = sum(r.seconds for r in rows) or 1e-30
-    shown = sorted(rows, key=lambda r: -r.seconds)[:top] if top else rows
+def profile_json(rows: list[NodeTime], whole: float, top: Optional[int] = None,
+                 pattern: Optional[str] = None) -> dict:
+    """The profile as data; like the text, everything follows --filter (sum_covers says how)."""
+    kept = matching(rows, pattern)
+    total = sum(r.seconds for r in kept) or 1e-30
+    shown = sorted(kept, key=lambda r: -r.seconds)[:top] if top else kept
     return {"profile": {
         "method": "each node alone as a one-node graph on its scheduled backend; median of repeats",
+        "filter": pattern,
         "nodes": [{**r.__dict__, "share": r.seconds / total,
                    "gflops": r.flops / r.seconds / 1e9 if r.seconds > 0 else None,
                    "gbps": r.bytes / r.seconds / 1e9 if r.seconds > 0 else None} for r in shown],
-        "by_op": by_op(rows)[:top] if top else by_op(rows),
-        "sum_seconds": total, "graph_seconds": whole}}
+        "by_op": by_op(kept)[:top] if top else by_op(kept),
+        "sum_seconds": sum(r.seconds for r in kept), "sum_covers": _covers(rows, kept, pattern),
+        "graph_seconds": whole}}

@@ -25,6 +25,8 @@ from minigraph.tools.dump import init_backend
 from minigraph.core.errors import MinigraphError
 
 ALL_BACKENDS = ("cpu", "cuda")
+GGML_MISSING = ("--against ggml needs ggml-python (the real ggml CPU backend), which is not installed: "
+                'pip install -e ".[ggml]" (or pip install ggml-python==0.0.45)')
 PERF_MIN_SECONDS = 0.05  # time each case for at least this long (and at least PERF_MIN_RUNS runs)
 PERF_MIN_RUNS = 3
 
@@ -208,8 +210,13 @@ def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Opti
 
 
 def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result]:
-    """The same cases on ggml's own CPU backend (ggml-python), in child processes."""
+    """The same cases on ggml's own CPU backend (ggml-python), in child processes. Without
+    ggml-python there is no reference engine: a MinigraphError, not a run of "not supported"."""
+    from minigraph.testing import ggml_bridge
     from minigraph.testing.ggml_conformance import run_all
+
+    if not ggml_bridge.available():
+        raise MinigraphError(GGML_MISSING)
 
     ops = ",".join(sorted({c.op for c in cases}))
     names = {c.name: c for c in cases}
@@ -330,6 +337,11 @@ def main(args: Any, out: TextIO) -> int:
     if args.show_coverage:
         print(coverage_lines()[0], file=out)
         return 0
+    if args.against == "ggml":  # before any backend runs: a missing reference engine is an error
+        from minigraph.testing import ggml_bridge
+
+        if not ggml_bridge.available():
+            raise MinigraphError(GGML_MISSING)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "little")
     text = None if args.json else out
     names = [b.strip() for b in args.backend.split(",")] if args.backend else list(ALL_BACKENDS)
