@@ -74,6 +74,9 @@ def cuda(n: int, repeat: int) -> None:
         print("cuda: no GPU, skipped")
         return
     be = mg.backend_cuda_init(0)
+    # through a scheduler the result lives in its CUDA compute buffer (a standalone CUDA backend
+    # computes into a device arena and downloads the outputs to their host twin)
+    sched = mg.backend_sched_new([be, mg.backend_cpu_init()])
     src = torch.randn(n, device="cuda", dtype=torch.float32)
     ctx = mg.Context()
     x = ctx.from_dlpack(src)
@@ -83,8 +86,7 @@ def cuda(n: int, repeat: int) -> None:
 
     def zero() -> "torch.Tensor":
         torch.cuda.synchronize()          # the producer's stream is not minigraph's
-        be.graph_compute(gf)
-        be.synchronize()
+        sched.graph_compute(gf)
         return torch.from_dlpack(y)
 
     ctx2 = mg.Context()

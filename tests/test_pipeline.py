@@ -151,17 +151,33 @@ def test_device_tensor_round_trip_without_host_copy():
 
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     ctx = mg.Context()
-    t = ctx.from_dlpack(cuda.to_device(x)) if not SIM else cuda_be.tensor_from_device_array(ctx, cuda.to_device(x))
+    t = cuda_be.tensor_from_device_array(ctx, cuda.to_device(x))
     gf, out = _scaled(ctx, t)
     mg.compute(gf, cuda_be)
     assert mg.tensor_buffer(t).backend is cuda_be and not mg.tensor_buffer(t).is_host
-    dev = cuda_be.tensor_device_array(out)
-    np.testing.assert_array_equal(np.asarray(dev.copy_to_host()), 2 * x)
-    if not SIM:  # the simulator's fake arrays have no interface
-        assert out.__cuda_array_interface__["shape"] == (3, 4)
-        assert out.__dlpack_device__() == (2, 0)
+    np.testing.assert_array_equal(np.asarray(cuda_be.tensor_device_array(out).copy_to_host()), 2 * x)
     with pytest.raises(mg.MinigraphError, match="not host"):
         t.numpy(copy=False)
+
+
+@pytest.mark.skipif(SIM, reason="torch CUDA tensors need a real GPU")
+@pytest.mark.filterwarnings("ignore:Grid size:Warning")
+def test_torch_cuda_tensor_in_and_out_without_host_copy():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no GPU")
+    cuda_be = _cuda_or_skip()
+    src = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4)
+    ctx = mg.Context()
+    t = ctx.from_dlpack(src)
+    assert t.buffer.data_ptr() + t.data_offs == src.data_ptr()
+    gf, out = _scaled(ctx, t)
+    torch.cuda.synchronize()
+    mg.backend_sched_new([cuda_be, mg.backend_cpu_init()]).graph_compute(gf)
+    res = torch.from_dlpack(out)  # the scheduler's CUDA compute buffer, shared
+    assert res.is_cuda and res.data_ptr() == out.buffer.data_ptr() + out.data_offs
+    torch.testing.assert_close(res, src * 2)
+    assert out.__cuda_array_interface__["shape"] == (3, 4) and out.__dlpack_device__() == (2, 0)
 
 
 # -- threads -----------------------------------------------------------------------------------
