@@ -44,11 +44,11 @@ def _graph(name: str) -> mg.Graph:
     if name == "mlp":
         return load_target(GRAPHS + ":mlp", {"n_embd": 8, "n_ff": 16, "n_tokens": 3})
     if name == "mlp_fused":
-        return mg.optimize(_graph("mlp"))
+        return mg.optimize(_graph("mlp")).graph
     if name == "delta_net":
         return load_target(GRAPHS + ":delta_net", {"n_tokens": 3, "head_dim": 4, "n_heads": 1})
     if name == "delta_net_fused":
-        return mg.optimize(_graph("delta_net"))
+        return mg.optimize(_graph("delta_net")).graph
     ctx = mg.Context()
     gf = ctx.new_graph()
     gf.build_forward_expand(odd_views(ctx))

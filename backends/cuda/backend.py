@@ -182,7 +182,7 @@ class CudaBackend(Backend):
         self._plans = PlanCache()
         self._mirrors: dict[int, _Mirror] = {}
         self._dummy = CudaBuffer.alloc(self, 64)
-        _BY_DEVICE.setdefault(self.device, self)
+        _BY_DEVICE[self.device] = self  # from_dlpack wraps CUDA memory for the newest backend of its GPU
 
     def __repr__(self) -> str:
         return f"CudaBackend(device={self.device}, use_graphs={self.use_graphs}{', simulator' if SIM else ''})"

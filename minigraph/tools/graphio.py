@@ -37,6 +37,7 @@ from minigraph.core import dtypes
 from minigraph.core.context import Context
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
+from minigraph.passes import Optimized
 from minigraph.core.registry import OPS
 from minigraph.core.tensor import MAX_NAME, Tensor, extent_bytes
 
@@ -109,7 +110,10 @@ def graph_to_dict(gf: Graph, data: bool = True) -> dict:
 
 
 def save_graph(gf: Graph, path: str, data: bool = True) -> None:
-    """Write `gf` to `path` as a minigraph graph file (JSON); data=False leaves out leaf data."""
+    """Write `gf` (or an mg.optimize result's graph) to `path` as a minigraph graph file (JSON);
+    data=False leaves out leaf data."""
+    if isinstance(gf, Optimized):
+        gf = gf.graph
     if not isinstance(gf, Graph):
         raise MinigraphError(f"save_graph: expected a Graph, got {type(gf).__name__}")
     with open(path, "w") as f:
