@@ -163,7 +163,7 @@ def test_device_tensor_round_trip_without_host_copy():
 @pytest.mark.skipif(SIM, reason="torch CUDA tensors need a real GPU")
 @pytest.mark.filterwarnings("ignore:Grid size:Warning")
 def test_torch_cuda_tensor_in_and_out_without_host_copy():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch is the DLPack peer of this test (present on the GPU machine)")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no GPU")
     cuda_be = _cuda_or_skip()

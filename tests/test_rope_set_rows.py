@@ -222,7 +222,7 @@ def test_cuda_skips_out_of_range_indices(cuda):
 
 @pytest.mark.ggml
 def test_ggml_agrees_on_rope_and_set_rows():
-    pytest.importorskip("ggml")
+    pytest.importorskip("ggml", reason="ggml-python (the optional ggml extra, pip install -e .[ggml]) is the reference engine here")
     from minigraph.testing.ggml_conformance import run_all
 
     res = run_all(op="ROPE,SET_ROWS")
