@@ -11,7 +11,7 @@ Every case is checked against torch (f32 math on the GPU) first. GPU times: CUDA
 one replay of the plan's captured CUDA graph (the node's launches, no host work), `--runs`
 replays after warm-up; median, min and max are printed with the device name.
 
-    python benchmarks/attention_cuda.py [--runs 30] [--n-kv 32768] [--ne3 8]
+    python benchmarks/attention_cuda.py [--runs 30] [--n-kv 32768] [--ne3 8] [--plain]
 """
 from __future__ import annotations
 
@@ -164,6 +164,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--n-kv", type=int, default=32768)
     ap.add_argument("--ne3", type=int, default=8)
+    ap.add_argument("--plain", action="store_true", help="also time the plain (no tensor core) kernels")
     a = ap.parse_args()
     try:
         import torch
@@ -178,6 +179,13 @@ def main() -> None:
     t_copy = mla(be, torch, a.n_kv, a.ne3, a.runs, view=False)
     print(f"mla view / copy = {t_view / t_copy:.2f}x (goal <= 0.6x)")
     gqa(be, torch, a.n_kv, a.runs)
+    if a.plain:
+        from minigraph.backends.cuda import attention as fa
+
+        fa.USE_TC = False
+        print("plain kernels (fa_split, what the simulator and CI run):")
+        mla(be, torch, a.n_kv, a.ne3, a.runs, view=True)
+        gqa(be, torch, a.n_kv, a.runs)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ Two launches per node (flash decoding):
   fa_combine one block per (head, query row, batch): merges the partials of all chunks and warps
              (weights exp(m_t - M)), adds the sink's exp(sink - M) to the denominator, writes dst.
 The chunk count is chosen at plan time so that few queries over a long cache (decode) still fill
-the GPU. A row whose every score is -inf (and no sink) gives 0, as ggml.
+the GPU. A row whose every score is -inf (and no sink) gives 0, as ggml. On a real GPU, f16 K/V
+with DK % 64 == 0 and DV % 32 == 0 run the tensor-core chunk kernel of attention_tc.py instead of
+fa_split (same partials, same combine); `tc_refusal(node)` says when and why not.
 """
 from __future__ import annotations
 
@@ -30,8 +32,10 @@ import numpy as np
 from numba import cuda, float32
 
 from minigraph.core import dtypes
+from minigraph.core.buffer import tensor_start
 from minigraph.core.registry import register_kernel
 
+from minigraph.backends.cuda import attention_tc
 from minigraph.backends.cuda.common import SIM, SLOT_W, CudaKernel, Launch, at, ne, nelem
 from minigraph.backends.cuda.convert import to_f32
 
@@ -45,6 +49,8 @@ TARGET_BLOCKS = 4 if SIM else 1056   # fa_split blocks to aim for (8 per SM of a
 MIN_CHUNK = 4 if SIM else 256        # kv rows a chunk has at least
 COMBINE_THREADS = 32 if SIM else 128
 MAX_GRID_YZ = 65535
+USE_TC = True                        # f16 K/V on a GPU: the tensor-core chunk kernel (attention_tc.py)
+TC_TARGET_BLOCKS = 528               # 2 blocks of 4 warps an SM (254 registers a thread), 2 waves
 
 if SIM:
     @cuda.jit(device=True)
@@ -272,6 +278,32 @@ def plan_split(node) -> tuple[int, int, int]:
     return rw, chunk, max(1, -(-n_kv // chunk))
 
 
+def tc_refusal(node) -> Optional[str]:
+    """None when the tensor-core chunk kernel (attention_tc.py) runs this node, else why not."""
+    q, k, v = node.src[0], node.src[1], node.src[2]
+    if SIM or not USE_TC:
+        return "the simulator has no tensor cores" if SIM else "USE_TC is off"
+    if k.type != dtypes.TYPE_F16 or v.type != dtypes.TYPE_F16:
+        return "K and V must be f16"
+    if k.ne[0] % 64 or v.ne[0] % 32:
+        return f"DK % 64 == 0 and DV % 32 == 0 needed (DK={k.ne[0]}, DV={v.ne[0]})"
+    if v.ne[2] != k.ne[2]:
+        return "V needs K's head count"
+    if k.nb[0] != 2 or tensor_start(k) % 4 or any(x % 4 for x in k.nb[1:]):
+        return "K rows must be contiguous and start 4-byte aligned (32-bit loads of f16 pairs)"
+    return None
+
+
+def plan_tc(node) -> tuple[int, int]:
+    """(chunk, n_chunks) of the tensor-core kernel: 16 rows a block, TC_TARGET_BLOCKS in all."""
+    q, k = node.src[0], node.src[1]
+    n_kv = k.ne[1]
+    base = -(-(q.ne[2] // k.ne[2]) * q.ne[1] // attention_tc.TILE) * k.ne[2] * q.ne[3]
+    n_chunks = max(1, min(-(-TC_TARGET_BLOCKS // base), MAX_PARTS, -(-n_kv // MIN_CHUNK)))
+    chunk = -(-n_kv // n_chunks)
+    return chunk, -(-n_kv // chunk)
+
+
 def _launches(node) -> list:
     if nelem(node.ne) == 0:
         return []
@@ -281,14 +313,21 @@ def _launches(node) -> list:
     n_log2 = 1 << int(math.floor(math.log2(n_head)))
     m0 = 2.0 ** (-max_bias / n_log2)
     m1 = 2.0 ** (-(max_bias / 2.0) / n_log2)
-    rw, chunk, n_chunks = plan_split(node)
-    n_parts = n_chunks * NW
     dv = v.ne[0]
+    tc = tc_refusal(node) is None
+    if tc:
+        chunk, n_chunks = plan_tc(node)
+        n_parts = n_chunks
+        n_rg = -(-(n_head // k.ne[2]) * n_q // attention_tc.TILE)
+        kern, block = attention_tc.tc_kernel(k.ne[0], dv), attention_tc.TC_WARPS * WARP
+    else:
+        rw, chunk, n_chunks = plan_split(node)
+        n_parts = n_chunks * NW
+        n_rg = -(-(n_head // k.ne[2]) * n_q // rw)
+        kern, block = split_kernel(rw, -(-k.ne[0] // WARP), -(-dv // WARP)), NW * WARP
     part = cuda.device_array(max(1, n_head * n_q * n3 * n_parts * (dv + 2)), np.float32)
     extra = (m0, m1, n_log2, int(k.type == dtypes.TYPE_BF16), int(v.type == dtypes.TYPE_BF16), chunk, n_parts, part)
-    n_rg = -(-(n_head // k.ne[2]) * n_q // rw)
-    kern = split_kernel(rw, -(-k.ne[0] // WARP), -(-dv // WARP))
-    return [Launch(kern, (n_chunks, n_rg * k.ne[2], n3), (NW * WARP,), extra),
+    return [Launch(kern, (n_chunks, n_rg * k.ne[2], n3), (block,), extra),
             Launch(fa_combine, (n_head * n_q * n3,), (COMBINE_THREADS,), extra)]
 
 
