@@ -98,15 +98,21 @@ def _quad_sum(x):
 
 
 @cuda.jit(device=True)
-def _score(s, softcap, jv, j_hi, live, has_mask, mask, mo, m1s, slope):
+def _mask_at(has_mask, live, mask, mo, m1s, jv, j_hi):
+    """The mask value of one score of the tile (loaded early; 0 without a mask or past the chunk)."""
+    if has_mask and live and jv < j_hi:
+        return float32(mask[mo + jv * m1s])
+    return float32(0.0)
+
+
+@cuda.jit(device=True)
+def _score(s, softcap, jv, j_hi, mv, slope):
     """One score of the tile: softcap, + slope * mask, -inf past the chunk."""
     if softcap != 0.0:
         s = softcap * math.tanh(s)
     if jv >= j_hi:
         return -math.inf
-    if has_mask and live:
-        s += slope * float32(mask[mo + jv * m1s])
-    return s
+    return s + slope * mv
 
 
 @cuda.jit(device=True)
@@ -128,9 +134,13 @@ def tc_kernel(DK: int, DV: int):
     QS = HP + 4                          # padded row stride: 8 rows x 4 lanes hit 32 banks
     SS = TC_WARPS * TILE * TILE
     SQN, SSN = TILE * QS, 2 * SS         # shared array sizes (compile-time constants)
+    KF, VF = 4 * KS_W, 2 * NT_W          # K / V fragment words a lane holds per tile
     ON = NT_W * 4
 
-    @cuda.jit
+    # small heads: cap the registers (ptxas: 182 -> 128, 20 bytes spilled) for 4 blocks an SM
+    opts = {"max_registers": 128} if DK + DV <= 256 else {}
+
+    @cuda.jit(**opts)
     def fa_tc(meta, dst, q, k, v, mask, sinks, scale, max_bias, softcap, prec, v_in_k, has_mask, has_sinks,
               m0, m1, n_log2, kbf, vbf, chunk, n_parts, part):
         sq = cuda.shared.array(SQN, int32)     # f16 pairs (bits)
@@ -204,20 +214,58 @@ def tc_kernel(DK: int, DV: int):
         j_lo = cuda.blockIdx.x * chunk
         j_hi = min(n_kv, j_lo + chunk)
         kk0 = w * KS_W
+        src = k if share else v
+        # K fragments of the current tile (kf) and the next (kn), V fragments of the current (vf):
+        # every global load of a tile is issued before the mma's that wait on the previous one
+        kf = cuda.local.array(KF, int32)
+        kn = cuda.local.array(KF, int32)
+        vf = cuda.local.array(VF, int32)
+        ka = kb + min(j_lo + g, j_hi - 1) * k1
+        kc = kb + min(j_lo + 8 + g, j_hi - 1) * k1
+        for ks in range(KS_W):
+            d = (kk0 + ks) * 16 + 2 * t4
+            kf[ks * 4] = ld_b32(k, ka + d)
+            kf[ks * 4 + 1] = ld_b32(k, ka + d + 8)
+            kf[ks * 4 + 2] = ld_b32(k, kc + d)
+            kf[ks * 4 + 3] = ld_b32(k, kc + d + 8)
         for it in range((j_hi - j_lo + TILE - 1) // TILE):
             jt = j_lo + it * TILE
-            ka = kb + min(jt + g, j_hi - 1) * k1
-            kc = kb + min(jt + 8 + g, j_hi - 1) * k1
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = float32(0.0)
+            j0 = jt + 2 * t4
+            va = vb + min(j0, j_hi - 1) * v1
+            vc = vb + min(j0 + 1, j_hi - 1) * v1
+            vd = vb + min(j0 + 8, j_hi - 1) * v1
+            ve = vb + min(j0 + 9, j_hi - 1) * v1
+            for nt in range(NT_W):
+                col = ((w * NT_W + nt) * 8 + g) * v0
+                vf[nt * 2] = ld_u16(src, va + col) | (ld_u16(src, vc + col) << 16)
+                vf[nt * 2 + 1] = ld_u16(src, vd + col) | (ld_u16(src, ve + col) << 16)
+            mk0 = _mask_at(has_mask, live_a, mask, mo_a, m1s, j0, j_hi)
+            mk1 = _mask_at(has_mask, live_a, mask, mo_a, m1s, j0 + 1, j_hi)
+            mk2 = _mask_at(has_mask, live_b, mask, mo_b, m1s, j0, j_hi)
+            mk3 = _mask_at(has_mask, live_b, mask, mo_b, m1s, j0 + 1, j_hi)
+            mk4 = _mask_at(has_mask, live_a, mask, mo_a, m1s, j0 + 8, j_hi)
+            mk5 = _mask_at(has_mask, live_a, mask, mo_a, m1s, j0 + 9, j_hi)
+            mk6 = _mask_at(has_mask, live_b, mask, mo_b, m1s, j0 + 8, j_hi)
+            mk7 = _mask_at(has_mask, live_b, mask, mo_b, m1s, j0 + 9, j_hi)
+            ka = kb + min(jt + TILE + g, j_hi - 1) * k1
+            kc = kb + min(jt + TILE + 8 + g, j_hi - 1) * k1
             for ks in range(KS_W):
                 d = (kk0 + ks) * 16 + 2 * t4
+                kn[ks * 4] = ld_b32(k, ka + d)
+                kn[ks * 4 + 1] = ld_b32(k, ka + d + 8)
+                kn[ks * 4 + 2] = ld_b32(k, kc + d)
+                kn[ks * 4 + 3] = ld_b32(k, kc + d + 8)
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = float32(0.0)
+            for ks in range(KS_W):
                 c = (kk0 + ks) * 8 + t4
                 a0 = sq[g * QS + c]
                 a1 = sq[(g + 8) * QS + c]
                 a2 = sq[g * QS + c + 4]
                 a3 = sq[(g + 8) * QS + c + 4]
-                s0, s1, s2, s3 = mma16816(a0, a1, a2, a3, ld_b32(k, ka + d), ld_b32(k, ka + d + 8), s0, s1, s2, s3)
-                s4, s5, s6, s7 = mma16816(a0, a1, a2, a3, ld_b32(k, kc + d), ld_b32(k, kc + d + 8), s4, s5, s6, s7)
+                s0, s1, s2, s3 = mma16816(a0, a1, a2, a3, kf[ks * 4], kf[ks * 4 + 1], s0, s1, s2, s3)
+                s4, s5, s6, s7 = mma16816(a0, a1, a2, a3, kf[ks * 4 + 2], kf[ks * 4 + 3], s4, s5, s6, s7)
+            for i in range(KF):
+                kf[i] = kn[i]
             buf = (it & 1) * SS
             pw = buf + w * TILE * TILE
             ss[pw + g * TILE + 2 * t4] = s0
@@ -240,15 +288,14 @@ def tc_kernel(DK: int, DV: int):
                 s5 += ss[pw + g * TILE + 9 + 2 * t4]
                 s6 += ss[pw + (g + 8) * TILE + 8 + 2 * t4]
                 s7 += ss[pw + (g + 8) * TILE + 9 + 2 * t4]
-            j0 = jt + 2 * t4
-            s0 = _score(s0, softcap, j0, j_hi, live_a, has_mask, mask, mo_a, m1s, sl_a)
-            s1 = _score(s1, softcap, j0 + 1, j_hi, live_a, has_mask, mask, mo_a, m1s, sl_a)
-            s2 = _score(s2, softcap, j0, j_hi, live_b, has_mask, mask, mo_b, m1s, sl_b)
-            s3 = _score(s3, softcap, j0 + 1, j_hi, live_b, has_mask, mask, mo_b, m1s, sl_b)
-            s4 = _score(s4, softcap, j0 + 8, j_hi, live_a, has_mask, mask, mo_a, m1s, sl_a)
-            s5 = _score(s5, softcap, j0 + 9, j_hi, live_a, has_mask, mask, mo_a, m1s, sl_a)
-            s6 = _score(s6, softcap, j0 + 8, j_hi, live_b, has_mask, mask, mo_b, m1s, sl_b)
-            s7 = _score(s7, softcap, j0 + 9, j_hi, live_b, has_mask, mask, mo_b, m1s, sl_b)
+            s0 = _score(s0, softcap, j0, j_hi, mk0, sl_a)
+            s1 = _score(s1, softcap, j0 + 1, j_hi, mk1, sl_a)
+            s2 = _score(s2, softcap, j0, j_hi, mk2, sl_b)
+            s3 = _score(s3, softcap, j0 + 1, j_hi, mk3, sl_b)
+            s4 = _score(s4, softcap, j0 + 8, j_hi, mk4, sl_a)
+            s5 = _score(s5, softcap, j0 + 9, j_hi, mk5, sl_a)
+            s6 = _score(s6, softcap, j0 + 8, j_hi, mk6, sl_b)
+            s7 = _score(s7, softcap, j0 + 9, j_hi, mk7, sl_b)
             na = max(m_a, _quad_max(max(max(s0, s1), max(s4, s5))))
             nb = max(m_b, _quad_max(max(max(s2, s3), max(s6, s7))))
             fa = float32(1.0) if na == -math.inf else math.exp(m_a - na)
@@ -269,17 +316,9 @@ def tc_kernel(DK: int, DV: int):
             pa1 = pack_f16x2(p2, p3)
             pa2 = pack_f16x2(p4, p5)
             pa3 = pack_f16x2(p6, p7)
-            va = vb + min(j0, j_hi - 1) * v1
-            vc = vb + min(j0 + 1, j_hi - 1) * v1
-            vd = vb + min(j0 + 8, j_hi - 1) * v1
-            ve = vb + min(j0 + 9, j_hi - 1) * v1
-            src = k if share else v
             for nt in range(NT_W):
-                col = ((w * NT_W + nt) * 8 + g) * v0
-                b0 = ld_u16(src, va + col) | (ld_u16(src, vc + col) << 16)
-                b1 = ld_u16(src, vd + col) | (ld_u16(src, ve + col) << 16)
                 o[nt * 4], o[nt * 4 + 1], o[nt * 4 + 2], o[nt * 4 + 3] = mma16816(
-                    pa0, pa1, pa2, pa3, b0, b1, o[nt * 4], o[nt * 4 + 1], o[nt * 4 + 2], o[nt * 4 + 3])
+                    pa0, pa1, pa2, pa3, vf[nt * 2], vf[nt * 2 + 1], o[nt * 4], o[nt * 4 + 1], o[nt * 4 + 2], o[nt * 4 + 3])
         l_a = _quad_sum(l_a)
         l_b = _quad_sum(l_b)
         pid = cuda.blockIdx.x
