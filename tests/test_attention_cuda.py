@@ -79,13 +79,15 @@ def test_cuda_matches_reference(c):
 def test_several_chunks_are_planned_for_decode():
     """Few queries over many kv rows: the plan splits the kv range (flash decoding), and the
     combine of the chunks' partials gives the same result as one pass."""
-    from minigraph.backends.cuda.attention import plan_split
+    from minigraph.backends.cuda.attention import MIN_CHUNK, plan_split
 
+    n_kv = 5 * MIN_CHUNK + 3
     ctx = mg.Context()
-    out = build_case(ctx, np.random.default_rng(2), FaCase(8, 8, 2, 1, 23, 1, sinks=True, type_kv="f16"))
+    out = build_case(ctx, np.random.default_rng(2), FaCase(8, 8, 2, 1, n_kv, 1, sinks=True, type_kv="f16"))
     rw, chunk, n_chunks = plan_split(out)
-    assert n_chunks > 1 and chunk * n_chunks >= 23 > chunk * (n_chunks - 1)
+    assert n_chunks > 1 and chunk * n_chunks >= n_kv > chunk * (n_chunks - 1)
     assert rw == 2                          # both heads of the MQA group share each K row read
+    _check(out)
 
 
 def test_mixed_kv_types_and_per_head_v():
