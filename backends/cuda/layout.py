@@ -3,7 +3,9 @@
 One thread per dst element, every tensor read and written through its strides (common.py).
 VIEW, RESHAPE, PERMUTE and TRANSPOSE relabel memory and have no kernels. The kernels are generic
 over the buffer type (Numba specialises per f32/i32 buffer), so I32 data copies too, and CPY
-converts between f32 and i32 on assignment.
+converts between f32 and i32 on assignment. GET_ROWS also gathers f16/bf16 tables into f32 rows
+(read in place, widened per element) with i32 or i64 indices, and reports an index out of range
+through the error words (common.py), so the compute fails as on the CPU instead of giving a row.
 """
 from __future__ import annotations
 
