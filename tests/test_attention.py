@@ -1,6 +1,6 @@
 """FLASH_ATTN_EXT: the float64 reference against a transcription of ggml's loop, the CPU kernel
-and the CUDA kernel (simulator) against the reference on the conformance cases, ggml's own CPU
-backend on the same cases, V-as-view-of-K detection, and every refusal.
+against the reference on the conformance cases, ggml's own CPU backend on the same cases,
+V-as-view-of-K detection, and every refusal (the CUDA kernels: tests/test_attention_cuda.py).
 
 Tolerances: minigraph's kernels read the exact f16/bf16 values and accumulate in f32, so every
 case holds NMSE <= 1e-6 against float64 (measured <= 1e-12). ggml rounds Q to f16 (bf16) for its
@@ -8,7 +8,6 @@ K dot and accumulates f16 V in f16: measured NMSE <= 2.3e-6 (f16), <= 2.5e-7 (bf
 held to 2e-5 / 5e-6 (minigraph.testing.ggml_conformance.GGML_FA_TOLERANCE), f32 to 1e-6.
 """
 import math
-import os
 
 import numpy as np
 import pytest
@@ -242,55 +241,3 @@ def test_ggml_cpu_agrees_on_every_case():
     skipped = [r["case"] for r in res if r["status"] == "skip"]
     assert all("ext=" in c for c in skipped), skipped   # only minigraph's extensions are skipped
     assert sum(r["status"] == "ok" for r in res) == len(FA_CASES) - len(skipped)
-
-
-# -- CUDA (numba-cuda simulator without a GPU): small f32 cases --------------------------------
-
-def _cuda():
-    try:
-        from numba import cuda
-    except ImportError:
-        return None
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0") and not cuda.is_available():
-        return None
-    return mg.backend_cuda_init(0)
-
-
-# f32 masks: the CUDA kernel is f32 only, so ggml's f16 mask sends the node to the CPU
-CUDA_CASES = [FaCase(8, 8, 2, 2, 5, 2, mask_f32=True), FaCase(8, 6, 4, 1, 7, 1, sinks=True, mask_f32=True),
-              FaCase(8, 8, 6, 2, 5, 3, mask="dead_row", max_bias=8.0, softcap=5.0, sinks=True, mask_f32=True),
-              FaCase(16, 8, 2, 1, 6, 2, mask="causal", layout="vk", v_offs=4, mask_f32=True),
-              FaCase(8, 8, 2, 2, 6, 2, layout="perm", mask_f32=True), FaCase(8, 8, 2, 2, 6, 2, layout="offs", mask="none"),
-              FaCase(8, 8, 2, 1, 5, 2, ne3=2, nk3=1, mask_f32=True)]
-
-
-@pytest.mark.filterwarnings("ignore:Grid size:Warning")
-@pytest.mark.parametrize("c", CUDA_CASES, ids=[c.vars() for c in CUDA_CASES])
-def test_cuda_matches_reference(c):
-    be = _cuda()
-    if be is None:
-        pytest.skip("numba-cuda is not installed or there is no GPU / simulator")
-    ctx = mg.Context()
-    out = build_case(ctx, np.random.default_rng(1), c)
-    assert be.supports_op(out)
-    gf = ctx.new_graph()
-    gf.build_forward_expand(out)
-    ref = mg.reference_compute(gf)[out]
-    be.graph_compute(gf)
-    got = out.numpy()
-    assert np.isfinite(got).all()
-    err = float(((got - ref) ** 2).sum() / (ref ** 2).sum())
-    assert err < 1e-10, err
-
-
-def test_cuda_refuses_what_it_does_not_cover():
-    be = _cuda()
-    if be is None:
-        pytest.skip("numba-cuda is not installed or there is no GPU / simulator")
-    ctx = mg.Context()
-    for c in (FaCase(8, 8, 2, 2, 5, 2, type_kv="f16", mask="none"), FaCase(8, 8, 2, 2, 5, 2)):  # f16 KV, f16 mask
-        s = be.supports_op(build_case(ctx, np.random.default_rng(1), c))
-        assert not s and "f32" in s.reason
-    q, k = _t(ctx, mg.TYPE_F32, 1100, 1, 2), _t(ctx, mg.TYPE_F32, 1100, 4, 2)
-    s = be.supports_op(ctx.flash_attn_ext(q, k, _t(ctx, mg.TYPE_F32, 8, 4, 2), None, 1.0))
-    assert not s and "1024" in s.reason

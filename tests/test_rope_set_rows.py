@@ -122,33 +122,57 @@ def test_cuda_matches_reference(cuda, case):
 
 
 def test_cuda_refuses_what_it_cannot_run(cuda):
-    """f16 ROPE and I64 / f16 SET_ROWS are answered by supports_op, so the scheduler falls back."""
+    """f16 ROPE and a bf16 SET_ROWS destination are answered by supports_op, so the scheduler falls back."""
     ctx = mg.Context()
     a16 = ctx.new_tensor_3d(mg.TYPE_F16, 8, 2, 3)
     pos = ctx.from_numpy(np.zeros(3, np.int32))
     s = cuda.supports_op(ctx.rope(a16, pos, 8, 0))
     assert not s and "f16" in s.reason
-    cache = ctx.new_tensor_2d(mg.TYPE_F32, 8, 10)
     rows = ctx.new_tensor_2d(mg.TYPE_F32, 8, 2)
-    s = cuda.supports_op(ctx.set_rows(cache, rows, ctx.from_numpy(np.array([1, 2], np.int64))))
-    assert not s and "i64" in s.reason
-    assert cuda.supports_op(ctx.set_rows(cache, rows, ctx.from_numpy(np.array([1, 2], np.int32))))
-    assert CPU.supports_op(ctx.set_rows(cache, rows, ctx.from_numpy(np.array([1, 2], np.int64))))
+    s = cuda.supports_op(ctx.set_rows(ctx.new_tensor_2d(mg.TYPE_BF16, 8, 10), rows,
+                                      ctx.from_numpy(np.array([1, 2], np.int64))))
+    assert not s and "bf16" in s.reason
+    for cache_type in (mg.TYPE_F32, mg.TYPE_F16):
+        for idx_type in (np.int32, np.int64):
+            cache = ctx.new_tensor_2d(cache_type, 8, 10)
+            assert cuda.supports_op(ctx.set_rows(cache, rows, ctx.from_numpy(np.array([1, 2], idx_type))))
 
 
-def test_sched_runs_i64_set_rows_on_cpu(cuda):
+def test_sched_runs_bf16_set_rows_on_cpu(cuda):
     rng = np.random.default_rng(4)
     ctx = mg.Context()
-    cache = ctx.from_numpy(np.zeros((6, 8), np.float32)).set_name("cache")
+    cache = ctx.new_tensor_2d(mg.TYPE_BF16, 8, 6).set_name("cache")
+    cache.set_data(np.zeros((6, 8), np.uint16))
     rows = ctx.from_numpy(rng.uniform(-1, 1, (2, 8)).astype(np.float32))
     y = ctx.set_rows(cache, ctx.scale(rows, 2.0), ctx.from_numpy(np.array([4, 1], np.int64)))
     gf = graph(y)
     sched = mg.backend_sched_new([cuda, CPU])
     sched.graph_compute(gf)
     assert sched.get_tensor_backend(y) is CPU
+    assert sched.get_tensor_backend(y.src[0]) is cuda     # the scale before it stays on the GPU
     want = np.zeros((6, 8), np.float32)
     want[[4, 1]] = 2 * rows.numpy()
-    np.testing.assert_allclose(cache.numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(cache.numpy(), want, rtol=1e-2)  # numpy() widens bf16 to f32
+
+
+@pytest.mark.parametrize("cache_type", [np.float32, np.float16])
+@pytest.mark.parametrize("idx_type", [np.int32, np.int64])
+def test_cuda_set_rows_types(cuda, cache_type, idx_type):
+    """f32/f16 rows into an f32/f16 cache with i32/i64 indices (an i64 index above 2^31 is refused)."""
+    rng = np.random.default_rng(6)
+    ctx = mg.Context()
+    cache = ctx.from_numpy(np.full((7, 5), -1, cache_type))
+    rows = ctx.from_numpy(rng.uniform(-2, 2, (3, 5)).astype(np.float32))
+    idx = ctx.from_numpy(np.array([6, 0, 3], idx_type))
+    y = ctx.set_rows(cache, rows, idx)
+    gf = graph(y)
+    ref = mg.reference_compute(gf)[y]
+    cuda.graph_compute(gf)
+    np.testing.assert_array_equal(y.numpy(), ref.astype(cache_type))
+    if idx_type is np.int64:
+        idx.set_data(np.array([6, 2**33, 3], idx_type))
+        with pytest.raises(mg.MinigraphError, match="SET_ROWS.*8589934592"):
+            cuda.graph_compute(gf)
 
 
 # -- the MLA rope shift (seed #18986) ----------------------------------------------------------------
@@ -207,15 +231,21 @@ def test_set_rows_out_of_range_index_at_compute_time(idx_type, bad):
     np.testing.assert_array_equal(cache.numpy()[[0, 3]], 1)
 
 
-def test_cuda_skips_out_of_range_indices(cuda):
-    """A GPU kernel cannot raise: a bad index writes nothing, the good ones still land."""
+@pytest.mark.parametrize("bad", [9, -2])
+def test_cuda_refuses_out_of_range_indices_after_compute(cuda, bad):
+    """A GPU kernel cannot raise: it checks every index before writing, reports the bad one, and the
+    plan raises the CPU backend's MinigraphError after the run; nothing was written."""
     ctx = mg.Context()
-    cache = ctx.from_numpy(np.zeros((5, 4), np.float32))
-    y = ctx.set_rows(cache, ctx.from_numpy(np.ones((3, 4), np.float32)), ctx.from_numpy(np.array([1, 9, -2], np.int32)))
-    cuda.graph_compute(graph(y))
-    want = np.zeros((5, 4), np.float32)
-    want[1] = 1
-    np.testing.assert_array_equal(cache.numpy(), want)
+    cache = ctx.from_numpy(np.zeros((5, 4), np.float32)).set_name("kv")
+    idx = ctx.from_numpy(np.array([1, bad, 2], np.int32)).set_name("slots")
+    y = ctx.set_rows(cache, ctx.from_numpy(np.ones((3, 4), np.float32)), idx).set_name("kv_write")
+    gf = graph(y)
+    with pytest.raises(mg.MinigraphError, match=f"SET_ROWS.*kv_write.*row index {bad} at indices.1, 0, 0."):
+        cuda.graph_compute(gf)
+    np.testing.assert_array_equal(cache.numpy(), 0)
+    idx.set_data(np.array([1, 3, 2], np.int32))       # the same graph computes once fixed
+    cuda.graph_compute(gf)
+    np.testing.assert_array_equal(cache.numpy()[[1, 2, 3]], 1)
 
 
 # -- ggml's own CPU backend ----------------------------------------------------------------------

@@ -42,7 +42,11 @@ from minigraph.memory.scaffold import prepare
 from minigraph.backends.cuda.common import META_W, SIM, SLOT_W
 
 DOWNLOAD_ALL_BYTES = 1 << 20   # arenas up to this size come back in one copy, else range by range
-_DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32}
+_DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32}   # what zero-copy interop takes
+# what a kernel slot sees of each type: a flat array of this dtype, meta in its elements (bf16 as
+# its raw 16 bits; kernels convert). Only kernels whose supports_op accepts a type ever get it.
+SLOT_DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32, dtypes.TYPE_F16: np.float16,
+               dtypes.TYPE_BF16: np.uint16, dtypes.TYPE_I64: np.int64}
 
 
 def graphs_enabled() -> bool:
@@ -340,21 +344,36 @@ class CudaPlan:
                     extents.append((0, None))
                     continue
                 buf, offs = self._locate(t, written=(s == 0))
-                dt = _DTYPES[t.type]
-                meta[s * SLOT_W] = offs // 4
+                dt = SLOT_DTYPES[t.type]
+                es = np.dtype(dt).itemsize
+                if offs % es or any(x % es for x in t.nb):
+                    raise MinigraphError(f"{n.op}: {describe(t)} starts at byte {offs} or has strides {list(t.nb)} "
+                                         f"that are not multiples of its element size {es}")
+                meta[s * SLOT_W] = offs // es
                 meta[s * SLOT_W + 1:s * SLOT_W + 5] = t.ne
-                meta[s * SLOT_W + 5:s * SLOT_W + 9] = [x // 4 for x in t.nb]
+                meta[s * SLOT_W + 5:s * SLOT_W + 9] = [x // es for x in t.nb]
                 bufs.append(buf.flat(dt))
-                extents.append((offs // 4, offs // 4 + nelements(t)))
+                extents.append((offs // es, offs // es + nelements(t)))
             params = OPS[n.op].param_values(n)
             for la in backend.kernels[n.op].fn.launches(n):
                 args = [b[lo:hi] for b, (lo, hi) in zip(bufs, extents)] if la.sliced else bufs
                 metas.append((meta, la, args, params, n))
         rows = [m[0] for m in metas] or [np.zeros(META_W, np.int64)]
         self.meta = cuda.to_device(np.array(rows, np.int64).reshape(-1, META_W))
+        # error words: launches that report bad data (an index out of range) write them; read after a run
+        n_err = [la.n_err for _, la, _, _, _ in metas]
+        self.err = cuda.to_device(np.zeros(max(1, sum(n_err)), np.int64))
+        self.err_checks = []   # (first word, word count, node, explain)
+        at_word = 0
         for i, (_, la, bufs, params, n) in enumerate(metas):
             cfg = _sim_launcher(la, backend.stream) if SIM else la.kernel[la.grid, la.block, backend.stream]
-            args = ((() if la.sliced else (self.meta[i],)) + (*bufs, *(params if la.with_params else ()), *la.scalars))
+            extra = ()
+            if la.n_err:
+                extra = (self.err[at_word:at_word + la.n_err],)
+                self.err_checks.append((at_word, la.n_err, n, backend.kernels[n.op].fn.explain))
+                at_word += la.n_err
+            args = ((() if la.sliced else (self.meta[i],)) + (*bufs, *(params if la.with_params else ()), *la.scalars,
+                                                              *extra))
             self.launches.append((cfg, args, n))
         self.outputs = self._output_ranges(graph)
         self.n_runs = 0
@@ -422,11 +441,24 @@ class CudaPlan:
             self.arena.dev[off:off + size].copy_to_host(self.host_arena.data[off:off + size], stream=stream)
         for m in self.written.values():
             m.download(stream)
-        if self.outputs or self.written:
+        if self.outputs or self.written or self.err_checks:
             stream.synchronize()
             for m in self.written.values():
                 host = m.host_ref()
                 m.snapshot = None if host is None else host.data.copy()
+        if self.err_checks:
+            self._raise_reported_errors()
+
+    def _raise_reported_errors(self) -> None:
+        """A kernel cannot raise: the ones that check their data (GET_ROWS, SET_ROWS indices) write
+        error words; nonzero words after the run become the CPU backend's MinigraphError."""
+        words = self.err.copy_to_host()
+        for first, count, n, explain in self.err_checks:
+            w = words[first:first + count]
+            if w[0]:
+                self.err.copy_to_device(np.zeros_like(words))   # the next run starts clean
+                why = explain(n, w) if explain else "the kernel reported bad input"
+                raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {why}")
 
     def _launch_all(self) -> None:
         for cfg, args, n in self.launches:

@@ -1,7 +1,7 @@
 """What every CUDA kernel file shares: the tensor convention, index helpers, launch shapes.
 
 Tensor convention. A kernel gets every tensor as a FLAT 1-D device array of its element type
-(float32, or int32 for I32 slots) plus one row of a per-node int64 `meta` array that says, per
+(float32, int32, int64; float16 for F16, uint16 raw bits for BF16: backend.SLOT_DTYPES) plus one row of a per-node int64 `meta` array that says, per
 slot (0 = dst, 1.. = srcs), where the tensor starts and how it is laid out, in ELEMENTS:
 
     meta[s*SLOT_W + 0]        element offset of the tensor inside its flat buffer
@@ -17,6 +17,10 @@ contiguous) gets no meta row: each tensor comes as its own 1-D array of exactly 
 does no dependent load of layout data from global memory before its first real load; in a
 replayed CUDA graph of small nodes that latency is a good part of a node's time. Buffers may be the plan's arena (viewed as
 f32 / i32), a leaf's own device buffer, or a caller's device array (zero-copy interop).
+
+A kernel cannot raise: one that validates data (an index out of range) gets `n_err` int64 error
+words last (`Launch.n_err`), writes them on bad input, and the plan raises after the run with
+`CudaKernel.explain(node, words)`, as the CPU backend raises during its compute.
 
 Each op registers a `CudaKernel`: its `launches(node)` returns the launches (kernel, grid, block,
 extra scalars) the node needs, decided once at plan time.
@@ -51,6 +55,8 @@ class Launch:
     scalars: tuple = ()
     with_params: bool = True   # pass the op's params before `scalars`
     sliced: bool = False       # no meta row: each tensor is its own 1-D array (contiguous only)
+    n_err: int = 0             # > 0: an int64 device array of that many error words comes last;
+                               # word 0 != 0 after the run fails the compute (CudaKernel.explain says why)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class CudaKernel:
 
     launches: Callable[[Any], list[Launch]]
     name: str
+    explain: Optional[Callable[[Any, Any], str]] = None   # (node, error words) -> message
 
 
 def flat_launch(kernel: Any, n: int, scalars: Sequence = (), block: int = BLOCK,

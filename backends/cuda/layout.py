@@ -3,9 +3,13 @@
 One thread per dst element, every tensor read and written through its strides (common.py).
 VIEW, RESHAPE, PERMUTE and TRANSPOSE relabel memory and have no kernels. The kernels are generic
 over the buffer type (Numba specialises per f32/i32 buffer), so I32 data copies too, and CPY
-converts between f32 and i32 on assignment.
+converts between f32 and i32 on assignment. GET_ROWS also gathers f16/bf16 tables into f32 rows
+(read in place, widened per element) with i32 or i64 indices, and reports an index out of range
+through the error words (common.py), so the compute fails as on the CPU instead of giving a row.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from numba import cuda
 
@@ -13,6 +17,7 @@ from minigraph.core import dtypes
 from minigraph.core.registry import register_kernel
 
 from minigraph.backends.cuda.common import CudaKernel, at, f32_or_i32, flat_launch, ne, nelem, size, unflat
+from minigraph.backends.cuda.convert import ERR_WORDS, bf16_to_f32, report
 
 
 @cuda.jit
@@ -73,11 +78,13 @@ def concat(meta, dst, a, b, dim):
 
 
 @cuda.jit
-def get_rows(meta, dst, a, idx, bad):
-    """dst (i0, i10, i11, i12) = a (i0, idx[i10, i11, i12], i11 % ne02, i12 % ne03).
+def get_rows(meta, dst, a, idx, bf16, err):
+    """dst (i0, i10, i11, i12) = a (i0, idx[i10, i11, i12], i11 % ne02, i12 % ne03), as f32 from an
+    f32/f16/bf16 table (bf16: raw bits, converted), or i32 from an i32 table.
 
-    A GPU kernel cannot raise: an index outside a's rows yields `bad` (NaN for f32 data, 0 for
-    i32) and is never dereferenced.
+    A GPU kernel cannot raise: an index outside a's rows is never dereferenced, its dst row gets 0,
+    and the first one is reported in `err` (code 1, the index, its position i10, i11, i12), which
+    the plan turns into the CPU backend's MinigraphError after the run.
     """
     i = cuda.grid(1)
     if i < size(meta, 0):
@@ -85,9 +92,15 @@ def get_rows(meta, dst, a, idx, bad):
         row = idx[at(meta, 2, i1, i2, i3, 0)]
         o = at(meta, 0, i0, i1, i2, i3)
         if row < 0 or row >= ne(meta, 1, 1):
-            dst[o] = bad
+            dst[o] = 0
+            if i0 == 0:
+                report(err, 1, row, i1, i2, i3)
         else:
-            dst[o] = a[at(meta, 1, i0, row, i2 % ne(meta, 1, 2), i3 % ne(meta, 1, 3))]
+            x = a[at(meta, 1, i0, row, i2 % ne(meta, 1, 2), i3 % ne(meta, 1, 3))]
+            if bf16:
+                dst[o] = bf16_to_f32(x)
+            else:
+                dst[o] = x
 
 
 def _flat(kernel, name):
@@ -95,16 +108,25 @@ def _flat(kernel, name):
 
 
 def _get_rows_launches(node):
-    bad = float("nan") if node.type == dtypes.TYPE_F32 else 0
-    return [flat_launch(get_rows, nelem(node.ne), (bad,))]
+    bf16 = int(node.src[0].type == dtypes.TYPE_BF16)
+    return [replace(flat_launch(get_rows, nelem(node.ne), (bf16,)), n_err=ERR_WORDS)]
+
+
+def _get_rows_explain(node, words) -> str:
+    return (f"get_rows: row index {int(words[1])} at indices[{int(words[2])}, {int(words[3])}, {int(words[4])}] "
+            f"is outside 0..{node.src[0].ne[1] - 1} (the table's ne1 = {node.src[0].ne[1]} rows)")
 
 
 def _get_rows_supports(node):
-    if node.src[1].type != dtypes.TYPE_I32:
-        return "GET_ROWS: indices must be i32"
-    if node.type != node.src[0].type:
-        return "GET_ROWS: CUDA kernel copies rows without conversion (dst type == table type)"
-    return f32_or_i32(node)
+    table, idx = node.src
+    if idx.type not in dtypes.INT_TYPES:
+        return f"GET_ROWS: indices must be i32 or i64, got {dtypes.type_name(idx.type)}"
+    if table.type == dtypes.TYPE_I32:
+        return None if node.type == dtypes.TYPE_I32 else "GET_ROWS: an i32 table gives i32 rows on CUDA"
+    if table.type not in dtypes.FLOAT_TYPES or node.type != dtypes.TYPE_F32:
+        return (f"GET_ROWS: CUDA gathers f32/f16/bf16 tables into f32 rows (or i32 into i32), got "
+                f"{dtypes.type_name(table.type)} -> {dtypes.type_name(node.type)}")
+    return None
 
 
 register_kernel("CONT", "cuda", _flat(logical_copy, "logical_copy"), supports=f32_or_i32)
@@ -113,5 +135,5 @@ register_kernel("CPY", "cuda", _flat(cpy, "cpy"), supports=f32_or_i32)
 register_kernel("PAD", "cuda", _flat(pad, "pad"), supports=f32_or_i32)
 register_kernel("REPEAT", "cuda", _flat(repeat, "repeat"), supports=f32_or_i32)
 register_kernel("CONCAT", "cuda", _flat(concat, "concat"), supports=f32_or_i32)
-register_kernel("GET_ROWS", "cuda", CudaKernel(_get_rows_launches, "get_rows"), supports=_get_rows_supports,
+register_kernel("GET_ROWS", "cuda", CudaKernel(_get_rows_launches, "get_rows", _get_rows_explain), supports=_get_rows_supports,
                 index_slots=(2,))
