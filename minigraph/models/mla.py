@@ -223,8 +223,8 @@ def _norm(ctx: Context, x: Tensor, w: Tensor, eps: float) -> Tensor:
 
 
 def _cast_f16(ctx: Context, t: Tensor) -> Tensor:
-    """ggml_cast(t, GGML_TYPE_F16): a cpy into a new f16 tensor of t's shape."""
-    return ctx.cpy(t, ctx.new_tensor_4d(TYPE_F16, *t.ne))
+    """ggml_cast(t, GGML_TYPE_F16): a cpy into a new f16 tensor of t's shape (named as ggml does)."""
+    return ctx.cpy(t, ctx.new_tensor_4d(TYPE_F16, *t.ne).set_name(f"{t.name} (copy)"))
 
 
 def build_attn_mha(ctx: Context, q: Tensor, k: Tensor, v: Tensor, kq_b: Optional[Tensor],
