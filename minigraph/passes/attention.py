@@ -22,6 +22,9 @@ the logits chain and the softmax are read only by the next node of the chain and
 outputs; SCALEs have no bias; only one TANH; FLASH_ATTN_EXT accepts the operands; the backend
 the region would run on (where kqv is placed) supports_op the fused node.
 
+One difference by construction: a query row whose every logit is -inf (a fully masked row) is
+NaN in the unfused softmax (0/0) and 0 from FLASH_ATTN_EXT; llama.cpp never reads such rows.
+
 Replacement: when kqv's one reader is permute(kqv, 0, 2, 1, 3) the fused node takes that
 permute's place (and its name); otherwise kqv becomes permute(fa, 0, 2, 1, 3) (contiguous, via a
 cont, when some reader is a view) and the fused node carries kqv's name.
