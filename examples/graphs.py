@@ -5,13 +5,20 @@
     minigraph dump examples/graphs.py:delta_net -p n_tokens=70 --format dot > dn.dot
     minigraph dump examples/graphs.py:delta_net --profile --top 5
     minigraph compare examples/graphs.py:mlp --backends cpu,reference
+    minigraph dump examples/graphs.py:mla_decode -p config=lite -p n_past=4095
+    minigraph compare examples/graphs.py:mla_prefill -p flash_attn=0 --fused-vs-unfused
+    minigraph dump examples/graphs.py:mla_rope_shift --format dot > shift.dot
 """
 from __future__ import annotations
 
 import numpy as np
 
 import minigraph as mg
+from minigraph.models import mla
 from minigraph.models.delta_net import build_delta_net_chunking, build_delta_net_fused
+
+MLA_CONFIGS = {"small": mla.SMALL, "q_lora": mla.SMALL_Q_LORA, "lite": mla.DEEPSEEK_V2_LITE}
+TYPES = {"f16": mg.TYPE_F16, "f32": mg.TYPE_F32, "i32": mg.TYPE_I32, "i64": mg.TYPE_I64}
 
 
 def _input(ctx: mg.Context, rng: np.random.Generator, name: str, ne: list[int],
@@ -50,3 +57,50 @@ def delta_net(ctx: mg.Context, n_tokens: int = 70, head_dim: int = 16, n_heads: 
     build = build_delta_net_fused if fused else build_delta_net_chunking
     out, state = build(ctx, q, k, v, g, b, s)
     return out.set_name("dn_out"), state.set_name("dn_state")
+
+
+def _pick(table: dict, key: str, what: str):
+    if key not in table:
+        raise ValueError(f"unknown {what} {key!r} (known: {', '.join(table)})")
+    return table[key]
+
+
+def _mla(ctx: mg.Context, n_tokens: int, n_past: int, kv_size: int, config: str, flash_attn: bool,
+         cache_type: str, idx_type: str, seed: int) -> mg.Graph:
+    cfg = _pick(MLA_CONFIGS, config, "config")
+    rng = np.random.default_rng(seed)
+    w = mla.random_weights(ctx, cfg, rng)
+    inp = mla.make_inputs(ctx, cfg, rng, n_tokens, n_past, kv_size, cache_type=_pick(TYPES, cache_type, "cache_type"),
+                          idx_type=_pick(TYPES, idx_type, "idx_type"))
+    gf = ctx.new_graph()
+    mla.build_mla_attn(ctx, gf, cfg, w, inp.cur, inp.inp_pos, inp.k_cache, inp.k_idxs, inp.kq_mask,
+                       flash_attn=bool(flash_attn))
+    return gf
+
+
+def mla_decode(ctx: mg.Context, n_past: int = 15, kv_size: int = 0, config: str = "small", flash_attn: bool = True,
+               cache_type: str = "f16", idx_type: str = "i64", seed: int = 0) -> mg.Graph:
+    """One token of llama.cpp's absorbed MLA attention (deepseek2, minigraph.models.mla) over a cache
+    of n_past tokens: set_rows into the [kv | pe] cache rows, flash_attn_ext with V a view of K
+    (flash_attn=0: mul_mat / soft_max_ext / mul_mat, which the attention pass fuses). config: small,
+    q_lora or lite (DeepSeek-V2-Lite: 16 heads, cache rows of 576, V 512)."""
+    return _mla(ctx, 1, n_past, kv_size, config, flash_attn, cache_type, idx_type, seed)
+
+
+def mla_prefill(ctx: mg.Context, n_tokens: int = 8, n_past: int = 0, kv_size: int = 0, config: str = "small",
+                flash_attn: bool = True, cache_type: str = "f16", idx_type: str = "i64", seed: int = 0) -> mg.Graph:
+    """n_tokens of the MLA layer at once (causal mask), after n_past cached tokens; see mla_decode."""
+    return _mla(ctx, n_tokens, n_past, kv_size, config, flash_attn, cache_type, idx_type, seed)
+
+
+def mla_rope_shift(ctx: mg.Context, kv_size: int = 16, config: str = "small", cache_type: str = "f16",
+                   seed: int = 0) -> mg.Tensor:
+    """llama.cpp's K-shift of an MLA cache: the pe part of every row (a strided view at byte offset
+    n_lora_kv * element size) roped in place by its cell's shift."""
+    cfg = _pick(MLA_CONFIGS, config, "config")
+    rng = np.random.default_rng(seed)
+    cache = rng.standard_normal((kv_size, cfg.n_embd_k_cache)).astype(
+        np.float16 if _pick(TYPES, cache_type, "cache_type") == mg.TYPE_F16 else np.float32)
+    k_cache = ctx.from_numpy(cache).set_name("cache_k_l0")
+    k_shift = ctx.from_numpy(rng.integers(-8, 8, size=kv_size).astype(np.int32)).set_name("inp_k_shift")
+    return mla.build_rope_shift(ctx, cfg, k_cache, k_shift)

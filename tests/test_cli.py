@@ -19,6 +19,7 @@ from minigraph.tools import cli, dump, test_backend_ops
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "examples", "graphs.py") + ":mlp"
 DELTA = os.path.join(ROOT, "examples", "graphs.py") + ":delta_net"
+GRAPHS = os.path.join(ROOT, "examples", "graphs.py")
 
 
 def run(*argv):
@@ -192,6 +193,28 @@ def test_compare_match_and_divergence():
     rc, out = run("compare", MLP, "--tol", "1e-30", "--json")
     doc = json.loads(out)
     assert rc == 1 and doc["diverged"] and doc["node"]["op"] == "RMS_NORM" and "max_abs_diff" in doc
+
+
+def test_mla_targets_dump_and_compare():
+    """The MLA layer (decode, prefill) and the K-cache rope shift work with dump and compare."""
+    rc, out = run("dump", GRAPHS + ":mla_decode", "-p", "n_past=5", "--format", "json")
+    doc = json.loads(out)
+    hist = doc["totals"]["histogram"]
+    assert rc == 0 and hist["FLASH_ATTN_EXT"] == 1 and hist["SET_ROWS"] == 1 and hist["ROPE"] == 2
+    order = [r["op"] for r in doc["nodes"]]
+    assert order.index("SET_ROWS") < order.index("FLASH_ATTN_EXT")
+    rc, out = run("dump", GRAPHS + ":mla_prefill", "-p", "flash_attn=0", "--format", "json")
+    fused = [r for r in json.loads(out)["nodes"] if r["op"] == "FLASH_ATTN_EXT"]
+    assert rc == 0 and len(fused) == 1 and "SOFT_MAX" in fused[0]["fused_from"]
+    rc, out = run("compare", GRAPHS + ":mla_prefill", "-p", "flash_attn=0", "--fused-vs-unfused")
+    assert rc == 0 and "unfused vs fused" in out and "nodes match" in out
+    rc, out = run("compare", GRAPHS + ":mla_decode", "-p", "n_past=5", "--backends", "cpu,reference")
+    assert rc == 0 and "nodes match" in out
+    rc, out = run("compare", GRAPHS + ":mla_rope_shift", "-p", "kv_size=6", "--backends", "reference,cpu")
+    assert rc == 0 and "ROPE 'k_shifted'" in out
+    rc, out = run("dump", GRAPHS + ":mla_rope_shift", "-p", "kv_size=6", "--format", "json")
+    rope = next(r for r in json.loads(out)["nodes"] if r["op"] == "ROPE")
+    assert rc == 0 and rope["view"]["offs"] == 16 * 2   # n_lora_kv f16 values into each row
 
 
 def test_compare_fused_vs_unfused(capsys):
