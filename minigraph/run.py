@@ -25,7 +25,7 @@ BACKEND_NAMES = ("cpu", "cuda", "auto")
 
 
 def backend_cpu_init(n_threads: int = 0) -> Any:
-    """ggml_backend_cpu_init: the Numba CPU backend.
+    """ggml_backend_cpu_init: the Numba CPU backend (n_threads 0 = MINIGRAPH_THREADS, load-aware by default).
 
     n_threads: the threads parallel kernels use. N >= 1: exactly N on every compute, as ggml's
     n_threads (cpu.set_n_threads(N) the same later). 0 (the default): what MINIGRAPH_THREADS says:
