@@ -26,15 +26,20 @@ import time
 
 import numpy as np
 
-# name -> environment of the child (MINIGRAPH_THREADS=auto is the backend's default)
+# name -> environment of the child. The defaults of `import minigraph` are MINIGRAPH_THREADS=auto
+# and GOMP_SPINCOUNT=3000 (backends/cpu/threads.py); GNU OpenMP's own default is 300000.
 POLICIES = {
-    "2 threads, omp (GNU, default spin-wait)": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="2"),
+    "2 threads, omp, GNU's default spin (~7 ms)": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="2",
+                                                      GOMP_SPINCOUNT="300000"),
     "2 threads, omp, OMP_WAIT_POLICY=passive": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="2",
                                                     OMP_WAIT_POLICY="passive"),
+    "2 threads, omp, short spin (GOMP_SPINCOUNT=3000)": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="2"),
     "2 threads, workqueue": dict(NUMBA_THREADING_LAYER="workqueue", MINIGRAPH_THREADS="2"),
     "2 threads, tbb": dict(NUMBA_THREADING_LAYER="tbb", MINIGRAPH_THREADS="2"),
     "1 thread": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="1"),
-    "load-aware (default), omp": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="auto"),
+    "load-aware, omp, GNU's default spin": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="auto",
+                                               GOMP_SPINCOUNT="300000"),
+    "load-aware, omp, short spin (the default)": dict(NUMBA_THREADING_LAYER="omp", MINIGRAPH_THREADS="auto"),
 }
 SETTLE = 0.6       # seconds between starting the spinner and timing (the load monitor looks every 0.25 s)
 SPIN = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
@@ -132,7 +137,7 @@ def main() -> None:
           f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.rounds} rounds of idle/loaded blocks\n")
     rows, shape = [], "delta-net layer"
     for name in wanted:
-        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
         env.update(POLICIES[name])
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--rounds", str(args.rounds)] + (["--quick"] if args.quick else [])
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)

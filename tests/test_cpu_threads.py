@@ -87,3 +87,18 @@ def test_monitor_sees_a_spinning_process():
     finally:
         spin.kill()
         spin.wait()
+
+
+def test_wait_policy_defaults_yield_to_the_user(monkeypatch):
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.delenv(name, raising=False)
+    threads.set_wait_policy()
+    assert os.environ["GOMP_SPINCOUNT"] == threads.GOMP_SPINCOUNT and os.environ["KMP_BLOCKTIME"] == threads.KMP_BLOCKTIME
+    monkeypatch.setenv("GOMP_SPINCOUNT", "77")
+    threads.set_wait_policy()
+    assert os.environ["GOMP_SPINCOUNT"] == "77"
+    for name in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")      # GOMP_SPINCOUNT would override it
+    threads.set_wait_policy()
+    assert "GOMP_SPINCOUNT" not in os.environ and "KMP_BLOCKTIME" not in os.environ

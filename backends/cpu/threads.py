@@ -1,4 +1,4 @@
-"""How many threads a CPU compute runs with: fixed, or load-aware ("auto", the default).
+"""How CPU threads wait and how many a compute runs with: fixed, or load-aware ("auto", the default).
 
 Why load-aware: a parallel kernel ends at a barrier that waits for every thread of its team. When
 another process keeps one of the cores busy, the worker that shares that core runs only when the
@@ -13,6 +13,18 @@ subtracts this process's own CPU time (time.process_time, all its threads): what
 load of other processes, in cores. It then runs with the cores that load leaves free, rounded
 down (a core busy more than SLACK of the time is not free), at least 1 and at most the cap. On
 systems without /proc/stat it always runs with the cap.
+
+How idle workers wait: GNU OpenMP's default (OMP_WAIT_POLICY unset) spins ~7 ms after every
+parallel node before it sleeps (GOMP_SPINCOUNT 300000; measured here), a whole time slice taken
+from whatever shares the core, including this process's own main thread. Fully passive waiting
+(OMP_WAIT_POLICY=passive) pays a sleep/wake per node instead: decode N=1 went from ~95 us to
+~160-220 us on this 2-core VM. A short spin keeps both: set_wait_policy() makes idle workers
+spin ~0.1 ms (GOMP_SPINCOUNT=3000), which bridges the gaps between the nodes of a graph and
+between back-to-back computes, then sleep. It only sets defaults (a user's OMP_WAIT_POLICY,
+GOMP_SPINCOUNT or KMP_BLOCKTIME wins) and acts only if no OpenMP runtime is loaded yet: it runs
+when minigraph.backends.cpu is imported (import minigraph does), before Numba starts its threads.
+KMP_BLOCKTIME (Intel / LLVM OpenMP, whose default spins 200 ms) gets 1 ms by the same reasoning,
+unmeasured here (this machine's Numba uses GNU OpenMP).
 """
 from __future__ import annotations
 
@@ -26,6 +38,21 @@ INTERVAL = 0.25
 # A core counts as free while other processes use at most this much of it: one that is busy a
 # fifth of the time would stall a fifth of the parallel nodes by a time slice each.
 SLACK = 0.2
+
+
+GOMP_SPINCOUNT = "3000"   # ~80 us of spinning on the 2-core dev VM (default 300000: ~7 ms)
+KMP_BLOCKTIME = "1"       # ms (Intel / LLVM OpenMP; default 200)
+
+
+def set_wait_policy() -> None:
+    """Short-spin defaults for the OpenMP runtime Numba's threading layer will load (see above)."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
+    os.environ.setdefault("KMP_BLOCKTIME", KMP_BLOCKTIME)
+
+
+set_wait_policy()
 
 
 def usable_cores() -> list[int]:
