@@ -1,7 +1,7 @@
 """Fusion benchmark: llama.cpp's chunked delta net unfused vs fused (mg.optimize) vs the fused op
 called directly, and elementwise fusion of a gate chain, on the CPU or CUDA backend. Prints markdown.
 
-    python benchmarks/fusion.py [--backend cpu|cuda] [--threads N] [--reps R] [--quick] [--part all|delta_net|elementwise]
+    python benchmarks/fusion.py [--backend cpu|cuda] [--threads N] [--reps R] [--quick] [--gqa] [--part all|delta_net|elementwise]
 
 The gate-chain table times unfused and fused runs alternately (side by side), so load that drifts
 on a shared machine biases neither; its ratio is the number to read. Under the CUDA simulator
@@ -33,19 +33,34 @@ def timed(fn, reps: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def delta_net_inputs(ctx, rng, S, H, T, N, kda):
+def delta_net_inputs(ctx, rng, S, H, T, N, kda, H_k=None):
+    """q, k [S, H_k, T, N] (l2-normalised; H_k defaults to H), v, g, beta, state for H value heads."""
+    H_k = H_k or H
+
     def t(ne, lo=-1.0, hi=1.0):
         return ctx.from_numpy(rng.uniform(lo, hi, size=ne[::-1]).astype(np.float32))
-    q = ctx.l2_norm(t([S, H, T, N]), 1e-6)
-    k = ctx.l2_norm(t([S, H, T, N]), 1e-6)
+    q = ctx.l2_norm(t([S, H_k, T, N]), 1e-6)
+    k = ctx.l2_norm(t([S, H_k, T, N]), 1e-6)
     return q, k, t([S, H, T, N]), t([S if kda else 1, H, T, N], -3.0, -1e-4), t([1, H, T, N], 0.0, 1.0), \
         t([S, S, H, N], -0.5, 0.5)
 
 
-def bench_delta_net(cpu, S, H, T, N, kda, reps):
+def repeat_heads(ctx, x, H, form):
+    """q or k [S, H_k, T, N] up to H heads as llama.cpp's callers do before the chunked graph:
+    "tiled" (Qwen3.5: ggml_repeat_4d, head h = h % H_k) or "interleaved" (Qwen3-Next: head h // r)."""
+    S, H_k, T, N = x.ne
+    if form == "tiled":
+        return ctx.repeat_4d(x, S, H, T, N)
+    y = ctx.repeat_4d(ctx.reshape_4d(x, S, 1, H_k, T * N), S, H // H_k, H_k, T * N)
+    return ctx.reshape_4d(y, S, H, T, N)
+
+
+def bench_delta_net(cpu, S, H, T, N, kda, reps, H_k=None, form="tiled"):
     ctx = mg.Context()
-    args = delta_net_inputs(ctx, np.random.default_rng(0), S, H, T, N, kda)
-    o, s = build_delta_net_chunking(ctx, *args)
+    args = delta_net_inputs(ctx, np.random.default_rng(0), S, H, T, N, kda, H_k)
+    gqa = args[0].ne[1] != H
+    q, k = (repeat_heads(ctx, x, H, form) for x in args[:2]) if gqa else args[:2]
+    o, s = build_delta_net_chunking(ctx, q, k, *args[2:])
     gf = ctx.new_graph()
     mg.build_forward_expand(gf, o)
     mg.build_forward_expand(gf, s)
@@ -59,8 +74,10 @@ def bench_delta_net(cpu, S, H, T, N, kda, reps):
     err = float(np.abs(o.numpy() - ref).max())
     t_direct = timed(lambda: mg.compute(gd, cpu, fuse=False), reps)
     run = mg.optimize(gf, cpu)
-    return dict(case=f"{'KDA' if kda else 'GDA'} S={S} H={H} T={T} n_seqs={N}", nodes=len(gf), nodes_fused=len(run),
-                nodes_direct=len(gd), unfused=t_unfused, fused=t_fused, direct=t_direct, err=err)
+    heads = f"H_k={args[0].ne[1]} H_v={H} ({form} q/k repeat)" if gqa else f"H={H}"
+    left = [n.op for n in run.nodes].count("REPEAT")
+    return dict(case=f"{'KDA' if kda else 'GDA'} S={S} {heads} T={T} n_seqs={N}", nodes=len(gf), nodes_fused=len(run),
+                nodes_direct=len(gd), unfused=t_unfused, fused=t_fused, direct=t_direct, err=err, repeats=left)
 
 
 def timed_pair(fa, fb, reps: int) -> tuple[float, float]:
@@ -117,13 +134,14 @@ def bench_gate_chain(backend, H, T, N, reps, timing=None):
 
 def delta_net_table(cpu, cases, reps) -> None:
     print("| delta net (chunked graph, as llama.cpp builds it) | nodes unfused | nodes fused | nodes direct "
-          "| unfused ms | fused (mg.optimize) ms | direct fused op ms | unfused/fused | fused/direct | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for S, H, T, N, kda in cases:
-        r = bench_delta_net(cpu, S, H, T, N, kda, reps)
+          "| unfused ms | fused (mg.optimize) ms | direct fused op ms | unfused/fused | fused/direct | REPEAT left "
+          "| max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for S, H, T, N, kda, *gqa in cases:
+        r = bench_delta_net(cpu, S, H, T, N, kda, reps, *gqa)
         print(f"| {r['case']} | {r['nodes']} | {r['nodes_fused']} | {r['nodes_direct']} | {r['unfused']:.2f} | "
               f"{r['fused']:.2f} | {r['direct']:.2f} | {r['unfused'] / r['fused']:.1f}x | "
-              f"{r['fused'] / r['direct']:.2f}x | {r['err']:.1e} |")
+              f"{r['fused'] / r['direct']:.2f}x | {r['repeats']} | {r['err']:.1e} |")
 
 
 def gate_chain_table(backend, quick: bool, reps: int, simulator: bool = False) -> None:
@@ -151,6 +169,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small sizes only")
     ap.add_argument("--part", choices=("all", "delta_net", "elementwise"), default="all", help="which tables")
+    ap.add_argument("--gqa", action="store_true", help="only the GQA (repeated q/k) delta-net cases")
     a = ap.parse_args()
     if a.backend == "cuda":
         from numba import cuda
@@ -163,9 +182,13 @@ def main() -> None:
         where = f"CPU backend, {cpu.n_threads} threads ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     print(f"{where}, median of {a.reps} runs after 2 warm-ups\n")
     cases = [(128, 4, 64, 1, 0), (128, 4, 512, 1, 0), (128, 8, 1024, 1, 0), (128, 4, 100, 2, 0),
-             (128, 4, 256, 1, 1), (64, 4, 1, 1, 0)]
+             (128, 4, 256, 1, 1), (64, 4, 1, 1, 0),
+             # Qwen3-Next-shaped GQA (H_k=4, H_v=8): q/k repeated before the chunked graph
+             (128, 8, 100, 1, 0, 4, "tiled"), (128, 8, 100, 1, 0, 4, "interleaved"), (128, 8, 1, 1, 0, 4, "tiled")]
     if a.quick:
-        cases = [(64, 2, 100, 1, 0), (64, 2, 40, 1, 1)]
+        cases = [(64, 2, 100, 1, 0), (64, 2, 40, 1, 1), (64, 4, 100, 1, 0, 2, "tiled")]
+    if a.gqa:
+        cases = [c for c in cases if len(c) > 5]
     if a.part != "elementwise":
         delta_net_table(cpu, cases, a.reps)
     if a.part != "delta_net":

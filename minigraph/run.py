@@ -25,7 +25,20 @@ BACKEND_NAMES = ("cpu", "cuda", "auto")
 
 
 def backend_cpu_init(n_threads: int = 0) -> Any:
-    """ggml_backend_cpu_init: the Numba CPU backend (n_threads 0 = MINIGRAPH_THREADS or all cores)."""
+    """ggml_backend_cpu_init: the Numba CPU backend (n_threads 0 = MINIGRAPH_THREADS, load-aware by default).
+
+    n_threads: the threads parallel kernels use. N >= 1: exactly N on every compute, as ggml's
+    n_threads (cpu.set_n_threads(N) the same later). 0 (the default): what MINIGRAPH_THREADS says:
+      MINIGRAPH_THREADS=N      exactly N threads
+      unset, "auto" or 0       load-aware: at most the cores this process may run on
+                               (os.sched_getaffinity), and on each compute only those that other
+                               processes left free over the last ~0.25 s (/proc/stat minus this
+                               process's own CPU time; at least 1). A parallel node waits for every
+                               thread, so a thread sharing a busy core costs a scheduler time slice
+                               per node: with one of two cores taken, load-aware runs one thread at
+                               serial speed where two fixed threads ran ~20x slower
+                               (benchmarks/contention.py).
+    `cpu.last_threads` tells what the latest compute ran with."""
     from minigraph.backends.cpu.backend import CpuBackend
 
     return CpuBackend(n_threads)

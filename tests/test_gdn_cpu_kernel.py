@@ -213,3 +213,22 @@ def test_chunked_head_groups(Hv, ns, ns_qk):
     out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
     _gdn_chunked(out, *arrs, K)
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
+
+
+def test_blas_path_is_taken():
+    """scipy is a declared dependency, so the chunked form's products run through BLAS sgemm
+    (Numba's np.dot) and the entry point takes the chunked form for GDA prefill: the install
+    that tests run from is the fast one."""
+    from minigraph.backends.cpu import gated_delta_net as gdn
+    assert gdn.HAVE_BLAS, "scipy (Numba's BLAS) is missing: pip install -e . should have brought it"
+    assert gdn._mm is gdn._mm_blas and gdn.CHUNK_MIN_T == gdn.CHUNK
+    rng = np.random.default_rng(21)
+    a = rng.standard_normal((2 * gdn.CHUNK, 24)).astype(np.float32)
+    b = rng.standard_normal((gdn.CHUNK, 24)).astype(np.float32)
+    out = np.empty((2 * gdn.CHUNK, gdn.CHUNK), np.float32)
+    gdn._mm_blas(a, b.T, out)                     # a transposed operand, as _chunk_step passes
+    assert np.abs(out - a.astype(np.float64) @ b.T.astype(np.float64)).max() < 1e-4
+    T, K = 3 * gdn.CHUNK + 5, 2
+    assert gdn.uses_chunked(T, 1, K) and not gdn.uses_chunked(T, 16, K) and not gdn.uses_chunked(1, 1, 1)
+    arrs = make(rng, 16, 2, 4, T, 2, 1, 1, -1.0)
+    assert rel_err(run(arrs, K), reference(*arrs, K)) < RTOL

@@ -23,6 +23,7 @@ from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
 from minigraph.memory.scaffold import prepare
 
 from minigraph.backends.cpu import program
+from minigraph.backends.cpu.threads import LoadMonitor, usable_cores
 
 _DUMMY = HostBuffer(np.zeros(64, np.uint8))  # stands in for an absent optional source (e.g. no soft_max mask)
 _FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i"}
@@ -33,19 +34,27 @@ class CpuBackend(Backend):
 
     def __init__(self, n_threads: int = 0) -> None:
         if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 0:
-            raise MinigraphError(f"backend_cpu_init: n_threads must be an int >= 0 (0: MINIGRAPH_THREADS or "
-                                 f"all cores), got {n_threads!r}")
-        self.n_threads = int(n_threads) or flags.n_threads()
+            raise MinigraphError(f"backend_cpu_init: n_threads must be an int >= 0 (0: MINIGRAPH_THREADS, "
+                                 f"load-aware by default), got {n_threads!r}")
+        fixed = int(n_threads) or flags.n_threads()
+        # n_threads: the most threads a compute uses; load_monitor (None when fixed) picks fewer
+        # while other processes keep cores busy
+        self.n_threads = fixed or len(usable_cores())
+        self.load_monitor: Optional[LoadMonitor] = None if fixed else LoadMonitor(self.n_threads)
+        self.last_threads = self.n_threads        # what the latest compute ran with
         self.kernels = kernels_for("cpu")
         self._plans = PlanCache()
 
     def __repr__(self) -> str:
-        return f"CpuBackend(n_threads={self.n_threads})"
+        mode = "fixed" if self.load_monitor is None else "load-aware"
+        return f"CpuBackend(n_threads={self.n_threads}, {mode})"
 
     def set_n_threads(self, n: int) -> None:
+        """Exactly n threads on every compute from now on (ggml_backend_cpu_set_n_threads)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise MinigraphError(f"set_n_threads: expected an int >= 1, got {n!r}")
         self.n_threads = int(n)
+        self.load_monitor = None
 
     # -- planning -----------------------------------------------------------------------------
     def plan(self, graph: Graph) -> "CpuPlan":
@@ -60,7 +69,9 @@ class CpuBackend(Backend):
         return self.plan(graph).memory.size
 
     def graph_compute(self, graph: Graph) -> None:
-        numba.set_num_threads(min(self.n_threads, numba.config.NUMBA_NUM_THREADS))
+        n = self.n_threads if self.load_monitor is None else self.load_monitor.threads()
+        self.last_threads = min(n, numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(self.last_threads)
         with graph_lock(graph):
             self.plan(graph).run()
 

@@ -32,8 +32,8 @@ Algorithms (chosen by `gated_delta_net`):
     over it (update with the previous delta, dot with q for the output, dot with the next
     decayed key for the next delta), four rows at a time so k/q loads are shared.
   * chunked (GDA, T >= CHUNK_MIN_T, K <= CHUNK): WY/UT form over chunks of CHUNK tokens,
-    its products through BLAS sgemm (Numba's np.dot; scipy present, else plain loops and
-    the form stays off); decays only as running products of exp(g) <= 1, so nothing
+    its products through BLAS sgemm (Numba's np.dot, which binds scipy's BLAS; scipy is a
+    declared dependency, without it plain loops and the form stays off); decays only as running products of exp(g) <= 1, so nothing
     overflows; the tail chunk is just shorter (exact, no padding); the last K - 1 tokens
     run token by token so each snapshot slot is a real state. Heads go out in groups of
     HEAD_GROUP that walk their chunks in step.
@@ -122,7 +122,7 @@ def _no_blas_threads(n):
 
 
 HAVE_BLAS = _have_blas()
-_mm = _mm_blas if HAVE_BLAS else _mm_loops   # chosen at import: scipy is optional
+_mm = _mm_blas if HAVE_BLAS else _mm_loops   # chosen at import (scipy missing: a broken install)
 _blas_threads = (_openblas_local_threads() if HAVE_BLAS else None) or _no_blas_threads
 # Chunked form (GDA) from this many tokens on: with BLAS it beat the recurrence from T=16 on
 # (T=16: 10.6k vs 8.2k tok/s per core; T=256: 18.0k vs 8.1k). Without BLAS its plain-loop
@@ -321,6 +321,13 @@ def _gdn_chunked(dst, q, k, v, g, beta, state, K):
 # ----------------------------------------------------------------------------- entry
 
 @njit(cache=True, nogil=True)
+def uses_chunked(T, g_width, K):
+    """Whether the entry point runs the chunked WY form (BLAS products) for T tokens, gates of
+    width g_width (1: GDA) and K snapshot slots; else the decode pass or the recurrence."""
+    return T > 1 and T >= CHUNK_MIN_T and g_width == 1 and K <= CHUNK
+
+
+@njit(cache=True, nogil=True)
 def gated_delta_net(dst, q, k, v, g, beta, state, K):
     """GATED_DELTA_NET kernel: dst (1, 1, T*n_seqs + K*S*n_seqs, S*H_v) from q, k
     (n_seqs_qk, T, H_k, S), v (n_seqs, T, H_v, S), g (n_seqs, T, H_v, 1 or S),
@@ -328,7 +335,7 @@ def gated_delta_net(dst, q, k, v, g, beta, state, K):
     T = v.shape[1]
     if T == 1:
         _gdn_decode(dst, q, k, v, g, beta, state, K, state.size * 4 >= STREAM_BYTES)
-    elif T >= CHUNK_MIN_T and g.shape[3] == 1 and K <= CHUNK:
+    elif uses_chunked(T, g.shape[3], K):
         _gdn_chunked(dst, q, k, v, g, beta, state, K)
     else:
         _gdn_recurrent(dst, q, k, v, g, beta, state, K)

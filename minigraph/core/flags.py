@@ -30,8 +30,13 @@ def fusion_enabled() -> bool:
 
 
 def n_threads() -> int:
-    """MINIGRAPH_THREADS: CPU threads for parallel kernels (default: all cores)."""
-    return _env_int("MINIGRAPH_THREADS", os.cpu_count() or 1)
+    """MINIGRAPH_THREADS: CPU threads for parallel kernels. N >= 1: exactly N on every compute (as
+    ggml's n_threads); unset, "auto" or 0: load-aware, the usable cores that other processes leave
+    free at compute time (backends/cpu/threads.py). Returns N, or 0 for load-aware."""
+    v = os.environ.get("MINIGRAPH_THREADS", "").strip().lower()
+    if v in ("", "auto"):
+        return 0
+    return max(0, _env_int("MINIGRAPH_THREADS", 0))
 
 
 def parallel_min_elements() -> int:
