@@ -70,9 +70,12 @@ def format_log(sched: Any, plan: Any, gf: Graph) -> str:
     if rep["layers"]:
         lines.append(f"  layer split {rep['tensor_split']}: " +
                      ", ".join(f"{k}->{d}" for k, d in rep["layers"].items()))
-    for r in rep["row_splits"]:
-        lines.append(f"  row split {r['node']}: " + ", ".join(f"{p['backend']} rows {p['rows'][0]}..{p['rows'][1]}" for p in r["parts"])
-                     + f"; gathered on {r['gather']}")
+    for r, (_, parts, gather) in zip(rep["row_splits"], plan.row_splits):
+        lines.append(f"  row split {r['node']}: " + ", ".join(f"{p['backend']} rows {p['rows'][0]}..{p['rows'][1]}"
+                                                               for p in r["parts"]) + f"; gathered on {r['gather']}")
+        for t in [p for p, _ in parts] + ([gather] if gather.op == "CONCAT" else []):
+            tag, detail = plan.cause[id(t)]
+            lines.append(f"    {t.op:>16} {_name(t):<24} [{names[plan.assign[id(t)]]:>{width}}] {tag}: {detail}")
     for kind, ts in (("leaf", gf.leafs), ("node", gf.nodes)):
         for k, t in enumerate(ts):
             if id(t) not in plan.assign:

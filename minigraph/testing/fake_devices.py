@@ -3,7 +3,8 @@
 `DEV0`, `DEV1`, ... each own their memory (a FakeDeviceBuffer: host bytes marked as device
 memory, so no other backend reads it in place and the offload rule does not treat it as host
 weights), so every tensor that crosses from one to another is really copied, and every byte
-written into a device's memory is counted. Copies between two fake devices go "peer"
+written into a device's memory is counted. They run their nodes one by one with the CPU kernels
+(no compiled program per split, so tests stay cheap). Copies between two fake devices go "peer"
 (buffer to buffer) when both allow it, else the scheduler copies through host memory, as it does
 between two GPUs without peer access. They stand in for CUDA0/CUDA1 in CI, where no GPU exists.
 """
@@ -13,8 +14,10 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 
+from minigraph.backends.cpu.backend import CpuPlan
 from minigraph.core import dtypes
 from minigraph.core.buffer import HostBuffer, aligned_zeros
+from minigraph.core.graph import Graph
 from minigraph.core.tensor import Tensor, is_contiguous, nelements
 from minigraph.testing.restricted import RestrictedCpu
 
@@ -31,6 +34,14 @@ class FakeDeviceBuffer(HostBuffer):
 
     def __repr__(self) -> str:
         return f"FakeDeviceBuffer({self.nbytes} bytes, {self.backend.name})"
+
+
+class _NodeByNode(CpuPlan):
+    """The CPU plan run node by node with the same kernels (no generated program to compile)."""
+
+    @staticmethod
+    def _fast_signature(n: Tensor) -> None:
+        return None
 
 
 class FakeDevice(RestrictedCpu):
@@ -53,6 +64,10 @@ class FakeDevice(RestrictedCpu):
         if not sup.ok and node.op in self.refuse:
             sup.reason = f"{self.name} refuses {node.op}"
         return sup
+
+    def plan(self, graph: Graph) -> CpuPlan:
+        """Node by node: each split of a test graph would otherwise compile a program of its own."""
+        return self._plans.get(graph, lambda: _NodeByNode(self, graph), valid=CpuPlan.inputs_in_place)
 
     def alloc_buffer(self, nbytes: int) -> FakeDeviceBuffer:
         return FakeDeviceBuffer(aligned_zeros(nbytes, f"{self.name} buffer"), self)
