@@ -60,6 +60,7 @@ def delta_net_stack(n_layer: int = 2, n_embd: int = 16, n_head: int = 2, head_di
                                        S, H, T, 1), EPS)
         v = ctx.reshape_4d(ctx.mul_mat(leaf(p + "attn_v.weight", H * S, D, scale=D ** -0.5), xn), S, H, T, 1)
         g = ctx.from_numpy(rng.uniform(-1.0, -0.05, (1, T, H, 1)).astype(np.float32)).set_name(p + "ssm_g")
+        w[g.name] = g
         b = ctx.reshape_4d(ctx.sigmoid(ctx.mul_mat(leaf(p + "ssm_beta", H, D, scale=D ** -0.5), xn)), 1, H, T, 1)
         s = leaf(p + "ssm_state", 1, H, S, S, scale=0.1)     # ne [S, S, H, 1]
         build = build_delta_net_autoregressive if T == 1 else build_delta_net_chunking
