@@ -172,6 +172,9 @@ def _import_dlpack(ctx: Any, obj: Any, device_id: int) -> Tensor:
 register_dlpack_importer(DLPACK_CUDA, _import_dlpack)
 
 
+_DEVICES_USED: set = set()   # GPU indices that have had a backend in this process
+
+
 def device_count() -> int:
     """How many CUDA devices numba sees (1 on the simulator)."""
     return len(cuda.gpus)
@@ -192,6 +195,7 @@ class CudaBackend(Backend):
                                  f"this machine has {n} CUDA device{'s' if n != 1 else ''} "
                                  f"(indices 0..{n - 1}){' (the simulator has one)' if SIM else ''}")
         self.name = f"CUDA{self.device}"
+        _DEVICES_USED.add(self.device)
         if not SIM:
             cuda.select_device(self.device)
         self.use_graphs = bool(use_graphs) and graphs_enabled() and not SIM
@@ -210,8 +214,12 @@ class CudaBackend(Backend):
         return self.device
 
     def activate(self) -> Any:
-        """A context manager making this backend's GPU current (numba's `with cuda.gpus[i]`)."""
-        return contextlib.nullcontext() if SIM else cuda.gpus[self.device]
+        """A context manager making this backend's GPU current (numba's `with cuda.gpus[i]`).
+        While only one GPU has backends, its context is already current (select_device at
+        init): nothing to push, so the one-GPU path pays nothing."""
+        if SIM or len(_DEVICES_USED) == 1:
+            return contextlib.nullcontext()
+        return cuda.gpus[self.device]
 
     def __repr__(self) -> str:
         return f"CudaBackend(device={self.device}, use_graphs={self.use_graphs}{', simulator' if SIM else ''})"

@@ -80,7 +80,8 @@ class SplitBufferType:
         self.backends = backends
         self.tensor_split = check_tensor_split("split_buffer_type", tensor_split, names)
         if isinstance(main, bool) or not isinstance(main, int) or not 0 <= main < len(backends):
-            raise MinigraphError(f"split_buffer_type: main must index the backends (0..{len(backends) - 1}), got {main!r}")
+            raise MinigraphError(f"split_buffer_type: main must index the backends (0..{len(backends) - 1}), "
+                                 f"got {main!r}")
         self.main = main
         self.name = f"Split[{','.join(names)}]"
 
