@@ -29,6 +29,7 @@ facts as data, `sched.get_copy_stats()` the copies actually made (bytes, device 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -233,7 +234,7 @@ class BackendSched:
         """The copies made by computes so far: runs, copies, bytes, bytes between devices (neither
         end the CPU fallback), and per "SRC->DST" pair its copies, bytes and paths ("host": through
         host memory, "device": one device's memory, "peer": GPU to GPU by peer access)."""
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.copy_stats.items()}
+        return copy.deepcopy(self.copy_stats)
 
     def reset_copy_stats(self) -> None:
         self.copy_stats = _new_stats()
@@ -567,8 +568,7 @@ def pass4_splits(st: _State) -> None:
 
     for k, split in enumerate(plan.splits):
         split.graph.outputs = [c for c, n in zip(split.graph.nodes, split.nodes)
-                               if key(n) in user or readers.get(key(n), set()) - {k}
-                               or (id(n) in st.alias and readers.get(id(n), set()) - {k})]
+                               if key(n) in user or readers.get(key(n), set()) - {k}]
 
 
 def pass5_memory(st: _State) -> None:
