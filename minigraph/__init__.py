@@ -25,6 +25,7 @@ from minigraph.core.tensor import (Tensor, are_same_shape, are_same_stride, can_
 from minigraph.device.backend import Backend, Support
 from minigraph.device.buffers import (backend_alloc_ctx_tensors, backend_tensor_alloc, backend_tensor_get,
                                       backend_tensor_set, tensor_buffer)
+from minigraph.device.split_buffer import SplitBufferType, split_buffer_type
 from minigraph.ops import (PREC_DEFAULT, PREC_F32, ROPE_TYPE_IMROPE, ROPE_TYPE_MROPE, ROPE_TYPE_NEOX,
                            ROPE_TYPE_NORM, ROPE_TYPE_NORMAL, ROPE_TYPE_VISION, TRI_TYPE_LOWER, TRI_TYPE_LOWER_DIAG, TRI_TYPE_UPPER,
                            TRI_TYPE_UPPER_DIAG, flash_attn_ext_add_sinks, flash_attn_ext_get_prec,

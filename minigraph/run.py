@@ -64,13 +64,18 @@ def backend_cuda_init(device: int = 0, use_graphs: bool = True) -> Any:
 
 
 def backend_sched_new(backends: Sequence[Any], op_offload: Optional[bool] = None,
-                      offload_min_batch: Optional[int] = None, **_ggml_args: Any) -> BackendSched:
+                      offload_min_batch: Optional[int] = None, tensor_split: Optional[Sequence[float]] = None,
+                      n_layer: Optional[int] = None, **_ggml_args: Any) -> BackendSched:
     """ggml_backend_sched_new(backends, bufts, n_backends, graph_size, parallel, op_offload).
 
     The scheduler runs the default pass pipeline (fusion) before it plans. op_offload=False (or
     MINIGRAPH_NO_OFFLOAD=1) keeps ops on host weights on the host; offload_min_batch
-    (MINIGRAPH_OFFLOAD_MIN_BATCH, default 32) is the smallest node.ne[1] offloaded."""
-    return BackendSched(backends, op_offload, offload_min_batch, optimizer=DEFAULT_PIPELINE)
+    (MINIGRAPH_OFFLOAD_MIN_BATCH, default 32) is the smallest node.ne[1] offloaded.
+    tensor_split (llama.cpp's --tensor-split, one fraction per device: every backend but the
+    last) splits the graph's layers over the devices as llama.cpp's -sm layer; n_layer is the
+    model's layer count when the graph holds only some layers (docs/multi_device.md)."""
+    return BackendSched(backends, op_offload, offload_min_batch, optimizer=DEFAULT_PIPELINE,
+                        tensor_split=tensor_split, n_layer=n_layer)
 
 
 def _gpu_present() -> bool:

@@ -2,7 +2,9 @@
 runs on it and falls back to the CPU for what it refuses (f16 here: the CUDA kernels are f32),
 a state that lives in device memory keeps the writes into it, and two CUDA backends share one
 graph with copies between them (devices 0 and 1 when there are two GPUs, else two backends on
-device 0, one of them refusing chosen ops)."""
+device 0, one of them refusing chosen ops). Several devices: backend_cuda_init refuses an index
+that does not exist, a row-split weight over two CUDA backends and the two-layer delta-net model
+split over them (tensor_split) equal the one-GPU run (docs/multi_device.md)."""
 import numpy as np
 import pytest
 
@@ -118,7 +120,11 @@ def test_two_cuda_backends_in_one_scheduler(cpu, monkeypatch):
     monkeypatch.setattr(type(second), "copy_tensor", lambda self, s, d: d2d.append(real_copy(self, s, d)) or d2d[-1])
     sched = mg.backend_sched_new([first, second, cpu])
     sched.graph_compute(gf)
-    assert d2d.count(True) == 2  # x to the second backend, y back: device to device, not via the host
+    # x to the second backend, y back: device to device ("device" on one GPU, "peer" across two
+    # when the driver offers peer access, else both through the host), never the other way
+    from minigraph.backends.cuda.peer import peer_access
+    want = "device" if dev == 0 else ("peer" if peer_access(0, 1) and peer_access(1, 0) else None)
+    assert [r for r in d2d if r] == ([want] * 2 if want else []), d2d
     assert sched.get_tensor_backend(x) is first and sched.get_tensor_backend(y) is second
     assert sched.get_tensor_cause(y)[0] == "fallback"
     assert sched.get_tensor_backend(z) is first
@@ -126,3 +132,76 @@ def test_two_cuda_backends_in_one_scheduler(cpu, monkeypatch):
     assert [s["backend"] for s in rep["splits"]] == ["CUDA0", second.name, "CUDA0"]
     assert [[c["tensor"] for c in s["copies"]] for s in rep["splits"]] == [["a", "b"], ["x"], ["y", "a"]]
     check_ref(gf, z, tol=1e-5)
+
+
+def _two_cuda():
+    """CUDA0 and CUDA1 on two GPUs; on one GPU (or the simulator) two backends on device 0."""
+    dev = _second_gpu()
+    a, b = mg.backend_cuda_init(0), mg.backend_cuda_init(dev)
+    if dev == 0:
+        b.name = "CUDA0b"
+    return a, b
+
+
+def test_cuda_init_refuses_a_missing_device():
+    from numba import cuda
+
+    n = len(cuda.gpus)
+    with pytest.raises(mg.MinigraphError, match=f"no CUDA device {n}: this machine has {n} CUDA device"):
+        mg.backend_cuda_init(n)
+    be0 = mg.backend_cuda_init(0)
+    assert be0.device_id == 0 and be0.name == "CUDA0"
+    if n > 1:
+        be1 = mg.backend_cuda_init(1)
+        assert be1.device_id == 1 and be1.name == "CUDA1"
+        assert mg.tensor_buffer(mg.backend_tensor_alloc(be1, mg.Context().new_tensor_1d(F32, 4))).backend is be1
+
+
+def test_row_split_over_two_cuda_backends(cpu):
+    """A weight's rows on two CUDA backends (two GPUs when present): the parts run where their
+    rows live, the gather on CUDA0, and the result equals the unsplit mul_mat."""
+    g0, g1 = _two_cuda()
+    ctx = mg.Context()
+    w, x = rand(ctx, "w", 6, 8), rand(ctx, "x", 3, 8)
+    want = x.numpy() @ w.numpy().T
+    mg.backend_tensor_alloc(mg.split_buffer_type([g0, g1], [0.5, 0.5]), w)
+    h = ctx.mul_mat(w, x).set_name("h")
+    gf = ctx.new_graph()
+    mg.build_forward_expand(gf, h)
+    sched = mg.backend_sched_new([g0, g1, cpu])
+    sched.graph_compute(gf)
+    np.testing.assert_allclose(h.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert sched.get_tensor_backend(h) is g0 and sched.get_tensor_cause(h)[0] == "row split"
+    rep = sched.report()
+    assert [p["backend"] for p in rep["row_splits"][0]["parts"]] == [g0.name, g1.name]
+    assert rep["copies_by_pair"][f"{g1.name}->CUDA0"] == 3 * 3 * 4   # 3 result rows x 3 columns
+    assert sched.get_copy_stats()["bytes_between_devices"] == 3 * 3 * 4
+
+
+def test_two_delta_net_layers_over_two_cuda_backends(cpu):
+    """The two-layer model with layer 0 on CUDA0 and layer 1 + output on the second backend
+    (tensor_split [1, 3], weights moved to their layer's device) equals the one-GPU run.
+    Two GPUs when present; the simulator runs it on two backends of device 0 with tiny shapes."""
+    from minigraph.core import flags
+    from minigraph.testing.toy_models import delta_net_stack
+
+    dims = dict(n_embd=8, n_head=1, head_dim=4, n_tokens=2, n_vocab=4) if flags.cuda_simulator() else {}
+    m = delta_net_stack(n_layer=2, **dims)
+    g0, g1 = _two_cuda()
+    mg.backend_sched_new([g0, cpu]).graph_compute(m.graph)
+    ref, ref_states = m.logits.numpy().copy(), [s.numpy().copy() for s in m.states]
+    check_ref(m.graph, m.logits)
+    sched = mg.backend_sched_new([g0, g1, cpu], tensor_split=[1, 3])
+    moved = sched.alloc_layer_weights(m.graph)
+    assert set(moved) == {g0.name, g1.name}
+    sched.graph_compute(m.graph)
+    np.testing.assert_allclose(m.logits.numpy(), ref, rtol=1e-5, atol=1e-5)
+    for s, want in zip(m.states, ref_states):
+        np.testing.assert_allclose(s.numpy(), want, rtol=1e-5, atol=1e-5)
+    rep = sched.report()
+    assert rep["layers"] == {0: "CUDA0", 1: g1.name, "output": g1.name}
+    assert [x["backend"] for x in rep["splits"]] == ["CUDA0", g1.name]
+    crossing = rep["copies_by_pair"][f"CUDA0->{g1.name}"]
+    assert crossing == rep["bytes_between_devices"] > 0
+    paths = sched.get_copy_stats()["by_pair"][f"CUDA0->{g1.name}"]["paths"]
+    assert sum(paths.values()) == crossing and set(paths) <= {"device", "peer", "host"}

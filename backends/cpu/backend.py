@@ -147,7 +147,7 @@ class CpuPlan:
             if b is buf:
                 break
         else:
-            if not buf.is_host:
+            if not buf.is_host and buf.backend is not self.backend:  # its own device memory (a fake device) is fine
                 raise MinigraphError(f"CPU backend: tensor {describe(t)} lives in {buf!r}, which the "
                                      "CPU backend cannot address: use a scheduler over both backends")
             self.bufs.append(buf)

@@ -21,6 +21,7 @@ graph re-captured) when the graph, its shapes or where its inputs live change.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any, Optional
 
@@ -40,6 +41,7 @@ from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
 from minigraph.memory.scaffold import prepare
 
 from minigraph.backends.cuda.common import META_W, SIM, SLOT_W
+from minigraph.backends.cuda.peer import copy_peer, peer_access
 
 DOWNLOAD_ALL_BYTES = 1 << 20   # arenas up to this size come back in one copy, else range by range
 _DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32}   # what zero-copy interop takes
@@ -67,7 +69,8 @@ class CudaBuffer(Buffer):
 
     @classmethod
     def alloc(cls, backend: "CudaBackend", nbytes: int) -> "CudaBuffer":
-        return cls(backend, cuda.device_array(max(64, -(-int(nbytes) // 64) * 64), np.uint8))
+        with backend.activate():
+            return cls(backend, cuda.device_array(max(64, -(-int(nbytes) // 64) * 64), np.uint8))
 
     def flat(self, dtype: Any) -> Any:
         """The whole buffer as a flat device array of `dtype` (what kernels index)."""
@@ -84,23 +87,25 @@ class CudaBuffer(Buffer):
         n = nelements(t) * dtypes.type_size(t.type)
         if raw.size != n:
             raise MinigraphError(f"tensor_set: {describe(t)} takes {n} bytes, got {raw.size}")
-        if is_contiguous(t):
-            self.dev[offs:offs + n].copy_to_device(raw, stream=stream)
-            return
-        ext = extent_bytes(t.type, t.ne, t.nb)  # read-modify-write the extent on the host
-        host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
-        stream.synchronize()
-        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
-        view[...] = raw.view(dtypes.storage_dtype(t.type)).reshape(view.shape)
-        self.dev[offs:offs + ext].copy_to_device(host, stream=stream)
+        with self.backend.activate():
+            if is_contiguous(t):
+                self.dev[offs:offs + n].copy_to_device(raw, stream=stream)
+                return
+            ext = extent_bytes(t.type, t.ne, t.nb)  # read-modify-write the extent on the host
+            host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
+            stream.synchronize()
+            view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
+            view[...] = raw.view(dtypes.storage_dtype(t.type)).reshape(view.shape)
+            self.dev[offs:offs + ext].copy_to_device(host, stream=stream)
 
     def get(self, t: Tensor) -> np.ndarray:
         offs, stream = tensor_start(t), self.backend.stream
         ext = extent_bytes(t.type, t.ne, t.nb)
         if ext == 0:
             return np.zeros(0, np.uint8)
-        host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
-        stream.synchronize()
+        with self.backend.activate():
+            host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
+            stream.synchronize()
         view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
         return np.ascontiguousarray(view).view(np.uint8).reshape(-1)
 
@@ -171,22 +176,54 @@ def _import_dlpack(ctx: Any, obj: Any, device_id: int) -> Tensor:
 register_dlpack_importer(DLPACK_CUDA, _import_dlpack)
 
 
+_DEVICES_USED: set = set()   # GPU indices that have had a backend in this process
+
+
+def device_count() -> int:
+    """How many CUDA devices numba sees (1 on the simulator)."""
+    return len(cuda.gpus)
+
+
 class CudaBackend(Backend):
-    """ggml_backend_cuda_init's counterpart on Numba CUDA (f32 kernels, one stream, CUDA graphs)."""
+    """ggml_backend_cuda_init's counterpart on Numba CUDA (f32 kernels, one stream, CUDA graphs).
+
+    One backend per device (several on one device are fine): its own stream, buffers, mirrors
+    and plans. Every driver call it makes runs inside `activate()` (its device's primary context
+    pushed), so two backends on two GPUs never touch each other's context."""
 
     def __init__(self, device: int = 0, use_graphs: bool = True, download_outputs: bool = True) -> None:
         self.device = int(device)
+        n = device_count()
+        if not 0 <= self.device < n:
+            raise MinigraphError(f"backend_cuda_init({self.device}): there is no CUDA device {self.device}: "
+                                 f"this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                                 f"(indices 0..{n - 1}){' (the simulator has one)' if SIM else ''}")
         self.name = f"CUDA{self.device}"
+        _DEVICES_USED.add(self.device)
         if not SIM:
             cuda.select_device(self.device)
         self.use_graphs = bool(use_graphs) and graphs_enabled() and not SIM
         self.download_outputs = download_outputs
         self.kernels = kernels_for("cuda")
-        self.stream = cuda.stream()
+        with self.activate():
+            self.stream = cuda.stream()
         self._plans = PlanCache()
         self._mirrors: dict[int, _Mirror] = {}
         self._dummy = CudaBuffer.alloc(self, 64)
         _BY_DEVICE[self.device] = self  # from_dlpack wraps CUDA memory for the newest backend of its GPU
+
+    @property
+    def device_id(self) -> int:
+        """The CUDA device index (ggml's device of ggml_backend_cuda_init(i))."""
+        return self.device
+
+    def activate(self) -> Any:
+        """A context manager making this backend's GPU current (numba's `with cuda.gpus[i]`).
+        While only one GPU has backends, its context is already current (select_device at
+        init): nothing to push, so the one-GPU path pays nothing."""
+        if SIM or len(_DEVICES_USED) == 1:
+            return contextlib.nullcontext()
+        return cuda.gpus[self.device]
 
     def __repr__(self) -> str:
         return f"CudaBackend(device={self.device}, use_graphs={self.use_graphs}{', simulator' if SIM else ''})"
@@ -200,23 +237,32 @@ class CudaBackend(Backend):
         return CudaBuffer.alloc(self, nbytes)
 
     def synchronize(self) -> None:
-        self.stream.synchronize()
+        with self.activate():
+            self.stream.synchronize()
 
-    def copy_tensor(self, src: Tensor, dst: Tensor) -> bool:
-        """The scheduler's copy hook: src (in any CUDA backend's memory, this GPU or another)
-        into dst (in this backend's memory) device to device, when both are contiguous of one
-        type. False: the scheduler copies through the host instead (strided views, host src)."""
+    def copy_tensor(self, src: Tensor, dst: Tensor) -> Any:
+        """The scheduler's copy hook: src (in any CUDA backend's memory) into dst (in this
+        backend's memory) without the host, when both are contiguous of one type: "device" on one
+        GPU, "peer" from another GPU when peer access is enabled (peer.py). False: the scheduler
+        copies through host memory instead (strided views, a host src, GPUs without peer access)."""
         sb, db = src.root._buf, dst.root._buf
         if not (isinstance(sb, CudaBuffer) and isinstance(db, CudaBuffer) and db.backend is self):
             return False
         if src.type != dst.type or not (is_contiguous(src) and is_contiguous(dst)):
             return False
+        same = sb.backend.device == self.device
+        if not same and not peer_access(sb.backend.device, self.device):
+            return False
         n = nelements(src) * dtypes.type_size(src.type)
         so, do = tensor_start(src), tensor_start(dst)
         if n:
             sb.backend.synchronize()
-            db.dev[do:do + n].copy_to_device(sb.dev[so:so + n], stream=self.stream)
-        return True
+            with self.activate():
+                if same:
+                    db.dev[do:do + n].copy_to_device(sb.dev[so:so + n], stream=self.stream)
+                else:
+                    copy_peer(db.data_ptr() + do, self.device, sb.data_ptr() + so, sb.backend.device, n, self.stream)
+        return "device" if same else "peer"
 
     # -- zero-copy interop ---------------------------------------------------------------------
     def set_tensor_device(self, t: Tensor, arr: Any) -> Tensor:
@@ -281,13 +327,14 @@ class CudaBackend(Backend):
     def plan(self, graph: Graph) -> "CudaPlan":
         if not isinstance(graph, Graph):
             raise MinigraphError(f"{self.name}.graph_compute: expected a Graph, got {type(graph).__name__}")
-        return self._plans.get(graph, lambda: CudaPlan(self, graph), valid=CudaPlan.inputs_in_place)
+        with self.activate():
+            return self._plans.get(graph, lambda: CudaPlan(self, graph), valid=CudaPlan.inputs_in_place)
 
     def reserve(self, graph: Graph) -> int:
         return self.plan(graph).memory.size
 
     def graph_compute(self, graph: Graph) -> None:
-        with graph_lock(graph):
+        with graph_lock(graph), self.activate():
             self.plan(graph).run()
 
 

@@ -84,3 +84,8 @@ def fusion_debug() -> bool:
     """MINIGRAPH_FUSION_DEBUG=1: print what each fusion pass matched, what it did not and why
     (the first mismatching node of a near miss)."""
     return _env_bool("MINIGRAPH_FUSION_DEBUG", False)
+
+
+def cuda_peer() -> bool:
+    """MINIGRAPH_CUDA_PEER=0: copies between two GPUs go through host memory, never peer to peer."""
+    return _env_bool("MINIGRAPH_CUDA_PEER", True)

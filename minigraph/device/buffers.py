@@ -31,7 +31,11 @@ def alloc_buffer(backend: Any, nbytes: int) -> Buffer:
 def backend_tensor_alloc(backend: Any, t: Tensor) -> Tensor:
     """ggml_backend_tensor_alloc: give t's root memory on `backend` (data already there is kept).
 
-    Resident tensors pull the ops that read them to their backend (weights, state)."""
+    Resident tensors pull the ops that read them to their backend (weights, state). `backend`
+    may also be a buffer type that places tensors itself (mg.split_buffer_type: rows over devices)."""
+    alloc_tensor = getattr(backend, "alloc_tensor", None)
+    if alloc_tensor is not None:
+        return alloc_tensor(t)
     root = t.root
     old_buf = root._buf
     if old_buf is not None and old_buf.backend is backend:

@@ -31,12 +31,27 @@ def report(sched: Any, plan: Any) -> dict:
         placements.append({"name": _name(t), "op": t.op or "NONE", "leaf": t.op is None,
                            "backend": names[plan.assign[tid]], "cause": tag, "detail": detail})
     copies = [c for s in plan.splits for c in s.copies]
+    last = len(names) - 1
+    pairs: dict[str, int] = {}
+    for c in copies:
+        key = f"{names[c.src_backend]}->{names[c.dst_backend]}"
+        pairs[key] = pairs.get(key, 0) + c.nbytes
+    lm = plan.layers
     return {
         "backends": names,
         "n_splits": len(plan.splits),
         "n_copies": len(copies),
         "bytes_copied": sum(c.nbytes for c in copies),
+        "bytes_between_devices": sum(c.nbytes for c in copies if last not in (c.src_backend, c.dst_backend)),
+        "copies_by_pair": pairs,
         "buffer_size": {names[i]: n for i, n in sorted(plan.buffer_size.items())},
+        "tensor_split": None if lm is None else list(lm.fractions),
+        "layers": None if lm is None else {("output" if k == lm.n_layer else k): names[d]
+                                           for k, d in enumerate(lm.devices)},
+        "row_splits": [{"node": _name(n), "gather": names[plan.assign[id(g)]],
+                        "parts": [{"backend": names[plan.assign[id(p)]], "rows": [lo, lo + p.ne[0]]}
+                                  for p, lo in parts]}
+                       for n, parts, g in plan.row_splits],
         "splits": splits,
         "placements": placements,
     }
@@ -50,6 +65,17 @@ def format_log(sched: Any, plan: Any, gf: Graph) -> str:
     lines = [f"sched: {len(gf.leafs)} leafs, {len(gf.nodes)} nodes on [{', '.join(names)}]: "
              f"{rep['n_splits']} splits, {rep['n_copies']} copies ({rep['bytes_copied']} bytes), "
              f"compute buffers {rep['buffer_size']}"]
+    if rep["bytes_between_devices"] or rep["layers"] or rep["row_splits"]:
+        lines.append(f"  between devices: {rep['bytes_between_devices']} bytes per run {rep['copies_by_pair']}")
+    if rep["layers"]:
+        lines.append(f"  layer split {rep['tensor_split']}: " +
+                     ", ".join(f"{k}->{d}" for k, d in rep["layers"].items()))
+    for r, (_, parts, gather) in zip(rep["row_splits"], plan.row_splits):
+        lines.append(f"  row split {r['node']}: " + ", ".join(f"{p['backend']} rows {p['rows'][0]}..{p['rows'][1]}"
+                                                               for p in r["parts"]) + f"; gathered on {r['gather']}")
+        for t in [p for p, _ in parts] + ([gather] if gather.op == "CONCAT" else []):
+            tag, detail = plan.cause[id(t)]
+            lines.append(f"    {t.op:>16} {_name(t):<24} [{names[plan.assign[id(t)]]:>{width}}] {tag}: {detail}")
     for kind, ts in (("leaf", gf.leafs), ("node", gf.nodes)):
         for k, t in enumerate(ts):
             if id(t) not in plan.assign:
