@@ -329,6 +329,87 @@ def variants(quick):
         print(f"  T={T}: recurrent {tr[0] * 1e6:.1f} us, chunked {tc[0] * 1e6:.1f} us")
 
 
+PROBE = r"""
+extern "C" __device__ int gdn_mma_probe(float* out, long long iters) {
+    const unsigned tid = blockIdx.x * blockDim.x + threadIdx.x;
+    u32 a[4], b[2];
+    for (int e = 0; e < 4; ++e) a[e] = tf32_rna(1e-3f * (float)((tid + e) & 7));
+    for (int e = 0; e < 2; ++e) b[e] = tf32_rna(1e-3f * (float)((tid + 3 * e) & 7));
+    float c[8][4];
+    for (int j = 0; j < 8; ++j)
+        for (int e = 0; e < 4; ++e) c[j][e] = 0.f;
+    for (long long it = 0; it < iters; ++it) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) mma_tf32(c[j], a, b);
+    }
+    float s = 0.f;
+    for (int j = 0; j < 8; ++j)
+        for (int e = 0; e < 4; ++e) s += c[j][e];
+    out[tid] = s;
+    return 0;
+}
+"""
+
+
+def mma_rate():
+    """mma.sync m16n8k8 tf32 a clock an SM: 8 independent accumulators a warp, 8 warps a block,
+    4 blocks an SM (the ceiling the 3xTF32 kernels work under; each of their products costs 3)."""
+    import os
+    from numba import types
+    from minigraph.backends.cuda import gdn_tc as tc
+    with open(os.path.join(os.path.dirname(tc.__file__), "gdn_tc.cuh")) as f:
+        src = f.read() + PROBE
+    fn = cuda.declare_device("gdn_mma_probe", types.int32(types.CPointer(types.float32), types.int64),
+                             link=[cuda.CUSource(src)], abi="c")
+
+    @cuda.jit("void(float32[::1], int64)")
+    def probe(out, iters):
+        fn(tc.fptr(out, 0), iters)
+    dev = cuda.get_current_device()
+    sms = dev.MULTIPROCESSOR_COUNT
+    try:
+        clk = dev.CLOCK_RATE * 1e3           # kHz
+    except Exception:  # noqa: BLE001
+        clk = 1.98e9
+    blocks, iters = 4 * sms, 4096
+    out = cuda.device_array(blocks * 256, np.float32)
+    t = cuda_time(lambda: probe[blocks, 256](out, iters), 3)[0]
+    n = blocks * 8 * iters * 8
+    print(f"\n## mma.sync m16n8k8 tf32: {n / t / 1e9:.1f} G/s, {n / t / sms / clk:.3f} a clock an SM "
+          f"({n * 2048 / t / 1e12:.0f} TFLOP/s tf32 at the {clk / 1e9:.2f} GHz clock the device reports)")
+
+
+def kda_prefill(with_fla=True):
+    """KDA prefill B=1, ours (tensor-core chunked, per kernel) and fla's chunk_kda."""
+    import torch
+    fns = fla_fns() if with_fla else None
+    print("\n## prefill KDA B=1 (S=128, H_k=16, H_v=32)")
+    for T in (4096, 16384):
+        S, Hk, Hv = 128, 16, 32
+        arrs = make(np.random.default_rng(0), S, Hk, Hv, T, 1, 1, True, -1.0)
+        d = [cuda.to_device(a) for a in arrs]
+        out = cuda.device_array(S * Hv * (T + S), np.float32)
+        with path(True):
+            ours = gf.standalone(out, *d, 1)
+        t = cuda_time(ours, 4 if T > 4096 else 10)
+        ks = launch_times(ours, 4)
+        line = f"  T={T}: ours {t[0] * 1e6:.1f} us ({t[1] * 1e6:.0f}-{t[2] * 1e6:.0f}; " + ", ".join(
+            f"{x * 1e6:.1f}" for x in ks) + ")"
+        if fns is not None and "kda" in fns:
+            try:
+                fla = fla_call(torch, fns, arrs, True)
+                tf = torch_time(torch, fla, 4 if T > 4096 else 10)
+                o, _ = fla()
+                ours()
+                mine = out.copy_to_host()[:S * Hv * T]
+                ref = o.float().cpu().numpy().reshape(-1)
+                line += (f", fla chunk_kda {tf[0] * 1e6:.1f} us ({tf[1] * 1e6:.0f}-{tf[2] * 1e6:.0f}): "
+                         f"{tf[0] / t[0]:.2f}x, out rel diff {np.abs(mine - ref).max() / np.abs(ref).max():.1e}")
+            except Exception as e:  # noqa: BLE001
+                line += f", fla failed: {e!r}"
+        print(line, flush=True)
+
+
 def _devname():
     n = cuda.get_current_device().name
     return n.decode() if isinstance(n, bytes) else n
@@ -339,13 +420,20 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--variants", action="store_true", help="decode items, state BV, accumulation, crossover")
+    ap.add_argument("--only-variants", action="store_true", help="the mma rate, KDA prefill and the variants alone")
     args = ap.parse_args()
     print(f"tensor-core path: {gdn_tc.available()}")
+    if args.only_variants:
+        mma_rate()
+        kda_prefill()
+        variants(args.quick)
+        return 0
     if not args.skip_check:
         check_correctness(args.quick)
-    if args.variants:
-        variants(args.quick)
     benchmark(args.quick)
+    if args.variants:
+        mma_rate()
+        variants(args.quick)
 
 
 if __name__ == "__main__":
