@@ -3,6 +3,9 @@ float64 reference, in both forms (recurrent, chunked), and the per-node choice o
 
 On the simulator the chunked form runs with small chunks (gdn_fast.CHUNK 16 or 32, lowered
 CHUNKED_MIN_T) so a T of 20-40 crosses chunk boundaries and a padded tail; shapes stay tiny.
+On a real GPU the same tests run the Numba kernels where they ask for small chunks, and the CUDA
+C++ ones (gdn_tc.py: 3xTF32 tensor-core chunked form, decode) everywhere else; the gpu-marked
+tests at the end aim at those.
 """
 import numpy as np
 import pytest
@@ -46,6 +49,7 @@ def small_chunks(monkeypatch):
 
     monkeypatch.setattr(gdn_fast, "CHUNK", 16)
     monkeypatch.setattr(gdn_fast, "CHUNKED_MIN_T", 16)
+    monkeypatch.setattr(gdn_fast, "TENSOR_CORES", False)   # the Numba kernels, on a GPU too
     return gdn_fast
 
 
@@ -74,7 +78,7 @@ def test_recurrent_negative_gates_and_wide_state(be):
 def test_recurrent_long_kda_stays_recurrent(be, small_chunks):
     ctx = mg.Context()
     out = gdn(ctx, 8, 1, 1, 20, 1, 1, True, 1)
-    assert choice(out) == "recurrent"                  # chunked form is GDA only
+    assert choice(out) == "recurrent"                  # the Numba chunked form is GDA only
     check(be, out, max_nmse=1e-10)
 
 
@@ -187,3 +191,71 @@ def test_cuda_graph_replay_with_workspace(T):
         assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
     plan = gb.plan(gf)
     assert plan.graph_error is None and plan.graph_exec is not None
+
+
+# -- the CUDA C++ kernels (real GPU, sm_80+) ------------------------------------------------------
+
+def tensor_cores():
+    from minigraph.backends.cuda import gdn_fast
+
+    return gdn_fast.tensor_cores()
+
+
+tc_only = pytest.mark.skipif(SIM or not tensor_cores(), reason="CUDA C++ kernels: a real sm_80+ GPU only")
+
+
+def max_rel(be, out):
+    """max |got - ref| / max |ref| against the float64 reference, every element finite."""
+    gf = mg.Graph()
+    gf.build_forward_expand(out)
+    ref = np.asarray(mg.reference_compute(gf)[out], np.float64)
+    be.graph_compute(gf)
+    got = np.asarray(out.numpy(), np.float64)
+    assert np.isfinite(got).all()
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.gpu
+@tc_only
+@pytest.mark.parametrize("kda", [False, True])
+@pytest.mark.parametrize("S,Hk,Hv,T,N,Nqk,g_lo", [
+    (128, 2, 4, 200, 2, 1, -20.0),     # GQA, q/k sequence broadcast, padded tail
+    (128, 1, 2, 64, 1, 1, -1.0),       # exactly one chunk
+    (84, 2, 2, 130, 2, 2, -2.0),       # S % 8 == 4: zero-padded k-steps and columns
+    (64, 1, 3, 257, 1, 1, -60.0),      # gates down to -60: cumsums of -1000s, one-token tail
+    (32, 2, 2, 1000, 1, 1, -1.0),
+])
+def test_tc_chunked_matches_float64(be, kda, S, Hk, Hv, T, N, Nqk, g_lo):
+    ctx = mg.Context()
+    out = gdn(ctx, S, Hk, Hv, T, N, Nqk, kda, 1, g_lo=g_lo)
+    assert choice(out) == "chunked"
+    assert max_rel(be, out) < 2e-6
+
+
+@pytest.mark.gpu
+@tc_only
+@pytest.mark.parametrize("kda", [False, True])
+@pytest.mark.parametrize("S,N,K", [(128, 5, 1), (128, 2, 3), (84, 3, 2), (8, 2, 1)])
+def test_tc_decode_matches_float64(be, kda, S, N, K):
+    ctx = mg.Context()
+    out = gdn(ctx, S, 2, 4, 1, N, 1, kda, K, g_lo=-20.0)
+    assert choice(out) == "recurrent"
+    assert max_rel(be, out) < 2e-6
+
+
+@pytest.mark.gpu
+@tc_only
+def test_tc_plan_picks_the_cuda_cpp_kernels(be):
+    from minigraph.backends.cuda import gdn_tc
+
+    ctx = mg.Context()
+    kernel = lambda n: [la.kernel for la in be.kernels["GATED_DELTA_NET"].fn.launches(n)]  # noqa: E731
+    pre = gdn(ctx, 128, 2, 4, 100, 1, 1, False, 1)
+    kda = gdn(ctx, 64, 2, 4, 100, 1, 1, True, 1)
+    dec = gdn(ctx, 128, 2, 4, 1, 2, 1, True, 1)
+    assert kernel(pre) == [gdn_tc.prep_kernel(128), gdn_tc.state_kernel(128), gdn_tc.out_kernel(128)]
+    assert kernel(kda) == [gdn_tc.prep_kernel(64, True), gdn_tc.state_kernel(64, True), gdn_tc.out_kernel(64, True)]
+    assert kernel(dec) == [gdn_tc.decode_kernel(True, 128)]
+    assert all(len(la.scalars) == gdn_tc.NWS for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
+    short = gdn(ctx, 128, 2, 4, 63, 1, 1, False, 1)     # below TC_MIN_T: the recurrence
+    assert choice(short) == "recurrent"

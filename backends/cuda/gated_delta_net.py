@@ -104,9 +104,12 @@ def kernel_choice(node) -> tuple[str, str]:
     if refusal is not None:
         return "generic", refusal
     S, H, T, N = node.src[2].ne
+    tc = gdn_fast.tensor_cores()
+    where = " (CUDA C++, tensor cores)" if tc else ""
     if gdn_fast.use_chunked(T, node.op_params["K"], node.src[3].ne[0] != 1):
-        return "chunked", f"GDA, K == 1, T={T} >= {gdn_fast.CHUNKED_MIN_T}"
-    return "recurrent", "contiguous, S <= 128"
+        gates = "KDA" if node.src[3].ne[0] != 1 else "GDA"
+        return "chunked", f"{gates}, K == 1, T={T} >= {gdn_fast.TC_MIN_T if tc else gdn_fast.CHUNKED_MIN_T}{where}"
+    return "recurrent", "contiguous, S <= 128" + (" (CUDA C++ decode)" if tc and T == 1 else "")
 
 
 def _launches(node):

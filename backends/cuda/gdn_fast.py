@@ -16,8 +16,11 @@ Value head h reads q/k head h % H_k and q/k sequence seq // (n_seqs / n_seqs_qk)
       once and written once. Fewer groups a warp when the grid is small (B=1: latency).
   recurrent (T > 1 when not chunked: KDA, K > 1, short prompts): the same lanes, RPW rows a warp
       in registers for all T tokens, per token one batch of warp reductions.
-  chunked (GDA, K == 1, T >= CHUNKED_MIN_T): CHUNK tokens a chunk, fla's algorithm in three
+  chunked (GDA, K == 1, T >= CHUNKED_MIN_T; KDA too on the tensor-core path): CHUNK tokens a chunk, fla's algorithm in three
       kernels (prep, sequential state pass, out): gdn_chunked.py.
+On a real GPU (sm_80+, MINIGRAPH_CUDA_TENSOR_CORES not 0) decode and the chunked form run the
+linked CUDA C++ kernels of gdn_tc.py instead (3xTF32 tensor cores, 64-token chunks, chunked from
+TC_MIN_T tokens on); these Numba kernels stay the simulator's (CI's) path and the fallback.
 Shared device helpers (float4 PTX loads/stores, warp sums): gdn_device.py.
 Standalone use (numpy-shaped C-contiguous device arrays): standalone(...) / gated_delta_net_fast(...).
 """
@@ -31,6 +34,7 @@ from numba import cuda, float32
 
 from minigraph.core.buffer import tensor_start
 from minigraph.core.tensor import is_contiguous
+from minigraph.backends.cuda import gdn_tc
 from minigraph.backends.cuda.common import META_W, SIM, SLOT_W, Launch, ne
 from minigraph.backends.cuda.gdn_chunked import BV, chunk_kernels
 from minigraph.backends.cuda.gdn_device import MAX_S, WARP, dims, ld4, ld4cs, st4, st4cs, warp_sums
@@ -45,6 +49,16 @@ CHUNK = 64                       # tokens per chunk of the WY form (16, 32 or 64
 CHUNKED_MIN_T = 160              # chunked form from this many tokens on (GDA, K == 1; H100, B=1:
                                  # recurrence 208 us / chunked 224 us at T=128, 405 / 215 at T=256)
 DEC_MIN_BLOCKS = 1 if SIM else 528   # decode: halve the row groups a warp until the grid has this many
+TC_MIN_T = 64                    # tensor-core chunked form from this many tokens on (GDA, K == 1)
+TENSOR_CORES: Optional[bool] = None  # None: gdn_tc.available(), decided at the first plan
+
+
+def tensor_cores() -> bool:
+    """Whether plans use the CUDA C++ kernels of gdn_tc.py (decided once, then cached)."""
+    global TENSOR_CORES
+    if TENSOR_CORES is None:
+        TENSOR_CORES = gdn_tc.available()
+    return TENSOR_CORES
 
 # ----------------------------------------------------------------------------- recurrence
 
@@ -250,11 +264,16 @@ def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC
 # ----------------------------------------------------------------------------- planning
 
 def use_chunked(T: int, K: int, kda: bool) -> bool:
-    return T >= CHUNKED_MIN_T and K == 1 and not kda
+    """Whether the plan takes the chunked form (K == 1; KDA only on the tensor-core path)."""
+    tc = tensor_cores()
+    return T >= (TC_MIN_T if tc else CHUNKED_MIN_T) and K == 1 and (tc or not kda)
 
 
-def workspace(S: int, Hv: int, T: int, N: int, L: int = CHUNK) -> tuple:
-    """Device scratch of the chunked form: U/D [hs, Tp, S], W^T per chunk, P^T, gc, H_c."""
+def workspace(S: int, Hv: int, T: int, N: int, L: int = CHUNK, kda: bool = False) -> tuple:
+    """Device scratch of the chunked form: U/D [hs, Tp, S], W^T per chunk, P^T, gc, H_c (the
+    tensor-core kernels' own layout when they run: gdn_tc.workspace)."""
+    if tensor_cores():
+        return gdn_tc.workspace(S, Hv, T, N, kda)
     nc = -(-T // L)
     hs = Hv * N
     sizes = (hs * nc * L * S, hs * nc * S * L, hs * nc * L * L, hs * nc * L, hs * nc * S * S)
@@ -266,14 +285,19 @@ def plan(S: int, Hv: int, T: int, N: int, K: int, kda: bool, ws: Optional[tuple]
     """The launches of one GATED_DELTA_NET (workspace allocated here unless given); `chunked`
     None picks the form by use_chunked."""
     if chunked if chunked is not None else use_chunked(T, K, kda):
-        if kda or K != 1:
-            raise ValueError("GATED_DELTA_NET (cuda): the chunked form takes GDA gates and K == 1")
+        if K != 1 or (kda and not tensor_cores()):
+            raise ValueError("GATED_DELTA_NET (cuda): the chunked form takes K == 1 (and GDA gates "
+                             "without the tensor-core kernels)")
+        if tensor_cores():
+            return gdn_tc.chunked_launches(S, Hv, T, N, kda, ws)
         ck = chunk_kernels(CHUNK)
         nc = -(-T // ck.L)
         ws = ws if ws is not None else workspace(S, Hv, T, N, ck.L)
         return [Launch(ck.prep, (nc, Hv, N), (ck.prep_threads,), ws),
                 Launch(ck.state, (-(-S // BV), Hv, N), (ck.state_threads,), ws),
                 Launch(ck.out, (nc, Hv, N), (ck.out_threads,), ws)]
+    if T == 1 and tensor_cores():
+        return [gdn_tc.decode_launch(S, Hv, N, kda)]
     if T == 1:          # long row streams per warp when the grid is big, short when small (B=1)
         groups = DEC_GROUPS
         while groups > 1 and -(-S // (REC_WARPS * DEC_RPW * groups)) * Hv * N < DEC_MIN_BLOCKS:

@@ -80,6 +80,12 @@ def cuda_simulator() -> bool:
     return _env_bool("NUMBA_ENABLE_CUDASIM", False)
 
 
+def cuda_tensor_cores() -> bool:
+    """MINIGRAPH_CUDA_TENSOR_CORES=0: GATED_DELTA_NET on a real GPU runs the plain Numba kernels
+    instead of the linked CUDA C++ ones (3xTF32 tensor-core prefill, eight-lanes-a-row decode)."""
+    return _env_bool("MINIGRAPH_CUDA_TENSOR_CORES", True)
+
+
 def fusion_debug() -> bool:
     """MINIGRAPH_FUSION_DEBUG=1: print what each fusion pass matched, what it did not and why
     (the first mismatching node of a near miss)."""

@@ -1,0 +1,160 @@
+// Device primitives of the tensor-core GATED_DELTA_NET kernels (gdn_tc_*.cu), for NVRTC (numba-cuda
+// links the kernels' sources as C ABI device functions: backends/cuda/gdn_tc.py) or, with
+// GDN_EMULATE defined, for a host compiler over tests/gdn_emu/emu.h (one std::thread a CUDA thread).
+//
+// 3xTF32: x = hi + lo with hi = tf32(x) and lo = tf32(x - hi); a*b ~ hi_a hi_b + hi_a lo_b + lo_a hi_b
+// (the lo*lo term is 2^-22 relative), so an fp32 product on tf32 tensor cores keeps ~fp32 accuracy.
+// mma.m16n8k8 fragments (g = lane / 4, t = lane % 4), as the PTX ISA defines them:
+//   A 16x8:  a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)
+//   B 8x8:   b0 (k=t, n=g)  b1 (k=t+4, n=g)
+//   C 16x8:  c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
+// GDN_ACC: 0 accumulates the three products of a k-step straight into C; 1 sums them into a zeroed
+// partial first and adds that in fp32 (the tensor cores' accumulation truncates: H200, T=1000:
+// 1.2e-6 vs 3.3e-7 off float64); 2 (default) makes the three products three independent mma from
+// zero and adds them in fp32, so no mma waits on another.
+// GDN_S, when defined, fixes S at compile time (the loops over the key index unroll).
+
+#ifndef GDN_ACC
+#define GDN_ACC 2
+#endif
+#ifdef GDN_S
+#define GDN_DIM_S(s_) GDN_S
+#else
+#define GDN_DIM_S(s_) ((int)(s_))
+#endif
+
+#ifdef GDN_EMULATE
+#include "emu.h"
+#else
+typedef unsigned int u32;
+#define GDN_INL __device__ __forceinline__
+extern __shared__ __align__(16) float gdn_smem[];
+#define GDN_SMEM gdn_smem
+
+GDN_INL u32 tf32_rna(float x) {
+    u32 r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+GDN_INL void mma_tf32(float* c, const u32* a, const u32* b) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// d = a * b (C = 0: one zero register read four times)
+GDN_INL void mma_tf32_z(float* d, const u32* a, const u32* b) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.f));
+}
+
+// 16 bytes global -> shared, asynchronously; bytes == 0 writes zeros (src must still be valid)
+GDN_INL void cp_async16(float* sdst, const float* gsrc, int bytes) {
+    u32 s = (u32)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gsrc), "r"(bytes) : "memory");
+}
+GDN_INL void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+#define CP_ASYNC_WAIT(n) asm volatile("cp.async.wait_group " #n ";" ::: "memory")
+
+GDN_INL float shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+
+// a launch with less dynamic shared memory than the kernel's layout stops here, not out of bounds
+GDN_INL void need_smem(u32 bytes) {
+    u32 have;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
+    if (have < bytes) __trap();
+}
+
+// streaming (evict-first) 16-byte global loads and stores: decode touches the state once
+GDN_INL float4 ld_cs4(const float* p) {
+    float4 r;
+    asm volatile("ld.global.cs.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w) : "l"(p));
+    return r;
+}
+GDN_INL void st_cs4(float* p, float4 v) {
+    asm volatile("st.global.cs.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+                 : "memory");
+}
+#endif
+
+// ------------------------------------------------------------------------------ fragments
+struct FragA { u32 h[4], l[4]; };
+struct FragB { u32 h[2], l[2]; };
+
+GDN_INL void split(float x, u32& h, u32& l) {
+    h = tf32_rna(x);
+    l = tf32_rna(x - __uint_as_float(h));
+}
+
+// A element (m, k) at p[m*ld + k] ("row") or p[k*ld + m] ("col"); p points at (m0, k0)
+GDN_INL void ldA_row(FragA& f, const float* p, int ld, int g, int t) {
+    split(p[g * ld + t], f.h[0], f.l[0]);
+    split(p[(g + 8) * ld + t], f.h[1], f.l[1]);
+    split(p[g * ld + t + 4], f.h[2], f.l[2]);
+    split(p[(g + 8) * ld + t + 4], f.h[3], f.l[3]);
+}
+GDN_INL void ldA_col(FragA& f, const float* p, int ld, int g, int t) {
+    split(p[t * ld + g], f.h[0], f.l[0]);
+    split(p[t * ld + g + 8], f.h[1], f.l[1]);
+    split(p[(t + 4) * ld + g], f.h[2], f.l[2]);
+    split(p[(t + 4) * ld + g + 8], f.h[3], f.l[3]);
+}
+// A row layout with the k columns scaled (A diag(s)): s0 = s[k0 + t], s1 = s[k0 + t + 4]
+GDN_INL void ldA_row_scaled(FragA& f, const float* p, int ld, int g, int t, float s0, float s1) {
+    split(p[g * ld + t] * s0, f.h[0], f.l[0]);
+    split(p[(g + 8) * ld + t] * s0, f.h[1], f.l[1]);
+    split(p[g * ld + t + 4] * s1, f.h[2], f.l[2]);
+    split(p[(g + 8) * ld + t + 4] * s1, f.h[3], f.l[3]);
+}
+// B element (k, n) at p[k*ld + n] ("kn") or p[n*ld + k] ("nk"); p points at (k0, n0)
+GDN_INL void ldB_kn(FragB& f, const float* p, int ld, int g, int t) {
+    split(p[t * ld + g], f.h[0], f.l[0]);
+    split(p[(t + 4) * ld + g], f.h[1], f.l[1]);
+}
+GDN_INL void ldB_nk(FragB& f, const float* p, int ld, int g, int t) {
+    split(p[g * ld + t], f.h[0], f.l[0]);
+    split(p[g * ld + t + 4], f.h[1], f.l[1]);
+}
+
+// c += a * b in 3xTF32
+GDN_INL void mma3(float* c, const FragA& a, const FragB& b) {
+#if GDN_ACC == 0
+    mma_tf32(c, a.l, b.h);
+    mma_tf32(c, a.h, b.l);
+    mma_tf32(c, a.h, b.h);
+#elif GDN_ACC == 1
+    float p[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_tf32(p, a.l, b.h);
+    mma_tf32(p, a.h, b.l);
+    mma_tf32(p, a.h, b.h);
+    c[0] += p[0];
+    c[1] += p[1];
+    c[2] += p[2];
+    c[3] += p[3];
+#else
+    float p1[4], p2[4], p3[4];
+    mma_tf32_z(p1, a.l, b.h);
+    mma_tf32_z(p2, a.h, b.l);
+    mma_tf32_z(p3, a.h, b.h);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c[e] += (p1[e] + p2[e]) + p3[e];
+#endif
+}
+
+// rows [0, rows) of a [rows][width] global block (row r at src + r*stride, width floats, a multiple
+// of 4) into shared rows of ld floats, asynchronously; rows >= valid_rows and columns >= valid_w
+// are zero-filled. nthreads threads, thread tid.
+GDN_INL void stage_rows(float* dst, int ld, const float* src, long long stride, int rows, int width,
+                        int valid_rows, int valid_w, int tid, int nthreads) {
+    int w4 = width / 4;
+    for (int e = tid; e < rows * w4; e += nthreads) {
+        int r = e / w4;
+        int c = (e - r * w4) * 4;
+        bool ok = r < valid_rows && c < valid_w;
+        cp_async16(dst + r * ld + c, ok ? src + r * stride + c : src, ok ? 16 : 0);
+    }
+}

@@ -1,0 +1,269 @@
+"""GATED_DELTA_NET kernels in CUDA C++ on a real GPU: the chunked form's three products on tensor
+cores in 3xTF32 (gdn_tc_prep.cu, gdn_tc_state.cu, gdn_tc_out.cu; GDA and KDA) and the decode
+stream (gdn_tc_decode.cu), shared primitives in gdn_tc.cuh. Float64 gate cumsums keep them within
+5e-7 of float64 (H200, gates down to -60, T up to 16384); speed (H200, S=128, H_v=32): prefill
+T=4096 1.06 ms (prep / state / out 285 / 537 / 274 us) where fla's tf32 chunk kernel takes 0.78 ms:
+the kernels run mma.sync at ~0.11 a clock an SM of the 0.59 the unit sustains (latency-bound:
+few warps, barriers between dependent products), the next thing to fix; decode B=256 286 us.
+
+numba-cuda compiles each .cu with NVRTC and links it into a thin Numba kernel that reads the
+meta row (backend convention, common.py) and calls the C function with pointers and dims
+(`cuda.declare_device(..., abi="c")`). The kernels want more than 48 KB of dynamic shared
+memory, so each is compiled eagerly for the backend's argument types and its limit raised
+(`SmemKernel`). The simulator (and CI) never come here: gdn_fast.py keeps the plain Numba
+kernels for it, and `available()` says whether this path is on.
+
+Layout as in gdn_fast.py (ggml ne; numpy shapes reversed): q, k [S, H_k, T, n_seqs_qk]; v
+[S, H_v, T, n_seqs]; g [1 or S, H_v, T, n_seqs]; beta [1, H_v, T, n_seqs]; state [S, S, H_v,
+n_seqs] (row j of a head is S[:, j]); dst [S*H_v, T*n_seqs + K*S*n_seqs].
+Workspace of the chunked form (hs = H_v * n_seqs, nc = ceil(T / 64), Tp = 64 nc): U then D
+[hs][Tp][S], W [hs][nc][64][S], P [hs][nc][64][64], gates [hs][Tp][2] (e^gc, e^(gl - gc); KDA:
+[hs][nc][S], e^gl per key), H [hs][nc][S][S] (the state at each chunk's start, rows = key index),
+KDA only: Kg = K e^(gl - gc) and Qg = Q e^gc [hs][Tp][S] (GDA: 4 floats each, unused).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+from numba import cuda
+
+from minigraph.core import flags
+from minigraph.backends.cuda.common import SIM, SLOT_W, Launch
+
+CHUNK = 64                 # tokens per chunk (fixed by the kernels' tiles)
+MAX_S = 128
+THREADS = 256              # prep, state and out blocks
+STATE_BV = 32              # value columns per block of the state pass (32 or 64; H200, T=4096,
+                           # first version: 503 vs 729 us: 128 blocks beat 64 on 132 SMs)
+STATE_WARPS = 8            # warps a block of the state pass (8 or 16; 16 compiled and checked, not
+                           # yet timed on a GPU)
+ACC = 2                    # 3xTF32 accumulation mode (gdn_tc.cuh's GDN_ACC; H200: 1 and 2 equally
+                           # fast and 3e-7 off float64, 0 1.2e-6)
+SPECIAL_S = (128,)         # S compiled in as a constant (Qwen3-Next, Kimi Linear); others at run time
+OUT_BV = 64                # value columns per block of the output pass
+DEC_ROWS = 4               # decode: passes of 4 state rows an item (DP in the .cu; H200, B=256,
+                           # uncapped: 321 / 301 / 288 us at 1 / 2 / 4)
+DEC_REGS = 128             # decode: register cap (0: none; rows 4 at 128: no spills, 16 warps an SM:
+                           # 286 us at B=256, 3.75 TB/s of the copy's 4.16)
+DEC_WARPS = 4              # decode: warps a block
+PREP_REGS = 128            # 2 blocks of 256 threads an SM
+OUT_REGS = 128
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# shared memory of each kernel in floats (the .cu files' *_SMEM_FLOATS)
+_L, _SMAX = CHUNK, MAX_S
+PREP_SMEM = 4 * (_L * 132 + _L * 136 + _L * 68 + 3 * _L + 3 * 256 + 2 * _L)
+PREP_SMEM_KDA = PREP_SMEM + 4 * (_L * 132 + 16 * 132 * 2 + 48 * 132)
+OUT_SMEM = 4 * (_L * 132 + _SMAX * 72 + _L * 68 + _L * 72)
+NWS = 7                    # workspace arrays of the chunked launches
+
+
+def state_smem(bv: int) -> int:
+    return 4 * (2 * _L * 132 + 2 * _L * 136 + _SMAX * (bv + 8) + _L * (bv + 8))
+
+
+def available() -> bool:
+    """True on a real GPU of compute capability >= 8.0 (cp.async, tf32 mma) unless
+    MINIGRAPH_CUDA_TENSOR_CORES=0."""
+    if SIM or not flags.cuda_tensor_cores():
+        return False
+    try:
+        return cuda.is_available() and cuda.get_current_device().compute_capability >= (8, 0)
+    except Exception:  # noqa: BLE001 - no driver, no device: the Numba kernels run
+        return False
+
+
+def source(kernel: str, defines: Optional[dict] = None) -> str:
+    """The NVRTC source of one kernel file: its #defines, gdn_tc.cuh, then the file."""
+    head = "".join(f"#define {k} {v}\n" for k, v in (defines or {}).items())
+    with open(os.path.join(_HERE, "gdn_tc.cuh")) as f:
+        common = f.read()
+    with open(os.path.join(_HERE, kernel)) as f:
+        body = f.read()
+    return head + common + "\n" + body
+
+
+class SmemKernel:
+    """A Numba kernel launched with `nbytes` of dynamic shared memory: kernel[grid, block, stream]
+    (*args) like a dispatcher. Compiled eagerly for one signature, so the limit (beyond the
+    default 48 KB) is raised once on that one compiled function."""
+
+    def __init__(self, dispatcher: Any, nbytes: int) -> None:
+        self.dispatcher = dispatcher
+        self.nbytes = nbytes
+        from numba.cuda.cudadrv.driver import binding, driver
+
+        for kern in dispatcher.overloads.values():
+            cufunc = kern._codelibrary.get_cufunc()
+            attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            driver.cuKernelSetAttribute(attr, nbytes, cufunc.handle, cufunc.device.id)
+
+    def __getitem__(self, cfg: tuple) -> Any:
+        grid, block = cfg[0], cfg[1]
+        stream = cfg[2] if len(cfg) > 2 else 0
+        return self.dispatcher[grid, block, stream, self.nbytes]
+
+    @property
+    def regs(self) -> int:
+        return next(iter(self.dispatcher.overloads.values()))._codelibrary.get_cufunc().attrs.regs
+
+
+if not SIM:
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    _FP = types.CPointer(types.float32)
+    _I = types.int64
+
+    @intrinsic
+    def fptr(typingctx, a, i):
+        """&a[i] as a float* (no bounds check, no wrap-around)."""
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, value=args[0])
+            return builder.gep(ary.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        return _FP(a, i), codegen
+
+    _ARR = "float32[::1]"
+    _SIG_WS = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64, {', '.join([_ARR] * NWS)})"
+    _SIG = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64)"
+
+
+_CACHE: dict = {}
+
+
+def _declare(name: str, kernel: str, nptr: int, nint: int, defines: Optional[dict] = None) -> Any:
+    # an int return (always 0): numba's C-ABI call of a void function declares a 64-bit return
+    # value, a prototype nvlink rejects against the real void one
+    return cuda.declare_device(name, types.int32(*([_FP] * nptr), *([_I] * nint)),
+                               link=[cuda.CUSource(source(kernel, defines))], abi="c")
+
+
+def _prep_py(fn: Any, kda: bool) -> Any:
+    def prep(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+        fn(fptr(q, meta[SLOT_W]), fptr(k, meta[2 * SLOT_W]), fptr(v, meta[3 * SLOT_W]),
+           fptr(g, meta[4 * SLOT_W]), fptr(beta, meta[5 * SLOT_W]), fptr(Uw, 0), fptr(Ww, 0),
+           fptr(Pw, 0), fptr(Gw, 0), fptr(KGw, 0), fptr(QGw, 0), meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2],
+           meta[3 * SLOT_W + 3], meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4])
+    return prep
+
+
+def _state_py(fn: Any, kda: bool) -> Any:
+    def state_pass(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+        S, Hv, T, N = meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 3], meta[3 * SLOT_W + 4]
+        ks = fptr(KGw, 0) if kda else fptr(k, meta[2 * SLOT_W])     # KDA: prep's K e^(gl - gc)
+        fn(ks, fptr(state, meta[6 * SLOT_W]), fptr(dst, meta[0] + S * Hv * T * N),
+           fptr(Uw, 0), fptr(Ww, 0), fptr(Gw, 0), fptr(Hw, 0), S, Hv, T, meta[SLOT_W + 2], N // meta[SLOT_W + 4])
+    return state_pass
+
+
+def _out_py(fn: Any, kda: bool) -> Any:
+    def out(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+        qs = fptr(QGw, 0) if kda else fptr(q, meta[SLOT_W])          # KDA: prep's Q e^gc
+        fn(qs, fptr(dst, meta[0]), fptr(Uw, 0), fptr(Pw, 0), fptr(Gw, 0), fptr(Hw, 0),
+           meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 3], meta[SLOT_W + 2],
+           meta[3 * SLOT_W + 4] // meta[SLOT_W + 4])
+    return out
+
+
+def _decode_py(fn: Any, kda: bool) -> Any:
+    def decode(meta, dst, q, k, v, g, beta, state, K):
+        fn(fptr(q, meta[SLOT_W]), fptr(k, meta[2 * SLOT_W]), fptr(v, meta[3 * SLOT_W]),
+           fptr(g, meta[4 * SLOT_W]), fptr(beta, meta[5 * SLOT_W]), fptr(state, meta[6 * SLOT_W]),
+           fptr(dst, meta[0]), meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 4],
+           meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4], K)
+    return decode
+
+
+# name, .cu file, pointer and integer arguments of its C function, the Python wrapper
+SPECS = {"prep": ("gdn_tc_prep", "gdn_tc_prep.cu", 11, 5, _prep_py),
+         "state": ("gdn_tc_state", "gdn_tc_state.cu", 7, 5, _state_py),
+         "out": ("gdn_tc_out", "gdn_tc_out.cu", 6, 5, _out_py),
+         "decode": ("gdn_tc_decode", "gdn_tc_decode.cu", 7, 6, _decode_py)}
+
+
+def wrapper(kind: str, defines: dict) -> tuple:
+    """(python kernel, signature) of one kernel: the Numba side, before compilation (also what a
+    local build check compiles to PTX with cuda.compile_ptx)."""
+    name, cu, nptr, nint, make = SPECS[kind]
+    fn = _declare(name, cu, nptr, nint, defines)
+    kda = bool(defines.get("GDN_KDA", 0) or defines.get("KDA", 0))
+    return make(fn, kda), (_SIG if kind == "decode" else _SIG_WS)
+
+
+def _defs(S: Optional[int], **kw: int) -> dict:
+    """#defines of one build: S fixed at compile time for the S the models use (SPECIAL_S)."""
+    d = dict(kw)
+    if S in SPECIAL_S:
+        d["GDN_S"] = S
+    return d
+
+
+def prep_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> SmemKernel:
+    """chunk c, head h, seq: gates, A, P, Tm = (I + A)^-1, U, W (gdn_tc_prep.cu)."""
+    key = ("prep", S in SPECIAL_S and S, kda, acc)
+    if key not in _CACHE:
+        py, sig = wrapper("prep", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda)))
+        _CACHE[key] = SmemKernel(cuda.jit(sig, max_registers=PREP_REGS)(py), PREP_SMEM_KDA if kda else PREP_SMEM)
+    return _CACHE[key]
+
+
+def state_kernel(S: Optional[int] = None, kda: bool = False, bv: int = STATE_BV, acc: int = ACC,
+                 warps: int = STATE_WARPS) -> SmemKernel:
+    """bv value columns, head h, seq: the sequential pass over the chunks (gdn_tc_state.cu), warps
+    warps a block (16: at most 128 registers a thread)."""
+    key = ("state", S in SPECIAL_S and S, kda, bv, acc, warps)
+    if key not in _CACHE:
+        py, sig = wrapper("state", _defs(S, BV=bv, GDN_ACC=acc, STATE_WARPS=warps, GDN_KDA=int(kda)))
+        opts = {"max_registers": 128} if warps == 16 else {}
+        _CACHE[key] = SmemKernel(cuda.jit(sig, **opts)(py), state_smem(bv))
+    return _CACHE[key]
+
+
+def out_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> SmemKernel:
+    """chunk c x column block, head h, seq: O = e^gc Q H_c / sqrt(S) + P D (gdn_tc_out.cu)."""
+    key = ("out", S in SPECIAL_S and S, kda, acc)
+    if key not in _CACHE:
+        py, sig = wrapper("out", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda)))
+        _CACHE[key] = SmemKernel(cuda.jit(sig, max_registers=OUT_REGS)(py), OUT_SMEM)
+    return _CACHE[key]
+
+
+def decode_kernel(kda: bool, S: Optional[int] = None, rows: int = DEC_ROWS, regs: int = DEC_REGS) -> Any:
+    """T == 1: items of 4*rows state rows, eight lanes a row (gdn_tc_decode.cu)."""
+    key = ("decode", kda, S in SPECIAL_S and S, rows, regs)
+    if key not in _CACHE:
+        py, sig = wrapper("decode", _defs(S, DP=rows, KDA=int(kda)))
+        _CACHE[key] = cuda.jit(sig, **({"max_registers": regs} if regs else {}))(py)
+    return _CACHE[key]
+
+
+def workspace(S: int, Hv: int, T: int, N: int, kda: bool = False) -> tuple:
+    """Device scratch of the chunked form: U/D, W, P, gates, H, Kg, Qg (module docstring)."""
+    nc = -(-T // CHUNK)
+    hs = Hv * N
+    gq = hs * nc * CHUNK * S if kda else 0
+    sizes = (hs * nc * CHUNK * S, hs * nc * CHUNK * S, hs * nc * CHUNK * CHUNK,
+             hs * nc * S if kda else 2 * hs * nc * CHUNK, hs * nc * S * S, gq, gq)
+    return tuple(cuda.device_array(max(n, 4), np.float32) for n in sizes)
+
+
+def chunked_launches(S: int, Hv: int, T: int, N: int, kda: bool = False, ws: Optional[tuple] = None,
+                     bv: int = STATE_BV, acc: int = ACC, warps: int = STATE_WARPS) -> list[Launch]:
+    """The three launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given."""
+    nc = -(-T // CHUNK)
+    ws = ws if ws is not None else workspace(S, Hv, T, N, kda)
+    return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (THREADS,), ws),
+            Launch(state_kernel(S, kda, bv, acc, warps), (-(-S // bv), Hv, N), (32 * warps,), ws),
+            Launch(out_kernel(S, kda, acc), (nc * -(-S // OUT_BV), Hv, N), (THREADS,), ws)]
+
+
+def decode_launch(S: int, Hv: int, N: int, kda: bool, rows: int = DEC_ROWS, regs: int = DEC_REGS,
+                  max_blocks: Optional[int] = None) -> Launch:
+    """One warp an item of 4*rows rows; `max_blocks` caps the grid (the warps then loop)."""
+    items = Hv * N * -(-S // (4 * rows))
+    blocks = -(-items // DEC_WARPS)
+    if max_blocks:
+        blocks = min(blocks, max_blocks)
+    return Launch(decode_kernel(kda, S, rows, regs), (blocks,), (DEC_WARPS * 32,))

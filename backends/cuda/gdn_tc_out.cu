@@ -1,0 +1,128 @@
+// GATED_DELTA_NET chunked form, kernel 3 of 3 (output): one block of OUT_THREADS per (chunk, OB
+// value columns, value head, seq), 3xTF32 tensor cores (gdn_tc.cuh):
+//   O = diag(e^gc / sqrt(S)) Q_c H_c + P D      (P lower triangular in 16x16 blocks; e^gc from
+//                                                Gw [hs][Tp][2], made by prep)
+// into dst's attention part [seq][T][H_v][S]; rows t >= T are not written.
+// grid.x = chunk * NJ + column block (NJ = ceil(S / OB)).
+// GDN_KDA: q is Qg = Q e^gc of prep ([hs][Tp][S]) and the row factor is 1 / sqrt(S) alone.
+
+#ifndef GDN_KDA
+#define GDN_KDA 0
+#endif
+#define OUT_THREADS 256
+#define L 64
+#define SMAX 128
+#define OB 64
+#define OQSP 132  // Q rows (A row-major)
+#define OHSP 72   // H_c rows i, OB columns (B k-major: stride = 8 mod 32)
+#define OPSP 68   // P rows (A row-major)
+#define ODSP 72   // D rows
+#define O_Q 0
+#define O_H (O_Q + L * OQSP)
+#define O_P (O_H + SMAX * OHSP)
+#define O_D (O_P + L * OPSP)
+#define OUT_SMEM_FLOATS (O_D + L * ODSP)
+
+extern "C" __device__ int gdn_tc_out(const float* q, float* dst_out, const float* Dw, const float* Pw,
+                                      const float* Gw, const float* Hw, long long S_, long long Hv_,
+                                      long long T_, long long Hk_, long long rep_) {
+    need_smem(OUT_SMEM_FLOATS * 4);
+    float* sm = GDN_SMEM;
+    float* Qs = sm + O_Q;
+    float* Hs = sm + O_H;
+    float* Ps = sm + O_P;
+    float* Dm = sm + O_D;
+    const int S = GDN_DIM_S(S_), Hv = (int)Hv_, T = (int)T_, Hk = (int)Hk_, rep = (int)rep_;
+    const int NJ = (S + OB - 1) / OB;
+    const int c = blockIdx.x / NJ, j0 = (blockIdx.x % NJ) * OB, h = blockIdx.y, seq = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g4 = lane >> 2, t4 = lane & 3;
+    const int nc = (T + L - 1) / L, Tp = nc * L, t0 = c * L;
+    const int sq = seq / rep, hk = h % Hk, hs = seq * Hv + h;
+    (void)sq;
+    (void)hk;
+    const int vr = T - t0 < L ? T - t0 : L;
+    const long long SS = (long long)S * S;
+    const float scale = 1.0f / sqrtf((float)S);
+
+#if GDN_KDA
+    stage_rows(Qs, OQSP, q + ((long long)hs * Tp + t0) * S, S, L, SMAX, vr, S, tid, OUT_THREADS);
+#else
+    stage_rows(Qs, OQSP, q + ((long long)(sq * T + t0) * Hk + hk) * S, (long long)Hk * S, L, SMAX, vr, S, tid,
+               OUT_THREADS);
+#endif
+    stage_rows(Hs, OHSP, Hw + ((long long)hs * nc + c) * SS + j0, S, SMAX, OB, S, S - j0, tid, OUT_THREADS);
+    cp_async_commit();
+    {   // P: only the blocks on and below the diagonal exist (and are read)
+        const float* pb = Pw + ((long long)hs * nc + c) * L * L;
+        for (int e = tid; e < L * (L / 4); e += OUT_THREADS) {
+            const int r = e / (L / 4), c4 = (e % (L / 4)) * 4;
+            if (c4 < 16 * (r / 16 + 1)) cp_async16(Ps + r * OPSP + c4, pb + r * L + c4, 16);
+        }
+    }
+    stage_rows(Dm, ODSP, Dw + ((long long)hs * Tp + t0) * S + j0, S, L, OB, L, S - j0, tid, OUT_THREADS);
+    cp_async_commit();
+
+    const int mt = warp & 3, nb = (warp >> 2) * 4;
+#if GDN_KDA
+    const float e0 = scale, e1 = scale;
+    (void)Gw;
+#else
+    const float e0 = Gw[2 * ((long long)hs * Tp + t0 + 16 * mt + g4)] * scale;
+    const float e1 = Gw[2 * ((long long)hs * Tp + t0 + 16 * mt + g4 + 8)] * scale;
+#endif
+    float acc[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+    CP_ASYNC_WAIT(1);
+    __syncthreads();
+    const int ksteps = (S + 7) / 8;
+#pragma unroll 4
+    for (int kk = 0; kk < ksteps; ++kk) {
+        FragA fa;
+        ldA_row(fa, Qs + 16 * mt * OQSP + 8 * kk, OQSP, g4, t4);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            if (j0 + 8 * (nb + n) < S) {
+                FragB fb;
+                ldB_kn(fb, Hs + 8 * kk * OHSP + 8 * (nb + n), OHSP, g4, t4);
+                mma3(acc[n], fa, fb);
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+        acc[n][0] *= e0;
+        acc[n][1] *= e0;
+        acc[n][2] *= e1;
+        acc[n][3] *= e1;
+    }
+    CP_ASYNC_WAIT(0);
+    __syncthreads();
+    for (int kk = 0; kk < 2 * mt + 2; ++kk) {
+        FragA fa;
+        ldA_row(fa, Ps + 16 * mt * OPSP + 8 * kk, OPSP, g4, t4);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            if (j0 + 8 * (nb + n) < S) {
+                FragB fb;
+                ldB_kn(fb, Dm + 8 * kk * ODSP + 8 * (nb + n), ODSP, g4, t4);
+                mma3(acc[n], fa, fb);
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int r = 16 * mt + g4 + 8 * hf, j = j0 + 8 * (nb + n) + 2 * t4;
+            if (r < vr && j < S) {
+                float2 o;
+                o.x = acc[n][2 * hf];
+                o.y = acc[n][2 * hf + 1];
+                *(float2*)(dst_out + ((long long)(seq * T + t0 + r) * Hv + h) * S + j) = o;
+            }
+        }
+    return 0;
+}
