@@ -57,6 +57,39 @@ def row_size(type: int, n: int) -> int:
     return int(_g.ggml_row_size(type, n))
 
 
+def quantize_chunk(type_: int, x: np.ndarray) -> np.ndarray:
+    """ggml_quantize_chunk(type_, rows x (nrows, n) f32, no imatrix) -> raw blocks (nrows, row bytes).
+
+    Q8_1 and Q8_K (dot-product types that ggml_quantize_chunk does not take) go through the
+    CPU type traits' from_float, the quantizer ggml's MUL_MAT applies to src1."""
+    _require()
+    x = np.ascontiguousarray(x, np.float32)
+    nrows, n = x.shape
+    rs = int(_g.ggml_row_size(type_, n))
+    out = np.zeros((nrows, rs), np.uint8)
+    fptr = ctypes.POINTER(ctypes.c_float)
+    if type_ in (9, 15):  # GGML_TYPE_Q8_1, GGML_TYPE_Q8_K
+        from_float = _g.ggml_get_type_traits_cpu(type_).contents.from_float
+        for r in range(nrows):
+            from_float(x[r].ctypes.data_as(fptr), out[r].ctypes.data_as(ctypes.c_void_p), n)
+    else:
+        _g.ggml_quantize_chunk(type_, x.ctypes.data_as(fptr), out.ctypes.data_as(ctypes.c_void_p), 0, nrows, n, None)
+    return out
+
+
+def dequantize_rows(type_: int, raw: np.ndarray) -> np.ndarray:
+    """The type traits' to_float over raw blocks (nrows, row bytes) -> (nrows, n) f32."""
+    _require()
+    raw = np.ascontiguousarray(raw, np.uint8)
+    tr = _g.ggml_get_type_traits(type_).contents
+    if not tr.to_float:
+        raise TypeError(f"ggml_bridge: type {type_} has no to_float")
+    n = raw.shape[-1] // tr.type_size * tr.blck_size
+    out = np.zeros((raw.shape[0], n), np.float32)
+    tr.to_float(raw.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.size)
+    return out
+
+
 def _unwrap(x: Any) -> Any:
     return x._ptr if isinstance(x, GgmlTensor) else x
 
@@ -207,6 +240,15 @@ class GgmlContext:
         ne = list(reversed(arr.shape)) or [1]
         t = getattr(self, f"new_tensor_{len(ne)}d")(_TYPE_OF_NP[arr.dtype], *ne)
         t.set_data(arr)
+        return t
+
+    def from_block_bytes(self, raw: np.ndarray, type_: int) -> GgmlTensor:
+        """New quantized tensor holding the raw blocks `raw`, numpy shape (..., row bytes)."""
+        raw = np.ascontiguousarray(raw, np.uint8)
+        tr = _g.ggml_get_type_traits(type_).contents
+        ne = [raw.shape[-1] // tr.type_size * tr.blck_size] + list(reversed(raw.shape[:-1]))
+        t = getattr(self, f"new_tensor_{len(ne)}d")(type_, *ne)
+        ctypes.memmove(_g.ggml_get_data(t._ptr), raw.ctypes.data, raw.nbytes)
         return t
 
     def _graph(self, outputs: Sequence[GgmlTensor], size: int):
