@@ -7,9 +7,9 @@ quantized tensor comes as its raw rows, a uint8 array (ne3, ne2, ne1, row bytes)
 nb, and every other tensor as float32 (I32/I64 indices as themselves).
 
 MUL_MAT follows ggml's CPU backend: each src1 row is quantized to src0's vec_dot type (Q8_0,
-Q8_1 or Q8_K, with ggml's quantizer) and every result element is an integer dot product over
-the blocks, scaled per block (the `ggml_vec_dot_*_q8_*` generic kernels); a Numba kernel runs it
-over src0 rows in parallel. The copies quantize and dequantize with the numpy reference
+Q8_1 or Q8_K, with ggml's quantizer) and every result element is a dot product of the integer
+quants, scaled per block (the `ggml_vec_dot_*_q8_*` kernels); a Numba kernel runs it over src0
+rows in parallel. The copies quantize and dequantize with the numpy reference
 (minigraph.core.quants), which is ggml's code step for step, vectorised over blocks.
 """
 from __future__ import annotations
@@ -38,135 +38,158 @@ def _h(u8, off, f16):
     return f16[np.int64(u8[off]) | (np.int64(u8[off + 1]) << 8)]
 
 
+# Numba types int32 arithmetic as int64, which AVX2 cannot multiply in vector lanes. The dot
+# products therefore run in float32: every per-block integer sum (|q| * |y| * 32 < 2^24) is exact
+# there, and each product lands in one of LANES float32 accumulators, scaled by its block's
+# d_x * d_y, as ggml's AVX2 kernels accumulate (vertical lanes, one horizontal sum per row).
+LANES = 16
+U15 = np.uint8(15)
+U4 = np.uint8(4)
+F8 = np.float32(8.0)
+F16 = np.float32(16.0)
+
+
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q4_0(a, ao, bu, bi, bo, nblk, f16):
+def _hsum(lane):
     s = F32(0.0)
+    for j in range(LANES):
+        s += lane[j]
+    return s
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _clear(lane):
+    for j in range(LANES):
+        lane[j] = F32(0.0)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_q4_0(a, ao, bu, bi, bo, nblk, f16, lane):
+    _clear(lane)
     for i in range(nblk):
         xa = ao + i * 18
         xb = bo + i * 34
-        sumi = np.int32(0)
+        sc = _h(a, xa, f16) * _h(bu, xb, f16)
         for j in range(16):
-            v = np.int32(a[xa + 2 + j])
-            sumi += ((v & 15) - 8) * np.int32(bi[xb + 2 + j]) + ((v >> 4) - 8) * np.int32(bi[xb + 18 + j])
-        s += F32(sumi) * _h(a, xa, f16) * _h(bu, xb, f16)
-    return s
+            v = a[xa + 2 + j]
+            p = (F32(v & U15) - F8) * F32(bi[xb + 2 + j]) + (F32(v >> U4) - F8) * F32(bi[xb + 18 + j])
+            lane[j] += p * sc
+    return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q4_1(a, ao, bu, bi, bo, nblk, f16):
-    s = F32(0.0)
+def _dot_q4_1(a, ao, bu, bi, bo, nblk, f16, lane):
+    _clear(lane)
+    extra = F32(0.0)
     for i in range(nblk):
         xa = ao + i * 20
         xb = bo + i * 36
-        sumi = np.int32(0)
+        sc = _h(a, xa, f16) * _h(bu, xb, f16)
+        extra += _h(a, xa + 2, f16) * _h(bu, xb + 2, f16)  # m_x * s_y: the min times src1's block sum
         for j in range(16):
-            v = np.int32(a[xa + 4 + j])
-            sumi += (v & 15) * np.int32(bi[xb + 4 + j]) + (v >> 4) * np.int32(bi[xb + 20 + j])
-        s += (_h(a, xa, f16) * _h(bu, xb, f16)) * F32(sumi) + _h(a, xa + 2, f16) * _h(bu, xb + 2, f16)
-    return s
+            v = a[xa + 4 + j]
+            p = F32(v & U15) * F32(bi[xb + 4 + j]) + F32(v >> U4) * F32(bi[xb + 20 + j])
+            lane[j] += p * sc
+    return _hsum(lane) + extra
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _qh32(a, off):
-    return (np.int64(a[off]) | (np.int64(a[off + 1]) << 8) | (np.int64(a[off + 2]) << 16)
-            | (np.int64(a[off + 3]) << 24))
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q5_0(a, ao, bu, bi, bo, nblk, f16):
-    s = F32(0.0)
+def _dot_q5_0(a, ao, bu, bi, bo, nblk, f16, lane):
+    _clear(lane)
     for i in range(nblk):
         xa = ao + i * 22
         xb = bo + i * 34
-        qh = _qh32(a, xa + 2)
-        sumi = np.int32(0)
+        sc = _h(a, xa, f16) * _h(bu, xb, f16)
         for j in range(16):
-            v = np.int32(a[xa + 6 + j])
-            h0 = np.int32((qh >> j) & 1) << 4
-            h1 = np.int32((qh >> (j + 16)) & 1) << 4
-            sumi += (((v & 15) | h0) - 16) * np.int32(bi[xb + 2 + j]) + (((v >> 4) | h1) - 16) * np.int32(bi[xb + 18 + j])
-        s += (_h(a, xa, f16) * _h(bu, xb, f16)) * F32(sumi)
-    return s
+            v = a[xa + 6 + j]
+            h0 = F32((a[xa + 2 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j: element j's fifth bit
+            h1 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j + 16
+            p = (F32(v & U15) + h0 - F16) * F32(bi[xb + 2 + j]) + (F32(v >> U4) + h1 - F16) * F32(bi[xb + 18 + j])
+            lane[j] += p * sc
+    return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q5_1(a, ao, bu, bi, bo, nblk, f16):
-    s = F32(0.0)
+def _dot_q5_1(a, ao, bu, bi, bo, nblk, f16, lane):
+    _clear(lane)
+    extra = F32(0.0)
     for i in range(nblk):
         xa = ao + i * 24
         xb = bo + i * 36
-        qh = _qh32(a, xa + 4)
-        sumi = np.int32(0)
+        sc = _h(a, xa, f16) * _h(bu, xb, f16)
+        extra += _h(a, xa + 2, f16) * _h(bu, xb + 2, f16)
         for j in range(16):
-            v = np.int32(a[xa + 8 + j])
-            h0 = np.int32((qh >> j) & 1) << 4
-            h1 = np.int32((qh >> (j + 16)) & 1) << 4
-            sumi += ((v & 15) | h0) * np.int32(bi[xb + 4 + j]) + ((v >> 4) | h1) * np.int32(bi[xb + 20 + j])
-        s += (_h(a, xa, f16) * _h(bu, xb, f16)) * F32(sumi) + _h(a, xa + 2, f16) * _h(bu, xb + 2, f16)
-    return s
+            v = a[xa + 8 + j]
+            h0 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16
+            h1 = F32((a[xa + 6 + (j >> 3)] >> (j & 7)) & 1) * F16
+            p = (F32(v & U15) + h0) * F32(bi[xb + 4 + j]) + (F32(v >> U4) + h1) * F32(bi[xb + 20 + j])
+            lane[j] += p * sc
+    return _hsum(lane) + extra
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q8_0(a, ai, ao, bu, bi, bo, nblk, f16):
-    s = F32(0.0)
+def _dot_q8_0(a, ai, ao, bu, bi, bo, nblk, f16, lane):
+    _clear(lane)
     for i in range(nblk):
         xa = ao + i * 34
         xb = bo + i * 34
-        sumi = np.int32(0)
-        for j in range(32):
-            sumi += np.int32(ai[xa + 2 + j]) * np.int32(bi[xb + 2 + j])
-        s += F32(sumi) * (_h(a, xa, f16) * _h(bu, xb, f16))
-    return s
+        sc = _h(a, xa, f16) * _h(bu, xb, f16)
+        for j in range(16):
+            p = F32(ai[xa + 2 + j]) * F32(bi[xb + 2 + j]) + F32(ai[xa + 18 + j]) * F32(bi[xb + 18 + j])
+            lane[j] += p * sc
+    return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _scale_min_k4(a, sc_off, j):
     """get_scale_min_k4: the 6-bit scale and min of group j from the 12 scale bytes."""
     if j < 4:
-        return np.int32(a[sc_off + j]) & 63, np.int32(a[sc_off + j + 4]) & 63
-    d = (np.int32(a[sc_off + j + 4]) & 15) | ((np.int32(a[sc_off + j - 4]) >> 6) << 4)
-    m = (np.int32(a[sc_off + j + 4]) >> 4) | ((np.int32(a[sc_off + j]) >> 6) << 4)
-    return d, m
+        return F32(a[sc_off + j] & 63), F32(a[sc_off + j + 4] & 63)
+    d = (a[sc_off + j + 4] & 15) | ((a[sc_off + j - 4] >> 6) << 4)
+    m = (a[sc_off + j + 4] >> 4) | ((a[sc_off + j] >> 6) << 4)
+    return F32(d), F32(m)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, five):
-    """Q4_K (five=False) and Q5_K (five=True) . Q8_K over nblk super-blocks."""
-    s = F32(0.0)
+def _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, lane, five):
+    """Q4_K (five=False) and Q5_K (five=True) . Q8_K over nblk super-blocks:
+    sum over groups g of d * sc_g * (q . y)_g, minus dmin * sum of m_g * (src1's group sum)."""
+    _clear(lane)
+    mins = F32(0.0)
     bsz = 176 if five else 144
     qs_off = 48 if five else 16
     for i in range(nblk):
         xa = ao + i * bsz
         xb = bo + i * 292
-        sum_mins = np.int32(0)
-        acc = np.int32(0)
+        yd = bf[xb // 4]
+        d = _h(a, xa, f16) * yd
+        dmin = _h(a, xa + 2, f16) * yd
         for g in range(8):
             sc, mn = _scale_min_k4(a, xa + 4, g)
-            sum_mins += mn * (np.int32(b16[(xb + 260) // 2 + 2 * g]) + np.int32(b16[(xb + 260) // 2 + 2 * g + 1]))
+            mins += dmin * mn * F32(np.int32(b16[(xb + 260) // 2 + 2 * g]) + np.int32(b16[(xb + 260) // 2 + 2 * g + 1]))
+            f = d * sc
             q = xa + qs_off + 32 * (g // 2)
             shift = 4 * (g % 2)
             y = xb + 4 + 32 * g
-            part = np.int32(0)
             if five:
-                for l in range(32):
-                    v = ((np.int32(a[q + l]) >> shift) & 15) | (((np.int32(a[xa + 16 + l]) >> g) & 1) << 4)
-                    part += v * np.int32(bi[y + l])
+                for j in range(16):
+                    v0 = F32((a[q + j] >> shift) & 15) + F32((a[xa + 16 + j] >> g) & 1) * F16
+                    v1 = F32((a[q + 16 + j] >> shift) & 15) + F32((a[xa + 32 + j] >> g) & 1) * F16
+                    lane[j] += (v0 * F32(bi[y + j]) + v1 * F32(bi[y + 16 + j])) * f
             else:
-                for l in range(32):
-                    part += ((np.int32(a[q + l]) >> shift) & 15) * np.int32(bi[y + l])
-            acc += sc * part
-        yd = bf[xb // 4]
-        s += (_h(a, xa, f16) * yd) * F32(acc) - (_h(a, xa + 2, f16) * yd) * F32(sum_mins)
-    return s
+                for j in range(16):
+                    p = F32((a[q + j] >> shift) & 15) * F32(bi[y + j]) + F32((a[q + 16 + j] >> shift) & 15) * F32(bi[y + 16 + j])
+                    lane[j] += p * f
+    return _hsum(lane) - mins
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16):
-    s = F32(0.0)
+def _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16, lane):
+    _clear(lane)
     for i in range(nblk):
         xa = ao + i * 210
         xb = bo + i * 292
-        acc = np.int32(0)
+        d = _h(a, xa + 208, f16) * bf[xb // 4]
         for h in range(2):
             ql = xa + 64 * h
             qh = xa + 128 + 32 * h
@@ -174,33 +197,37 @@ def _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16):
             for quarter in range(4):
                 lo = ql + 32 * (quarter % 2)
                 shift = 4 * (quarter // 2)
+                hs = 2 * quarter
                 for half16 in range(2):
-                    part = np.int32(0)
-                    for l in range(16 * half16, 16 * half16 + 16):
-                        v = (((np.int32(a[lo + l]) >> shift) & 15) | (((np.int32(a[qh + l]) >> (2 * quarter)) & 3) << 4)) - 32
-                        part += v * np.int32(bi[y + 32 * quarter + l])
-                    acc += np.int32(ai[xa + 192 + 8 * h + 2 * quarter + half16]) * part
-        s += (_h(a, xa + 208, f16) * bf[xb // 4]) * F32(acc)
-    return s
+                    f = d * F32(ai[xa + 192 + 8 * h + 2 * quarter + half16])
+                    o = 16 * half16
+                    for j in range(16):
+                        v = F32(((a[lo + o + j] >> shift) & 15) | (((a[qh + o + j] >> hs) & 3) << 4)) - F32(32.0)
+                        lane[j] += v * F32(bi[y + 32 * quarter + o + j]) * f
+    return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _vec_dot(kind, a, ai, ao, bu, bi, b16, bf, bo, nblk, f16):
+def _vec_dot(kind, a, ai, ao, bu, bi, b16, bf, bo, nblk, f16, lane):
     if kind == D.TYPE_Q4_0:
-        return _dot_q4_0(a, ao, bu, bi, bo, nblk, f16)
+        return _dot_q4_0(a, ao, bu, bi, bo, nblk, f16, lane)
     if kind == D.TYPE_Q4_1:
-        return _dot_q4_1(a, ao, bu, bi, bo, nblk, f16)
+        return _dot_q4_1(a, ao, bu, bi, bo, nblk, f16, lane)
     if kind == D.TYPE_Q5_0:
-        return _dot_q5_0(a, ao, bu, bi, bo, nblk, f16)
+        return _dot_q5_0(a, ao, bu, bi, bo, nblk, f16, lane)
     if kind == D.TYPE_Q5_1:
-        return _dot_q5_1(a, ao, bu, bi, bo, nblk, f16)
+        return _dot_q5_1(a, ao, bu, bi, bo, nblk, f16, lane)
     if kind == D.TYPE_Q8_0:
-        return _dot_q8_0(a, ai, ao, bu, bi, bo, nblk, f16)
+        return _dot_q8_0(a, ai, ao, bu, bi, bo, nblk, f16, lane)
     if kind == D.TYPE_Q4_K:
-        return _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, False)
+        return _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, lane, False)
     if kind == D.TYPE_Q5_K:
-        return _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, True)
-    return _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16)
+        return _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, lane, True)
+    return _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16, lane)
+
+
+# src0 rows per parallel task: one scratch allocation per task, enough tasks for the threads
+ROWS_PER_TASK = 16
 
 
 @kernel
@@ -209,18 +236,21 @@ def mul_mat_q(dst, a, ai, a_nb1, a_nb2, a_nb3, a3, a2, bu, bi, b16, bf, b_row, k
 
     a / ai: src0's bytes from its first one, as uint8 / int8, rows a_nb1 apart (ggml's nb);
     bu / bi / b16 / bf: the quantized src1 (packed rows of b_row bytes) as uint8 / int8 / int16 /
-    float32; kind: src0's ggml type; nblk: blocks per row. Parallel over src0 rows."""
+    float32; kind: src0's ggml type; nblk: blocks per row. Parallel over chunks of src0 rows."""
     n3, n2, n1, m_rows = dst.shape
     r3 = n3 // a3
     r2 = n2 // a2
-    for task in prange(n3 * n2 * m_rows):
-        i3 = task // (n2 * m_rows)
-        i2 = (task // m_rows) % n2
-        m = task % m_rows
-        ao = (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2 + m * a_nb1
-        for n in range(n1):
-            bo = ((i3 * n2 + i2) * n1 + n) * b_row
-            dst[i3, i2, n, m] = _vec_dot(kind, a, ai, ao, bu, bi, b16, bf, bo, nblk, f16)
+    n_chunks = (m_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(n3 * n2 * n_chunks):
+        i3 = task // (n2 * n_chunks)
+        i2 = (task // n_chunks) % n2
+        m0 = (task % n_chunks) * ROWS_PER_TASK
+        lane = np.empty(LANES, np.float32)
+        for m in range(m0, min(m0 + ROWS_PER_TASK, m_rows)):
+            ao = (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2 + m * a_nb1
+            for n in range(n1):
+                bo = ((i3 * n2 + i2) * n1 + n) * b_row
+                dst[i3, i2, n, m] = _vec_dot(kind, a, ai, ao, bu, bi, b16, bf, bo, nblk, f16, lane)
 
 
 def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:

@@ -163,7 +163,16 @@ class GgmlTensor:
         return np.ndarray(tuple(reversed(ne)), np_type, buf, 0, tuple(reversed(nb)))
 
     def numpy(self) -> np.ndarray:
-        """A copy in logical element order, shape reversed(ne[:n_dims]), whatever nb is."""
+        """A copy in logical element order, shape reversed(ne[:n_dims]), whatever nb is
+        (a quantized tensor is dequantized with its type traits' to_float)."""
+        if _g.ggml_is_quantized(self.type):
+            ne, nb = self.ne, self.nb
+            rs = int(_g.ggml_row_size(self.type, ne[0]))
+            span = sum((n - 1) * s for n, s in zip(ne[1:], nb[1:])) + rs if min(ne) > 0 else 0
+            buf = (ctypes.c_uint8 * span).from_address(_g.ggml_get_data(self._ptr)) if span else bytearray()
+            raw = np.ndarray((ne[3], ne[2], ne[1], rs), np.uint8, buf, 0, (nb[3], nb[2], nb[1], 1))
+            vals = dequantize_rows(self.type, raw.reshape(-1, rs))
+            return vals.reshape(tuple(reversed(self.ne[:self.n_dims])))
         out = self._strided().copy()
         if self.type == _BF16:
             out = (out.astype(np.uint32) << 16).view(np.float32)
@@ -227,12 +236,16 @@ class GgmlContext:
         """ggml_flash_attn_ext_set_prec(a, prec) (no context in ggml)."""
         _g.ggml_flash_attn_ext_set_prec(a._ptr, prec)
 
-    def from_numpy(self, arr: np.ndarray) -> GgmlTensor:
+    def from_numpy(self, arr: np.ndarray, type_: Any = None) -> GgmlTensor:
         """New tensor holding a copy of `arr`: numpy shape (d, c, b, a) is ggml ne [a, b, c, d].
 
-        float32, float16 and int32 keep their type; float64 is stored as F32.
+        float32, float16 and int32 keep their type; float64 is stored as F32. A quantized
+        `type_` quantizes the values with ggml_quantize_chunk (minigraph's from_numpy twin).
         """
         arr = np.asarray(arr)
+        if type_ is not None and _g.ggml_is_quantized(type_):
+            rows = np.asarray(arr, np.float32).reshape(-1, arr.shape[-1])
+            return self.from_block_bytes(quantize_chunk(type_, rows).reshape(*arr.shape[:-1], -1), type_)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         if arr.dtype not in _TYPE_OF_NP or not 1 <= max(arr.ndim, 1) <= 4:
