@@ -63,79 +63,83 @@ def _clear(lane):
         lane[j] = F32(0.0)
 
 
+# src1 comes pre-split (see _split_src1): yq its quants as float32 (K per row), yd its block
+# scales, ys its per-block sums (Q8_1's s) or per-16 sums (Q8_K's bsums), so the loops over src0
+# rows read floats only.
+
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q4_0(a, ao, bu, bi, bo, nblk, f16, lane):
+def _dot_q4_0(a, ao, yq, yd, ys, nblk, f16, lane):
     _clear(lane)
     for i in range(nblk):
         xa = ao + i * 18
-        xb = bo + i * 34
-        sc = _h(a, xa, f16) * _h(bu, xb, f16)
+        sc = _h(a, xa, f16) * yd[i]
+        y = 32 * i
         for j in range(16):
             v = a[xa + 2 + j]
-            p = (F32(v & U15) - F8) * F32(bi[xb + 2 + j]) + (F32(v >> U4) - F8) * F32(bi[xb + 18 + j])
+            p = (F32(v & U15) - F8) * yq[y + j] + (F32(v >> U4) - F8) * yq[y + 16 + j]
             lane[j] += p * sc
     return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q4_1(a, ao, bu, bi, bo, nblk, f16, lane):
+def _dot_q4_1(a, ao, yq, yd, ys, nblk, f16, lane):
     _clear(lane)
     extra = F32(0.0)
     for i in range(nblk):
         xa = ao + i * 20
-        xb = bo + i * 36
-        sc = _h(a, xa, f16) * _h(bu, xb, f16)
-        extra += _h(a, xa + 2, f16) * _h(bu, xb + 2, f16)  # m_x * s_y: the min times src1's block sum
+        sc = _h(a, xa, f16) * yd[i]
+        extra += _h(a, xa + 2, f16) * ys[i]  # m_x * s_y: the min times src1's block sum
+        y = 32 * i
         for j in range(16):
             v = a[xa + 4 + j]
-            p = F32(v & U15) * F32(bi[xb + 4 + j]) + F32(v >> U4) * F32(bi[xb + 20 + j])
+            p = F32(v & U15) * yq[y + j] + F32(v >> U4) * yq[y + 16 + j]
             lane[j] += p * sc
     return _hsum(lane) + extra
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q5_0(a, ao, bu, bi, bo, nblk, f16, lane):
+def _dot_q5_0(a, ao, yq, yd, ys, nblk, f16, lane):
     _clear(lane)
     for i in range(nblk):
         xa = ao + i * 22
-        xb = bo + i * 34
-        sc = _h(a, xa, f16) * _h(bu, xb, f16)
+        sc = _h(a, xa, f16) * yd[i]
+        y = 32 * i
         for j in range(16):
             v = a[xa + 6 + j]
             h0 = F32((a[xa + 2 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j: element j's fifth bit
             h1 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j + 16
-            p = (F32(v & U15) + h0 - F16) * F32(bi[xb + 2 + j]) + (F32(v >> U4) + h1 - F16) * F32(bi[xb + 18 + j])
+            p = (F32(v & U15) + h0 - F16) * yq[y + j] + (F32(v >> U4) + h1 - F16) * yq[y + 16 + j]
             lane[j] += p * sc
     return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q5_1(a, ao, bu, bi, bo, nblk, f16, lane):
+def _dot_q5_1(a, ao, yq, yd, ys, nblk, f16, lane):
     _clear(lane)
     extra = F32(0.0)
     for i in range(nblk):
         xa = ao + i * 24
-        xb = bo + i * 36
-        sc = _h(a, xa, f16) * _h(bu, xb, f16)
-        extra += _h(a, xa + 2, f16) * _h(bu, xb + 2, f16)
+        sc = _h(a, xa, f16) * yd[i]
+        extra += _h(a, xa + 2, f16) * ys[i]
+        y = 32 * i
         for j in range(16):
             v = a[xa + 8 + j]
             h0 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16
             h1 = F32((a[xa + 6 + (j >> 3)] >> (j & 7)) & 1) * F16
-            p = (F32(v & U15) + h0) * F32(bi[xb + 4 + j]) + (F32(v >> U4) + h1) * F32(bi[xb + 20 + j])
+            p = (F32(v & U15) + h0) * yq[y + j] + (F32(v >> U4) + h1) * yq[y + 16 + j]
             lane[j] += p * sc
     return _hsum(lane) + extra
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q8_0(a, ai, ao, bu, bi, bo, nblk, f16, lane):
+def _dot_q8_0(a, ai, ao, yq, yd, nblk, f16, lane):
     _clear(lane)
     for i in range(nblk):
         xa = ao + i * 34
-        xb = bo + i * 34
-        sc = _h(a, xa, f16) * _h(bu, xb, f16)
+        sc = _h(a, xa, f16) * yd[i]
+        y = 32 * i
         for j in range(16):
-            p = F32(ai[xa + 2 + j]) * F32(bi[xb + 2 + j]) + F32(ai[xa + 18 + j]) * F32(bi[xb + 18 + j])
+            p = F32(ai[xa + 2 + j]) * yq[y + j] + F32(ai[xa + 18 + j]) * yq[y + 16 + j]
             lane[j] += p * sc
     return _hsum(lane)
 
@@ -151,7 +155,7 @@ def _scale_min_k4(a, sc_off, j):
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, lane, five):
+def _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, five):
     """Q4_K (five=False) and Q5_K (five=True) . Q8_K over nblk super-blocks:
     sum over groups g of d * sc_g * (q . y)_g, minus dmin * sum of m_g * (src1's group sum)."""
     _clear(lane)
@@ -160,40 +164,37 @@ def _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, lane, five):
     qs_off = 48 if five else 16
     for i in range(nblk):
         xa = ao + i * bsz
-        xb = bo + i * 292
-        yd = bf[xb // 4]
-        d = _h(a, xa, f16) * yd
-        dmin = _h(a, xa + 2, f16) * yd
+        d = _h(a, xa, f16) * yd[i]
+        dmin = _h(a, xa + 2, f16) * yd[i]
         for g in range(8):
             sc, mn = _scale_min_k4(a, xa + 4, g)
-            mins += dmin * mn * F32(np.int32(b16[(xb + 260) // 2 + 2 * g]) + np.int32(b16[(xb + 260) // 2 + 2 * g + 1]))
+            mins += dmin * mn * (ys[16 * i + 2 * g] + ys[16 * i + 2 * g + 1])
             f = d * sc
             q = xa + qs_off + 32 * (g // 2)
             shift = 4 * (g % 2)
-            y = xb + 4 + 32 * g
+            y = 256 * i + 32 * g
             if five:
                 for j in range(16):
                     v0 = F32((a[q + j] >> shift) & 15) + F32((a[xa + 16 + j] >> g) & 1) * F16
                     v1 = F32((a[q + 16 + j] >> shift) & 15) + F32((a[xa + 32 + j] >> g) & 1) * F16
-                    lane[j] += (v0 * F32(bi[y + j]) + v1 * F32(bi[y + 16 + j])) * f
+                    lane[j] += (v0 * yq[y + j] + v1 * yq[y + 16 + j]) * f
             else:
                 for j in range(16):
-                    p = F32((a[q + j] >> shift) & 15) * F32(bi[y + j]) + F32((a[q + 16 + j] >> shift) & 15) * F32(bi[y + 16 + j])
+                    p = F32((a[q + j] >> shift) & 15) * yq[y + j] + F32((a[q + 16 + j] >> shift) & 15) * yq[y + 16 + j]
                     lane[j] += p * f
     return _hsum(lane) - mins
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16, lane):
+def _dot_q6_k(a, ai, ao, yq, yd, nblk, f16, lane):
     _clear(lane)
     for i in range(nblk):
         xa = ao + i * 210
-        xb = bo + i * 292
-        d = _h(a, xa + 208, f16) * bf[xb // 4]
+        d = _h(a, xa + 208, f16) * yd[i]
         for h in range(2):
             ql = xa + 64 * h
             qh = xa + 128 + 32 * h
-            y = xb + 4 + 128 * h
+            y = 256 * i + 128 * h
             for quarter in range(4):
                 lo = ql + 32 * (quarter % 2)
                 shift = 4 * (quarter // 2)
@@ -203,40 +204,54 @@ def _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16, lane):
                     o = 16 * half16
                     for j in range(16):
                         v = F32(((a[lo + o + j] >> shift) & 15) | (((a[qh + o + j] >> hs) & 3) << 4)) - F32(32.0)
-                        lane[j] += v * F32(bi[y + 32 * quarter + o + j]) * f
+                        lane[j] += v * yq[y + 32 * quarter + o + j] * f
     return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _vec_dot(kind, a, ai, ao, bu, bi, b16, bf, bo, nblk, f16, lane):
+def _vec_dot(kind, a, ai, ao, yq, yd, ys, nblk, f16, lane):
     if kind == D.TYPE_Q4_0:
-        return _dot_q4_0(a, ao, bu, bi, bo, nblk, f16, lane)
+        return _dot_q4_0(a, ao, yq, yd, ys, nblk, f16, lane)
     if kind == D.TYPE_Q4_1:
-        return _dot_q4_1(a, ao, bu, bi, bo, nblk, f16, lane)
+        return _dot_q4_1(a, ao, yq, yd, ys, nblk, f16, lane)
     if kind == D.TYPE_Q5_0:
-        return _dot_q5_0(a, ao, bu, bi, bo, nblk, f16, lane)
+        return _dot_q5_0(a, ao, yq, yd, ys, nblk, f16, lane)
     if kind == D.TYPE_Q5_1:
-        return _dot_q5_1(a, ao, bu, bi, bo, nblk, f16, lane)
+        return _dot_q5_1(a, ao, yq, yd, ys, nblk, f16, lane)
     if kind == D.TYPE_Q8_0:
-        return _dot_q8_0(a, ai, ao, bu, bi, bo, nblk, f16, lane)
+        return _dot_q8_0(a, ai, ao, yq, yd, nblk, f16, lane)
     if kind == D.TYPE_Q4_K:
-        return _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, lane, False)
+        return _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, False)
     if kind == D.TYPE_Q5_K:
-        return _dot_qk4(a, ao, bi, b16, bf, bo, nblk, f16, lane, True)
-    return _dot_q6_k(a, ai, ao, bi, bf, bo, nblk, f16, lane)
+        return _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, True)
+    return _dot_q6_k(a, ai, ao, yq, yd, nblk, f16, lane)
 
 
 # src0 rows per parallel task: one scratch allocation per task, enough tasks for the threads
 ROWS_PER_TASK = 16
 
 
+@numba.njit(**JIT_OPTIONS)
+def _rows(dst, i3, i2, m0, m1, a, ai, ao0, a_nb1, yq, yd, ys, kind, nblk, f16):
+    """dst[i3, i2, :, m0:m1]. A function of its own (not inlined): inside a parallel loop Numba
+    would compile these inner loops without vectorising them."""
+    lane = np.empty(LANES, np.float32)
+    n2, n1 = dst.shape[1], dst.shape[2]
+    for m in range(m0, m1):
+        ao = ao0 + m * a_nb1
+        for n in range(n1):
+            r = (i3 * n2 + i2) * n1 + n
+            dst[i3, i2, n, m] = _vec_dot(kind, a, ai, ao, yq[r], yd[r], ys[r], nblk, f16, lane)
+
+
 @kernel
-def mul_mat_q(dst, a, ai, a_nb1, a_nb2, a_nb3, a3, a2, bu, bi, b16, bf, b_row, kind, nblk, f16):
+def mul_mat_q(dst, a, ai, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, kind, nblk, f16):
     """dst[i3, i2, n, m] = vec_dot(src0 row (i3 // r3, i2 // r2, m), quantized src1 row (i3, i2, n)).
 
     a / ai: src0's bytes from its first one, as uint8 / int8, rows a_nb1 apart (ggml's nb);
-    bu / bi / b16 / bf: the quantized src1 (packed rows of b_row bytes) as uint8 / int8 / int16 /
-    float32; kind: src0's ggml type; nblk: blocks per row. Parallel over chunks of src0 rows."""
+    yq / yd / ys: src1 quantized to the vec_dot type and split (rows in dst order: quants as
+    float32, block scales, block sums); kind: src0's ggml type; nblk: blocks per row. Parallel
+    over chunks of src0 rows."""
     n3, n2, n1, m_rows = dst.shape
     r3 = n3 // a3
     r2 = n2 // a2
@@ -245,12 +260,8 @@ def mul_mat_q(dst, a, ai, a_nb1, a_nb2, a_nb3, a3, a2, bu, bi, b16, bf, b_row, k
         i3 = task // (n2 * n_chunks)
         i2 = (task // n_chunks) % n2
         m0 = (task % n_chunks) * ROWS_PER_TASK
-        lane = np.empty(LANES, np.float32)
-        for m in range(m0, min(m0 + ROWS_PER_TASK, m_rows)):
-            ao = (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2 + m * a_nb1
-            for n in range(n1):
-                bo = ((i3 * n2 + i2) * n1 + n) * b_row
-                dst[i3, i2, n, m] = _vec_dot(kind, a, ai, ao, bu, bi, b16, bf, bo, nblk, f16, lane)
+        _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, ai, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
+              a_nb1, yq, yd, ys, kind, nblk, f16)
 
 
 def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
@@ -258,16 +269,29 @@ def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,))
 
 
+def _split_src1(b: np.ndarray, vec_dot_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """src1 rows quantized with ggml's quantizer for `vec_dot_type`, then split into float32
+    (quants (rows, K), block scales (rows, blocks), block / 16-element sums): exact values."""
+    k = b.shape[-1]
+    blocks = quants.quantize(np.ascontiguousarray(b, F32).reshape(-1, k), vec_dot_type)
+    rec = blocks.reshape(-1).view(D.BLOCK_DTYPES[vec_dot_type]).reshape(blocks.shape[0], -1)
+    yq = rec["qs"].astype(F32).reshape(blocks.shape[0], k)
+    yd = rec["d"].astype(F32)
+    if vec_dot_type == D.TYPE_Q8_1:
+        ys = rec["s"].astype(F32)
+    elif vec_dot_type == D.TYPE_Q8_K:
+        ys = rec["bsums"].astype(F32).reshape(blocks.shape[0], -1)
+    else:
+        ys = yd
+    return yq, np.ascontiguousarray(yd), np.ascontiguousarray(ys)
+
+
 def _mul_mat(node, build, dst, a_raw, b):
     a = node.src[0]
-    bq = quants.quantize(np.ascontiguousarray(b, F32), D.VEC_DOT_TYPE[a.type])
-    flat = bq.reshape(-1)
-    if flat.size % 4:  # Q8_0/Q8_1 rows of odd block counts: pad so the int16/f32 views exist
-        flat = np.concatenate([flat, np.zeros(4 - flat.size % 4, np.uint8)])
+    yq, yd, ys = _split_src1(b, D.VEC_DOT_TYPE[a.type])
     a_bytes = _flat_bytes(a_raw, nbytes(a)) if nbytes(a) else np.zeros(1, np.uint8)
     getattr(mul_mat_q, build)(dst, a_bytes, a_bytes.view(np.int8), a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2],
-                              flat, flat.view(np.int8), flat.view(np.int16), flat.view(np.float32), bq.shape[-1],
-                              a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
+                              yq, yd, ys, a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
 
 
 def _mul_mat_supports(node):
