@@ -220,3 +220,35 @@ def test_cuda_refuses_quantized_nodes_so_the_scheduler_keeps_them_on_the_cpu():
     mm = ctx.mul_mat(ctx.new_tensor_2d(mg.TYPE_Q8_0, 64, 2), ctx.new_tensor_2d(mg.TYPE_F32, 64, 1))
     ok, reason = cuda.supports_op(mm)
     assert not ok and "q8_0" in reason
+
+
+@pytest.mark.parametrize("type_", STORAGE, ids=[D.type_name(t) for t in STORAGE])
+def test_cpu_dequantize_kernel_is_the_reference_bit_for_bit(type_):
+    """GET_ROWS and CPY to f32 dequantize with a Numba kernel: the same floats as ggml's
+    dequantize_row_* (the reference, itself checked against ggml's to_float)."""
+    x = _rows(type_, n_rows=5, blocks=2)
+    ctx = mg.Context()
+    a = ctx.from_numpy(x.reshape(1, 5, -1), type_)
+    rows = ctx.get_rows(a, ctx.from_numpy(np.array([4, 0, 2], np.int32)))
+    back = ctx.cpy(ctx.view_2d(a, a.ne[0], 2, a.nb[1], a.nb[1]), ctx.new_tensor_2d(mg.TYPE_F32, a.ne[0], 2))
+    gf = mg.Graph()
+    gf.build_forward_expand(rows)
+    gf.build_forward_expand(back)
+    CPU.graph_compute(gf)
+    ref = quants.dequantize(quants.quantize(x, type_), type_)
+    np.testing.assert_array_equal(rows.numpy(), ref[[4, 0, 2]])
+    np.testing.assert_array_equal(back.numpy(), ref[1:3])
+
+
+def test_graph_files_keep_quantized_leaves(tmp_path):
+    ctx = mg.Context()
+    a = ctx.from_numpy(_rows(D.TYPE_Q4_K, blocks=1), mg.TYPE_Q4_K).set_name("w")
+    out = ctx.mul_mat(a, ctx.from_numpy(np.ones((1, 256), np.float32)).set_name("x"))
+    gf = _compute(out)
+    mg.save_graph(gf, tmp_path / "g.json")
+    g2 = mg.load_graph(tmp_path / "g.json")
+    CPU.graph_compute(g2)
+    leaf = next(t for t in g2.leafs if t.name == "w")
+    assert leaf.type == mg.TYPE_Q4_K
+    np.testing.assert_array_equal(leaf.numpy(copy=False), a.numpy(copy=False))
+    np.testing.assert_array_equal(g2.nodes[-1].numpy(), out.numpy())

@@ -9,8 +9,9 @@ nb, and every other tensor as float32 (I32/I64 indices as themselves).
 MUL_MAT follows ggml's CPU backend: each src1 row is quantized to src0's vec_dot type (Q8_0,
 Q8_1 or Q8_K, with ggml's quantizer) and every result element is a dot product of the integer
 quants, scaled per block (the `ggml_vec_dot_*_q8_*` kernels); a Numba kernel runs it over src0
-rows in parallel. The copies quantize and dequantize with the numpy reference
-(minigraph.core.quants), which is ggml's code step for step, vectorised over blocks.
+rows in parallel. GET_ROWS and CPY to f32 dequantize rows with a Numba kernel (ggml's
+dequantize_row_* step for step: the same floats); CPY to a quantized type and SET_ROWS quantize
+with the numpy reference (minigraph.core.quants: ggml's quantizers, vectorised over blocks).
 """
 from __future__ import annotations
 
@@ -303,6 +304,100 @@ def _mul_mat_supports(node):
     return None
 
 
+# -- dequantizing rows (GET_ROWS, CPY to f32): dequantize_row_* step for step, so the values are
+# ggml's bit for bit (one float32 multiply, then the min, per element) --------------------------
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dq_row(kind, a, ai, ao, out, nblk, f16):
+    """Dequantize the nblk blocks at byte ao of a (ai: the same bytes as int8) into out."""
+    for i in range(nblk):
+        if kind == D.TYPE_Q8_0:
+            xa = ao + i * 34
+            d = _h(a, xa, f16)
+            for j in range(32):
+                out[32 * i + j] = F32(ai[xa + 2 + j]) * d
+        elif kind == D.TYPE_Q4_0 or kind == D.TYPE_Q4_1:
+            xa = ao + i * (18 if kind == D.TYPE_Q4_0 else 20)
+            qs = xa + (2 if kind == D.TYPE_Q4_0 else 4)
+            d = _h(a, xa, f16)
+            for j in range(16):
+                v = a[qs + j]
+                if kind == D.TYPE_Q4_0:
+                    out[32 * i + j] = (F32(v & U15) - F8) * d
+                    out[32 * i + 16 + j] = (F32(v >> U4) - F8) * d
+                else:
+                    m = _h(a, xa + 2, f16)
+                    out[32 * i + j] = F32(v & U15) * d + m
+                    out[32 * i + 16 + j] = F32(v >> U4) * d + m
+        elif kind == D.TYPE_Q5_0 or kind == D.TYPE_Q5_1:
+            one = kind == D.TYPE_Q5_1
+            xa = ao + i * (24 if one else 22)
+            qh = xa + (4 if one else 2)
+            d = _h(a, xa, f16)
+            m = _h(a, xa + 2, f16) if one else F32(0.0)
+            for j in range(16):
+                v = a[qh + 4 + j]
+                h0 = F32((a[qh + (j >> 3)] >> (j & 7)) & 1) * F16
+                h1 = F32((a[qh + 2 + (j >> 3)] >> (j & 7)) & 1) * F16
+                if one:
+                    out[32 * i + j] = (F32(v & U15) + h0) * d + m
+                    out[32 * i + 16 + j] = (F32(v >> U4) + h1) * d + m
+                else:
+                    out[32 * i + j] = (F32(v & U15) + h0 - F16) * d
+                    out[32 * i + 16 + j] = (F32(v >> U4) + h1 - F16) * d
+        elif kind == D.TYPE_Q4_K or kind == D.TYPE_Q5_K:
+            five = kind == D.TYPE_Q5_K
+            xa = ao + i * (176 if five else 144)
+            d = _h(a, xa, f16)
+            dmin = _h(a, xa + 2, f16)
+            for g in range(8):
+                sc, mn = _scale_min_k4(a, xa + 4, g)
+                d1 = d * sc
+                m1 = dmin * mn
+                q = xa + (48 if five else 16) + 32 * (g // 2)
+                shift = 4 * (g % 2)
+                for j in range(32):
+                    v = F32((a[q + j] >> shift) & 15)
+                    if five:
+                        v += F32((a[xa + 16 + j] >> g) & 1) * F16
+                    out[256 * i + 32 * g + j] = d1 * v - m1
+        else:  # Q6_K
+            xa = ao + i * 210
+            d = _h(a, xa + 208, f16)
+            for h in range(2):
+                for quarter in range(4):
+                    lo = xa + 64 * h + 32 * (quarter % 2)
+                    shift = 4 * (quarter // 2)
+                    for j in range(32):
+                        q = F32(((a[lo + j] >> shift) & 15) | (((a[xa + 128 + 32 * h + j] >> (2 * quarter)) & 3) << 4)) - F32(32.0)
+                        sc = F32(ai[xa + 192 + 8 * h + 2 * quarter + j // 16])
+                        out[256 * i + 128 * h + 32 * quarter + j] = d * sc * q
+
+
+@kernel
+def dequantize_rows(out, a, ai, offs, kind, nblk, f16):
+    """out[r, :] = the dequantized row at byte offs[r] of a (rows in parallel)."""
+    for r in prange(out.shape[0]):
+        _dq_row(kind, a, ai, offs[r], out[r], nblk, f16)
+
+
+def _dequantize(node, build, raw: np.ndarray, type_: int, offs: np.ndarray) -> np.ndarray:
+    """Rows of a quantized tensor's raw view (byte offsets from its first byte) as float32."""
+    k = raw.shape[-1] // D.type_size(type_) * D.blck_size(type_)
+    out = np.empty((len(offs), k), F32)
+    span = int(offs.max()) + raw.shape[-1] if len(offs) else 1
+    a = _flat_bytes(raw, span)
+    getattr(dequantize_rows, build)(out, a, a.view(np.int8), offs.astype(np.int64), type_,
+                                    k // D.blck_size(type_), F16_TABLE)
+    return out
+
+
+def _row_offsets(raw: np.ndarray, i3, i2, i1) -> np.ndarray:
+    """Byte offsets (from raw's first byte) of rows (i3, i2, i1) of a raw (ne3, ne2, ne1, bytes) view."""
+    s3, s2, s1, _ = raw.strides
+    return (np.asarray(i3) * s3 + np.asarray(i2) * s2 + np.asarray(i1) * s1).reshape(-1)
+
+
 # -- copies ------------------------------------------------------------------------------------
 
 def _cpy(node, build, dst, a, b):
@@ -311,7 +406,9 @@ def _cpy(node, build, dst, a, b):
         rows = np.ascontiguousarray(a, F32).reshape(node.ne[3], node.ne[2], node.ne[1], node.ne[0])
         dst[...] = quants.quantize(rows, node.type)
     else:  # quantized -> f32 / f16 (dst is an f32 array here)
-        vals = D.to_float(np.ascontiguousarray(a), src.type)
+        n3, n2, n1 = a.shape[:3]
+        i3, i2, i1 = np.meshgrid(np.arange(n3), np.arange(n2), np.arange(n1), indexing="ij")
+        vals = _dequantize(node, build, a, src.type, _row_offsets(a, i3, i2, i1))
         dst[...] = vals.reshape(dst.shape)
 
 
@@ -337,7 +434,8 @@ def _get_rows(node, build, dst, a_raw, idx):
     _check_rows("GET_ROWS", node, ix, a1)
     i3 = (np.arange(ix.shape[0]) % a3)[:, None, None]
     i2 = (np.arange(ix.shape[1]) % a2)[None, :, None]
-    dst[...] = D.to_float(a_raw[i3, i2, ix], node.src[0].type)
+    offs = _row_offsets(a_raw, *np.broadcast_arrays(i3, i2, ix))
+    dst[...] = _dequantize(node, build, a_raw, node.src[0].type, offs).reshape(dst.shape)
 
 
 def _get_rows_supports(node):
