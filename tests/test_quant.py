@@ -252,3 +252,16 @@ def test_graph_files_keep_quantized_leaves(tmp_path):
     assert leaf.type == mg.TYPE_Q4_K
     np.testing.assert_array_equal(leaf.numpy(copy=False), a.numpy(copy=False))
     np.testing.assert_array_equal(g2.nodes[-1].numpy(), out.numpy())
+
+
+@pytest.mark.parametrize("type_", [D.TYPE_Q8_0, D.TYPE_Q4_0], ids=["q8_0", "q4_0"])
+def test_cpu_cache_quantizer_is_the_reference_byte_for_byte(type_):
+    """CPY into a Q8_0/Q4_0 tensor quantizes with a Numba kernel: ggml's bytes, also where the
+    float16 scale is subnormal (1e-7 rows) and where x * id lands on a half (integer rows)."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([_rows(type_, blocks=4, seed=6), (rng.standard_normal((3, 128)) * 1e-7),
+                        rng.integers(-127, 128, (2, 128)) / 2.0]).astype(np.float32)
+    ctx = mg.Context()
+    q = ctx.cpy(ctx.from_numpy(x), ctx.new_tensor_2d(type_, 128, len(x)))
+    _compute(q)
+    np.testing.assert_array_equal(q.numpy(copy=False), quants.quantize(x, type_))

@@ -10,8 +10,9 @@ MUL_MAT follows ggml's CPU backend: each src1 row is quantized to src0's vec_dot
 Q8_1 or Q8_K, with ggml's quantizer) and every result element is a dot product of the integer
 quants, scaled per block (the `ggml_vec_dot_*_q8_*` kernels); a Numba kernel runs it over src0
 rows in parallel. GET_ROWS and CPY to f32 dequantize rows with a Numba kernel (ggml's
-dequantize_row_* step for step: the same floats); CPY to a quantized type and SET_ROWS quantize
-with the numpy reference (minigraph.core.quants: ggml's quantizers, vectorised over blocks).
+dequantize_row_* step for step: the same floats). CPY to Q8_0/Q4_0 and SET_ROWS into a Q8_0/Q4_0
+cache quantize with a Numba kernel (the reference quantizer step for step: the same bytes);
+other types quantize with the numpy reference (minigraph.core.quants).
 """
 from __future__ import annotations
 
@@ -398,13 +399,111 @@ def _row_offsets(raw: np.ndarray, i3, i2, i1) -> np.ndarray:
     return (np.asarray(i3) * s3 + np.asarray(i2) * s2 + np.asarray(i1) * s1).reshape(-1)
 
 
+# -- quantizing rows into a Q8_0 / Q4_0 cache (CPY, SET_ROWS): quantize_row_q8_0_ref and
+# quantize_row_q4_0_ref step for step, so the bytes are ggml's -------------------------------------
+
+NUMBA_QUANTIZE = (D.TYPE_Q8_0, D.TYPE_Q4_0)   # the other types quantize with minigraph.core.quants
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _f16_bits(f, scratch):
+    """GGML_FP32_TO_FP16: float32 -> IEEE half bits, round to nearest even (subnormals, inf, NaN)."""
+    scratch[0] = f
+    u = np.int64(scratch.view(np.uint32)[0])
+    sign = (u >> 16) & 0x8000
+    e = (u >> 23) & 0xFF
+    m = u & 0x7FFFFF
+    if e == 0xFF:
+        return sign | 0x7C00 | (0x200 if m else 0)
+    e16 = e - 112           # e - 127 + 15
+    if e16 >= 31:
+        return sign | 0x7C00
+    if e16 <= 0:            # a half subnormal (or zero): units of 2^-24
+        if e16 < -10:
+            return sign
+        m = m | 0x800000
+        shift = 14 - e16
+        r = m >> shift
+        rem = m & ((1 << shift) - 1)
+        half = 1 << (shift - 1)
+        if rem > half or (rem == half and (r & 1)):
+            r += 1
+        return sign | r
+    r = (e16 << 10) | (m >> 13)
+    rem = m & 0x1FFF
+    if rem > 0x1000 or (rem == 0x1000 and (r & 1)):
+        r += 1              # a carry into the exponent is right (up to inf)
+    return sign | r
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _put_f16(out, off, bits):
+    out[off] = np.uint8(bits & 0xFF)
+    out[off + 1] = np.uint8(bits >> 8)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _q_row(kind, x, out, nblk, scratch):
+    """One row x (nblk blocks) into out (its bytes)."""
+    for i in range(nblk):
+        xb = x[32 * i: 32 * i + 32]
+        if kind == D.TYPE_Q8_0:
+            amax = F32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(xb[j]))
+            d = amax / F32(127.0)
+            idv = F32(1.0) / d if d != 0 else F32(0.0)
+            o = 34 * i
+            _put_f16(out, o, _f16_bits(d, scratch))
+            for j in range(32):
+                v = xb[j] * idv
+                r = np.trunc(v)
+                if abs(v - r) >= F32(0.5):       # roundf: halves away from zero
+                    r += F32(1.0) if v > 0 else F32(-1.0)
+                out[o + 2 + j] = np.uint8(np.int64(r) & 0xFF)
+        else:  # Q4_0
+            amax = F32(0.0)
+            mx = F32(0.0)
+            for j in range(32):
+                if amax < abs(xb[j]):
+                    amax = abs(xb[j])
+                    mx = xb[j]
+            d = mx / F32(-8.0)
+            idv = F32(1.0) / d if d != 0 else F32(0.0)
+            o = 18 * i
+            _put_f16(out, o, _f16_bits(d, scratch))
+            for j in range(16):
+                q0 = min(15, np.int64(xb[j] * idv + F32(8.5)))
+                q1 = min(15, np.int64(xb[16 + j] * idv + F32(8.5)))
+                out[o + 2 + j] = np.uint8(q0 | (q1 << 4))
+
+
+@kernel
+def quantize_rows(out, x, kind, nblk):
+    """out[r] = row x[r] quantized to `kind` (Q8_0 or Q4_0) as ggml's reference quantizer does."""
+    for r in prange(x.shape[0]):
+        scratch = np.empty(1, np.float32)
+        _q_row(kind, x[r], out[r], nblk, scratch)
+
+
+def _quantize(build, rows: np.ndarray, type_: int) -> np.ndarray:
+    """Rows (..., ne0) f32 -> raw blocks (..., row bytes): Numba for Q8_0/Q4_0, else the reference."""
+    if type_ not in NUMBA_QUANTIZE:
+        return quants.quantize(rows, type_)
+    k = rows.shape[-1]
+    flat = np.ascontiguousarray(rows, F32).reshape(-1, k)
+    out = np.empty((flat.shape[0], k // 32 * D.type_size(type_)), np.uint8)
+    getattr(quantize_rows, build)(out, flat, type_, k // 32)
+    return out.reshape(*rows.shape[:-1], -1)
+
+
 # -- copies ------------------------------------------------------------------------------------
 
 def _cpy(node, build, dst, a, b):
     src = node.src[0]
     if D.is_quantized(node.type):  # f32 -> quantized: dst's rows from a's elements in logical order
         rows = np.ascontiguousarray(a, F32).reshape(node.ne[3], node.ne[2], node.ne[1], node.ne[0])
-        dst[...] = quants.quantize(rows, node.type)
+        dst[...] = _quantize(build, rows, node.type)
     else:  # quantized -> f32 / f16 (dst is an f32 array here)
         n3, n2, n1 = a.shape[:3]
         i3, i2, i1 = np.meshgrid(np.arange(n3), np.arange(n2), np.arange(n1), indexing="ij")
@@ -449,7 +548,7 @@ def _set_rows(node, build, dst, b, idx, a):
     n_rows = dst.shape[2]
     ix = np.asarray(idx[0]).astype(np.int64)  # (ne12, ne11, n)
     _check_rows("SET_ROWS", node, ix, n_rows)
-    bq = quants.quantize(np.ascontiguousarray(b, F32), node.type)
+    bq = _quantize(build, np.ascontiguousarray(b, F32), node.type)
     for i3 in range(bq.shape[0]):
         for i2 in range(bq.shape[1]):
             rows = ix[i3 % ix.shape[0], i2 % ix.shape[1]]
