@@ -41,6 +41,11 @@ def _quant_rows_view(ctx: Any, rng: np.random.Generator, k: int, m: int, ne2: in
     return ctx.view_3d(big, k, m, ne2, big.nb[1], big.nb[2], big.nb[1])
 
 
+def _distinct_rows(rng: np.random.Generator, n_rows: int, n: int, planes: int) -> np.ndarray:
+    """I64 indices [n, planes]: n distinct rows per plane (a repeated index would race in ggml)."""
+    return np.stack([rng.permutation(n_rows)[:n] for _ in range(planes)]).astype(np.int64)
+
+
 def _cases() -> Iterator[Case]:
     for t in STORAGE_TYPES:
         name = dtypes.type_name(t)
@@ -51,7 +56,8 @@ def _cases() -> Iterator[Case]:
                        lambda c, r, t=t, k=k, L=layout: c.cpy(make_input(c, r, [k, 3, 2], L),
                                                                c.new_tensor_3d(t, k, 3, 2)))
         yield Case("CPY", f"type_src={name},type_dst=f32,ne=[{k},3,2,1]",
-                   lambda c, r, t=t, k=k: c.cpy(quant_input(c, r, [k, 3, 2], t), c.new_tensor_3d(dtypes.TYPE_F32, k, 3, 2)))
+                   lambda c, r, t=t, k=k: c.cpy(quant_input(c, r, [k, 3, 2], t),
+                                                c.new_tensor_3d(dtypes.TYPE_F32, k, 3, 2)))
         yield Case("GET_ROWS", f"type={name},ne=[{k},10,2,1],rows=5",
                    lambda c, r, t=t, k=k: c.get_rows(quant_input(c, r, [k, 10, 2], t),
                                                      c.from_numpy(r.integers(0, 10, size=(2, 5)).astype(np.int32))))
@@ -67,7 +73,7 @@ def _cases() -> Iterator[Case]:
         name = dtypes.type_name(t)
         yield Case("SET_ROWS", f"type={name},ne=[64,10,2,1],n=3,idx=i64",
                    lambda c, r, t=t: c.set_rows(quant_input(c, r, [64, 10, 2], t), make_input(c, r, [64, 3, 2]),
-                                                c.from_numpy(np.stack([r.permutation(10)[:3] for _ in range(2)]).astype(np.int64))))
+                                                c.from_numpy(_distinct_rows(r, 10, 3, 2))))
 
 
 CASES.extend(_cases())

@@ -168,7 +168,8 @@ def test_cpy_quantizes_in_logical_order_and_back():
     back = ctx.cpy(q, ctx.new_tensor_3d(mg.TYPE_F16, 64, 3, 2))
     _compute(back)
     np.testing.assert_array_equal(q.numpy(copy=False), quants.quantize(x, D.TYPE_Q4_0))
-    np.testing.assert_array_equal(back.numpy(), quants.dequantize(quants.quantize(x, D.TYPE_Q4_0), D.TYPE_Q4_0).astype(np.float16))
+    q4 = quants.dequantize(quants.quantize(x, D.TYPE_Q4_0), D.TYPE_Q4_0)
+    np.testing.assert_array_equal(back.numpy(), q4.astype(np.float16))
 
 
 def test_get_rows_dequantizes_and_refuses_bad_indices():

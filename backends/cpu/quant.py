@@ -370,7 +370,8 @@ def _dq_row(kind, a, ai, ao, out, nblk, f16):
                     lo = xa + 64 * h + 32 * (quarter % 2)
                     shift = 4 * (quarter // 2)
                     for j in range(32):
-                        q = F32(((a[lo + j] >> shift) & 15) | (((a[xa + 128 + 32 * h + j] >> (2 * quarter)) & 3) << 4)) - F32(32.0)
+                        hi = (a[xa + 128 + 32 * h + j] >> (2 * quarter)) & 3
+                        q = F32(((a[lo + j] >> shift) & 15) | (hi << 4)) - F32(32.0)
                         sc = F32(ai[xa + 192 + 8 * h + 2 * quarter + j // 16])
                         out[256 * i + 128 * h + 32 * quarter + j] = d * sc * q
 

@@ -17,7 +17,6 @@ from minigraph.core.errors import TYPE_NAMES, MinigraphError
 
 TYPE_F32 = 0
 TYPE_F16 = 1
-
 TYPE_I32 = 26
 TYPE_I64 = 27
 TYPE_BF16 = 30

@@ -18,6 +18,7 @@ from minigraph.core.errors import MinigraphError
 
 F = np.float32
 GROUP_MAX_EPS = F(1e-15)
+K_SCALE_BYTES = D.K_SCALE_SIZE
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -220,8 +221,6 @@ def _pack_scale_min_k4(ls, lm):
     s[:, 4:8] |= (lm[:, 4:8] >> 4) << 6
     return s
 
-
-K_SCALE_BYTES = D.K_SCALE_SIZE
 
 
 def scale_min_k4(s):
