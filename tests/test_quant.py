@@ -266,3 +266,26 @@ def test_cpu_cache_quantizer_is_the_reference_byte_for_byte(type_):
     q = ctx.cpy(ctx.from_numpy(x), ctx.new_tensor_2d(type_, 128, len(x)))
     _compute(q)
     np.testing.assert_array_equal(q.numpy(copy=False), quants.quantize(x, type_))
+
+
+def test_scheduler_keeps_quantized_mul_mat_on_the_cpu_next_to_cuda():
+    """With CUDA first (simulated here), the quantized MUL_MAT falls back to the CPU (CUDA
+    refuses it with a reason) and the f32 node after it still runs on CUDA."""
+    pytest.importorskip("numba.cuda")
+    try:
+        cuda = mg.backend_cuda_init(0)
+    except Exception as e:  # noqa: BLE001  (no device and no simulator)
+        pytest.skip(f"no CUDA backend here: {e}")
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    ctx = mg.Context()
+    mm = ctx.mul_mat(ctx.from_numpy(w, mg.TYPE_Q8_0), ctx.from_numpy(np.ones((1, 64), np.float32)))
+    out = ctx.scale(mm, 0.5)
+    gf = mg.Graph()
+    gf.build_forward_expand(out)
+    sched = mg.backend_sched_new([cuda, CPU])
+    sched.graph_compute(gf)
+    assert sched.get_tensor_backend(mm) is CPU and sched.get_tensor_backend(out) is cuda
+    wq = quants.dequantize(quants.quantize(w, D.TYPE_Q8_0), D.TYPE_Q8_0).astype(np.float64)
+    xq = quants.dequantize(quants.quantize(np.ones((1, 64), np.float32), D.TYPE_Q8_0), D.TYPE_Q8_0)[0]
+    np.testing.assert_allclose(out.numpy().reshape(-1), 0.5 * (wq @ xq), rtol=1e-6)
