@@ -32,9 +32,14 @@ class ReferenceResult:
     def view4(self, t: Tensor) -> np.ndarray:
         """(ne3, ne2, ne1, ne0) float64 view of t inside its root's memory."""
         flat = self.flat(t)
-        ts = dtypes.type_size(t.type)
-        offs = t.view_offs // ts if t.view_src is not None else 0
-        strides = tuple(s // ts * 8 for s in reversed(t.nb))
+        ts, blck = dtypes.type_size(t.type), dtypes.blck_size(t.type)
+        offs = t.view_offs // ts * blck if t.view_src is not None else 0
+        # a quantized root is held as its dequantized elements, block after block: a block's
+        # elements sit next to each other, so nb0 (the block's bytes) steps one element
+        steps = [s // ts * blck for s in t.nb]
+        if blck > 1:
+            steps[0] = 1
+        strides = tuple(8 * s for s in reversed(steps))
         return np.lib.stride_tricks.as_strided(flat[offs:], shape=tuple(reversed(t.ne)), strides=strides)
 
     def __getitem__(self, t: Tensor) -> np.ndarray:
@@ -44,10 +49,14 @@ class ReferenceResult:
 
 
 def _root_memory(root: Tensor) -> np.ndarray:
-    n_elem = -(-extent_bytes(root.type, root.ne, root.nb) // dtypes.type_size(root.type))
+    ts, blck = dtypes.type_size(root.type), dtypes.blck_size(root.type)
+    n_elem = -(-extent_bytes(root.type, root.ne, root.nb) // ts) * blck
     buf = root._buf
     if buf is None:
         return np.zeros(n_elem)
+    if blck > 1:  # quantized: every block of the root's extent, dequantized in order
+        raw = buf.data[root._offs:root._offs + n_elem // blck * ts] if buf.is_host else root.numpy(copy=False)
+        return dtypes.to_float(np.asarray(raw).reshape(-1), root.type).astype(np.float64)
     if buf.is_host:
         raw = buf.data[root._offs:].view(dtypes.storage_dtype(root.type))[:n_elem]
         return dtypes.to_float(raw, root.type).astype(np.float64)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from minigraph.core import dtypes
+from minigraph.core import dtypes, quants
 from minigraph.core.errors import expect, fail
 from minigraph.core.tensor import Tensor, can_repeat, contiguous_strides, is_contiguous, nelements
 
@@ -40,8 +40,11 @@ TRANSPOSE = register(OpDef("TRANSPOSE", "layout", None, is_view=True, flops=NONE
 
 def _logical_copy(node, a, *rest):
     """Copy a's elements in logical row-major order into the node's shape (CONT, DUP, CPY);
-    an i32 destination truncates like a C cast."""
+    an i32 destination truncates like a C cast; a quantized one holds its rows quantized (ggml's
+    reference quantizer) and dequantized again."""
     out = a.reshape(tuple(reversed(node.ne)))
+    if dtypes.is_quantized(node.type):
+        return quants.roundtrip(out, node.type)
     return np.trunc(out) if node.type == dtypes.TYPE_I32 else out
 
 
@@ -100,6 +103,11 @@ def _view(ctx, a: Tensor, ne: Sequence[int], nb1: int, nb2: int, nb3: int, offse
     nbs = [ts, check_int(name, "nb1", nb1), check_int(name, "nb2", nb2), check_int(name, "nb3", nb3)]
     offset = check_int(name, "offset", offset)
     expect(all(n >= 0 for n in ne), name, f"negative size in ne={ne}", a)
+    if dtypes.is_quantized(a.type):
+        blck = dtypes.blck_size(a.type)
+        expect(ne[0] % blck == 0 and offset >= 0 and offset % ts == 0 and all(s >= 0 and s % ts == 0 for s in nbs),
+               name, f"a view of {dtypes.type_name(a.type)} data must not split its blocks ({blck} elements, {ts} "
+               f"bytes): ne0 = {ne[0]}, offset {offset} and strides {nbs[1:]} must be whole blocks", a)
     expect(offset >= 0 and offset % ts == 0 and all(s >= 0 and s % ts == 0 for s in nbs), name,
            f"offset {offset} and strides {nbs} must be non-negative multiples of the element size {ts}", a)
     return ctx.new_node(VIEW, a.type, ne, [a], nb=nbs, view_src=a,
@@ -117,9 +125,11 @@ def view_1d(ctx, a: Tensor, ne0: int, offset: int) -> Tensor:
     offset: start, in bytes from the start of a's memory (a multiple of the element size).
     result: [ne0, 1, 1, 1], a's type, a view of a (view_src = a).
     """
-    ts = dtypes.type_size(getattr(a, "type", F32))
+    type_ = getattr(a, "type", F32)
     ne0 = check_int("view_1d", "ne0", ne0)
-    return _view(ctx, a, [ne0, 1, 1, 1], ts * ne0, ts * ne0, ts * ne0, offset, "view_1d")
+    # a row's bytes (ggml_row_size); a quantized ne0 that splits a block is refused by _view
+    row = dtypes.type_size(type_) * (ne0 // dtypes.blck_size(type_))
+    return _view(ctx, a, [ne0, 1, 1, 1], row, row, row, offset, "view_1d")
 
 
 @builder("view_2d")
@@ -261,6 +271,8 @@ def permute(ctx, a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> T
     check_tensor("permute", a)
     axes = [check_int("permute", f"axis{i}", x) for i, x in enumerate((axis0, axis1, axis2, axis3))]
     expect(sorted(axes) == [0, 1, 2, 3], "permute", f"axes {axes} must be a permutation of 0..3", a)
+    expect(axes[0] == 0 or not dtypes.is_quantized(a.type), "permute", f"{dtypes.type_name(a.type)} blocks run "
+           "along ne0: a permute that moves dim 0 would split them (dequantize with ggml_cpy to f32 first)", a)
     ne, nb = [0] * 4, [0] * 4
     for i, ax in enumerate(axes):
         ne[ax], nb[ax] = a.ne[i], a.nb[i]
@@ -276,6 +288,8 @@ def transpose(ctx, a: Tensor) -> Tensor:
     result: [ne1, ne0, ne2, ne3] with a's nb0 and nb1 swapped, a view of a.
     """
     check_tensor("transpose", a)
+    expect(not dtypes.is_quantized(a.type), "transpose", f"{dtypes.type_name(a.type)} blocks run along ne0: a "
+           "transpose would split them (dequantize with ggml_cpy to f32 first)", a)
     ne = [a.ne[1], a.ne[0], a.ne[2], a.ne[3]]
     nb = [a.nb[1], a.nb[0], a.nb[2], a.nb[3]]
     return ctx.new_node(TRANSPOSE, a.type, ne, [a], nb=nb, view_src=a)
@@ -364,7 +378,9 @@ def cpy(ctx, a: Tensor, b: Tensor) -> Tensor:
 
     Elements go in logical order, so the shapes may differ as long as the counts match; this is
     how ggml writes a KV cache (cpy into a view of it) and changes type (f32 -> f16; to i32
-    truncates toward zero like a C cast). b's values are not read.
+    truncates toward zero like a C cast). b's values are not read. Quantized: f32 -> Q4_0 ... Q8_K
+    quantizes b's rows with ggml's reference quantizer (the bytes ggml_quantize_chunk writes);
+    Q4_0 ... Q8_K -> f32/f16 dequantizes.
 
     a:      [ne00, ne01, ne02, ne03], any type, any strides.
     b:      [ne10, ne11, ne12, ne13] with a's element count, any type, any strides: the destination.
@@ -372,6 +388,11 @@ def cpy(ctx, a: Tensor, b: Tensor) -> Tensor:
     """
     check_tensor("cpy", a, b)
     expect(nelements(a) == nelements(b), "cpy", "source and destination need the same number of elements", a, b)
+    if dtypes.is_quantized(a.type) or dtypes.is_quantized(b.type):
+        expect((a.type == F32 and dtypes.is_quantized(b.type) and b.type != dtypes.TYPE_Q8_1)
+               or (dtypes.is_quantized(a.type) and b.type in (F32, dtypes.TYPE_F16)), "cpy",
+               f"quantized copies go f32 -> quantized (ggml's from_float) or quantized -> f32/f16 (to_float), "
+               f"not {dtypes.type_name(a.type)} -> {dtypes.type_name(b.type)}", a, b)
     return ctx.new_node(CPY, b.type, b.ne, [a, b], nb=b.nb, view_src=b)
 
 
@@ -446,7 +467,7 @@ def get_rows(ctx, a: Tensor, b: Tensor) -> Tensor:
     result[:, j, i2, i3] = a[:, b[j, i2, i3], i2 % a.ne2, i3 % a.ne3] (ne order). Extension: ggml
     asks b.ne1 == a.ne2 and b.ne2 == a.ne3; here a also repeats over them.
 
-    a:      [n, rows, ne2, ne3] f32/f16/bf16 or i32: the table.
+    a:      [n, rows, ne2, ne3] f32/f16/bf16, i32, or quantized (Q4_0 ... Q6_K: rows are dequantized).
     b:      [m, ne12, ne13, 1] i32 row indices in 0..rows-1, with ne12 % ne2 == 0, ne13 % ne3 == 0.
     result: [n, m, ne12, ne13], f32 (i32 when a is i32), contiguous.
     """

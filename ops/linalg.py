@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minigraph.core import dtypes
 from minigraph.core.errors import expect
 from minigraph.core.tensor import Tensor, is_transposed
 
@@ -93,11 +94,21 @@ def mul_mat(ctx, a: Tensor, b: Tensor) -> Tensor:
     of a and a row of b. a repeats over dims 2 and 3 in blocks (result batch i2 reads a's
     batch i2 // (ne12 / ne02)), which is how grouped-query attention shares K and V heads.
 
-    a:      [K, M, ne02, ne03] f32/f16/bf16, not transposed (ggml_cont a transposed view first).
+    a:      [K, M, ne02, ne03] f32/f16/bf16, not transposed (ggml_cont a transposed view first); or
+            quantized (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): then b must be f32, and as
+            on ggml's CPU each b row is quantized to the type's vec_dot type (Q8_0, Q8_1 or Q8_K)
+            before integer dot products over the blocks.
     b:      [K, N, ne12, ne13] f32/f16/bf16 with ne12 % ne02 == 0 and ne13 % ne03 == 0.
     result: [M, N, ne12, ne13] f32; in numpy indexing, per matrix, result[n, m] = sum_k a[m, k] * b[n, k].
     """
-    check_float("mul_mat", a, b)
+    if isinstance(a, Tensor) and dtypes.is_quantized(a.type):
+        check_float("mul_mat", b)
+        expect(a.type not in (dtypes.TYPE_Q8_1, dtypes.TYPE_Q8_K), "mul_mat", f"{dtypes.type_name(a.type)} is a "
+               "dot-product type only (ggml has no vec_dot for it as src0)", a, b)
+        expect(b.type == F32, "mul_mat", f"a quantized src0 ({dtypes.type_name(a.type)}) takes an f32 src1 "
+               f"(ggml quantizes it to {dtypes.type_name(dtypes.VEC_DOT_TYPE[a.type])} for the dot products)", a, b)
+    else:
+        check_float("mul_mat", a, b)
     expect(a.ne[0] == b.ne[0], "mul_mat", "src0 and src1 need the same ne0 (the shared K)", a, b)
     expect(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, "mul_mat",
            "src1's ne2/ne3 must be multiples of src0's", a, b)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigraph.core import dtypes
+from minigraph.core import dtypes, quants
 from minigraph.core.errors import MinigraphError, expect
 from minigraph.core.registry import OpDef, builder, register
 from minigraph.core.tensor import Tensor, nelements
@@ -40,7 +40,14 @@ def _ref_set_rows(node, b, c, a):
     return out
 
 
-SET_ROWS = register(OpDef("SET_ROWS", "rows", _ref_set_rows, flops=lambda n: 0.0,
+def _ref_set_rows_any(node, b, c, a):
+    # a quantized destination holds each written row quantized and dequantized again
+    if dtypes.is_quantized(node.type):
+        b = quants.roundtrip(b, node.type)
+    return _ref_set_rows(node, b, c, a)
+
+
+SET_ROWS = register(OpDef("SET_ROWS", "rows", _ref_set_rows_any, flops=lambda n: 0.0,
                           rebuild=lambda ctx, spec, b, c, a: set_rows(ctx, a, b, c),
                           doc="a[:, c[i], i2, i3] = b[:, i, i2, i3], in place (ggml_set_rows)"))
 
@@ -49,16 +56,19 @@ SET_ROWS = register(OpDef("SET_ROWS", "rows", _ref_set_rows, flops=lambda n: 0.0
 def set_rows(ctx, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """Write b's rows into a at the row indices c, in place: the KV-cache write (ggml_set_rows).
 
-    a:      [ne0, n_rows, ne2, ne3] f32/f16/bf16, the destination (e.g. a K or V cache).
-    b:      [ne0, n, ne2, ne3] f32/f16, the rows to write.
+    a:      [ne0, n_rows, ne2, ne3] f32/f16/bf16 or quantized (a Q8_0 / Q4_0 KV cache), the destination.
+    b:      [ne0, n, ne2, ne3] f32/f16 (f32 into a quantized a: each row is quantized as ggml does).
     c:      [n, ne11, ne12] I32 or I64 row indices into a, with ne2 % ne11 == 0 and ne3 % ne12 == 0
             (broadcast over b's dims 2 and 3); an index outside 0..n_rows-1 is refused at compute.
     result: a view of a (a's ne and nb) whose rows c[i] hold b's rows i.
     """
     check_tensor("set_rows", a, b, c)
-    expect(a.type in dtypes.FLOAT_TYPES, "set_rows", f"destination a must be f32/f16/bf16, got "
-           f"{dtypes.type_name(a.type)}", a, b, c)
+    quant = dtypes.is_quantized(a.type)
+    expect(a.type in dtypes.FLOAT_TYPES or (quant and a.type != dtypes.TYPE_Q8_1), "set_rows",
+           f"destination a must be f32/f16/bf16 or quantized (Q4_0 ... Q8_K), got {dtypes.type_name(a.type)}", a, b, c)
     expect(b.type in (dtypes.TYPE_F32, dtypes.TYPE_F16), "set_rows", "rows b must be f32 or f16", a, b, c)
+    expect(not quant or b.type == dtypes.TYPE_F32, "set_rows", "rows written into a quantized a must be f32 "
+           "(ggml quantizes them with the type's from_float)", a, b, c)
     expect(c.type in dtypes.INT_TYPES, "set_rows", "indices c must be i32 or i64", a, b, c)
     expect(a.ne[0] == b.ne[0] and a.ne[2] == b.ne[2] and a.ne[3] == b.ne[3], "set_rows",
            "a and b must agree in ne0, ne2 and ne3", a, b, c)

@@ -34,7 +34,7 @@ def test_type_enum_values_are_ggmls():
 def test_unknown_type_is_refused():
     ctx = mg.Context()
     with pytest.raises(mg.MinigraphError, match="type"):
-        ctx.new_tensor_1d(2, 4)  # GGML_TYPE_Q4_0: not a minigraph type
+        ctx.new_tensor_1d(4, 4)  # ggml's removed Q4_2 slot: not a minigraph type
 
 
 # -- new tensors: ne, nb, n_dims, nelements, nbytes, row_size -------------------------------------

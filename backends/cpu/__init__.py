@@ -8,3 +8,4 @@ from minigraph.backends.cpu import rope, rows  # noqa: F401
 from minigraph.backends.cpu import gated_delta_net  # noqa: F401
 from minigraph.backends.cpu import fused  # noqa: F401
 from minigraph.backends.cpu import attention  # noqa: F401
+from minigraph.backends.cpu import quant  # noqa: F401

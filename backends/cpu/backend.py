@@ -2,7 +2,8 @@
 
 Nodes whose tensors are all f32 (or i32 where the kernel takes indices) run inside the compiled
 program loop. Others (f16/bf16 data) run one by one from Python, converted to f32 on load and
-back on store, with the very same kernels.
+back on store, with the very same kernels; nodes with a block-quantized tensor run their op's
+quantized path (backends/cpu/quant.py) with that tensor as raw row bytes.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from minigraph.core.buffer import HostBuffer, aligned_zeros, storage_view, tenso
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
-from minigraph.core.registry import OPS, kernels_for
+from minigraph.core.registry import OPS, kernels_for, quant_kernels_for
 from minigraph.core.tensor import Tensor, is_contiguous, nelements
 from minigraph.device.backend import Backend
 from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
@@ -43,6 +44,7 @@ class CpuBackend(Backend):
         self.load_monitor: Optional[LoadMonitor] = None if fixed else LoadMonitor(self.n_threads)
         self.last_threads = self.n_threads        # what the latest compute ran with
         self.kernels = kernels_for("cpu")
+        self.quant_kernels = quant_kernels_for("cpu")
         self._plans = PlanCache()
 
     def __repr__(self) -> str:
@@ -195,10 +197,13 @@ class CpuPlan:
         dst_raw = storage_view(n.root._buf.data, self._locate(n)[1], n.type, n.ne, n.nb)
         converted = n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16)
         dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32) if converted else dst_raw
-        fn = getattr(kern.fn, build)
+        quant = any(t is not None and dtypes.is_quantized(t.type) for t in (n, *n.src))
         try:
-            scale = 4 // dtypes.type_size(n.type) if converted else 1  # byte params of f16 -> f32
-            fn(dst, *arrays, *op.param_values(n, scale), *kern.extra)
+            if quant:  # block-quantized tensors come as raw row bytes (backends/cpu/quant.py)
+                self.backend.quant_kernels[n.op].fn(n, build, dst, *arrays)
+            else:
+                scale = 4 // dtypes.type_size(n.type) if converted else 1  # byte params of f16 -> f32
+                getattr(kern.fn, build)(dst, *arrays, *op.param_values(n, scale), *kern.extra)
         except (IndexError, ValueError, ZeroDivisionError) as e:
             raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
         if converted:

@@ -31,7 +31,9 @@ def extent_bytes(type_: int, ne: Sequence[int], nb: Sequence[int]) -> int:
     """ggml_nbytes: the bytes from the first element to the end of the last one."""
     if any(n <= 0 for n in ne):
         return 0
-    return dtypes.type_size(type_) + sum((n - 1) * s for n, s in zip(ne, nb))
+    # a quantized row is ne0 / blck_size blocks of nb0 bytes (ggml_nbytes' blck_size branch)
+    first = ne[0] // dtypes.blck_size(type_) * nb[0] if dtypes.is_quantized(type_) else dtypes.type_size(type_) + (ne[0] - 1) * nb[0]
+    return first + sum((n - 1) * s for n, s in zip(ne[1:], nb[1:]))
 
 
 def tensor_start(t: Any) -> int:
@@ -52,8 +54,16 @@ def aligned_zeros(nbytes: int, what: str = "buffer") -> np.ndarray:
 
 
 def storage_view(data: np.ndarray, offs: int, type_: int, ne: Sequence[int], nb: Sequence[int]) -> np.ndarray:
-    """A 4-D numpy view (shape (ne3, ne2, ne1, ne0)) of uint8 host memory, byte strides nb."""
+    """A 4-D numpy view (shape (ne3, ne2, ne1, ne0)) of uint8 host memory, byte strides nb.
+
+    Quantized types: the rows' raw bytes, shape (ne3, ne2, ne1, row bytes), strides (nb3, nb2, nb1, 1)."""
     dt = dtypes.storage_dtype(type_)
+    if dtypes.is_quantized(type_):
+        if nb[0] != dtypes.type_size(type_):
+            raise MinigraphError(f"{dtypes.type_name(type_)} tensor ne={list(ne)} nb={list(nb)}: quantized data "
+                                 "needs its blocks contiguous along ne0 (nb0 = block bytes)")
+        ne = (ne[0] // dtypes.blck_size(type_) * nb[0], *ne[1:])
+        nb = (1, *nb[1:])
     shape = tuple(reversed(ne))
     if extent_bytes(type_, ne, nb) == 0:
         return np.zeros(shape, dt)

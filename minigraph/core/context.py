@@ -77,13 +77,18 @@ class Context(OpMethods):
 
         copy=True (ggml's semantics: the data belongs to the context) copies; copy=False wraps a
         C-contiguous, aligned, writeable array as the tensor's memory, so a change to `arr` between
-        two computes changes the result, and a node that writes this tensor writes `arr`."""
+        two computes changes the result, and a node that writes this tensor writes `arr`.
+
+        A quantized `type_` (mg.TYPE_Q4_0, ...): float values are quantized with ggml's reference
+        quantizer; a uint8 array is taken as the raw blocks, numpy shape (..., row bytes)."""
         a = np.asarray(arr)
         if a.dtype == object or a.dtype.kind not in "fiub":
             raise MinigraphError(f"from_numpy: numpy dtype {a.dtype} is not numeric")
         if a.ndim > MAX_DIMS:
             raise MinigraphError(f"from_numpy: ggml tensors have at most 4 dims, got shape {a.shape}")
         t = type_ if type_ is not None else dtypes.type_from_numpy(a.dtype)
+        if dtypes.is_quantized(dtypes.check_type(t, "from_numpy")) and a.dtype == np.uint8:
+            return self._from_block_bytes(a, t, copy)
         ne = list(reversed(a.shape)) or [1]
         if copy:
             return self.new_tensor(t, max(len(ne), 1), ne).set_data(a.reshape(a.shape or (1,)))
@@ -92,6 +97,20 @@ class Context(OpMethods):
                                  f"{dtypes.type_name(t)} ({dtypes.storage_dtype(t)}); convert it or pass copy=True")
         leaf = self.new_tensor(t, max(len(ne), 1), ne)
         leaf._buf, leaf._offs = wrap_host_array(a), 0
+        return leaf
+
+    def _from_block_bytes(self, a: np.ndarray, type_: int, copy: bool) -> Tensor:
+        ts, blck = dtypes.type_size(type_), dtypes.blck_size(type_)
+        if a.ndim == 0 or a.ndim > MAX_DIMS or a.shape[-1] % ts:
+            raise MinigraphError(f"from_numpy: raw {dtypes.type_name(type_)} rows must be whole {ts}-byte blocks "
+                                 f"along the last axis, got shape {a.shape}")
+        ne = [a.shape[-1] // ts * blck] + list(reversed(a.shape[:-1]))
+        leaf = self.new_tensor(type_, len(ne), ne)
+        if copy:
+            leaf.alloc_host()
+            leaf.root._buf.view(leaf)[...] = a.reshape(leaf.root._buf.view(leaf).shape)
+        else:
+            leaf._buf, leaf._offs = wrap_host_array(a), 0
         return leaf
 
     def from_dlpack(self, obj: Any) -> Tensor:

@@ -1,8 +1,18 @@
-"""ggml's element types (same enum values as ggml.h) and their numpy storage."""
+"""ggml's element types (same enum values as ggml.h) and their numpy storage.
+
+Plain types store one element per `type_size` bytes. Block-quantized types (Q4_0 ... Q8_K) store
+`blck_size` consecutive elements of a row (along ne0) in one block of `type_size` bytes, laid out
+exactly as ggml's `block_q*` structs (ggml-common.h); `BLOCK_DTYPES` spells each struct as a numpy
+structured dtype. A quantized tensor has nb[0] = the block's bytes and ne0 a multiple of the
+block length, like ggml's.
+"""
 from __future__ import annotations
 
 import numpy as np
 
+from minigraph.core.blocks import (BLCK as _BLCK, BLOCK_DTYPES, K_SCALE_SIZE, QK, QK_K, QUANT_NAMES,  # noqa: F401
+                                   QUANT_TYPES, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q4_K, TYPE_Q5_0, TYPE_Q5_1,
+                                   TYPE_Q5_K, TYPE_Q6_K, TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, VEC_DOT_TYPE)
 from minigraph.core.errors import TYPE_NAMES, MinigraphError
 
 TYPE_F32 = 0
@@ -11,10 +21,11 @@ TYPE_I32 = 26
 TYPE_I64 = 27
 TYPE_BF16 = 30
 
-# storage dtype of one element; BF16 is kept as its raw 16 bits
+# storage dtype of one element; BF16 is kept as its raw 16 bits; quantized rows as raw bytes
 _STORAGE = {TYPE_F32: np.dtype(np.float32), TYPE_F16: np.dtype(np.float16),
             TYPE_I32: np.dtype(np.int32), TYPE_I64: np.dtype(np.int64), TYPE_BF16: np.dtype(np.uint16)}
-_NAMES = {TYPE_F32: "f32", TYPE_F16: "f16", TYPE_I32: "i32", TYPE_I64: "i64", TYPE_BF16: "bf16"}
+_STORAGE.update({t: np.dtype(np.uint8) for t in QUANT_TYPES})
+_NAMES = {TYPE_F32: "f32", TYPE_F16: "f16", TYPE_I32: "i32", TYPE_I64: "i64", TYPE_BF16: "bf16", **QUANT_NAMES}
 _FROM_NUMPY = {np.dtype(np.float32): TYPE_F32, np.dtype(np.float16): TYPE_F16,
                np.dtype(np.int32): TYPE_I32, np.dtype(np.int64): TYPE_I64}
 FLOAT_TYPES = (TYPE_F32, TYPE_F16, TYPE_BF16)
@@ -29,14 +40,33 @@ def check_type(type_: int, op: str = "new_tensor") -> int:
     return int(type_)
 
 
+def is_quantized(type_: int) -> bool:
+    """ggml_is_quantized: a block type (Q4_0 ... Q8_K)."""
+    return type_ in BLOCK_DTYPES
+
+
+def blck_size(type_: int) -> int:
+    """ggml_blck_size: elements per block (1 for plain types, 32 or 256 for quantized ones)."""
+    return _BLCK.get(check_type(type_), 1)
+
+
 def type_size(type_: int) -> int:
-    """Bytes per element (ggml_type_size; all minigraph types have block size 1)."""
-    return _STORAGE[check_type(type_)].itemsize
+    """ggml_type_size: bytes per block (per element for plain types)."""
+    t = check_type(type_)
+    return BLOCK_DTYPES[t].itemsize if t in BLOCK_DTYPES else _STORAGE[t].itemsize
 
 
 def type_name(type_: int) -> str:
-    """ggml_type_name: "f32", "f16", "bf16", "i32" (ggml's spelling); "type<n>" for an unknown value."""
+    """ggml_type_name: "f32", "f16", "bf16", "i32", "q4_0", "q4_K" (ggml's spelling); "type<n>" if unknown."""
     return _NAMES.get(type_, f"type{type_}")
+
+
+def type_from_name(name: str) -> int:
+    """The type whose ggml name is `name` (case-insensitive: "q4_k" and "Q4_K" both work)."""
+    for t, n in _NAMES.items():
+        if n.lower() == str(name).lower():
+            return t
+    raise MinigraphError(f"unknown ggml type name {name!r} (known: {', '.join(_NAMES.values())})")
 
 
 def storage_dtype(type_: int) -> np.dtype:
@@ -67,7 +97,12 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def to_float(raw: np.ndarray, type_: int) -> np.ndarray:
-    """Storage values -> float32 (I32/I64 stay int32/int64)."""
+    """Storage values -> float32 (I32/I64 stay int32/int64). Quantized: raw row bytes
+    (..., row bytes) -> dequantized rows (..., ne0)."""
+    if type_ in BLOCK_DTYPES:
+        from minigraph.core.quants import dequantize
+
+        return dequantize(raw, type_)
     if type_ == TYPE_BF16:
         return bf16_to_f32(raw)
     if type_ == TYPE_F16:
@@ -76,7 +111,12 @@ def to_float(raw: np.ndarray, type_: int) -> np.ndarray:
 
 
 def from_float(x: np.ndarray, type_: int) -> np.ndarray:
-    """float values -> storage values for `type_`."""
+    """float values -> storage values for `type_` (quantized: rows (..., ne0) -> row bytes,
+    with ggml's reference quantizer)."""
+    if type_ in BLOCK_DTYPES:
+        from minigraph.core.quants import quantize
+
+        return quantize(np.asarray(x, np.float32), type_)
     if type_ == TYPE_BF16:
         return f32_to_bf16(np.asarray(x, dtype=np.float32))
     return np.asarray(x).astype(_STORAGE[type_], copy=False)

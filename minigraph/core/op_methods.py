@@ -160,7 +160,9 @@ class OpMethods:
 
         Elements go in logical order, so the shapes may differ as long as the counts match; this is
         how ggml writes a KV cache (cpy into a view of it) and changes type (f32 -> f16; to i32
-        truncates toward zero like a C cast). b's values are not read.
+        truncates toward zero like a C cast). b's values are not read. Quantized: f32 -> Q4_0 ... Q8_K
+        quantizes b's rows with ggml's reference quantizer (the bytes ggml_quantize_chunk writes);
+        Q4_0 ... Q8_K -> f32/f16 dequantizes.
 
         a:      [ne00, ne01, ne02, ne03], any type, any strides.
         b:      [ne10, ne11, ne12, ne13] with a's element count, any type, any strides: the destination.
@@ -381,7 +383,7 @@ class OpMethods:
         result[:, j, i2, i3] = a[:, b[j, i2, i3], i2 % a.ne2, i3 % a.ne3] (ne order). Extension: ggml
         asks b.ne1 == a.ne2 and b.ne2 == a.ne3; here a also repeats over them.
 
-        a:      [n, rows, ne2, ne3] f32/f16/bf16 or i32: the table.
+        a:      [n, rows, ne2, ne3] f32/f16/bf16, i32, or quantized (Q4_0 ... Q6_K: rows are dequantized).
         b:      [m, ne12, ne13, 1] i32 row indices in 0..rows-1, with ne12 % ne2 == 0, ne13 % ne3 == 0.
         result: [n, m, ne12, ne13], f32 (i32 when a is i32), contiguous.
 
@@ -461,7 +463,10 @@ class OpMethods:
         of a and a row of b. a repeats over dims 2 and 3 in blocks (result batch i2 reads a's
         batch i2 // (ne12 / ne02)), which is how grouped-query attention shares K and V heads.
 
-        a:      [K, M, ne02, ne03] f32/f16/bf16, not transposed (ggml_cont a transposed view first).
+        a:      [K, M, ne02, ne03] f32/f16/bf16, not transposed (ggml_cont a transposed view first); or
+                quantized (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): then b must be f32, and as
+                on ggml's CPU each b row is quantized to the type's vec_dot type (Q8_0, Q8_1 or Q8_K)
+                before integer dot products over the blocks.
         b:      [K, N, ne12, ne13] f32/f16/bf16 with ne12 % ne02 == 0 and ne13 % ne03 == 0.
         result: [M, N, ne12, ne13] f32; in numpy indexing, per matrix, result[n, m] = sum_k a[m, k] * b[n, k].
 
@@ -835,8 +840,8 @@ class OpMethods:
     def set_rows(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         """Write b's rows into a at the row indices c, in place: the KV-cache write (ggml_set_rows).
 
-        a:      [ne0, n_rows, ne2, ne3] f32/f16/bf16, the destination (e.g. a K or V cache).
-        b:      [ne0, n, ne2, ne3] f32/f16, the rows to write.
+        a:      [ne0, n_rows, ne2, ne3] f32/f16/bf16 or quantized (a Q8_0 / Q4_0 KV cache), the destination.
+        b:      [ne0, n, ne2, ne3] f32/f16 (f32 into a quantized a: each row is quantized as ggml does).
         c:      [n, ne11, ne12] I32 or I64 row indices into a, with ne2 % ne11 == 0 and ne3 % ne12 == 0
                 (broadcast over b's dims 2 and 3); an index outside 0..n_rows-1 is refused at compute.
         result: a view of a (a's ne and nb) whose rows c[i] hold b's rows i.

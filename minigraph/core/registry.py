@@ -84,6 +84,8 @@ API: dict[str, Callable[..., Any]] = {}
 BUILDER_OP: dict[str, str] = {}
 # KERNELS[backend][op name] -> Kernel
 KERNELS: dict[str, dict[str, "Kernel"]] = {}
+# QUANT_KERNELS[backend][op name] -> Kernel for nodes that read or write a block-quantized tensor
+QUANT_KERNELS: dict[str, dict[str, "Kernel"]] = {}
 
 
 def register(op: OpDef) -> OpDef:
@@ -143,3 +145,21 @@ def register_kernel(op: str, backend: str, fn: Any, supports: Optional[Callable[
 
 def kernels_for(backend: str) -> dict[str, Kernel]:
     return KERNELS.get(backend, {})
+
+
+def register_quant_kernel(op: str, backend: str, fn: Any,
+                          supports: Optional[Callable[[Any], Optional[str]]] = None) -> None:
+    """A backend's path for nodes of `op` with a block-quantized tensor (Q4_0 ... Q8_K) among dst
+    and srcs; a node without one keeps the op's plain kernel. The calling convention is the
+    backend's (the CPU backend: fn(node, build, dst, *srcs) with quantized tensors as raw row
+    bytes). A backend without an entry refuses such nodes in supports_op."""
+    if op not in OPS:
+        raise RuntimeError(f"quantized kernel for unknown op {op}")
+    table = QUANT_KERNELS.setdefault(backend, {})
+    if op in table:
+        raise RuntimeError(f"{backend} quantized kernel for {op} registered twice")
+    table[op] = Kernel(fn, supports)
+
+
+def quant_kernels_for(backend: str) -> dict[str, Kernel]:
+    return QUANT_KERNELS.get(backend, {})

@@ -23,8 +23,9 @@ FLAG_PARAM = 4
 
 
 def contiguous_strides(type_: int, ne: Sequence[int]) -> tuple[int, int, int, int]:
-    nb = [dtypes.type_size(type_)]
-    for i in range(1, MAX_DIMS):
+    """ggml's strides of a packed tensor: nb0 = type size (a block's bytes), nb1 = row size, ..."""
+    nb = [dtypes.type_size(type_), dtypes.type_size(type_) * (ne[0] // dtypes.blck_size(type_))]
+    for i in range(2, MAX_DIMS):
         nb.append(nb[i - 1] * ne[i - 1])
     return tuple(nb)  # type: ignore[return-value]
 
@@ -42,6 +43,10 @@ class Tensor:
         self.ctx = ctx
         self.type = dtypes.check_type(type_)
         self.ne = tuple(int(n) for n in ne)
+        blck = dtypes.blck_size(self.type)
+        if self.ne[0] % blck:
+            raise MinigraphError(f"{op or 'new_tensor'}: a {dtypes.type_name(self.type)} row holds whole blocks of "
+                                 f"{blck} elements; ne0 = {self.ne[0]} is not a multiple of {blck} (ne={list(self.ne)})")
         self.nb = tuple(int(s) for s in nb) if nb is not None else contiguous_strides(type_, self.ne)
         self.op = op
         self.op_params = dict(op_params or {})
@@ -117,10 +122,20 @@ class Tensor:
         through its buffer. F32/F16/I32 keep their dtype; BF16 comes back as float32.
         copy=False: a view of the tensor's host memory, strided like nb (refused for device
         memory and BF16). It shows what the next compute writes there: a compute that reuses
-        this memory (a later node, another graph on the same plan) overwrites it."""
+        this memory (a later node, another graph on the same plan) overwrites it.
+        Quantized types: copy=True dequantizes to float32 (ggml's to_float); copy=False is the
+        raw block bytes, shape reversed(ne) with ne0 replaced by the row's bytes."""
         buf = self._buffer_or_fail()
         zero = [i for i, n in enumerate(self.ne) if n == 0]  # an empty dim counts, wherever it is
         shape = tuple(reversed(self.ne[: max(self.n_dims, zero[-1] + 1 if zero else 0)]))
+        if dtypes.is_quantized(self.type):
+            if not copy and not buf.is_host:
+                raise MinigraphError(f"numpy(copy=False): tensor {describe(self)} lives in {buf!r}, not host memory")
+            raw = buf.view(self) if buf.is_host else buf.get(self)
+            raw = raw.reshape(tuple(reversed(self.ne[1:])) + (-1,))
+            if not copy:
+                return raw.reshape(shape[:-1] + (raw.shape[-1],))
+            return dtypes.to_float(raw, self.type).reshape(shape)
         if not copy:
             if not buf.is_host:
                 raise MinigraphError(f"numpy(copy=False): tensor {describe(self)} lives in {buf!r}, not host "
@@ -137,7 +152,8 @@ class Tensor:
 
     def set_data(self, arr: Any) -> "Tensor":
         """Write `arr` (numpy shape reversed(ne)) into the tensor's memory, through its strides
-        (ggml_backend_tensor_set: a device tensor is written through its buffer)."""
+        (ggml_backend_tensor_set: a device tensor is written through its buffer). A quantized
+        tensor gets the values quantized by ggml's reference quantizer (ggml_quantize_chunk)."""
         a = np.asarray(arr)
         if a.dtype == object or a.dtype.kind not in "fiub":
             raise MinigraphError(f"set_data: tensor {describe(self)}: numpy dtype {a.dtype} is not numeric")
@@ -202,7 +218,11 @@ def element_size(t: Tensor) -> int:
 
 
 def row_size(type_: int, ne: int) -> int:
-    return dtypes.type_size(type_) * int(ne)
+    """ggml_row_size: bytes of ne elements of one row (ne a multiple of the type's block length)."""
+    blck = dtypes.blck_size(type_)
+    if int(ne) % blck:
+        raise MinigraphError(f"row_size: {ne} elements of {dtypes.type_name(type_)} are not whole blocks of {blck}")
+    return dtypes.type_size(type_) * int(ne) // blck
 
 
 def is_empty(t: Tensor) -> bool:
@@ -211,9 +231,10 @@ def is_empty(t: Tensor) -> bool:
 
 def _is_contiguous_n(t: Tensor, n: int) -> bool:
     next_nb = dtypes.type_size(t.type)
-    if t.ne[0] != 1 and t.nb[0] != next_nb:
+    blck = dtypes.blck_size(t.type)
+    if t.ne[0] != blck and t.nb[0] != next_nb:
         return False
-    next_nb *= t.ne[0]
+    next_nb *= t.ne[0] // blck
     for i in range(1, MAX_DIMS):
         if t.ne[i] != 1:
             if i > n:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
 from minigraph.core.registry import OPS
@@ -36,6 +37,7 @@ class Backend:
 
     name = "?"
     kernels: dict = {}
+    quant_kernels: dict = {}   # the registry's QUANT_KERNELS[key]: nodes touching quantized tensors
 
     def supports_op(self, node: Tensor) -> Support:
         op = OPS.get(node.op) if node.op else None
@@ -43,6 +45,14 @@ class Backend:
             return Support(node.op is None, "leaf" if node.op is None else f"unknown op {node.op}")
         if op.is_view:
             return Support(True, "view: no compute")
+        quant = [t for t in (node, *node.src) if t is not None and dtypes.is_quantized(t.type)]
+        if quant:
+            qk = self.quant_kernels.get(node.op)
+            if qk is None:
+                names = sorted({dtypes.type_name(t.type) for t in quant})
+                return Support(False, f"{node.op}: {self.name} has no kernel for quantized tensors ({', '.join(names)})")
+            reason = qk.supports(node) if qk.supports else None
+            return Support(reason is None, reason or "quantized kernel")
         k = self.kernels.get(node.op)
         if k is None:
             return Support(False, f"no {self.name} kernel for {node.op}")
@@ -51,7 +61,7 @@ class Backend:
 
     def supports_op_name(self, op: str) -> bool:
         """Whether some node of `op` can run here (views always can)."""
-        return OPS[op].is_view or op in self.kernels
+        return OPS[op].is_view or op in self.kernels or op in self.quant_kernels
 
     def graph_compute(self, graph: Graph) -> None:  # pragma: no cover - interface
         raise MinigraphError(f"backend {self.name} does not implement graph_compute")

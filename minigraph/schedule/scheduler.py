@@ -311,7 +311,8 @@ def _new_stats() -> dict:
 
 
 def _packed_bytes(t: Tensor) -> int:
-    return nelements(t) * dtypes.type_size(t.type)
+    # a quantized tensor is whole blocks: type_size bytes per blck_size elements
+    return nelements(t) // dtypes.blck_size(t.type) * dtypes.type_size(t.type)
 
 
 class _AsWritten:

@@ -57,6 +57,39 @@ def row_size(type: int, n: int) -> int:
     return int(_g.ggml_row_size(type, n))
 
 
+def quantize_chunk(type_: int, x: np.ndarray) -> np.ndarray:
+    """ggml_quantize_chunk(type_, rows x (nrows, n) f32, no imatrix) -> raw blocks (nrows, row bytes).
+
+    Q8_1 and Q8_K (dot-product types that ggml_quantize_chunk does not take) go through the
+    CPU type traits' from_float, the quantizer ggml's MUL_MAT applies to src1."""
+    _require()
+    x = np.ascontiguousarray(x, np.float32)
+    nrows, n = x.shape
+    rs = int(_g.ggml_row_size(type_, n))
+    out = np.zeros((nrows, rs), np.uint8)
+    fptr = ctypes.POINTER(ctypes.c_float)
+    if type_ in (9, 15):  # GGML_TYPE_Q8_1, GGML_TYPE_Q8_K
+        from_float = _g.ggml_get_type_traits_cpu(type_).contents.from_float
+        for r in range(nrows):
+            from_float(x[r].ctypes.data_as(fptr), out[r].ctypes.data_as(ctypes.c_void_p), n)
+    else:
+        _g.ggml_quantize_chunk(type_, x.ctypes.data_as(fptr), out.ctypes.data_as(ctypes.c_void_p), 0, nrows, n, None)
+    return out
+
+
+def dequantize_rows(type_: int, raw: np.ndarray) -> np.ndarray:
+    """The type traits' to_float over raw blocks (nrows, row bytes) -> (nrows, n) f32."""
+    _require()
+    raw = np.ascontiguousarray(raw, np.uint8)
+    tr = _g.ggml_get_type_traits(type_).contents
+    if not tr.to_float:
+        raise TypeError(f"ggml_bridge: type {type_} has no to_float")
+    n = raw.shape[-1] // tr.type_size * tr.blck_size
+    out = np.zeros((raw.shape[0], n), np.float32)
+    tr.to_float(raw.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.size)
+    return out
+
+
 def _unwrap(x: Any) -> Any:
     return x._ptr if isinstance(x, GgmlTensor) else x
 
@@ -130,7 +163,16 @@ class GgmlTensor:
         return np.ndarray(tuple(reversed(ne)), np_type, buf, 0, tuple(reversed(nb)))
 
     def numpy(self) -> np.ndarray:
-        """A copy in logical element order, shape reversed(ne[:n_dims]), whatever nb is."""
+        """A copy in logical element order, shape reversed(ne[:n_dims]), whatever nb is
+        (a quantized tensor is dequantized with its type traits' to_float)."""
+        if _g.ggml_is_quantized(self.type):
+            ne, nb = self.ne, self.nb
+            rs = int(_g.ggml_row_size(self.type, ne[0]))
+            span = sum((n - 1) * s for n, s in zip(ne[1:], nb[1:])) + rs if min(ne) > 0 else 0
+            buf = (ctypes.c_uint8 * span).from_address(_g.ggml_get_data(self._ptr)) if span else bytearray()
+            raw = np.ndarray((ne[3], ne[2], ne[1], rs), np.uint8, buf, 0, (nb[3], nb[2], nb[1], 1))
+            vals = dequantize_rows(self.type, raw.reshape(-1, rs))
+            return vals.reshape(tuple(reversed(self.ne[:self.n_dims])))
         out = self._strided().copy()
         if self.type == _BF16:
             out = (out.astype(np.uint32) << 16).view(np.float32)
@@ -194,12 +236,16 @@ class GgmlContext:
         """ggml_flash_attn_ext_set_prec(a, prec) (no context in ggml)."""
         _g.ggml_flash_attn_ext_set_prec(a._ptr, prec)
 
-    def from_numpy(self, arr: np.ndarray) -> GgmlTensor:
+    def from_numpy(self, arr: np.ndarray, type_: Any = None) -> GgmlTensor:
         """New tensor holding a copy of `arr`: numpy shape (d, c, b, a) is ggml ne [a, b, c, d].
 
-        float32, float16 and int32 keep their type; float64 is stored as F32.
+        float32, float16 and int32 keep their type; float64 is stored as F32. A quantized
+        `type_` quantizes the values with ggml_quantize_chunk (minigraph's from_numpy twin).
         """
         arr = np.asarray(arr)
+        if type_ is not None and _g.ggml_is_quantized(type_):
+            rows = np.asarray(arr, np.float32).reshape(-1, arr.shape[-1])
+            return self.from_block_bytes(quantize_chunk(type_, rows).reshape(*arr.shape[:-1], -1), type_)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         if arr.dtype not in _TYPE_OF_NP or not 1 <= max(arr.ndim, 1) <= 4:
@@ -207,6 +253,15 @@ class GgmlContext:
         ne = list(reversed(arr.shape)) or [1]
         t = getattr(self, f"new_tensor_{len(ne)}d")(_TYPE_OF_NP[arr.dtype], *ne)
         t.set_data(arr)
+        return t
+
+    def from_block_bytes(self, raw: np.ndarray, type_: int) -> GgmlTensor:
+        """New quantized tensor holding the raw blocks `raw`, numpy shape (..., row bytes)."""
+        raw = np.ascontiguousarray(raw, np.uint8)
+        tr = _g.ggml_get_type_traits(type_).contents
+        ne = [raw.shape[-1] // tr.type_size * tr.blck_size] + list(reversed(raw.shape[:-1]))
+        t = getattr(self, f"new_tensor_{len(ne)}d")(type_, *ne)
+        ctypes.memmove(_g.ggml_get_data(t._ptr), raw.ctypes.data, raw.nbytes)
         return t
 
     def _graph(self, outputs: Sequence[GgmlTensor], size: int):

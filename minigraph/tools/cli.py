@@ -15,7 +15,8 @@ from minigraph.core.errors import MinigraphError
 from minigraph.core.version import __version__
 
 TARGET_HELP = ("path/file.py:function (called as function(ctx, **params), returns the output tensor or "
-               "tensors) or a graph file written by mg.save_graph")
+               "tensors), a graph file written by mg.save_graph, or a GGUF model file (FILE.gguf: its "
+               "tensors and metadata are listed)")
 PROFILE_HELP = ("run the graph (random inputs for leafs without data) and time every node: each compute "
                 "node runs ALONE as a one-node graph on the backend the scheduler placed it on, warm-up "
                 "then the median of --repeat runs; adds time, share, cumulative share, GFLOP/s "
@@ -83,6 +84,13 @@ def _write(data: "str | bytes", path: Optional[str], out: TextIO) -> None:
 def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
     from minigraph.tools import dump, graphio, profile
 
+    if str(args.target).lower().endswith(".gguf"):  # a model file: its tensor table and metadata
+        from minigraph.tools.gguf_dump import render_gguf
+
+        if args.format not in ("text", "json"):
+            raise MinigraphError(f"dump: a GGUF file lists as text or json, not {args.format}")
+        _write(render_gguf(args.target, args.format, args.filter), args.output, out)
+        return 0
     p = dump.prepare(args.target, graphio.parse_params(args.param), args.backend, not args.no_fuse)
     if args.save:
         graphio.save_graph(p.graph, args.save)

@@ -43,7 +43,8 @@ from minigraph.core.tensor import MAX_NAME, Tensor, extent_bytes
 
 FORMAT = "minigraph-graph"
 VERSION = 1
-_TYPE_BY_NAME = {dtypes.type_name(t): t for t in (dtypes.TYPE_F32, dtypes.TYPE_F16, dtypes.TYPE_I32, dtypes.TYPE_I64, dtypes.TYPE_BF16)}
+_TYPE_BY_NAME = {dtypes.type_name(t): t for t in (dtypes.TYPE_F32, dtypes.TYPE_F16, dtypes.TYPE_I32, dtypes.TYPE_I64, dtypes.TYPE_BF16,
+                                                  *dtypes.QUANT_TYPES)}
 # node attributes that graph passes may set and that a graph file keeps
 NODE_ATTRS = ("fused_from",)
 

@@ -1,0 +1,572 @@
+"""CPU paths of the nodes that touch block-quantized tensors (Q4_0 ... Q8_K): MUL_MAT with a
+quantized src0, CPY to and from quantized types, GET_ROWS from quantized rows, SET_ROWS into a
+quantized cache.
+
+Calling convention (registry.register_quant_kernel): fn(node, build, dst, *srcs), where a
+quantized tensor comes as its raw rows, a uint8 array (ne3, ne2, ne1, row bytes) strided like
+nb, and every other tensor as float32 (I32/I64 indices as themselves).
+
+MUL_MAT follows ggml's CPU backend: each src1 row is quantized to src0's vec_dot type (Q8_0,
+Q8_1 or Q8_K, with ggml's quantizer) and every result element is a dot product of the integer
+quants, scaled per block (the `ggml_vec_dot_*_q8_*` kernels); a Numba kernel runs it over src0
+rows in parallel. GET_ROWS and CPY to f32 dequantize rows with a Numba kernel (ggml's
+dequantize_row_* step for step: the same floats). CPY to Q8_0/Q4_0 and SET_ROWS into a Q8_0/Q4_0
+cache quantize with a Numba kernel (the reference quantizer step for step: the same bytes);
+other types quantize with the numpy reference (minigraph.core.quants).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from minigraph.core import dtypes as D
+from minigraph.core import quants
+from minigraph.core.errors import fail
+from minigraph.core.registry import register_quant_kernel
+from minigraph.core.tensor import nbytes
+
+from minigraph.backends.cpu.jit import JIT_OPTIONS, kernel
+
+import numba
+
+# every float16 bit pattern as float32: the block scales are read through this table
+F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+F32 = np.float32
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _h(u8, off, f16):
+    """The little-endian float16 at byte `off`, as float32."""
+    return f16[np.int64(u8[off]) | (np.int64(u8[off + 1]) << 8)]
+
+
+# Numba types int32 arithmetic as int64, which AVX2 cannot multiply in vector lanes. The dot
+# products therefore run in float32: every per-block integer sum (|q| * |y| * 32 < 2^24) is exact
+# there, and each product lands in one of LANES float32 accumulators, scaled by its block's
+# d_x * d_y, as ggml's AVX2 kernels accumulate (vertical lanes, one horizontal sum per row).
+LANES = 16
+U15 = np.uint8(15)
+U4 = np.uint8(4)
+F8 = np.float32(8.0)
+F16 = np.float32(16.0)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _hsum(lane):
+    s = F32(0.0)
+    for j in range(LANES):
+        s += lane[j]
+    return s
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _clear(lane):
+    for j in range(LANES):
+        lane[j] = F32(0.0)
+
+
+# src1 comes pre-split (see _split_src1): yq its quants as float32 (K per row), yd its block
+# scales, ys its per-block sums (Q8_1's s) or per-16 sums (Q8_K's bsums), so the loops over src0
+# rows read floats only.
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_q4_0(a, ao, yq, yd, ys, nblk, f16, lane):
+    _clear(lane)
+    for i in range(nblk):
+        xa = ao + i * 18
+        sc = _h(a, xa, f16) * yd[i]
+        y = 32 * i
+        for j in range(16):
+            v = a[xa + 2 + j]
+            p = (F32(v & U15) - F8) * yq[y + j] + (F32(v >> U4) - F8) * yq[y + 16 + j]
+            lane[j] += p * sc
+    return _hsum(lane)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_q4_1(a, ao, yq, yd, ys, nblk, f16, lane):
+    _clear(lane)
+    extra = F32(0.0)
+    for i in range(nblk):
+        xa = ao + i * 20
+        sc = _h(a, xa, f16) * yd[i]
+        extra += _h(a, xa + 2, f16) * ys[i]  # m_x * s_y: the min times src1's block sum
+        y = 32 * i
+        for j in range(16):
+            v = a[xa + 4 + j]
+            p = F32(v & U15) * yq[y + j] + F32(v >> U4) * yq[y + 16 + j]
+            lane[j] += p * sc
+    return _hsum(lane) + extra
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_q5_0(a, ao, yq, yd, ys, nblk, f16, lane):
+    _clear(lane)
+    for i in range(nblk):
+        xa = ao + i * 22
+        sc = _h(a, xa, f16) * yd[i]
+        y = 32 * i
+        for j in range(16):
+            v = a[xa + 6 + j]
+            h0 = F32((a[xa + 2 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j: element j's fifth bit
+            h1 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j + 16
+            p = (F32(v & U15) + h0 - F16) * yq[y + j] + (F32(v >> U4) + h1 - F16) * yq[y + 16 + j]
+            lane[j] += p * sc
+    return _hsum(lane)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_q5_1(a, ao, yq, yd, ys, nblk, f16, lane):
+    _clear(lane)
+    extra = F32(0.0)
+    for i in range(nblk):
+        xa = ao + i * 24
+        sc = _h(a, xa, f16) * yd[i]
+        extra += _h(a, xa + 2, f16) * ys[i]
+        y = 32 * i
+        for j in range(16):
+            v = a[xa + 8 + j]
+            h0 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16
+            h1 = F32((a[xa + 6 + (j >> 3)] >> (j & 7)) & 1) * F16
+            p = (F32(v & U15) + h0) * yq[y + j] + (F32(v >> U4) + h1) * yq[y + 16 + j]
+            lane[j] += p * sc
+    return _hsum(lane) + extra
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_q8_0(a, ai, ao, yq, yd, nblk, f16, lane):
+    _clear(lane)
+    for i in range(nblk):
+        xa = ao + i * 34
+        sc = _h(a, xa, f16) * yd[i]
+        y = 32 * i
+        for j in range(16):
+            p = F32(ai[xa + 2 + j]) * yq[y + j] + F32(ai[xa + 18 + j]) * yq[y + 16 + j]
+            lane[j] += p * sc
+    return _hsum(lane)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _scale_min_k4(a, sc_off, j):
+    """get_scale_min_k4: the 6-bit scale and min of group j from the 12 scale bytes."""
+    if j < 4:
+        return F32(a[sc_off + j] & 63), F32(a[sc_off + j + 4] & 63)
+    d = (a[sc_off + j + 4] & 15) | ((a[sc_off + j - 4] >> 6) << 4)
+    m = (a[sc_off + j + 4] >> 4) | ((a[sc_off + j] >> 6) << 4)
+    return F32(d), F32(m)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, five):
+    """Q4_K (five=False) and Q5_K (five=True) . Q8_K over nblk super-blocks:
+    sum over groups g of d * sc_g * (q . y)_g, minus dmin * sum of m_g * (src1's group sum)."""
+    _clear(lane)
+    mins = F32(0.0)
+    bsz = 176 if five else 144
+    qs_off = 48 if five else 16
+    for i in range(nblk):
+        xa = ao + i * bsz
+        d = _h(a, xa, f16) * yd[i]
+        dmin = _h(a, xa + 2, f16) * yd[i]
+        for g in range(8):
+            sc, mn = _scale_min_k4(a, xa + 4, g)
+            mins += dmin * mn * (ys[16 * i + 2 * g] + ys[16 * i + 2 * g + 1])
+            f = d * sc
+            q = xa + qs_off + 32 * (g // 2)
+            shift = 4 * (g % 2)
+            y = 256 * i + 32 * g
+            if five:
+                for j in range(16):
+                    v0 = F32((a[q + j] >> shift) & 15) + F32((a[xa + 16 + j] >> g) & 1) * F16
+                    v1 = F32((a[q + 16 + j] >> shift) & 15) + F32((a[xa + 32 + j] >> g) & 1) * F16
+                    lane[j] += (v0 * yq[y + j] + v1 * yq[y + 16 + j]) * f
+            else:
+                for j in range(16):
+                    p = F32((a[q + j] >> shift) & 15) * yq[y + j] + F32((a[q + 16 + j] >> shift) & 15) * yq[y + 16 + j]
+                    lane[j] += p * f
+    return _hsum(lane) - mins
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dot_q6_k(a, ai, ao, yq, yd, nblk, f16, lane):
+    _clear(lane)
+    for i in range(nblk):
+        xa = ao + i * 210
+        d = _h(a, xa + 208, f16) * yd[i]
+        for h in range(2):
+            ql = xa + 64 * h
+            qh = xa + 128 + 32 * h
+            y = 256 * i + 128 * h
+            for quarter in range(4):
+                lo = ql + 32 * (quarter % 2)
+                shift = 4 * (quarter // 2)
+                hs = 2 * quarter
+                for half16 in range(2):
+                    f = d * F32(ai[xa + 192 + 8 * h + 2 * quarter + half16])
+                    o = 16 * half16
+                    for j in range(16):
+                        v = F32(((a[lo + o + j] >> shift) & 15) | (((a[qh + o + j] >> hs) & 3) << 4)) - F32(32.0)
+                        lane[j] += v * yq[y + 32 * quarter + o + j] * f
+    return _hsum(lane)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _vec_dot(kind, a, ai, ao, yq, yd, ys, nblk, f16, lane):
+    if kind == D.TYPE_Q4_0:
+        return _dot_q4_0(a, ao, yq, yd, ys, nblk, f16, lane)
+    if kind == D.TYPE_Q4_1:
+        return _dot_q4_1(a, ao, yq, yd, ys, nblk, f16, lane)
+    if kind == D.TYPE_Q5_0:
+        return _dot_q5_0(a, ao, yq, yd, ys, nblk, f16, lane)
+    if kind == D.TYPE_Q5_1:
+        return _dot_q5_1(a, ao, yq, yd, ys, nblk, f16, lane)
+    if kind == D.TYPE_Q8_0:
+        return _dot_q8_0(a, ai, ao, yq, yd, nblk, f16, lane)
+    if kind == D.TYPE_Q4_K:
+        return _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, False)
+    if kind == D.TYPE_Q5_K:
+        return _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, True)
+    return _dot_q6_k(a, ai, ao, yq, yd, nblk, f16, lane)
+
+
+# src0 rows per parallel task: one scratch allocation per task, enough tasks for the threads
+ROWS_PER_TASK = 16
+
+
+@numba.njit(**JIT_OPTIONS)
+def _rows(dst, i3, i2, m0, m1, a, ai, ao0, a_nb1, yq, yd, ys, kind, nblk, f16):
+    """dst[i3, i2, :, m0:m1]. A function of its own (not inlined): inside a parallel loop Numba
+    would compile these inner loops without vectorising them."""
+    lane = np.empty(LANES, np.float32)
+    n2, n1 = dst.shape[1], dst.shape[2]
+    for m in range(m0, m1):
+        ao = ao0 + m * a_nb1
+        for n in range(n1):
+            r = (i3 * n2 + i2) * n1 + n
+            dst[i3, i2, n, m] = _vec_dot(kind, a, ai, ao, yq[r], yd[r], ys[r], nblk, f16, lane)
+
+
+@kernel
+def mul_mat_q(dst, a, ai, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, kind, nblk, f16):
+    """dst[i3, i2, n, m] = vec_dot(src0 row (i3 // r3, i2 // r2, m), quantized src1 row (i3, i2, n)).
+
+    a / ai: src0's bytes from its first one, as uint8 / int8, rows a_nb1 apart (ggml's nb);
+    yq / yd / ys: src1 quantized to the vec_dot type and split (rows in dst order: quants as
+    float32, block scales, block sums); kind: src0's ggml type; nblk: blocks per row. Parallel
+    over chunks of src0 rows."""
+    n3, n2, n1, m_rows = dst.shape
+    r3 = n3 // a3
+    r2 = n2 // a2
+    n_chunks = (m_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(n3 * n2 * n_chunks):
+        i3 = task // (n2 * n_chunks)
+        i2 = (task // n_chunks) % n2
+        m0 = (task % n_chunks) * ROWS_PER_TASK
+        _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, ai, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
+              a_nb1, yq, yd, ys, kind, nblk, f16)
+
+
+def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
+    """The n bytes from raw's first one as a contiguous 1-D array (no copy)."""
+    return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,))
+
+
+def _split_src1(b: np.ndarray, vec_dot_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """src1 rows quantized with ggml's quantizer for `vec_dot_type`, then split into float32
+    (quants (rows, K), block scales (rows, blocks), block / 16-element sums): exact values."""
+    k = b.shape[-1]
+    blocks = quants.quantize(np.ascontiguousarray(b, F32).reshape(-1, k), vec_dot_type)
+    rec = blocks.reshape(-1).view(D.BLOCK_DTYPES[vec_dot_type]).reshape(blocks.shape[0], -1)
+    yq = rec["qs"].astype(F32).reshape(blocks.shape[0], k)
+    yd = rec["d"].astype(F32)
+    if vec_dot_type == D.TYPE_Q8_1:
+        ys = rec["s"].astype(F32)
+    elif vec_dot_type == D.TYPE_Q8_K:
+        ys = rec["bsums"].astype(F32).reshape(blocks.shape[0], -1)
+    else:
+        ys = yd
+    return yq, np.ascontiguousarray(yd), np.ascontiguousarray(ys)
+
+
+def _mul_mat(node, build, dst, a_raw, b):
+    a = node.src[0]
+    yq, yd, ys = _split_src1(b, D.VEC_DOT_TYPE[a.type])
+    a_bytes = _flat_bytes(a_raw, nbytes(a)) if nbytes(a) else np.zeros(1, np.uint8)
+    getattr(mul_mat_q, build)(dst, a_bytes, a_bytes.view(np.int8), a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2],
+                              yq, yd, ys, a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
+
+
+def _mul_mat_supports(node):
+    a = node.src[0]
+    if D.is_quantized(node.src[1].type) or D.is_quantized(node.type):
+        return "MUL_MAT: CPU takes a quantized src0 only (src1 and dst f32)"
+    if a.type not in D.VEC_DOT_TYPE or a.type in (D.TYPE_Q8_1, D.TYPE_Q8_K):
+        return f"MUL_MAT: no CPU dot product for {D.type_name(a.type)} src0"
+    return None
+
+
+# -- dequantizing rows (GET_ROWS, CPY to f32): dequantize_row_* step for step, so the values are
+# ggml's bit for bit (one float32 multiply, then the min, per element) --------------------------
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dq_row(kind, a, ai, ao, out, nblk, f16):
+    """Dequantize the nblk blocks at byte ao of a (ai: the same bytes as int8) into out."""
+    for i in range(nblk):
+        if kind == D.TYPE_Q8_0:
+            xa = ao + i * 34
+            d = _h(a, xa, f16)
+            for j in range(32):
+                out[32 * i + j] = F32(ai[xa + 2 + j]) * d
+        elif kind == D.TYPE_Q4_0 or kind == D.TYPE_Q4_1:
+            xa = ao + i * (18 if kind == D.TYPE_Q4_0 else 20)
+            qs = xa + (2 if kind == D.TYPE_Q4_0 else 4)
+            d = _h(a, xa, f16)
+            for j in range(16):
+                v = a[qs + j]
+                if kind == D.TYPE_Q4_0:
+                    out[32 * i + j] = (F32(v & U15) - F8) * d
+                    out[32 * i + 16 + j] = (F32(v >> U4) - F8) * d
+                else:
+                    m = _h(a, xa + 2, f16)
+                    out[32 * i + j] = F32(v & U15) * d + m
+                    out[32 * i + 16 + j] = F32(v >> U4) * d + m
+        elif kind == D.TYPE_Q5_0 or kind == D.TYPE_Q5_1:
+            one = kind == D.TYPE_Q5_1
+            xa = ao + i * (24 if one else 22)
+            qh = xa + (4 if one else 2)
+            d = _h(a, xa, f16)
+            m = _h(a, xa + 2, f16) if one else F32(0.0)
+            for j in range(16):
+                v = a[qh + 4 + j]
+                h0 = F32((a[qh + (j >> 3)] >> (j & 7)) & 1) * F16
+                h1 = F32((a[qh + 2 + (j >> 3)] >> (j & 7)) & 1) * F16
+                if one:
+                    out[32 * i + j] = (F32(v & U15) + h0) * d + m
+                    out[32 * i + 16 + j] = (F32(v >> U4) + h1) * d + m
+                else:
+                    out[32 * i + j] = (F32(v & U15) + h0 - F16) * d
+                    out[32 * i + 16 + j] = (F32(v >> U4) + h1 - F16) * d
+        elif kind == D.TYPE_Q4_K or kind == D.TYPE_Q5_K:
+            five = kind == D.TYPE_Q5_K
+            xa = ao + i * (176 if five else 144)
+            d = _h(a, xa, f16)
+            dmin = _h(a, xa + 2, f16)
+            for g in range(8):
+                sc, mn = _scale_min_k4(a, xa + 4, g)
+                d1 = d * sc
+                m1 = dmin * mn
+                q = xa + (48 if five else 16) + 32 * (g // 2)
+                shift = 4 * (g % 2)
+                for j in range(32):
+                    v = F32((a[q + j] >> shift) & 15)
+                    if five:
+                        v += F32((a[xa + 16 + j] >> g) & 1) * F16
+                    out[256 * i + 32 * g + j] = d1 * v - m1
+        else:  # Q6_K
+            xa = ao + i * 210
+            d = _h(a, xa + 208, f16)
+            for h in range(2):
+                for quarter in range(4):
+                    lo = xa + 64 * h + 32 * (quarter % 2)
+                    shift = 4 * (quarter // 2)
+                    for j in range(32):
+                        hi = (a[xa + 128 + 32 * h + j] >> (2 * quarter)) & 3
+                        q = F32(((a[lo + j] >> shift) & 15) | (hi << 4)) - F32(32.0)
+                        sc = F32(ai[xa + 192 + 8 * h + 2 * quarter + j // 16])
+                        out[256 * i + 128 * h + 32 * quarter + j] = d * sc * q
+
+
+@kernel
+def dequantize_rows(out, a, ai, offs, kind, nblk, f16):
+    """out[r, :] = the dequantized row at byte offs[r] of a (rows in parallel)."""
+    for r in prange(out.shape[0]):
+        _dq_row(kind, a, ai, offs[r], out[r], nblk, f16)
+
+
+def _dequantize(node, build, raw: np.ndarray, type_: int, offs: np.ndarray) -> np.ndarray:
+    """Rows of a quantized tensor's raw view (byte offsets from its first byte) as float32."""
+    k = raw.shape[-1] // D.type_size(type_) * D.blck_size(type_)
+    out = np.empty((len(offs), k), F32)
+    span = int(offs.max()) + raw.shape[-1] if len(offs) else 1
+    a = _flat_bytes(raw, span)
+    getattr(dequantize_rows, build)(out, a, a.view(np.int8), offs.astype(np.int64), type_,
+                                    k // D.blck_size(type_), F16_TABLE)
+    return out
+
+
+def _row_offsets(raw: np.ndarray, i3, i2, i1) -> np.ndarray:
+    """Byte offsets (from raw's first byte) of rows (i3, i2, i1) of a raw (ne3, ne2, ne1, bytes) view."""
+    s3, s2, s1, _ = raw.strides
+    return (np.asarray(i3) * s3 + np.asarray(i2) * s2 + np.asarray(i1) * s1).reshape(-1)
+
+
+# -- quantizing rows into a Q8_0 / Q4_0 cache (CPY, SET_ROWS): quantize_row_q8_0_ref and
+# quantize_row_q4_0_ref step for step, so the bytes are ggml's -------------------------------------
+
+NUMBA_QUANTIZE = (D.TYPE_Q8_0, D.TYPE_Q4_0)   # the other types quantize with minigraph.core.quants
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _f16_bits(f, scratch):
+    """GGML_FP32_TO_FP16: float32 -> IEEE half bits, round to nearest even (subnormals, inf, NaN)."""
+    scratch[0] = f
+    u = np.int64(scratch.view(np.uint32)[0])
+    sign = (u >> 16) & 0x8000
+    e = (u >> 23) & 0xFF
+    m = u & 0x7FFFFF
+    if e == 0xFF:
+        return sign | 0x7C00 | (0x200 if m else 0)
+    e16 = e - 112           # e - 127 + 15
+    if e16 >= 31:
+        return sign | 0x7C00
+    if e16 <= 0:            # a half subnormal (or zero): units of 2^-24
+        if e16 < -10:
+            return sign
+        m = m | 0x800000
+        shift = 14 - e16
+        r = m >> shift
+        rem = m & ((1 << shift) - 1)
+        half = 1 << (shift - 1)
+        if rem > half or (rem == half and (r & 1)):
+            r += 1
+        return sign | r
+    r = (e16 << 10) | (m >> 13)
+    rem = m & 0x1FFF
+    if rem > 0x1000 or (rem == 0x1000 and (r & 1)):
+        r += 1              # a carry into the exponent is right (up to inf)
+    return sign | r
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _put_f16(out, off, bits):
+    out[off] = np.uint8(bits & 0xFF)
+    out[off + 1] = np.uint8(bits >> 8)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _q_row(kind, x, out, nblk, scratch):
+    """One row x (nblk blocks) into out (its bytes)."""
+    for i in range(nblk):
+        xb = x[32 * i: 32 * i + 32]
+        if kind == D.TYPE_Q8_0:
+            amax = F32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(xb[j]))
+            d = amax / F32(127.0)
+            idv = F32(1.0) / d if d != 0 else F32(0.0)
+            o = 34 * i
+            _put_f16(out, o, _f16_bits(d, scratch))
+            for j in range(32):
+                v = xb[j] * idv
+                r = np.trunc(v)
+                if abs(v - r) >= F32(0.5):       # roundf: halves away from zero
+                    r += F32(1.0) if v > 0 else F32(-1.0)
+                out[o + 2 + j] = np.uint8(np.int64(r) & 0xFF)
+        else:  # Q4_0
+            amax = F32(0.0)
+            mx = F32(0.0)
+            for j in range(32):
+                if amax < abs(xb[j]):
+                    amax = abs(xb[j])
+                    mx = xb[j]
+            d = mx / F32(-8.0)
+            idv = F32(1.0) / d if d != 0 else F32(0.0)
+            o = 18 * i
+            _put_f16(out, o, _f16_bits(d, scratch))
+            for j in range(16):
+                q0 = min(15, np.int64(xb[j] * idv + F32(8.5)))
+                q1 = min(15, np.int64(xb[16 + j] * idv + F32(8.5)))
+                out[o + 2 + j] = np.uint8(q0 | (q1 << 4))
+
+
+@kernel
+def quantize_rows(out, x, kind, nblk):
+    """out[r] = row x[r] quantized to `kind` (Q8_0 or Q4_0) as ggml's reference quantizer does."""
+    for r in prange(x.shape[0]):
+        scratch = np.empty(1, np.float32)
+        _q_row(kind, x[r], out[r], nblk, scratch)
+
+
+def _quantize(build, rows: np.ndarray, type_: int) -> np.ndarray:
+    """Rows (..., ne0) f32 -> raw blocks (..., row bytes): Numba for Q8_0/Q4_0, else the reference."""
+    if type_ not in NUMBA_QUANTIZE:
+        return quants.quantize(rows, type_)
+    k = rows.shape[-1]
+    flat = np.ascontiguousarray(rows, F32).reshape(-1, k)
+    out = np.empty((flat.shape[0], k // 32 * D.type_size(type_)), np.uint8)
+    getattr(quantize_rows, build)(out, flat, type_, k // 32)
+    return out.reshape(*rows.shape[:-1], -1)
+
+
+# -- copies ------------------------------------------------------------------------------------
+
+def _cpy(node, build, dst, a, b):
+    src = node.src[0]
+    if D.is_quantized(node.type):  # f32 -> quantized: dst's rows from a's elements in logical order
+        rows = np.ascontiguousarray(a, F32).reshape(node.ne[3], node.ne[2], node.ne[1], node.ne[0])
+        dst[...] = _quantize(build, rows, node.type)
+    else:  # quantized -> f32 / f16 (dst is an f32 array here)
+        n3, n2, n1 = a.shape[:3]
+        i3, i2, i1 = np.meshgrid(np.arange(n3), np.arange(n2), np.arange(n1), indexing="ij")
+        vals = _dequantize(node, build, a, src.type, _row_offsets(a, i3, i2, i1))
+        dst[...] = vals.reshape(dst.shape)
+
+
+def _cpy_supports(node):
+    src = node.src[0]
+    if D.is_quantized(node.type) and (src.type != D.TYPE_F32 or node.type == D.TYPE_Q8_1):
+        return f"CPY: CPU quantizes f32 only, not {D.type_name(src.type)} -> {D.type_name(node.type)}"
+    if D.is_quantized(src.type) and node.type not in (D.TYPE_F32, D.TYPE_F16):
+        return f"CPY: CPU dequantizes to f32/f16 only, not {D.type_name(src.type)} -> {D.type_name(node.type)}"
+    return None
+
+
+def _check_rows(op, node, idx, n_rows):
+    bad = (idx < 0) | (idx >= n_rows)
+    if bad.any():
+        raise fail(op, f"row index {int(idx[bad][0])} is outside 0..{n_rows - 1} of node '{node.name}'", node.src)
+
+
+def _get_rows(node, build, dst, a_raw, idx):
+    """dst[i12, i11, i10, :] = dequantized a[i12 % a3, i11 % a2, idx[0, i12, i11, i10], :]."""
+    a3, a2, a1 = a_raw.shape[:3]
+    ix = np.asarray(idx[0]).astype(np.int64)  # (ne12, ne11, ne10)
+    _check_rows("GET_ROWS", node, ix, a1)
+    i3 = (np.arange(ix.shape[0]) % a3)[:, None, None]
+    i2 = (np.arange(ix.shape[1]) % a2)[None, :, None]
+    offs = _row_offsets(a_raw, *np.broadcast_arrays(i3, i2, ix))
+    dst[...] = _dequantize(node, build, a_raw, node.src[0].type, offs).reshape(dst.shape)
+
+
+def _get_rows_supports(node):
+    if node.src[1].type != D.TYPE_I32 or node.type != D.TYPE_F32:
+        return "GET_ROWS: quantized rows come out as f32, with i32 indices"
+    return None
+
+
+def _set_rows(node, build, dst, b, idx, a):
+    """dst[i3, i2, idx[0, i3 % ne12, i2 % ne11, i], :] = quantized b[i3, i2, i, :]."""
+    n_rows = dst.shape[2]
+    ix = np.asarray(idx[0]).astype(np.int64)  # (ne12, ne11, n)
+    _check_rows("SET_ROWS", node, ix, n_rows)
+    bq = _quantize(build, np.ascontiguousarray(b, F32), node.type)
+    for i3 in range(bq.shape[0]):
+        for i2 in range(bq.shape[1]):
+            rows = ix[i3 % ix.shape[0], i2 % ix.shape[1]]
+            if len(np.unique(rows)) == len(rows):
+                dst[i3, i2, rows] = bq[i3, i2]
+            else:  # a repeated index keeps the last row, as ggml's loop does
+                for i, r in enumerate(rows):
+                    dst[i3, i2, r] = bq[i3, i2, i]
+
+
+def _set_rows_supports(node):
+    if node.src[0].type != D.TYPE_F32 or node.type == D.TYPE_Q8_1:
+        return "SET_ROWS: CPU writes f32 rows into a quantized destination (not q8_1)"
+    return None
+
+
+register_quant_kernel("MUL_MAT", "cpu", _mul_mat, supports=_mul_mat_supports)
+register_quant_kernel("CPY", "cpu", _cpy, supports=_cpy_supports)
+register_quant_kernel("GET_ROWS", "cpu", _get_rows, supports=_get_rows_supports)
+register_quant_kernel("SET_ROWS", "cpu", _set_rows, supports=_set_rows_supports)
