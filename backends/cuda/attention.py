@@ -20,8 +20,9 @@ Two launches per node (flash decoding):
              (weights exp(m_t - M)), adds the sink's exp(sink - M) to the denominator, writes dst.
 The chunk count is chosen at plan time so that few queries over a long cache (decode) still fill
 the GPU. A row whose every score is -inf (and no sink) gives 0, as ggml. On a real GPU, f16 K/V
-with DK % 64 == 0 and DV % 32 == 0 run the tensor-core chunk kernel of attention_tc.py instead of
-fa_split (same partials, same combine); `tc_refusal(node)` says when and why not.
+run faster chunk kernels with the same partials (`kernel_path(node)` says which): first the CUDA
+C++ kernels of attention_mma.cu (cp.async pipeline, tensor cores; `attention_mma.refusal(node)`
+says when not), else the Numba tensor-core kernel of attention_tc.py (`tc_refusal(node)`).
 """
 from __future__ import annotations
 
@@ -322,9 +323,10 @@ def _launches(node) -> list:
     m0 = 2.0 ** (-max_bias / n_log2)
     m1 = 2.0 ** (-(max_bias / 2.0) / n_log2)
     dv = v.ne[0]
-    if kernel_path(node) == "mma":
+    path = kernel_path(node)
+    if path == "mma":
         return [Launch(kern, grid, block, extra) for kern, grid, block, extra in attention_mma.launches(node, m0, m1, n_log2)]
-    if kernel_path(node) == "tc":
+    if path == "tc":
         chunk, n_chunks = plan_tc(node)
         n_parts = n_chunks
         n_rg = -(-(n_head // k.ne[2]) * n_q // attention_tc.TILE)

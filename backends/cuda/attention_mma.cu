@@ -506,15 +506,13 @@ fa_mma_combine(const i64* __restrict__ meta, float* __restrict__ dst, const floa
     float* dp = dst + meta[0] + h * meta[6] + iq * meta[7] + i3 * meta[8];
     const i64 d0 = meta[5];
     for (int d = tid; d < dv; d += COMBINE_THREADS) {
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};   // 8 loads in flight
         int t = 0;
-        for (; t + 4 <= n_parts; t += 4) {
-            a0 += wts[t] * pp[t * (dv + 2) + d];
-            a1 += wts[t + 1] * pp[(t + 1) * (dv + 2) + d];
-            a2 += wts[t + 2] * pp[(t + 2) * (dv + 2) + d];
-            a3 += wts[t + 3] * pp[(t + 3) * (dv + 2) + d];
+        for (; t + 8 <= n_parts; t += 8) {
+#pragma unroll
+            for (int u = 0; u < 8; ++u) a[u] += wts[t + u] * pp[(t + u) * (dv + 2) + d];
         }
-        for (; t < n_parts; ++t) a0 += wts[t] * pp[t * (dv + 2) + d];
-        dp[d * d0] = ((a0 + a1) + (a2 + a3)) * inv;
+        for (; t < n_parts; ++t) a[0] += wts[t] * pp[t * (dv + 2) + d];
+        dp[d * d0] = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) * inv;
     }
 }

@@ -73,16 +73,20 @@ def config(node) -> Config:
     k, v = node.src[1], node.src[2]
     dk, dv = k.ne[0], v.ne[0]
     share = int(share_offset(node) >= 0)
-    bn = 32 if dk > 256 else 64
-    c = Config(dk, dv, bn, 2, 4, share, 1)
+    c = Config(dk, dv, 32 if dk > 256 else 64, 2, 4, share, 1)
     for stages in (4, 3, 2):
-        if 2 * (smem_bytes(replace(c, STAGES=stages)) + 1024) <= SMEM_PER_SM:
-            c = replace(c, STAGES=stages, MIN_BLOCKS=2)
+        if _fits_two(replace(c, STAGES=stages)):
+            c = replace(c, STAGES=stages)
             break
-    c = replace(c, **OVERRIDE)
-    if c.DV % (8 * c.WARPS) or c.BN % (8 * c.WARPS):
-        c = replace(c, WARPS=4)
-    return c
+    c = replace(c, **{f: x for f, x in OVERRIDE.items() if f != "MIN_BLOCKS"})
+    if c.DV % (8 * c.WARPS) or c.BN % (8 * c.WARPS) or c.BN % 16:
+        c = replace(c, WARPS=4, BN=-(-c.BN // 32) * 32)       # an override the shapes do not allow
+    # the register cap follows from the blocks that fit (2 blocks of 4 warps: 255 a thread)
+    return replace(c, MIN_BLOCKS=OVERRIDE.get("MIN_BLOCKS", 2 if _fits_two(c) else 1))
+
+
+def _fits_two(c: Config) -> bool:
+    return 2 * (smem_bytes(c) + 1024) <= SMEM_PER_SM
 
 
 # -- compiling and loading --------------------------------------------------------------------
