@@ -31,11 +31,9 @@ from minigraph.ops.attention import v_offset_in_k
 
 DK, DV = 576, 512
 # --sweep: attention_mma.OVERRIDE points tried after each case's default config
-SWEEP_MLA_VIEW = ({"WAVES": 2}, {"BN": 64, "WARPS": 8, "STAGES": 2}, {"BN": 32, "STAGES": 3},
-                  {"BN": 64, "STAGES": 2}, {"BN": 64, "WARPS": 8, "STAGES": 2, "WAVES": 2})
+SWEEP_MLA_VIEW = ({"BN": 64, "WARPS": 8, "STAGES": 2}, {"BN": 64, "STAGES": 2}, {"BN": 32, "STAGES": 3})
 SWEEP_MLA_COPY = ({"WAVES": 2},)
-SWEEP_GQA = ({"WAVES": 2}, {"BN": 32, "STAGES": 4}, {"BN": 64, "STAGES": 4}, {"BN": 128, "STAGES": 2},
-             {"BN": 64, "WARPS": 8, "STAGES": 3}, {"WAVES": 3})
+SWEEP_GQA = ({"WARPS": 8, "STAGES": 3}, {"BN": 32, "STAGES": 4}, {"BN": 64, "STAGES": 4})
 
 
 def _events_us(stream, launch, runs: int) -> list[float]:

@@ -58,7 +58,7 @@ typedef long long i64;
 
 static_assert(DK % 16 == 0 && DV % (8 * WARPS) == 0, "head sizes");
 static_assert(BN % (8 * WARPS) == 0 && BN % 16 == 0, "tile");
-static_assert(STAGES >= 2, "stages");
+static_assert(STAGES >= 2 && ROWS % WARPS == 0, "stages, warps");
 
 // shared memory layout (bytes); attention_mma.py's smem_bytes() mirrors it
 #define SM_Q 0
@@ -221,21 +221,27 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
         cp_commit();
     }
 
-    // q rows, scaled, as f16 pairs (rows past the block's rows: zeros)
+    // q rows, scaled, as f16 pairs (rows past the block's rows: zeros); a warp a row, every load
+    // of the unrolled loops issued before the first store (a block's fixed cost: latency, not bytes)
     const float sc = softcap != 0.0f ? scale / softcap : scale;
     {
-        const i64 qo0 = meta[SLOT], q0 = meta[SLOT + 5], q1 = meta[SLOT + 6], q2 = meta[SLOT + 7], q3 = meta[SLOT + 8];
+        const i64 qo0 = meta[SLOT], q1 = meta[SLOT + 6], q2 = meta[SLOT + 7], q3 = meta[SLOT + 8];
+        const int q0 = (int)meta[SLOT + 5];
         u32* sq = (u32*)(smem + SM_Q);
-        for (int idx = tid; idx < ROWS * (DK / 2); idx += NT) {
-            const int rr = idx / (DK / 2), c = idx % (DK / 2);
-            const int r = r0 + rr;
-            float x0 = 0.0f, x1 = 0.0f;
-            if (r < n_rows) {
-                const float* qp = q + qo0 + (r / G) * q1 + (ik2 * G + r % G) * q2 + i3 * q3 + 2 * c * q0;
-                x0 = qp[0] * sc;
-                x1 = qp[q0] * sc;
+#pragma unroll
+        for (int i = 0; i < ROWS / WARPS; ++i) {
+            const int rr = i * WARPS + w, r = r0 + rr;
+            const bool live = r < n_rows;
+            const float* qp = q + (live ? qo0 + (r / G) * q1 + (ik2 * G + r % G) * q2 + i3 * q3 : 0);
+#pragma unroll
+            for (int c = lane; c < DK / 2; c += 32) {
+                float x0 = 0.0f, x1 = 0.0f;
+                if (live) {
+                    x0 = qp[2 * c * q0] * sc;
+                    x1 = qp[(2 * c + 1) * q0] * sc;
+                }
+                sq[rr * (QS / 2) + c] = pack_h2(x0, x1);
             }
-            sq[rr * (QS / 2) + c] = pack_h2(x0, x1);
         }
     }
 

@@ -211,7 +211,8 @@ def plan(node) -> tuple[Config, int, int]:
     n_kv = k.ne[1]
     base = -(-(q.ne[2] // k.ne[2]) * q.ne[1] // ROWS) * k.ne[2] * q.ne[3]
     slots = cuda.get_current_device().MULTIPROCESSOR_COUNT * occ * c.WAVES
-    n_chunks = max(1, min(-(-slots // base), MAX_PARTS, -(-n_kv // MIN_CHUNK)))
+    # never more blocks than slots: a few blocks left for a second wave double the time
+    n_chunks = max(1, min(slots // base, MAX_PARTS, -(-n_kv // MIN_CHUNK)))
     chunk = -(-(-(-n_kv // n_chunks)) // c.BN) * c.BN
     return c, chunk, -(-n_kv // chunk)
 
