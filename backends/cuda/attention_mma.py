@@ -91,7 +91,7 @@ def _fits_two(c: Config) -> bool:
 
 # -- compiling and loading --------------------------------------------------------------------
 
-_MODULES: dict = {}        # (Config, arch) -> (module, chunk fn, combine fn) or the error text
+_MODULES: dict = {}        # (Config, arch, device) -> (module, chunk fn, combine fn, occupancy, image) or the error
 
 
 def nvrtc_compile(c: Config, arch: str, extra: tuple = ()) -> tuple[bytes, str]:
@@ -137,8 +137,10 @@ def arch() -> str:
 
 
 def kernels(c: Config) -> tuple:
-    """(chunk fn, combine fn, blocks an SM) of config c, compiled and loaded once per process."""
-    key = (c, arch())
+    """(chunk fn, combine fn, blocks an SM) of config c, compiled and loaded once per process and
+    GPU (a module belongs to the context it was loaded in: the current device's, which the
+    backend's activate() sets)."""
+    key = (c, arch(), cuda.get_current_device().id)
     got = _MODULES.get(key)
     if isinstance(got, str):
         raise MinigraphError(got)
