@@ -9,9 +9,14 @@ in one run, on the shapes of the attention issue.
             flash backend (f16 q, enable_gqa) in the same run (goal: within 1.25x of SDPA).
 Every case is checked against torch (f32 math on the GPU) first. GPU times: CUDA events around
 one replay of the plan's captured CUDA graph (the node's launches, no host work), `--runs`
-replays after warm-up; median, min and max are printed with the device name.
+replays after warm-up; median, min and max are printed with the device name. Each line names the
+chunk kernel that ran (attention.kernel_path: mma = attention_mma.cu, tc = the Numba tensor-core
+kernel, plain = fa_split) and, for mma, its config and kv chunks.
 
-    python benchmarks/attention_cuda.py [--runs 30] [--n-kv 32768] [--ne3 8] [--plain]
+    python benchmarks/attention_cuda.py [--runs 30] [--n-kv 32768] [--ne3 8] [--tc] [--plain] [--sweep]
+
+--tc / --plain also time the Numba tensor-core / plain kernels on the same data (before/after in
+one run); --sweep times other attention_mma configs (tile rows, stages, warps, waves) per case.
 """
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ import minigraph as mg
 from minigraph.ops.attention import v_offset_in_k
 
 DK, DV = 576, 512
+# --sweep: attention_mma.OVERRIDE points tried after each case's default config
+SWEEP_MLA_VIEW = ({"BN": 64, "WARPS": 8, "STAGES": 2}, {"BN": 64, "STAGES": 2}, {"BN": 32, "STAGES": 3})
+SWEEP_MLA_COPY = ({"WAVES": 2},)
+SWEEP_GQA = ({"WARPS": 8, "STAGES": 3}, {"BN": 32, "STAGES": 4}, {"BN": 64, "STAGES": 4})
 
 
 def _events_us(stream, launch, runs: int) -> list[float]:
@@ -77,7 +86,19 @@ def _reference(torch, q, k, v, scale):
     return torch.matmul(torch.softmax(s, dim=-1), v.float()).reshape(B, H, -1).cpu().numpy()
 
 
-def mla(be, torch, n_kv: int, ne3: int, runs: int, view: bool) -> float:
+def _path(out) -> str:
+    from minigraph.backends.cuda import attention as fa
+
+    path = fa.kernel_path(out)
+    if path == "mma":
+        c, chunk, n_chunks = fa.attention_mma.plan(out)
+        return (f"[mma BN={c.BN} stages={c.STAGES} warps={c.WARPS} share={c.SHARE} blocks/SM<={c.MIN_BLOCKS} "
+                f"waves={c.WAVES}; {n_chunks} chunks of {chunk}]")
+    why = fa.attention_mma.refusal(out) if fa.USE_MMA else "off"
+    return f"[{path}; mma: {why}]"
+
+
+def mla(be, torch, n_kv: int, ne3: int, runs: int, view: bool, sweep: tuple = ()) -> float:
     rng = np.random.default_rng(0)
     ctx = mg.Context()
     kc = rng.uniform(-1, 1, (ne3, 1, n_kv, DK)).astype(np.float16)
@@ -94,22 +115,47 @@ def mla(be, torch, n_kv: int, ne3: int, runs: int, view: bool) -> float:
     mask = ctx.new_tensor_4d(mg.TYPE_F16, n_kv, 1, 1, 1)
     mask.set_data(np.zeros((1, 1, 1, n_kv), np.float16))
     scale = 1.0 / math.sqrt(192)    # DeepSeek's: 1/sqrt(qk_nope + qk_rope head dims)
-    out = ctx.flash_attn_ext(q, k, v, mask, scale)
-    gf, replay = _plan_replay(be, out)
-    got = out.numpy().reshape(ne3, 16, DV)
     ref = _reference(torch, qa, kc, kc[..., :DV], scale)
-    err = float(np.abs(got - ref).max() / np.abs(ref).max())
-    ts = _events_us(be.stream, replay, runs)
     kbytes = ne3 * n_kv * DK * 2
-    med = statistics.median(ts)
     name = "mla-view" if view else "mla-copy"
-    extra = "" if view else f", K+V read {(kbytes + ne3 * n_kv * DV * 2) / med / 1e6:.2f} TB/s"
-    print(f"{name:9s} n_kv={n_kv} ne3={ne3}: {_spread(ts)}; K cache {kbytes / 1e6:.0f} MB -> effective "
-          f"K read {kbytes / med / 1e6:.2f} TB/s (best {kbytes / min(ts) / 1e6:.2f}){extra}; max rel err {err:.1e}")
+    med = 0.0
+    for ov in ({},) + tuple(sweep):
+        with _override(ov):
+            out = ctx.flash_attn_ext(q, k, v, mask, scale)
+            gf, replay = _plan_replay(be, out)
+            got = out.numpy().reshape(ne3, 16, DV)
+            err = float(np.abs(got - ref).max() / np.abs(ref).max())
+            ts = _events_us(be.stream, replay, runs)
+            m = statistics.median(ts)
+            med = med or m
+            extra = "" if view else f", K+V read {(kbytes + ne3 * n_kv * DV * 2) / m / 1e6:.2f} TB/s"
+            print(f"{name:9s} n_kv={n_kv} ne3={ne3}: {_spread(ts)}; K cache {kbytes / 1e6:.0f} MB -> effective "
+                  f"K read {kbytes / m / 1e6:.2f} TB/s (best {kbytes / min(ts) / 1e6:.2f}){extra}; max rel err "
+                  f"{err:.1e} {_path(out)}", flush=True)
     return med
 
 
-def gqa(be, torch, n_kv: int, runs: int) -> None:
+class _override:
+    """attention_mma.OVERRIDE set for a with-block (a sweep point), restored after."""
+
+    def __init__(self, ov: dict) -> None:
+        self.ov = ov
+
+    def __enter__(self) -> None:
+        from minigraph.backends.cuda import attention_mma
+
+        self.old = dict(attention_mma.OVERRIDE)
+        attention_mma.OVERRIDE.clear()
+        attention_mma.OVERRIDE.update(self.ov)
+
+    def __exit__(self, *exc) -> None:
+        from minigraph.backends.cuda import attention_mma
+
+        attention_mma.OVERRIDE.clear()
+        attention_mma.OVERRIDE.update(self.old)
+
+
+def gqa(be, torch, n_kv: int, runs: int, sweep: tuple = (), sdpa: bool = True) -> None:
     rng = np.random.default_rng(1)
     ctx = mg.Context()
     H, HK, D = 32, 8, 128
@@ -122,16 +168,21 @@ def gqa(be, torch, n_kv: int, runs: int) -> None:
     v.set_data(va)
     q = ctx.from_numpy(qa)
     scale = 1.0 / math.sqrt(D)
-    out = ctx.flash_attn_ext(q, k, v, None, scale)
-    gf, replay = _plan_replay(be, out)
     ref = _reference(torch, qa, ka, va, scale)[0]
-    got = out.numpy().reshape(H, D)
-    err = float(np.abs(got - ref).max() / np.abs(ref).max())
-    ts = _events_us(be.stream, replay, runs)
     byt = 2 * HK * n_kv * D * 2
-    print(f"gqa       n_kv={n_kv} minigraph: {_spread(ts)}; K+V {byt / 1e6:.0f} MB -> "
-          f"{byt / statistics.median(ts) / 1e6:.2f} TB/s; max rel err {err:.1e}")
-    if torch is None:
+    first = None
+    for ov in ({},) + tuple(sweep):
+        with _override(ov):
+            out = ctx.flash_attn_ext(q, k, v, None, scale)
+            gf, replay = _plan_replay(be, out)
+            got = out.numpy().reshape(H, D)
+            err = float(np.abs(got - ref).max() / np.abs(ref).max())
+            ts = _events_us(be.stream, replay, runs)
+            first = first or ts
+            print(f"gqa       n_kv={n_kv} minigraph: {_spread(ts)}; K+V {byt / 1e6:.0f} MB -> "
+                  f"{byt / statistics.median(ts) / 1e6:.2f} TB/s; max rel err {err:.1e} {_path(out)}", flush=True)
+    ts = first
+    if torch is None or not sdpa:
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
@@ -164,7 +215,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--n-kv", type=int, default=32768)
     ap.add_argument("--ne3", type=int, default=8)
+    ap.add_argument("--tc", action="store_true", help="also time the Numba tensor-core kernel")
     ap.add_argument("--plain", action="store_true", help="also time the plain (no tensor core) kernels")
+    ap.add_argument("--sweep", action="store_true", help="also time other attention_mma configs")
     a = ap.parse_args()
     try:
         import torch
@@ -175,17 +228,26 @@ def main() -> None:
     be = mg.backend_cuda_init(0)
     name = getattr(cuda.get_current_device(), "name", "simulator")
     print(f"device: {name.decode() if isinstance(name, bytes) else name}, torch {getattr(torch, '__version__', None)}")
-    t_view = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True)
-    t_copy = mla(be, torch, a.n_kv, a.ne3, a.runs, view=False)
+    sw = a.sweep
+    t_view = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True, sweep=SWEEP_MLA_VIEW if sw else ())
+    t_copy = mla(be, torch, a.n_kv, a.ne3, a.runs, view=False, sweep=SWEEP_MLA_COPY if sw else ())
     print(f"mla view / copy = {t_view / t_copy:.2f}x (goal <= 0.6x)")
-    gqa(be, torch, a.n_kv, a.runs)
-    if a.plain:
-        from minigraph.backends.cuda import attention as fa
+    gqa(be, torch, a.n_kv, a.runs, sweep=SWEEP_GQA if sw else ())
+    from minigraph.backends.cuda import attention as fa
 
+    if a.tc:
+        fa.USE_MMA = False
+        print("Numba tensor-core kernel (attention_tc.py):")
+        tv = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True)
+        tcp = mla(be, torch, a.n_kv, a.ne3, a.runs, view=False)
+        print(f"mla view / copy = {tv / tcp:.2f}x")
+        gqa(be, torch, a.n_kv, a.runs, sdpa=False)
+    if a.plain:
+        fa.USE_MMA = False
         fa.USE_TC = False
         print("plain kernels (fa_split, what the simulator and CI run):")
         mla(be, torch, a.n_kv, a.ne3, a.runs, view=True)
-        gqa(be, torch, a.n_kv, a.runs)
+        gqa(be, torch, a.n_kv, a.runs, sdpa=False)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_sinks_only_row_and_all_masked():
         np.testing.assert_array_equal(out.numpy(), 0.0)
 
 
-# the tensor-core kernel (real GPU, f16 K/V) rounds q and the softmax weights to f16 for the mma,
+# the tensor-core kernels (real GPU, f16 K/V) round q and the softmax weights to f16 for the mma,
 # as ggml's CUDA kernels do; ggml itself is held to 2e-5 on f16 (test_attention.py)
 TC_MAX_NMSE = 1e-5
 BIG = [FaCase(576, 512, 16, 1, 3000, 1, type_kv="f16", layout="vk", sinks=True),
@@ -137,23 +137,34 @@ BIG = [FaCase(576, 512, 16, 1, 3000, 1, type_kv="f16", layout="vk", sinks=True),
        FaCase(128, 128, 32, 8, 517, 2, type_kv="f16", mask="dead_row", max_bias=8.0, sinks=True),
        FaCase(128, 128, 8, 8, 300, 300, mask="causal", type_kv="f16"),
        FaCase(128, 64, 6, 2, 77, 7, type_kv="f16", layout="vk", v_offs=0),
+       FaCase(128, 64, 6, 2, 700, 3, type_kv="f16", layout="vk", v_offs=64, mask_f32=True),   # V from the K tile at 64
+       FaCase(80, 32, 4, 2, 333, 5, type_kv="f16", ne3=2, nk3=1),          # DK % 64 != 0, one O n-tile a warp
        FaCase(64, 64, 4, 4, 33, 3, type_kv="f16", layout="offs", max_bias=8.0),
        FaCase(64, 64, 4, 4, 33, 3, type_kv="bf16", layout="offs", max_bias=8.0)]
+PATHS = {"mma": (True, True), "tensor_cores": (False, True), "plain": (False, False)}   # (USE_MMA, USE_TC)
+
+
+def _expected_path(c, path):
+    if c.type_kv != "f16" or path == "plain":
+        return "plain"
+    if path == "mma" and c.layout != "offs":
+        return "mma"
+    return "tc" if c.hsk % 64 == 0 and c.layout != "offs" else "plain"
 
 
 @gpu
-@pytest.mark.parametrize("tc", [True, False], ids=["tensor_cores", "plain"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("c", BIG, ids=lambda c: c.vars())
-def test_cuda_big_cases(c, tc, monkeypatch):
+def test_cuda_big_cases(c, path, monkeypatch):
     from minigraph.backends.cuda import attention as fa
 
-    monkeypatch.setattr(fa, "USE_TC", tc)
+    monkeypatch.setattr(fa, "USE_MMA", PATHS[path][0])
+    monkeypatch.setattr(fa, "USE_TC", PATHS[path][1])
     ctx = mg.Context()
     out = build_case(ctx, np.random.default_rng(4), c)
     assert BE.supports_op(out)
-    on_tc = fa.tc_refusal(out) is None
-    if tc and c.type_kv == "f16" and c.layout != "offs":
-        assert on_tc, fa.tc_refusal(out)
+    got_path = fa.kernel_path(out)
+    assert got_path == _expected_path(c, path), (fa.attention_mma.refusal(out), fa.tc_refusal(out))
     gf = mg.Graph()
     gf.build_forward_expand(out)
     ref = np.asarray(mg.reference_compute(gf)[out], np.float64)
@@ -161,7 +172,54 @@ def test_cuda_big_cases(c, tc, monkeypatch):
     got = np.asarray(out.numpy(), np.float64)
     assert np.isfinite(got).all()
     err = float(((got - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
-    assert err < (TC_MAX_NMSE if on_tc else MAX_NMSE), err
+    assert err < (MAX_NMSE if got_path == "plain" else TC_MAX_NMSE), err
+
+
+@gpu
+def test_mma_refusal_names_the_layout():
+    """K at an odd element offset cannot be copied in 16-byte pieces: the C++ kernel says so and
+    the node still runs (on the plain kernel), right."""
+    from minigraph.backends.cuda import attention as fa
+
+    ctx = mg.Context()
+    out = build_case(ctx, np.random.default_rng(6), FaCase(64, 64, 2, 2, 40, 1, type_kv="f16", layout="offs"))
+    why = fa.attention_mma.refusal(out)
+    assert why and "16-byte aligned" in why
+    _check_tc(out)
+
+
+def _check_tc(out):
+    gf = mg.Graph()
+    gf.build_forward_expand(out)
+    ref = np.asarray(mg.reference_compute(gf)[out], np.float64)
+    BE.graph_compute(gf)
+    got = np.asarray(out.numpy(), np.float64)
+    err = float(((got - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
+    assert err < TC_MAX_NMSE, err
+
+
+@gpu
+def test_mma_graph_replay_sees_new_inputs():
+    """The C++ launches sit in the captured CUDA graph: a replay after new q data gives the new
+    result (the driver launch reads the buffers, not a snapshot)."""
+    from minigraph.backends.cuda import attention as fa
+
+    rng = np.random.default_rng(7)
+    ctx = mg.Context()
+    qa = rng.uniform(-1, 1, (1, 8, 1, 128)).astype(np.float32)
+    q = ctx.from_numpy(qa, copy=False)
+    k = ctx.from_numpy(rng.uniform(-1, 1, (1, 2, 600, 128)).astype(np.float16))
+    v = ctx.from_numpy(rng.uniform(-1, 1, (1, 2, 600, 128)).astype(np.float16))
+    out = ctx.flash_attn_ext(q, k, v, None, 0.1)
+    assert fa.kernel_path(out) == "mma", fa.attention_mma.refusal(out)
+    gf = mg.Graph()
+    gf.build_forward_expand(out)
+    for i in range(3):                       # compute, capture, replay
+        qa[...] = rng.uniform(-1, 1, qa.shape)
+        ref = np.asarray(mg.reference_compute(gf)[out], np.float64)
+        BE.graph_compute(gf)
+        err = float(((out.numpy() - ref) ** 2).sum() / (ref ** 2).sum())
+        assert err < TC_MAX_NMSE, (i, err)
 
 
 def _leaf(ctx, type_, *ne):

@@ -20,8 +20,9 @@ Two launches per node (flash decoding):
              (weights exp(m_t - M)), adds the sink's exp(sink - M) to the denominator, writes dst.
 The chunk count is chosen at plan time so that few queries over a long cache (decode) still fill
 the GPU. A row whose every score is -inf (and no sink) gives 0, as ggml. On a real GPU, f16 K/V
-with DK % 64 == 0 and DV % 32 == 0 run the tensor-core chunk kernel of attention_tc.py instead of
-fa_split (same partials, same combine); `tc_refusal(node)` says when and why not.
+run faster chunk kernels with the same partials (`kernel_path(node)` says which): first the CUDA
+C++ kernels of attention_mma.cu (cp.async pipeline, tensor cores; `attention_mma.refusal(node)`
+says when not), else the Numba tensor-core kernel of attention_tc.py (`tc_refusal(node)`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from minigraph.core import dtypes
 from minigraph.core.buffer import tensor_start
 from minigraph.core.registry import register_kernel
 
-from minigraph.backends.cuda import attention_tc
+from minigraph.backends.cuda import attention_mma, attention_tc
 from minigraph.backends.cuda.common import SIM, SLOT_W, CudaKernel, Launch, at, ne, nelem
 from minigraph.backends.cuda.convert import to_f32
 
@@ -49,7 +50,8 @@ TARGET_BLOCKS = 4 if SIM else 1056   # fa_split blocks to aim for (8 per SM of a
 MIN_CHUNK = 4 if SIM else 256        # kv rows a chunk has at least
 COMBINE_THREADS = 32 if SIM else 128
 MAX_GRID_YZ = 65535
-USE_TC = True                        # f16 K/V on a GPU: the tensor-core chunk kernel (attention_tc.py)
+USE_MMA = True                       # f16 K/V on a GPU: the CUDA C++ kernels (attention_mma.cu)
+USE_TC = True                        # else the Numba tensor-core chunk kernel (attention_tc.py)
 TC_TARGET_BLOCKS = 528               # 2 blocks of 4 warps an SM (254 registers a thread), 2 waves
 
 if SIM:
@@ -294,6 +296,13 @@ def tc_refusal(node) -> Optional[str]:
     return None
 
 
+def kernel_path(node) -> str:
+    """Which chunk kernel runs the node: "mma" (attention_mma.cu), "tc" (attention_tc.py) or "plain"."""
+    if USE_MMA and attention_mma.refusal(node) is None:
+        return "mma"
+    return "tc" if tc_refusal(node) is None else "plain"
+
+
 def plan_tc(node) -> tuple[int, int]:
     """(chunk, n_chunks) of the tensor-core kernel: 16 rows a block, TC_TARGET_BLOCKS in all."""
     q, k = node.src[0], node.src[1]
@@ -314,8 +323,10 @@ def _launches(node) -> list:
     m0 = 2.0 ** (-max_bias / n_log2)
     m1 = 2.0 ** (-(max_bias / 2.0) / n_log2)
     dv = v.ne[0]
-    tc = tc_refusal(node) is None
-    if tc:
+    path = kernel_path(node)
+    if path == "mma":
+        return [Launch(kern, grid, block, extra) for kern, grid, block, extra in attention_mma.launches(node, m0, m1, n_log2)]
+    if path == "tc":
         chunk, n_chunks = plan_tc(node)
         n_parts = n_chunks
         n_rg = -(-(n_head // k.ne[2]) * n_q // attention_tc.TILE)

@@ -1,0 +1,524 @@
+// FLASH_ATTN_EXT chunk and combine kernels in CUDA C++ for f16 K/V (sm_80+), compiled at run time
+// by NVRTC (attention_mma.py). Same split-KV plan, partials and combine as attention.py.
+//
+// Compile-time shape (-D): DK, DV (head sizes, % 16 / % 32), BN (kv rows a tile), STAGES (tiles
+// in shared memory), WARPS, SHARE (1: V is K's columns [v_off, v_off + DV), read from the K tile).
+//
+// One block = (kv chunk, 16 rows of one K head, ne3). Rows are the (query row, head) pairs of a
+// GQA/MQA group: row r is query row r / G of head ik2 * G + r % G (MLA: the 16 heads of the one
+// latent head). Per tile of BN kv rows:
+//   load     K (and V when it is not a view of K) rows go global -> shared with cp.async, STAGES
+//            tiles deep, so 1..STAGES-1 tiles are in flight while one is computed.
+//   S = QK^T each warp owns BN / WARPS kv columns over the full DK: A = q (f16, pre-scaled, in
+//            shared memory), B = the K tile, both through ldmatrix; mma.sync m16n8k16, f32 sums.
+//   softmax  softcap, slope * mask, row max across warps (shared memory), P = exp(S - m) as f16
+//            into shared memory; each warp keeps the row sums of its own columns.
+//   O += PV  each warp owns DV / WARPS output columns: A = P, B = the V tile (ldmatrix.trans).
+// Index arithmetic is 32-bit inside a head (the planner checks the extents), 64-bit only for the
+// per-block base pointers.
+//
+// Tensor slots in `meta` (int64, common.py): s*9 + 0 element offset, 1..4 ne, 5..8 element strides.
+// Slots: 0 dst f32, 1 q f32, 2 k f16, 3 v f16, 4 mask f16/f32, 5 sinks f32.
+
+#ifndef DK
+#define DK 128
+#endif
+#ifndef DV
+#define DV 128
+#endif
+#ifndef BN
+#define BN 64
+#endif
+#ifndef STAGES
+#define STAGES 3
+#endif
+#ifndef WARPS
+#define WARPS 4
+#endif
+#ifndef SHARE
+#define SHARE 0
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
+#endif
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef long long i64;
+
+#define NT (WARPS * 32)
+#define ROWS 16
+#define QS (DK + 8)              // row strides (halfs) of the shared tiles: 16 bytes of padding
+#define KS (DK + 8)              // make 8 consecutive rows hit distinct banks for ldmatrix
+#define VS (DV + 8)
+#define PS (BN + 8)
+#define NT_S (BN / 8 / WARPS)    // S n-tiles (8 kv columns) a warp owns
+#define NT_O (DV / 8 / WARPS)    // O n-tiles (8 output columns) a warp owns
+#define SLOT 9
+
+static_assert(DK % 16 == 0 && DV % (8 * WARPS) == 0, "head sizes");
+static_assert(BN % (8 * WARPS) == 0 && BN % 16 == 0, "tile");
+static_assert(STAGES >= 2 && ROWS % WARPS == 0, "stages, warps");
+
+// shared memory layout (bytes); attention_mma.py's smem_bytes() mirrors it
+#define SM_Q 0
+#define SM_K (SM_Q + ROWS * QS * 2)
+#define SM_V (SM_K + STAGES * BN * KS * 2)
+#define SM_P (SM_V + (SHARE ? 0 : STAGES * BN * VS * 2))
+#define SM_MAX (SM_P + ROWS * PS * 2)
+#define SM_L (SM_MAX + WARPS * ROWS * 4)
+#define SM_TOTAL (SM_L + WARPS * ROWS * 4)
+
+// -- PTX intrinsics (tests/cuda_emu replaces this section to run the kernels on the CPU) --
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void cp16(u32 dst, const void* src, bool ok) {
+    // 16 bytes global -> shared, bypassing L1; ok == false fills zeros (rows past the chunk)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(ok ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+
+__device__ __forceinline__ void ldm_x4(u32 a, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a));
+}
+
+__device__ __forceinline__ void ldm_x2(u32 a, u32& r0, u32& r1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(a));
+}
+
+__device__ __forceinline__ void ldm_x4t(u32 a, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a));
+}
+
+__device__ __forceinline__ void ldm_x2t(u32 a, u32& r0, u32& r1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(a));
+}
+
+__device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// -- end of PTX intrinsics --
+
+#define LOG2E 1.4426950408889634f
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+// exp(s - m): 0 for s = -inf (also when m = -inf)
+__device__ __forceinline__ float pexp(float s, float m) { return s == NEG_INF ? 0.0f : ex2((s - m) * LOG2E); }
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+__device__ __forceinline__ float slope_of(int h, float max_bias, float m0, float m1, int n_log2) {
+    if (max_bias <= 0.0f) return 1.0f;
+    return h < n_log2 ? powf(m0, (float)(h + 1)) : powf(m1, (float)(2 * (h - n_log2) + 1));
+}
+
+__device__ __forceinline__ float mask_at(const void* mask, int mask_f32, i64 i) {
+    return mask_f32 ? ((const float*)mask)[i] : h2f(((const u16*)mask)[i]);
+}
+
+extern "C" __global__ void __launch_bounds__(NT, MIN_BLOCKS)
+fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u16* __restrict__ k,
+             const u16* __restrict__ v, const void* __restrict__ mask, float* __restrict__ part,
+             float scale, float max_bias, float softcap, float m0, float m1, int n_log2,
+             int has_mask, int mask_f32, int v_off, int chunk, int n_parts)
+{
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+
+    const int dv = (int)meta[1];
+    const int n_head = (int)meta[2], n_q = (int)meta[3], n3 = (int)meta[4];
+    const int n_kv = (int)meta[2 * SLOT + 2];
+    const int G = n_head / (int)meta[2 * SLOT + 3];
+    const int n_rows = G * n_q;
+    const int n_rg = (n_rows + ROWS - 1) / ROWS;
+    const int ik2 = blockIdx.y / n_rg;
+    const int r0 = (blockIdx.y % n_rg) * ROWS;
+    const int i3 = blockIdx.z;
+
+    const u16* kb = k + meta[2 * SLOT] + ik2 * meta[2 * SLOT + 7] + (i3 / (n3 / (int)meta[2 * SLOT + 4])) * meta[2 * SLOT + 8];
+    const int k1 = (int)meta[2 * SLOT + 6];
+#if !SHARE
+    const u16* vb = v + meta[3 * SLOT] + ik2 * meta[3 * SLOT + 7] + (i3 / (n3 / (int)meta[3 * SLOT + 4])) * meta[3 * SLOT + 8];
+    const int v1 = (int)meta[3 * SLOT + 6];
+#endif
+
+    const int j_lo = blockIdx.x * chunk;
+    const int j_hi = min(n_kv, j_lo + chunk);
+    const int n_tiles = (j_hi - j_lo + BN - 1) / BN;
+
+    const u32 s_base = smem_addr(smem);
+
+    // one tile's rows into stage st, a warp a row (coalesced 16-byte pieces); rows past the
+    // chunk are zero-filled (their scores are masked, and 0 * garbage could be NaN)
+    auto load_tile = [&](int t, int st) {
+        const int jt = j_lo + t * BN;
+        const u32 sk = s_base + SM_K + st * (BN * KS * 2);
+#pragma unroll
+        for (int i = 0; i < BN / WARPS; ++i) {
+            const int rr = i * WARPS + w;
+            const bool ok = jt + rr < j_hi;
+            const u16* src = kb + (ok ? jt + rr : j_lo) * k1;
+#pragma unroll
+            for (int cc = lane; cc < DK / 8; cc += 32) cp16(sk + (rr * KS + cc * 8) * 2, src + cc * 8, ok);
+        }
+#if !SHARE
+        const u32 sv = s_base + SM_V + st * (BN * VS * 2);
+#pragma unroll
+        for (int i = 0; i < BN / WARPS; ++i) {
+            const int rr = i * WARPS + w;
+            const bool ok = jt + rr < j_hi;
+            const u16* src = vb + (ok ? jt + rr : j_lo) * v1;
+#pragma unroll
+            for (int cc = lane; cc < DV / 8; cc += 32) cp16(sv + (rr * VS + cc * 8) * 2, src + cc * 8, ok);
+        }
+#endif
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < n_tiles) load_tile(s, s);
+        cp_commit();
+    }
+
+    // q rows, scaled, as f16 pairs (rows past the block's rows: zeros); a warp a row, every load
+    // of the unrolled loops issued before the first store (a block's fixed cost: latency, not bytes)
+    const float sc = softcap != 0.0f ? scale / softcap : scale;
+    {
+        const i64 qo0 = meta[SLOT], q1 = meta[SLOT + 6], q2 = meta[SLOT + 7], q3 = meta[SLOT + 8];
+        const int q0 = (int)meta[SLOT + 5];
+        u32* sq = (u32*)(smem + SM_Q);
+#pragma unroll
+        for (int i = 0; i < ROWS / WARPS; ++i) {
+            const int rr = i * WARPS + w, r = r0 + rr;
+            const bool live = r < n_rows;
+            const float* qp = q + (live ? qo0 + (r / G) * q1 + (ik2 * G + r % G) * q2 + i3 * q3 : 0);
+#pragma unroll
+            for (int c = lane; c < DK / 2; c += 32) {
+                float x0 = 0.0f, x1 = 0.0f;
+                if (live) {
+                    x0 = qp[2 * c * q0] * sc;
+                    x1 = qp[(2 * c + 1) * q0] * sc;
+                }
+                sq[rr * (QS / 2) + c] = pack_h2(x0, x1);
+            }
+        }
+    }
+
+    // the lane's two rows of the tile: g and g + 8 (clamped to a real row for the mask offsets)
+    const int ra = min(r0 + g, n_rows - 1), rb = min(r0 + g + 8, n_rows - 1);
+    const int ha = ik2 * G + ra % G, hb = ik2 * G + rb % G;
+    const void* mka = mask;
+    const void* mkb = mask;
+    int mk0 = 0;
+    float sl_a = 1.0f, sl_b = 1.0f;
+    if (has_mask) {
+        const i64 mo = meta[4 * SLOT], m1s = meta[4 * SLOT + 6], m2s = meta[4 * SLOT + 7], m3s = meta[4 * SLOT + 8];
+        const int mne2 = (int)meta[4 * SLOT + 3], mne3 = (int)meta[4 * SLOT + 4];
+        const int esz = mask_f32 ? 4 : 2;
+        mk0 = (int)meta[4 * SLOT + 5];
+        mka = (const char*)mask + esz * (mo + (ra / G) * m1s + (ha % mne2) * m2s + (i3 % mne3) * m3s);
+        mkb = (const char*)mask + esz * (mo + (rb / G) * m1s + (hb % mne2) * m2s + (i3 % mne3) * m3s);
+        sl_a = slope_of(ha, max_bias, m0, m1, n_log2);
+        sl_b = slope_of(hb, max_bias, m0, m1, n_log2);
+    }
+
+    float o[NT_O][4];
+#pragma unroll
+    for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
+
+    // ldmatrix lane addresses (bytes, relative to a tile's start)
+    const u32 a_off = ((lane & 15) * QS + 8 * (lane >> 4)) * 2;                    // A 16x16 from q
+    const u32 p_off = ((lane & 15) * PS + 8 * (lane >> 4)) * 2;                    // A 16x16 from P
+    const int kcol0 = w * NT_S * 8;                                                // warp's kv columns
+#if NT_S % 2 == 0
+    const u32 b_off = ((kcol0 + (lane & 7) + 8 * (lane >> 4)) * KS + 8 * ((lane >> 3) & 1)) * 2;
+#else
+    const u32 b_off = ((kcol0 + (lane & 7)) * KS + 8 * ((lane >> 3) & 1)) * 2;
+#endif
+    const int ocol0 = w * NT_O * 8;                                                // warp's output columns
+#if SHARE
+    const u32 v_lane = (((lane & 7) + 8 * ((lane >> 3) & 1)) * KS + v_off + ocol0 + 8 * (lane >> 4)) * 2;
+#else
+    const u32 v_lane = (((lane & 7) + 8 * ((lane >> 3) & 1)) * VS + ocol0 + 8 * (lane >> 4)) * 2;
+#endif
+    float* s_max = (float*)(smem + SM_MAX);
+    u32* sp = (u32*)(smem + SM_P);
+
+    // one k-step (16 of DK) of S = Q K^T into acc, for the warp's NT_S n-tiles
+    auto s_step = [&](u32 sk, int ks, float (&acc)[NT_S][4]) {
+        u32 a0, a1, a2, a3;
+        ldm_x4(s_base + SM_Q + a_off + ks * 32, a0, a1, a2, a3);
+#if NT_S % 2 == 0
+#pragma unroll
+        for (int np = 0; np < NT_S / 2; ++np) {
+            u32 b0, b1, b2, b3;
+            ldm_x4(sk + b_off + np * 16 * KS * 2 + ks * 32, b0, b1, b2, b3);
+            mma(acc[2 * np], a0, a1, a2, a3, b0, b1);
+            mma(acc[2 * np + 1], a0, a1, a2, a3, b2, b3);
+        }
+#else
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt) {
+            u32 b0, b1;
+            ldm_x2(sk + b_off + nt * 8 * KS * 2 + ks * 32, b0, b1);
+            mma(acc[nt], a0, a1, a2, a3, b0, b1);
+        }
+#endif
+    };
+
+    for (int t = 0; t < n_tiles; ++t) {
+        cp_wait<STAGES - 2>();
+        __syncthreads();                       // tile t landed for every thread; tile t-1 fully used
+        if (t + STAGES - 1 < n_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
+        cp_commit();
+        const int st = t % STAGES;
+        const int jt = j_lo + t * BN;
+
+        // mask values of the lane's scores, loaded before the mma's that hide their latency
+        float mv[NT_S][4];
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt) {
+            const int j = jt + kcol0 + nt * 8 + 2 * t4;
+            mv[nt][0] = mv[nt][1] = mv[nt][2] = mv[nt][3] = 0.0f;
+            if (has_mask) {
+                const int j0 = min(j, j_hi - 1), j1 = min(j + 1, j_hi - 1);
+                mv[nt][0] = mask_at(mka, mask_f32, (i64)j0 * mk0);
+                mv[nt][1] = mask_at(mka, mask_f32, (i64)j1 * mk0);
+                mv[nt][2] = mask_at(mkb, mask_f32, (i64)j0 * mk0);
+                mv[nt][3] = mask_at(mkb, mask_f32, (i64)j1 * mk0);
+            }
+        }
+
+        // S = Q K^T over the warp's kv columns; two accumulator chains (even / odd k-steps)
+        float s[NT_S][4], s2[NT_S][4];
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt)
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = s2[nt][0] = s2[nt][1] = s2[nt][2] = s2[nt][3] = 0.0f;
+        const u32 sk = s_base + SM_K + st * (BN * KS * 2);
+#pragma unroll
+        for (int ks = 0; ks < DK / 16; ks += 2) {
+            s_step(sk, ks, s);
+            if (ks + 1 < DK / 16) s_step(sk, ks + 1, s2);
+        }
+
+        // scores: softcap, + slope * mask, -inf past the chunk; the warp's row maxima
+        float wa = NEG_INF, wb = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt) {
+            const int j = jt + kcol0 + nt * 8 + 2 * t4;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[nt][e] + s2[nt][e];
+                if (softcap != 0.0f) x = softcap * tanhf(x);
+                x += ((e < 2) ? sl_a : sl_b) * mv[nt][e];
+                if (j + (e & 1) >= j_hi) x = NEG_INF;
+                s[nt][e] = x;
+            }
+            wa = fmaxf(wa, fmaxf(s[nt][0], s[nt][1]));
+            wb = fmaxf(wb, fmaxf(s[nt][2], s[nt][3]));
+        }
+        wa = quad_max(wa);
+        wb = quad_max(wb);
+        if (t4 == 0) {
+            s_max[w * ROWS + g] = wa;
+            s_max[w * ROWS + g + 8] = wb;
+        }
+        __syncthreads();
+        float na = m_a, nb = m_b;
+#pragma unroll
+        for (int ww = 0; ww < WARPS; ++ww) {
+            na = fmaxf(na, s_max[ww * ROWS + g]);
+            nb = fmaxf(nb, s_max[ww * ROWS + g + 8]);
+        }
+        const float fa = na == NEG_INF ? 1.0f : ex2((m_a - na) * LOG2E);   // 0 while nothing was seen
+        const float fb = nb == NEG_INF ? 1.0f : ex2((m_b - nb) * LOG2E);
+        m_a = na;
+        m_b = nb;
+        float pa = 0.0f, pb = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt) {
+            const float p0 = pexp(s[nt][0], na), p1 = pexp(s[nt][1], na);
+            const float p2 = pexp(s[nt][2], nb), p3 = pexp(s[nt][3], nb);
+            pa += p0 + p1;
+            pb += p2 + p3;
+            const int c = (kcol0 + nt * 8 + 2 * t4) / 2;
+            sp[g * (PS / 2) + c] = pack_h2(p0, p1);
+            sp[(g + 8) * (PS / 2) + c] = pack_h2(p2, p3);
+        }
+        l_a = l_a * fa + pa;          // the lane's share of its columns; summed at the end
+        l_b = l_b * fb + pb;
+#pragma unroll
+        for (int i = 0; i < NT_O; ++i) {
+            o[i][0] *= fa;
+            o[i][1] *= fa;
+            o[i][2] *= fb;
+            o[i][3] *= fb;
+        }
+        __syncthreads();
+
+        // O += P V over the warp's output columns
+#if SHARE
+        const u32 sv = sk;
+        const int vs = KS;
+#else
+        const u32 sv = s_base + SM_V + st * (BN * VS * 2);
+        const int vs = VS;
+#endif
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            u32 a0, a1, a2, a3;
+            ldm_x4(s_base + SM_P + p_off + kk * 32, a0, a1, a2, a3);
+#if NT_O % 2 == 0
+#pragma unroll
+            for (int np = 0; np < NT_O / 2; ++np) {
+                u32 b0, b1, b2, b3;
+                ldm_x4t(sv + v_lane + (kk * 16 * vs + np * 16) * 2, b0, b1, b2, b3);
+                mma(o[2 * np], a0, a1, a2, a3, b0, b1);
+                mma(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
+            }
+#else
+#pragma unroll
+            for (int nt = 0; nt < NT_O; ++nt) {
+                u32 b0, b1;
+                ldm_x2t(sv + v_lane + (kk * 16 * vs + nt * 8) * 2, b0, b1);
+                mma(o[nt], a0, a1, a2, a3, b0, b1);
+            }
+#endif
+        }
+    }
+    cp_wait<0>();
+
+    // row sums over all columns: quad, then across warps
+    float* s_l = (float*)(smem + SM_L);
+    l_a = quad_sum(l_a);
+    l_b = quad_sum(l_b);
+    if (t4 == 0) {
+        s_l[w * ROWS + g] = l_a;
+        s_l[w * ROWS + g + 8] = l_b;
+    }
+    __syncthreads();
+    float la = 0.0f, lb = 0.0f;
+#pragma unroll
+    for (int ww = 0; ww < WARPS; ++ww) {
+        la += s_l[ww * ROWS + g];
+        lb += s_l[ww * ROWS + g + 8];
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int r = r0 + g + 8 * half;
+        if (r >= n_rows) continue;
+        const int h = ik2 * G + r % G;
+        float* pp = part + ((((i64)i3 * n_head + h) * n_q + r / G) * n_parts + blockIdx.x) * (dv + 2);
+#pragma unroll
+        for (int nt = 0; nt < NT_O; ++nt) {
+            const int col = ocol0 + nt * 8 + 2 * t4;
+            pp[col] = o[nt][2 * half];
+            pp[col + 1] = o[nt][2 * half + 1];
+        }
+        if (w == 0 && t4 == 0) {
+            pp[dv] = half ? m_b : m_a;
+            pp[dv + 1] = half ? lb : la;
+        }
+    }
+}
+
+#define COMBINE_THREADS 128
+#define MAX_PARTS 256
+
+// dst row (h, iq, i3) = sum_t exp(m_t - M) o_t / (sum_t exp(m_t - M) l_t + exp(sink - M)); one
+// block a row, parts' weights in shared memory, columns across threads with independent loads
+extern "C" __global__ void __launch_bounds__(COMBINE_THREADS)
+fa_mma_combine(const i64* __restrict__ meta, float* __restrict__ dst, const float* __restrict__ sinks,
+               const float* __restrict__ part, int has_sinks, int n_parts)
+{
+    __shared__ float wts[MAX_PARTS];
+    __shared__ float red[COMBINE_THREADS / 32];
+    __shared__ float inv;
+    const int tid = threadIdx.x;
+    const int dv = (int)meta[1], n_head = (int)meta[2], n_q = (int)meta[3];
+    const int row = blockIdx.x;
+    const int h = row % n_head, iq = (row / n_head) % n_q, i3 = row / (n_head * n_q);
+    const float* pp = part + (((i64)i3 * n_head + h) * n_q + iq) * n_parts * (dv + 2);
+
+    float top = NEG_INF;
+    for (int t = tid; t < n_parts; t += COMBINE_THREADS) top = fmaxf(top, pp[t * (dv + 2) + dv]);
+    for (int off = 16; off > 0; off >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
+    if ((tid & 31) == 0) red[tid >> 5] = top;
+    __syncthreads();
+    top = NEG_INF;
+    for (int i = 0; i < COMBINE_THREADS / 32; ++i) top = fmaxf(top, red[i]);
+    const float sk = has_sinks ? sinks[meta[5 * SLOT] + h * meta[5 * SLOT + 5]] : NEG_INF;
+    top = fmaxf(top, sk);
+    __syncthreads();
+    float den = 0.0f;
+    for (int t = tid; t < n_parts; t += COMBINE_THREADS) {
+        const float mt = pp[t * (dv + 2) + dv];
+        const float wt = mt == NEG_INF ? 0.0f : __expf(mt - top);
+        wts[t] = wt;
+        den += wt * pp[t * (dv + 2) + dv + 1];
+    }
+    for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
+    if ((tid & 31) == 0) red[tid >> 5] = den;
+    __syncthreads();
+    if (tid == 0) {
+        float d = 0.0f;
+        for (int i = 0; i < COMBINE_THREADS / 32; ++i) d += red[i];
+        if (sk != NEG_INF) d += __expf(sk - top);
+        inv = d > 0.0f ? 1.0f / d : 0.0f;
+    }
+    __syncthreads();
+    float* dp = dst + meta[0] + h * meta[6] + iq * meta[7] + i3 * meta[8];
+    const i64 d0 = meta[5];
+    for (int d = tid; d < dv; d += COMBINE_THREADS) {
+        float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};   // 8 loads in flight
+        int t = 0;
+        for (; t + 8 <= n_parts; t += 8) {
+#pragma unroll
+            for (int u = 0; u < 8; ++u) a[u] += wts[t + u] * pp[(t + u) * (dv + 2) + d];
+        }
+        for (; t < n_parts; ++t) a[0] += wts[t] * pp[t * (dv + 2) + d];
+        dp[d * d0] = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) * inv;
+    }
+}
