@@ -1,14 +1,20 @@
 """CPU kernel of the attention family: FLASH_ATTN_EXT (online softmax, flash-decoding split).
 
-Arrays are (ne3, ne2, ne1, ne0) f32 views with any strides (the backend hands f16/bf16 K/V over
-as f32 copies): q (n3, n_head, n_q, DK), k (nk3, n_head_kv, n_kv, DK), v (nv3, n_head_v, n_kv, DV),
-mask (m3, m2, >= n_q, >= n_kv), sinks (1, 1, 1, n_head), dst (n3, n_q, n_head, DV).
+Arrays are (ne3, ne2, ne1, ne0) views with any strides, each in its storage type (f16/bf16 as raw
+16 bits, see backends/cpu/storage.py): q (n3, n_head, n_q, DK) f32, k (nk3, n_head_kv, n_kv, DK),
+v (nv3, n_head_v, n_kv, DV), mask (m3, m2, >= n_q, >= n_kv) f16/f32, sinks (1, 1, 1, n_head) f32,
+dst (n3, n_q, n_head, DV) f32.
 
-Work split. A task owns one kv head g of one batch i3 and Q_ROWS query rows, so its R = Q_ROWS *
-(n_head / n_head_kv) query rows all read the same K rows: per block of KV_BLOCK kv positions it
-copies those K rows once into a contiguous tile and scores every query row of the group against
-them (GQA/MQA share the load). When V is a view of K (param v_in_k >= 0: V's row sits at that
-element offset inside K's row), V's values come from the very same K tile instead of a second read.
+Work split. A task owns one kv head g of one batch i3 and a few query positions, so its R query
+rows (positions x the n_head / n_head_kv heads of the group) all read the same K rows: per block
+of KV_BLOCK kv positions it converts those K rows once into a contiguous f32 tile and scores
+every query row of the group against it (GQA/MQA share each K row read). When V is a view of K
+(param v_in_k >= 0: V's row sits at that element offset inside K's row), V's values come from the
+very same tile instead of a second read and conversion.
+The two products per block run through BLAS sgemm when scipy is there (backends/cpu/blas.py),
+else through plain loops. Both keep the query rows as the short side, in the order OpenBLAS
+runs fastest with (measured: 16 rows x 64 kv as scores^T = K Q^T, 54 GFLOP/s a core, against 32
+for scores = Q K^T): scores st [kv, R] = K Q^T, output ot [DV, R] += V^T P^T.
 A block where the mask is -inf for every row of the task is skipped (causal prefill skips about
 half the work, as ggml skips each -inf logit). When there are fewer than MIN_TASKS tasks
 (decode: n_q = 1) the kv range is also split into chunks (flash-decoding); each chunk leaves its
@@ -22,122 +28,106 @@ import numba
 import numpy as np
 from numba import prange
 
+from minigraph.core import dtypes
 from minigraph.core.registry import register_kernel
 
+from minigraph.backends.cpu.blas import HAVE_BLAS, blas_threads, gemm_nt, gemm_tn
 from minigraph.backends.cpu.jit import kernel
+from minigraph.backends.cpu.storage import data_ptr, load_row, to_f32
 
-KV_BLOCK = 64          # kv positions per tile: 64 rows of K (576 f32 = 147 KiB) stay in L2
-Q_TARGET_ROWS = 32     # query rows (heads x positions) a task aims for; more share each K tile
+F32 = dtypes.TYPE_F32
+
+KV_BLOCK = 128         # kv positions per tile: 128 rows of K (576 f32 = 295 KiB) stay in L2
+Q_TARGET_ROWS = 64     # query rows (heads x positions) a task aims for; more share each K tile
 # Below this many tasks the kv range is split too (flash-decoding). A fixed count, not the thread
 # count: numba.get_num_threads() inside a kernel defeats its disk cache; 16 tasks keep up to
 # 16 threads busy and cost a merge of 16 partial rows each.
 MIN_TASKS = 16
-# The dot products and the V update are compiled on their own (not inlined at Numba IR level)
-# so that their float flags hold: reassociation lets LLVM vectorise the dot reductions. No
-# nnan/ninf: masked logits are -inf, and those never reach these helpers.
+# The loop products are compiled on their own (not inlined at Numba IR level) so that their
+# float flags hold: reassociation lets LLVM vectorise the dot reductions. No nnan/ninf: masked
+# logits are -inf, and those never reach these helpers.
 _FAST = dict(fastmath={"reassoc", "contract", "nsz", "arcp"}, cache=True, nogil=True, error_model="numpy")
 
 
 @numba.njit(**_FAST)
-def _scores(qt, nr, kb, nj, dk, s):
-    """s[r, j] = qt[r, :dk] . kb[j, :dk] for r < nr, j < nj; 4 x 2 register tiles."""
-    r = 0
-    while r + 4 <= nr:
+def _dots_loops(a, na, b, nb_, dk, s):
+    """s[i, j] = a[i, :dk] . b[j, :dk] for i < na, j < nb_; 4 x 2 register tiles."""
+    i = 0
+    while i + 4 <= na:
         j = 0
-        while j + 2 <= nj:
+        while j + 2 <= nb_:
             a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = np.float32(0.0)
             for d in range(dk):
-                k0 = kb[j, d]
-                k1 = kb[j + 1, d]
-                q0 = qt[r, d]
-                q1 = qt[r + 1, d]
-                q2 = qt[r + 2, d]
-                q3 = qt[r + 3, d]
-                a00 += q0 * k0
-                a01 += q0 * k1
-                a10 += q1 * k0
-                a11 += q1 * k1
-                a20 += q2 * k0
-                a21 += q2 * k1
-                a30 += q3 * k0
-                a31 += q3 * k1
-            s[r, j] = a00
-            s[r, j + 1] = a01
-            s[r + 1, j] = a10
-            s[r + 1, j + 1] = a11
-            s[r + 2, j] = a20
-            s[r + 2, j + 1] = a21
-            s[r + 3, j] = a30
-            s[r + 3, j + 1] = a31
+                b0 = b[j, d]
+                b1 = b[j + 1, d]
+                x0 = a[i, d]
+                x1 = a[i + 1, d]
+                x2 = a[i + 2, d]
+                x3 = a[i + 3, d]
+                a00 += x0 * b0
+                a01 += x0 * b1
+                a10 += x1 * b0
+                a11 += x1 * b1
+                a20 += x2 * b0
+                a21 += x2 * b1
+                a30 += x3 * b0
+                a31 += x3 * b1
+            s[i, j] = a00
+            s[i, j + 1] = a01
+            s[i + 1, j] = a10
+            s[i + 1, j + 1] = a11
+            s[i + 2, j] = a20
+            s[i + 2, j + 1] = a21
+            s[i + 3, j] = a30
+            s[i + 3, j + 1] = a31
             j += 2
-        if j < nj:
-            for rr in range(r, r + 4):
-                a = np.float32(0.0)
+        if j < nb_:
+            for ii in range(i, i + 4):
+                acc = np.float32(0.0)
                 for d in range(dk):
-                    a += qt[rr, d] * kb[j, d]
-                s[rr, j] = a
-        r += 4
-    for rr in range(r, nr):
-        for j in range(nj):
-            a = np.float32(0.0)
+                    acc += a[ii, d] * b[j, d]
+                s[ii, j] = acc
+        i += 4
+    for ii in range(i, na):
+        for j in range(nb_):
+            acc = np.float32(0.0)
             for d in range(dk):
-                a += qt[rr, d] * kb[j, d]
-            s[rr, j] = a
+                acc += a[ii, d] * b[j, d]
+            s[ii, j] = acc
 
 
 @numba.njit(**_FAST)
-def _accumulate_rows(p, r0, r1, vb, voff, nj, dv, o):
-    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv] for r0 <= r < r1, one row at a time."""
-    for r in range(r0, r1):
-        orow = o[r]
-        for j in range(nj):
-            pj = p[r, j]
-            if pj != 0.0:
-                vrow = vb[j, voff:voff + dv]   # a contiguous 1-D slice: the loop vectorises
-                for d in range(dv):
-                    orow[d] += pj * vrow[d]
+def _pv_loops(p, nr, vb, voff, nj, dv, ot):
+    """ot[d, r] += sum_j vb[j, voff + d] * p[j, r] for r < nr: the rows of a V row update the
+    R accumulators of their d at once (a short contiguous loop over r)."""
+    for j in range(nj):
+        pj = p[j]
+        vrow = vb[j, voff:voff + dv]
+        for d in range(dv):
+            x = vrow[d]
+            orow = ot[d]
+            for r in range(nr):
+                orow[r] += x * pj[r]
 
 
-@numba.njit(**_FAST)
-def _accumulate(p, nr, vb, voff, nj, dv, o):
-    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv]: four rows of o kept in contiguous
-    scratch rows while two kv rows at a time stream past (each V value loaded once per 4 rows)."""
-    t0 = np.empty(dv, np.float32)
-    t1 = np.empty(dv, np.float32)
-    t2 = np.empty(dv, np.float32)
-    t3 = np.empty(dv, np.float32)
-    r = 0
-    while r + 4 <= nr:
-        for d in range(dv):
-            t0[d] = o[r, d]
-            t1[d] = o[r + 1, d]
-            t2[d] = o[r + 2, d]
-            t3[d] = o[r + 3, d]
-        j = 0
-        while j + 2 <= nj:
-            v0 = vb[j, voff:voff + dv]
-            v1 = vb[j + 1, voff:voff + dv]
-            a0, b0 = p[r, j], p[r, j + 1]
-            a1, b1 = p[r + 1, j], p[r + 1, j + 1]
-            a2, b2 = p[r + 2, j], p[r + 2, j + 1]
-            a3, b3 = p[r + 3, j], p[r + 3, j + 1]
-            for d in range(dv):
-                x = v0[d]
-                y = v1[d]
-                t0[d] += a0 * x + b0 * y
-                t1[d] += a1 * x + b1 * y
-                t2[d] += a2 * x + b2 * y
-                t3[d] += a3 * x + b3 * y
-            j += 2
-        for d in range(dv):
-            o[r, d] = t0[d]
-            o[r + 1, d] = t1[d]
-            o[r + 2, d] = t2[d]
-            o[r + 3, d] = t3[d]
-        if j < nj:   # odd block length: the last kv row for these four rows
-            _accumulate_rows(p[:, j:], r, r + 4, vb[j:], voff, 1, dv, o)
-        r += 4
-    _accumulate_rows(p, r, nr, vb, voff, nj, dv, o)
+@numba.njit(inline="always", cache=True, nogil=True)
+def _scores(kb, nj, qt, nr, dk, st, ab):
+    """st[j, r] = kb[j, :dk] . qt[r, :dk] for j < nj, r < nr (ab = [1, 0]: BLAS alpha, beta)."""
+    if HAVE_BLAS:
+        gemm_nt(nj, nr, dk, data_ptr(kb), kb.shape[1], data_ptr(qt), qt.shape[1], data_ptr(st), st.shape[1],
+                data_ptr(ab), data_ptr(ab[1:]))
+    else:
+        _dots_loops(kb, nj, qt, nr, dk, st)
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
+def _add_pv(st, nr, vb, voff, nj, dv, ot, ab):
+    """ot[d, r] += sum_j vb[j, voff + d] * st[j, r] for d < dv, r < nr (ab[0] = 1: alpha and beta)."""
+    if HAVE_BLAS:
+        gemm_tn(dv, nr, nj, data_ptr(vb[0, voff:]), vb.shape[1], data_ptr(st), st.shape[1], data_ptr(ot),
+                ot.shape[1], data_ptr(ab), data_ptr(ab))
+    else:
+        _pv_loops(st, nr, vb, voff, nj, dv, ot)
 
 
 @numba.njit(inline="always", cache=True, nogil=True)
@@ -151,13 +141,52 @@ def _slope(h, n_head, max_bias):
     return np.float32(m0 ** (h + 1) if h < n_log2 else m1 ** (2 * (h - n_log2) + 1))
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def _online_softmax(st, bias, nj, nr, scale, softcap, m_run, l_run, mx, fac, ot):
+    """Turn the block's scores st[j, r] into exp(logit - running max) in place, rescaling the
+    running sums and outputs ot[:, r] of rows whose max grew. Loops run along r (contiguous)."""
+    for r in range(nr):
+        mx[r] = m_run[r]
+    for j in range(nj):
+        srow = st[j]
+        brow = bias[j]
+        for r in range(nr):
+            x = srow[r] * scale
+            if softcap != 0.0:
+                x = softcap * math.tanh(x)
+            x += brow[r]
+            srow[r] = x
+            mx[r] = max(mx[r], x)
+    grew = False
+    for r in range(nr):
+        fac[r] = 1.0
+        if mx[r] > m_run[r]:
+            fac[r] = math.exp(m_run[r] - mx[r])   # 0 when the row had nothing yet (-inf)
+            l_run[r] *= fac[r]
+            m_run[r] = mx[r]
+            grew = True
+    if grew:
+        for d in range(ot.shape[0]):
+            orow = ot[d]
+            for r in range(nr):
+                orow[r] *= fac[r]
+    for j in range(nj):
+        srow = st[j]
+        for r in range(nr):
+            # a row with every logit -inf so far stays empty (exp(-inf - -inf) would be NaN)
+            e = np.float32(math.exp(srow[r] - m_run[r])) if m_run[r] != -np.inf else np.float32(0.0)
+            srow[r] = e
+            l_run[r] += e
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap, v_in_k, has_mask,
-           o, m_run, l_run):
+           k_type, v_type, mask_type, o, m_run, l_run):
     """Attend query rows iq0..iq0+nq_rows of every head of kv head g (batch i3) to kv c0..c1.
 
     Leaves o [R, DV] (unnormalised), m_run [R] (running max), l_run [R] (running sum); row
-    r = qi * G + hh is query row iq0 + qi of head g * G + hh."""
+    r = qi * G + hh is query row iq0 + qi of head g * G + hh. K, V and the mask are read in
+    their storage types (k_type, v_type, mask_type), converted as each block is loaded."""
     n3 = q.shape[0]
     n_head = q.shape[1]
     dk = q.shape[3]
@@ -172,77 +201,56 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
     slope = np.empty(nr, np.float32)
     for r in range(nr):
         h = g * G + r % G
-        iq1 = iq0 + r // G
         slope[r] = _slope(h, n_head, max_bias)
-        for d in range(dk):
-            qt[r, d] = q[i3, h, iq1, d]
+        load_row(q[i3, h, iq0 + r // G], qt[r], F32)
         m_run[r] = -np.inf
         l_run[r] = 0.0
-        for d in range(dv):
-            o[r, d] = 0.0
+    # BLAS alpha / beta; pointers are taken at each call: an array is freed after its last use
+    ab = np.array([1.0, 0.0], np.float32)
     kb = np.empty((KV_BLOCK, dk), np.float32)
     vb = np.empty((KV_BLOCK, dv if v_in_k < 0 else 1), np.float32)
-    s = np.empty((nr, KV_BLOCK), np.float32)
-    bias = np.zeros((nr, KV_BLOCK), np.float32)
+    st = np.empty((KV_BLOCK, nr), np.float32)
+    bias = np.zeros((KV_BLOCK, nr), np.float32)
+    ot = np.zeros((dv, nr), np.float32)
+    mrow = np.empty(KV_BLOCK, np.float32)
+    mx = np.empty(nr, np.float32)
+    fac = np.empty(nr, np.float32)
     for j0 in range(c0, c1, KV_BLOCK):
         nj = min(KV_BLOCK, c1 - j0)
         live = not has_mask
         if has_mask:
             for r in range(nr):
                 h = g * G + r % G
-                mrow = mask[i3 % mask.shape[0], h % mask.shape[1], iq0 + r // G]
+                load_row(mask[i3 % mask.shape[0], h % mask.shape[1], iq0 + r // G, j0:j0 + nj], mrow[:nj], mask_type)
                 for j in range(nj):
-                    b = slope[r] * mrow[j0 + j]
-                    bias[r, j] = b
+                    b = slope[r] * mrow[j]
+                    bias[j, r] = b
                     if b != -np.inf:
                         live = True
         if not live:
             continue   # every logit of the block is -inf: nothing to add
-        for j in range(nj):
-            for d in range(dk):
-                kb[j, d] = k[ik3, g, j0 + j, d]
+        for j in range(nj):   # each K row converted once, for every query row of the group
+            load_row(k[ik3, g, j0 + j], kb[j], k_type)
         if v_in_k < 0 and v_shared:
             for j in range(nj):
-                for d in range(dv):
-                    vb[j, d] = v[iv3, g, j0 + j, d]
-        _scores(qt, nr, kb, nj, dk, s)
-        for r in range(nr):
-            m_new = m_run[r]
-            for j in range(nj):
-                x = s[r, j] * scale
-                if softcap != 0.0:
-                    x = softcap * math.tanh(x)
-                x += bias[r, j]
-                s[r, j] = x
-                if x > m_new:
-                    m_new = x
-            if m_new == -np.inf:
-                for j in range(nj):
-                    s[r, j] = 0.0
-                continue
-            if m_new > m_run[r]:
-                f = math.exp(m_run[r] - m_new)
-                l_run[r] *= f
-                for d in range(dv):
-                    o[r, d] *= f
-                m_run[r] = m_new
-            acc = np.float32(0.0)
-            for j in range(nj):
-                e = np.float32(math.exp(s[r, j] - m_new))
-                s[r, j] = e
-                acc += e
-            l_run[r] += acc
-        if v_in_k >= 0:
-            _accumulate(s, nr, kb, v_in_k, nj, dv, o)
+                load_row(v[iv3, g, j0 + j], vb[j], v_type)
+        _scores(kb, nj, qt, nr, dk, st, ab)
+        _online_softmax(st, bias, nj, nr, scale, softcap, m_run, l_run, mx, fac, ot)
+        if v_in_k >= 0:   # V's rows sit inside the K rows just converted
+            _add_pv(st, nr, kb, v_in_k, nj, dv, ot, ab)
         elif v_shared:
-            _accumulate(s, nr, vb, 0, nj, dv, o)
+            _add_pv(st, nr, vb, 0, nj, dv, ot, ab)
         else:   # V has its own head grouping: each row reads its V head directly
             for r in range(nr):
                 iv2 = (g * G + r % G) // (n_head // v_heads)
                 for j in range(nj):
-                    pj = s[r, j]
+                    pj = st[j, r]
+                    vrow = v[iv3, iv2, j0 + j]
                     for d in range(dv):
-                        o[r, d] += pj * v[iv3, iv2, j0 + j, d]
+                        ot[d, r] += pj * to_f32(vrow[d], v_type)
+    for r in range(nr):
+        for d in range(dv):
+            o[r, d] = ot[d, r]
 
 
 @numba.njit(inline="always", cache=True, nogil=True)
@@ -275,10 +283,11 @@ def _finish(out_row, o_row, m, l, sink, has_sinks, dv):
 
 
 @kernel
-def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, prec, v_in_k,
-                   has_mask, has_sinks):
+def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, prec, v_in_k, has_mask,
+                   has_sinks, dst_type, q_type, k_type, v_type, mask_type, sinks_type):
     """dst[i3, iq1, h, :] = softmax_j(scale*q.k_j (softcapped) + slope_h*mask[iq1, j]) v_j (see
-    minigraph.ops.attention); prec is ggml's, both precisions accumulate in f32."""
+    minigraph.ops.attention); prec is ggml's, both precisions accumulate in f32. Every slot comes
+    in its storage type with its type code (*_type; dst, q, sinks are f32)."""
     n3, n_q, n_head, dv = dst.shape
     n_kv = k.shape[2]
     n_kvh = k.shape[1]
@@ -305,8 +314,10 @@ def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, pr
         g = (b // n_qblk) % n_kvh
         iq0 = (b % n_qblk) * qb
         nq_rows = min(qb, n_q - iq0)
+        blas_prev = blas_threads(1)   # this worker's products on this worker only
         _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, sc, max_bias, cap, v_in_k, has_mask,
-               part_o[t], part_m[t], part_l[t])
+               k_type, v_type, mask_type, part_o[t], part_m[t], part_l[t])
+        blas_threads(blas_prev)
     for b in prange(base):
         i3 = b // (n_kvh * n_qblk)
         g = (b // n_qblk) % n_kvh
@@ -324,4 +335,5 @@ def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, pr
                     has_sinks, dv)
 
 
-register_kernel("FLASH_ATTN_EXT", "cpu", flash_attn_ext)
+# every slot in its storage type, as a strided view: one compiled variant per KV/mask type
+register_kernel("FLASH_ATTN_EXT", "cpu", flash_attn_ext, storage_slots=(0, 1, 2, 3, 4, 5))
