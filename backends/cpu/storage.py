@@ -58,6 +58,14 @@ def f32_bits(typingctx, x):
 
 
 @intrinsic
+def f32_from_bits(typingctx, bits):
+    """The f32 value whose bits are an int32 (vectorises: 2^n as (n + 127) << 23)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
 def data_ptr(typingctx, arr):
     """Pointer to an array's first element (for carray and BLAS)."""
     def codegen(context, builder, signature, args):
