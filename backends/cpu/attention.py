@@ -51,8 +51,8 @@ MAX_LANES = 64         # prange lanes taking tasks from the queue (idle lanes co
 _FAST = dict(fastmath={"reassoc", "contract", "nsz", "arcp"}, cache=True, nogil=True, error_model="numpy")
 _EXACT_ORDER = dict(fastmath={"contract", "nsz", "arcp"}, cache=True, nogil=True, error_model="numpy")
 
-# exp(x) = 2^n e^r with x = n ln2 + r, |r| <= ln2 / 2: Cody-Waite split of ln2, degree-7 Taylor
-# polynomial (max relative error ~1e-7 on [-87, 0], as expf). Below EXP_MIN the result is 0.
+# exp(x) = 2^n e^r with x = n ln2 + r, |r| <= ln2 / 2: Cody-Waite split of ln2 and Cephes' expf
+# polynomial (max relative error ~1e-7 on [-87, 0], as libm's expf). Below EXP_MIN it gives 0.
 LOG2E = np.float32(1.4426950408889634)
 LN2_HI = np.float32(0.693359375)
 LN2_LO = np.float32(-2.12194440e-4)
