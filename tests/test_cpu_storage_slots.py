@@ -132,7 +132,7 @@ def test_storage_conversions_are_exact_and_round_to_nearest_even():
         out_bits = np.empty(x.size, np.uint16)
         back = np.empty(x.size, np.float32)
         for i in range(x.size):
-            out_bits[i] = storage.from_f32(x[i], type_, out_bits[0])
+            out_bits[i] = storage.from_f32(x[i], type_, out_bits)
             back[i] = storage.to_f32(out_bits[i], type_)
         return out_bits, back
 
@@ -177,3 +177,27 @@ def test_i64_index_out_of_range_is_refused_from_the_program():
     with pytest.raises(MinigraphError, match="SET_ROWS"):
         CPU.graph_compute(gf)
     assert _in_program(gf)
+
+
+@pytest.mark.parametrize("cache_type,rows_type", [(mg.TYPE_F16, np.float32), (mg.TYPE_BF16, np.float32),
+                                                  (mg.TYPE_F16, np.float16)])
+def test_set_rows_writes_a_16_bit_cache_in_place_in_the_program(cache_type, rows_type):
+    """The KV-cache write: b's rows rounded (to nearest even) straight into the f16/bf16 cache,
+    the other rows untouched, no f32 copy of the cache."""
+    rng = np.random.default_rng(4)
+    ctx = mg.Context()
+    old = rng.uniform(-1, 1, (1, 12, 40)).astype(np.float32)
+    cache = ctx.new_tensor_4d(cache_type, 40, 12, 1, 1)
+    cache.set_data(old)
+    rows = rng.uniform(-3, 3, (1, 3, 40)).astype(rows_type)
+    out = ctx.set_rows(cache, ctx.from_numpy(rows), ctx.from_numpy(np.array([7, 0, 11], np.int64)))
+    before = cache.numpy().copy()
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    CPU.graph_compute(gf)
+    assert _in_program(gf), CPU.plan(gf).steps
+    want = before.reshape(12, 40).copy()
+    r32 = rows.astype(np.float32).reshape(3, 40)
+    stored = r32.astype(np.float16).astype(np.float32) if cache_type == mg.TYPE_F16 else dtypes.bf16_to_f32(dtypes.f32_to_bf16(r32))
+    want[[7, 0, 11]] = stored
+    np.testing.assert_array_equal(cache.numpy().reshape(12, 40), want)

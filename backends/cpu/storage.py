@@ -93,15 +93,15 @@ def _to_f32(x, type_):
     return lambda x, type_: np.float32(x)
 
 
-def from_f32(x, type_, like):
-    """An f32 value as the element of an array of `like`'s dtype holding type_ values."""
+def from_f32(x, type_, dst):
+    """An f32 value as an element of array `dst` holding type_ values (its uint16 bits for F16/BF16)."""
 
 
 @overload(from_f32, inline="always")
-def _from_f32(x, type_, like):
-    if like == types.uint16:
-        return lambda x, type_, like: f32_to_bf16(np.float32(x)) if type_ == BF16 else f32_to_f16(np.float32(x))
-    return lambda x, type_, like: x
+def _from_f32(x, type_, dst):
+    if dst.dtype == types.uint16:
+        return lambda x, type_, dst: f32_to_bf16(np.float32(x)) if type_ == BF16 else f32_to_f16(np.float32(x))
+    return lambda x, type_, dst: x
 
 
 def load_row(src, out, type_):
