@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 import types
 from dataclasses import dataclass
@@ -27,16 +26,13 @@ JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 
 @functools.lru_cache(maxsize=None)
 def kernels_fingerprint() -> str:
-    """A hash of every kernel source file (backends/**/*.py), the Numba version and whether scipy
-    (BLAS) is importable.
+    """A hash of every kernel source file (backends/**/*.py) and the Numba version.
 
     Numba's disk cache checks only the cached function's own file, but a generated program
     compiles the kernels it calls into itself: its cache key must change whenever any kernel
     source does, or a stale program would run against new kernels."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     h = hashlib.sha1(numba.__version__.encode())
-    # kernels bake in whether BLAS (scipy) is there: an environment without it needs its own builds
-    h.update(b"blas" if importlib.util.find_spec("scipy") else b"no blas")
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(f for f in files if f.endswith(".py")):
             with open(os.path.join(folder, name), "rb") as f:
