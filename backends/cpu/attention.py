@@ -15,12 +15,16 @@ first and last live (not -inf) logit are loaded and computed: causal prefill ski
 above the diagonal and most of the diagonal ones' dead half, as ggml skips each -inf logit.
 When there are fewer than MIN_TASKS tasks (decode: n_q = 1) the kv range is also split into
 chunks (flash-decoding); each chunk leaves its running max, sum and unnormalised output, and a
-second pass combines them (and the sinks).
+second pass combines them (and the sinks). The prange lanes take tasks from an atomic counter,
+the longest (last causal query blocks) first, so uneven tasks or a core busy with another
+process do not leave a thread idle.
 
-Speed (2-core Zen 3 dev box, one core, tiles hot in L2): the scores tile runs at 75-88 GFLOP/s,
-the output update at 50-54, both plain Numba loops with register tiles; OpenBLAS sgemm on the
-same tiles measured 45-67 with its operand packing, so no BLAS is used. exp is a vectorisable
-polynomial (libm's expf is scalar and cost ~15% of prefill).
+Speed (2-core Zen 3 dev box, one core, tiles hot in L2; OpenBLAS's large sgemm: 89 GFLOP/s):
+the scores tile runs at 75-88 GFLOP/s, the output update at 50-54, both plain Numba loops with
+register tiles; OpenBLAS sgemm on the same small tiles measured 45-67 with its operand packing,
+so no BLAS is used. MLA decode and prefill run at ~64 GFLOP/s a core, compute-bound (16 heads
+share each K row: ~30 flops per cache byte). exp is a vectorisable polynomial (libm's expf is
+scalar and cost ~15% of prefill).
 """
 from __future__ import annotations
 
