@@ -138,7 +138,7 @@ def test_kernel_takes_v_from_k_when_told():
     poison = np.full((1, 1, 300, 64), np.nan, np.float32)
     for build in (fa_kernel.serial, fa_kernel.parallel):
         dst = np.empty((1, 1, 16, 64), np.float32)
-        build(dst, q, k, poison, m, np.zeros((1, 1, 1, 1), np.float32), 0.1, 0.0, 0.0, 0, 16, 1, 0)
+        build(dst, q, k, poison, m, np.zeros((1, 1, 1, 1), np.float32), 0.1, 0.0, 0.0, 0, 16, 1, 0, *[mg.TYPE_F32] * 6)
         np.testing.assert_allclose(dst, want, rtol=2e-5, atol=2e-6)
 
 

@@ -1,9 +1,11 @@
 """The CPU backend: plans a graph once (memory, kernel builds, compiled program), then runs it.
 
-Nodes whose tensors are all f32 (or i32 where the kernel takes indices) run inside the compiled
-program loop. Others (f16/bf16 data) run one by one from Python, converted to f32 on load and
-back on store, with the very same kernels; nodes with a block-quantized tensor run their op's
-quantized path (backends/cpu/quant.py) with that tensor as raw row bytes.
+Nodes whose tensors are all f32 (or i32/i64 where the kernel takes indices) run inside the
+compiled program loop; so do f16/bf16 tensors in a kernel's storage slots (it reads their raw
+16 bits itself, see backends/cpu/storage.py). Other f16/bf16 data runs one node at a time from
+Python, converted to f32 on load and back on store, with the very same kernels.
+Nodes with a block-quantized tensor run their op's quantized path (backends/cpu/quant.py) with
+that tensor as raw row bytes.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ from minigraph.backends.cpu import program
 from minigraph.backends.cpu.threads import LoadMonitor, usable_cores
 
 _DUMMY = HostBuffer(np.zeros(64, np.uint8))  # stands in for an absent optional source (e.g. no soft_max mask)
-_FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i"}
+# program slot letters (program.SLOT_BUFFERS) of the types any kernel slot takes as they are,
+# and of the types a storage slot takes (f16/bf16 as raw 16-bit words)
+_FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i", dtypes.TYPE_I64: "l"}
+_STORAGE_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_F16: "h", dtypes.TYPE_BF16: "h"}
 
 
 class CpuBackend(Backend):
@@ -100,11 +105,11 @@ class CpuPlan:
             kern = backend.kernels[n.op]
             build = "parallel" if op.flops(n) >= flags.parallel_min_elements() else "serial"
             slots = [n, *n.src]
-            sig = self._fast_signature(n)
+            sig = self._fast_signature(n, kern.storage_slots)
             if sig is None:
                 self.steps.append(("node", n, build))
                 continue
-            kinds = "".join("f" if p in op.float_params else "i" for p in op.params)
+            kinds = "".join("f" if p in op.float_params else "i" for p in op.params) + "i" * len(kern.storage_slots)
             key = (kern.fn, build, sig, kinds, kern.extra)
             code = variants.setdefault(key, len(variants))
             row = np.zeros(program.ROW_W, np.int64)
@@ -115,7 +120,7 @@ class CpuPlan:
                 else:
                     buf, offs = self._locate(t)
                     program.encode_slot(row, s, buf, offs, dtypes.type_size(t.type), t.ne, t.nb)
-            vals = op.param_values(n)
+            vals = [*op.param_values(n), *_storage_codes(n, kern.storage_slots)]
             row[program.IP:program.IP + sum(k == "i" for k in kinds)] = [v for v, k in zip(vals, kinds) if k == "i"]
             frow = np.zeros(program.MAX_PARAMS)
             frow[:sum(k == "f" for k in kinds)] = [v for v, k in zip(vals, kinds) if k == "f"]
@@ -134,8 +139,8 @@ class CpuPlan:
         self.prog[:, 0] = recode[self.prog[:, 0]]
         self.runner = program.load_runner(order) if variants else None
         # every buffer viewed once per dtype, so the program does no per-node re-typing
-        self.bufs_f32 = numba.typed.List([x.data.view(np.float32) for x in self.bufs])
-        self.bufs_i32 = numba.typed.List([x.data.view(np.int32) for x in self.bufs])
+        self.bufs_typed = [numba.typed.List([program.typed_view(x.data, dt) for x in self.bufs])
+                           for _, dt in program.SLOT_BUFFERS.values()]
         self.cur = np.zeros(1, np.int64)
 
     def inputs_in_place(self) -> bool:
@@ -158,15 +163,21 @@ class CpuPlan:
         return i, tensor_start(t)
 
     @staticmethod
-    def _fast_signature(n: Tensor) -> Optional[str]:
-        """Slot dtypes ('f' f32, 'i' i32; upper case for a contiguous tensor, which the program
-        passes as a C-contiguous array) when every tensor can run in the program, else None."""
+    def _fast_signature(n: Tensor, storage_slots: tuple[int, ...]) -> Optional[str]:
+        """Slot dtypes (program.SLOT_BUFFERS letters; upper case for a contiguous tensor, which
+        the program passes as a C-contiguous array) when every tensor can run in the program,
+        else None. Storage slots always go as strided views: one compiled variant per type."""
         sig = ""
-        for t in [n, *n.src]:
-            c = "f" if t is None else _FAST_TYPES.get(t.type)
-            if c is None:
-                return None
-            sig += c.upper() if t is not None and is_contiguous(t) and nelements(t) > 0 else c
+        for s, t in enumerate([n, *n.src]):
+            if t is None:
+                sig += "f"
+                continue
+            c = (_STORAGE_TYPES if s in storage_slots else _FAST_TYPES).get(t.type)
+            buf = t.root._buf
+            if c is None or (buf is not None and buf.is_host and
+                             (buf.data.ctypes.data + tensor_start(t)) % dtypes.type_size(t.type)):
+                return None   # misaligned for its type (a caller's array): the per-node path copes
+            sig += c.upper() if s not in storage_slots and is_contiguous(t) and nelements(t) > 0 else c
         return sig
 
     # -- running ------------------------------------------------------------------------------
@@ -176,7 +187,7 @@ class CpuPlan:
         for step in self.steps:
             if step[0] == "prog":
                 try:
-                    self.runner(self.bufs_f32, self.bufs_i32, self.prog, self.fprm, step[1], step[2], self.cur)
+                    self.runner(*self.bufs_typed, self.prog, self.fprm, step[1], step[2], self.cur)
                 except (IndexError, ValueError, ZeroDivisionError) as e:
                     n = self.nodes[int(self.cur[0])]
                     raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
@@ -184,27 +195,40 @@ class CpuPlan:
                 self._run_node(step[1], step[2])
 
     def _run_node(self, n: Tensor, build: str) -> None:
-        """Run one node from Python: f16/bf16 tensors go through f32 copies."""
+        """Run one node from Python: f16/bf16 tensors go through f32 copies (storage slots: as
+        raw 16-bit words)."""
         op = OPS[n.op]
         kern = self.backend.kernels[n.op]
         arrays = []
-        for t in n.src:
+        for s, t in enumerate(n.src, start=1):
             if t is None:
                 arrays.append(np.zeros((1, 1, 1, 1), np.float32))
                 continue
             raw = storage_view(t.root._buf.data, self._locate(t)[1], t.type, t.ne, t.nb)
-            arrays.append(np.ascontiguousarray(dtypes.to_float(raw, t.type)) if t.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) else raw)
+            if t.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16):
+                raw = raw.view(np.uint16) if s in kern.storage_slots else np.ascontiguousarray(dtypes.to_float(raw, t.type))
+            arrays.append(raw)
         dst_raw = storage_view(n.root._buf.data, self._locate(n)[1], n.type, n.ne, n.nb)
-        converted = n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16)
-        dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32) if converted else dst_raw
+        converted = n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) and 0 not in kern.storage_slots
+        if converted:
+            dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32)
+        else:
+            dst = dst_raw.view(np.uint16) if n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) else dst_raw
         quant = any(t is not None and dtypes.is_quantized(t.type) for t in (n, *n.src))
         try:
             if quant:  # block-quantized tensors come as raw row bytes (backends/cpu/quant.py)
                 self.backend.quant_kernels[n.op].fn(n, build, dst, *arrays)
             else:
                 scale = 4 // dtypes.type_size(n.type) if converted else 1  # byte params of f16 -> f32
-                getattr(kern.fn, build)(dst, *arrays, *op.param_values(n, scale), *kern.extra)
+                getattr(kern.fn, build)(dst, *arrays, *op.param_values(n, scale),
+                                        *_storage_codes(n, kern.storage_slots), *kern.extra)
         except (IndexError, ValueError, ZeroDivisionError) as e:
             raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
         if converted:
             dst_raw[...] = dtypes.from_float(dst, n.type)
+
+
+def _storage_codes(n: Tensor, storage_slots: tuple[int, ...]) -> list[int]:
+    """The type code of each storage slot (f32 for an absent optional source)."""
+    slots = [n, *n.src]
+    return [slots[s].type if s < len(slots) and slots[s] is not None else dtypes.TYPE_F32 for s in storage_slots]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numba
+from numba import types as nbtypes
+from numba.extending import intrinsic
 
 from minigraph.core.flags import cache_dir
 
@@ -84,3 +86,15 @@ def scalar(fn: Callable) -> Any:
 def row_index(r, n2, n1):
     """(i3, i2, i1) of flattened row r of a (n3, n2, n1, ne0) array: kernels run prange over rows."""
     return r // (n2 * n1), (r // n1) % n2, r % n1
+
+
+@intrinsic
+def fetch_add(typingctx, counter, value):
+    """Atomically counter[0] += value (an int64 array); returns the value before. Lets the lanes
+    of a prange take tasks from a shared queue: prange splits its range statically, so uneven
+    tasks (causal prefill) or a core busy with other work would leave the other threads idle."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        v = context.cast(builder, args[1], signature.args[1], nbtypes.int64)
+        return builder.atomic_rmw("add", ary.data, v, "monotonic")
+    return nbtypes.int64(counter, value), codegen

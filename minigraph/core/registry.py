@@ -122,7 +122,10 @@ class Kernel:
 
     fn:       the kernel (backend-specific calling convention).
     supports: optional fn(node) -> None if the node is fine, else a reason string.
-    index_slots: tensor slots (0 = dst, 1.. = srcs) that hold I32 indices rather than floats.
+    index_slots: tensor slots (0 = dst, 1.. = srcs) that hold I32/I64 indices rather than floats.
+    storage_slots: tensor slots the kernel reads (and writes) in their storage type: f32 as f32,
+              f16/bf16 as their raw 16 bits, passed as strided views with each slot's type code
+              appended to the arguments after the op's params (no f32 copies); CPU only.
     extra:    constant arguments passed after the op's params (e.g. the scalar function of a
               shared unary kernel); each must be a module-level object of the kernel's module.
     """
@@ -131,16 +134,18 @@ class Kernel:
     supports: Optional[Callable[[Any], Optional[str]]] = None
     index_slots: tuple[int, ...] = ()
     extra: tuple = ()
+    storage_slots: tuple[int, ...] = ()
 
 
 def register_kernel(op: str, backend: str, fn: Any, supports: Optional[Callable[[Any], Optional[str]]] = None,
-                    index_slots: tuple[int, ...] = (), extra: tuple = ()) -> None:
+                    index_slots: tuple[int, ...] = (), extra: tuple = (),
+                    storage_slots: tuple[int, ...] = ()) -> None:
     if op not in OPS:
         raise RuntimeError(f"kernel for unknown op {op}")
     table = KERNELS.setdefault(backend, {})
     if op in table:
         raise RuntimeError(f"{backend} kernel for {op} registered twice")
-    table[op] = Kernel(fn, supports, index_slots, extra)
+    table[op] = Kernel(fn, supports, index_slots, extra, storage_slots)
 
 
 def kernels_for(backend: str) -> dict[str, Kernel]:

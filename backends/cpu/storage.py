@@ -1,0 +1,145 @@
+"""f16 / bf16 storage read and written inside CPU kernels, so no tensor needs an f32 copy.
+
+Numba has no float16 type on the CPU: a kernel slot registered in `storage_slots` receives a
+16-bit tensor as a uint16 array of its raw bits (f32 as float32) plus the slot's ggml type code
+(minigraph.core.dtypes), and converts values as it loads them. f16 goes through LLVM's half type
+(on x86 with F16C one vcvtph2ps per 8 values once the loop vectorises); bf16 is its top 16 bits
+shifted into place. Writing rounds to nearest even, as ggml (and numpy's astype(float16)) do.
+
+`load_row` converts a row of any stride into a contiguous f32 row; rows whose elements are
+adjacent (nb0 == element size, every KV-cache view) take a vectorised loop over a contiguous
+alias of the row, whatever the tensor's other strides.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic, overload
+
+from minigraph.core import dtypes
+
+F16 = dtypes.TYPE_F16
+BF16 = dtypes.TYPE_BF16
+_OPTS = dict(cache=True, nogil=True, inline="always")
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """The f32 value of f16 bits (a uint16)."""
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def bf16_to_f32(typingctx, bits):
+    """The f32 value of bf16 bits (a uint16): the bits become the top half of an f32."""
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def f32_to_f16(typingctx, x):
+    """f16 bits (a uint16) of an f32 value, rounded to nearest even."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """The bits of an f32 value as a uint32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    """The f32 value whose bits are an int32 (vectorises: 2^n as (n + 127) << 23)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def data_ptr(typingctx, arr):
+    """Pointer to an array's first element (for carray and BLAS)."""
+    def codegen(context, builder, signature, args):
+        return context.make_array(signature.args[0])(context, builder, args[0]).data
+    return types.CPointer(arr.dtype)(arr), codegen
+
+
+@njit(**_OPTS)
+def f32_to_bf16(x):
+    """bf16 bits of an f32 value: round to nearest even, NaN stays a quiet NaN (ggml's rule)."""
+    u = f32_bits(np.float32(x))
+    if x != x:
+        return np.uint16((u >> 16) | 64)
+    return np.uint16((u + (0x7FFF + ((u >> 16) & 1))) >> 16)
+
+
+def to_f32(x, type_):
+    """One stored value as f32: x is a float32 (type_ F32) or the uint16 bits of an F16/BF16."""
+
+
+@overload(to_f32, inline="always")
+def _to_f32(x, type_):
+    if x == types.uint16:
+        return lambda x, type_: bf16_to_f32(x) if type_ == BF16 else f16_to_f32(x)
+    return lambda x, type_: np.float32(x)
+
+
+def from_f32(x, type_, dst):
+    """An f32 value as an element of array `dst` holding type_ values (its uint16 bits for F16/BF16)."""
+
+
+@overload(from_f32, inline="always")
+def _from_f32(x, type_, dst):
+    if dst.dtype == types.uint16:
+        return lambda x, type_, dst: f32_to_bf16(np.float32(x)) if type_ == BF16 else f32_to_f16(np.float32(x))
+    return lambda x, type_, dst: x
+
+
+def load_row(src, out, type_):
+    """out[:n] = src[:n] as f32 (n = len(out)); src a 1-D float32 or uint16 array of any stride."""
+
+
+@overload(load_row, inline="always")
+def _load_row(src, out, type_):
+    if src.dtype == types.uint16:
+        def impl(src, out, type_):
+            n = out.shape[0]
+            if n == 0:
+                return
+            if src.strides[0] == 2:
+                c = carray(data_ptr(src), n)
+                if type_ == BF16:
+                    for d in range(n):
+                        out[d] = bf16_to_f32(c[d])
+                else:
+                    for d in range(n):
+                        out[d] = f16_to_f32(c[d])
+            elif type_ == BF16:
+                for d in range(n):
+                    out[d] = bf16_to_f32(src[d])
+            else:
+                for d in range(n):
+                    out[d] = f16_to_f32(src[d])
+        return impl
+
+    def impl_f32(src, out, type_):
+        n = out.shape[0]
+        if n == 0:
+            return
+        if src.strides[0] == 4:
+            c = carray(data_ptr(src), n)
+            for d in range(n):
+                out[d] = c[d]
+        else:
+            for d in range(n):
+                out[d] = src[d]
+    return impl_f32
