@@ -101,12 +101,27 @@ class Graph:
 
 
 def build_forward_expand(gf: Graph, t: Tensor) -> None:
+    """ggml_build_forward_expand: add `t` and every tensor it depends on (sources first, each
+    once) to `gf`: compute nodes to gf.nodes in topological order, inputs to gf.leafs."""
     gf.build_forward_expand(t)
 
 
 def graph_n_nodes(gf: Graph) -> int:
+    """ggml_graph_n_nodes: the number of compute nodes of `gf` (leafs not counted)."""
     return len(gf.nodes)
 
 
 def graph_node(gf: Graph, i: int) -> Tensor:
+    """ggml_graph_node: compute node `i` of `gf` in execution order; a negative `i` counts from
+    the end (-1 is the last node, the usual output)."""
     return gf.node(i)
+
+
+def graph_labels(gf: Graph) -> dict[int, str]:
+    """id(tensor) -> the label every minigraph printout uses for it: its name, else leaf_<i> or
+    node_<i> by its position in gf.leafs / gf.nodes (dump, the scheduler's causes and log)."""
+    out = {}
+    for kind, ts in (("leaf", gf.leafs), ("node", gf.nodes)):
+        for i, t in enumerate(ts):
+            out[id(t)] = t.name or f"{kind}_{i}"
+    return out

@@ -7,8 +7,10 @@ from typing import Any
 from minigraph.core.graph import Graph
 
 
-def _name(t: Any) -> str:
-    return t.name or f"<{t.op or 'leaf'}@{id(t) & 0xffff:04x}>"
+def _name(t: Any, plan: Any) -> str:
+    """The name `minigraph dump` prints for t (the plan's graph_labels), so a cause or a split
+    line can be looked up in the dump."""
+    return plan.labels.get(id(t)) or t.name or f"<{t.op or 'leaf'} outside the graph>"
 
 
 def report(sched: Any, plan: Any) -> dict:
@@ -19,16 +21,16 @@ def report(sched: Any, plan: Any) -> dict:
         splits.append({
             "index": k,
             "backend": names[s.backend],
-            "nodes": [{"op": n.op, "name": _name(n)} for n in s.nodes],
-            "copies": [{"tensor": _name(c.src), "copy": c.dst.name, "from": names[c.src_backend],
+            "nodes": [{"op": n.op, "name": _name(n, plan)} for n in s.nodes],
+            "copies": [{"tensor": _name(c.src, plan), "copy": c.dst.name, "from": names[c.src_backend],
                         "to": names[c.dst_backend], "ne": list(c.src.ne), "nb": list(c.src.nb),
                         "nbytes": c.nbytes} for c in s.copies],
-            "outputs": [_name(t) for t in s.graph.outputs],
+            "outputs": [_name(t, plan) for t in s.graph.outputs],
         })
     placements = []
     for tid, t in plan.tensors.items():
         tag, detail = plan.cause[tid]
-        placements.append({"name": _name(t), "op": t.op or "NONE", "leaf": t.op is None,
+        placements.append({"name": _name(t, plan), "op": t.op or "NONE", "leaf": t.op is None,
                            "backend": names[plan.assign[tid]], "cause": tag, "detail": detail})
     copies = [c for s in plan.splits for c in s.copies]
     last = len(names) - 1
@@ -81,7 +83,7 @@ def format_log(sched: Any, plan: Any, gf: Graph) -> str:
             if id(t) not in plan.assign:
                 continue
             tag, detail = plan.cause[id(t)]
-            lines.append(f"  {kind} {k:4d} {t.op or 'NONE':>16} {_name(t):<24} "
+            lines.append(f"  {kind} {k:4d} {t.op or 'NONE':>16} {_name(t, plan):<24} "
                          f"[{names[plan.assign[id(t)]]:>{width}}] {tag}: {detail}")
     for s in rep["splits"]:
         ins = ", ".join(f"{c['tensor']} ({c['from']}->{c['to']}, {c['nbytes']} B)" for c in s["copies"])

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 from minigraph.core import dtypes, flags
 from minigraph.core.errors import MinigraphError, describe
-from minigraph.core.graph import Graph
+from minigraph.core.graph import Graph, graph_labels
 from minigraph.core.plan_cache import PlanCache
 from minigraph.core.registry import OPS
 from minigraph.core.tensor import Tensor, nelements
@@ -82,6 +82,7 @@ class SchedPlan:
     residence: list = field(default_factory=list)    # (leaf root, buffer) seen when planning
     layers: Optional[LayerMap] = None                # the layer split used (tensor_split)
     row_splits: list = field(default_factory=list)   # (user MUL_MAT node, [(part, row_low)], gather node)
+    labels: dict = field(default_factory=dict)       # id(tensor) -> label (core.graph.graph_labels)
 
     def still_resident(self) -> bool:
         """Whether every leaf is still in the buffer it was planned in."""
@@ -348,6 +349,11 @@ class _State:
         self.split_before: set[int] = set()         # ids of nodes that start a split of their own
         self.forced = False                         # a row split or a user assignment was applied
         self._support: dict[tuple[int, int], Any] = {}
+        plan.labels = graph_labels(gf)
+
+    def label(self, t: Tensor) -> str:
+        """The name `minigraph dump` prints for t (its name, else leaf_<i> / node_<i>)."""
+        return self.plan.labels.get(id(t)) or t.name or f"<{t.op or 'leaf'} outside the graph>"
 
     def index_of(self, backend: Any, what: str) -> int:
         for i, b in enumerate(self.backends):
@@ -398,7 +404,7 @@ def _buffer_name(st: _State, t: Tensor) -> str:
 def _preallocated_error(st: _State, node: Tensor, i: int, reason: str) -> MinigraphError:
     root = node.root
     able = [b.name for k, b in enumerate(st.backends) if st.supports(k, node)]
-    fix = (f"allocate '{root.name or '<unnamed>'}' on a backend that supports {node.op} "
+    fix = (f"allocate '{st.label(root)}' on a backend that supports {node.op} "
            f"(mg.backend_tensor_alloc(backend, t) with one of: {', '.join(able)})" if able else
            f"no backend of this scheduler supports this {node.op}; add one that does")
     return MinigraphError(
@@ -443,12 +449,12 @@ def pass1_preallocated(st: _State) -> None:
             if i is None:  # a view of a tensor that is not a leaf of this graph
                 i = st.residence(root)
             if _is_view_op(node):
-                st.assign(node, i, "view src", f"view of '{root.name}' on {st.backends[i].name}")
+                st.assign(node, i, "view src", f"view of '{st.label(root)}' on {st.backends[i].name}")
                 continue
             sup = st.supports(i, node)
             if not sup:
                 raise _preallocated_error(st, node, i, sup.reason)
-            st.assign(node, i, "pre-allocated dst", f"writes into '{root.name}' in {_buffer_name(st, root)}")
+            st.assign(node, i, "pre-allocated dst", f"writes into '{st.label(root)}' in {_buffer_name(st, root)}")
             continue
         if node.view_src is not None:
             continue  # views of computed nodes: pass 2/3
@@ -463,7 +469,7 @@ def pass1_preallocated(st: _State) -> None:
         i = able[0]
         tag = "weights/buffer" if i == first else "upgrade"
         w = next(w for w in weights if st.residence(w) == i)
-        detail = f"reads '{w.root.name}' in {_buffer_name(st, w)}"
+        detail = f"reads '{st.label(w.root)}' in {_buffer_name(st, w)}"
         if tensor_buffer(w).is_host and i > 0:
             # host weights: a big enough batch is worth offloading to a higher-priority backend
             batch = node.ne[1]
@@ -472,7 +478,7 @@ def pass1_preallocated(st: _State) -> None:
                     offload = getattr(st.backends[k], "offload_op", None)
                     if st.supports(k, node) and (offload is None or offload(node)):
                         tag, i = "offload", k
-                        detail = (f"host weights '{w.root.name}', batch ne[1]={batch} >= "
+                        detail = (f"host weights '{st.label(w.root)}', batch ne[1]={batch} >= "
                                   f"min batch {st.sched.offload_min_batch}")
                         break
         st.assign(node, i, tag, detail)
@@ -494,7 +500,7 @@ def _follow_source(st: _State, node: Tensor, i: int) -> None:
         sup = st.supports(i, node)
         if not sup:
             raise _preallocated_error(st, node, i, sup.reason)
-    st.assign(node, i, "view src", f"memory of '{node.root.name}' on {st.backends[i].name}")
+    st.assign(node, i, "view src", f"memory of '{st.label(node.root)}' on {st.backends[i].name}")
 
 
 def pass3_supported(st: _State) -> None:
@@ -540,9 +546,10 @@ def pass4_splits(st: _State) -> None:
             for s in node.src:
                 if s is not None and id(s) not in mapped and plan.assign.get(id(s), split.backend) != split.backend:
                     c = Tensor(s.ctx, s.type, s.ne)  # contiguous: only the elements travel
-                    c.name = f"{backend.name}#{s.name or 'node'}"
+                    c.name = f"{backend.name}#{st.label(s)}"
                     split.copies.append(Copy(s, c, plan.assign[id(s)], split.backend, _packed_bytes(s)))
-                    plan.cause[id(c)] = ("copy", f"'{s.name}' from {st.backends[plan.assign[id(s)]].name}")
+                    plan.cause[id(c)] = ("copy", f"'{st.label(s)}' from {st.backends[plan.assign[id(s)]].name}")
+                    plan.labels[id(c)] = c.name
                     mapped[id(s)] = c
                 srcs.append(None if s is None else mapped.get(id(s), s))
             # the clone writes the user's node memory (a view of it), reading the mapped sources
@@ -551,6 +558,7 @@ def pass4_splits(st: _State) -> None:
                            op_params=node.op_params, view_src=root,
                            view_offs=node.view_offs if node.view_src is not None else 0)
             clone.name, clone.flags = node.name, node.flags
+            plan.labels[id(clone)] = st.label(node)  # a split's node prints as the user's node
             mapped[id(node)] = clone
             clones.append(clone)
         g = Graph.from_nodes(st.gf.ctx, clones)

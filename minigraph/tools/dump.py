@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError
-from minigraph.core.graph import Graph
+from minigraph.core.graph import Graph, graph_labels
 from minigraph.passes import DEFAULT_PIPELINE, Optimized
 from minigraph.tools.graphio import load_target, node_attr
 from minigraph.core.tensor import Tensor, is_contiguous, nbytes
@@ -89,12 +89,9 @@ def label(t: Tensor, labels: dict) -> str:
 
 
 def _labels(gf: Graph) -> dict:
-    """Names as ggml prints them; unnamed tensors are node_<i> / leaf_<i>."""
-    out = {}
-    for kind, ts in (("leaf", gf.leafs), ("node", gf.nodes)):
-        for i, t in enumerate(ts):
-            out[id(t)] = t.name or f"{kind}_{i}"
-    return out
+    """Names as ggml prints them; unnamed tensors are node_<i> / leaf_<i> (the scheduler's
+    causes use the same labels: core.graph.graph_labels)."""
+    return graph_labels(gf)
 
 
 def prepare(target: str, params: Optional[dict] = None, backend: str = "cpu", fuse: bool = True,
