@@ -95,3 +95,9 @@ def fusion_debug() -> bool:
 def cuda_peer() -> bool:
     """MINIGRAPH_CUDA_PEER=0: copies between two GPUs go through host memory, never peer to peer."""
     return _env_bool("MINIGRAPH_CUDA_PEER", True)
+
+
+def random_input_max_bytes() -> int:
+    """MINIGRAPH_RANDOM_INPUT_MAX_BYTES: the most memory `dump --profile` and `compare` may
+    allocate for random inputs of leafs without data (default 4 GiB); more is refused."""
+    return _env_int("MINIGRAPH_RANDOM_INPUT_MAX_BYTES", 4 << 30)

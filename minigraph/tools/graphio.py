@@ -33,9 +33,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from minigraph.core import dtypes
+from minigraph.core import dtypes, flags
 from minigraph.core.context import Context
-from minigraph.core.errors import MinigraphError
+from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.passes import Optimized
 from minigraph.core.registry import OPS
@@ -488,22 +488,47 @@ def load_target(target: str, params: Optional[dict] = None) -> Graph:
     return _to_graph(ctx, result, target)
 
 
-def fill_random_inputs(gf: Graph, seed: int = 0) -> int:
+def fill_random_inputs(gf: Graph, seed: int = 0, max_bytes: Optional[int] = None) -> int:
     """Give every leaf that some node reads and that has no data uniform random values
-    ([-1, 1) for floats, [0, 2) for I32 indices); returns how many leafs were filled."""
+    ([-1, 1) for floats, [0, 2) for I32 indices); returns how many leafs were filled.
+
+    Refused with a MinigraphError, before anything is allocated, when the leafs' storage plus
+    the float64 draw of the largest one exceeds `max_bytes` (default
+    flags.random_input_max_bytes(), MINIGRAPH_RANDOM_INPUT_MAX_BYTES): a graph file or a
+    target can declare any ne, and a terabyte of random numbers is never what was meant."""
     from minigraph.memory.scaffold import leafs_needing_data
 
+    budget = flags.random_input_max_bytes() if max_bytes is None else max_bytes
+    roots: dict[int, Tensor] = {}
+    for leaf in leafs_needing_data(gf):
+        if leaf.root._buf is None:
+            roots.setdefault(id(leaf.root), leaf.root)
+    sizes = {k: _elements(r) * dtypes.type_size(r.type) for k, r in roots.items()}
+    if roots:
+        big = max(roots, key=lambda k: sizes[k])
+        need = sum(sizes.values()) + 8 * _elements(roots[big])   # + the float64 draw of the largest
+        if need > budget:
+            raise MinigraphError(
+                f"random inputs: {len(roots)} leafs without data need {need} bytes ({need / 2**30:.1f} GiB), "
+                f"over the budget of {budget} bytes; the largest is {describe(roots[big])} ({sizes[big]} bytes). "
+                "Give the large inputs data, or raise MINIGRAPH_RANDOM_INPUT_MAX_BYTES")
     rng = np.random.default_rng(seed)
     n = 0
-    for leaf in leafs_needing_data(gf):
-        if leaf.root._buf is not None:
-            continue
-        shape = tuple(reversed(leaf.root.ne))
+    for leaf in roots.values():
+        shape = tuple(reversed(leaf.ne))
         if leaf.type == dtypes.TYPE_I32:
-            leaf.root.set_data(rng.integers(0, 2, size=shape).astype(np.int32))
+            leaf.set_data(rng.integers(0, 2, size=shape).astype(np.int32))
         else:
-            leaf.root.set_data(rng.uniform(-1, 1, size=shape).astype(np.float32))
+            leaf.set_data(rng.uniform(-1, 1, size=shape).astype(np.float32))
         n += 1
+    return n
+
+
+def _elements(t: Tensor) -> int:
+    """ne0*ne1*ne2*ne3 as a Python int (no overflow for absurd ne; negative ne counts as 0)."""
+    n = 1
+    for x in t.ne:
+        n *= max(int(x), 0)
     return n
 
 
