@@ -209,6 +209,17 @@ def test_public_doc_list_reads_the_root_package():
     assert not any(m.startswith(("type_name ", "load_graph ", "init ")) for m in missing)
 
 
+def test_every_public_function_and_method_has_a_docstring():
+    """help() on any `mg.` name, and on the methods of the classes a user holds (the context, its
+    tensors and graphs, schedulers, backends, buffers), says what it does."""
+    assert gen_api.public_functions_without_doc() == []
+    classes = [mg.Context, mg.Tensor, mg.Graph, mg.BackendSched, mg.Backend, mg.Buffer, mg.HostBuffer,
+               type(mg.backend_cpu_init(1))]
+    missing = [f"{cls.__name__}.{name}" for cls in classes for name in dir(cls)
+               if not name.startswith("_") and callable(getattr(cls, name)) and not inspect.getdoc(getattr(cls, name))]
+    assert missing == []
+
+
 # -- version and typing ------------------------------------------------------------------------
 
 def test_version_flag(capsys):

@@ -95,6 +95,7 @@ class Buffer:
         raise MinigraphError(f"{type(self).__name__} has no data pointer")
 
     def dlpack_device(self) -> tuple[int, int]:
+        """(DLPack device type, device id) of this memory: (kDLCPU, 0) for host memory."""
         return (DLPACK_CPU, 0)
 
 
@@ -111,6 +112,7 @@ class HostBuffer(Buffer):
 
     @classmethod
     def alloc(cls, nbytes: int, backend: Any = None, what: str = "buffer") -> "HostBuffer":
+        """A new zeroed, aligned host buffer of `nbytes` (`what` names it in a refusal)."""
         return cls(aligned_zeros(nbytes, what), backend)
 
     def view(self, t: Any) -> np.ndarray:

@@ -41,6 +41,9 @@ class Context(OpMethods):
 
     # -- tensors ------------------------------------------------------------------------------
     def new_tensor(self, type_: int, n_dims: int, ne: Sequence[int]) -> Tensor:
+        """ggml_new_tensor: a leaf of `type_` (mg.TYPE_F32, ...) with ne = ne[:n_dims] padded with
+        1s to 4 dims (ne0 fastest), contiguous strides, and no memory until it gets data
+        (set_data) or a plan gives it some. Sizes must be integers >= 0."""
         if not 1 <= n_dims <= MAX_DIMS or len(ne) < n_dims:
             raise MinigraphError(f"new_tensor: n_dims must be 1..4 with that many sizes, got {n_dims}, {list(ne)}")
         for i, n in enumerate(ne[:n_dims]):
@@ -55,21 +58,28 @@ class Context(OpMethods):
         return self._add(Tensor(self, dtypes.check_type(type_), full))
 
     def new_tensor_1d(self, type_: int, ne0: int) -> Tensor:
+        """ggml_new_tensor_1d: a leaf of ne [ne0, 1, 1, 1] (see new_tensor)."""
         return self.new_tensor(type_, 1, [ne0])
 
     def new_tensor_2d(self, type_: int, ne0: int, ne1: int) -> Tensor:
+        """ggml_new_tensor_2d: a leaf of ne [ne0, ne1, 1, 1]: ne1 rows of ne0 elements, numpy shape
+        (ne1, ne0) (see new_tensor)."""
         return self.new_tensor(type_, 2, [ne0, ne1])
 
     def new_tensor_3d(self, type_: int, ne0: int, ne1: int, ne2: int) -> Tensor:
+        """ggml_new_tensor_3d: a leaf of ne [ne0, ne1, ne2, 1], numpy shape (ne2, ne1, ne0)."""
         return self.new_tensor(type_, 3, [ne0, ne1, ne2])
 
     def new_tensor_4d(self, type_: int, ne0: int, ne1: int, ne2: int, ne3: int) -> Tensor:
+        """ggml_new_tensor_4d: a leaf of ne [ne0, ne1, ne2, ne3], numpy shape (ne3, ne2, ne1, ne0)."""
         return self.new_tensor(type_, 4, [ne0, ne1, ne2, ne3])
 
     def new_f32(self, value: float) -> Tensor:
+        """ggml_new_f32: an F32 leaf of ne [1, 1, 1, 1] holding `value`."""
         return self.new_tensor_1d(dtypes.TYPE_F32, 1).set_data(np.array([value], np.float32))
 
     def new_i32(self, value: int) -> Tensor:
+        """ggml_new_i32: an I32 leaf of ne [1, 1, 1, 1] holding `value`."""
         return self.new_tensor_1d(dtypes.TYPE_I32, 1).set_data(np.array([value], np.int32))
 
     def from_numpy(self, arr: Any, type_: Optional[int] = None, copy: bool = True) -> Tensor:
@@ -161,11 +171,15 @@ class Context(OpMethods):
 
     # -- graphs -------------------------------------------------------------------------------
     def new_graph(self, size: int = 0, grads: bool = False) -> "Graph":
+        """ggml_new_graph: an empty graph; fill it with mg.build_forward_expand(gf, t). `size`
+        (ggml's node capacity) is advisory: the graph grows as needed; grads is accepted for
+        ggml parity (no backward graphs)."""
         from minigraph.core.graph import Graph
 
         return Graph(self, size)
 
     def new_graph_custom(self, size: int, grads: bool = False) -> "Graph":
+        """ggml_new_graph_custom: new_graph with an explicit capacity (advisory here)."""
         return self.new_graph(size, grads)
 
 

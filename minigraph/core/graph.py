@@ -55,6 +55,7 @@ class Graph:
         return iter(self.nodes)
 
     def build_forward_expand(self, t: Tensor) -> None:
+        """ggml_build_forward_expand (see the module function)."""
         if not isinstance(t, Tensor):
             raise MinigraphError(f"build_forward_expand: expected a Tensor, got {type(t).__name__}")
         self._visit(t)
@@ -83,6 +84,7 @@ class Graph:
         return self.nodes[i]
 
     def n_nodes(self) -> int:
+        """ggml_graph_n_nodes: the number of compute nodes."""
         return len(self.nodes)
 
     def to_networkx(self) -> Any:

@@ -65,12 +65,15 @@ class Tensor:
     # -- ggml's little predicates -------------------------------------------------------------
     @property
     def n_dims(self) -> int:
+        """ggml_n_dims (see the module function n_dims)."""
         return n_dims(self)
 
     def nelements(self) -> int:
+        """ggml_nelements: ne0 * ne1 * ne2 * ne3."""
         return nelements(self)
 
     def nbytes(self) -> int:
+        """ggml_nbytes (see the module function nbytes)."""
         return nbytes(self)
 
     def __repr__(self) -> str:
@@ -78,14 +81,17 @@ class Tensor:
 
     # -- names --------------------------------------------------------------------------------
     def set_name(self, name: str) -> "Tensor":
+        """ggml_set_name; returns self, so `ctx.add(a, b).set_name("x")` chains."""
         return set_name(self, name)
 
     def format_name(self, fmt: str, *args: Any) -> "Tensor":
+        """ggml_format_name: set_name(fmt % args); returns self."""
         return format_name(self, fmt, *args)
 
     # -- data ---------------------------------------------------------------------------------
     @property
     def root(self) -> "Tensor":
+        """The tensor whose memory this one views (view_src, which is always a root), else self."""
         return self.view_src if self.view_src is not None else self
 
     @property
@@ -99,6 +105,7 @@ class Tensor:
         return tensor_start(self)
 
     def has_data(self) -> bool:
+        """Whether the root has memory yet (set_data, from_numpy, a backend allocation or a plan)."""
         return self.root._buf is not None
 
     def alloc_host(self) -> None:
@@ -195,6 +202,8 @@ class Tensor:
 # -- module functions, named as ggml's -------------------------------------------------------
 
 def n_dims(t: Tensor) -> int:
+    """ggml_n_dims: 1 + the index of the last dimension with ne > 1 (1 for scalars and
+    vectors: ne [5, 1, 1, 1] has 1 dim, ne [5, 1, 3, 1] has 3)."""
     for i in range(MAX_DIMS - 1, 0, -1):
         if t.ne[i] > 1:
             return i + 1
@@ -202,18 +211,24 @@ def n_dims(t: Tensor) -> int:
 
 
 def nelements(t: Tensor) -> int:
+    """ggml_nelements: ne0 * ne1 * ne2 * ne3."""
     return int(np.prod(t.ne))
 
 
 def nrows(t: Tensor) -> int:
+    """ggml_nrows: the number of rows of ne0 elements, ne1 * ne2 * ne3."""
     return t.ne[1] * t.ne[2] * t.ne[3]
 
 
 def nbytes(t: Tensor) -> int:
+    """ggml_nbytes: the bytes from the first element to the end of the last one, following nb
+    (element_size + sum over i of (ne_i - 1) * nb_i); for a contiguous tensor that is
+    nelements * element_size. 0 when some ne is 0."""
     return extent_bytes(t.type, t.ne, t.nb)
 
 
 def element_size(t: Tensor) -> int:
+    """ggml_element_size: bytes per element of t's type (4 for F32/I32, 2 for F16/BF16)."""
     return dtypes.type_size(t.type)
 
 
@@ -226,6 +241,7 @@ def row_size(type_: int, ne: int) -> int:
 
 
 def is_empty(t: Tensor) -> bool:
+    """ggml_is_empty: whether some ne_i is 0 (the tensor holds no element)."""
     return any(n == 0 for n in t.ne)
 
 
@@ -247,81 +263,108 @@ def _is_contiguous_n(t: Tensor, n: int) -> bool:
 
 
 def is_contiguous(t: Tensor) -> bool:
+    """ggml_is_contiguous: elements packed in ne order with no gaps (nb0 = element size,
+    nb_i = nb_{i-1} * ne_{i-1}; dims of size 1 may have any nb)."""
     return _is_contiguous_n(t, 0)
 
 
 def is_contiguous_1(t: Tensor) -> bool:
+    """ggml_is_contiguous_1: contiguous for dims >= 1: rows are packed elements and dims 2, 3
+    follow without gaps, but the row stride nb1 may be padded."""
     return _is_contiguous_n(t, 1)
 
 
 def is_contiguous_2(t: Tensor) -> bool:
+    """ggml_is_contiguous_2: contiguous for dims >= 2: each row packed, dim 3 without gaps;
+    nb1 and nb2 may be padded."""
     return _is_contiguous_n(t, 2)
 
 
 def is_contiguous_rows(t: Tensor) -> bool:
+    """ggml_is_contiguous_rows: each row's ne0 elements are packed (nb0 = element size, or
+    ne0 == 1); rows themselves may lie anywhere."""
     return t.ne[0] == 1 or t.nb[0] == dtypes.type_size(t.type)
 
 
 def is_transposed(t: Tensor) -> bool:
+    """ggml_is_transposed: nb0 > nb1 (e.g. a ggml_transpose view)."""
     return t.nb[0] > t.nb[1]
 
 
 def is_permuted(t: Tensor) -> bool:
+    """ggml_is_permuted: strides out of order, nb_i > nb_{i+1} for some i (a permute or
+    transpose view)."""
     return t.nb[0] > t.nb[1] or t.nb[1] > t.nb[2] or t.nb[2] > t.nb[3]
 
 
 def is_scalar(t: Tensor) -> bool:
+    """ggml_is_scalar: ne == [1, 1, 1, 1]."""
     return all(n == 1 for n in t.ne)
 
 
 def is_vector(t: Tensor) -> bool:
+    """ggml_is_vector: ne1 == ne2 == ne3 == 1 (ne [n, 1, 1, 1])."""
     return t.ne[1] == 1 and t.ne[2] == 1 and t.ne[3] == 1
 
 
 def is_matrix(t: Tensor) -> bool:
+    """ggml_is_matrix: ne2 == ne3 == 1 (ne [cols, rows, 1, 1])."""
     return t.ne[2] == 1 and t.ne[3] == 1
 
 
 def are_same_shape(a: Tensor, b: Tensor) -> bool:
+    """ggml_are_same_shape: a.ne == b.ne in all four dims."""
     return a.ne == b.ne
 
 
 def are_same_stride(a: Tensor, b: Tensor) -> bool:
+    """ggml_are_same_stride: a.nb == b.nb in all four dims."""
     return a.nb == b.nb
 
 
 def can_repeat(t0: Tensor, t1: Tensor) -> bool:
-    """True when t0 can be repeated (tiled) to fill t1's shape."""
+    """ggml_can_repeat: whether t0 tiles t1 (each t1.ne_i a multiple of t0.ne_i; an empty t0
+    only tiles an empty t1)."""
     if is_empty(t0):
         return is_empty(t1)
     return all(b % a == 0 for a, b in zip(t0.ne, t1.ne))
 
 
 def can_repeat_rows(t0: Tensor, t1: Tensor) -> bool:
+    """ggml_can_repeat_rows: same row length ne0 and t0 tiles t1 (can_repeat)."""
     return t0.ne[0] == t1.ne[0] and can_repeat(t0, t1)
 
 
 def set_name(t: Tensor, name: str) -> Tensor:
+    """ggml_set_name: name t (cut to ggml's GGML_MAX_NAME - 1 characters); returns t. Names
+    show in dump, the scheduler log, errors and graph files."""
     t.name = str(name)[: MAX_NAME - 1]
     return t
 
 
 def get_name(t: Tensor) -> str:
+    """ggml_get_name: t's name ('' when unnamed)."""
     return t.name
 
 
 def format_name(t: Tensor, fmt: str, *args: Any) -> Tensor:
-    """ggml_format_name: printf-style."""
+    """ggml_format_name: name t printf-style (fmt % args, e.g. ("layer%d.attn", 3)); returns t."""
     return set_name(t, fmt % args if args else fmt)
 
 
 def set_input(t: Tensor) -> None:
+    """ggml_set_input: flag t as a graph input (GGML_TENSOR_FLAG_INPUT). Recorded (graph files
+    keep it); minigraph gives leafs their own memory whatever the flag."""
     t.flags |= FLAG_INPUT
 
 
 def set_output(t: Tensor) -> None:
+    """ggml_set_output: flag t as a graph output (GGML_TENSOR_FLAG_OUTPUT): the memory planner
+    never reuses its memory for later nodes, so its value is readable after the compute."""
     t.flags |= FLAG_OUTPUT
 
 
 def set_param(t: Tensor) -> None:
+    """ggml_set_param: flag t as a trainable parameter (GGML_TENSOR_FLAG_PARAM). Recorded for
+    ggml parity (graph files keep it); minigraph builds no backward graphs."""
     t.flags |= FLAG_PARAM

@@ -40,6 +40,8 @@ class Backend:
     quant_kernels: dict = {}   # the registry's QUANT_KERNELS[key]: nodes touching quantized tensors
 
     def supports_op(self, node: Tensor) -> Support:
+        """ggml_backend_supports_op: whether this backend can compute `node` (the whole node:
+        op, types, strides), with the reason; truthy like ggml's bool."""
         op = OPS.get(node.op) if node.op else None
         if op is None:
             return Support(node.op is None, "leaf" if node.op is None else f"unknown op {node.op}")
@@ -64,7 +66,9 @@ class Backend:
         return OPS[op].is_view or op in self.kernels or op in self.quant_kernels
 
     def graph_compute(self, graph: Graph) -> None:  # pragma: no cover - interface
+        """ggml_backend_graph_compute: run every node of `graph` on this backend."""
         raise MinigraphError(f"backend {self.name} does not implement graph_compute")
 
     def synchronize(self) -> None:
+        """ggml_backend_synchronize: wait until queued work is done (a no-op for the CPU)."""
         pass

@@ -129,9 +129,11 @@ class BackendSched:
 
     # -- public API (ggml names) -------------------------------------------------------------
     def get_n_backends(self) -> int:
+        """ggml_backend_sched_get_n_backends: how many backends the scheduler places on."""
         return len(self.backends)
 
     def get_backend(self, i: int) -> Any:
+        """ggml_backend_sched_get_backend: backend `i`, in priority order (0 first)."""
         return self.backends[i]
 
     def reserve(self, gf: Graph, fuse: Optional[bool] = None) -> bool:
@@ -167,6 +169,7 @@ class BackendSched:
         return self.optimizer(gf, self, fuse)
 
     def get_n_splits(self) -> int:
+        """ggml_backend_sched_get_n_splits: the splits (runs of nodes on one backend) of the last plan."""
         return len(self._last().splits)
 
     def get_n_copies_made(self) -> int:
@@ -187,9 +190,12 @@ class BackendSched:
         return self.plan.cause.get(id(t)) if self.plan is not None else None
 
     def get_buffer_size(self, backend: Any) -> int:
+        """ggml_backend_sched_get_buffer_size: compute-buffer bytes of `backend` in the last plan."""
         return self._last().buffer_size.get(self._index(backend), 0)
 
     def report(self) -> dict:
+        """The last plan as data (splits, copies, bytes, every placement with its cause), with
+        tensors named as `minigraph dump` prints them; what MINIGRAPH_SCHED_DEBUG prints."""
         from minigraph.schedule.report import report
 
         return report(self, self._last())
