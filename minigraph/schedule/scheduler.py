@@ -244,6 +244,7 @@ class BackendSched:
         return copy.deepcopy(self.copy_stats)
 
     def reset_copy_stats(self) -> None:
+        """Zero the counts get_copy_stats reports (copies made and bytes, per path and device pair)."""
         self.copy_stats = _new_stats()
 
     # -- planning ----------------------------------------------------------------------------
