@@ -50,7 +50,7 @@ def report(sched: Any, plan: Any) -> dict:
         "tensor_split": None if lm is None else list(lm.fractions),
         "layers": None if lm is None else {("output" if k == lm.n_layer else k): names[d]
                                            for k, d in enumerate(lm.devices)},
-        "row_splits": [{"node": _name(n), "gather": names[plan.assign[id(g)]],
+        "row_splits": [{"node": _name(n, plan), "gather": names[plan.assign[id(g)]],
                         "parts": [{"backend": names[plan.assign[id(p)]], "rows": [lo, lo + p.ne[0]]}
                                   for p, lo in parts]}
                        for n, parts, g in plan.row_splits],
@@ -77,7 +77,7 @@ def format_log(sched: Any, plan: Any, gf: Graph) -> str:
                                                                for p in r["parts"]) + f"; gathered on {r['gather']}")
         for t in [p for p, _ in parts] + ([gather] if gather.op == "CONCAT" else []):
             tag, detail = plan.cause[id(t)]
-            lines.append(f"    {t.op:>16} {_name(t):<24} [{names[plan.assign[id(t)]]:>{width}}] {tag}: {detail}")
+            lines.append(f"    {t.op:>16} {_name(t, plan):<24} [{names[plan.assign[id(t)]]:>{width}}] {tag}: {detail}")
     for kind, ts in (("leaf", gf.leafs), ("node", gf.nodes)):
         for k, t in enumerate(ts):
             if id(t) not in plan.assign:
