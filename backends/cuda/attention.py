@@ -39,6 +39,7 @@ from minigraph.core.registry import register_kernel
 from minigraph.backends.cuda import attention_mma, attention_tc
 from minigraph.backends.cuda.common import SIM, SLOT_W, CudaKernel, Launch, at, ne, nelem
 from minigraph.backends.cuda.convert import to_f32
+from minigraph.backends.cuda.gdn_device import warp_sums  # block-uniform calls only (the simulator syncs)
 
 WARP = 32
 NW = 2 if SIM else 4                 # warps a block of fa_split (each an independent kv stream)
@@ -53,31 +54,6 @@ MAX_GRID_YZ = 65535
 USE_MMA = True                       # f16 K/V on a GPU: the CUDA C++ kernels (attention_mma.cu)
 USE_TC = True                        # else the Numba tensor-core chunk kernel (attention_tc.py)
 TC_TARGET_BLOCKS = 528               # 2 blocks of 4 warps an SM (254 registers a thread), 2 waves
-
-if SIM:
-    @cuda.jit(device=True)
-    def warp_sums(scr, red, n):
-        """red[:n] summed over the warp, every lane gets the sums (the simulator has no warp
-        shuffles: through shared memory, scr holding n floats per thread; block-uniform calls)."""
-        tid = cuda.threadIdx.x
-        w0 = tid - tid % WARP
-        cuda.syncthreads()
-        for m in range(n):
-            scr[tid * n + m] = red[m]
-        cuda.syncthreads()
-        for m in range(n):
-            x = float32(0.0)
-            for lane in range(WARP):
-                x += scr[(w0 + lane) * n + m]
-            red[m] = x
-else:
-    @cuda.jit(device=True)
-    def warp_sums(scr, red, n):
-        """red[:n] summed over the warp by xor butterflies: every lane gets the sums."""
-        for off in (16, 8, 4, 2, 1):
-            for m in range(n):
-                red[m] += cuda.shfl_xor_sync(0xFFFFFFFF, red[m], off)
-
 
 @cuda.jit(device=True)
 def alibi(h, max_bias, m0, m1, n_log2):
