@@ -157,20 +157,7 @@ def rope_ext(ctx, a: Tensor, b: Tensor, c: Optional[Tensor], n_dims: int, mode: 
              beta_slow: float) -> Tensor:
     """Rotary position embedding with YaRN and freq_factors (ggml_rope_ext; see the module doc).
 
-    a:      [head dim ne0, n_head, n_tokens, ne3] f32/f16, any strides and byte offset (e.g. the pe
-            part of an MLA K cache row).
-    b:      [n_tokens] I32 positions, one per ne2 index.
-    c:      [>= n_dims/2] f32 freq_factors dividing each pair's frequency, or None.
-    n_dims: rotated dims (even, <= ne0); the tail ne0 - n_dims is copied (partial rotation).
-    mode:   ROPE_TYPE_NORMAL (0, adjacent pairs) or ROPE_TYPE_NEOX (2, halves); mrope/vision refused.
-    n_ctx_orig: the training context length (YaRN's correction dims).
-    freq_base: theta base (10000 in most models).
-    freq_scale: position interpolation factor (1: none).
-    ext_factor: YaRN extrapolation mix (0: off).
-    attn_factor: magnitude scale of cos/sin (1: none).
-    beta_fast: YaRN ramp low bound (32 in ggml's defaults).
-    beta_slow: YaRN ramp high bound (1 in ggml's defaults).
-    result: [ne0, n_head, n_tokens, ne3], a's type, contiguous.
+{args}    result: [ne0, n_head, n_tokens, ne3], a's type, contiguous.
     """
     return _rope(ctx, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor, attn_factor,
                  beta_fast, beta_slow, False, "rope_ext")
@@ -182,7 +169,14 @@ def rope_ext_inplace(ctx, a: Tensor, b: Tensor, c: Optional[Tensor], n_dims: int
                      beta_fast: float, beta_slow: float) -> Tensor:
     """rope_ext written into a (ggml_rope_ext_inplace).
 
-    a:      [head dim ne0, n_head, n_tokens, ne3] f32/f16, any strides and byte offset (e.g. the pe
+{args}    result: a view of a (a's ne and nb), written in place.
+    """
+    return _rope(ctx, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor, attn_factor,
+                 beta_fast, beta_slow, True, "rope_ext_inplace")
+
+
+# the parameters both rope builders document (their docstrings hold an {args} slot)
+_ROPE_ARGS = """    a:      [head dim ne0, n_head, n_tokens, ne3] f32/f16, any strides and byte offset (e.g. the pe
             part of an MLA K cache row).
     b:      [n_tokens] I32 positions, one per ne2 index.
     c:      [>= n_dims/2] f32 freq_factors dividing each pair's frequency, or None.
@@ -195,10 +189,9 @@ def rope_ext_inplace(ctx, a: Tensor, b: Tensor, c: Optional[Tensor], n_dims: int
     attn_factor: magnitude scale of cos/sin (1: none).
     beta_fast: YaRN ramp low bound (32 in ggml's defaults).
     beta_slow: YaRN ramp high bound (1 in ggml's defaults).
-    result: a view of a (a's ne and nb), written in place.
-    """
-    return _rope(ctx, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor, attn_factor,
-                 beta_fast, beta_slow, True, "rope_ext_inplace")
+"""
+for _f in (rope_ext, rope_ext_inplace):
+    _f.__doc__ = _f.__doc__.format(args=_ROPE_ARGS)
 
 
 @builder("rope")
