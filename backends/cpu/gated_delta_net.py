@@ -341,10 +341,32 @@ def gated_delta_net(dst, q, k, v, g, beta, state, K):
         _gdn_recurrent(dst, q, k, v, g, beta, state, K)
 
 
+@njit(cache=True, nogil=True)
+def gated_delta_net_decode(dst, q, k, v, g, beta, state, K):
+    """The T == 1 form alone (the entry point's first branch), for plans that run only it."""
+    _gdn_decode(dst, q, k, v, g, beta, state, K, state.size * 4 >= STREAM_BYTES)
+
+
 # the op picks its own parallelism inside, so both builds are the same entry point
 from minigraph.core.registry import register_kernel  # noqa: E402
 
 from minigraph.backends.cpu.jit import DualKernel  # noqa: E402
 
 GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net")
-register_kernel("GATED_DELTA_NET", "cpu", GATED_DELTA_NET_KERNEL)
+GDN_DECODE = DualKernel(gated_delta_net_decode, gated_delta_net_decode, "gated_delta_net decode")
+GDN_CHUNKED = DualKernel(_gdn_chunked, _gdn_chunked, "gated_delta_net chunked")
+GDN_RECURRENT = DualKernel(_gdn_recurrent, _gdn_recurrent, "gated_delta_net recurrent")
+
+
+def pick_form(node) -> DualKernel:
+    """The form `gated_delta_net` would branch to for this node (same tests, from the node's ne:
+    v [S, H_v, T, n_seqs], g [1 or S, ...], param K), so a plan compiles only that one."""
+    T = node.src[2].ne[2]
+    if T == 1:
+        return GDN_DECODE
+    if T >= CHUNK_MIN_T and node.src[3].ne[0] == 1 and node.op_params["K"] <= CHUNK:
+        return GDN_CHUNKED
+    return GDN_RECURRENT
+
+
+register_kernel("GATED_DELTA_NET", "cpu", GATED_DELTA_NET_KERNEL, pick=pick_form)

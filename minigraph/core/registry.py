@@ -128,6 +128,9 @@ class Kernel:
               appended to the arguments after the op's params (no f32 copies); CPU only.
     extra:    constant arguments passed after the op's params (e.g. the scalar function of a
               shared unary kernel); each must be a module-level object of the kernel's module.
+    pick:     optional fn(node) -> the kernel for this node, when the op has several forms chosen
+              from its shapes (GATED_DELTA_NET: decode, recurrence, chunked): a plan then compiles
+              only the form it runs, not every form behind a run-time branch.
     """
 
     fn: Any
@@ -135,17 +138,24 @@ class Kernel:
     index_slots: tuple[int, ...] = ()
     extra: tuple = ()
     storage_slots: tuple[int, ...] = ()
+    pick: Optional[Callable[[Any], Any]] = None
+
+    def for_node(self, node: Any) -> Any:
+        """The kernel that runs `node` (pick's choice, else fn)."""
+        return self.fn if self.pick is None else self.pick(node)
 
 
 def register_kernel(op: str, backend: str, fn: Any, supports: Optional[Callable[[Any], Optional[str]]] = None,
                     index_slots: tuple[int, ...] = (), extra: tuple = (),
-                    storage_slots: tuple[int, ...] = ()) -> None:
+                    storage_slots: tuple[int, ...] = (),
+                    pick: Optional[Callable[[Any], Any]] = None) -> None:
+    """Attach `backend`'s kernel `fn` to op `op` (see Kernel for the other fields)."""
     if op not in OPS:
         raise RuntimeError(f"kernel for unknown op {op}")
     table = KERNELS.setdefault(backend, {})
     if op in table:
         raise RuntimeError(f"{backend} kernel for {op} registered twice")
-    table[op] = Kernel(fn, supports, index_slots, extra, storage_slots)
+    table[op] = Kernel(fn, supports, index_slots, extra, storage_slots, pick)
 
 
 def kernels_for(backend: str) -> dict[str, Kernel]:
