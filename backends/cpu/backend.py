@@ -110,7 +110,7 @@ class CpuPlan:
                 self.steps.append(("node", n, build))
                 continue
             kinds = "".join("f" if p in op.float_params else "i" for p in op.params) + "i" * len(kern.storage_slots)
-            key = (kern.fn, build, sig, kinds, kern.extra)
+            key = (kern.for_node(n), build, sig, kinds, kern.extra)
             code = variants.setdefault(key, len(variants))
             row = np.zeros(program.ROW_W, np.int64)
             row[0], row[1], row[2] = code, build == "parallel", len(slots)
@@ -139,7 +139,7 @@ class CpuPlan:
         self.prog[:, 0] = recode[self.prog[:, 0]]
         self.runner = program.load_runner(order) if variants else None
         # every buffer viewed once per dtype, so the program does no per-node re-typing
-        self.bufs_typed = [numba.typed.List([program.typed_view(x.data, dt) for x in self.bufs])
+        self.bufs_typed = [program.typed_buffers([program.typed_view(x.data, dt) for x in self.bufs])
                            for _, dt in program.SLOT_BUFFERS.values()]
         self.cur = np.zeros(1, np.int64)
 
@@ -220,7 +220,7 @@ class CpuPlan:
                 self.backend.quant_kernels[n.op].fn(n, build, dst, *arrays)
             else:
                 scale = 4 // dtypes.type_size(n.type) if converted else 1  # byte params of f16 -> f32
-                getattr(kern.fn, build)(dst, *arrays, *op.param_values(n, scale),
+                getattr(kern.for_node(n), build)(dst, *arrays, *op.param_values(n, scale),
                                         *_storage_codes(n, kern.storage_slots), *kern.extra)
         except (IndexError, ValueError, ZeroDivisionError) as e:
             raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None

@@ -4,10 +4,17 @@ Each row holds an op code, the kernel build (serial or parallel) and up to MAX_S
 (dst, then srcs) as (buffer index, element offset, ne[4], nb[4] in bytes), then int params;
 float params sit in a parallel float64 table. Every buffer is viewed once per element type the
 program reads (SLOT_BUFFERS: f32, i32, i64, and raw 16-bit words for f16/bf16 storage slots),
-so a slot is a strided view of the list that matches its type. The loop is generated Python source, written to a
-real module file (so Numba can cache it) for the set of (op, build, dtypes) a plan uses: one
+so a slot is a strided view of the list that matches its type. The loop is generated Python
+source, written to a real module file (so Numba can cache it) for the set of (op, build, dtypes) a plan uses: one
 `if code == k:` branch each, calling the kernel registered for that op. Per node the loop costs
 tens of nanoseconds instead of a Python call.
+
+The loop calls each kernel through its native entry point (an address passed in at run time,
+`call_kernel`), not by linking the kernel's code into itself: Numba would otherwise optimise
+and generate every kernel's machine code again inside each new loop. So a kernel compiles once
+for its signature (`variant_signature`), is cached on disk on its own, and serves every plan
+that uses it; a new plan compiles only its small loop. `load_runner` compiles (or loads) the
+kernels first, with a progress line while anything really compiles (backends/progress.py).
 """
 from __future__ import annotations
 
@@ -18,12 +25,18 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-from numba import njit
-from numpy.lib.stride_tricks import as_strided
+import numba
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+from numba.typed import List
 
 from minigraph.core.flags import cache_dir
 
 from minigraph.backends.cpu.jit import kernels_fingerprint
+from minigraph.backends.progress import CompileProgress, quietly
 
 MAX_SLOTS = 7
 SLOT_W = 10
@@ -31,7 +44,7 @@ HEAD = 3          # code, build, n_slots
 IP = HEAD + MAX_SLOTS * SLOT_W
 MAX_PARAMS = 16   # per kind (int / float); storage slots add one int (their type code) each
 ROW_W = IP + MAX_PARAMS
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 # slot dtype letter -> (argument of `run` holding the buffers viewed as that type, numpy dtype)
 SLOT_BUFFERS = {"f": ("bf", np.float32), "i": ("bi", np.int32), "l": ("bl", np.int64), "h": ("bh", np.uint16)}
 
@@ -45,22 +58,51 @@ def typed_view(data: np.ndarray, dtype: type) -> np.ndarray:
     return data[:data.size - data.size % size].view(dtype)
 
 
-@njit(inline="always", cache=True)
-def view_slot(bufs, row, slot):
-    """Tensor `slot` of a program row as a (ne3, ne2, ne1, ne0) strided view of its buffer
-    (`bufs` holds every buffer already viewed as the slot's dtype)."""
-    b = HEAD + slot * SLOT_W
-    return as_strided(bufs[row[b]][row[b + 1]:], shape=(row[b + 5], row[b + 4], row[b + 3], row[b + 2]),
-                      strides=(row[b + 9], row[b + 8], row[b + 7], row[b + 6]))
+def _view_intrinsic(contiguous: bool) -> Any:
+    """An intrinsic (buf, row, b) -> the 4-D view of 1-D array `buf` that row[b:b + SLOT_W]
+    describes: data at element row[b+1], shape (ne3, ne2, ne1, ne0) from row[b+5..b+2] and,
+    unless contiguous (then C strides of that shape), byte strides row[b+9..b+6]. It only fills
+    an array header (sharing buf's memory), so the executor's dozens of slot views compile in
+    a blink and cost a few instructions each; the plan guarantees every view lies in its buffer."""
+    layout = "C" if contiguous else "A"
+
+    def typer(typingctx, buf, row, b):
+        retty = types.Array(buf.dtype, 4, layout)
+
+        def codegen(context, builder, sig, args):
+            bufv, rowv, bv = args
+            src = context.make_array(buf)(context, builder, bufv)
+            rows = context.make_array(row)(context, builder, rowv)
+
+            def field(k):
+                idx = builder.add(bv, context.get_constant(types.intp, k))
+                return builder.load(cgutils.get_item_pointer(context, builder, row, rows, [idx]))
+
+            itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(buf.dtype)))
+            shape = [field(5), field(4), field(3), field(2)]
+            if contiguous:
+                strides = [itemsize] * 4
+                for d in (2, 1, 0):
+                    strides[d] = builder.mul(strides[d + 1], shape[d + 1])
+            else:
+                strides = [field(9), field(8), field(7), field(6)]
+            out = context.make_array(retty)(context, builder)
+            context.populate_array(out, data=builder.gep(src.data, [field(1)]),
+                                   shape=cgutils.pack_array(builder, shape),
+                                   strides=cgutils.pack_array(builder, strides),
+                                   itemsize=itemsize, meminfo=src.meminfo, parent=None)
+            return impl_ret_borrowed(context, builder, retty, out._getvalue())
+
+        return retty(buf, row, b), codegen
+
+    typer.__name__ = f"_view_{layout.lower()}"
+    return intrinsic(typer)
 
 
-@njit(inline="always", cache=True)
-def view_slot_c(bufs, row, slot):
-    """Like view_slot for a tensor the plan knows is contiguous: a C-contiguous array type, so
-    kernels compiled for it vectorise their inner loops."""
-    b = HEAD + slot * SLOT_W
-    n3, n2, n1, n0 = row[b + 5], row[b + 4], row[b + 3], row[b + 2]
-    return bufs[row[b]][row[b + 1]:row[b + 1] + n3 * n2 * n1 * n0].reshape((n3, n2, n1, n0))
+# the loop views slot s of a row as view_a(bufs[row[b]], row, b) (view_c when contiguous, a
+# C-contiguous array type so kernels compiled for it vectorise), b = HEAD + s * SLOT_W
+view_a = _view_intrinsic(False)
+view_c = _view_intrinsic(True)
 
 
 def encode_slot(row: np.ndarray, slot: int, buf_index: int, byte_offset: int, itemsize: int,
@@ -73,13 +115,86 @@ def encode_slot(row: np.ndarray, slot: int, buf_index: int, byte_offset: int, it
 
 
 def _import_path(obj: Any) -> tuple[str, str]:
-    """(module, attribute) under which a module-level kernel object can be imported."""
+    """(module, attribute) under which a module-level kernel object can be imported: looked up
+    in the module of its function, then in the other kernel modules (a DualKernel may wrap a
+    function of a helper module, e.g. gated_delta_net's forms from gdn_rows)."""
     py = getattr(obj, "py_func", None) or getattr(getattr(obj, "parallel", None), "py_func", None)
-    mod = sys.modules[(py or obj).__module__]
-    for name, value in vars(mod).items():
-        if value is obj:
-            return mod.__name__, name
-    raise RuntimeError(f"{obj!r} is not a module-level object of {mod.__name__}")
+    home = (py or obj).__module__
+    mods = [sys.modules[home]] + [m for n, m in list(sys.modules.items())
+                                  if n.startswith("minigraph.backends.") and n != home and m is not None]
+    for mod in mods:
+        for name, value in vars(mod).items():
+            if value is obj:
+                return mod.__name__, name
+    raise RuntimeError(f"{obj!r} is not a module-level object of {home} or another kernel module")
+
+
+@intrinsic
+def call_kernel(typingctx, kern, fptr, *args):
+    """kern(*args) through its native entry point at address `fptr` (see the module docstring).
+    `kern` is the kernel's dispatcher, there to check at typing time that it was compiled for
+    these argument types (literal extras compare by type), so the call cannot mismatch."""
+    argtys = tuple(args[0].types) if len(args) == 1 and isinstance(args[0], types.StarArgTuple) else tuple(args)
+    disp = kern.dispatcher if isinstance(kern, types.Dispatcher) else None
+    want = tuple(map(types.unliteral, argtys))
+    if disp is None or not any(tuple(map(types.unliteral, sig)) == want and cres.signature.return_type == types.none
+                               for sig, cres in disp.overloads.items()):
+        raise TypingError(f"call_kernel: {kern} has no compiled form for {argtys} returning None "
+                          "(load_runner compiles the kernels before the executor)")
+
+    def codegen(context, builder, sig, llargs):
+        fnty = context.call_conv.get_function_type(types.none, argtys)
+        fn = builder.inttoptr(llargs[1], fnty.as_pointer())
+        status, _ = context.call_conv.call_function(builder, fn, types.none, argtys,
+                                                    cgutils.unpack_tuple(builder, llargs[2]))
+        with cgutils.if_unlikely(builder, status.is_error):  # the kernel raised: pass it on
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return types.none(kern, fptr, types.StarArgTuple.from_types(argtys)), codegen
+
+
+_SLOT_TYPES = {k: numba.from_dtype(dt) for k, (_, dt) in SLOT_BUFFERS.items()}
+
+
+def _const_type(x: Any) -> types.Type:
+    """The type Numba gives constant `x` as a call argument in the generated loop."""
+    if isinstance(x, bool):
+        return types.BooleanLiteral(x)
+    if isinstance(x, int):
+        return types.IntegerLiteral(x)
+    if isinstance(x, float):
+        return types.float64
+    return numba.typeof(x)
+
+
+def variant_signature(variant: tuple) -> tuple:
+    """The argument types the generated loop passes to a variant's kernel: each tensor slot a
+    4-D array ('C' layout for an upper-case letter, view_c), int params int64 (a program
+    row), float params float64, extras as Numba types constants (ints as literals, so a kernel's
+    branches on them are pruned at compile time)."""
+    _, _, dtypes_, kinds, extras = variant
+    sig = [types.Array(_SLOT_TYPES[d.lower()], 4, "C" if d.isupper() else "A") for d in dtypes_]
+    sig += [types.float64 if k == "f" else types.int64 for k in kinds]
+    return tuple(sig + [_const_type(x) for x in extras])
+
+
+def variant_dispatcher(variant: tuple) -> Any:
+    """The Numba dispatcher of a variant: its kernel's serial or parallel build."""
+    return getattr(variant[0], variant[1])
+
+
+def kernel_address(variant: tuple) -> int:
+    """Compile (or load from cache) a variant's kernel for its signature; its native entry point."""
+    disp = variant_dispatcher(variant)
+    sig = variant_signature(variant)
+    disp.compile(sig)
+    cres = disp.overloads[sig]
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+
+
+def variant_name(variant: tuple) -> str:
+    return variant[0].name + ("" if variant[1] == "serial" else " parallel")
 
 
 def generate_source(variants: Sequence[tuple[Any, str, str, int, int, tuple]]) -> str:
@@ -87,7 +202,7 @@ def generate_source(variants: Sequence[tuple[Any, str, str, int, int, tuple]]) -
     (a SLOT_BUFFERS letter per tensor slot, upper case when the tensor is passed C-contiguous,
     e.g. 'FFi'), param kinds ('f' float / 'i' int each), extra constant arguments)."""
     lines = ["# generated by minigraph.backends.cpu.program: do not edit", "import numpy as np",
-             "from numba import njit", "from minigraph.backends.cpu.program import view_slot, view_slot_c", ""]
+             "from numba import njit", "from minigraph.backends.cpu.program import call_kernel, view_a, view_c", ""]
     imports: dict[tuple[str, str], str] = {}
 
     def alias(obj: Any) -> str:
@@ -100,8 +215,8 @@ def generate_source(variants: Sequence[tuple[Any, str, str, int, int, tuple]]) -
     body = []
     for code, (kern, build, dtypes_, kinds, extras) in enumerate(variants):
         fn = f"{alias(kern)}.{build}"
-        args = [f"view_slot{'_c' if d.isupper() else ''}({SLOT_BUFFERS[d.lower()][0]}, row, {s})"
-                for s, d in enumerate(dtypes_)]
+        args = [f"view_{'c' if d.isupper() else 'a'}({SLOT_BUFFERS[d.lower()][0]}[row[{HEAD + s * SLOT_W}]], "
+                f"row, {HEAD + s * SLOT_W})" for s, d in enumerate(dtypes_)]
         ni = nf = 0
         for k in kinds:
             if k == "f":
@@ -112,21 +227,47 @@ def generate_source(variants: Sequence[tuple[Any, str, str, int, int, tuple]]) -
                 ni += 1
         args += [repr(x) if isinstance(x, (int, float)) else alias(x) for x in extras]
         body.append(f"        {'if' if code == 0 else 'elif'} code == {code}:")
-        body.append(f"            _k{code}({', '.join(args)})")
+        body.append(f"            call_kernel(_k{code}, fptrs[{code}], {', '.join(args)})")
         lines.append(f"_k{code} = {fn}")
     lists = ", ".join(name for name, _ in SLOT_BUFFERS.values())
-    lines += ["", "", "@njit(cache=True, nogil=True)", f"def run({lists}, prog, fprm, start, end, cur):",
+    lines += ["", "", "@njit(cache=True, nogil=True)", f"def run({lists}, prog, fprm, fptrs, start, end, cur):",
               "    for n in range(start, end):", "        row = prog[n]", "        code = row[0]",
               "        cur[0] = n"]
     lines += body or ["        pass"]
     return "\n".join(lines) + "\n"
 
 
-_loaded: dict[str, Any] = {}
+# the loop's argument types: one ListType of 1-D C arrays per SLOT_BUFFERS entry (typed_buffers)
+RUN_SIGNATURE = tuple(types.ListType(types.Array(t, 1, "C")) for t in _SLOT_TYPES.values()) + (
+    types.Array(types.int64, 2, "C"), types.Array(types.float64, 2, "C"),
+    types.Array(types.int64, 1, "C"), types.int64, types.int64, types.Array(types.int64, 1, "C"))
 
 
-def load_runner(variants: Sequence[tuple]) -> Any:
-    """The compiled `run` for these variants (generated once per set, cached on disk)."""
+class Runner:
+    """A compiled loop and the entry points of its kernels:
+    runner(*bufs, prog, fprm, start, end, cur) runs rows start..end, `bufs` one typed list per
+    SLOT_BUFFERS entry, in its order."""
+
+    def __init__(self, run: Any, fptrs: np.ndarray) -> None:
+        self.run = run
+        self.fptrs = fptrs
+
+    def __call__(self, *args: Any) -> None:
+        *bufs, prog, fprm, start, end, cur = args
+        self.run(*bufs, prog, fprm, self.fptrs, start, end, cur)
+
+    @property
+    def stats(self) -> Any:
+        """The loop's Numba dispatcher stats (cache_hits, cache_misses)."""
+        return self.run.stats
+
+
+_loaded: dict[str, Runner] = {}
+
+
+def load_runner(variants: Sequence[tuple]) -> Runner:
+    """The compiled `run` for these variants (generated once per set, cached on disk), after its
+    kernels; a progress line shows on stderr while any of them really compiles."""
     src = generate_source(variants)
     key = hashlib.sha1(f"{GENERATOR_VERSION}\n{kernels_fingerprint()}\n{src}".encode()).hexdigest()[:16]
     if key in _loaded:
@@ -143,5 +284,35 @@ def load_runner(variants: Sequence[tuple]) -> Any:
     if folder not in sys.path:
         sys.path.append(folder)
     mod = importlib.import_module(f"mg_exec_{key}")
-    _loaded[key] = mod.run
-    return mod.run
+    fptrs = np.zeros(max(len(variants), 1), np.int64)
+    with CompileProgress("CPU kernels", len(variants) + 1) as progress:
+        for code, v in enumerate(variants):
+            progress.step(variant_name(v))
+            fptrs[code] = kernel_address(v)
+        progress.step("executor")
+        mod.run.compile(RUN_SIGNATURE)
+    runner = _loaded[key] = Runner(mod.run, fptrs)
+    return runner
+
+
+@njit(cache=True)
+def _list_of(a):
+    out = List()
+    out.append(a)
+    return out
+
+
+@njit(cache=True)
+def _push(lst, a):
+    lst.append(a)
+
+
+def typed_buffers(arrays: Sequence[np.ndarray]) -> Any:
+    """A numba.typed.List of 1-D arrays of one dtype, built by cached functions: building it
+    with numba.typed.List(...) compiles the list's methods afresh in every process (~0.3 s a
+    dtype), the larger part of a cached start."""
+    with quietly():
+        lst = _list_of(arrays[0])
+        for a in arrays[1:]:
+            _push(lst, a)
+    return lst

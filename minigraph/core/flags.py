@@ -101,3 +101,12 @@ def random_input_max_bytes() -> int:
     """MINIGRAPH_RANDOM_INPUT_MAX_BYTES: the most memory `dump --profile` and `compare` may
     allocate for random inputs of leafs without data (default 4 GiB); more is refused."""
     return _env_int("MINIGRAPH_RANDOM_INPUT_MAX_BYTES", 4 << 30)
+
+
+def compile_progress(stream_is_tty: bool) -> bool:
+    """MINIGRAPH_QUIET: the progress line on stderr while kernels compile. Unset: shown when
+    stderr is a terminal; 1 never; 0 always (one line per kernel when stderr is not a terminal)."""
+    v = os.environ.get("MINIGRAPH_QUIET")
+    if v is None or v.strip() == "":
+        return stream_is_tty
+    return not _env_bool("MINIGRAPH_QUIET", False)
