@@ -103,14 +103,15 @@ class CpuPlan:
             if op.is_view:
                 continue
             kern = backend.kernels[n.op]
+            fn = kern.for_node(n)
             build = "parallel" if op.flops(n) >= flags.parallel_min_elements() else "serial"
             slots = [n, *n.src]
-            sig = self._fast_signature(n, kern.storage_slots)
+            sig = self._fast_signature(n, kern.storage_slots, getattr(fn, "any_layout", False))
             if sig is None:
                 self.steps.append(("node", n, build))
                 continue
             kinds = "".join("f" if p in op.float_params else "i" for p in op.params) + "i" * len(kern.storage_slots)
-            key = (kern.for_node(n), build, sig, kinds, kern.extra)
+            key = (fn, build, sig, kinds, kern.extra)
             code = variants.setdefault(key, len(variants))
             row = np.zeros(program.ROW_W, np.int64)
             row[0], row[1], row[2] = code, build == "parallel", len(slots)
@@ -163,10 +164,11 @@ class CpuPlan:
         return i, tensor_start(t)
 
     @staticmethod
-    def _fast_signature(n: Tensor, storage_slots: tuple[int, ...]) -> Optional[str]:
+    def _fast_signature(n: Tensor, storage_slots: tuple[int, ...] = (), any_layout: bool = False) -> Optional[str]:
         """Slot dtypes (program.SLOT_BUFFERS letters; upper case for a contiguous tensor, which
-        the program passes as a C-contiguous array) when every tensor can run in the program,
-        else None. Storage slots always go as strided views: one compiled variant per type."""
+        the program passes as a C-contiguous array, unless the kernel is any_layout) when every
+        tensor can run in the program, else None. Storage slots always go as strided views: one
+        compiled variant per type."""
         sig = ""
         for s, t in enumerate([n, *n.src]):
             if t is None:
@@ -177,7 +179,8 @@ class CpuPlan:
             if c is None or (buf is not None and buf.is_host and
                              (buf.data.ctypes.data + tensor_start(t)) % dtypes.type_size(t.type)):
                 return None   # misaligned for its type (a caller's array): the per-node path copes
-            sig += c.upper() if s not in storage_slots and is_contiguous(t) and nelements(t) > 0 else c
+            contiguous = s not in storage_slots and not any_layout and is_contiguous(t) and nelements(t) > 0
+            sig += c.upper() if contiguous else c
         return sig
 
     # -- running ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import types
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numba
 from numba import types as nbtypes
@@ -54,9 +54,14 @@ if not os.environ.get("NUMBA_CACHE_DIR"):
 
 @dataclass(frozen=True)
 class DualKernel:
+    """A kernel's two builds. any_layout: the kernel gains nothing from C-contiguous arrays (it
+    copies what it reads into tiles), so plans pass every tensor as a strided view and one
+    compiled form per build serves every mix of layouts."""
+
     serial: Any
     parallel: Any
     name: str
+    any_layout: bool = False
 
     def __call__(self, *args: Any) -> Any:
         return self.serial(*args)
@@ -70,11 +75,15 @@ def _renamed_copy(fn: Callable, suffix: str) -> Callable:
     return copy
 
 
-def kernel(fn: Callable) -> DualKernel:
-    """Compile `fn` as a serial and a parallel Numba kernel (both cached)."""
-    serial = numba.njit(**JIT_OPTIONS)(_renamed_copy(fn, "__serial"))
-    parallel = numba.njit(parallel=True, **JIT_OPTIONS)(fn)
-    return DualKernel(serial, parallel, fn.__qualname__)
+def kernel(fn: Optional[Callable] = None, *, any_layout: bool = False) -> Any:
+    """Compile `fn` as a serial and a parallel Numba kernel (both cached, compiled on first use
+    for each signature). `@kernel` or `@kernel(any_layout=True)` (see DualKernel)."""
+    def make(f: Callable) -> DualKernel:
+        serial = numba.njit(**JIT_OPTIONS)(_renamed_copy(f, "__serial"))
+        parallel = numba.njit(parallel=True, **JIT_OPTIONS)(f)
+        return DualKernel(serial, parallel, f.__qualname__, any_layout)
+
+    return make if fn is None else make(fn)
 
 
 def scalar(fn: Callable) -> Any:

@@ -61,21 +61,32 @@ def _row_dot(a, j3, j2, m, b, i3, i2, n, k_len, part):
 
 
 @kernel
-def mul_mat(dst, a, b):
-    """dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
+def mul_mat_dot(dst, a, b):
+    """MUL_MAT with few src1 rows (N <= MM_DOT_MAX_N, matrix x vector): row dot products read
+    straight from a and b, so C-contiguous arrays let them vectorise.
+    dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
     n3, n2, n_rows, m_rows = dst.shape
     k_len = a.shape[3]
     r3 = n3 // a.shape[0]
     r2 = n2 // a.shape[1]
-    if n_rows <= MM_DOT_MAX_N:
-        for task in prange(n3 * n2 * m_rows):
-            i3 = task // (n2 * m_rows)
-            i2 = (task // m_rows) % n2
-            m = task % m_rows
-            part = np.empty(DOT_LANES, np.float32)
-            for n in range(n_rows):
-                dst[i3, i2, n, m] = _row_dot(a, i3 // r3, i2 // r2, m, b, i3, i2, n, k_len, part)
-        return
+    for task in prange(n3 * n2 * m_rows):
+        i3 = task // (n2 * m_rows)
+        i2 = (task // m_rows) % n2
+        m = task % m_rows
+        part = np.empty(DOT_LANES, np.float32)
+        for n in range(n_rows):
+            dst[i3, i2, n, m] = _row_dot(a, i3 // r3, i2 // r2, m, b, i3, i2, n, k_len, part)
+
+
+@kernel(any_layout=True)
+def mul_mat_tiled(dst, a, b):
+    """MUL_MAT in tiles (N > MM_DOT_MAX_N): what it reads it copies into contiguous tiles first,
+    so any strides do as well as contiguous ones (one compiled form for every layout).
+    dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
+    n3, n2, n_rows, m_rows = dst.shape
+    k_len = a.shape[3]
+    r3 = n3 // a.shape[0]
+    r2 = n2 // a.shape[1]
     n_mblk = (m_rows + MM_BLOCK_M - 1) // MM_BLOCK_M
     for task in prange(n3 * n2 * n_mblk):
         i3 = task // (n2 * n_mblk)
@@ -108,6 +119,11 @@ def mul_mat(dst, a, b):
                             dst[i3, i2, n0 + n, m0 + m] = acc[n, m]
                         else:
                             dst[i3, i2, n0 + n, m0 + m] += acc[n, m]
+
+
+def _pick_mul_mat(node):
+    """Dot products for N = node.ne[1] <= MM_DOT_MAX_N, else tiles: the plan compiles one."""
+    return mul_mat_dot if node.ne[1] <= MM_DOT_MAX_N else mul_mat_tiled
 
 
 @kernel
@@ -200,7 +216,7 @@ def solve_tri(dst, a, b, left, lower, uni):
                 dst[i3, i2, v, i] = s
 
 
-register_kernel("MUL_MAT", "cpu", mul_mat)
+register_kernel("MUL_MAT", "cpu", mul_mat_tiled, pick=_pick_mul_mat)
 register_kernel("OUT_PROD", "cpu", out_prod)
 register_kernel("TRI", "cpu", tri)
 register_kernel("FILL", "cpu", fill)
