@@ -19,7 +19,7 @@ from minigraph.core.buffer import HostBuffer, aligned_zeros, storage_view, tenso
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
-from minigraph.core.registry import OPS, kernels_for, quant_kernels_for
+from minigraph.core.registry import OPS, Kernel, kernels_for, quant_kernels_for
 from minigraph.core.tensor import Tensor, is_contiguous, nelements
 from minigraph.device.backend import Backend
 from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
@@ -33,6 +33,39 @@ _DUMMY = HostBuffer(np.zeros(64, np.uint8))  # stands in for an absent optional 
 # and of the types a storage slot takes (f16/bf16 as raw 16-bit words)
 _FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i", dtypes.TYPE_I64: "l"}
 _STORAGE_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_F16: "h", dtypes.TYPE_BF16: "h"}
+
+
+def fast_signature(n: Tensor, storage_slots: tuple[int, ...] = (), any_layout: bool = False) -> Optional[str]:
+    """Slot dtypes (program.SLOT_BUFFERS letters; upper case for a contiguous tensor, which the
+    program passes as a C-contiguous array, unless the kernel is any_layout) when every tensor of
+    node `n` can run in the compiled program, else None (the node runs from Python). Storage
+    slots always go as strided views: one compiled variant per type."""
+    sig = ""
+    for s, t in enumerate([n, *n.src]):
+        if t is None:
+            sig += "f"
+            continue
+        c = (_STORAGE_TYPES if s in storage_slots else _FAST_TYPES).get(t.type)
+        buf = t.root._buf
+        if c is None or (buf is not None and buf.is_host and
+                         (buf.data.ctypes.data + tensor_start(t)) % dtypes.type_size(t.type)):
+            return None   # misaligned for its type (a caller's array): the per-node path copes
+        contiguous = s not in storage_slots and not any_layout and is_contiguous(t) and nelements(t) > 0
+        sig += c.upper() if contiguous else c
+    return sig
+
+
+def node_variant(kern: Kernel, n: Tensor, build: str) -> Optional[tuple]:
+    """The program variant that runs node `n` with `build` ('serial' | 'parallel'):
+    (DualKernel, build, slot dtypes, param kinds, extras), or None for a node that runs from
+    Python. What a plan compiles, and what `minigraph warmup` compiles ahead."""
+    op = OPS[n.op]
+    fn = kern.for_node(n)
+    sig = fast_signature(n, kern.storage_slots, getattr(fn, "any_layout", False))
+    if sig is None:
+        return None
+    kinds = "".join("f" if p in op.float_params else "i" for p in op.params) + "i" * len(kern.storage_slots)
+    return (fn, build, sig, kinds, kern.extra)
 
 
 class CpuBackend(Backend):
@@ -103,15 +136,13 @@ class CpuPlan:
             if op.is_view:
                 continue
             kern = backend.kernels[n.op]
-            fn = kern.for_node(n)
             build = "parallel" if op.flops(n) >= flags.parallel_min_elements() else "serial"
             slots = [n, *n.src]
-            sig = self._fast_signature(n, kern.storage_slots, getattr(fn, "any_layout", False))
-            if sig is None:
+            key = self._node_variant(kern, n, build)
+            if key is None:
                 self.steps.append(("node", n, build))
                 continue
-            kinds = "".join("f" if p in op.float_params else "i" for p in op.params) + "i" * len(kern.storage_slots)
-            key = (fn, build, sig, kinds, kern.extra)
+            kinds = key[3]
             code = variants.setdefault(key, len(variants))
             row = np.zeros(program.ROW_W, np.int64)
             row[0], row[1], row[2] = code, build == "parallel", len(slots)
@@ -163,25 +194,9 @@ class CpuPlan:
             i = len(self.bufs) - 1
         return i, tensor_start(t)
 
-    @staticmethod
-    def _fast_signature(n: Tensor, storage_slots: tuple[int, ...] = (), any_layout: bool = False) -> Optional[str]:
-        """Slot dtypes (program.SLOT_BUFFERS letters; upper case for a contiguous tensor, which
-        the program passes as a C-contiguous array, unless the kernel is any_layout) when every
-        tensor can run in the program, else None. Storage slots always go as strided views: one
-        compiled variant per type."""
-        sig = ""
-        for s, t in enumerate([n, *n.src]):
-            if t is None:
-                sig += "f"
-                continue
-            c = (_STORAGE_TYPES if s in storage_slots else _FAST_TYPES).get(t.type)
-            buf = t.root._buf
-            if c is None or (buf is not None and buf.is_host and
-                             (buf.data.ctypes.data + tensor_start(t)) % dtypes.type_size(t.type)):
-                return None   # misaligned for its type (a caller's array): the per-node path copes
-            contiguous = s not in storage_slots and not any_layout and is_contiguous(t) and nelements(t) > 0
-            sig += c.upper() if contiguous else c
-        return sig
+    # which program variant runs a node (None: from Python); a class attribute so a test plan
+    # can run every node from Python
+    _node_variant = staticmethod(node_variant)
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> None:

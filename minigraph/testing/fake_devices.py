@@ -40,7 +40,7 @@ class _NodeByNode(CpuPlan):
     """The CPU plan run node by node with the same kernels (no generated program to compile)."""
 
     @staticmethod
-    def _fast_signature(n: Tensor, storage_slots: tuple = (), any_layout: bool = False) -> None:
+    def _node_variant(kern: Any, n: Tensor, build: str) -> None:
         return None
 
 

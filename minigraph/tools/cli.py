@@ -1,5 +1,5 @@
 """The `minigraph` command (console script and `python -m minigraph`): argument parsing and
-dispatch. The work lives in minigraph.dump, .profile, .compare and .test_backend_ops.
+dispatch. The work lives in minigraph.dump, .profile, .compare, .test_backend_ops and .warmup.
 
 Exit status: 0 fine, 1 a divergence or a failing test, 2 a usage error, a bad target or any
 other refusal (printed as one short message, with the user's own traceback frame when their
@@ -32,7 +32,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="minigraph", description="minigraph tools: dump, compare, test-backend-ops")
+    ap = argparse.ArgumentParser(prog="minigraph", description="minigraph tools: dump, compare, test-backend-ops, warmup")
     ap.add_argument("--version", action="version", version=f"minigraph {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--show-coverage", action="store_true", help="ops of the registry without cases")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.add_argument("--markdown", action="store_true", help="support mode: a Markdown table (docs/ops.md)")
+
+    w = sub.add_parser("warmup", help="compile kernels ahead into the disk cache, with a progress bar")
+    w.add_argument("-b", "--backend", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (default); cuda kernels are not cached between processes, so it refuses")
+    w.add_argument("-o", "--ops", help="comma list of ops (default: every op with conformance cases)")
+    w.add_argument("--builds", default="serial,parallel",
+                   help="kernel builds to compile: serial, parallel or both (default both)")
     return ap
 
 
@@ -131,7 +138,21 @@ def cmd_test_backend_ops(args: argparse.Namespace, out: TextIO) -> int:
     return test_backend_ops.main(args, out)
 
 
-COMMANDS = {"dump": cmd_dump, "compare": cmd_compare, "test-backend-ops": cmd_test_backend_ops}
+def cmd_warmup(args: argparse.Namespace, out: TextIO) -> int:
+    from minigraph.tools import warmup
+
+    if args.backend == "cuda":
+        raise MinigraphError("--backend cuda: minigraph's CUDA kernels compile in each process (numba-cuda, no "
+                             "disk cache), so compiling them here keeps nothing; call "
+                             "minigraph.tools.warmup.warmup('cuda') in the process that computes")
+    ops = args.ops.split(",") if args.ops else None
+    rep = warmup.warmup("cpu", ops, [b.strip() for b in args.builds.split(",")])
+    out.write(f"{rep.kernels} CPU kernel forms ready: {rep.compiled} compiled, {rep.kernels - rep.compiled} "
+              f"already cached, {rep.seconds:.1f} s\n")
+    return 0
+
+
+COMMANDS = {"dump": cmd_dump, "compare": cmd_compare, "test-backend-ops": cmd_test_backend_ops, "warmup": cmd_warmup}
 
 
 def main(argv: Optional[list[str]] = None, out: Optional[TextIO] = None) -> int:

@@ -1,0 +1,106 @@
+"""`minigraph warmup`: compile kernels ahead, so a first run starts without a long compile.
+
+CPU: every kernel form that the conformance cases of the selected ops run (the same shapes of
+call a plan makes: contiguous, permuted and offset tensors, every op parameter the cases
+cover), in both builds (serial, parallel) unless told otherwise, goes into Numba's disk cache,
+the one a later process loads from. What a later graph still compiles is its own small loop
+(backends/cpu/program.py) and any kernel form no case covers.
+
+CUDA: minigraph's CUDA kernels are compiled by numba-cuda in each process (no disk cache), so
+there is nothing to keep between processes: `warmup("cuda")` in the process that computes runs
+each case once so its kernels are compiled before the real work; the command refuses.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+
+from minigraph.core.cases import CASES, Case
+from minigraph.core.context import Context
+from minigraph.core.errors import MinigraphError
+from minigraph.core.registry import OPS
+
+BUILDS = ("serial", "parallel")
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    backend: str
+    kernels: int      # kernel forms prepared (CPU) or cases run (CUDA)
+    compiled: int     # of those, how many Numba really compiled (CPU; the rest came from cache)
+    seconds: float
+
+
+def _select(ops: Optional[Iterable[str]]) -> list[Case]:
+    want = None if ops is None else [o.strip().upper() for o in ops if o.strip()]
+    if want is not None:
+        unknown = [o for o in want if o not in OPS]
+        if unknown:
+            raise MinigraphError(f"warmup: unknown op {', '.join(unknown)} (known: {', '.join(sorted(OPS))})")
+    cases = [c for c in CASES if want is None or c.op in want]
+    if not cases:
+        raise MinigraphError(f"warmup: no conformance case covers {', '.join(want or [])}")
+    return cases
+
+
+def _case_graph(case: Case):
+    ctx = Context()
+    out = case.build(ctx, np.random.default_rng(0))
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    return gf
+
+
+def cpu_variants(cases: list[Case], builds: Iterable[str] = BUILDS) -> list[tuple]:
+    """The distinct program variants (backends.cpu.backend.node_variant) the cases' nodes run,
+    for each build. Skipped: nodes the CPU backend refuses or runs from Python, and generated
+    kernels (FUSED_ELEMENTWISE: made per graph, so a warmup's would serve no later graph)."""
+    from minigraph.backends.cpu.backend import CpuBackend, node_variant
+
+    cpu = CpuBackend(1)
+    seen: dict[tuple, None] = {}
+    for case in cases:
+        for n in _case_graph(case).nodes:
+            if OPS[n.op].is_view or not cpu.supports_op(n):
+                continue
+            for build in builds:
+                v = node_variant(cpu.kernels[n.op], n, build)
+                if v is not None and not v[0].serial.py_func.__module__.startswith("mg_"):
+                    seen.setdefault(v, None)
+    return list(seen)
+
+
+def warmup(backend: str = "cpu", ops: Optional[Iterable[str]] = None, builds: Iterable[str] = BUILDS) -> WarmupReport:
+    """Compile ahead what the conformance cases of `ops` (default: all ops) run on `backend`
+    ("cpu": into the disk cache, in `builds`; "cuda": in this process), with a progress bar on
+    stderr (MINIGRAPH_QUIET=1 hides it). Returns what was done."""
+    builds = tuple(builds)
+    if any(b not in BUILDS for b in builds) or not builds:
+        raise MinigraphError(f"warmup: builds must be some of {', '.join(BUILDS)}, got {', '.join(builds) or 'none'}")
+    cases = _select(ops)
+    t0 = time.perf_counter()
+    if backend == "cpu":
+        from minigraph.backends.cpu import program
+        from minigraph.backends.progress import CompileProgress
+
+        variants = cpu_variants(cases, builds)
+        with CompileProgress("CPU kernels", len(variants), bar=True, prefix="minigraph warmup") as progress:
+            for v in variants:
+                progress.step(program.variant_name(v))
+                program.kernel_address(v)
+        return WarmupReport("cpu", len(variants), progress.compiled, time.perf_counter() - t0)
+    if backend == "cuda":
+        from minigraph.run import backend_cuda_init
+
+        cuda = backend_cuda_init()
+        ran = 0
+        for case in cases:
+            gf = _case_graph(case)
+            if all(OPS[n.op].is_view or cuda.supports_op(n) for n in gf.nodes):
+                cuda.graph_compute(gf)
+                ran += 1
+        return WarmupReport("cuda", ran, 0, time.perf_counter() - t0)
+    raise MinigraphError(f"warmup: backend must be 'cpu' or 'cuda', got {backend!r}")
