@@ -44,7 +44,10 @@ array argument); inner loops index a row view (out[j]), not dst[.., h * S + j], 
 possibly negative index defeats vectorisation; no numba.get_num_threads() in kernels (it
 makes them uncacheable).
 """
+import glob
+import importlib.util
 import math
+import os
 
 import numpy as np
 from numba import njit, prange
@@ -85,12 +88,18 @@ def _mm_blas(a, b, out):
     np.dot(a, b, out)
 
 
+def _scipy_dir():
+    """scipy's package folder, found without importing scipy (scipy.linalg alone costs 0.2-0.4 s
+    of every start, for a form most runs never use), or None."""
+    spec = importlib.util.find_spec("scipy")
+    return list(spec.submodule_search_locations)[0] if spec is not None and spec.submodule_search_locations else None
+
+
 def _have_blas() -> bool:
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls sgemm from here)
-        return True
-    except ImportError:
-        return False
+    """Whether scipy.linalg.cython_blas (where Numba's np.dot calls sgemm) is installed;
+    pick_form imports it when a plan first runs the chunked form."""
+    d = _scipy_dir()
+    return d is not None and bool(glob.glob(os.path.join(d, "linalg", "cython_blas*")))
 
 
 def _openblas_local_threads():
@@ -99,11 +108,8 @@ def _openblas_local_threads():
     worker sets 1 BLAS thread for itself around its products: OpenBLAS's own pool, entered
     from two Numba workers at once, serialised them (0.1k tok/s instead of 7k)."""
     import ctypes
-    import glob
-    import os
 
-    import scipy
-    libs = glob.glob(os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs", "*openblas*"))
+    libs = glob.glob(os.path.join(_scipy_dir(), os.pardir, "scipy.libs", "*openblas*"))
     for lib in libs:
         try:
             if hasattr(ctypes.CDLL(lib), "openblas_set_num_threads_local"):
@@ -367,6 +373,7 @@ def pick_form(node) -> DualKernel:
     if T == 1:
         return GDN_DECODE
     if T >= CHUNK_MIN_T and node.src[3].ne[0] == 1 and node.op_params["K"] <= CHUNK:
+        import scipy.linalg.cython_blas  # noqa: F401  (loaded before the kernel's first sgemm)
         return GDN_CHUNKED
     return GDN_RECURRENT
 
