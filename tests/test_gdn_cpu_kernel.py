@@ -81,8 +81,18 @@ def test_k_greater_than_t_zero_fills():
     assert np.all(out[T * ns + T * S * ns:] == 0.0)
 
 
+def _strided(a):
+    """`a` as a non-contiguous view (every row padded by one element in a bigger array)."""
+    big = np.full(a.shape[:-1] + (a.shape[-1] + 1,), np.nan, a.dtype)
+    big[..., :-1] = a
+    return big[..., :-1]
+
+
 def test_non_contiguous_inputs():
-    """q as a permuted view, g/beta/state with odd strides."""
+    """The forms a plan picks, on strided views (q permuted, g/beta/state with odd strides,
+    every other array padded): the same results as on contiguous arrays. Every array strided,
+    so this compiles the one any_layout form the plans use."""
+    from minigraph.backends.cpu.gated_delta_net import GDN_CHUNKED, GDN_DECODE, GDN_RECURRENT
     rng = np.random.default_rng(2)
     q, k, v, g, beta, state = make(rng, 32, 2, 4, 33, 2, 2, 1, -1.0)
     q_nc = np.ascontiguousarray(q.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
@@ -90,16 +100,20 @@ def test_non_contiguous_inputs():
     beta_nc = np.ascontiguousarray(beta.transpose(2, 1, 0, 3)).transpose(2, 1, 0, 3)
     state_nc = np.ascontiguousarray(state.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     assert not q_nc.flags.c_contiguous and not state_nc.flags.c_contiguous
-    for T in (1, 33):
-        arrs = (q_nc[:, :T], k[:, :T], v[:, :T], g_nc[:, :T], beta_nc[:, :T], state_nc)
-        ref = reference(*arrs, 2)
-        assert rel_err(run(arrs, 2), ref) < RTOL
+    for T, form in ((33, GDN_CHUNKED), (5, GDN_RECURRENT)):
+        arrs = (q_nc[:, :T], _strided(k[:, :T]), _strided(v[:, :T]), g_nc[:, :T], beta_nc[:, :T], state_nc)
+        assert not any(a.flags.c_contiguous for a in arrs)
+        ns, _, Hv, S = arrs[2].shape
+        out = _strided(np.full((1, 1, T * ns + 2 * S * ns, S * Hv), np.nan, np.float32))
+        form.parallel(out, *arrs, 2)
+        assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL
     # the streaming decode path falls back to ordinary stores for a strided state
     from minigraph.backends.cpu.gdn_rows import _gdn_decode
     arrs = (q_nc[:, :1], k[:, :1], v[:, :1], g_nc[:, :1], beta_nc[:, :1], state_nc)
     out = np.full((1, 1, 2 + 2 * 32 * 2, 32 * 4), np.nan, np.float32)
     _gdn_decode(out, *arrs, 2, True)
     assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL
+    assert GDN_CHUNKED.any_layout and GDN_RECURRENT.any_layout and not GDN_DECODE.any_layout
 
 
 def _ggml_gdn(arrs, K):

@@ -362,8 +362,10 @@ from minigraph.backends.cpu.jit import DualKernel  # noqa: E402
 
 GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net")
 GDN_DECODE = DualKernel(gated_delta_net_decode, gated_delta_net_decode, "gated_delta_net decode")
-GDN_CHUNKED = DualKernel(_gdn_chunked, _gdn_chunked, "gated_delta_net chunked")
-GDN_RECURRENT = DualKernel(_gdn_recurrent, _gdn_recurrent, "gated_delta_net recurrent")
+# the chunked form and the recurrence copy every row they read into local tiles, so they gain
+# nothing from C-contiguous arrays: one compiled form each serves every layout (any_layout)
+GDN_CHUNKED = DualKernel(_gdn_chunked, _gdn_chunked, "gated_delta_net chunked", any_layout=True)
+GDN_RECURRENT = DualKernel(_gdn_recurrent, _gdn_recurrent, "gated_delta_net recurrent", any_layout=True)
 
 
 def pick_form(node) -> DualKernel:
