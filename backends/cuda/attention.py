@@ -29,7 +29,10 @@ comes as raw bytes, meta in bytes (nb0 = a block's bytes), and runs fa_split: la
 l + 32 i of a row is element l of block i, so each lane decodes one value of each block in
 registers (`qvalue`, ggml's dequantize_row_* arithmetic: the same floats). As on ggml's CPU, a
 quantized K is scored against q rounded to Q8_0 values (`round_q8`: the per-block max is a warp
-max over the lanes), so CUDA and CPU agree with ggml-python's CPU backend.
+max over the lanes), so CUDA and CPU agree with ggml-python's CPU backend. Speed: correct but
+slow. MLA decode n_kv=32768, ne3=8 on an H200 takes 18.3 ms over Q8_0 (8.7 GB/s of cache) against
+16.5 ms for the same f16 cache on fa_split (18 GB/s) and 136 us on the f16 mma path (2.22 TB/s):
+a fast quantized path wants block decoding in attention_mma.cu (not done).
 """
 from __future__ import annotations
 
