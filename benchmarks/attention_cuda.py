@@ -13,10 +13,13 @@ replays after warm-up; median, min and max are printed with the device name. Eac
 chunk kernel that ran (attention.kernel_path: mma = attention_mma.cu, tc = the Numba tensor-core
 kernel, plain = fa_split) and, for mma, its config and kv chunks.
 
-    python benchmarks/attention_cuda.py [--runs 30] [--n-kv 32768] [--ne3 8] [--tc] [--plain] [--sweep]
+    python benchmarks/attention_cuda.py [--runs 30] [--n-kv 32768] [--ne3 8] [--tc] [--plain] [--sweep] [--quant]
 
 --tc / --plain also time the Numba tensor-core / plain kernels on the same data (before/after in
 one run); --sweep times other attention_mma configs (tile rows, stages, warps, waves) per case.
+--quant times mla-view over a Q8_0 cache (the same values quantized; 34 bytes a 32-value block,
+0.53x the f16 bytes) next to the f16 cache on its default path and on the plain fa_split kernel
+(the kernel the Q8_0 cache runs), with effective bytes/s of the cache as stored.
 """
 from __future__ import annotations
 
@@ -98,13 +101,17 @@ def _path(out) -> str:
     return f"[{path}; mma: {why}]"
 
 
-def mla(be, torch, n_kv: int, ne3: int, runs: int, view: bool, sweep: tuple = ()) -> float:
+def mla(be, torch, n_kv: int, ne3: int, runs: int, view: bool, sweep: tuple = (), kv_type: int = mg.TYPE_F16) -> float:
     rng = np.random.default_rng(0)
     ctx = mg.Context()
     kc = rng.uniform(-1, 1, (ne3, 1, n_kv, DK)).astype(np.float16)
     qa = rng.uniform(-1, 1, (ne3, 16, 1, DK)).astype(np.float32)
-    k = ctx.new_tensor_4d(mg.TYPE_F16, DK, n_kv, 1, ne3).set_name("k_cache")
-    k.set_data(kc)
+    if kv_type == mg.TYPE_F16:
+        k = ctx.new_tensor_4d(mg.TYPE_F16, DK, n_kv, 1, ne3).set_name("k_cache")
+        k.set_data(kc)
+    else:   # the same values in a quantized cache; the reference reads them dequantized
+        k = ctx.from_numpy(kc.astype(np.float32), kv_type).set_name("k_cache")
+        kc = k.numpy().reshape(kc.shape)
     if view:
         v = ctx.view_4d(k, DV, n_kv, 1, ne3, k.nb[1], k.nb[2], k.nb[3], 0)
         assert v_offset_in_k(k, v) == 0
@@ -116,8 +123,8 @@ def mla(be, torch, n_kv: int, ne3: int, runs: int, view: bool, sweep: tuple = ()
     mask.set_data(np.zeros((1, 1, 1, n_kv), np.float16))
     scale = 1.0 / math.sqrt(192)    # DeepSeek's: 1/sqrt(qk_nope + qk_rope head dims)
     ref = _reference(torch, qa, kc, kc[..., :DV], scale)
-    kbytes = ne3 * n_kv * DK * 2
-    name = "mla-view" if view else "mla-copy"
+    kbytes = mg.nbytes(k)
+    name = ("mla-view" if view else "mla-copy") + ("" if kv_type == mg.TYPE_F16 else f"-{mg.type_name(kv_type)}")
     med = 0.0
     for ov in ({},) + tuple(sweep):
         with _override(ov):
@@ -218,6 +225,7 @@ def main() -> None:
     ap.add_argument("--tc", action="store_true", help="also time the Numba tensor-core kernel")
     ap.add_argument("--plain", action="store_true", help="also time the plain (no tensor core) kernels")
     ap.add_argument("--sweep", action="store_true", help="also time other attention_mma configs")
+    ap.add_argument("--quant", action="store_true", help="also time mla-view over a Q8_0 cache")
     a = ap.parse_args()
     try:
         import torch
@@ -242,6 +250,18 @@ def main() -> None:
         tcp = mla(be, torch, a.n_kv, a.ne3, a.runs, view=False)
         print(f"mla view / copy = {tv / tcp:.2f}x")
         gqa(be, torch, a.n_kv, a.runs, sdpa=False)
+    if a.quant:
+        use = (fa.USE_MMA, fa.USE_TC)
+        print("quantized cache (Q8_0: fa_split decodes the blocks) next to f16, per byte of cache:")
+        kb16 = a.ne3 * a.n_kv * DK * 2
+        kb8 = a.ne3 * a.n_kv * (DK // 32) * 34
+        t8 = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True, kv_type=mg.TYPE_Q8_0)
+        fa.USE_MMA = fa.USE_TC = False
+        t16p = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True)
+        fa.USE_MMA, fa.USE_TC = use
+        for what, t16 in (("f16 default path", t_view), ("f16 plain fa_split", t16p)):
+            print(f"q8_0 vs {what}: time {t8 / t16:.2f}x, bytes/s {(kb8 / t8) / (kb16 / t16):.2f}x "
+                  f"({kb8 / t8 / 1e6:.2f} vs {kb16 / t16 / 1e6:.2f} TB/s)")
     if a.plain:
         fa.USE_MMA = False
         fa.USE_TC = False

@@ -2,8 +2,8 @@
 
 Layout, as ggml (ne order, ne0 fastest):
     q     [DK, n_q,  n_head,    ne3]      f32
-    k     [DK, n_kv, n_head_kv, nk3]      f32 / f16 / bf16, n_head % n_head_kv == 0, ne3 % nk3 == 0
-    v     [DV, n_kv, n_head_v,  nv3]      f32 / f16 / bf16, n_head % n_head_v == 0 (DK != DV allowed)
+    k     [DK, n_kv, n_head_kv, nk3]      f32 / f16 / bf16 / KV_QUANT_TYPES, n_head % n_head_kv == 0, ne3 % nk3 == 0
+    v     [DV, n_kv, n_head_v,  nv3]      same types (K's and V's may differ), n_head % n_head_v == 0 (DK != DV allowed)
     mask  [>= n_kv, >= n_q, m2, m3]       f16 (as ggml) or f32, n_head % m2 == 0, ne3 % m3 == 0; or None
     sinks [n_head]                        f32 (src[4], set by flash_attn_ext_add_sinks)
     result [DV, n_head, n_q, ne3]         f32: note the permuted order (heads before query rows)
@@ -16,6 +16,12 @@ n_head_log2) when max_bias > 0, else 1. A row whose every logit is -inf (and no 
 "V is a view of K" (MLA: V's rows are the first DV values of K's rows, the same storage with
 the same row strides) is detected here and recorded as the param `v_in_k` (the element offset of
 V's row inside K's row, -1 otherwise), so kernels may take V from the K row they already loaded.
+
+A quantized KV cache (KV_QUANT_TYPES: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, llama.cpp's cache types):
+the reference reads the dequantized K and V (ggml's to_float). ggml's CPU kernel also quantizes
+q to K's vec_dot type (Q8_0 / Q8_1) for the dot products; minigraph's CPU kernel does the same,
+so both sit ~1e-6 NMSE from this reference (q keeps ~8 bits a block). An MLA V view of a
+quantized K must start on a block (a view that splits a block is refused when it is made).
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ from minigraph.ops.common import F32, check_float, check_number, check_tensor
 PREC_DEFAULT = 0
 PREC_F32 = 10
 OP = "flash_attn_ext"
+# the block-quantized K/V types (ggml's CPU takes them: q quantized to the vec_dot type, V to_float)
+KV_QUANT_TYPES = (dtypes.TYPE_Q8_0, dtypes.TYPE_Q4_0, dtypes.TYPE_Q4_1, dtypes.TYPE_Q5_0, dtypes.TYPE_Q5_1)
 
 
 def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
@@ -102,7 +110,7 @@ def v_offset_in_k(k: Tensor, v: Tensor) -> int:
     delta = v.view_offs - k_offs
     if k.nb[0] <= 0 or delta < 0 or delta % k.nb[0]:
         return -1
-    off = delta // k.nb[0]
+    off = delta // k.nb[0] * dtypes.blck_size(k.type)   # nb0 is a block's bytes for a quantized K
     return off if off + v.ne[0] <= k.ne[0] else -1
 
 
@@ -112,10 +120,13 @@ def flash_attn_ext(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
     """Fused attention softmax(scale * q.k^T + mask + alibi) . v, online softmax (ggml_flash_attn_ext).
 
     q:      [DK, n_q, n_head, ne3] f32.
-    k:      [DK, n_kv, n_head_kv, nk3] f32/f16/bf16, any strides and byte offset; n_head % n_head_kv
-            == 0 (GQA/MQA). Extension: nk3 may divide ne3 (ggml asks nk3 == ne3).
-    v:      [DV, n_kv, n_head_kv, nv3] f32/f16/bf16; DV may differ from DK (576/512, 192/128). When V
-            is a view of K (same root, V's rows inside K's rows, as MLA builds it) kernels read K once.
+    k:      [DK, n_kv, n_head_kv, nk3] f32/f16/bf16, or a quantized cache (q8_0, q4_0, q4_1, q5_0,
+            q5_1: then q is quantized to K's vec_dot type for the dots, as ggml's CPU does); any
+            strides and byte offset (whole blocks when quantized); n_head % n_head_kv == 0
+            (GQA/MQA). Extension: nk3 may divide ne3 (ggml asks nk3 == ne3).
+    v:      [DV, n_kv, n_head_kv, nv3] of the same types (dequantized rows when quantized); DV may
+            differ from DK (576/512, 192/128). When V is a view of K (same root, V's rows inside
+            K's rows, as MLA builds it) kernels read K once.
     mask:   [>= n_kv, >= n_q, m2, m3] f16 (as ggml) or f32 (extension), added to the scores; or None.
     scale:  the score scale, usually 1/sqrt(DK).
     max_bias: ALiBi maximum bias (0: off; > 0 needs a mask), slopes as ggml's m0/m1 over n_head.
@@ -124,7 +135,10 @@ def flash_attn_ext(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
             docstring for the math; mg.flash_attn_ext_add_sinks adds gpt-oss sinks.
     """
     check_tensor(OP, q, k, v)
-    check_float(OP, q, k, v)
+    check_float(OP, q)
+    for name, t in (("k", k), ("v", v)):
+        expect(t.type in dtypes.FLOAT_TYPES or t.type in KV_QUANT_TYPES, OP, f"{name} must be f32/f16/bf16 or a "
+               f"quantized KV cache type (q8_0, q4_0, q4_1, q5_0, q5_1), '{t.name}' is {dtypes.type_name(t.type)}", q, k, v)
     expect(q.type == F32, OP, "q must be f32 (as ggml's CPU kernel reads it)", q, k, v)
     params = {"scale": check_number(OP, "scale", scale), "max_bias": check_number(OP, "max_bias", max_bias),
               "logit_softcap": check_number(OP, "logit_softcap", logit_softcap)}

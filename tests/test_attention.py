@@ -186,7 +186,7 @@ def _t(ctx, type_, *ne):
     ("q_f16", "q must be f32"), ("dk", "ne0 == q's ne0"), ("n_kv", "ne1 == k's ne1"),
     ("heads", "must divide q's ne2"), ("ne3", "must divide q's ne2 = 4 and its ne3"),
     ("mask_type", "mask must be f16"), ("mask_small", "at least"), ("mask_heads", "mask's ne2"),
-    ("alibi", "needs a mask"), ("scale", "finite"), ("scale_type", "must be a number"), ("k_int", "float tensors"),
+    ("alibi", "needs a mask"), ("scale", "finite"), ("scale_type", "must be a number"), ("k_int", "quantized KV cache type"),
     ("not_tensor", "expected a Tensor")])
 def test_refusals(what, match):
     ctx = mg.Context()

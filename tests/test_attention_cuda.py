@@ -259,3 +259,82 @@ def test_refusals_name_the_reason():
     big_v = ctx.flash_attn_ext(q, _leaf(ctx, mg.TYPE_F16, 8, 4, 2), _leaf(ctx, mg.TYPE_F16, 2000, 4, 2), None, 1.0)
     s = BE.supports_op(big_v)
     assert not s and "DV=2000" in s.reason
+
+
+# a quantized KV cache: fa_split decodes the blocks in registers and, as ggml's CPU (and
+# minigraph's), dots a quantized K with q's Q8_0 values, so CUDA is held to the CPU result
+# tightly (same floats, other f32 order) and to the float64 reference of the dequantized data
+# at the conformance cases' QUANT_NMSE (q's rounding: ~1e-6)
+QUANT_CASES = [
+    FaCase(32, 32, 2, 1, 5, 2, type_kv="q8_0"),
+    FaCase(64, 32, 2, 1, 6, 1, layout="vk", type_kv="q4_0", sinks=True),     # MLA-like: V = K[:32], from registers
+    FaCase(64, 32, 2, 2, 5, 2, layout="vk", v_offs=32, type_kv="q5_1", mask="causal"),   # V one block into K
+    FaCase(32, 32, 2, 2, 6, 2, layout="perm", type_kv="q4_1"),
+    FaCase(32, 32, 2, 2, 6, 2, layout="offs", type_kv="q5_0", mask="none"),   # a block of padding per row
+    FaCase(32, 32, 2, 1, 23, 1, sinks=True, type_kv="q8_0", max_bias=8.0),    # several chunks
+]
+
+
+@pytest.mark.parametrize("c", QUANT_CASES, ids=[c.vars() for c in QUANT_CASES])
+def test_cuda_quantized_cache_matches_cpu(c):
+    from minigraph.ops.attention_cases import QUANT_NMSE
+
+    ctx = mg.Context()
+    out = build_case(ctx, np.random.default_rng(1), c)
+    s = BE.supports_op(out)
+    assert s and s.reason == "quantized kernel", s.reason
+    gf = mg.Graph()
+    gf.build_forward_expand(out)
+    ref = np.asarray(mg.reference_compute(gf)[out], np.float64)
+    CPU.graph_compute(gf)
+    on_cpu = out.numpy().copy()
+    BE.graph_compute(gf)
+    got = np.asarray(out.numpy(), np.float64)
+    assert np.isfinite(got).all()
+    assert float(((got - on_cpu) ** 2).sum() / (on_cpu.astype(np.float64) ** 2).sum()) < MAX_NMSE
+    assert float(((got - ref) ** 2).sum() / (ref ** 2).sum()) < QUANT_NMSE
+
+
+def _helper_kernels():
+    """Kernels around the device helpers, made at call time with `cuda` a module global (the
+    simulator swaps module globals, not closures)."""
+    global cuda
+    from numba import cuda
+
+    from minigraph.backends.cuda.attention import f16_round, qvalue
+
+    @cuda.jit
+    def rnd(x, out):
+        i = cuda.threadIdx.x
+        if i < x.size:
+            out[i] = f16_round(x[i])
+
+    @cuda.jit
+    def dec(raw, bb, t, out):
+        r = cuda.blockIdx.x
+        j = cuda.threadIdx.x
+        for b in range(out.shape[1] // 32):
+            out[r, 32 * b + j] = qvalue(raw[r], b * bb, j, t)
+
+    return rnd, dec
+
+
+def test_cuda_f16_round_and_block_decode_are_ggmls():
+    """The device helpers on their own: f16 rounding of scales (ties, subnormals) and every
+    block type's decode against the reference dequantizer, bit for bit."""
+    from minigraph.core import quants
+    from minigraph.ops.attention import KV_QUANT_TYPES
+
+    rnd, dec = _helper_kernels()
+    x = np.array([0.0, 1.0, 1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 3e-5, 6.1e-5, 2 ** -25, 1.5 * 2 ** -24,
+                  0.1, 1 / 127, 70000.0], np.float32)
+    out = np.zeros_like(x)
+    rnd[1, 32](x, out)
+    with np.errstate(over="ignore"):   # 70000 -> inf, as f16 rounding does
+        np.testing.assert_array_equal(out, x.astype(np.float16).astype(np.float32))
+    vals = np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)
+    for t in KV_QUANT_TYPES:
+        raw = quants.quantize(vals, t)
+        got = np.zeros_like(vals)
+        dec[3, 32](raw, raw.shape[1] // 2, t, got)
+        np.testing.assert_array_equal(got, quants.dequantize(raw, t))

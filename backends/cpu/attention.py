@@ -5,6 +5,15 @@ Arrays are (ne3, ne2, ne1, ne0) views with any strides, each in its storage type
 v (nv3, n_head_v, n_kv, DV), mask (m3, m2, >= n_q, >= n_kv) f16/f32, sinks (1, 1, 1, n_head) f32,
 dst (n3, n_q, n_head, DV) f32.
 
+A quantized K or V (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: a quantized KV cache) comes as its rows' raw
+bytes, (nk3, n_head_kv, n_kv, row bytes) uint8, and each row is dequantized as it is loaded into
+the tile (ggml's to_float, the same floats). ggml's CPU kernel scores a quantized K by quantizing
+q to K's vec_dot type (Q8_0, or Q8_1 for Q4_1/Q5_1: the same quants and scale) and taking the
+type's integer dot product; here each q row is rounded to those Q8_0 values once (`_round_q8`)
+and dotted in f32 with the dequantized K rows: the same exact products, summed in another f32
+order (measured against ggml-python: NMSE ~1e-13; Q8_1's block sum, which ggml keeps in f16,
+adds ~1e-10 for Q4_1/Q5_1).
+
 Work split. A task owns one kv head g of one batch i3 and a few query positions, so its R query
 rows (positions x the n_head / n_head_kv heads of the group) all read the same K rows: per block
 of KV_BLOCK kv positions it converts those K rows once into a contiguous f32 tile and scores
@@ -29,16 +38,18 @@ scalar and cost ~15% of prefill).
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
 from numba import prange
 
 from minigraph.core import dtypes
-from minigraph.core.registry import register_kernel
+from minigraph.core.registry import OPS, register_kernel, register_quant_kernel
 
 from minigraph.backends.cpu.jit import fetch_add, kernel
-from minigraph.backends.cpu.storage import f32_from_bits, load_row, to_f32
+from minigraph.backends.cpu.storage import (KV_QUANT_TYPES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_to_f32, f32_from_bits,
+                                            f32_to_f16, load_row)
 
 F32 = dtypes.TYPE_F32
 
@@ -219,6 +230,32 @@ def _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, m_run, l_run, o):
 
 
 @numba.njit(inline="always", cache=True, nogil=True)
+def _is_quant(type_):
+    return type_ == Q8_0 or type_ == Q4_0 or type_ == Q4_1 or type_ == Q5_0 or type_ == Q5_1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _round_q8(x):
+    """x (a q row, len % 32 == 0) in place -> its Q8_0 values, as quantize_row_q8_0_ref makes them
+    (d = amax / 127 stored as f16, quants roundf(x / d), halves away from zero); Q8_1's quants and
+    scale are the same. What ggml's CPU dots with a quantized K row."""
+    for b in range(x.shape[0] // 32):
+        xb = x[32 * b: 32 * b + 32]
+        amax = np.float32(0.0)
+        for j in range(32):
+            amax = max(amax, abs(xb[j]))
+        d = amax / np.float32(127.0)
+        idv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        dh = f16_to_f32(f32_to_f16(d))
+        for j in range(32):
+            v = xb[j] * idv
+            r = np.trunc(v)
+            if abs(v - r) >= np.float32(0.5):
+                r += np.float32(1.0) if v > 0 else np.float32(-1.0)
+            xb[j] = r * dh
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
 def _scratch(R, dk, dv, v_in_k):
     """A lane's tiles: q rows, slopes, K and V blocks (f32), scores, bias (zero), one mask row."""
     vb = np.empty((KV_BLOCK, dv if v_in_k < 0 else 1), np.float32)
@@ -245,10 +282,13 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
     v_heads = v.shape[1]
     v_shared = v_heads == k.shape[1] and v.shape[0] == k.shape[0]
     iv3 = i3 // (n3 // v.shape[0])
+    q8 = _is_quant(k_type)
     for r in range(nr):
         h = g * G + r % G
         slope[r] = _slope(h, n_head, max_bias)
         load_row(q[i3, h, iq0 + r // G], qt[r], F32)
+        if q8:   # ggml dots a quantized K with q quantized to K's vec_dot type
+            _round_q8(qt[r])
         m_run[r] = -np.inf
         l_run[r] = 0.0
         for d in range(dv):
@@ -281,14 +321,14 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
             _pv(s, nr, kb, v_in_k, nj, dv, o)
         elif v_shared:
             _pv(s, nr, vb, 0, nj, dv, o)
-        else:   # V has its own head grouping: each row reads its V head directly
+        else:   # V has its own head grouping: each row reads its V head directly (vb[0]: one row)
             for r in range(nr):
                 iv2 = (g * G + r % G) // (n_head // v_heads)
                 for j in range(nj):
                     pj = s[r, j]
-                    vrow = v[iv3, iv2, j0 + j]
+                    load_row(v[iv3, iv2, j0 + j], vb[0], v_type)
                     for d in range(dv):
-                        o[r, d] += pj * to_f32(vrow[d], v_type)
+                        o[r, d] += pj * vb[0, d]
 
 
 @numba.njit(inline="always", cache=True, nogil=True)
@@ -378,5 +418,46 @@ def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, pr
                     has_sinks, dv)
 
 
+_NO_MASK = np.zeros((1, 1, 1, 1), np.uint16)   # an absent mask, typed as the usual f16 one
+_QUANT_ENTRIES: dict = {}
+_QUANT_LOCK = threading.Lock()
+
+
+def _quant_entry(arrays: tuple) -> object:
+    """The parallel build compiled for these slot dtypes with every array typed as a strided
+    (layout 'A') view, and its entry point, which takes any layout: contiguous, permuted and
+    padded caches share one compiled form (each costs ~20 s to compile), as in the program."""
+    key = tuple(a.dtype for a in arrays)
+    entry = _QUANT_ENTRIES.get(key)
+    if entry is None:
+        with _QUANT_LOCK:
+            sig = tuple(numba.types.Array(numba.from_dtype(d), 4, "A") for d in key)
+            sig += (numba.types.float64,) * 3 + (numba.types.int64,) * (4 + 6)
+            flash_attn_ext.parallel.compile(sig)
+            entry = _QUANT_ENTRIES[key] = flash_attn_ext.parallel.overloads[sig].entry_point
+    return entry
+
+
+def _flash_attn_ext_quant(node, build, dst, q, k, v, mask, sinks) -> None:
+    """A node with a quantized K and/or V (backends/cpu/quant.py's convention: quantized tensors as
+    raw row bytes, the others in their storage types): the same kernel, which dequantizes rows as
+    it loads them. The parallel build always, an absent mask as an f16 one, so every quantized
+    cache with an f16 mask (or none) runs one compiled form (a pool launch costs ~1 us)."""
+    codes = [t.type if t is not None else F32 for t in (node, *node.src)]
+    if node.src[3] is None:
+        mask, codes[4] = _NO_MASK, dtypes.TYPE_F16
+    arrays = (dst, q, k, v, mask, sinks)
+    p = OPS["FLASH_ATTN_EXT"].param_values(node)
+    _quant_entry(arrays)(*arrays, *p, *codes)
+
+
+def _quant_supports(node):
+    for role, t in (("k", node.src[1]), ("v", node.src[2])):
+        if t.type not in dtypes.FLOAT_TYPES and t.type not in KV_QUANT_TYPES:
+            return f"FLASH_ATTN_EXT: CPU reads {role} as f32/f16/bf16 or q8_0/q4_0/q4_1/q5_0/q5_1, got {dtypes.type_name(t.type)}"
+    return None
+
+
 # every slot in its storage type, as a strided view: one compiled variant per KV/mask type
 register_kernel("FLASH_ATTN_EXT", "cpu", flash_attn_ext, storage_slots=(0, 1, 2, 3, 4, 5))
+register_quant_kernel("FLASH_ATTN_EXT", "cpu", _flash_attn_ext_quant, supports=_quant_supports)

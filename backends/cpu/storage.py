@@ -1,4 +1,5 @@
-"""f16 / bf16 storage read and written inside CPU kernels, so no tensor needs an f32 copy.
+"""f16 / bf16 / block-quantized storage read (and f16 / bf16 written) inside CPU kernels, so no
+tensor needs an f32 copy.
 
 Numba has no float16 type on the CPU: a kernel slot registered in `storage_slots` receives a
 16-bit tensor as a uint16 array of its raw bits (f32 as float32) plus the slot's ggml type code
@@ -8,7 +9,10 @@ shifted into place. Writing rounds to nearest even, as ggml (and numpy's astype(
 
 `load_row` converts a row of any stride into a contiguous f32 row; rows whose elements are
 adjacent (nb0 == element size, every KV-cache view) take a vectorised loop over a contiguous
-alias of the row, whatever the tensor's other strides.
+alias of the row, whatever the tensor's other strides. A block-quantized slot (a KV cache in
+Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1: KV_QUANT_TYPES) comes as its rows' raw bytes, a uint8 array
+(ne3, ne2, ne1, row bytes); `load_row` then dequantizes the row as ggml's dequantize_row_* does
+(one f32 multiply by the block's f16 scale, then its f16 min): the same floats as ggml's to_float.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from minigraph.core import dtypes
 
 F16 = dtypes.TYPE_F16
 BF16 = dtypes.TYPE_BF16
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = dtypes.TYPE_Q4_0, dtypes.TYPE_Q4_1, dtypes.TYPE_Q5_0, dtypes.TYPE_Q5_1, dtypes.TYPE_Q8_0
+KV_QUANT_TYPES = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)   # the quantized types load_row reads (llama.cpp's cache types)
 _OPTS = dict(cache=True, nogil=True, inline="always")
 
 
@@ -104,12 +110,68 @@ def _from_f32(x, type_, dst):
     return lambda x, type_, dst: x
 
 
+@njit(**_OPTS)
+def _half_at(c, o):
+    """The little-endian f16 at byte o of c (a block's d or m) as f32."""
+    return f16_to_f32(np.uint16(c[o]) | (np.uint16(c[o + 1]) << np.uint16(8)))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def dequantize_row(src, out, type_):
+    """out[:n] = the n values of a quantized row (src: its bytes, stride 1), ggml's
+    dequantize_row_q8_0 / q4_0 / q4_1 / q5_0 / q5_1 step for step. Not inlined: each type's
+    loop vectorises on its own."""
+    c = carray(data_ptr(src), src.shape[0])
+    for b in range(out.shape[0] // 32):
+        o = out[32 * b: 32 * b + 32]
+        if type_ == Q8_0:
+            x = 34 * b
+            d = _half_at(c, x)
+            for j in range(32):
+                o[j] = np.float32(np.int8(c[x + 2 + j])) * d
+        elif type_ == Q4_0 or type_ == Q4_1:
+            x = b * (18 if type_ == Q4_0 else 20)
+            d = _half_at(c, x)
+            qs = x + (2 if type_ == Q4_0 else 4)
+            if type_ == Q4_0:   # (q - 8) * d as ggml: the subtraction before the multiply
+                for j in range(16):
+                    o[j] = (np.float32(c[qs + j] & 15) - np.float32(8.0)) * d
+                    o[16 + j] = (np.float32(c[qs + j] >> 4) - np.float32(8.0)) * d
+            else:
+                m = _half_at(c, x + 2)
+                for j in range(16):
+                    o[j] = np.float32(c[qs + j] & 15) * d + m
+                    o[16 + j] = np.float32(c[qs + j] >> 4) * d + m
+        else:   # Q5_0 / Q5_1: the fifth bit of quant j is bit j of the little-endian qh
+            one = type_ == Q5_1
+            x = b * (24 if one else 22)
+            d = _half_at(c, x)
+            m = _half_at(c, x + 2) if one else np.float32(0.0)
+            qh = x + (4 if one else 2)
+            qs = qh + 4
+            for j in range(16):
+                h0 = np.float32((c[qh + (j >> 3)] >> (j & 7)) & 1) * np.float32(16.0)
+                h1 = np.float32((c[qh + 2 + (j >> 3)] >> (j & 7)) & 1) * np.float32(16.0)
+                if one:
+                    o[j] = (np.float32(c[qs + j] & 15) + h0) * d + m
+                    o[16 + j] = (np.float32(c[qs + j] >> 4) + h1) * d + m
+                else:
+                    o[j] = (np.float32(c[qs + j] & 15) + h0 - np.float32(16.0)) * d
+                    o[16 + j] = (np.float32(c[qs + j] >> 4) + h1 - np.float32(16.0)) * d
+
+
 def load_row(src, out, type_):
-    """out[:n] = src[:n] as f32 (n = len(out)); src a 1-D float32 or uint16 array of any stride."""
+    """out[:n] = src[:n] as f32 (n = len(out)); src a 1-D float32 or uint16 array of any stride,
+    or a quantized row's bytes (uint8, KV_QUANT_TYPES)."""
 
 
 @overload(load_row, inline="always")
 def _load_row(src, out, type_):
+    if src.dtype == types.uint8:
+        def impl_q(src, out, type_):
+            if out.shape[0] > 0:
+                dequantize_row(src, out, type_)
+        return impl_q
     if src.dtype == types.uint16:
         def impl(src, out, type_):
             n = out.shape[0]

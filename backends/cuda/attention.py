@@ -23,6 +23,16 @@ the GPU. A row whose every score is -inf (and no sink) gives 0, as ggml. On a re
 run faster chunk kernels with the same partials (`kernel_path(node)` says which): first the CUDA
 C++ kernels of attention_mma.cu (cp.async pipeline, tensor cores; `attention_mma.refusal(node)`
 says when not), else the Numba tensor-core kernel of attention_tc.py (`tc_refusal(node)`).
+
+A quantized K or V (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 cache; registered as the op's quantized kernel)
+comes as raw bytes, meta in bytes (nb0 = a block's bytes), and runs fa_split: lane l's element
+l + 32 i of a row is element l of block i, so each lane decodes one value of each block in
+registers (`qvalue`, ggml's dequantize_row_* arithmetic: the same floats). As on ggml's CPU, a
+quantized K is scored against q rounded to Q8_0 values (`round_q8`: the per-block max is a warp
+max over the lanes), so CUDA and CPU agree with ggml-python's CPU backend. Speed: correct but
+slow. MLA decode n_kv=32768, ne3=8 on an H200 takes 18.3 ms over Q8_0 (8.7 GB/s of cache) against
+16.5 ms for the same f16 cache on fa_split (18 GB/s) and 136 us on the f16 mma path (2.22 TB/s):
+a fast quantized path wants block decoding in attention_mma.cu (not done).
 """
 from __future__ import annotations
 
@@ -30,11 +40,12 @@ import math
 from typing import Optional
 
 import numpy as np
-from numba import cuda, float32
+from numba import cuda, float32, int32
 
 from minigraph.core import dtypes
 from minigraph.core.buffer import tensor_start
-from minigraph.core.registry import register_kernel
+from minigraph.core.registry import register_kernel, register_quant_kernel
+from minigraph.ops.attention import KV_QUANT_TYPES
 
 from minigraph.backends.cuda import attention_mma, attention_tc
 from minigraph.backends.cuda.common import SIM, SLOT_W, CudaKernel, Launch, at, ne, nelem
@@ -55,6 +66,115 @@ USE_MMA = True                       # f16 K/V on a GPU: the CUDA C++ kernels (a
 USE_TC = True                        # else the Numba tensor-core chunk kernel (attention_tc.py)
 TC_TARGET_BLOCKS = 528               # 2 blocks of 4 warps an SM (254 registers a thread), 2 waves
 
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (dtypes.TYPE_Q4_0, dtypes.TYPE_Q4_1, dtypes.TYPE_Q5_0, dtypes.TYPE_Q5_1,
+                                dtypes.TYPE_Q8_0)
+
+
+def kv_code(t) -> int:
+    """A K/V slot's read mode for fa_split: 0 f32/f16 values, 1 bf16 bits, else its quantized
+    ggml type (>= 2: raw block bytes)."""
+    if dtypes.is_quantized(t.type):
+        return int(t.type)
+    return int(t.type == dtypes.TYPE_BF16)
+
+
+@cuda.jit(device=True)
+def half_at(buf, o):
+    """The little-endian f16 at byte o of a uint8 array, as f32 (exact, inf/NaN included)."""
+    bits = int32(buf[o]) | (int32(buf[o + 1]) << 8)
+    e = (bits >> 10) & 31
+    m = bits & 1023
+    if e == 31:
+        v = float32(math.inf) if m == 0 else float32(math.nan)
+    elif e == 0:
+        v = float32(math.ldexp(float32(m), int(-24)))
+    else:
+        v = float32(math.ldexp(float32(m | 1024), int(e - 25)))
+    return -v if bits & 0x8000 else v
+
+
+@cuda.jit(device=True)
+def qvalue(buf, blk, j, t):
+    """Element j (< 32) of the quantized block at byte blk, type t: ggml's dequantize_row_*."""
+    d = half_at(buf, blk)
+    if t == Q8_0:
+        q = int32(buf[blk + 2 + j])
+        return float32(q - 256 if q > 127 else q) * d
+    if t == Q4_0 or t == Q4_1:
+        b = int32(buf[blk + (2 if t == Q4_0 else 4) + (j & 15)])
+        q = (b & 15) if j < 16 else (b >> 4)
+        if t == Q4_0:
+            return float32(q - 8) * d
+        return float32(q) * d + half_at(buf, blk + 2)
+    qh = blk + (4 if t == Q5_1 else 2)
+    b = int32(buf[qh + 4 + (j & 15)])
+    q = ((b & 15) if j < 16 else (b >> 4)) | (((int32(buf[qh + (j >> 3)]) >> (j & 7)) & 1) << 4)
+    if t == Q5_0:
+        return float32(q - 16) * d
+    return float32(q) * d + half_at(buf, blk + 2)
+
+
+@cuda.jit(device=True)
+def f16_round(x):
+    """x >= 0 rounded to the nearest f16 value, ties to even (GGML_FP32_TO_FP16 of a block scale)."""
+    if x == 0.0:
+        return float32(0.0)
+    m, e = math.frexp(x)                  # x = m 2^e, 0.5 <= m < 1
+    bits = 11 if e >= -13 else e + 24     # an f16 keeps 11 significant bits, down to 2^-24
+    if bits <= 0:
+        return float32(0.0) if bits < 0 or m <= 0.5 else float32(math.ldexp(1.0, int(-24)))
+    y = float32(math.ldexp(m, int(bits)))
+    r = float32(math.floor(y))
+    f = y - r
+    if f > 0.5 or (f == 0.5 and r % 2 == 1):
+        r += 1
+    v = float32(math.ldexp(r, int(e - bits)))
+    return v if v <= 65504.0 else float32(math.inf)
+
+
+if SIM:
+    @cuda.jit(device=True)
+    def warp_max(scr, red, n):
+        """red[:n] maxed over the warp, every lane gets them (the simulator: shared memory)."""
+        tid = cuda.threadIdx.x
+        w0 = tid - tid % WARP
+        cuda.syncthreads()
+        for m in range(n):
+            scr[tid * n + m] = red[m]
+        cuda.syncthreads()
+        for m in range(n):
+            x = red[m]
+            for lane in range(WARP):
+                x = max(x, scr[(w0 + lane) * n + m])
+            red[m] = x
+else:
+    @cuda.jit(device=True)
+    def warp_max(scr, red, n):
+        """red[:n] maxed over the warp by xor butterflies: every lane gets them."""
+        for off in (16, 8, 4, 2, 1):
+            for m in range(n):
+                red[m] = max(red[m], cuda.shfl_xor_sync(0xFFFFFFFF, red[m], off))
+
+
+@cuda.jit(device=True)
+def round_q8(scr, qr, o, am, n):
+    """qr[o:o + n] (a lane's q values: register i holds element `lane` of block i) -> their Q8_0
+    values as quantize_row_q8_0_ref makes them: d = amax / 127 kept as f16, quants roundf(x / d),
+    halves away from zero. am: n floats of scratch. Called block-uniformly (warp_max)."""
+    for i in range(n):
+        am[i] = abs(qr[o + i])
+    warp_max(scr, am, n)
+    for i in range(n):
+        d = am[i] / float32(127.0)
+        idv = float32(1.0) / d if d != 0.0 else float32(0.0)
+        x = qr[o + i] * idv
+        a = abs(x)
+        r = float32(math.floor(a))
+        if a - r >= 0.5:
+            r += float32(1.0)
+        qr[o + i] = (r if x >= 0 else -r) * f16_round(d)
+
+
 @cuda.jit(device=True)
 def alibi(h, max_bias, m0, m1, n_log2):
     if max_bias <= 0.0:
@@ -71,7 +191,7 @@ def split_kernel(RW: int, DKL: int, DVL: int):
     if key in _SPLIT:
         return _SPLIT[key]
     QN, AN = RW * DKL, RW * DVL
-    SCR = NW * WARP * RW if SIM else 1
+    SCR = NW * WARP * max(RW, DKL) if SIM else 1
 
     @cuda.jit
     def fa_split(meta, dst, q, k, v, mask, sinks, scale, max_bias, softcap, prec, v_in_k, has_mask, has_sinks,
@@ -86,6 +206,7 @@ def split_kernel(RW: int, DKL: int, DVL: int):
         fr = cuda.local.array(RW, float32)      # rescale of acc for this kv row
         er = cuda.local.array(RW, float32)      # weight of this kv row
         sl = cuda.local.array(RW, float32)      # ALiBi slope
+        am = cuda.local.array(DKL, float32)     # per-block |q| maxima (a quantized K)
         tid = cuda.threadIdx.x
         lane = tid % WARP
         w = tid // WARP
@@ -117,8 +238,12 @@ def split_kernel(RW: int, DKL: int, DVL: int):
                 d = lane + WARP * i
                 x = float32(0.0)
                 if r < n_rows and d < dk:
-                    x = q[at(meta, 1, d, r // G, h, i3)] * sc
+                    x = q[at(meta, 1, d, r // G, h, i3)]
                 qr[rr * DKL + i] = x
+            if kbf >= 2:   # a quantized K is dotted with q's Q8_0 values, as on ggml's CPU
+                round_q8(scr, qr, rr * DKL, am, DKL)
+            for i in range(DKL):
+                qr[rr * DKL + i] *= sc
             for i in range(DVL):
                 acc[rr * DVL + i] = float32(0.0)
             mr[rr] = -math.inf
@@ -134,7 +259,9 @@ def split_kernel(RW: int, DKL: int, DVL: int):
             for i in range(DKL):
                 d = lane + WARP * i
                 x = float32(0.0)
-                if d < dk:
+                if kbf >= 2:   # element lane of block i (k0: a block's bytes)
+                    x = qvalue(k, kb + jj * k1 + i * k0, lane, kbf)
+                elif d < dk:
                     x = to_f32(k[kb + jj * k1 + d * k0], kbf)
                 kr[i] = x
             for rr in range(RW):
@@ -168,6 +295,8 @@ def split_kernel(RW: int, DKL: int, DVL: int):
                 x = float32(0.0)
                 if share:
                     x = kr[i]
+                elif vbf >= 2:
+                    x = qvalue(v, vb + jj * v1 + i * v0, lane, vbf)
                 elif d < dv:
                     x = to_f32(v[vb + jj * v1 + d * v0], vbf)
                 for rr in range(RW):
@@ -313,7 +442,7 @@ def _launches(node) -> list:
         n_rg = -(-(n_head // k.ne[2]) * n_q // rw)
         kern, block = split_kernel(rw, -(-k.ne[0] // WARP), -(-dv // WARP)), NW * WARP
     part = cuda.device_array(max(1, n_head * n_q * n3 * n_parts * (dv + 2)), np.float32)
-    extra = (m0, m1, n_log2, int(k.type == dtypes.TYPE_BF16), int(v.type == dtypes.TYPE_BF16), chunk, n_parts, part)
+    extra = (m0, m1, n_log2, kv_code(k), kv_code(v), chunk, n_parts, part)
     return [Launch(kern, (n_chunks, n_rg * k.ne[2], n3), (block,), extra),
             Launch(fa_combine, (n_head * n_q * n3,), (COMBINE_THREADS,), extra)]
 
@@ -321,8 +450,9 @@ def _launches(node) -> list:
 def _supports(node) -> Optional[str]:
     q, k, v, mask, sinks = node.src
     for role, t in (("k", k), ("v", v)):
-        if t.type not in dtypes.FLOAT_TYPES:
-            return f"FLASH_ATTN_EXT: CUDA reads {role} as f32/f16/bf16, got {dtypes.type_name(t.type)}"
+        if t.type not in dtypes.FLOAT_TYPES and t.type not in KV_QUANT_TYPES:
+            return (f"FLASH_ATTN_EXT: CUDA reads {role} as f32/f16/bf16 or q8_0/q4_0/q4_1/q5_0/q5_1, "
+                    f"got {dtypes.type_name(t.type)}")
     if q.type != dtypes.TYPE_F32 or node.type != dtypes.TYPE_F32 or (sinks is not None and sinks.type != dtypes.TYPE_F32):
         return "FLASH_ATTN_EXT: CUDA takes f32 q, sinks and dst"
     if mask is not None and mask.type not in (dtypes.TYPE_F32, dtypes.TYPE_F16):
@@ -339,3 +469,5 @@ def _supports(node) -> Optional[str]:
 
 
 register_kernel("FLASH_ATTN_EXT", "cuda", CudaKernel(_launches, "flash_attn_ext"), supports=_supports)
+# a quantized cache: the same launches (fa_split decodes the blocks; the f16 fast paths refuse it)
+register_quant_kernel("FLASH_ATTN_EXT", "cuda", CudaKernel(_launches, "flash_attn_ext"), supports=_supports)

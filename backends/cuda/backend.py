@@ -34,7 +34,7 @@ from minigraph.core.buffer import (DLPACK_CUDA, Buffer, HostBuffer, aligned_zero
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
-from minigraph.core.registry import OPS, kernels_for
+from minigraph.core.registry import OPS, kernels_for, quant_kernels_for
 from minigraph.core.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, is_contiguous, nelements
 from minigraph.device.backend import Backend
 from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
@@ -49,6 +49,8 @@ _DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32}   # what zero
 # its raw 16 bits; kernels convert). Only kernels whose supports_op accepts a type ever get it.
 SLOT_DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32, dtypes.TYPE_F16: np.float16,
                dtypes.TYPE_BF16: np.uint16, dtypes.TYPE_I64: np.int64}
+# a block-quantized slot is its raw bytes: meta in bytes, nb0 = a block's bytes (kernels decode)
+SLOT_DTYPES.update({t: np.uint8 for t in dtypes.QUANT_TYPES})
 
 
 def graphs_enabled() -> bool:
@@ -205,6 +207,7 @@ class CudaBackend(Backend):
         self.use_graphs = bool(use_graphs) and graphs_enabled() and not SIM
         self.download_outputs = download_outputs
         self.kernels = kernels_for("cuda")
+        self.quant_kernels = quant_kernels_for("cuda")   # nodes with a quantized tensor (FLASH_ATTN_EXT's cache)
         with self.activate():
             self.stream = cuda.stream()
         self._plans = PlanCache()
@@ -402,22 +405,24 @@ class CudaPlan:
                 bufs.append(buf.flat(dt))
                 extents.append((offs // es, offs // es + nelements(t)))
             params = OPS[n.op].param_values(n)
-            for la in backend.kernels[n.op].fn.launches(n):
+            quant = any(t is not None and dtypes.is_quantized(t.type) for t in (n, *n.src))
+            kern = (backend.quant_kernels if quant else backend.kernels)[n.op].fn
+            for la in kern.launches(n):
                 args = [b[lo:hi] for b, (lo, hi) in zip(bufs, extents)] if la.sliced else bufs
-                metas.append((meta, la, args, params, n))
+                metas.append((meta, la, args, params, n, kern))
         rows = [m[0] for m in metas] or [np.zeros(META_W, np.int64)]
         self.meta = cuda.to_device(np.array(rows, np.int64).reshape(-1, META_W))
         # error words: launches that report bad data (an index out of range) write them; read after a run
-        n_err = [la.n_err for _, la, _, _, _ in metas]
+        n_err = [la.n_err for _, la, _, _, _, _ in metas]
         self.err = cuda.to_device(np.zeros(max(1, sum(n_err)), np.int64))
         self.err_checks = []   # (first word, word count, node, explain)
         at_word = 0
-        for i, (_, la, bufs, params, n) in enumerate(metas):
+        for i, (_, la, bufs, params, n, kern) in enumerate(metas):
             cfg = _sim_launcher(la, backend.stream) if SIM else la.kernel[la.grid, la.block, backend.stream]
             extra = ()
             if la.n_err:
                 extra = (self.err[at_word:at_word + la.n_err],)
-                self.err_checks.append((at_word, la.n_err, n, backend.kernels[n.op].fn.explain))
+                self.err_checks.append((at_word, la.n_err, n, kern.explain))
                 at_word += la.n_err
             args = ((() if la.sliced else (self.meta[i],)) + (*bufs, *(params if la.with_params else ()), *la.scalars,
                                                               *extra))

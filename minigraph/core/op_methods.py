@@ -274,10 +274,13 @@ class OpMethods:
         """Fused attention softmax(scale * q.k^T + mask + alibi) . v, online softmax (ggml_flash_attn_ext).
 
         q:      [DK, n_q, n_head, ne3] f32.
-        k:      [DK, n_kv, n_head_kv, nk3] f32/f16/bf16, any strides and byte offset; n_head % n_head_kv
-                == 0 (GQA/MQA). Extension: nk3 may divide ne3 (ggml asks nk3 == ne3).
-        v:      [DV, n_kv, n_head_kv, nv3] f32/f16/bf16; DV may differ from DK (576/512, 192/128). When V
-                is a view of K (same root, V's rows inside K's rows, as MLA builds it) kernels read K once.
+        k:      [DK, n_kv, n_head_kv, nk3] f32/f16/bf16, or a quantized cache (q8_0, q4_0, q4_1, q5_0,
+                q5_1: then q is quantized to K's vec_dot type for the dots, as ggml's CPU does); any
+                strides and byte offset (whole blocks when quantized); n_head % n_head_kv == 0
+                (GQA/MQA). Extension: nk3 may divide ne3 (ggml asks nk3 == ne3).
+        v:      [DV, n_kv, n_head_kv, nv3] of the same types (dequantized rows when quantized); DV may
+                differ from DK (576/512, 192/128). When V is a view of K (same root, V's rows inside
+                K's rows, as MLA builds it) kernels read K once.
         mask:   [>= n_kv, >= n_q, m2, m3] f16 (as ggml) or f32 (extension), added to the scores; or None.
         scale:  the score scale, usually 1/sqrt(DK).
         max_bias: ALiBi maximum bias (0: off; > 0 needs a mask), slopes as ggml's m0/m1 over n_head.

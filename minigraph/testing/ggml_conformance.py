@@ -26,7 +26,9 @@ NON_CONTIGUOUS_OK = {"CONT", "CPY", "DUP", "MUL_MAT", "OUT_PROD", "REPEAT", "CON
 GGML_TOLERANCE = {"GELU": 1e-5, "SILU": 1e-6, "SIGMOID": 1e-6, "SOFTPLUS": 1e-6}
 # FLASH_ATTN_EXT: ggml rounds Q to K's dot type (f16 / bf16) and, for f16 V, accumulates V in
 # f16; f32 K/V stay f32. Measured on the cases (seed 1): f32 <= 6e-14, f16 <= 2.3e-6, bf16 <= 2.5e-7.
-GGML_FA_TOLERANCE = {"f32": 1e-6, "f16": 2e-5, "bf16": 5e-6}
+# A quantized cache: Q rounded to Q8_0 values, as minigraph's CPU does (the cases' own tolerance).
+GGML_FA_TOLERANCE = {"f32": 1e-6, "f16": 2e-5, "bf16": 5e-6, "q8_0": 2e-5, "q4_0": 2e-5, "q4_1": 2e-5,
+                     "q5_0": 2e-5, "q5_1": 2e-5}
 
 
 def ggml_tolerance(case: Case) -> float:
