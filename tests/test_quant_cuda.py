@@ -82,6 +82,28 @@ def test_mul_mat_and_get_rows_match_cpu(be, cpu, type_):
     np.testing.assert_array_equal(outs["cuda"][1], quants.dequantize(quants.quantize(w, type_), type_)[[2, 0, 2]])
 
 
+@pytest.mark.parametrize("type_", [D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q4_K], ids=D.type_name)
+def test_src1_is_quantized_as_ggml(be, type_):
+    """The MUL_MAT workspace holds src1 quantized by ggml's reference quantizer for the vec_dot
+    type (Q8_0, Q8_1, Q8_K): the same quants, float16-rounded scales (half subnormals in the
+    tiny row), sums."""
+    vdt = D.VEC_DOT_TYPE[type_]
+    x = _edge_rows(4, 256, 9)
+    ctx = mg.Context()
+    w = ctx.from_numpy(_edge_rows(1, 256, 8), type_)
+    mm = ctx.mul_mat(w, ctx.from_numpy(x))
+    gf = _compute(be, mm)
+    (_, args, _), = [la for la in be.plan(gf).launches if la[2] is mm][:1]
+    yq, yd, ys = (arr.copy_to_host() for arr in args[4:7])
+    ref = quants.quantize(x, vdt).reshape(-1).view(D.BLOCK_DTYPES[vdt])
+    np.testing.assert_array_equal(yq.reshape(ref["qs"].shape), ref["qs"])
+    np.testing.assert_array_equal(yd, ref["d"].astype(np.float32))
+    if vdt == D.TYPE_Q8_1:
+        np.testing.assert_array_equal(ys, ref["s"].astype(np.float32))
+    if vdt == D.TYPE_Q8_K:
+        np.testing.assert_array_equal(ys, ref["bsums"].reshape(-1).astype(np.float32))
+
+
 def test_mul_mat_batches_and_row_views(be, cpu):
     """ne3 broadcast (src0 [k, 5, 1, 1] against src1 [k, 3, 2, 2]) and src0 rows taken from a
     bigger tensor at a byte offset (a view with nb1 of the big tensor)."""

@@ -163,6 +163,29 @@ struct Args {
     i64 d0, d1, d2, d3;     // dst strides (elements)
 };
 
+// unit u's weights w times the src1 columns n0 .. n0 + NC - 1 (rows r0 ..), added into acc
+template <int T, int NC>
+static __device__ __forceinline__ void accumulate(const Args& p, const Unit& w, int u, i64 r0, int n0, float* acc) {
+    const bool kq = T == T_Q4_K || T == T_Q5_K || T == T_Q6_K;
+    const int nu = p.K >> 5;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        if (n0 + c < p.N) {
+            const i64 r = r0 + c;
+            const int4* y = (const int4*)(p.yq + r * p.K + 32 * (i64)u);
+            float dy, sy = 0.f;
+            if (kq) {
+                dy = p.yd[r * (nu >> 3) + (u >> 3)];
+                if (T != T_Q6_K) sy = p.ys[r * (p.K >> 4) + 2 * u] + p.ys[r * (p.K >> 4) + 2 * u + 1];
+            } else {
+                dy = p.yd[r * nu + u];
+                if (T == T_Q4_1 || T == T_Q5_1) sy = p.ys[r * nu + u];
+            }
+            acc[c] += unit_dot<T>(w, y, dy, sy);
+        }
+    }
+}
+
 template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args& p) {
     const int lane = threadIdx.x & 31;
     const int m = blockIdx.x * WARPS + (threadIdx.x >> 5);
@@ -171,30 +194,18 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
     const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
     const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
     const int nu = p.K >> 5;
-    const bool kq = T == T_Q4_K || T == T_Q5_K || T == T_Q6_K;
     const i64 r0 = ((i64)i3 * p.n2 + i2) * p.N + n0;   // src1 row of column n0
     float acc[NC];
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[c] = 0.f;
-    for (int u = lane; u < nu; u += 32) {
-        Unit w;
-        load_unit<T>(row, u, w);
-#pragma unroll
-        for (int c = 0; c < NC; ++c) {
-            if (n0 + c < p.N) {
-                const i64 r = r0 + c;
-                const int4* y = (const int4*)(p.yq + r * p.K + 32 * (i64)u);
-                float dy, sy = 0.f;
-                if (kq) {
-                    dy = p.yd[r * (nu >> 3) + (u >> 3)];
-                    if (T != T_Q6_K) sy = p.ys[r * (p.K >> 4) + 2 * u] + p.ys[r * (p.K >> 4) + 2 * u + 1];
-                } else {
-                    dy = p.yd[r * nu + u];
-                    if (T == T_Q4_1 || T == T_Q5_1) sy = p.ys[r * nu + u];
-                }
-                acc[c] += unit_dot<T>(w, y, dy, sy);
-            }
-        }
+    // two units a step, both loaded before either is used: twice the bytes in flight a warp
+    for (int u = lane; u < nu; u += 64) {
+        Unit w0, w1;
+        const bool two = u + 32 < nu;
+        load_unit<T>(row, u, w0);
+        if (two) load_unit<T>(row, u + 32, w1);
+        accumulate<T, NC>(p, w0, u, r0, n0, acc);
+        if (two) accumulate<T, NC>(p, w1, u + 32, r0, n0, acc);
     }
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
@@ -209,3 +220,95 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
     extern "C" __global__ void __launch_bounds__(32 * WARPS) mmvq_##T##_##NC(Args p) { mmvq<T, NC>(p); }
 #define MMVQ_ALL(T) MMVQ(T, 1) MMVQ(T, 2) MMVQ(T, 4) MMVQ(T, 8)
 MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14)
+
+// -- src1 quantized to the vec_dot type (ggml's reference quantizers, byte for byte) ----------
+// One warp a block: Q8_0 / Q8_1 (32 elements, one a lane) or Q8_K (256, eight a lane). The
+// multiplies that are rounded go through __fmul_rn so they are never fused with what follows.
+
+struct QArgs {
+    const float* b;         // src1's first element
+    signed char* yq;
+    float* yd;
+    float* ys;
+    int K, N, n2, n3;       // src1 ne0..ne3
+    i64 b0, b1, b2, b3;     // src1 strides (elements)
+    int vdt;                // 8 Q8_0, 9 Q8_1, 15 Q8_K
+};
+
+static __device__ __forceinline__ float round_f16(float x) {   // GGML_FP32_TO_FP16 and back
+    unsigned short h;
+    float f;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
+    const int lane = threadIdx.x & 31;
+    const i64 w = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    const int span = p.vdt == 15 ? 256 : 32;
+    const int per_row = p.K / span;
+    const i64 rows = (i64)p.N * p.n2 * p.n3;
+    if (w >= rows * per_row) return;
+    const i64 r = w / per_row;
+    const int blk = (int)(w % per_row);
+    const int n = (int)(r % p.N), i2 = (int)((r / p.N) % p.n2), i3 = (int)(r / ((i64)p.N * p.n2));
+    const float* x = p.b + n * p.b1 + i2 * p.b2 + i3 * p.b3;
+    const int k0 = span * blk;
+    signed char* q = p.yq + r * p.K + k0;
+    if (p.vdt != 15) {
+        const float v = x[(k0 + lane) * p.b0];
+        float amax = fabsf(v);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float d = amax / 127.f;
+        const float id = d != 0.f ? 1.f / d : 0.f;
+        const int qi = (int)roundf(__fmul_rn(v, id));
+        q[lane] = (signed char)qi;
+        int s = qi;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) {
+            p.yd[r * per_row + blk] = round_f16(d);
+            if (p.vdt == 9) p.ys[r * per_row + blk] = round_f16(__fmul_rn((float)s, d));
+        }
+        return;
+    }
+    float v[8];
+    float amax = 0.f;
+    int at = 0;                    // the first element of the largest magnitude (ggml keeps the first)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        v[j] = x[(k0 + 8 * lane + j) * p.b0];
+        if (fabsf(v[j]) > amax) { amax = fabsf(v[j]); at = 8 * lane + j; }
+    }
+    float mx = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) if (8 * lane + j == at) mx = v[j];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float a2 = __shfl_xor_sync(0xffffffffu, amax, o);
+        const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
+        const float mx2 = __shfl_xor_sync(0xffffffffu, mx, o);
+        if (a2 > amax || (a2 == amax && at2 < at)) { amax = a2; at = at2; mx = mx2; }
+    }
+    const i64 sb = r * per_row + blk;
+    if (amax == 0.f) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) q[8 * lane + j] = 0;
+        if (lane < 16) p.ys[sb * 16 + lane] = 0.f;
+        if (lane == 0) p.yd[sb] = 0.f;
+        return;
+    }
+    const float iscale = -127.f / mx;
+    int s = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int qi = min(127, __float2int_rn(__fmul_rn(iscale, v[j])));
+        q[8 * lane + j] = (signed char)qi;
+        s += qi;
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);       // lanes 2j, 2j + 1: elements 16j .. 16j + 15
+    if ((lane & 1) == 0) p.ys[sb * 16 + lane / 2] = (float)s;
+    if (lane == 0) p.yd[sb] = 1.f / iscale;
+}

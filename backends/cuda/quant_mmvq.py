@@ -86,7 +86,12 @@ def _arch() -> str:
 
 
 def function(type_: int, nc: int) -> Any:
-    """The driver function mmvq_<type>_<nc>, from the module compiled once per process and GPU."""
+    """The dot-product function mmvq_<type>_<nc> (nc src1 columns a warp)."""
+    return function_named(f"mmvq_{type_}_{nc}")
+
+
+def function_named(name: str) -> Any:
+    """A driver function of quant_mmvq.cu, from the module compiled once per process and GPU."""
     key = (_arch(), cuda.get_current_device().id)
     got = _MODULES.get(key)
     if isinstance(got, str):
@@ -103,7 +108,6 @@ def function(type_: int, nc: int) -> Any:
             _MODULES[key] = f"{type(e).__name__}: {e}"
             raise MinigraphError(_MODULES[key]) from e
     fns = got[1]
-    name = f"mmvq_{type_}_{nc}"
     if name not in fns:
         from cuda.bindings import driver as drv
 
@@ -115,12 +119,14 @@ def refusal(node) -> Optional[str]:
     """None when quant_mmvq.cu runs this node's dot products, else why not."""
     if SIM:
         return "the simulator runs no CUDA C++"
-    a = node.src[0]
+    a, b = node.src
     align = 4 if a.type in WORD_ALIGNED else 2
     if tensor_start(a) % align or any(x % align for x in a.nb[1:]):
         return f"src0 rows must start at multiples of {align} bytes (start {tensor_start(a)}, nb {list(a.nb)})"
     if tensor_start(node) % 4 or any(x % 4 for x in node.nb):
         return "dst strides must be whole f32 elements"
+    if tensor_start(b) % 4 or any(x % 4 for x in b.nb):
+        return "src1 strides must be whole f32 elements"
     if -(-node.ne[1] // NC_MAX) > MAX_GRID_YZ or node.ne[2] * node.ne[3] > MAX_GRID_YZ:
         return "grid too large"
     if cuda.get_current_device().compute_capability < (6, 1):
@@ -136,25 +142,31 @@ def _ptr(x: Any) -> int:
     return int(x.__cuda_array_interface__["data"][0] or 0)
 
 
-class _Launcher:
-    """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of an
-    mmvq function with its Args filled from the node's plan-time shapes and the buffers' addresses."""
+class QArgs(ctypes.Structure):
+    """quant_mmvq.cu's `struct QArgs` (quantize_q8's parameter)."""
 
-    def __init__(self, fn: Any, fixed: dict, a_off: int, d_off: int, align: int) -> None:
-        self.fn, self.fixed, self.a_off, self.d_off, self.align = fn, fixed, a_off, d_off, align
+    _fields_ = [("b", ctypes.c_void_p), ("yq", ctypes.c_void_p), ("yd", ctypes.c_void_p), ("ys", ctypes.c_void_p),
+                ("K", ctypes.c_int), ("N", ctypes.c_int), ("n2", ctypes.c_int), ("n3", ctypes.c_int),
+                ("b0", ctypes.c_int64), ("b1", ctypes.c_int64), ("b2", ctypes.c_int64), ("b3", ctypes.c_int64),
+                ("vdt", ctypes.c_int)]
+
+
+class _Launcher:
+    """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
+    quant_mmvq.cu function, its one struct parameter made by `pack` from the buffers' arrays."""
+
+    def __init__(self, fn: Any, pack: Any) -> None:
+        self.fn, self.pack = fn, pack
 
     def __getitem__(self, cfg: tuple) -> Any:
         grid, block, stream = cfg
         grid = tuple(grid) + (1,) * (3 - len(grid))
         block = tuple(block) + (1,) * (3 - len(block))
 
-        def launch(meta, dst, a, b, yq, yd, ys) -> None:
+        def launch(*args: Any) -> None:
             from cuda.bindings import driver as drv
 
-            p = Args(x=_ptr(a) + self.a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + self.d_off,
-                     **self.fixed)
-            if p.x % self.align or p.dst % 4:
-                raise MinigraphError("MUL_MAT (quantized): a device buffer is not aligned for quant_mmvq.cu")
+            p = self.pack(*args)
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
             h = getattr(stream, "handle", stream)
             h = h if isinstance(h, drv.CUstream) else drv.CUstream(int(getattr(h, "value", h) or 0))
@@ -164,12 +176,29 @@ class _Launcher:
 
 
 def launches(node, work: tuple) -> list:
-    """The node's dot-product launch (after quant_matmul's quantize_src1 filled `work`)."""
-    a = node.src[0]
+    """The node's two launches: src1 quantized into `work` (quantize_q8), then the dot products."""
+    a, b = node.src
     M, N, n2, n3 = node.ne
     nc = next(c for c in (1, 2, 4, NC_MAX) if c >= min(N, NC_MAX))
     fixed = dict(M=M, N=N, K=a.ne[0], n2=n2, r2=n2 // a.ne[2], r3=n3 // a.ne[3], xb1=a.nb[1], xb2=a.nb[2],
                  xb3=a.nb[3], d0=node.nb[0] // 4, d1=node.nb[1] // 4, d2=node.nb[2] // 4, d3=node.nb[3] // 4)
-    la = _Launcher(function(a.type, nc), fixed, tensor_start(a), tensor_start(node), 4 if a.type in WORD_ALIGNED else 2)
-    grid = (-(-M // WARPS), -(-N // nc), n2 * n3)
-    return [Launch(la, grid, (32 * WARPS,), work, with_params=False)]
+    a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
+    align = 4 if a.type in WORD_ALIGNED else 2
+    vdt = D.VEC_DOT_TYPE[a.type]
+
+    def pack_dot(meta, dst, x, y, yq, yd, ys):
+        p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, **fixed)
+        if p.x % align or p.dst % 4:
+            raise MinigraphError("MUL_MAT (quantized): a device buffer is not aligned for quant_mmvq.cu")
+        return p
+
+    def pack_quant(meta, dst, x, y, yq, yd, ys):
+        return QArgs(b=_ptr(y) + b_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), K=b.ne[0], N=b.ne[1], n2=b.ne[2],
+                     n3=b.ne[3], b0=b.nb[0] // 4, b1=b.nb[1] // 4, b2=b.nb[2] // 4, b3=b.nb[3] // 4, vdt=vdt)
+
+    n_warps = a.ne[0] // (256 if vdt == D.TYPE_Q8_K else 32) * N * n2 * n3
+    quant = Launch(_Launcher(function_named("quantize_q8"), pack_quant), (-(-n_warps // WARPS),), (32 * WARPS,),
+                   work, with_params=False)
+    dot = Launch(_Launcher(function(a.type, nc), pack_dot), (-(-M // WARPS), -(-N // nc), n2 * n3), (32 * WARPS,),
+                 work, with_params=False)
+    return [quant, dot]
