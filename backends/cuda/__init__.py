@@ -7,4 +7,5 @@ from minigraph.backends.cuda import common  # noqa: F401
 from minigraph.backends.cuda import elementwise, fused, layout, reduce, linalg, write, gated_delta_net  # noqa: F401
 from minigraph.backends.cuda import attention  # noqa: F401
 from minigraph.backends.cuda import rope, rows  # noqa: F401
+from minigraph.backends.cuda import quant_rows, quant_matmul  # noqa: F401 - block-quantized tensors
 from minigraph.backends.cuda.backend import CudaBackend, CudaBuffer  # noqa: F401

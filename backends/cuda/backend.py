@@ -30,7 +30,7 @@ from numba import cuda
 
 from minigraph.core import dtypes, flags
 from minigraph.core.buffer import (DLPACK_CUDA, Buffer, HostBuffer, aligned_zeros, extent_bytes,
-                                   register_dlpack_importer, tensor_start)
+                                   register_dlpack_importer, storage_view, tensor_start)
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
@@ -49,7 +49,7 @@ _DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32}   # what zero
 # its raw 16 bits; kernels convert). Only kernels whose supports_op accepts a type ever get it.
 SLOT_DTYPES = {dtypes.TYPE_F32: np.float32, dtypes.TYPE_I32: np.int32, dtypes.TYPE_F16: np.float16,
                dtypes.TYPE_BF16: np.uint16, dtypes.TYPE_I64: np.int64}
-# a block-quantized slot is its raw bytes: meta in bytes, nb0 = a block's bytes (kernels decode)
+# a block-quantized tensor is its raw bytes: meta offsets and nb in bytes, ne in elements
 SLOT_DTYPES.update({t: np.uint8 for t in dtypes.QUANT_TYPES})
 
 
@@ -86,7 +86,7 @@ class CudaBuffer(Buffer):
     def set(self, t: Tensor, data: Any) -> None:
         offs, stream = tensor_start(t), self.backend.stream
         raw = np.ascontiguousarray(np.asarray(data)).view(np.uint8).reshape(-1)
-        n = nelements(t) * dtypes.type_size(t.type)
+        n = nelements(t) // dtypes.blck_size(t.type) * dtypes.type_size(t.type)   # quantized: whole blocks
         if raw.size != n:
             raise MinigraphError(f"tensor_set: {describe(t)} takes {n} bytes, got {raw.size}")
         with self.backend.activate():
@@ -96,7 +96,7 @@ class CudaBuffer(Buffer):
             ext = extent_bytes(t.type, t.ne, t.nb)  # read-modify-write the extent on the host
             host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
             stream.synchronize()
-            view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
+            view = storage_view(host, 0, t.type, t.ne, t.nb)   # quantized: (ne3, ne2, ne1, row bytes)
             view[...] = raw.view(dtypes.storage_dtype(t.type)).reshape(view.shape)
             self.dev[offs:offs + ext].copy_to_device(host, stream=stream)
 
@@ -108,8 +108,7 @@ class CudaBuffer(Buffer):
         with self.backend.activate():
             host = self.dev[offs:offs + ext].copy_to_host(stream=stream)
             stream.synchronize()
-        view = np.ndarray(tuple(reversed(t.ne)), dtypes.storage_dtype(t.type), host, 0, tuple(reversed(t.nb)))
-        return np.ascontiguousarray(view).view(np.uint8).reshape(-1)
+        return np.ascontiguousarray(storage_view(host, 0, t.type, t.ne, t.nb)).view(np.uint8).reshape(-1)
 
     def view(self, t: Tensor) -> Any:
         """t's device memory as a numba device array (no copy), shaped like t.numpy():
@@ -207,7 +206,7 @@ class CudaBackend(Backend):
         self.use_graphs = bool(use_graphs) and graphs_enabled() and not SIM
         self.download_outputs = download_outputs
         self.kernels = kernels_for("cuda")
-        self.quant_kernels = quant_kernels_for("cuda")   # nodes with a quantized tensor (FLASH_ATTN_EXT's cache)
+        self.quant_kernels = quant_kernels_for("cuda")   # nodes touching block-quantized tensors
         with self.activate():
             self.stream = cuda.stream()
         self._plans = PlanCache()
@@ -388,6 +387,7 @@ class CudaPlan:
                 continue
             meta = np.zeros(META_W, np.int64)
             bufs, extents = [], []
+            kern = self._kernel_of(n)
             for s, t in enumerate([n, *n.src]):
                 if t is None:
                     bufs.append(backend._dummy.flat(np.float32))
@@ -403,17 +403,16 @@ class CudaPlan:
                 meta[s * SLOT_W + 1:s * SLOT_W + 5] = t.ne
                 meta[s * SLOT_W + 5:s * SLOT_W + 9] = [x // es for x in t.nb]
                 bufs.append(buf.flat(dt))
-                extents.append((offs // es, offs // es + nelements(t)))
+                count = extent_bytes(t.type, t.ne, t.nb) if dtypes.is_quantized(t.type) else nelements(t)
+                extents.append((offs // es, offs // es + count))
             params = OPS[n.op].param_values(n)
-            quant = any(t is not None and dtypes.is_quantized(t.type) for t in (n, *n.src))
-            kern = (backend.quant_kernels if quant else backend.kernels)[n.op].fn
-            for la in kern.launches(n):
+            for la in kern.fn.launches(n):
                 args = [b[lo:hi] for b, (lo, hi) in zip(bufs, extents)] if la.sliced else bufs
                 metas.append((meta, la, args, params, n, kern))
         rows = [m[0] for m in metas] or [np.zeros(META_W, np.int64)]
         self.meta = cuda.to_device(np.array(rows, np.int64).reshape(-1, META_W))
         # error words: launches that report bad data (an index out of range) write them; read after a run
-        n_err = [la.n_err for _, la, _, _, _, _ in metas]
+        n_err = [m[1].n_err for m in metas]
         self.err = cuda.to_device(np.zeros(max(1, sum(n_err)), np.int64))
         self.err_checks = []   # (first word, word count, node, explain)
         at_word = 0
@@ -422,7 +421,7 @@ class CudaPlan:
             extra = ()
             if la.n_err:
                 extra = (self.err[at_word:at_word + la.n_err],)
-                self.err_checks.append((at_word, la.n_err, n, kern.explain))
+                self.err_checks.append((at_word, la.n_err, n, kern.fn.explain))
                 at_word += la.n_err
             args = ((() if la.sliced else (self.meta[i],)) + (*bufs, *(params if la.with_params else ()), *la.scalars,
                                                               *extra))
@@ -433,6 +432,13 @@ class CudaPlan:
         self.graph_error: Optional[str] = None
 
     # -- planning helpers --------------------------------------------------------------------
+    def _kernel_of(self, n: Tensor) -> Any:
+        """The node's Kernel: its op's quantized path when a block-quantized tensor is among dst
+        and srcs (backends/cuda/quant_*.py), else the op's plain kernel."""
+        if any(t is not None and dtypes.is_quantized(t.type) for t in (n, *n.src)):
+            return self.backend.quant_kernels[n.op]
+        return self.backend.kernels[n.op]
+
     def _locate(self, t: Tensor, written: bool) -> tuple[CudaBuffer, int]:
         root = t.root
         offs, buf = tensor_start(t), root._buf

@@ -1,0 +1,204 @@
+"""The dot-product launch of a quantized MUL_MAT on a real GPU: quant_mmvq.cu (CUDA C++, dp4a),
+compiled at run time by NVRTC (cuda.bindings, which numba-cuda already needs) and launched on the
+backend's stream through the driver, so it sits in the plan's CUDA graph like a Numba launch.
+
+Why C++: the kernel is bound by the weights' bytes, and its inner step is four int8 products an
+instruction (dp4a) on words put together from 16- or 32-bit loads of the blocks; plain Numba has
+neither dp4a nor 32-bit index arithmetic. The Numba kernel (quant_matmul.dot_rows) stays the
+path of the simulator and of GPUs where this one is refused.
+
+What it takes (`refusal(node)` says what not): a GPU of compute capability >= 6.1 with NVRTC;
+src0 rows and batches at byte offsets that are multiples of 4 (Q4_1, Q5_1, Q4_K, Q5_K, read in
+32-bit words) or 2 (Q4_0, Q5_0, Q8_0, Q6_K); dst strides in whole f32 elements. Columns: up to
+NC_MAX = 8 src1 columns a warp (each unit's weights loaded once for them); more columns take
+more blocks along grid y, each reading the weights again (a matrix-matrix kernel would do
+better for prompt-sized batches; not built).
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any, Optional
+
+from numba import cuda
+
+from minigraph.core import dtypes as D
+from minigraph.core.buffer import tensor_start
+from minigraph.core.errors import MinigraphError
+
+from minigraph.backends.cuda.common import SIM, Launch
+
+SOURCE = Path(__file__).with_name("quant_mmvq.cu")
+WARPS = 4                  # rows a block (one warp a row)
+NC_MAX = 8
+MAX_GRID_YZ = 65535
+WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
+_MODULES: dict = {}        # (arch, device) -> (module, {name: function}, image) or the error text
+
+
+class Args(ctypes.Structure):
+    """quant_mmvq.cu's `struct Args` (the kernel's one parameter), field for field."""
+
+    _fields_ = [("x", ctypes.c_void_p), ("yq", ctypes.c_void_p), ("yd", ctypes.c_void_p), ("ys", ctypes.c_void_p),
+                ("dst", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int),
+                ("n2", ctypes.c_int), ("r2", ctypes.c_int), ("r3", ctypes.c_int), ("xb1", ctypes.c_int64),
+                ("xb2", ctypes.c_int64), ("xb3", ctypes.c_int64), ("d0", ctypes.c_int64), ("d1", ctypes.c_int64),
+                ("d2", ctypes.c_int64), ("d3", ctypes.c_int64)]
+
+
+def _check(result: Any, what: str) -> Any:
+    from cuda.bindings import driver as drv
+
+    err, *vals = result if isinstance(result, tuple) else (result,)
+    if err != drv.CUresult.CUDA_SUCCESS:
+        raise MinigraphError(f"MUL_MAT (quantized): {what} failed: {err}")
+    return vals[0] if len(vals) == 1 else tuple(vals)
+
+
+def nvrtc_compile(arch: str, extra: tuple = ()) -> tuple[bytes, str]:
+    """(cubin, compile log) of quant_mmvq.cu for an sm_XY arch."""
+    from cuda.bindings import nvrtc
+
+    err, prog = nvrtc.nvrtcCreateProgram(SOURCE.read_bytes(), b"quant_mmvq.cu", 0, [], [])
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise MinigraphError(f"MUL_MAT (quantized): NVRTC could not create the program: {err}")
+    try:
+        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", f"-DWARPS={WARPS}".encode()]
+        opts += [x.encode() for x in extra]
+        (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        _, n = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * n
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        text = log.decode(errors="replace").rstrip(" \x00")
+        if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise MinigraphError(f"MUL_MAT (quantized): NVRTC failed on quant_mmvq.cu: {text}")
+        _, n = nvrtc.nvrtcGetCUBINSize(prog)
+        cubin = b" " * n
+        nvrtc.nvrtcGetCUBIN(prog, cubin)
+        return cubin, text
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _arch() -> str:
+    cc = cuda.get_current_device().compute_capability
+    return f"sm_{cc[0]}{cc[1]}"
+
+
+def function(type_: int, nc: int) -> Any:
+    """The dot-product function mmvq_<type>_<nc> (nc src1 columns a warp)."""
+    return function_named(f"mmvq_{type_}_{nc}")
+
+
+def function_named(name: str) -> Any:
+    """A driver function of quant_mmvq.cu, from the module compiled once per process and GPU."""
+    key = (_arch(), cuda.get_current_device().id)
+    got = _MODULES.get(key)
+    if isinstance(got, str):
+        raise MinigraphError(got)
+    if got is None:
+        from cuda.bindings import driver as drv
+
+        try:
+            cuda.current_context()
+            image = ctypes.create_string_buffer(nvrtc_compile(key[0])[0])
+            mod = _check(drv.cuModuleLoadData(ctypes.addressof(image)), "module load")
+            got = _MODULES[key] = (mod, {}, image)
+        except Exception as e:  # noqa: BLE001 - remembered: such nodes then run the Numba kernel
+            _MODULES[key] = f"{type(e).__name__}: {e}"
+            raise MinigraphError(_MODULES[key]) from e
+    fns = got[1]
+    if name not in fns:
+        from cuda.bindings import driver as drv
+
+        fns[name] = _check(drv.cuModuleGetFunction(got[0], name.encode()), f"get {name}")
+    return fns[name]
+
+
+def refusal(node) -> Optional[str]:
+    """None when quant_mmvq.cu runs this node's dot products, else why not."""
+    if SIM:
+        return "the simulator runs no CUDA C++"
+    a, b = node.src
+    align = 4 if a.type in WORD_ALIGNED else 2
+    if tensor_start(a) % align or any(x % align for x in a.nb[1:]):
+        return f"src0 rows must start at multiples of {align} bytes (start {tensor_start(a)}, nb {list(a.nb)})"
+    if tensor_start(node) % 4 or any(x % 4 for x in node.nb):
+        return "dst strides must be whole f32 elements"
+    if tensor_start(b) % 4 or any(x % 4 for x in b.nb):
+        return "src1 strides must be whole f32 elements"
+    if -(-node.ne[1] // NC_MAX) > MAX_GRID_YZ or node.ne[2] * node.ne[3] > MAX_GRID_YZ:
+        return "grid too large"
+    if cuda.get_current_device().compute_capability < (6, 1):
+        return "compute capability >= 6.1 needed (dp4a)"
+    try:
+        function(a.type, 1)
+    except MinigraphError as e:
+        return str(e)
+    return None
+
+
+def _ptr(x: Any) -> int:
+    return int(x.__cuda_array_interface__["data"][0] or 0)
+
+
+class QArgs(ctypes.Structure):
+    """quant_mmvq.cu's `struct QArgs` (quantize_q8's parameter)."""
+
+    _fields_ = [("b", ctypes.c_void_p), ("yq", ctypes.c_void_p), ("yd", ctypes.c_void_p), ("ys", ctypes.c_void_p),
+                ("K", ctypes.c_int), ("N", ctypes.c_int), ("n2", ctypes.c_int), ("n3", ctypes.c_int),
+                ("b0", ctypes.c_int64), ("b1", ctypes.c_int64), ("b2", ctypes.c_int64), ("b3", ctypes.c_int64),
+                ("vdt", ctypes.c_int)]
+
+
+class _Launcher:
+    """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
+    quant_mmvq.cu function, its one struct parameter made by `pack` from the buffers' arrays."""
+
+    def __init__(self, fn: Any, pack: Any) -> None:
+        self.fn, self.pack = fn, pack
+
+    def __getitem__(self, cfg: tuple) -> Any:
+        grid, block, stream = cfg
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        block = tuple(block) + (1,) * (3 - len(block))
+
+        def launch(*args: Any) -> None:
+            from cuda.bindings import driver as drv
+
+            p = self.pack(*args)
+            params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
+            h = getattr(stream, "handle", stream)
+            h = h if isinstance(h, drv.CUstream) else drv.CUstream(int(getattr(h, "value", h) or 0))
+            _check(drv.cuLaunchKernel(self.fn, *grid, *block, 0, h, ctypes.addressof(params), 0), "launch")
+
+        return launch
+
+
+def launches(node, work: tuple) -> list:
+    """The node's two launches: src1 quantized into `work` (quantize_q8), then the dot products."""
+    a, b = node.src
+    M, N, n2, n3 = node.ne
+    nc = next(c for c in (1, 2, 4, NC_MAX) if c >= min(N, NC_MAX))
+    fixed = dict(M=M, N=N, K=a.ne[0], n2=n2, r2=n2 // a.ne[2], r3=n3 // a.ne[3], xb1=a.nb[1], xb2=a.nb[2],
+                 xb3=a.nb[3], d0=node.nb[0] // 4, d1=node.nb[1] // 4, d2=node.nb[2] // 4, d3=node.nb[3] // 4)
+    a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
+    align = 4 if a.type in WORD_ALIGNED else 2
+    vdt = D.VEC_DOT_TYPE[a.type]
+
+    def pack_dot(meta, dst, x, y, yq, yd, ys):
+        p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, **fixed)
+        if p.x % align or p.dst % 4:
+            raise MinigraphError("MUL_MAT (quantized): a device buffer is not aligned for quant_mmvq.cu")
+        return p
+
+    def pack_quant(meta, dst, x, y, yq, yd, ys):
+        return QArgs(b=_ptr(y) + b_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), K=b.ne[0], N=b.ne[1], n2=b.ne[2],
+                     n3=b.ne[3], b0=b.nb[0] // 4, b1=b.nb[1] // 4, b2=b.nb[2] // 4, b3=b.nb[3] // 4, vdt=vdt)
+
+    n_warps = a.ne[0] // (256 if vdt == D.TYPE_Q8_K else 32) * N * n2 * n3
+    quant = Launch(_Launcher(function_named("quantize_q8"), pack_quant), (-(-n_warps // WARPS),), (32 * WARPS,),
+                   work, with_params=False)
+    dot = Launch(_Launcher(function(a.type, nc), pack_dot), (-(-M // WARPS), -(-N // nc), n2 * n3), (32 * WARPS,),
+                 work, with_params=False)
+    return [quant, dot]

@@ -1,0 +1,188 @@
+"""Decode-shaped mat-vec on a GPU with quantized weights: minigraph's quantized MUL_MAT (CUDA),
+minigraph's f32 MUL_MAT on the same shapes, torch's f16 matmul (a reference, when torch is
+installed), and the device's measured read bandwidth, side by side in one run.
+
+One token (src1 one column), weights [K, M] (ggml ne: K = ne0 the row length). GPU time only:
+each case is one minigraph graph of C mat-vecs over C distinct weight copies (together > 4x the
+L2 cache, so every mat-vec reads its weights from HBM), captured as the backend's CUDA graph and
+replayed R times between CUDA events; the time per mat-vec is the total / (R * C). "node" is the
+whole quantized MUL_MAT (quantize src1 to Q8_0/Q8_1/Q8_K, then the dot kernel); "dot" replays a
+CUDA graph of the dot launches only. Bandwidth = weight bytes / time. Read bandwidth: a sum over
+a 2 GiB f32 buffer (torch if present, else a Numba grid-stride kernel). Spread: the min and max of
+`--runs` timed runs of each case.
+
+    python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+import minigraph as mg
+from minigraph.core import dtypes as D
+from minigraph.backends.cuda import quant_mmvq
+from minigraph.backends.cuda.backend import CudaBackend, _CudaGraph
+
+L2_BYTES = 60 << 20        # H200: 50 MiB; the copies together exceed 4x this
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]   # (K = ne0, M = ne1)
+
+
+def random_blocks(type_: int, m: int, k: int, rng) -> np.ndarray:
+    """m rows of random block bytes with small finite float16 scales (the values do not matter
+    for the timing; NaN/inf scales would only make the check below noisy)."""
+    ts, bl = D.type_size(type_), D.blck_size(type_)
+    raw = rng.integers(0, 256, size=(m, k // bl, ts), dtype=np.uint8)
+    scale = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    fields = D.BLOCK_DTYPES[type_].fields
+    for name in ("d", "dmin", "m"):
+        if name in fields:
+            off = fields[name][1]
+            raw[..., off:off + 2] = scale
+    return raw.reshape(m, -1)
+
+
+def _events_time(stream, fn, reps: int) -> float:
+    from numba import cuda
+
+    start, stop = cuda.event(), cuda.event()
+    start.record(stream)
+    for _ in range(reps):
+        fn()
+    stop.record(stream)
+    stop.synchronize()
+    return cuda.event_elapsed_time(start, stop) / 1e3
+
+
+def bench_minigraph(be: CudaBackend, type_: int, k: int, m: int, runs: int, reps: int, rng) -> dict:
+    bytes_w = m * k // D.blck_size(type_) * D.type_size(type_)
+    copies = max(2, -(-4 * L2_BYTES // bytes_w))
+    ctx = mg.Context()
+    x = ctx.from_numpy(rng.standard_normal((1, k)).astype(np.float32))
+    outs = []
+    for _ in range(copies):
+        if D.is_quantized(type_):
+            w = ctx.from_numpy(random_blocks(type_, m, k, rng), type_)
+        else:
+            w = ctx.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
+        outs.append(ctx.mul_mat(w, x))
+    gf = mg.Graph()
+    for o in outs:
+        gf.build_forward_expand(o)
+    be.graph_compute(gf)
+    be.graph_compute(gf)                     # the second compute captures the CUDA graph
+    plan = be.plan(gf)
+    assert plan.graph_exec is not None, plan.graph_error
+    assert all(np.isfinite(o.numpy()).all() for o in outs[:2])
+    stream = be.stream
+    node = [_events_time(stream, lambda: plan.graph_exec.launch(stream), reps) / (reps * copies) for _ in range(runs)]
+    row = {"type": D.type_name(type_), "K": k, "M": m, "weight_MB": bytes_w / 1e6, "copies": copies,
+           "node_us": [t * 1e6 for t in node]}
+    if D.is_quantized(type_):
+        dot_launches = [la for la in plan.launches if la[2].op == "MUL_MAT"][1::2]
+        row["mmvq"] = quant_mmvq.refusal(outs[0]) is None
+        g = _CudaGraph.capture(stream, dot_launches)
+        dot = [_events_time(stream, lambda: g.launch(stream), reps) / (reps * copies) for _ in range(runs)]
+        row["dot_us"] = [t * 1e6 for t in dot]
+    return row
+
+
+def bench_torch(k: int, m: int, runs: int, reps: int) -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    bytes_w = m * k * 2
+    copies = max(2, -(-4 * L2_BYTES // bytes_w))
+    ws = [torch.randn(m, k, device="cuda", dtype=torch.float16) for _ in range(copies)]
+    x = torch.randn(k, 1, device="cuda", dtype=torch.float16)
+
+    def one():
+        for w in ws:
+            torch.matmul(w, x)
+
+    one()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        one()
+    times = []
+    for _ in range(runs):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            g.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3 / (reps * copies))
+    return {"type": "torch f16", "K": k, "M": m, "weight_MB": bytes_w / 1e6, "copies": copies,
+            "node_us": [t * 1e6 for t in times]}
+
+
+def read_bandwidth(runs: int) -> list[float]:
+    n = 1 << 29                                   # 2 GiB of f32
+    try:
+        import torch
+
+        a = torch.ones(n, device="cuda", dtype=torch.float32)
+        a.sum()
+        out = []
+        for _ in range(runs):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(5):
+                a.sum()
+            e.record()
+            e.synchronize()
+            out.append(5 * 4 * n / (s.elapsed_time(e) / 1e3))
+        return out
+    except ImportError:
+        return []
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--types", default="q8_0,q4_0,q4_K")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--f32", action="store_true", help="also minigraph's f32 MUL_MAT (slow kernel, big copies)")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    be = CudaBackend(0)
+    bw = read_bandwidth(args.runs)
+    peak = float(np.median(bw)) if bw else 4.08e12
+    rows = []
+    for k, m in SHAPES:
+        for name in args.types.split(","):
+            rows.append(bench_minigraph(be, D.type_from_name(name), k, m, args.runs, args.reps, rng))
+        if args.f32:
+            rows.append(bench_minigraph(be, D.TYPE_F32, k, m, args.runs, max(2, args.reps // 10), rng))
+        t = bench_torch(k, m, args.runs, args.reps)
+        if t:
+            rows.append(t)
+    print(f"read bandwidth: {peak / 1e12:.2f} TB/s (median of {len(bw)}: "
+          f"{', '.join(f'{b / 1e12:.2f}' for b in bw)})" if bw else "read bandwidth: not measured (no torch); 4.08 TB/s assumed")
+    print(f"{'type':10} {'K':>6} {'M':>6} {'MB':>7} {'node us (min-max)':>20} {'TB/s':>6} {'% bw':>5} "
+          f"{'dot us (min-max)':>20} {'TB/s':>6} {'% bw':>5}")
+    for r in rows:
+        med = float(np.median(r["node_us"]))
+        tbs = r["weight_MB"] * 1e6 / (med * 1e-6) / 1e12
+        line = (f"{r['type']:10} {r['K']:6} {r['M']:6} {r['weight_MB']:7.1f} "
+                f"{med:8.2f} ({min(r['node_us']):5.2f}-{max(r['node_us']):5.2f}) {tbs:6.2f} {100 * tbs * 1e12 / peak:5.0f}")
+        if "dot_us" in r:
+            dm = float(np.median(r["dot_us"]))
+            dt = r["weight_MB"] * 1e6 / (dm * 1e-6) / 1e12
+            line += (f" {dm:8.2f} ({min(r['dot_us']):5.2f}-{max(r['dot_us']):5.2f}) {dt:6.2f} "
+                     f"{100 * dt * 1e12 / peak:5.0f}{'' if r.get('mmvq') else ' (numba dot)'}")
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"read_bw": bw, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Block-quantized tensors on the CUDA backend (backends/cuda/quant_*.py) against the CPU backend
+and the reference quantizer: MUL_MAT with a quantized src0 (every type the CPU takes), GET_ROWS
+and CPY dequantizing (the CPU's floats bit for bit), CPY and SET_ROWS quantizing into Q8_0/Q4_0
+(the reference quantizer's bytes), bad indices raised after the compute, and what CUDA refuses
+running on the CPU through the scheduler.
+
+Runs on the simulator in CI (small shapes: every simulated thread is a Python thread); the
+decode-sized cases are marked gpu. MUL_MAT tolerance: the integer block sums are exact on both
+backends, only the float32 scaling and accumulation order differ, so |cuda - cpu| <= 1e-5 *
+max |cpu| (measured ~1e-7 relative).
+"""
+import numpy as np
+import pytest
+
+import minigraph as mg
+from minigraph.core import dtypes as D
+from minigraph.core import quants
+from test_cuda_backend import SIM, SKIP, be  # noqa: F401 - `be`: that module's CUDA backend fixture
+
+pytestmark = [pytest.mark.skipif(SKIP is not None, reason=SKIP or ""),
+              pytest.mark.filterwarnings("ignore:Grid size:Warning")]
+
+TYPES = [D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0, D.TYPE_Q4_K, D.TYPE_Q5_K, D.TYPE_Q6_K]
+MM_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return mg.backend_cpu_init(1)
+
+
+def _compute(backend, *outs):
+    gf = mg.Graph()
+    for o in outs:
+        gf.build_forward_expand(o)
+    backend.graph_compute(gf)
+    return gf
+
+
+def _edge_rows(n_rows, k, seed):
+    """Rows with what the quantizers branch on: a zero block, a flat block, tiny values (half
+    subnormal scales), large positive values, exact integers."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_rows, k)).astype(np.float32)
+    x[0, :32] = 0
+    x[1 % n_rows, -32:] = 0.25
+    if n_rows > 2:
+        x[2] *= 1e-5
+    if n_rows > 3:
+        x[3] = np.abs(x[3]) * 50
+    if n_rows > 4:
+        x[4] = rng.integers(-3, 4, k)
+    return x
+
+
+def _close(got, want):
+    scale = max(float(np.abs(want).max()), 1e-30)
+    assert np.isfinite(got).all()
+    assert float(np.abs(got - want).max()) <= MM_TOL * scale, (float(np.abs(got - want).max()), scale)
+
+
+@pytest.mark.parametrize("type_", TYPES, ids=D.type_name)
+def test_mul_mat_and_get_rows_match_cpu(be, cpu, type_):
+    """Odd row count, broadcast over ne2 (src0 one plane, src1 two), src1 a transposed view
+    (non-contiguous), two src1 columns; GET_ROWS from the same weights in the same graph."""
+    k = 256 if D.blck_size(type_) == 256 else 64
+    rng = np.random.default_rng(type_)
+    w = _edge_rows(3, k, type_)
+    x = rng.standard_normal((2, 2, k)).astype(np.float32)
+    outs = {}
+    for name, backend in (("cuda", be), ("cpu", cpu)):
+        ctx = mg.Context()
+        wq = ctx.from_numpy(w, type_)
+        xt = ctx.transpose(ctx.from_numpy(np.ascontiguousarray(np.swapaxes(x, -1, -2))))   # [k, 2, 2], nb0 != 4
+        assert not mg.is_contiguous(xt)
+        mm = ctx.mul_mat(wq, xt)
+        rows = ctx.get_rows(wq, ctx.from_numpy(np.array([2, 0, 2], np.int32)))
+        _compute(backend, mm, rows)
+        outs[name] = (mm.numpy(), rows.numpy())
+    _close(outs["cuda"][0], outs["cpu"][0])
+    np.testing.assert_array_equal(outs["cuda"][1], outs["cpu"][1])
+    np.testing.assert_array_equal(outs["cuda"][1], quants.dequantize(quants.quantize(w, type_), type_)[[2, 0, 2]])
+
+
+@pytest.mark.parametrize("type_", [D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q4_K], ids=D.type_name)
+def test_src1_is_quantized_as_ggml(be, type_):
+    """The MUL_MAT workspace holds src1 quantized by ggml's reference quantizer for the vec_dot
+    type (Q8_0, Q8_1, Q8_K): the same quants, float16-rounded scales (half subnormals in the
+    tiny row), sums."""
+    vdt = D.VEC_DOT_TYPE[type_]
+    x = _edge_rows(4, 256, 9)
+    ctx = mg.Context()
+    w = ctx.from_numpy(_edge_rows(1, 256, 8), type_)
+    mm = ctx.mul_mat(w, ctx.from_numpy(x))
+    gf = _compute(be, mm)
+    (_, args, _), = [la for la in be.plan(gf).launches if la[2] is mm][:1]
+    yq, yd, ys = (arr.copy_to_host() for arr in args[4:7])
+    ref = quants.quantize(x, vdt).reshape(-1).view(D.BLOCK_DTYPES[vdt])
+    np.testing.assert_array_equal(yq.reshape(ref["qs"].shape), ref["qs"])
+    np.testing.assert_array_equal(yd, ref["d"].astype(np.float32))
+    if vdt == D.TYPE_Q8_1:
+        np.testing.assert_array_equal(ys, ref["s"].astype(np.float32))
+    if vdt == D.TYPE_Q8_K:
+        np.testing.assert_array_equal(ys, ref["bsums"].reshape(-1).astype(np.float32))
+
+
+def test_mul_mat_batches_and_row_views(be, cpu):
+    """ne3 broadcast (src0 [k, 5, 1, 1] against src1 [k, 3, 2, 2]) and src0 rows taken from a
+    bigger tensor at a byte offset (a view with nb1 of the big tensor)."""
+    type_ = D.TYPE_Q8_0
+    rng = np.random.default_rng(7)
+    big = rng.standard_normal((7, 64)).astype(np.float32)
+    x = rng.standard_normal((2, 2, 3, 64)).astype(np.float32)
+    res = []
+    for backend in (be, cpu):
+        ctx = mg.Context()
+        bq = ctx.from_numpy(big, type_)
+        w = ctx.view_2d(bq, 64, 5, bq.nb[1], bq.nb[1])        # rows 1..5
+        mm = ctx.mul_mat(w, ctx.from_numpy(x))
+        _compute(backend, mm)
+        res.append(mm.numpy())
+    assert res[0].shape == (2, 2, 3, 5)
+    _close(res[0], res[1])
+
+
+@pytest.mark.parametrize("type_", [D.TYPE_Q8_0, D.TYPE_Q4_0], ids=D.type_name)
+def test_cpy_and_set_rows_write_reference_bytes(be, type_):
+    """CPY f32 (a permuted view) -> quantized, and SET_ROWS into a quantized cache: the bytes of
+    ggml's reference quantizer; a repeated index keeps the last row, other rows stay untouched."""
+    x = _edge_rows(5, 64, 3)
+    ctx = mg.Context()
+    src = ctx.transpose(ctx.from_numpy(np.ascontiguousarray(x.T)))             # [64, 5], non-contiguous
+    dst = ctx.cpy(src, ctx.new_tensor_2d(type_, 64, 5))
+    before = quants.quantize(_edge_rows(6, 64, 4), type_)
+    cache = ctx.from_numpy(before.copy(), type_)
+    rows = _edge_rows(3, 64, 5)[::-1].copy()
+    upd = ctx.set_rows(cache, ctx.from_numpy(rows), ctx.from_numpy(np.array([4, 1, 4], np.int64)))
+    back = ctx.cpy(dst, ctx.new_tensor_2d(mg.TYPE_F16, 64, 5))                  # and dequantized again, to f16
+    _compute(be, dst, upd, back)
+    np.testing.assert_array_equal(dst.numpy(copy=False), quants.quantize(x, type_))
+    raw = upd.numpy(copy=False)
+    np.testing.assert_array_equal(raw[4], quants.quantize(rows[2], type_))       # the last write wins
+    np.testing.assert_array_equal(raw[1], quants.quantize(rows[1], type_))
+    np.testing.assert_array_equal(raw[[0, 2, 3, 5]], before[[0, 2, 3, 5]])
+    np.testing.assert_array_equal(back.numpy(), quants.dequantize(quants.quantize(x, type_), type_).astype(np.float16))
+
+
+def test_bad_indices_are_reported_after_compute(be):
+    ctx = mg.Context()
+    table = ctx.from_numpy(_edge_rows(3, 32, 1), D.TYPE_Q4_0)
+    rows = ctx.get_rows(table, ctx.from_numpy(np.array([1, 3], np.int32)))
+    with pytest.raises(mg.MinigraphError, match=r"GET_ROWS.*row index 3 .*outside 0..2"):
+        _compute(be, rows)
+    ctx = mg.Context()
+    before = quants.quantize(_edge_rows(4, 32, 2), D.TYPE_Q8_0)
+    cache = ctx.from_numpy(before.copy(), D.TYPE_Q8_0)
+    upd = ctx.set_rows(cache, ctx.from_numpy(_edge_rows(2, 32, 3)), ctx.from_numpy(np.array([0, -1], np.int32)))
+    with pytest.raises(mg.MinigraphError, match=r"SET_ROWS.*row index -1 .*nothing was written"):
+        _compute(be, upd)
+    np.testing.assert_array_equal(cache.numpy(copy=False), before)
+
+
+def test_refused_nodes_say_why_and_run_on_the_cpu(be, cpu):
+    """CUDA quantizes into Q8_0/Q4_0 only: a CPY into Q4_K is refused with the reason and the
+    scheduler runs it on the CPU; the MUL_MAT reading it stays on the GPU."""
+    ctx = mg.Context()
+    x = _edge_rows(2, 256, 6)
+    q = ctx.cpy(ctx.from_numpy(x), ctx.new_tensor_2d(D.TYPE_Q4_K, 256, 2))
+    ok, why = be.supports_op(q)
+    assert not ok and "q4_K" in why and "CPU" in why
+    cache = ctx.new_tensor_2d(D.TYPE_Q5_0, 32, 2)
+    ok, why = be.supports_op(ctx.set_rows(cache, ctx.new_tensor_2d(mg.TYPE_F32, 32, 1), ctx.new_tensor_1d(mg.TYPE_I32, 1)))
+    assert not ok and "q5_0" in why
+    y = ctx.from_numpy(np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32))
+    mm = ctx.mul_mat(q, y)
+    assert be.supports_op(mm)
+    gf = ctx.new_graph()
+    mg.build_forward_expand(gf, mm)
+    sched = mg.backend_sched_new([be, cpu])
+    sched.graph_compute(gf)
+    assert sched.get_tensor_backend(q) is cpu      # (its cause: the dst it writes is host memory)
+    assert sched.get_tensor_backend(mm) is be
+    w = quants.quantize(x, D.TYPE_Q4_K)
+    ctx2 = mg.Context()
+    want = ctx2.mul_mat(ctx2.from_numpy(w, D.TYPE_Q4_K), ctx2.from_numpy(y.numpy()))
+    _compute(cpu, want)
+    _close(mm.numpy(), want.numpy())
+
+
+# -- real shapes on a GPU ---------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(SIM, reason="decode-sized shapes: real GPU only")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("type_", TYPES, ids=D.type_name)
+@pytest.mark.parametrize("n", [1, 3, 13])
+def test_decode_shapes_match_cpu(be, cpu, type_, n):
+    """4096 x 512 weights (ne0 = 256 * 16) against 1, 3 (one mmvq launch) and 13 (two) columns."""
+    rng = np.random.default_rng(n)
+    w = rng.standard_normal((512, 4096)).astype(np.float32)
+    x = rng.standard_normal((n, 4096)).astype(np.float32)
+    res = []
+    for backend in (be, cpu):
+        ctx = mg.Context()
+        mm = ctx.mul_mat(ctx.from_numpy(w, type_), ctx.from_numpy(x))
+        _compute(backend, mm)
+        res.append(mm.numpy())
+    _close(res[0], res[1])
