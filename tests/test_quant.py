@@ -211,7 +211,9 @@ def test_nodes_without_a_quantized_kernel_are_refused_with_a_reason():
     assert ok
 
 
-def test_cuda_refuses_quantized_nodes_so_the_scheduler_keeps_them_on_the_cpu():
+def test_cuda_claims_quantized_mul_mat_and_refuses_k_quant_quantizing():
+    """CUDA runs MUL_MAT over a quantized src0 (tests/test_quant_cuda.py checks the results)
+    but quantizes into Q8_0/Q4_0 only: a CPY into Q4_K is refused, naming the type."""
     pytest.importorskip("numba.cuda")
     try:
         cuda = mg.backend_cuda_init(0)
@@ -219,8 +221,10 @@ def test_cuda_refuses_quantized_nodes_so_the_scheduler_keeps_them_on_the_cpu():
         pytest.skip(f"no CUDA backend here: {e}")
     ctx = mg.Context()
     mm = ctx.mul_mat(ctx.new_tensor_2d(mg.TYPE_Q8_0, 64, 2), ctx.new_tensor_2d(mg.TYPE_F32, 64, 1))
-    ok, reason = cuda.supports_op(mm)
-    assert not ok and "q8_0" in reason
+    assert cuda.supports_op(mm)
+    cp = ctx.cpy(ctx.new_tensor_2d(mg.TYPE_F32, 256, 2), ctx.new_tensor_2d(mg.TYPE_Q4_K, 256, 2))
+    ok, reason = cuda.supports_op(cp)
+    assert not ok and "q4_K" in reason and "CPU" in reason
 
 
 @pytest.mark.parametrize("type_", STORAGE, ids=[D.type_name(t) for t in STORAGE])
@@ -268,24 +272,27 @@ def test_cpu_cache_quantizer_is_the_reference_byte_for_byte(type_):
     np.testing.assert_array_equal(q.numpy(copy=False), quants.quantize(x, type_))
 
 
-def test_scheduler_keeps_quantized_mul_mat_on_the_cpu_next_to_cuda():
-    """With CUDA first (simulated here), the quantized MUL_MAT falls back to the CPU (CUDA
-    refuses it with a reason) and the f32 node after it still runs on CUDA."""
+def test_scheduler_quantizes_on_the_cpu_and_multiplies_on_cuda():
+    """With CUDA first (simulated here), the CPY into Q4_K falls back to the CPU (CUDA refuses
+    it with a reason) and the quantized MUL_MAT and the f32 node after it run on CUDA."""
     pytest.importorskip("numba.cuda")
     try:
         cuda = mg.backend_cuda_init(0)
     except Exception as e:  # noqa: BLE001  (no device and no simulator)
         pytest.skip(f"no CUDA backend here: {e}")
     rng = np.random.default_rng(7)
-    w = rng.standard_normal((4, 64)).astype(np.float32)
+    w = rng.standard_normal((4, 256)).astype(np.float32)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
     ctx = mg.Context()
-    mm = ctx.mul_mat(ctx.from_numpy(w, mg.TYPE_Q8_0), ctx.from_numpy(np.ones((1, 64), np.float32)))
+    wq = ctx.cpy(ctx.from_numpy(w), ctx.new_tensor_2d(mg.TYPE_Q4_K, 256, 4))
+    mm = ctx.mul_mat(wq, ctx.from_numpy(x))
     out = ctx.scale(mm, 0.5)
     gf = mg.Graph()
     gf.build_forward_expand(out)
     sched = mg.backend_sched_new([cuda, CPU])
     sched.graph_compute(gf)
-    assert sched.get_tensor_backend(mm) is CPU and sched.get_tensor_backend(out) is cuda
-    wq = quants.dequantize(quants.quantize(w, D.TYPE_Q8_0), D.TYPE_Q8_0).astype(np.float64)
-    xq = quants.dequantize(quants.quantize(np.ones((1, 64), np.float32), D.TYPE_Q8_0), D.TYPE_Q8_0)[0]
-    np.testing.assert_allclose(out.numpy().reshape(-1), 0.5 * (wq @ xq), rtol=1e-6)
+    assert sched.get_tensor_backend(wq) is CPU
+    assert sched.get_tensor_backend(mm) is cuda and sched.get_tensor_backend(out) is cuda
+    wd = quants.dequantize(quants.quantize(w, D.TYPE_Q4_K), D.TYPE_Q4_K).astype(np.float64)
+    xd = quants.dequantize(quants.quantize(x, D.TYPE_Q8_K), D.TYPE_Q8_K)[0]
+    np.testing.assert_allclose(out.numpy().reshape(-1), 0.5 * (wd @ xd), rtol=1e-5)
