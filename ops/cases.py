@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -51,6 +51,8 @@ def _cases() -> Iterator[Case]:
         yield Case("SOFT_MAX", f"ne=[17,6,4,2],mask=[17,8,2,1],scale=0.5,max_bias=8,layout={layout}",
                    lambda c, r, L=layout: c.soft_max_ext(make_input(c, r, [17, 6, 4, 2], L, -4, 4),
                                                          make_input(c, r, [17, 8, 2, 1], "cont", -2, 0), 0.5, 8.0))
+        yield Case("SOFT_MAX", f"ne=[17,6,4,2],mask=[17,8,2,1],scale=0.5,max_bias=8,sinks=1,layout={layout}",
+                   lambda c, r, L=layout: _soft_max_with_sinks(c, r, L))
         for tri_type in range(4):
             yield Case("TRI", f"ne=[7,7,3,2],type={tri_type},layout={layout}",
                        lambda c, r, L=layout, tt=tri_type: c.tri(make_input(c, r, [7, 7, 3, 2], L), tt))
@@ -151,3 +153,20 @@ def _view_case(ctx, a):
 
 CASES.extend(_cases())
 CASES.extend(_view_cases())
+
+
+def _soft_max_with_sinks(ctx: Any, rng: Any, layout: str) -> Any:
+    """soft_max_ext with ALiBi and a mask, then ggml_soft_max_add_sinks (one sink per head, ne2):
+    a module function in minigraph, a method of the bridge's context for ggml."""
+    from minigraph.core.context import Context
+
+    out = ctx.soft_max_ext(make_input(ctx, rng, [17, 6, 4, 2], layout, -4, 4),
+                           make_input(ctx, rng, [17, 8, 2, 1], "cont", -2, 0), 0.5, 8.0)
+    sinks = make_input(ctx, rng, [4], "cont", -2.0, 2.0)
+    if isinstance(ctx, Context):
+        from minigraph.ops.reduce import soft_max_add_sinks
+
+        soft_max_add_sinks(out, sinks)
+    else:
+        ctx.soft_max_add_sinks(out, sinks)
+    return out

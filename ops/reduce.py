@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from minigraph.core import dtypes
-from minigraph.core.errors import expect
+from minigraph.core.errors import MinigraphError, expect
 from minigraph.core.tensor import Tensor
 
 from minigraph.ops.common import F32, check_float, check_int, check_number, check_tensor
@@ -62,22 +62,33 @@ def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
     return np.array([m0 ** (h + 1) if h < n_log2 else m1 ** (2 * (h - n_log2) + 1) for h in range(n_head)])
 
 
-def _ref_soft_max(node, a, mask, scale, max_bias, has_mask):
+def _ref_soft_max(node, a, mask, sinks, scale, max_bias, has_mask, has_sinks):
     x = a * scale
     if has_mask:
         m = mask[:, :, : a.shape[2], :]
         m = np.tile(m, (a.shape[0] // m.shape[0], a.shape[1] // m.shape[1], 1, 1))
         x = x + alibi_slopes(a.shape[1], max_bias)[None, :, None, None] * m
-    x = x - x.max(axis=3, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=3, keepdims=True)
+    mx = x.max(axis=3, keepdims=True)
+    if has_sinks:   # one more logit per head (ne2) in the denominator, never in the output
+        sink = sinks.reshape(-1)[: a.shape[1]][None, :, None, None]
+        mx = np.maximum(mx, sink)
+    e = np.exp(x - mx)
+    total = e.sum(axis=3, keepdims=True)
+    if has_sinks:
+        total = total + np.exp(sink - mx)
+    return e / total
 
 
-SOFT_MAX = register(OpDef("SOFT_MAX", "reduce", _ref_soft_max, params=("scale", "max_bias", "has_mask"),
+def _rebuild_soft_max(ctx, spec, a: Tensor, mask: Optional[Tensor], sinks: Optional[Tensor] = None) -> Tensor:
+    t = ctx.soft_max_ext(a, mask, spec.params.get("scale"), spec.params.get("max_bias"))
+    soft_max_add_sinks(t, sinks)
+    return t
+
+
+SOFT_MAX = register(OpDef("SOFT_MAX", "reduce", _ref_soft_max, params=("scale", "max_bias", "has_mask", "has_sinks"),
                           float_params=("scale", "max_bias"),
                           flops=lambda n: 4.0 * np.prod(n.ne),
-                          rebuild=lambda ctx, spec, a, mask: ctx.soft_max_ext(
-                              a, mask, spec.params.get("scale"), spec.params.get("max_bias"))))
+                          rebuild=_rebuild_soft_max))
 
 
 @builder("sum")
@@ -204,4 +215,25 @@ def soft_max_ext(ctx, a: Tensor, mask: Optional[Tensor], scale: float, max_bias:
         expect(mask.type in (F32, dtypes.TYPE_F16) and mask.ne[0] == a.ne[0] and mask.ne[1] >= a.ne[1]
                and mask.ne[2] > 0 and mask.ne[3] > 0 and a.ne[2] % mask.ne[2] == 0 and a.ne[3] % mask.ne[3] == 0,
                "soft_max_ext", "mask must be f32/f16 [ne0, >= ne1, divisor of ne2, divisor of ne3]", a, mask)
-    return ctx.new_node(SOFT_MAX, F32, a.ne, [a, mask], params=params)
+    params["has_sinks"] = 0
+    return ctx.new_node(SOFT_MAX, F32, a.ne, [a, mask, None], params=params)
+
+
+def soft_max_add_sinks(a: Tensor, sinks: Optional[Tensor]) -> None:
+    """ggml_soft_max_add_sinks: sinks f32 [n_head] (n_head = a's src ne2) become the SOFT_MAX
+    node's src[2], one extra logit per head in each row's denominator (gpt-oss attention without
+    flash attention; the probabilities no longer sum to 1). None removes them. Call before
+    building the graph."""
+    fn = "soft_max_add_sinks"
+    if not isinstance(a, Tensor) or a.op != "SOFT_MAX":
+        raise MinigraphError(f"{fn}: expects a SOFT_MAX node, got {getattr(a, 'op', type(a).__name__)!r}")
+    if sinks is None:
+        a.src[2] = None
+        a.op_params["has_sinks"] = 0
+        return
+    check_tensor(fn, sinks)
+    expect(a.src[2] is None, fn, "the node already has sinks", a, a.src[2])
+    expect(sinks.type == F32 and sinks.ne[0] == a.src[0].ne[2], fn,
+           f"sinks must be f32 with ne0 == n_head = {a.src[0].ne[2]} (the softmax input's ne2)", a.src[0], sinks)
+    a.src[2] = sinks
+    a.op_params["has_sinks"] = 1

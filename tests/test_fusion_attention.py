@@ -23,7 +23,7 @@ def row(t, n):
 
 
 def gqa(ctx, rng, D=16, Dv=8, H=4, H_kv=2, T=3, n_kv=7, n_stream=1, mask=True, max_bias=0.0, softcap=0.0,
-        v_trans=False, kv_type=F32, kv_size=9):
+        v_trans=False, kv_type=F32, kv_size=9, sinks=False):
     """q [D, H, T * n_stream], K/V cache views as llama_kv_cache::get_k / get_v build them, the
     mask [n_kv, T, 1, n_stream] (random, -inf sprinkled, one cell always open), then build_attn_mha."""
     def leaf(ne, lo=-1.0, hi=1.0, type_=F32):
@@ -47,7 +47,8 @@ def gqa(ctx, rng, D=16, Dv=8, H=4, H_kv=2, T=3, n_kv=7, n_stream=1, mask=True, m
         a[rng.uniform(size=a.shape) < 0.3] = -np.inf
         a[..., 0] = 0.0
         m = ctx.from_numpy(a.astype(np.float32)).set_name("kq_mask")
-    out = mla.build_attn_mha(ctx, q, k, v, None, m, None, None, 1.0 / np.sqrt(D), flash_attn=False,
+    sk = ctx.from_numpy(rng.uniform(-2.0, 2.0, size=H).astype(np.float32)).set_name("sinks") if sinks else None
+    out = mla.build_attn_mha(ctx, q, k, v, None, m, sk, None, 1.0 / np.sqrt(D), flash_attn=False,
                              max_bias=max_bias, softcap=softcap)
     return ctx.rms_norm(out, 1e-6).set_name("downstream")
 
@@ -77,7 +78,8 @@ def ops(g):
 GQA_CASES = [dict(),                                                 # GQA 4/2, mask
              dict(mask=False, v_trans=True, n_stream=2),              # no mask, transposed V cache, 2 streams
              dict(H=6, H_kv=1, softcap=3.0, max_bias=8.0),            # MQA, softcap, ALiBi
-             dict(kv_type=F16, T=1, n_kv=9, H=2, H_kv=2, D=8, Dv=8)]  # MHA decode, f16 cache
+             dict(kv_type=F16, T=1, n_kv=9, H=2, H_kv=2, D=8, Dv=8),  # MHA decode, f16 cache
+             dict(sinks=True, max_bias=4.0)]                          # gpt-oss sinks (soft_max_add_sinks), ALiBi
 
 
 @pytest.mark.parametrize("kw", GQA_CASES, ids=[",".join(f"{k}={v}" for k, v in c.items()) or "plain" for c in GQA_CASES])
@@ -88,6 +90,8 @@ def test_gqa_layer_fuses_and_agrees(kw):
     run = mg.optimize(gf, CPU)
     assert "FLASH_ATTN_EXT" in ops(run.graph) and "SOFT_MAX" not in ops(run.graph), str(run.log)
     assert "TANH" not in ops(run.graph) and ops(run.graph).count("MUL_MAT") == 0
+    fa = next(n for n in run.graph.nodes if n.op == "FLASH_ATTN_EXT")
+    assert (fa.src[4] is not None and fa.src[4].name == "sinks") == kw.get("sinks", False)
     (a,), (b,) = both(gf, [out])
     assert nmse(b, a) < 1e-6
 

@@ -114,8 +114,8 @@ def test_refusals():
         mla.make_inputs(ctx, cfg, np.random.default_rng(0), 4, 3, kv_size=5)
     q = ctx.new_tensor_3d(F32, 8, 2, 1)
     k = ctx.new_tensor_4d(F32, 8, 1, 4, 1)
-    with pytest.raises(mg.MinigraphError, match="sinks"):
-        mla.build_attn_mha(ctx, q, k, k, None, None, ctx.new_tensor_1d(F32, 2), None, 1.0, flash_attn=False)
+    with pytest.raises(mg.MinigraphError, match="soft_max_add_sinks"):   # one sink a head: 2 heads, not 3
+        mla.build_attn_mha(ctx, q, k, k, None, None, ctx.new_tensor_1d(F32, 3), None, 1.0, flash_attn=False)
 
 
 # -- the rope shift ----------------------------------------------------------------------------

@@ -161,9 +161,20 @@ CASES = [
     ("rms_norm_negative_eps", lambda c: c.rms_norm(src48(c), -1e-6), r"rms_norm", ["'src'"]),
     ("soft_max_ext_bad_mask",
      lambda c: c.soft_max_ext(src48(c), t(c, [3, 3], "mask"), 1.0, 0.0), r"soft_max_ext", ["'mask'"]),
+    ("soft_max_add_sinks_not_a_softmax", lambda c: mg.soft_max_add_sinks(c.scale(src48(c), 2.0), t(c, [1], "sinks")),
+     r"soft_max_add_sinks", ["SOFT_MAX", "'SCALE'"]),
+    ("soft_max_add_sinks_wrong_count", lambda c: mg.soft_max_add_sinks(c.soft_max(src48(c)), t(c, [2], "sinks")),
+     r"soft_max_add_sinks", ["'sinks'", "n_head = 1"]),
+    ("soft_max_add_sinks_twice", lambda c: _sinks_twice(c), r"soft_max_add_sinks", ["already has sinks"]),
     # -- graphs -----------------------------------------------------------------------------------------
     ("build_forward_expand_numpy", lambda c: mg.build_forward_expand(c.new_graph(), np.zeros(3)), r"build_forward_expand", []),
 ]
+
+
+def _sinks_twice(c):
+    sm = c.soft_max(src48(c))
+    mg.soft_max_add_sinks(sm, t(c, [1], "sinks"))
+    mg.soft_max_add_sinks(sm, t(c, [1], "sinks2"))
 
 
 # Refusals that once slipped through (bad ints multiplied before their check, negative sizes).

@@ -104,12 +104,13 @@ def norm_rows(dst, a, eps, kind):
 
 
 @kernel
-def soft_max(dst, a, mask, scale, max_bias, has_mask):
-    """softmax(a*scale + slope*mask) along ne0.
+def soft_max(dst, a, mask, sinks, scale, max_bias, has_mask, has_sinks):
+    """softmax(a*scale + slope*mask) along ne0, with ggml's sinks: sinks[i2] joins each row's
+    max and adds exp(sink - max) to its denominator (it has no output column).
 
     mask row i1 goes with row i1 (the mask may have more rows); it broadcasts over ne2/ne3 by
     modulo. slope is ggml's ALiBi slope of head i2 (n_head = ne2), 1 when max_bias is 0.
-    When has_mask is 0 the mask argument is a dummy and is never read.
+    When has_mask / has_sinks is 0 that argument is a dummy and is never read.
     """
     n3, n2, n1, n0 = a.shape
     k3, k2 = mask.shape[0], mask.shape[1]
@@ -130,12 +131,18 @@ def soft_max(dst, a, mask, scale, max_bias, has_mask):
                 x += slope * mask[i3 % k3, i2 % k2, i1, i0]
             dst[i3, i2, i1, i0] = x
             mx = max(mx, x)
+        sink = np.float32(0.0)
+        if has_sinks:
+            sink = sinks[0, 0, 0, i2]
+            mx = max(mx, sink)
         # pass 2: exp(x - max) and the f64 sum; pass 3: normalise
         s = 0.0
         for i0 in range(n0):
             e = np.exp(dst[i3, i2, i1, i0] - np.float32(mx))
             dst[i3, i2, i1, i0] = e
             s += e
+        if has_sinks:
+            s += np.exp(sink - np.float32(mx))
         inv = np.float32(1.0 / s)
         for i0 in range(n0):
             dst[i3, i2, i1, i0] *= inv

@@ -126,10 +126,10 @@ def _logit(meta, a, mask, i0, i1, i2, i3, sc, slope, has_mask):
 
 
 @cuda.jit
-def soft_max(meta, dst, a, mask, scale, max_bias, has_mask, m0, m1, n_log2):
+def soft_max(meta, dst, a, mask, sinks, scale, max_bias, has_mask, has_sinks, m0, m1, n_log2):
     """softmax(a*scale + slope*mask) along ne0, block r on row r; slope is ggml's ALiBi slope of
-    head i2 (m0, m1, n_log2 come from the host), 1 when max_bias is 0. Three passes over the row:
-    max, sum of exp, store."""
+    head i2 (m0, m1, n_log2 come from the host), 1 when max_bias is 0; sinks[i2] (has_sinks)
+    joins the row's max and its denominator. Three passes over the row: max, sum of exp, store."""
     shf = cuda.shared.array(RBLOCK, float32)
     sh = cuda.shared.array(RBLOCK, float64)
     i1, i2, i3 = row_of(meta, cuda.blockIdx.x)
@@ -143,10 +143,17 @@ def soft_max(meta, dst, a, mask, scale, max_bias, has_mask, m0, m1, n_log2):
     for i0 in range(tid, n0, cuda.blockDim.x):
         mx = max(mx, _logit(meta, a, mask, i0, i1, i2, i3, sc, slope, has_mask))
     mx = block_max(shf, mx)
+    sink = float32(0.0)
+    if has_sinks:
+        sink = sinks[at(meta, 3, i2, 0, 0, 0)]
+        mx = max(mx, sink)
     s = 0.0
     for i0 in range(tid, n0, cuda.blockDim.x):
         s += math.exp(_logit(meta, a, mask, i0, i1, i2, i3, sc, slope, has_mask) - mx)
-    inv = float32(1.0 / block_sum(sh, s))
+    total = block_sum(sh, s)
+    if has_sinks:
+        total += math.exp(sink - mx)
+    inv = float32(1.0 / total)
     for i0 in range(tid, n0, cuda.blockDim.x):
         e = math.exp(_logit(meta, a, mask, i0, i1, i2, i3, sc, slope, has_mask) - mx)
         dst[at(meta, 0, i0, i1, i2, i3)] = e * inv

@@ -48,6 +48,7 @@ from minigraph.core.dtypes import TYPE_F16, TYPE_F32, TYPE_I64
 from minigraph.core.errors import MinigraphError
 from minigraph.core.tensor import row_size
 from minigraph.ops.attention import PREC_F32, flash_attn_ext_add_sinks, flash_attn_ext_set_prec
+from minigraph.ops.reduce import soft_max_add_sinks
 
 Tensor = Any    # a minigraph Tensor (anything with ne, nb, type)
 Context = Any   # a minigraph Context: ctx.X(...) is ggml_X(ctx, ...)
@@ -269,9 +270,6 @@ def build_attn_mha(ctx: Context, q: Tensor, k: Tensor, v: Tensor, kq_b: Optional
             cur = ctx.cont(cur)
         return ctx.reshape_2d(cur, cur.ne[0] * cur.ne[1], cur.ne[2] * cur.ne[3])
 
-    if sinks is not None:
-        raise MinigraphError("build_attn_mha: sinks without flash attention need ggml_soft_max_add_sinks, "
-                         "which minigraph does not have")
     kq = ctx.mul_mat(k, q).set_name("kq")
     if softcap != 0.0:
         kq = ctx.scale(kq, 1.0 / softcap).set_name("kq_scaled_1")
@@ -280,6 +278,7 @@ def build_attn_mha(ctx: Context, q: Tensor, k: Tensor, v: Tensor, kq_b: Optional
     if kq_b is not None:
         kq = ctx.add(kq, kq_b).set_name("kq_plus_kq_b")
     kq = ctx.soft_max_ext(kq, kq_mask, kq_scale, max_bias).set_name("kq_soft_max")
+    soft_max_add_sinks(kq, sinks)
     if not v_trans:
         v = ctx.cont(ctx.transpose(v)).set_name("v_cont")   # llama.cpp: "note: avoid this branch"
     kqv = ctx.mul_mat(v, kq).set_name("kqv")

@@ -39,7 +39,7 @@ from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.registry import OPS
 from minigraph.core.tensor import Tensor
-from minigraph.ops.attention import PREC_F32, flash_attn_ext_set_prec
+from minigraph.ops.attention import PREC_F32, flash_attn_ext_add_sinks, flash_attn_ext_set_prec
 from minigraph.passes.elementwise import user_names
 from minigraph.passes.patterns import AX0213, Miss, P, PatternMatcher, normalise, relabel_chain
 from minigraph.passes.pipeline import PassLog, Rewrite, Target
@@ -62,6 +62,7 @@ class Region:
     scale: float
     max_bias: float
     softcap: float
+    sinks: Optional[Tensor]
     chain: list          # kq, its SCALE/TANH nodes, the softmax (each read only by the next)
 
 
@@ -110,8 +111,9 @@ def _region(kqv: Tensor, caps: dict) -> Union[Region, Miss]:
     else:
         scale, softcap = s * outer, 0.0
     mask = sm.src[1] if sm.op_params.get("has_mask") else None
+    sinks = sm.src[2] if sm.op_params.get("has_sinks") else None
     return Region(q=kq.src[1], k=kq.src[0], vt=caps["vt"], mask=mask, scale=scale,
-                  max_bias=float(sm.op_params["max_bias"]), softcap=softcap, chain=chain + [sm])
+                  max_bias=float(sm.op_params["max_bias"]), softcap=softcap, sinks=sinks, chain=chain + [sm])
 
 
 ATTENTION = PatternMatcher([(KQV, _region)])
@@ -203,6 +205,7 @@ def attention_pass(graph: Graph, target: Target, log: PassLog, keep: set) -> lis
             continue
         try:
             fa = ctx.flash_attn_ext(r.q, r.k, _v_for_fa(ctx, r.vt), r.mask, r.scale, r.max_bias, r.softcap)
+            flash_attn_ext_add_sinks(fa, r.sinks)   # the softmax's sinks (gpt-oss) become FA's
         except MinigraphError as e:
             log.add(PASS, "near_miss", Miss(kqv, f"FLASH_ATTN_EXT refuses the operands: {e}"))
             continue
