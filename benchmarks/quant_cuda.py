@@ -11,9 +11,10 @@ CUDA graph of the dot launches only (the same as "node" where one src1 column is
 the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2 GiB f32 buffer
 (torch; not measured without it). Spread: the min and max of `--runs` timed runs of each case.
 
-`--variants` times the same weights and buffers again with other quant_mmvq.cu configurations
-(compile-time constants of quant_mmvq.CONFIG, and fuse=0 for the two-launch form), one CUDA graph
-each, e.g. --variants "two:fuse=0;t128:TILE_UNITS=128".
+`--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
+quant_mmvq.CONFIG, compile-time constants; other keys set module knobs: FUSE=0 the two-launch form,
+FUSED_MAX_BYTES=1e12 one launch at any size), one CUDA graph each, e.g.
+--variants "two:FUSE=0;mb12:MIN_BLOCKS=12".
 
     python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--f32] [--variants SPEC] [--json out.json]
 """
@@ -60,35 +61,34 @@ def _events_time(stream, fn, reps: int) -> float:
     return cuda.event_elapsed_time(start, stop) / 1e3
 
 
-def parse_variants(spec: str) -> list[tuple[str, dict, bool]]:
-    """"name:KEY=V,KEY=V;..." -> [(name, CONFIG overrides, fuse)]"""
+def parse_variants(spec: str) -> list[tuple[str, dict, dict]]:
+    """"name:KEY=V,KEY=V;..." -> [(name, CONFIG overrides, module knob overrides)]"""
     out = []
     for item in filter(None, spec.split(";")):
         name, _, body = item.partition(":")
-        conf, fuse = {}, True
+        conf, knobs = {}, {}
         for kv in filter(None, body.split(",")):
             k, _, v = kv.partition("=")
-            if k == "fuse":
-                fuse = v != "0"
-            else:
-                conf[k] = int(v)
-        out.append((name, conf, fuse))
+            (conf if k in quant_mmvq.CONFIG else knobs)[k] = int(float(v))
+        out.append((name, conf, knobs))
     return out
 
 
 def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies: int) -> dict:
     """name -> [us a mat-vec] of the plan's quantized MUL_MATs relaunched under each variant."""
     stream = be.stream
-    base, base_fuse = dict(quant_mmvq.CONFIG), quant_mmvq.FUSE
+    base = dict(quant_mmvq.CONFIG)
+    base_knobs = {k: getattr(quant_mmvq, k) for k in ("FUSE", "FUSED_MAX_BYTES")}
     firsts = {}
     for cfg, args, n in plan.launches:
         if n.op == "MUL_MAT" and n not in firsts:
             firsts[n] = args
     out = {}
     try:
-        for name, conf, fuse in variants:
+        for name, conf, knobs in variants:
             quant_mmvq.CONFIG.update(conf)
-            quant_mmvq.FUSE = fuse
+            for k, v in {**base_knobs, **knobs}.items():
+                setattr(quant_mmvq, k, v)
             seq = []
             for n, args in firsts.items():
                 for la in quant_mmvq.launches(n, tuple(args[4:7])):
@@ -101,7 +101,8 @@ def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies
     finally:
         quant_mmvq.CONFIG.clear()
         quant_mmvq.CONFIG.update(base)
-        quant_mmvq.FUSE = base_fuse
+        for k, v in base_knobs.items():
+            setattr(quant_mmvq, k, v)
     return out
 
 
@@ -202,7 +203,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--f32", action="store_true", help="also minigraph's f32 MUL_MAT (slow kernel, big copies)")
-    ap.add_argument("--variants", default="", help='e.g. "two:fuse=0;t128:TILE_UNITS=128"')
+    ap.add_argument("--variants", default="", help='e.g. "two:FUSE=0;mb12:MIN_BLOCKS=12"')
     ap.add_argument("--json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)

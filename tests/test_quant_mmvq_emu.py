@@ -2,10 +2,8 @@
 tests/cuda_emu_mmvq.py (every thread an OS thread, shared memory starting stale) on the grids,
 shared memory and fields quant_mmvq.launches gives them, against the CPU backend.
 
-K = 4352 = 64 + 64 + 8 units: two full tiles (16-byte loads; the first in flight during the
-quantize of the fused kernel, the second while the first is used) and a partial tile (the 16-bit
-copy); M = 5 leaves warps past the last row. The unaligned cases give some rows (not all) starts
-that are not multiples of 16 bytes.
+K = 4352 = 136 units: lanes with 5 units and lanes with 4, an uneven split of src1's quantization
+over the fused kernel's warps; M = 5 leaves warps past the last row.
 The fused kernel (src1 quantized in shared memory) must give the two-launch kernel's floats bit
 for bit: the same integer sums scaled in the same order. Tolerance against the CPU as in
 test_quant_cuda.py (|diff| <= 1e-5 * max |cpu|).
@@ -25,7 +23,7 @@ pytestmark = pytest.mark.skipif(cuda_emu_mmvq.available() is not None,
 K = 4352
 MM_TOL = 1e-5
 FUSED_TYPES = [D.TYPE_Q8_0, D.TYPE_Q4_1, D.TYPE_Q4_K, D.TYPE_Q6_K]
-UNALIGNED_TYPES = [D.TYPE_Q4_0, D.TYPE_Q5_0, D.TYPE_Q6_K]      # (Q5_K's 176-byte blocks keep rows 16-aligned)
+UNALIGNED_TYPES = [D.TYPE_Q4_0, D.TYPE_Q5_0, D.TYPE_Q6_K]      # the types read in 16-bit loads
 # one emulator build for the whole file
 KERNELS = tuple(f"mmvq_{t}_{s}" for t in FUSED_TYPES for s in "f1") + tuple(f"mmvq_{t}_4" for t in UNALIGNED_TYPES)
 
@@ -38,8 +36,10 @@ def _node(type_, n, offset_rows=False, seed=0):
     x[0, 256:512] = 0                                    # a zero src1 block / super-block
     ctx = mg.Context()
     wq = ctx.from_numpy(w, type_)
-    if offset_rows:   # rows 1..5 of a [K + one block, 6] tensor: nb1 not a multiple of 16
-        wide = quants.quantize(np.pad(w, ((0, 0), (0, D.blck_size(type_)))), type_)
+    if offset_rows:   # rows 1..5 of a tensor whose nb1 is 2 mod 4 (a block more where K's is not)
+        bs, ts = D.blck_size(type_), D.type_size(type_)
+        pad = 0 if (K // bs * ts) % 4 == 2 else bs
+        wide = quants.quantize(np.pad(w, ((0, 0), (0, pad))), type_)
         big = ctx.from_numpy(wide, type_)
         wq = ctx.view_2d(big, K, 5, big.nb[1], big.nb[1])
     else:
@@ -77,10 +77,10 @@ def test_fused_and_two_launch_kernels_match_cpu(type_):
 
 @pytest.mark.parametrize("type_", UNALIGNED_TYPES, ids=D.type_name)
 def test_columns_and_unaligned_rows_match_cpu(type_):
-    """Three src1 columns (mmvq_T_4, one column idle) over rows that are not 16-byte aligned
-    (every tile through the 16-bit copy)."""
+    """Three src1 columns (mmvq_T_4, one column idle) over rows at 2-byte aligned offsets (the
+    16-bit loads of the 2-byte aligned types)."""
     node, _ = _node(type_, 3, offset_rows=True)
-    assert node.src[0].nb[1] % 16                    # every row through the 16-bit copy
+    assert node.src[0].nb[1] % 4 == 2
     got, _, bad = cuda_emu_mmvq.run_mul_mat(node, kernels=KERNELS)
     assert bad == 0
     _close(got, _cpu(node).reshape(got.shape))
@@ -97,7 +97,7 @@ def _nvrtc() -> bool:
 
 @pytest.mark.skipif(not _nvrtc(), reason="NVRTC is not installed")
 def test_nvrtc_builds_without_spills():
-    """Every kernel of quant_mmvq.cu compiles for sm_90 and keeps its tile words, unit and sums in
+    """Every kernel of quant_mmvq.cu compiles for sm_90 and keeps its unit words and sums in
     registers (a spill would be local-memory traffic in the loop over the row)."""
     from minigraph.backends.cuda import quant_mmvq
 

@@ -2,19 +2,17 @@
 // Q8_1 / Q8_K, ggml's reference quantizers byte for byte): ggml's CPU semantics, the integer dot
 // product of a 32-element unit with dp4a (four int8 products an instruction), scaled per block.
 //
-// One warp a src0 row m. The row is read in tiles of TILE_UNITS units: the warp loads a tile with
-// 16-byte loads (lane-strided words, so each load instruction of the warp reads 512 contiguous
-// bytes), keeps it in registers while it works on the tile before (one tile in flight a warp),
-// then puts it in shared memory, where each lane decodes whole units (u = lane, lane + 32, ...).
-// A row that is not 16-byte aligned, and a row's last partial tile, are copied with 16-bit loads
-// (slower, same numbers). A butterfly of shuffles sums the lanes.
-//
-// Two forms:
-//   mmvq_T_NC  src1 already quantized (quantize_q8, a launch before); NC src1 columns a warp, each
-//              unit decoded once for them. Block WARPS rows; grid (rows / WARPS, columns / NC, ne2 * ne3).
+// One warp a src0 row m; its lanes walk the row's units (u = lane, lane + 32, ...), each unit's
+// weights loaded once for all the src1 columns of the launch; a butterfly of shuffles sums the
+// lanes. Two forms:
+//   mmvq_T_NC  src1 already quantized (quantize_q8, a launch before); NC src1 columns a warp.
+//              Block WARPS rows; grid (rows / WARPS, columns / NC, ne2 * ne3).
 //   mmvq_T_f   one src1 column, quantized by the block itself into shared memory (one launch, not
-//              two): the warps first issue their first tile's loads, then quantize, then sync.
+//              two): each warp first issues the loads of its first unit, then the block quantizes
+//              src1, then syncs. Every block quantizes all of src1 again (K floats from L2), which
+//              pays where the launch gap dominates (small weights), not where bandwidth does.
 //              Block WARPS_FUSED rows; grid (rows / WARPS_FUSED, 1, ne2 * ne3).
+// Same integer sums added in the same order: the two forms give the same floats.
 //
 // Units: a row of K elements is K / 32 units; unit u covers elements 32u .. 32u + 31 (a 32-block
 // of Q4_0 ... Q8_0, or group u % 8 of super-block u / 8 for Q4_K, Q5_K, Q6_K). A unit becomes
@@ -24,9 +22,8 @@
 // Byte layout (ggml-common.h): Q4_0 {d, qs[16]} 18 B, Q4_1 {d, m, qs[16]} 20 B, Q5_0 {d, qh[4],
 // qs[16]} 22 B, Q5_1 {d, m, qh[4], qs[16]} 24 B, Q8_0 {d, qs[32]} 34 B, Q4_K {d, dmin,
 // scales[12], qs[128]} 144 B, Q5_K {d, dmin, scales[12], qh[32], qs[128]} 176 B, Q6_K {ql[128],
-// qh[64], scales[16], d} 210 B. 64 units of any of them are a multiple of 16 bytes, so with a
-// 16-byte aligned row every full tile starts 16-byte aligned. In shared memory the 18/22/34/210-byte
-// blocks are read as 16-bit halves, the others as 32-bit words.
+// qh[64], scales[16], d} 210 B. 18/22/34/210-byte blocks are 2-byte aligned: their words are read
+// as two 16-bit loads; the others as 32-bit loads (quant_mmvq.py checks the row alignment).
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -43,8 +40,13 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #ifndef WARPS_FUSED
 #define WARPS_FUSED 8
 #endif
-#ifndef TILE_UNITS
-#define TILE_UNITS 64
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
+#endif
+#if MIN_BLOCKS > 0
+#define BOUNDS(n) __launch_bounds__(n, MIN_BLOCKS)
+#else
+#define BOUNDS(n) __launch_bounds__(n)
 #endif
 
 // -- device intrinsics (tests/cuda_emu_mmvq.py swaps this section for plain C++) --
@@ -59,9 +61,6 @@ static __device__ __forceinline__ float round_f16(float x) {   // GGML_FP32_TO_F
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
-}
-static __device__ __forceinline__ uint4 ld16_global(const u8* p) {   // read-only path, 16-byte aligned
-    return __ldg((const uint4*)p);
 }
 static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-byte aligned address
     const u16* h = (const u16*)p;
@@ -182,36 +181,9 @@ template <int T> static __device__ __forceinline__ float unit_dot(const Unit& w,
     return (float)(w.sc0 * (s0 + s1)) * (w.d * dy) - (float)w.sc1 * sy * (w.m * dy);
 }
 
-// -- tiles: a warp's TILE_UNITS units of its row, read into shared memory ---------------------
+// -- the dot products ---------------------------------------------------------------------
 
-static __host__ __device__ constexpr int blk_bytes(int T) {
-    return T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : T == T_Q5_0 ? 22 : T == T_Q5_1 ? 24 : T == T_Q8_0 ? 34
-         : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : 210;
-}
 static __host__ __device__ constexpr bool is_kq(int T) { return T == T_Q4_K || T == T_Q5_K || T == T_Q6_K; }
-static __host__ __device__ constexpr int blk_units(int T) { return is_kq(T) ? 8 : 1; }
-static __host__ __device__ constexpr int tile_bytes(int T) { return TILE_UNITS / blk_units(T) * blk_bytes(T); }
-static __host__ __device__ constexpr int tile_words(int T) { return tile_bytes(T) / 16; }
-static __host__ __device__ constexpr int lane_words(int T) { return (tile_words(T) + 31) / 32; }
-static_assert(TILE_UNITS % 64 == 0, "64 units of every type are whole 16-byte words");
-
-template <int T> static __device__ __forceinline__ void tile_load(const u8* src, uint4* r, int lane) {
-#pragma unroll
-    for (int i = 0; i < lane_words(T); ++i) {
-        const int w = lane + 32 * i;
-        if (w < tile_words(T)) r[i] = ld16_global(src + 16 * w);
-    }
-}
-template <int T> static __device__ __forceinline__ void tile_store(u8* tile, const uint4* r, int lane) {
-#pragma unroll
-    for (int i = 0; i < lane_words(T); ++i) {
-        const int w = lane + 32 * i;
-        if (w < tile_words(T)) *(uint4*)(tile + 16 * w) = r[i];
-    }
-}
-static __device__ __forceinline__ void tile_copy2(const u8* src, u8* tile, int bytes, int lane) {
-    for (int h = lane; h < bytes / 2; h += 32) ((u16*)tile)[h] = ((const u16*)src)[h];
-}
 
 // unit u's weights w times the columns 0 .. ncols - 1 of src1 quantized (column c: quants
 // yq + c * sq, block scales yd + c * sd, sums ys + c * ss), added into acc
@@ -232,31 +204,6 @@ static __device__ __forceinline__ void accumulate(const Unit& w, int u, const si
             }
             acc[c] += unit_dot<T>(w, y, dy, sy);
         }
-    }
-}
-
-// the row's nu units, tile by tile; r holds tile 0 already when the row is wide and has a full tile
-template <int T, int NC>
-static __device__ __forceinline__ void row_tiles(const u8* row, int nu, bool wide, u8* tile, uint4* r,
-                                                 const signed char* yq, const float* yd, const float* ys,
-                                                 i64 sq, i64 sd, i64 ss, int ncols, float* acc, int lane) {
-    const int nt = (nu + TILE_UNITS - 1) / TILE_UNITS;
-    for (int t = 0; t < nt; ++t) {
-        const int tu = min(TILE_UNITS, nu - t * TILE_UNITS);
-        if (wide && tu == TILE_UNITS) tile_store<T>(tile, r, lane);
-        else tile_copy2(row + (i64)t * tile_bytes(T), tile, tu / blk_units(T) * blk_bytes(T), lane);
-        __syncwarp();
-        if (wide && nu - (t + 1) * TILE_UNITS >= TILE_UNITS) tile_load<T>(row + (i64)(t + 1) * tile_bytes(T), r, lane);
-#pragma unroll
-        for (int j0 = 0; j0 < TILE_UNITS; j0 += 32) {
-            const int j = j0 + lane;
-            if (j < tu) {
-                Unit w;
-                load_unit<T>(tile, j, w);
-                accumulate<T, NC>(w, t * TILE_UNITS + j, yq, yd, ys, sq, sd, ss, ncols, acc);
-            }
-        }
-        __syncwarp();
     }
 }
 
@@ -286,24 +233,27 @@ template <int NC> static __device__ __forceinline__ void store_sums(const Args& 
 }
 
 template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args& p) {
-    extern __shared__ __align__(16) u8 smem[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int m = blockIdx.x * WARPS + warp;
-    if (m >= p.M) return;                            // (no block-wide barrier in this form)
+    const int lane = threadIdx.x & 31;
+    const int m = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    if (m >= p.M) return;
     const int n0 = blockIdx.y * NC;
     const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
     const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
     const int nu = p.K >> 5;
     const i64 nd = is_kq(T) ? p.K >> 8 : nu, ns = is_kq(T) ? p.K >> 4 : nu;
     const i64 r0 = ((i64)i3 * p.n2 + i2) * p.N + n0;   // src1 row of column n0
-    const bool wide = ((u64)row & 15) == 0;
-    uint4 r[lane_words(T)];
-    if (wide && nu >= TILE_UNITS) tile_load<T>(row, r, lane);
+    const signed char* yq = p.yq + r0 * p.K;
+    const float *yd = p.yd + r0 * nd, *ys = p.ys + r0 * ns;
+    const int ncols = min(NC, p.N - n0);
     float acc[NC];
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[c] = 0.f;
-    row_tiles<T, NC>(row, nu, wide, smem + warp * tile_bytes(T), r, p.yq + r0 * p.K, p.yd + r0 * nd, p.ys + r0 * ns,
-                     p.K, nd, ns, min(NC, p.N - n0), acc, lane);
+    // one unit a step (loading two before either is used measured 10-15% slower on an H200)
+    for (int u = lane; u < nu; u += 32) {
+        Unit w;
+        load_unit<T>(row, u, w);
+        accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+    }
     store_sums<NC>(p, acc, m, n0, i2, i3, lane);
 }
 
@@ -421,7 +371,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
 }
 
 // -- one src1 column quantized in the block, then the dot products (one launch) ---------------
-// Shared memory: WARPS_FUSED tiles, then src1's K quants, its block scales, its sums.
+// Shared memory: src1's K quants, its block scales, its sums.
 
 template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p) {
     extern __shared__ __align__(16) u8 smem[];
@@ -430,14 +380,13 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
     const int nu = p.K >> 5;
     const int nd = is_kq(T) ? p.K >> 8 : nu;
-    signed char* sq = (signed char*)(smem + WARPS_FUSED * tile_bytes(T));
+    signed char* sq = (signed char*)smem;
     float* sd = (float*)(sq + p.K);
     float* ss = sd + nd;
     const bool live = m < p.M;                   // (a warp past the last row still quantizes)
-    const u8* row = p.x + (live ? m : 0) * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
-    const bool wide = live && ((u64)row & 15) == 0;
-    uint4 r[lane_words(T)];
-    if (wide && nu >= TILE_UNITS) tile_load<T>(row, r, lane);    // in flight while src1 is quantized
+    const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
+    Unit w0;
+    if (live && lane < nu) load_unit<T>(row, lane, w0);          // in flight while src1 is quantized
     const float* x = p.b + i2 * p.b2 + i3 * p.b3;
     if (is_kq(T)) {
         for (int sb = warp; sb < nd; sb += WARPS_FUSED)
@@ -453,12 +402,17 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     __syncthreads();
     if (!live) return;
     float acc[1] = {0.f};
-    row_tiles<T, 1>(row, nu, wide, smem + warp * tile_bytes(T), r, sq, sd, ss, 0, 0, 0, 1, acc, lane);
+    if (lane < nu) accumulate<T, 1>(w0, lane, sq, sd, ss, 0, 0, 0, 1, acc);
+    for (int u = lane + 32; u < nu; u += 32) {     // the rest as mmvq<T, 1> does
+        Unit w;
+        load_unit<T>(row, u, w);
+        accumulate<T, 1>(w, u, sq, sd, ss, 0, 0, 0, 1, acc);
+    }
     store_sums<1>(p, acc, m, 0, i2, i3, lane);
 }
 
 #define MMVQ(T, NC)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS) mmvq_##T##_##NC(Args p) { mmvq<T, NC>(p); }
+    extern "C" __global__ void BOUNDS(32 * WARPS) mmvq_##T##_##NC(Args p) { mmvq<T, NC>(p); }
 #define MMVQ_F(T)                                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * WARPS_FUSED) mmvq_##T##_f(Args p) { mmvq_fused<T>(p); }
 #define MMVQ_ALL(T) MMVQ(T, 1) MMVQ(T, 2) MMVQ(T, 4) MMVQ(T, 8) MMVQ_F(T)

@@ -3,18 +3,19 @@ compiled at run time by NVRTC (cuda.bindings, which numba-cuda already needs) an
 backend's stream through the driver, so it sits in the plan's CUDA graph like a Numba launch.
 
 Why C++: the kernel is bound by the weights' bytes, and its inner step is four int8 products an
-instruction (dp4a) on words decoded from blocks that the warp reads with 16-byte loads into
-shared memory; plain Numba has neither dp4a, 16-byte loads nor 32-bit index arithmetic. The Numba
-kernel (quant_matmul.dot_rows) stays the path of the simulator and of GPUs where this one is refused.
+instruction (dp4a) on words put together from 16- or 32-bit loads of the blocks; plain Numba has
+neither dp4a nor 32-bit index arithmetic. The Numba kernel (quant_matmul.dot_rows) stays the
+path of the simulator and of GPUs where this one is refused.
 
 What it takes (`refusal(node)` says what not): a GPU of compute capability >= 6.1 with NVRTC;
-src0 rows and batches at even byte offsets (16-byte aligned rows take the fast 16-byte loads, others
-16-bit ones); dst and src1 strides in whole f32 elements. Columns: one src1 column (decode) is one
-launch, mmvq_T_f, that quantizes src1 in each block's shared memory (while its first weight tile is
-in flight) when that fits FUSED_SMEM_MAX; otherwise src1 is quantized by quantize_q8 first and
-mmvq_T_NC takes up to NC_MAX = 8 columns a warp (each unit's weights decoded once for them); more
-columns take more blocks along grid y, each reading the weights again (a matrix-matrix kernel
-would do better for prompt-sized batches; not built).
+src0 rows and batches at byte offsets that are multiples of 4 (Q4_1, Q5_1, Q4_K, Q5_K, read in
+32-bit words) or 2 (Q4_0, Q5_0, Q8_0, Q6_K); dst and src1 strides in whole f32 elements.
+Columns: one src1 column over small weights (decode, `fused`) is one launch, mmvq_T_f, that
+quantizes src1 in each block's shared memory while the first weight loads are in flight;
+otherwise src1 is quantized by quantize_q8 first and mmvq_T_NC takes up to NC_MAX = 8 columns a
+warp (each unit's weights loaded once for them); more columns take more blocks along grid y, each
+reading the weights again (a matrix-matrix kernel would do better for prompt-sized batches; not
+built).
 """
 from __future__ import annotations
 
@@ -31,15 +32,17 @@ from minigraph.core.errors import MinigraphError
 from minigraph.backends.cuda.common import SIM, Launch
 
 SOURCE = Path(__file__).with_name("quant_mmvq.cu")
-# compile-time constants of quant_mmvq.cu (benchmarks may change them before the first launch):
-# WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, TILE_UNITS 32-element units a tile
-CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "TILE_UNITS": 64}
-FUSE = True                # one src1 column: quantize it inside the dot kernel (benchmark knob)
+# compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
+# WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers
+CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0}
+FUSE = True                # one src1 column over small weights: one launch (benchmark knob)
+# the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
+# wins where the launch gap dominates and loses where the weights' bandwidth does (see `fused`)
+FUSED_MAX_BYTES = 24 << 20
 FUSED_SMEM_MAX = 48 * 1024 # dynamic shared memory a block may take without an opt-in attribute
+WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
 NC_MAX = 8
 MAX_GRID_YZ = 65535
-BLOCK_BYTES = {D.TYPE_Q4_0: 18, D.TYPE_Q4_1: 20, D.TYPE_Q5_0: 22, D.TYPE_Q5_1: 24, D.TYPE_Q8_0: 34,
-               D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}
 _MODULES: dict = {}        # (arch, device, config) -> (module, {name: function}, image) or the error text
 
 
@@ -129,8 +132,9 @@ def refusal(node) -> Optional[str]:
     if SIM:
         return "the simulator runs no CUDA C++"
     a, b = node.src
-    if tensor_start(a) % 2 or any(x % 2 for x in a.nb[1:]):
-        return f"src0 rows must start at even byte offsets (start {tensor_start(a)}, nb {list(a.nb)})"
+    align = 4 if a.type in WORD_ALIGNED else 2
+    if tensor_start(a) % align or any(x % align for x in a.nb[1:]):
+        return f"src0 rows must start at multiples of {align} bytes (start {tensor_start(a)}, nb {list(a.nb)})"
     if tensor_start(node) % 4 or any(x % 4 for x in node.nb):
         return "dst strides must be whole f32 elements"
     if tensor_start(b) % 4 or any(x % 4 for x in b.nb):
@@ -146,23 +150,21 @@ def refusal(node) -> Optional[str]:
     return None
 
 
-def tile_bytes(type_: int) -> int:
-    """Bytes of one warp's tile (CONFIG TILE_UNITS units) of a src0 row."""
-    units = 8 if type_ in (D.TYPE_Q4_K, D.TYPE_Q5_K, D.TYPE_Q6_K) else 1
-    return CONFIG["TILE_UNITS"] // units * BLOCK_BYTES[type_]
-
-
 def fused_smem(node) -> int:
-    """Shared memory of mmvq_T_f for this node: the tiles, then src1's K quants, scales and sums."""
+    """Shared memory of mmvq_T_f for this node: src1's K quants, its block scales and sums."""
     a = node.src[0]
     K = a.ne[0]
     n_d, n_s = (K // 256, K // 16) if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else (K // 32, K // 32)
-    return CONFIG["WARPS_FUSED"] * tile_bytes(a.type) + K + 4 * (n_d + n_s)
+    return K + 4 * (n_d + n_s)
 
 
 def fused(node) -> bool:
-    """Whether the node is one mmvq_T_f launch (one src1 column, its quants fit in shared memory)."""
-    return FUSE and node.ne[1] == 1 and fused_smem(node) <= FUSED_SMEM_MAX
+    """Whether the node is one mmvq_T_f launch: one src1 column, weights of at most
+    FUSED_MAX_BYTES (over them the repeated quantization costs more than the launch it saves),
+    src1's quants in shared memory."""
+    a = node.src[0]
+    weights = node.ne[0] * a.ne[2] * a.ne[3] * (a.ne[0] // D.blck_size(a.type)) * D.type_size(a.type)
+    return FUSE and node.ne[1] == 1 and weights <= FUSED_MAX_BYTES and fused_smem(node) <= FUSED_SMEM_MAX
 
 
 def _ptr(x: Any) -> int:
@@ -237,7 +239,7 @@ def grids(node) -> dict:
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
     return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
-            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, w * tile_bytes(a.type))}
+            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, 0)}
 
 
 def launches(node, work: tuple) -> list:
@@ -247,11 +249,12 @@ def launches(node, work: tuple) -> list:
     fixed = dot_fields(node)
     qfixed = quant_fields(node)
     a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
+    align = 4 if a.type in WORD_ALIGNED else 2
 
     def pack_dot(meta, dst, x, y, yq, yd, ys):
         p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, b=_ptr(y) + b_off,
                  **fixed)
-        if p.x % 2 or p.dst % 4 or p.b % 4:
+        if p.x % align or p.dst % 4 or p.b % 4:
             raise MinigraphError("MUL_MAT (quantized): a device buffer is not aligned for quant_mmvq.cu")
         return p
 
