@@ -12,9 +12,9 @@ the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2
 (torch; not measured without it). Spread: the min and max of `--runs` timed runs of each case.
 
 `--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
-quant_mmvq.CONFIG, compile-time constants; other keys set module knobs: FUSE=0 the two-launch form,
-FUSED_MAX_BYTES=1e12 one launch at any size), one CUDA graph each, e.g.
---variants "two:FUSE=0;mb12:MIN_BLOCKS=12".
+quant_mmvq.CONFIG, compile-time constants; other keys set module knobs: FUSE=1 the one-launch form
+for one column up to FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size), one CUDA graph
+each, e.g. --variants "one:FUSE=1;mb12:MIN_BLOCKS=12".
 
     python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--f32] [--variants SPEC] [--json out.json]
 """
@@ -203,7 +203,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--f32", action="store_true", help="also minigraph's f32 MUL_MAT (slow kernel, big copies)")
-    ap.add_argument("--variants", default="", help='e.g. "two:FUSE=0;mb12:MIN_BLOCKS=12"')
+    ap.add_argument("--variants", default="", help='e.g. "one:FUSE=1;mb12:MIN_BLOCKS=12"')
     ap.add_argument("--json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)

@@ -105,9 +105,15 @@ static void run_grid(dim3 grid, int threads, int smem, F body) {
 
 extern "C" long emu_misaligned() { return g_misaligned.load(); }
 
-#define KERNEL(name, A) \
-    if (!std::strcmp(fn, #name)) { A p; std::memcpy(&p, args, sizeof(A)); run_grid({gx, gy, gz}, threads, smem, [&] { name(p); }); return 0; }
-extern "C" int emu_launch(const char* fn, unsigned gx, unsigned gy, unsigned gz, int threads, int smem, const void* args) {
+#define KERNEL(name, A)                                                   \
+    if (!std::strcmp(fn, #name)) {                                        \
+        A p;                                                              \
+        std::memcpy(&p, args, sizeof(A));                                 \
+        run_grid({gx, gy, gz}, threads, smem, [&] { name(p); });          \
+        return 0;                                                         \
+    }
+extern "C" int emu_launch(const char* fn, unsigned gx, unsigned gy, unsigned gz, int threads, int smem,
+                          const void* args) {
     KERNELS
     return -1;
 }
@@ -196,7 +202,8 @@ def run_mul_mat(node, fuse: bool = True, kernels: tuple = ()) -> tuple[np.ndarra
     before = lib.emu_misaligned()
     for name, (grid, threads, smem) in plan.items():
         if name == "quantize_q8":
-            p = qm.QArgs(b=_host_ptr(b), yq=yq.ctypes.data, yd=yd.ctypes.data, ys=ys.ctypes.data, **qm.quant_fields(node))
+            p = qm.QArgs(b=_host_ptr(b), yq=yq.ctypes.data, yd=yd.ctypes.data, ys=ys.ctypes.data,
+                         **qm.quant_fields(node))
         else:
             p = qm.Args(x=_host_ptr(a), yq=yq.ctypes.data, yd=yd.ctypes.data, ys=ys.ctypes.data,
                         dst=dst.ctypes.data, b=_host_ptr(b), **qm.dot_fields(node))

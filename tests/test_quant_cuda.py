@@ -226,6 +226,7 @@ def test_fused_decode_equals_two_launches(be, cpu, type_):
     w = rng.standard_normal((300, 4352)).astype(np.float32)
     x = rng.standard_normal((2, 4352, 3)).astype(np.float32)
     res = {}
+    default = quant_mmvq.FUSE
     for name, backend, fuse in (("fused", be, True), ("two", be, False), ("cpu", cpu, True)):
         quant_mmvq.FUSE = fuse
         try:
@@ -238,6 +239,6 @@ def test_fused_decode_equals_two_launches(be, cpu, type_):
             _compute(backend, mm)
             res[name] = mm.numpy()
         finally:
-            quant_mmvq.FUSE = True
+            quant_mmvq.FUSE = default
     np.testing.assert_array_equal(res["fused"], res["two"])
     _close(res["fused"], res["cpu"])

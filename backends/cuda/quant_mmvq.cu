@@ -9,8 +9,9 @@
 //              Block WARPS rows; grid (rows / WARPS, columns / NC, ne2 * ne3).
 //   mmvq_T_f   one src1 column, quantized by the block itself into shared memory (one launch, not
 //              two): each warp first issues the loads of its first unit, then the block quantizes
-//              src1, then syncs. Every block quantizes all of src1 again (K floats from L2), which
-//              pays where the launch gap dominates (small weights), not where bandwidth does.
+//              src1, then syncs. Every block quantizes all of src1 again (K floats from L2) and
+//              waits for it at a barrier: measured slower than the two launches on an H200 even
+//              at 4096 x 4096 (quant_mmvq.FUSE, off by default, says when it runs).
 //              Block WARPS_FUSED rows; grid (rows / WARPS_FUSED, 1, ne2 * ne3).
 // Same integer sums added in the same order: the two forms give the same floats.
 //

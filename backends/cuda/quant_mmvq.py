@@ -10,12 +10,14 @@ path of the simulator and of GPUs where this one is refused.
 What it takes (`refusal(node)` says what not): a GPU of compute capability >= 6.1 with NVRTC;
 src0 rows and batches at byte offsets that are multiples of 4 (Q4_1, Q5_1, Q4_K, Q5_K, read in
 32-bit words) or 2 (Q4_0, Q5_0, Q8_0, Q6_K); dst and src1 strides in whole f32 elements.
-Columns: one src1 column over small weights (decode, `fused`) is one launch, mmvq_T_f, that
-quantizes src1 in each block's shared memory while the first weight loads are in flight;
-otherwise src1 is quantized by quantize_q8 first and mmvq_T_NC takes up to NC_MAX = 8 columns a
+Columns: src1 is quantized by quantize_q8 first and mmvq_T_NC takes up to NC_MAX = 8 columns a
 warp (each unit's weights loaded once for them); more columns take more blocks along grid y, each
 reading the weights again (a matrix-matrix kernel would do better for prompt-sized batches; not
-built).
+built). With FUSE (off by default) one src1 column over small weights is one launch, mmvq_T_f,
+that quantizes src1 in each block's shared memory while the first weight loads are in flight: it
+gives the same floats, and measured slower on an H200 at 4096 x 4096 (q8_0 11.4 us against 10.3,
+q4_0 8.5 against 7.9; q4_K 9.6 against 9.8): every block re-reads src1 and waits for its
+quantization at a barrier, which costs more than the launch it saves.
 """
 from __future__ import annotations
 
@@ -35,9 +37,9 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
 # WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0}
-FUSE = True                # one src1 column over small weights: one launch (benchmark knob)
+FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
-# wins where the launch gap dominates and loses where the weights' bandwidth does (see `fused`)
+# can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
 FUSED_MAX_BYTES = 24 << 20
 FUSED_SMEM_MAX = 48 * 1024 # dynamic shared memory a block may take without an opt-in attribute
 WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
@@ -50,7 +52,8 @@ class Args(ctypes.Structure):
     """quant_mmvq.cu's `struct Args` (the kernel's one parameter), field for field."""
 
     _fields_ = [("x", ctypes.c_void_p), ("yq", ctypes.c_void_p), ("yd", ctypes.c_void_p), ("ys", ctypes.c_void_p),
-                ("dst", ctypes.c_void_p), ("b", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int),
+                ("dst", ctypes.c_void_p), ("b", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int),
+                ("K", ctypes.c_int),
                 ("n2", ctypes.c_int), ("r2", ctypes.c_int), ("r3", ctypes.c_int), ("xb1", ctypes.c_int64),
                 ("xb2", ctypes.c_int64), ("xb3", ctypes.c_int64), ("d0", ctypes.c_int64), ("d1", ctypes.c_int64),
                 ("d2", ctypes.c_int64), ("d3", ctypes.c_int64), ("b0", ctypes.c_int64), ("b2", ctypes.c_int64),
