@@ -3,7 +3,9 @@ tests/cuda_emu_mmvq.py (every thread an OS thread, shared memory starting stale)
 shared memory and fields quant_mmvq.launches gives them, against the CPU backend.
 
 K = 4352 = 136 units: lanes with 5 units and lanes with 4, an uneven split of src1's quantization
-over the fused kernel's warps; M = 5 leaves warps past the last row.
+over the fused kernel's warps, and for the K-quants (read in 64-unit tiles) two full tiles (the
+16-byte loads, the second in flight while the first is used) and a partial one (the 16-bit copy);
+M = 5 leaves warps past the last row.
 The fused kernel (src1 quantized in shared memory) must give the two-launch kernel's floats bit
 for bit: the same integer sums scaled in the same order. Tolerance against the CPU as in
 test_quant_cuda.py (|diff| <= 1e-5 * max |cpu|).

@@ -3,8 +3,9 @@ compiled at run time by NVRTC (cuda.bindings, which numba-cuda already needs) an
 backend's stream through the driver, so it sits in the plan's CUDA graph like a Numba launch.
 
 Why C++: the kernel is bound by the weights' bytes, and its inner step is four int8 products an
-instruction (dp4a) on words put together from 16- or 32-bit loads of the blocks; plain Numba has
-neither dp4a nor 32-bit index arithmetic. The Numba kernel (quant_matmul.dot_rows) stays the
+instruction (dp4a) on words put together from 16- or 32-bit loads of the blocks (the K-quants:
+of 16-byte tiles of the row in shared memory); plain Numba has neither dp4a, 16-byte loads nor
+32-bit index arithmetic. The Numba kernel (quant_matmul.dot_rows) stays the
 path of the simulator and of GPUs where this one is refused.
 
 What it takes (`refusal(node)` says what not): a GPU of compute capability >= 6.1 with NVRTC;
@@ -35,14 +36,16 @@ from minigraph.backends.cuda.common import SIM, Launch
 
 SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
-# WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers
-CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0}
+# WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers,
+# TILE_UNITS 32-element units of a K-quant row a warp's tile
+CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
 FUSED_MAX_BYTES = 24 << 20
 FUSED_SMEM_MAX = 48 * 1024 # dynamic shared memory a block may take without an opt-in attribute
 WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
+TILED = {D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}         # read in tiles: bytes a super-block
 NC_MAX = 8
 MAX_GRID_YZ = 65535
 _MODULES: dict = {}        # (arch, device, config) -> (module, {name: function}, image) or the error text
@@ -153,6 +156,11 @@ def refusal(node) -> Optional[str]:
     return None
 
 
+def tile_smem(type_: int) -> int:
+    """Shared memory of a mmvq_T_NC block: a tile a warp for the K-quants, none for the rest."""
+    return CONFIG["WARPS"] * CONFIG["TILE_UNITS"] // 8 * TILED[type_] if type_ in TILED else 0
+
+
 def fused_smem(node) -> int:
     """Shared memory of mmvq_T_f for this node: src1's K quants, its block scales and sums."""
     a = node.src[0]
@@ -242,7 +250,7 @@ def grids(node) -> dict:
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
     return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
-            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, 0)}
+            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
 
 
 def launches(node, work: tuple) -> list:
