@@ -7,11 +7,16 @@ each case is one minigraph graph of C mat-vecs over C distinct weight copies (to
 L2 cache, so every mat-vec reads its weights from HBM), captured as the backend's CUDA graph and
 replayed R times between CUDA events; the time per mat-vec is the total / (R * C). "node" is the
 whole quantized MUL_MAT (quantize src1 to Q8_0/Q8_1/Q8_K, then the dot kernel); "dot" replays a
-CUDA graph of the dot launches only. Bandwidth = weight bytes / time. Read bandwidth: a sum over
-a 2 GiB f32 buffer (torch if present, else a Numba grid-stride kernel). Spread: the min and max of
-`--runs` timed runs of each case.
+CUDA graph of the dot launches only (the same as "node" where one src1 column is quantized inside
+the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2 GiB f32 buffer
+(torch; not measured without it). Spread: the min and max of `--runs` timed runs of each case.
 
-    python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--json out.json]
+`--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
+quant_mmvq.CONFIG, compile-time constants; other keys set module knobs: FUSE=1 the one-launch form
+for one column up to FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size), one CUDA graph
+each, e.g. --variants "one:FUSE=1;mb12:MIN_BLOCKS=12".
+
+    python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--f32] [--variants SPEC] [--json out.json]
 """
 from __future__ import annotations
 
@@ -56,7 +61,53 @@ def _events_time(stream, fn, reps: int) -> float:
     return cuda.event_elapsed_time(start, stop) / 1e3
 
 
-def bench_minigraph(be: CudaBackend, type_: int, k: int, m: int, runs: int, reps: int, rng) -> dict:
+def parse_variants(spec: str) -> list[tuple[str, dict, dict]]:
+    """"name:KEY=V,KEY=V;..." -> [(name, CONFIG overrides, module knob overrides)]"""
+    out = []
+    for item in filter(None, spec.split(";")):
+        name, _, body = item.partition(":")
+        conf, knobs = {}, {}
+        for kv in filter(None, body.split(",")):
+            k, _, v = kv.partition("=")
+            (conf if k in quant_mmvq.CONFIG else knobs)[k] = int(float(v))
+        out.append((name, conf, knobs))
+    return out
+
+
+def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies: int) -> dict:
+    """name -> [us a mat-vec] of the plan's quantized MUL_MATs relaunched under each variant."""
+    stream = be.stream
+    base = dict(quant_mmvq.CONFIG)
+    base_knobs = {k: getattr(quant_mmvq, k) for k in ("FUSE", "FUSED_MAX_BYTES")}
+    firsts = {}
+    for cfg, args, n in plan.launches:
+        if n.op == "MUL_MAT" and n not in firsts:
+            firsts[n] = args
+    out = {}
+    try:
+        for name, conf, knobs in variants:
+            quant_mmvq.CONFIG.update(conf)
+            for k, v in {**base_knobs, **knobs}.items():
+                setattr(quant_mmvq, k, v)
+            seq = []
+            for n, args in firsts.items():
+                for la in quant_mmvq.launches(n, tuple(args[4:7])):
+                    seq.append((la.kernel[la.grid, la.block, stream], args, n))
+            g = _CudaGraph.capture(stream, seq)
+            out[name] = [_events_time(stream, lambda: g.launch(stream), reps) / (reps * copies) * 1e6
+                         for _ in range(runs)]
+            quant_mmvq.CONFIG.clear()
+            quant_mmvq.CONFIG.update(base)
+    finally:
+        quant_mmvq.CONFIG.clear()
+        quant_mmvq.CONFIG.update(base)
+        for k, v in base_knobs.items():
+            setattr(quant_mmvq, k, v)
+    return out
+
+
+def bench_minigraph(be: CudaBackend, type_: int, k: int, m: int, runs: int, reps: int, rng,
+                    variants=()) -> dict:
     bytes_w = m * k // D.blck_size(type_) * D.type_size(type_)
     copies = max(2, -(-4 * L2_BYTES // bytes_w))
     ctx = mg.Context()
@@ -81,11 +132,15 @@ def bench_minigraph(be: CudaBackend, type_: int, k: int, m: int, runs: int, reps
     row = {"type": D.type_name(type_), "K": k, "M": m, "weight_MB": bytes_w / 1e6, "copies": copies,
            "node_us": [t * 1e6 for t in node]}
     if D.is_quantized(type_):
-        dot_launches = [la for la in plan.launches if la[2].op == "MUL_MAT"][1::2]
+        dot_launches = [la for la in plan.launches
+                        if la[2].op == "MUL_MAT" and getattr(la[0], "kernel_name", "mmvq").startswith("mmvq")]
         row["mmvq"] = quant_mmvq.refusal(outs[0]) is None
+        row["fused"] = row["mmvq"] and quant_mmvq.fused(outs[0])
         g = _CudaGraph.capture(stream, dot_launches)
         dot = [_events_time(stream, lambda: g.launch(stream), reps) / (reps * copies) for _ in range(runs)]
         row["dot_us"] = [t * 1e6 for t in dot]
+        if variants and row["mmvq"]:
+            row["variants"] = bench_variants(be, plan, variants, runs, reps, copies)
     return row
 
 
@@ -148,6 +203,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--f32", action="store_true", help="also minigraph's f32 MUL_MAT (slow kernel, big copies)")
+    ap.add_argument("--variants", default="", help='e.g. "one:FUSE=1;mb12:MIN_BLOCKS=12"')
     ap.add_argument("--json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -157,7 +213,8 @@ def main() -> int:
     rows = []
     for k, m in SHAPES:
         for name in args.types.split(","):
-            rows.append(bench_minigraph(be, D.type_from_name(name), k, m, args.runs, args.reps, rng))
+            rows.append(bench_minigraph(be, D.type_from_name(name), k, m, args.runs, args.reps, rng,
+                                        parse_variants(args.variants)))
         if args.f32:
             rows.append(bench_minigraph(be, D.TYPE_F32, k, m, args.runs, max(2, args.reps // 10), rng))
         t = bench_torch(k, m, args.runs, args.reps)
@@ -176,8 +233,19 @@ def main() -> int:
             dm = float(np.median(r["dot_us"]))
             dt = r["weight_MB"] * 1e6 / (dm * 1e-6) / 1e12
             line += (f" {dm:8.2f} ({min(r['dot_us']):5.2f}-{max(r['dot_us']):5.2f}) {dt:6.2f} "
-                     f"{100 * dt * 1e12 / peak:5.0f}{'' if r.get('mmvq') else ' (numba dot)'}")
+                     f"{100 * dt * 1e12 / peak:5.0f}{'' if r.get('mmvq') else ' (numba dot)'}"
+                     f"{' (fused)' if r.get('fused') else ''}")
         print(line)
+    vrows = [r for r in rows if r.get("variants")]
+    if vrows:
+        print("\nvariants (us a mat-vec, median (min-max); % of read bandwidth):")
+        for r in vrows:
+            cells = []
+            for name, ts in r["variants"].items():
+                med = float(np.median(ts))
+                pct = 100 * r["weight_MB"] * 1e6 / (med * 1e-6) / peak
+                cells.append(f"{name} {med:.2f} ({min(ts):.2f}-{max(ts):.2f}) {pct:.0f}%")
+            print(f"{r['type']:6} {r['K']:6} {r['M']:6}  " + " | ".join(cells))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"read_bw": bw, "rows": rows}, f, indent=1)

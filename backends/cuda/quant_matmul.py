@@ -8,10 +8,11 @@ Two launches a node:
      keep. src1 is read through its strides (any layout).
   2. every dst element is the dot product of a src0 row with a quantized src1 row: integer sums
      a 32-element unit, scaled by d_x * d_y (and the Q4_1/Q5_1 min and K-quant mins terms).
-On a GPU with NVRTC both are the CUDA C++ kernels of quant_mmvq.cu (quantize_q8: a warp a block;
-mmvq: dp4a, four int8 products an instruction, a warp a src0 row, up to eight src1 columns at
-once; see quant_mmvq.py); elsewhere (the simulator, no NVRTC) the Numba kernels below
-(quantize_src1: a thread a block; dot_rows: a block of 32 threads a dst element).
+On a GPU with NVRTC both are the CUDA C++ kernels of quant_mmvq.cu (quantize_q8: four lanes a
+32-block, a warp a super-block; mmvq: dp4a, four int8 products an instruction, a warp a src0 row,
+up to eight src1 columns at once; optionally, for one src1 column, both steps in one launch; see
+quant_mmvq.py); elsewhere (the simulator, no NVRTC) the Numba kernels below (quantize_src1: a
+thread a block; dot_rows: a block of 32 threads a dst element).
 
 The integer sums are exact in both, so the result equals the CPU backend's up to the order of
 the float32 scaling and accumulation (tests: |diff| <= 1e-5 * max |dst| measured ~1e-7).

@@ -1,10 +1,24 @@
-// MUL_MAT with a block-quantized src0 and src1 already quantized to src0's vec_dot type
-// (Q8_0 / Q8_1 / Q8_K, by quant_matmul.py's quantize_src1): ggml's CPU semantics, integer dot
-// products a 32-element unit with dp4a (four int8 products an instruction), scaled per block.
+// MUL_MAT with a block-quantized src0 and an f32 src1 quantized to src0's vec_dot type (Q8_0 /
+// Q8_1 / Q8_K, ggml's reference quantizers byte for byte): ggml's CPU semantics, the integer dot
+// product of a 32-element unit with dp4a (four int8 products an instruction), scaled per block.
 //
 // One warp a src0 row m; its lanes walk the row's units (u = lane, lane + 32, ...), each unit's
-// weights loaded once for NC src1 columns; a butterfly of shuffles sums the lanes. Block: WARPS
-// warps (rows m0 .. m0 + WARPS - 1); grid (rows / WARPS, columns / NC, ne2 * ne3).
+// weights loaded once for all the src1 columns of the launch; a butterfly of shuffles sums the
+// lanes. The 32-block types load a unit's block straight from global memory. The K-quants read
+// the row in tiles of TILE_UNITS units: 16-byte lane-strided loads (each warp load instruction
+// 512 contiguous bytes; the next tile in flight while the warp decodes this one from shared
+// memory), so bytes that several units of a super-block share are read once (H200, q4_K
+// 4096 x 14336 node: 17.4 us against 20.2 with per-unit loads in the same run; the same tiles
+// for q8_0 / q4_0 measured 16% / 7% slower than their per-unit loads). Two forms:
+//   mmvq_T_NC  src1 already quantized (quantize_q8, a launch before); NC src1 columns a warp.
+//              Block WARPS rows; grid (rows / WARPS, columns / NC, ne2 * ne3).
+//   mmvq_T_f   one src1 column, quantized by the block itself into shared memory (one launch, not
+//              two): each warp first issues the loads of its first unit, then the block quantizes
+//              src1, then syncs. Every block quantizes all of src1 again (K floats from L2) and
+//              waits for it at a barrier: measured slower than the two launches on an H200 even
+//              at 4096 x 4096 (quant_mmvq.FUSE, off by default, says when it runs).
+//              Block WARPS_FUSED rows; grid (rows / WARPS_FUSED, 1, ne2 * ne3).
+// Same integer sums added in the same order: the two forms give the same floats.
 //
 // Units: a row of K elements is K / 32 units; unit u covers elements 32u .. 32u + 31 (a 32-block
 // of Q4_0 ... Q8_0, or group u % 8 of super-block u / 8 for Q4_K, Q5_K, Q6_K). A unit becomes
@@ -16,28 +30,58 @@
 // scales[12], qs[128]} 144 B, Q5_K {d, dmin, scales[12], qh[32], qs[128]} 176 B, Q6_K {ql[128],
 // qh[64], scales[16], d} 210 B. 18/22/34/210-byte blocks are 2-byte aligned: their words are read
 // as two 16-bit loads; the others as 32-bit loads (quant_mmvq.py checks the row alignment).
+// 64 units of a K-quant are a multiple of 16 bytes, so a 16-byte aligned row's full tiles are
+// too; other rows, and a row's last partial tile, are copied into the tile with 16-bit loads.
 
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef long long i64;
+typedef unsigned long long u64;
 
 enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 
 #ifndef WARPS
 #define WARPS 4
 #endif
+#ifndef WARPS_FUSED
+#define WARPS_FUSED 8
+#endif
+#ifndef TILE_UNITS
+#define TILE_UNITS 64      // units of a K-quant row in a warp's tile
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
+#endif
+#if MIN_BLOCKS > 0
+#define BOUNDS(n) __launch_bounds__(n, MIN_BLOCKS)
+#else
+#define BOUNDS(n) __launch_bounds__(n)
+#endif
 
-static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-byte aligned address
-    const u16* h = (const u16*)p;
-    return (u32)h[0] | ((u32)h[1] << 16);
-}
-static __device__ __forceinline__ u32 ld4(const u8* p) { return *(const u32*)p; }
+// -- device intrinsics (tests/cuda_emu_mmvq.py swaps this section for plain C++) --
 static __device__ __forceinline__ float f16(const u8* p) {     // the float16 at p (2-byte aligned)
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(*(const u16*)p));
     return f;
 }
+static __device__ __forceinline__ float round_f16(float x) {   // GGML_FP32_TO_FP16 and back
+    unsigned short h;
+    float f;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+static __device__ __forceinline__ uint4 ld16_global(const u8* p) {   // read-only path, 16-byte aligned
+    return __ldg((const uint4*)p);
+}
+static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-byte aligned address
+    const u16* h = (const u16*)p;
+    return (u32)h[0] | ((u32)h[1] << 16);
+}
+static __device__ __forceinline__ u32 ld4(const u8* p) { return *(const u32*)p; }
+// -- end of device intrinsics --
 
 struct Unit {
     int q[8];      // byte quants of elements 4k .. 4k + 3
@@ -151,38 +195,106 @@ template <int T> static __device__ __forceinline__ float unit_dot(const Unit& w,
     return (float)(w.sc0 * (s0 + s1)) * (w.d * dy) - (float)w.sc1 * sy * (w.m * dy);
 }
 
+// -- tiles: a warp's TILE_UNITS units of its row, read into shared memory ---------------------
+
+static __host__ __device__ constexpr int blk_bytes(int T) {
+    return T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : T == T_Q5_0 ? 22 : T == T_Q5_1 ? 24 : T == T_Q8_0 ? 34
+         : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : 210;
+}
+static __host__ __device__ constexpr bool is_kq(int T) { return T == T_Q4_K || T == T_Q5_K || T == T_Q6_K; }
+static __host__ __device__ constexpr int blk_units(int T) { return is_kq(T) ? 8 : 1; }
+static __host__ __device__ constexpr int tile_bytes(int T) { return TILE_UNITS / blk_units(T) * blk_bytes(T); }
+static __host__ __device__ constexpr int tile_words(int T) { return tile_bytes(T) / 16; }
+static __host__ __device__ constexpr int lane_words(int T) { return (tile_words(T) + 31) / 32; }
+static_assert(TILE_UNITS % 64 == 0, "64 units of every type are whole 16-byte words");
+
+template <int T> static __device__ __forceinline__ void tile_load(const u8* src, uint4* r, int lane) {
+#pragma unroll
+    for (int i = 0; i < lane_words(T); ++i) {
+        const int w = lane + 32 * i;
+        if (w < tile_words(T)) r[i] = ld16_global(src + 16 * w);
+    }
+}
+template <int T> static __device__ __forceinline__ void tile_store(u8* tile, const uint4* r, int lane) {
+#pragma unroll
+    for (int i = 0; i < lane_words(T); ++i) {
+        const int w = lane + 32 * i;
+        if (w < tile_words(T)) *(uint4*)(tile + 16 * w) = r[i];
+    }
+}
+static __device__ __forceinline__ void tile_copy2(const u8* src, u8* tile, int bytes, int lane) {
+    for (int h = lane; h < bytes / 2; h += 32) ((u16*)tile)[h] = ((const u16*)src)[h];
+}
+
+// unit u's weights w times the columns 0 .. ncols - 1 of src1 quantized (column c: quants
+// yq + c * sq, block scales yd + c * sd, sums ys + c * ss), added into acc
+template <int T, int NC>
+static __device__ __forceinline__ void accumulate(const Unit& w, int u, const signed char* yq, const float* yd,
+                                                  const float* ys, i64 sq, i64 sd, i64 ss, int ncols, float* acc) {
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        if (c < ncols) {
+            const int4* y = (const int4*)(yq + c * sq + 32 * (i64)u);
+            float dy, sy = 0.f;
+            if (is_kq(T)) {
+                dy = yd[c * sd + (u >> 3)];
+                if (T != T_Q6_K) sy = ys[c * ss + 2 * u] + ys[c * ss + 2 * u + 1];
+            } else {
+                dy = yd[c * sd + u];
+                if (T == T_Q4_1 || T == T_Q5_1) sy = ys[c * ss + u];
+            }
+            acc[c] += unit_dot<T>(w, y, dy, sy);
+        }
+    }
+}
+
+// the row's nu units, tile by tile; r holds tile 0 already when the row is wide and has a full tile
+template <int T, int NC>
+static __device__ __forceinline__ void row_tiles(const u8* row, int nu, bool wide, u8* tile, uint4* r,
+                                                 const signed char* yq, const float* yd, const float* ys,
+                                                 i64 sq, i64 sd, i64 ss, int ncols, float* acc, int lane) {
+    const int nt = (nu + TILE_UNITS - 1) / TILE_UNITS;
+    for (int t = 0; t < nt; ++t) {
+        const int tu = min(TILE_UNITS, nu - t * TILE_UNITS);
+        if (wide && tu == TILE_UNITS) tile_store<T>(tile, r, lane);
+        else tile_copy2(row + (i64)t * tile_bytes(T), tile, tu / blk_units(T) * blk_bytes(T), lane);
+        __syncwarp();
+        if (wide && nu - (t + 1) * TILE_UNITS >= TILE_UNITS) tile_load<T>(row + (i64)(t + 1) * tile_bytes(T), r, lane);
+#pragma unroll
+        for (int j0 = 0; j0 < TILE_UNITS; j0 += 32) {
+            const int j = j0 + lane;
+            if (j < tu) {
+                Unit w;
+                load_unit<T>(tile, j, w);
+                accumulate<T, NC>(w, t * TILE_UNITS + j, yq, yd, ys, sq, sd, ss, ncols, acc);
+            }
+        }
+        __syncwarp();
+    }
+}
+
 struct Args {
     const u8* x;            // src0's first byte
     const signed char* yq;  // src1 quantized: row r (dst order) at r * K
     const float* yd;        // block scales: Q8_0/Q8_1 K/32 a row, Q8_K K/256
     const float* ys;        // Q8_1 s (K/32 a row), Q8_K bsums (K/16 a row)
     float* dst;             // dst's first element
+    const float* b;         // mmvq_T_f: src1's first element (its column 0 is quantized in the block)
     int M, N, K, n2;        // dst ne0, ne1; K = src0 ne0; dst ne2
     int r2, r3;             // broadcast: dst batch (i2, i3) reads src0 batch (i2 / r2, i3 / r3)
     i64 xb1, xb2, xb3;      // src0 nb1..nb3 (bytes)
     i64 d0, d1, d2, d3;     // dst strides (elements)
+    i64 b0, b2, b3;         // mmvq_T_f: src1 strides nb0, nb2, nb3 (elements)
 };
 
-// unit u's weights w times the src1 columns n0 .. n0 + NC - 1 (rows r0 ..), added into acc
-template <int T, int NC>
-static __device__ __forceinline__ void accumulate(const Args& p, const Unit& w, int u, i64 r0, int n0, float* acc) {
-    const bool kq = T == T_Q4_K || T == T_Q5_K || T == T_Q6_K;
-    const int nu = p.K >> 5;
+template <int NC> static __device__ __forceinline__ void store_sums(const Args& p, float* acc, int m, int n0, int i2,
+                                                                    int i3, int lane) {
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
-        if (n0 + c < p.N) {
-            const i64 r = r0 + c;
-            const int4* y = (const int4*)(p.yq + r * p.K + 32 * (i64)u);
-            float dy, sy = 0.f;
-            if (kq) {
-                dy = p.yd[r * (nu >> 3) + (u >> 3)];
-                if (T != T_Q6_K) sy = p.ys[r * (p.K >> 4) + 2 * u] + p.ys[r * (p.K >> 4) + 2 * u + 1];
-            } else {
-                dy = p.yd[r * nu + u];
-                if (T == T_Q4_1 || T == T_Q5_1) sy = p.ys[r * nu + u];
-            }
-            acc[c] += unit_dot<T>(w, y, dy, sy);
-        }
+        float v = acc[c];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && n0 + c < p.N) p.dst[m * p.d0 + (n0 + c) * p.d1 + i2 * p.d2 + i3 * p.d3] = v;
     }
 }
 
@@ -194,89 +306,82 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
     const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
     const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
     const int nu = p.K >> 5;
+    const i64 nd = is_kq(T) ? p.K >> 8 : nu, ns = is_kq(T) ? p.K >> 4 : nu;
     const i64 r0 = ((i64)i3 * p.n2 + i2) * p.N + n0;   // src1 row of column n0
+    const signed char* yq = p.yq + r0 * p.K;
+    const float *yd = p.yd + r0 * nd, *ys = p.ys + r0 * ns;
+    const int ncols = min(NC, p.N - n0);
     float acc[NC];
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[c] = 0.f;
-    // one unit a step (loading two before either is used measured 10-15% slower on an H200)
-    for (int u = lane; u < nu; u += 32) {
-        Unit w;
-        load_unit<T>(row, u, w);
-        accumulate<T, NC>(p, w, u, r0, n0, acc);
+    if constexpr (is_kq(T)) {
+        // K-quants through shared-memory tiles: a unit's own loads would read its super-block's
+        // shared bytes again (qs for two units, Q5_K's qh for eight, Q6_K's ql / qh for two / four)
+        extern __shared__ __align__(16) u8 smem[];
+        const bool wide = ((u64)row & 15) == 0;
+        uint4 r[lane_words(T)];
+        if (wide && nu >= TILE_UNITS) tile_load<T>(row, r, lane);
+        row_tiles<T, NC>(row, nu, wide, smem + (threadIdx.x >> 5) * tile_bytes(T), r, yq, yd, ys, p.K, nd, ns,
+                         ncols, acc, lane);
+    } else {
+        // one unit a step (loading two before either is used measured 10-15% slower on an H200)
+        for (int u = lane; u < nu; u += 32) {
+            Unit w;
+            load_unit<T>(row, u, w);
+            accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+        }
     }
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-        float v = acc[c];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0 && n0 + c < p.N) p.dst[m * p.d0 + (n0 + c) * p.d1 + i2 * p.d2 + i3 * p.d3] = v;
-    }
+    store_sums<NC>(p, acc, m, n0, i2, i3, lane);
 }
-
-#define MMVQ(T, NC)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS) mmvq_##T##_##NC(Args p) { mmvq<T, NC>(p); }
-#define MMVQ_ALL(T) MMVQ(T, 1) MMVQ(T, 2) MMVQ(T, 4) MMVQ(T, 8)
-MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14)
 
 // -- src1 quantized to the vec_dot type (ggml's reference quantizers, byte for byte) ----------
-// One warp a block: Q8_0 / Q8_1 (32 elements, one a lane) or Q8_K (256, eight a lane). The
-// multiplies that are rounded go through __fmul_rn so they are never fused with what follows.
+// The multiplies that are rounded go through __fmul_rn so they are never fused with what follows.
+// Both are called by every lane of a warp (the shuffles take the whole warp).
 
-struct QArgs {
-    const float* b;         // src1's first element
-    signed char* yq;
-    float* yd;
-    float* ys;
-    int K, N, n2, n3;       // src1 ne0..ne3
-    i64 b0, b1, b2, b3;     // src1 strides (elements)
-    int vdt;                // 8 Q8_0, 9 Q8_1, 15 Q8_K
-};
-
-static __device__ __forceinline__ float round_f16(float x) {   // GGML_FP32_TO_FP16 and back
-    unsigned short h;
-    float f;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
+// Q8_0 / Q8_1: four lanes a 32-block (lane 4b + j: elements 8j .. 8j + 7 of the warp's block b);
+// `ok` false on lanes past the last block (they read and write nothing)
+static __device__ __forceinline__ void q8_32(const float* x, i64 b0, bool ok, bool q81, signed char* q, float* yd,
+                                             float* ys, int lane) {
+    const int part = lane & 3;
+    float v[8];
+    float amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        v[j] = ok ? x[(8 * part + j) * b0] : 0.f;
+        amax = fmaxf(amax, fabsf(v[j]));
+    }
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    const float d = amax / 127.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    int s = 0;
+    u32 w0 = 0, w1 = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int qi = (int)roundf(__fmul_rn(v[j], id));
+        s += qi;
+        if (j < 4) w0 |= (u32)(qi & 0xFF) << (8 * j);
+        else w1 |= (u32)(qi & 0xFF) << (8 * (j - 4));
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if (ok) {
+        *(uint2*)(q + 8 * part) = make_uint2(w0, w1);
+        if (part == 0) {
+            *yd = round_f16(d);
+            if (q81) *ys = round_f16(__fmul_rn((float)s, d));
+        }
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
-    const int lane = threadIdx.x & 31;
-    const i64 w = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
-    const int span = p.vdt == 15 ? 256 : 32;
-    const int per_row = p.K / span;
-    const i64 rows = (i64)p.N * p.n2 * p.n3;
-    if (w >= rows * per_row) return;
-    const i64 r = w / per_row;
-    const int blk = (int)(w % per_row);
-    const int n = (int)(r % p.N), i2 = (int)((r / p.N) % p.n2), i3 = (int)(r / ((i64)p.N * p.n2));
-    const float* x = p.b + n * p.b1 + i2 * p.b2 + i3 * p.b3;
-    const int k0 = span * blk;
-    signed char* q = p.yq + r * p.K + k0;
-    if (p.vdt != 15) {
-        const float v = x[(k0 + lane) * p.b0];
-        float amax = fabsf(v);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float d = amax / 127.f;
-        const float id = d != 0.f ? 1.f / d : 0.f;
-        const int qi = (int)roundf(__fmul_rn(v, id));
-        q[lane] = (signed char)qi;
-        int s = qi;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) {
-            p.yd[r * per_row + blk] = round_f16(d);
-            if (p.vdt == 9) p.ys[r * per_row + blk] = round_f16(__fmul_rn((float)s, d));
-        }
-        return;
-    }
+// Q8_K: one warp a 256-element super-block, eight elements a lane; bs: its 16 sums
+static __device__ __forceinline__ void q8_256(const float* x, i64 b0, signed char* q, float* yd, float* bs, int lane) {
     float v[8];
     float amax = 0.f;
     int at = 0;                    // the first element of the largest magnitude (ggml keeps the first)
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-        v[j] = x[(k0 + 8 * lane + j) * p.b0];
+        v[j] = x[(8 * lane + j) * b0];
         if (fabsf(v[j]) > amax) { amax = fabsf(v[j]); at = 8 * lane + j; }
     }
     float mx = 0.f;
@@ -289,23 +394,107 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
         const float mx2 = __shfl_xor_sync(0xffffffffu, mx, o);
         if (a2 > amax || (a2 == amax && at2 < at)) { amax = a2; at = at2; mx = mx2; }
     }
-    const i64 sb = r * per_row + blk;
     if (amax == 0.f) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) q[8 * lane + j] = 0;
-        if (lane < 16) p.ys[sb * 16 + lane] = 0.f;
-        if (lane == 0) p.yd[sb] = 0.f;
+        *(uint2*)(q + 8 * lane) = make_uint2(0, 0);
+        if (lane < 16) bs[lane] = 0.f;
+        if (lane == 0) *yd = 0.f;
         return;
     }
     const float iscale = -127.f / mx;
     int s = 0;
+    u32 w0 = 0, w1 = 0;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         const int qi = min(127, __float2int_rn(__fmul_rn(iscale, v[j])));
-        q[8 * lane + j] = (signed char)qi;
         s += qi;
+        if (j < 4) w0 |= (u32)(qi & 0xFF) << (8 * j);
+        else w1 |= (u32)(qi & 0xFF) << (8 * (j - 4));
     }
+    *(uint2*)(q + 8 * lane) = make_uint2(w0, w1);
     s += __shfl_xor_sync(0xffffffffu, s, 1);       // lanes 2j, 2j + 1: elements 16j .. 16j + 15
-    if ((lane & 1) == 0) p.ys[sb * 16 + lane / 2] = (float)s;
-    if (lane == 0) p.yd[sb] = 1.f / iscale;
+    if ((lane & 1) == 0) bs[lane / 2] = (float)s;
+    if (lane == 0) *yd = 1.f / iscale;
 }
+
+struct QArgs {
+    const float* b;         // src1's first element
+    signed char* yq;
+    float* yd;
+    float* ys;
+    int K, N, n2, n3;       // src1 ne0..ne3
+    i64 b0, b1, b2, b3;     // src1 strides (elements)
+    int vdt;                // 8 Q8_0, 9 Q8_1, 15 Q8_K
+};
+
+// src1 row r (dst order: r = (i3 * ne2 + i2) * ne1 + n) into the workspace: a warp eight 32-blocks
+// (Q8_0 / Q8_1) or one super-block (Q8_K); grid: enough warps of WARPS-warp blocks
+extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
+    const int lane = threadIdx.x & 31;
+    const i64 w = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    const int span = p.vdt == V_Q8_K ? 256 : 32;
+    const int per_row = p.K / span;
+    const i64 total = (i64)p.N * p.n2 * p.n3 * per_row;
+    const i64 g = p.vdt == V_Q8_K ? w : 8 * w + (lane >> 2);     // this lane's block
+    if ((p.vdt == V_Q8_K ? w : 8 * w) >= total) return;          // (whole warps)
+    const bool ok = g < total;
+    const i64 r = ok ? g / per_row : 0;
+    const int blk = ok ? (int)(g % per_row) : 0;
+    const int n = (int)(r % p.N), i2 = (int)((r / p.N) % p.n2), i3 = (int)(r / ((i64)p.N * p.n2));
+    const float* x = p.b + n * p.b1 + i2 * p.b2 + i3 * p.b3 + (i64)span * blk * p.b0;
+    signed char* q = p.yq + r * p.K + span * blk;
+    const i64 sb = r * per_row + blk;
+    if (p.vdt == V_Q8_K) q8_256(x, p.b0, q, p.yd + sb, p.ys + 16 * sb, lane);
+    else q8_32(x, p.b0, ok, p.vdt == V_Q8_1, q, p.yd + sb, p.ys + sb, lane);
+}
+
+// -- one src1 column quantized in the block, then the dot products (one launch) ---------------
+// Shared memory: src1's K quants, its block scales, its sums.
+
+template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p) {
+    extern __shared__ __align__(16) u8 smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int m = blockIdx.x * WARPS_FUSED + warp;
+    const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
+    const int nu = p.K >> 5;
+    const int nd = is_kq(T) ? p.K >> 8 : nu;
+    signed char* sq = (signed char*)smem;
+    float* sd = (float*)(sq + p.K);
+    float* ss = sd + nd;
+    const bool live = m < p.M;                   // (a warp past the last row still quantizes)
+    const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
+    Unit w0;
+    if (live && lane < nu) load_unit<T>(row, lane, w0);          // in flight while src1 is quantized
+    const float* x = p.b + i2 * p.b2 + i3 * p.b3;
+    if (is_kq(T)) {
+        for (int sb = warp; sb < nd; sb += WARPS_FUSED)
+            q8_256(x + 256 * sb * p.b0, p.b0, sq + 256 * sb, sd + sb, ss + 16 * sb, lane);
+    } else {
+        for (int b8 = 8 * warp; b8 < nu; b8 += 8 * WARPS_FUSED) {
+            const int blk = b8 + (lane >> 2);
+            const bool ok = blk < nu;
+            q8_32(x + 32 * (ok ? blk : 0) * p.b0, p.b0, ok, T == T_Q4_1 || T == T_Q5_1, sq + 32 * blk, sd + blk,
+                  ss + blk, lane);
+        }
+    }
+    __syncthreads();
+    if (!live) return;
+    float acc[1] = {0.f};
+    if (lane < nu) accumulate<T, 1>(w0, lane, sq, sd, ss, 0, 0, 0, 1, acc);
+    for (int u = lane + 32; u < nu; u += 32) {     // the rest as mmvq<T, 1> does
+        Unit w;
+        load_unit<T>(row, u, w);
+        accumulate<T, 1>(w, u, sq, sd, ss, 0, 0, 0, 1, acc);
+    }
+    store_sums<1>(p, acc, m, 0, i2, i3, lane);
+}
+
+#define MMVQ(T, NC)                                                                                 \
+    extern "C" __global__ void BOUNDS(32 * WARPS) mmvq_##T##_##NC(Args p) { mmvq<T, NC>(p); }
+#define MMVQ_F(T)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS_FUSED) mmvq_##T##_f(Args p) { mmvq_fused<T>(p); }
+#define MMVQ_ALL(T) MMVQ(T, 1) MMVQ(T, 2) MMVQ(T, 4) MMVQ(T, 8) MMVQ_F(T)
+#ifdef MMVQ_INSTANCES
+MMVQ_INSTANCES
+#else
+MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14)
+#endif

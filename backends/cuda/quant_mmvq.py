@@ -3,16 +3,22 @@ compiled at run time by NVRTC (cuda.bindings, which numba-cuda already needs) an
 backend's stream through the driver, so it sits in the plan's CUDA graph like a Numba launch.
 
 Why C++: the kernel is bound by the weights' bytes, and its inner step is four int8 products an
-instruction (dp4a) on words put together from 16- or 32-bit loads of the blocks; plain Numba has
-neither dp4a nor 32-bit index arithmetic. The Numba kernel (quant_matmul.dot_rows) stays the
+instruction (dp4a) on words put together from 16- or 32-bit loads of the blocks (the K-quants:
+of 16-byte tiles of the row in shared memory); plain Numba has neither dp4a, 16-byte loads nor
+32-bit index arithmetic. The Numba kernel (quant_matmul.dot_rows) stays the
 path of the simulator and of GPUs where this one is refused.
 
 What it takes (`refusal(node)` says what not): a GPU of compute capability >= 6.1 with NVRTC;
 src0 rows and batches at byte offsets that are multiples of 4 (Q4_1, Q5_1, Q4_K, Q5_K, read in
-32-bit words) or 2 (Q4_0, Q5_0, Q8_0, Q6_K); dst strides in whole f32 elements. Columns: up to
-NC_MAX = 8 src1 columns a warp (each unit's weights loaded once for them); more columns take
-more blocks along grid y, each reading the weights again (a matrix-matrix kernel would do
-better for prompt-sized batches; not built).
+32-bit words) or 2 (Q4_0, Q5_0, Q8_0, Q6_K); dst and src1 strides in whole f32 elements.
+Columns: src1 is quantized by quantize_q8 first and mmvq_T_NC takes up to NC_MAX = 8 columns a
+warp (each unit's weights loaded once for them); more columns take more blocks along grid y, each
+reading the weights again (a matrix-matrix kernel would do better for prompt-sized batches; not
+built). With FUSE (off by default) one src1 column over small weights is one launch, mmvq_T_f,
+that quantizes src1 in each block's shared memory while the first weight loads are in flight: it
+gives the same floats, and measured slower on an H200 at 4096 x 4096 (q8_0 11.4 us against 10.3,
+q4_0 8.5 against 7.9; q4_K 9.6 against 9.8): every block re-reads src1 and waits for its
+quantization at a barrier, which costs more than the launch it saves.
 """
 from __future__ import annotations
 
@@ -29,21 +35,32 @@ from minigraph.core.errors import MinigraphError
 from minigraph.backends.cuda.common import SIM, Launch
 
 SOURCE = Path(__file__).with_name("quant_mmvq.cu")
-WARPS = 4                  # rows a block (one warp a row)
+# compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
+# WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers,
+# TILE_UNITS 32-element units of a K-quant row a warp's tile
+CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64}
+FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
+# the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
+# can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
+FUSED_MAX_BYTES = 24 << 20
+FUSED_SMEM_MAX = 48 * 1024 # dynamic shared memory a block may take without an opt-in attribute
+WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
+TILED = {D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}         # read in tiles: bytes a super-block
 NC_MAX = 8
 MAX_GRID_YZ = 65535
-WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
-_MODULES: dict = {}        # (arch, device) -> (module, {name: function}, image) or the error text
+_MODULES: dict = {}        # (arch, device, config) -> (module, {name: function}, image) or the error text
 
 
 class Args(ctypes.Structure):
     """quant_mmvq.cu's `struct Args` (the kernel's one parameter), field for field."""
 
     _fields_ = [("x", ctypes.c_void_p), ("yq", ctypes.c_void_p), ("yd", ctypes.c_void_p), ("ys", ctypes.c_void_p),
-                ("dst", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int),
+                ("dst", ctypes.c_void_p), ("b", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int),
+                ("K", ctypes.c_int),
                 ("n2", ctypes.c_int), ("r2", ctypes.c_int), ("r3", ctypes.c_int), ("xb1", ctypes.c_int64),
                 ("xb2", ctypes.c_int64), ("xb3", ctypes.c_int64), ("d0", ctypes.c_int64), ("d1", ctypes.c_int64),
-                ("d2", ctypes.c_int64), ("d3", ctypes.c_int64)]
+                ("d2", ctypes.c_int64), ("d3", ctypes.c_int64), ("b0", ctypes.c_int64), ("b2", ctypes.c_int64),
+                ("b3", ctypes.c_int64)]
 
 
 def _check(result: Any, what: str) -> Any:
@@ -63,7 +80,8 @@ def nvrtc_compile(arch: str, extra: tuple = ()) -> tuple[bytes, str]:
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         raise MinigraphError(f"MUL_MAT (quantized): NVRTC could not create the program: {err}")
     try:
-        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", f"-DWARPS={WARPS}".encode()]
+        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
+        opts += [f"-D{k}={v}".encode() for k, v in CONFIG.items()]
         opts += [x.encode() for x in extra]
         (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         _, n = nvrtc.nvrtcGetProgramLogSize(prog)
@@ -92,7 +110,7 @@ def function(type_: int, nc: int) -> Any:
 
 def function_named(name: str) -> Any:
     """A driver function of quant_mmvq.cu, from the module compiled once per process and GPU."""
-    key = (_arch(), cuda.get_current_device().id)
+    key = (_arch(), cuda.get_current_device().id, tuple(sorted(CONFIG.items())))
     got = _MODULES.get(key)
     if isinstance(got, str):
         raise MinigraphError(got)
@@ -138,6 +156,28 @@ def refusal(node) -> Optional[str]:
     return None
 
 
+def tile_smem(type_: int) -> int:
+    """Shared memory of a mmvq_T_NC block: a tile a warp for the K-quants, none for the rest."""
+    return CONFIG["WARPS"] * CONFIG["TILE_UNITS"] // 8 * TILED[type_] if type_ in TILED else 0
+
+
+def fused_smem(node) -> int:
+    """Shared memory of mmvq_T_f for this node: src1's K quants, its block scales and sums."""
+    a = node.src[0]
+    K = a.ne[0]
+    n_d, n_s = (K // 256, K // 16) if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else (K // 32, K // 32)
+    return K + 4 * (n_d + n_s)
+
+
+def fused(node) -> bool:
+    """Whether the node is one mmvq_T_f launch: one src1 column, weights of at most
+    FUSED_MAX_BYTES (over them the repeated quantization costs more than the launch it saves),
+    src1's quants in shared memory."""
+    a = node.src[0]
+    weights = node.ne[0] * a.ne[2] * a.ne[3] * (a.ne[0] // D.blck_size(a.type)) * D.type_size(a.type)
+    return FUSE and node.ne[1] == 1 and weights <= FUSED_MAX_BYTES and fused_smem(node) <= FUSED_SMEM_MAX
+
+
 def _ptr(x: Any) -> int:
     return int(x.__cuda_array_interface__["data"][0] or 0)
 
@@ -153,10 +193,11 @@ class QArgs(ctypes.Structure):
 
 class _Launcher:
     """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
-    quant_mmvq.cu function, its one struct parameter made by `pack` from the buffers' arrays."""
+    quant_mmvq.cu function with `smem` bytes of dynamic shared memory, its one struct parameter
+    made by `pack` from the buffers' arrays."""
 
-    def __init__(self, fn: Any, pack: Any) -> None:
-        self.fn, self.pack = fn, pack
+    def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0) -> None:
+        self.fn, self.pack, self.name, self.smem = fn, pack, name, smem
 
     def __getitem__(self, cfg: tuple) -> Any:
         grid, block, stream = cfg
@@ -170,35 +211,70 @@ class _Launcher:
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
             h = getattr(stream, "handle", stream)
             h = h if isinstance(h, drv.CUstream) else drv.CUstream(int(getattr(h, "value", h) or 0))
-            _check(drv.cuLaunchKernel(self.fn, *grid, *block, 0, h, ctypes.addressof(params), 0), "launch")
+            _check(drv.cuLaunchKernel(self.fn, *grid, *block, self.smem, h, ctypes.addressof(params), 0), "launch")
 
+        launch.kernel_name = self.name
         return launch
 
 
-def launches(node, work: tuple) -> list:
-    """The node's two launches: src1 quantized into `work` (quantize_q8), then the dot products."""
+def dot_fields(node) -> dict:
+    """The pointer-free fields of the dot kernels' Args for this node."""
     a, b = node.src
     M, N, n2, n3 = node.ne
-    nc = next(c for c in (1, 2, 4, NC_MAX) if c >= min(N, NC_MAX))
-    fixed = dict(M=M, N=N, K=a.ne[0], n2=n2, r2=n2 // a.ne[2], r3=n3 // a.ne[3], xb1=a.nb[1], xb2=a.nb[2],
-                 xb3=a.nb[3], d0=node.nb[0] // 4, d1=node.nb[1] // 4, d2=node.nb[2] // 4, d3=node.nb[3] // 4)
+    return dict(M=M, N=N, K=a.ne[0], n2=n2, r2=n2 // a.ne[2], r3=n3 // a.ne[3], xb1=a.nb[1], xb2=a.nb[2],
+                xb3=a.nb[3], d0=node.nb[0] // 4, d1=node.nb[1] // 4, d2=node.nb[2] // 4, d3=node.nb[3] // 4,
+                b0=b.nb[0] // 4, b2=b.nb[2] // 4, b3=b.nb[3] // 4)
+
+
+def quant_fields(node) -> dict:
+    """The pointer-free fields of quantize_q8's QArgs for this node."""
+    b = node.src[1]
+    return dict(K=b.ne[0], N=b.ne[1], n2=b.ne[2], n3=b.ne[3], b0=b.nb[0] // 4, b1=b.nb[1] // 4, b2=b.nb[2] // 4,
+                b3=b.nb[3] // 4, vdt=D.VEC_DOT_TYPE[node.src[0].type])
+
+
+def nc_of(node) -> int:
+    """src1 columns a warp of mmvq_T_NC."""
+    return next(c for c in (1, 2, 4, NC_MAX) if c >= min(node.ne[1], NC_MAX))
+
+
+def grids(node) -> dict:
+    """name -> (grid, threads, dynamic shared bytes) of the node's launches, in launch order."""
+    a = node.src[0]
+    M, N, n2, n3 = node.ne
+    if fused(node):
+        wf = CONFIG["WARPS_FUSED"]
+        return {f"mmvq_{a.type}_f": ((-(-M // wf), 1, n2 * n3), 32 * wf, fused_smem(node))}
+    w, nc = CONFIG["WARPS"], nc_of(node)
+    per_warp = 1 if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else 8     # super-blocks / 32-blocks a warp
+    span = 256 if per_warp == 1 else 32
+    n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
+    return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
+            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
+
+
+def launches(node, work: tuple) -> list:
+    """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products; or
+    one mmvq_T_f launch (see `fused`)."""
+    a, b = node.src
+    fixed = dot_fields(node)
+    qfixed = quant_fields(node)
     a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
     align = 4 if a.type in WORD_ALIGNED else 2
-    vdt = D.VEC_DOT_TYPE[a.type]
 
     def pack_dot(meta, dst, x, y, yq, yd, ys):
-        p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, **fixed)
-        if p.x % align or p.dst % 4:
+        p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, b=_ptr(y) + b_off,
+                 **fixed)
+        if p.x % align or p.dst % 4 or p.b % 4:
             raise MinigraphError("MUL_MAT (quantized): a device buffer is not aligned for quant_mmvq.cu")
         return p
 
     def pack_quant(meta, dst, x, y, yq, yd, ys):
-        return QArgs(b=_ptr(y) + b_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), K=b.ne[0], N=b.ne[1], n2=b.ne[2],
-                     n3=b.ne[3], b0=b.nb[0] // 4, b1=b.nb[1] // 4, b2=b.nb[2] // 4, b3=b.nb[3] // 4, vdt=vdt)
+        return QArgs(b=_ptr(y) + b_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), **qfixed)
 
-    n_warps = a.ne[0] // (256 if vdt == D.TYPE_Q8_K else 32) * N * n2 * n3
-    quant = Launch(_Launcher(function_named("quantize_q8"), pack_quant), (-(-n_warps // WARPS),), (32 * WARPS,),
-                   work, with_params=False)
-    dot = Launch(_Launcher(function(a.type, nc), pack_dot), (-(-M // WARPS), -(-N // nc), n2 * n3), (32 * WARPS,),
-                 work, with_params=False)
-    return [quant, dot]
+    out = []
+    for name, (grid, threads, smem) in grids(node).items():
+        pack = pack_quant if name == "quantize_q8" else pack_dot
+        out.append(Launch(_Launcher(function_named(name), pack, name, smem), grid, (threads,), work,
+                          with_params=False))
+    return out

@@ -1,0 +1,111 @@
+"""The CUDA C++ quantized mat-vec kernels (backends/cuda/quant_mmvq.cu) without a GPU: run through
+tests/cuda_emu_mmvq.py (every thread an OS thread, shared memory starting stale) on the grids,
+shared memory and fields quant_mmvq.launches gives them, against the CPU backend.
+
+K = 4352 = 136 units: lanes with 5 units and lanes with 4, an uneven split of src1's quantization
+over the fused kernel's warps, and for the K-quants (read in 64-unit tiles) two full tiles (the
+16-byte loads, the second in flight while the first is used) and a partial one (the 16-bit copy);
+M = 5 leaves warps past the last row.
+The fused kernel (src1 quantized in shared memory) must give the two-launch kernel's floats bit
+for bit: the same integer sums scaled in the same order. Tolerance against the CPU as in
+test_quant_cuda.py (|diff| <= 1e-5 * max |cpu|).
+"""
+import numpy as np
+import pytest
+
+import minigraph as mg
+from minigraph.core import dtypes as D
+from minigraph.core import quants
+
+import cuda_emu_mmvq
+
+pytestmark = pytest.mark.skipif(cuda_emu_mmvq.available() is not None,
+                                reason=f"emulator: {cuda_emu_mmvq.available()}")
+
+K = 4352
+MM_TOL = 1e-5
+FUSED_TYPES = [D.TYPE_Q8_0, D.TYPE_Q4_1, D.TYPE_Q4_K, D.TYPE_Q6_K]
+UNALIGNED_TYPES = [D.TYPE_Q4_0, D.TYPE_Q5_0, D.TYPE_Q6_K]      # the types read in 16-bit loads
+# one emulator build for the whole file
+KERNELS = tuple(f"mmvq_{t}_{s}" for t in FUSED_TYPES for s in "f1") + tuple(f"mmvq_{t}_4" for t in UNALIGNED_TYPES)
+
+
+def _node(type_, n, offset_rows=False, seed=0):
+    rng = np.random.default_rng(seed + type_)
+    w = rng.standard_normal((6, K)).astype(np.float32)
+    w[0, :32] = 0                                        # a zero block
+    x = rng.standard_normal((n, K)).astype(np.float32)
+    x[0, 256:512] = 0                                    # a zero src1 block / super-block
+    ctx = mg.Context()
+    wq = ctx.from_numpy(w, type_)
+    if offset_rows:   # rows 1..5 of a tensor whose nb1 is 2 mod 4 (a block more where K's is not)
+        bs, ts = D.blck_size(type_), D.type_size(type_)
+        pad = 0 if (K // bs * ts) % 4 == 2 else bs
+        wide = quants.quantize(np.pad(w, ((0, 0), (0, pad))), type_)
+        big = ctx.from_numpy(wide, type_)
+        wq = ctx.view_2d(big, K, 5, big.nb[1], big.nb[1])
+    else:
+        wq = ctx.view_2d(wq, K, 5, wq.nb[1], 0)
+    return ctx.mul_mat(wq, ctx.from_numpy(x)), ctx
+
+
+def _cpu(node):
+    gf = mg.Graph()
+    gf.build_forward_expand(node)
+    mg.backend_cpu_init(1).graph_compute(gf)
+    return node.numpy()
+
+
+def _close(got, want):
+    scale = max(float(np.abs(want).max()), 1e-30)
+    assert np.isfinite(got).all()
+    assert float(np.abs(got - want).max()) <= MM_TOL * scale, (float(np.abs(got - want).max()), scale)
+
+
+@pytest.mark.parametrize("type_", FUSED_TYPES, ids=D.type_name)
+def test_fused_and_two_launch_kernels_match_cpu(type_):
+    """One src1 column: mmvq_T_f against quantize_q8 + mmvq_T_1 (bit for bit) and the CPU."""
+    node, _ = _node(type_, 1)
+    fused, _, bad_f = cuda_emu_mmvq.run_mul_mat(node, fuse=True, kernels=KERNELS)
+    plain, (yq, yd, ys), bad_p = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=KERNELS)
+    assert bad_f == 0 and bad_p == 0
+    np.testing.assert_array_equal(fused, plain)
+    _close(fused, _cpu(node).reshape(fused.shape))
+    ref = quants.quantize(node.src[1].numpy().reshape(-1, K), D.VEC_DOT_TYPE[type_]).reshape(-1)
+    ref = ref.view(D.BLOCK_DTYPES[D.VEC_DOT_TYPE[type_]])
+    np.testing.assert_array_equal(yq.reshape(ref["qs"].shape), ref["qs"])
+    np.testing.assert_array_equal(yd, ref["d"].astype(np.float32))
+
+
+@pytest.mark.parametrize("type_", UNALIGNED_TYPES, ids=D.type_name)
+def test_columns_and_unaligned_rows_match_cpu(type_):
+    """Three src1 columns (mmvq_T_4, one column idle) over rows at 2-byte aligned offsets (the
+    16-bit loads of the 2-byte aligned types)."""
+    node, _ = _node(type_, 3, offset_rows=True)
+    assert node.src[0].nb[1] % 4 == 2
+    got, _, bad = cuda_emu_mmvq.run_mul_mat(node, kernels=KERNELS)
+    assert bad == 0
+    _close(got, _cpu(node).reshape(got.shape))
+
+
+def _nvrtc() -> bool:
+    try:
+        from cuda.bindings import nvrtc
+
+        return nvrtc.nvrtcVersion()[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    except Exception:  # noqa: BLE001 - no cuda.bindings or no libnvrtc: skip
+        return False
+
+
+@pytest.mark.skipif(not _nvrtc(), reason="NVRTC is not installed")
+def test_nvrtc_builds_without_spills():
+    """Every kernel of quant_mmvq.cu compiles for sm_90 and keeps its unit words and sums in
+    registers (a spill would be local-memory traffic in the loop over the row)."""
+    from minigraph.backends.cuda import quant_mmvq
+
+    _, log = quant_mmvq.nvrtc_compile("sm_90", ("--ptxas-options=-v",))
+    if "spill stores" not in log:  # NVRTC builds that print no ptxas statistics (seen with NVRTC 13)
+        pytest.skip("this NVRTC returns no ptxas statistics for --ptxas-options=-v")
+    spills = [line for line in log.splitlines() if "spill" in line and not line.strip().startswith("0 bytes spill")
+              and " 0 bytes spill stores, 0 bytes spill loads" not in line]
+    assert not spills, log
