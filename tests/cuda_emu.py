@@ -7,7 +7,8 @@ does what each instruction does, with every thread of a block an OS thread:
                  bytes, src-size bytes read and the rest zero-filled
   ldmatrix       x2/x4, plain and .trans: each lane's row address, the fragment layout of the PTX ISA
   mma.sync       m16n8k16 row.col f16 -> f32 from the lanes' A/B/C fragments
-  shfl.xor, barriers, f16 conversions (_Float16, round to nearest even), ex2
+  shfl.xor, barriers, f16 conversions (_Float16, round to nearest even), ex2, prmt, f16x2 sub/mul
+                 (in f32, exact for f16 operands, then one rounding)
 The rest of the kernel source compiles unchanged with g++ -std=c++20. Slow (hundreds of threads a
 block), so only small shapes; no timing meaning.
 """
@@ -119,6 +120,19 @@ static inline u32 pack_h2(float lo, float hi) {
 }
 static inline float h2f(u16 h) { _Float16 v; std::memcpy(&v, &h, 2); return (float)v; }
 static inline float ex2(float x) { return std::exp2(x); }
+static inline u32 prmt(u32 a, u32 b, u32 sel) {
+    unsigned char bytes[8], out[4];
+    std::memcpy(bytes, &a, 4); std::memcpy(bytes + 4, &b, 4);
+    for (int j = 0; j < 4; ++j) out[j] = bytes[(sel >> (4 * j)) & 7];
+    u32 r; std::memcpy(&r, out, 4); return r;
+}
+static inline u32 hop2(u32 a, u32 b, bool mul) {   // f16x2 sub / mul, each half rounded once
+    float r[2];
+    for (int j = 0; j < 2; ++j) { float x = hf(a, j), y = hf(b, j); r[j] = mul ? x * y : x - y; }
+    return pack_h2(r[0], r[1]);
+}
+static inline u32 hsub2(u32 a, u32 b) { return hop2(a, b, false); }
+static inline u32 hmul2(u32 a, u32 b) { return hop2(a, b, true); }
 """
 
 DRIVER = r"""

@@ -175,6 +175,24 @@ __device__ __forceinline__ float h2f(u16 h) {
     return f;
 }
 
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
 __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -208,16 +226,21 @@ __device__ __forceinline__ float slope_of(int h, float max_bias, float m0, float
 // f16 rounding of x (a Q8_0 block scale is kept as f16)
 __device__ __forceinline__ float f16r(float x) { return h2f((u16)(pack_h2(x, 0.0f) & 0xffffu)); }
 
-// elements i, i + 1 (i even, < 32) of the block at blk as an f16 pair: d * q exact in f32, one rounding
+// elements i, i + 1 (i even, < 32) of the block at blk as an f16 pair, d * q rounded once to f16.
+// No int -> float conversions (a quarter-rate instruction): each quant byte becomes the low byte
+// of the f16 1024 + byte (prmt), 1024 + offset is subtracted exactly, and one f16x2 multiply by
+// (d, d) rounds the exact product d * q, which gives the same f16 as rounding it from f32.
 __device__ __forceinline__ u32 deq_pair(const unsigned char* blk, int i) {
-    const float d = h2f(*(const u16*)blk);
+    const u32 d = *(const u16*)blk;
+    const u32 d2 = d | (d << 16);
 #if KVT == 8
     const u32 two = *(const u16*)(blk + 2 + i);
-    return pack_h2((float)(signed char)(two & 255u) * d, (float)(signed char)(two >> 8) * d);
+    const u32 h = prmt(two ^ 0x8080u, 0x64646464u, 0x4140u);      // halves 1024 + (q + 128)
+    return hmul2(hsub2(h, 0x64806480u), d2);                        // - 1152: q, exact
 #else
-    const u32 two = *(const u16*)(blk + 2 + (i & 15));    // i < 16: low nibbles, else high
-    const int sh = i >= 16 ? 4 : 0;
-    return pack_h2((float)((int)((two >> sh) & 15u) - 8) * d, (float)((int)((two >> (8 + sh)) & 15u) - 8) * d);
+    const u32 two = *(const u16*)(blk + 2 + (i & 15));             // i < 16: low nibbles, else high
+    const u32 h = prmt((two >> (i >= 16 ? 4 : 0)) & 0x0f0fu, 0x64646464u, 0x4140u);   // 1024 + q
+    return hmul2(hsub2(h, 0x64086408u), d2);                        // - 1032: q - 8, exact
 #endif
 }
 

@@ -85,12 +85,14 @@ def smem_bytes(c: Config) -> int:
 def raw_copy(t) -> Optional[tuple[int, int]]:
     """(packed, CW) for the raw rows of quantized K/V `t`, or None when no cp.async copy fits:
     packed when rows sit back to back (nb1 = row bytes) from a 16-byte aligned start and head /
-    stream strides; CW the widest of 16, 8, 4 bytes dividing the row bytes, start and strides."""
+    stream strides; CW the widest of 16, 8, 4 bytes dividing the row bytes, start and strides
+    (strides of dimensions of size 1 do not count)."""
     rb = t.ne[0] // 32 * QUANT_BLOCK_BYTES[int(t.type)]
     start = tensor_start(t)
-    packed = int(t.nb[1] == rb and start % 16 == 0 and all(x % 16 == 0 for x in t.nb[2:]))
+    used = [x for x, n in zip(t.nb[2:], t.ne[2:]) if n > 1]      # a dimension of 1 never steps
+    packed = int(t.nb[1] == rb and start % 16 == 0 and all(x % 16 == 0 for x in used))
     for cw in (16, 8, 4):
-        if rb % cw == 0 and start % cw == 0 and all(x % cw == 0 for x in t.nb[1:]):
+        if rb % cw == 0 and start % cw == 0 and t.nb[1] % cw == 0 and all(x % cw == 0 for x in used):
             return packed, cw
     return None
 
@@ -110,10 +112,16 @@ def config(node) -> Config:
         copies = [raw_copy(t) for t in ((k,) if share else (k, v))]
         if all(copies):
             c = replace(c, KVT=int(k.type), PACKED=min(x[0] for x in copies), CW=min(x[1] for x in copies))
-    for stages in (4, 3, 2):
-        if _fits_two(replace(c, STAGES=stages)):
-            c = replace(c, STAGES=stages)
-            break
+    if c.KVT:
+        # measured on an H200 (benchmarks/attention_cuda.py --quant, one run): MLA decode 232 us with
+        # 64 rows x 8 warps x 3 stages (one block an SM) against 249 us with the f16 choice (32 x 4 x 2,
+        # two blocks); GQA decode 85 us with 2 stages against 92 us with 4
+        c = replace(c, BN=64, WARPS=8, STAGES=3) if dk > 256 else replace(c, STAGES=2)
+    else:
+        for stages in (4, 3, 2):
+            if _fits_two(replace(c, STAGES=stages)):
+                c = replace(c, STAGES=stages)
+                break
     c = replace(c, **{f: x for f, x in OVERRIDE.items() if f != "MIN_BLOCKS"})
     if c.DV % (8 * c.WARPS) or c.BN % (8 * c.WARPS) or c.BN % 16:
         c = replace(c, WARPS=4, BN=-(-c.BN // 32) * 32)       # an override the shapes do not allow
