@@ -17,9 +17,10 @@ kernel, plain = fa_split) and, for mma, its config and kv chunks.
 
 --tc / --plain also time the Numba tensor-core / plain kernels on the same data (before/after in
 one run); --sweep times other attention_mma configs (tile rows, stages, warps, waves) per case.
---quant times mla-view over a Q8_0 cache (the same values quantized; 34 bytes a 32-value block,
-0.53x the f16 bytes) next to the f16 cache on its default path and on the plain fa_split kernel
-(the kernel the Q8_0 cache runs), with effective bytes/s of the cache as stored.
+--quant times mla-view over a Q8_0 and a Q4_0 cache (the same values quantized; 34 / 18 bytes a
+32-value block, 0.53x / 0.28x the f16 bytes) on attention_mma.cu (a few configs: SWEEP_QUANT),
+the Q8_0 cache again on the plain fa_split kernel (before), and gqa over a Q8_0 cache, next to
+the f16 cache's default path, with effective bytes/s of the cache as stored.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ DK, DV = 576, 512
 SWEEP_MLA_VIEW = ({"BN": 64, "WARPS": 8, "STAGES": 2}, {"BN": 64, "STAGES": 2}, {"BN": 32, "STAGES": 3})
 SWEEP_MLA_COPY = ({"WAVES": 2},)
 SWEEP_GQA = ({"WARPS": 8, "STAGES": 3}, {"BN": 32, "STAGES": 4}, {"BN": 64, "STAGES": 4})
+SWEEP_QUANT_MLA = ({"STAGES": 4}, {"BN": 64, "STAGES": 2}, {"BN": 64, "WARPS": 8, "STAGES": 3}, {"WAVES": 2})
+SWEEP_QUANT_GQA = ({"STAGES": 2}, {"BN": 32, "STAGES": 4}, {"WARPS": 8, "STAGES": 4})
 
 
 def _events_us(stream, launch, runs: int) -> list[float]:
@@ -162,21 +165,28 @@ class _override:
         attention_mma.OVERRIDE.update(self.old)
 
 
-def gqa(be, torch, n_kv: int, runs: int, sweep: tuple = (), sdpa: bool = True) -> None:
+def gqa(be, torch, n_kv: int, runs: int, sweep: tuple = (), sdpa: bool = True, kv_type: int = mg.TYPE_F16) -> float:
     rng = np.random.default_rng(1)
     ctx = mg.Context()
     H, HK, D = 32, 8, 128
     ka = rng.uniform(-1, 1, (1, HK, n_kv, D)).astype(np.float16)
     va = rng.uniform(-1, 1, (1, HK, n_kv, D)).astype(np.float16)
     qa = rng.uniform(-1, 1, (1, H, 1, D)).astype(np.float32)
-    k = ctx.new_tensor_4d(mg.TYPE_F16, D, n_kv, HK, 1)
-    k.set_data(ka)
-    v = ctx.new_tensor_4d(mg.TYPE_F16, D, n_kv, HK, 1)
-    v.set_data(va)
+    if kv_type == mg.TYPE_F16:
+        k = ctx.new_tensor_4d(mg.TYPE_F16, D, n_kv, HK, 1)
+        k.set_data(ka)
+        v = ctx.new_tensor_4d(mg.TYPE_F16, D, n_kv, HK, 1)
+        v.set_data(va)
+    else:   # the same values quantized; the reference reads them dequantized
+        k = ctx.from_numpy(ka.astype(np.float32), kv_type)
+        v = ctx.from_numpy(va.astype(np.float32), kv_type)
+        ka, va = k.numpy().reshape(ka.shape), v.numpy().reshape(va.shape)
+        sdpa = False
     q = ctx.from_numpy(qa)
     scale = 1.0 / math.sqrt(D)
     ref = _reference(torch, qa, ka, va, scale)[0]
-    byt = 2 * HK * n_kv * D * 2
+    byt = mg.nbytes(k) + mg.nbytes(v)
+    name = "gqa" if kv_type == mg.TYPE_F16 else f"gqa-{mg.type_name(kv_type)}"
     first = None
     for ov in ({},) + tuple(sweep):
         with _override(ov):
@@ -186,11 +196,11 @@ def gqa(be, torch, n_kv: int, runs: int, sweep: tuple = (), sdpa: bool = True) -
             err = float(np.abs(got - ref).max() / np.abs(ref).max())
             ts = _events_us(be.stream, replay, runs)
             first = first or ts
-            print(f"gqa       n_kv={n_kv} minigraph: {_spread(ts)}; K+V {byt / 1e6:.0f} MB -> "
+            print(f"{name:9s} n_kv={n_kv} minigraph: {_spread(ts)}; K+V {byt / 1e6:.0f} MB -> "
                   f"{byt / statistics.median(ts) / 1e6:.2f} TB/s; max rel err {err:.1e} {_path(out)}", flush=True)
     ts = first
     if torch is None or not sdpa:
-        return
+        return statistics.median(ts)
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 
@@ -215,6 +225,7 @@ def gqa(be, torch, n_kv: int, runs: int, sweep: tuple = (), sdpa: bool = True) -
                 tt.append(a.elapsed_time(b) * 1e3)
     print(f"gqa       n_kv={n_kv} torch SDPA flash: {_spread(tt)}; max rel err {err_t:.1e}; "
           f"minigraph / SDPA = {statistics.median(ts) / statistics.median(tt):.2f}x (goal <= 1.25x)")
+    return statistics.median(ts)
 
 
 def main() -> None:
@@ -240,7 +251,7 @@ def main() -> None:
     t_view = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True, sweep=SWEEP_MLA_VIEW if sw else ())
     t_copy = mla(be, torch, a.n_kv, a.ne3, a.runs, view=False, sweep=SWEEP_MLA_COPY if sw else ())
     print(f"mla view / copy = {t_view / t_copy:.2f}x (goal <= 0.6x)")
-    gqa(be, torch, a.n_kv, a.runs, sweep=SWEEP_GQA if sw else ())
+    t_gqa = gqa(be, torch, a.n_kv, a.runs, sweep=SWEEP_GQA if sw else ())
     from minigraph.backends.cuda import attention as fa
 
     if a.tc:
@@ -251,17 +262,20 @@ def main() -> None:
         print(f"mla view / copy = {tv / tcp:.2f}x")
         gqa(be, torch, a.n_kv, a.runs, sdpa=False)
     if a.quant:
-        use = (fa.USE_MMA, fa.USE_TC)
-        print("quantized cache (Q8_0: fa_split decodes the blocks) next to f16, per byte of cache:")
+        use = fa.USE_MMA
+        print("quantized cache (attention_mma.cu decodes the blocks in shared memory) next to f16:")
         kb16 = a.ne3 * a.n_kv * DK * 2
-        kb8 = a.ne3 * a.n_kv * (DK // 32) * 34
-        t8 = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True, kv_type=mg.TYPE_Q8_0)
-        fa.USE_MMA = fa.USE_TC = False
-        t16p = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True)
-        fa.USE_MMA, fa.USE_TC = use
-        for what, t16 in (("f16 default path", t_view), ("f16 plain fa_split", t16p)):
-            print(f"q8_0 vs {what}: time {t8 / t16:.2f}x, bytes/s {(kb8 / t8) / (kb16 / t16):.2f}x "
-                  f"({kb8 / t8 / 1e6:.2f} vs {kb16 / t16 / 1e6:.2f} TB/s)")
+        t8 = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True, sweep=SWEEP_QUANT_MLA, kv_type=mg.TYPE_Q8_0)
+        t4 = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True, kv_type=mg.TYPE_Q4_0)
+        fa.USE_MMA = False
+        t8p = mla(be, torch, a.n_kv, a.ne3, a.runs, view=True, kv_type=mg.TYPE_Q8_0)
+        fa.USE_MMA = use
+        for what, t, bb in (("q8_0 mma", t8, 34), ("q4_0 mma", t4, 18), ("q8_0 fa_split (before)", t8p, 34)):
+            kb = a.ne3 * a.n_kv * (DK // 32) * bb
+            print(f"mla {what} vs f16 default path: time {t / t_view:.2f}x, bytes/s {(kb / t) / (kb16 / t_view):.2f}x "
+                  f"({kb / t / 1e6:.2f} vs {kb16 / t_view / 1e6:.2f} TB/s)")
+        tg = gqa(be, torch, a.n_kv, a.runs, sweep=SWEEP_QUANT_GQA, kv_type=mg.TYPE_Q8_0)
+        print(f"gqa q8_0 mma vs f16 default path: time {tg / t_gqa:.2f}x, bytes/s {(34 / 64) * t_gqa / tg:.2f}x")
     if a.plain:
         fa.USE_MMA = False
         fa.USE_TC = False

@@ -6,6 +6,7 @@
     minigraph dump examples/graphs.py:delta_net --profile --top 5
     minigraph compare examples/graphs.py:mlp --backends cpu,reference
     minigraph dump examples/graphs.py:mla_decode -p config=lite -p n_past=4095
+    minigraph dump examples/graphs.py:mla_decode -p config=lite -p cache_type=q8_0
     minigraph compare examples/graphs.py:mla_prefill -p flash_attn=0 --fused-vs-unfused
     minigraph dump examples/graphs.py:mla_rope_shift --format dot > shift.dot
 """
@@ -18,7 +19,8 @@ from minigraph.models import mla
 from minigraph.models.delta_net import build_delta_net_chunking, build_delta_net_fused
 
 MLA_CONFIGS = {"small": mla.SMALL, "q_lora": mla.SMALL_Q_LORA, "lite": mla.DEEPSEEK_V2_LITE}
-TYPES = {"f16": mg.TYPE_F16, "f32": mg.TYPE_F32, "i32": mg.TYPE_I32, "i64": mg.TYPE_I64}
+TYPES = {"f16": mg.TYPE_F16, "f32": mg.TYPE_F32, "q8_0": mg.TYPE_Q8_0, "i32": mg.TYPE_I32, "i64": mg.TYPE_I64}
+MLA_CONFIGS["small_q8"] = mla.SMALL_Q8     # cache rows of whole Q8_0 blocks (-p cache_type=q8_0)
 
 
 def _input(ctx: mg.Context, rng: np.random.Generator, name: str, ne: list[int],
@@ -83,7 +85,8 @@ def mla_decode(ctx: mg.Context, n_past: int = 15, kv_size: int = 0, config: str 
     """One token of llama.cpp's absorbed MLA attention (deepseek2, minigraph.models.mla) over a cache
     of n_past tokens: set_rows into the [kv | pe] cache rows, flash_attn_ext with V a view of K
     (flash_attn=0: mul_mat / soft_max_ext / mul_mat, which the attention pass fuses). config: small,
-    q_lora or lite (DeepSeek-V2-Lite: 16 heads, cache rows of 576, V 512)."""
+    q_lora, small_q8 or lite (DeepSeek-V2-Lite: 16 heads, cache rows of 576, V 512). cache_type:
+    f16, f32 or q8_0 (llama.cpp's -ctk q8_0; rows of whole blocks: config=lite or small_q8)."""
     return _mla(ctx, 1, n_past, kv_size, config, flash_attn, cache_type, idx_type, seed)
 
 

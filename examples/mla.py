@@ -5,6 +5,8 @@ K-cache rope shift.
 
 Run: python examples/mla.py            (small shapes, a few seconds)
      python examples/mla.py --lite     (DeepSeek-V2-Lite's dims: 16 heads, cache rows of 576)
+     python examples/mla.py --cache-type q8_0   (a Q8_0 K cache, llama.cpp's -ctk q8_0; small dims
+                                                 become rows of whole blocks; no plain-path step)
 """
 import argparse
 
@@ -12,14 +14,18 @@ import numpy as np
 
 import minigraph as mg
 from minigraph.models import mla
+from minigraph.core import quants
 from minigraph.models.mla_reference import mla_layer_reference, rope_shift_reference
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--lite", action="store_true", help="DeepSeek-V2-Lite dimensions")
 ap.add_argument("--prefill", type=int, default=8, help="tokens in the prefill")
 ap.add_argument("--kv-size", type=int, default=16, help="cells in the K cache")
+ap.add_argument("--cache-type", choices=("f16", "q8_0"), default="f16", help="K cache type")
 args = ap.parse_args()
-cfg = mla.DEEPSEEK_V2_LITE if args.lite else mla.SMALL
+q8 = args.cache_type == "q8_0"
+cache_type = mg.TYPE_Q8_0 if q8 else mg.TYPE_F16
+cfg = mla.DEEPSEEK_V2_LITE if args.lite else (mla.SMALL_Q8 if q8 else mla.SMALL)
 n_pre, kv_size = args.prefill, args.kv_size
 rng = np.random.default_rng(0)
 cpu = mg.backend_cpu_init()
@@ -33,7 +39,7 @@ def layer(cache: np.ndarray, x: np.ndarray, pos: np.ndarray, kv_pos: np.ndarray,
     """Build and run one layer step; returns (output, the cache after it, graph, optimized run)."""
     ctx = mg.Context()
     w = mla.random_weights(ctx, cfg, np.random.default_rng(1))          # the same weights every step
-    k_cache = ctx.from_numpy(cache).set_name("cache_k_l0")
+    k_cache = ctx.from_numpy(cache, cache_type if q8 else None).set_name("cache_k_l0")
     mask = mla.causal_mask(kv_pos, pos).reshape(1, 1, len(pos), kv_size)
     gf = ctx.new_graph()
     out = mla.build_mla_attn(ctx, gf, cfg, w, ctx.from_numpy(x), ctx.from_numpy(pos), k_cache,
@@ -41,12 +47,13 @@ def layer(cache: np.ndarray, x: np.ndarray, pos: np.ndarray, kv_pos: np.ndarray,
     run = mg.optimize(gf, cpu)
     mg.compute(gf, cpu)
     ref, ref_cache = mla_layer_reference(cfg, {n: t.numpy() for n, t in w.tensors().items()}, x, pos, cache,
-                                         pos, kv_pos, kv_size, cache_dtype=np.float16)
+                                         pos, kv_pos, kv_size, cache_dtype=None if q8 else np.float16,
+                                         cache_type=cache_type)
     return out.numpy(), k_cache.numpy(), ref, ref_cache, gf, run
 
 
 # 1. prefill n_pre tokens into an empty f16 cache (cells 0..n_pre-1), then decode token n_pre
-cache = np.zeros((kv_size, cfg.n_embd_k_cache), np.float16)
+cache = np.zeros((kv_size, cfg.n_embd_k_cache), np.float32 if q8 else np.float16)
 x = rng.standard_normal((n_pre + 1, cfg.n_embd)).astype(np.float32)
 kv_pos = np.full(kv_size, -1)
 kv_pos[:n_pre] = np.arange(n_pre)
@@ -60,7 +67,10 @@ print(f"  prefill {n_pre} tokens: NMSE vs float64 reference {nmse(out, ref):.2e}
 kv_pos[n_pre] = n_pre
 pos = np.array([n_pre], np.int32)
 out, cache2, ref, _, _, _ = layer(cache, x[n_pre:], pos, kv_pos, True)
-print(f"  decode 1 token over the prefilled cache: NMSE {nmse(out, ref):.2e}")
+print(f"  decode 1 token over the prefilled {args.cache_type} cache: NMSE {nmse(out, ref):.2e}"
+      + (" (q rounded to Q8_0 values for the K dots, as ggml's CPU)" if q8 else ""))
+if q8:   # llama.cpp needs flash attention over a quantized cache, and ropes it through f32: done
+    raise SystemExit(0)
 
 # 2. the same step without flash attention: llama.cpp's mul_mat / soft_max_ext / mul_mat, fused back
 out_plain, _, ref, _, gf, run = layer(cache, x[n_pre:], pos, kv_pos, False)

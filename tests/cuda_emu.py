@@ -3,10 +3,12 @@
 The .cu file's PTX section (between its `-- PTX intrinsics` markers) is swapped for C++ that
 does what each instruction does, with every thread of a block an OS thread:
   cp.async       queued per thread, landing only at cp.async.wait_group (so a tile read before
-                 its wait, or a stage overwritten while in use, gives wrong numbers)
+                 its wait, or a stage overwritten while in use, gives wrong numbers); 16, 8 and 4
+                 bytes, src-size bytes read and the rest zero-filled
   ldmatrix       x2/x4, plain and .trans: each lane's row address, the fragment layout of the PTX ISA
   mma.sync       m16n8k16 row.col f16 -> f32 from the lanes' A/B/C fragments
-  shfl.xor, barriers, f16 conversions (_Float16, round to nearest even), ex2
+  shfl.xor, barriers, f16 conversions (_Float16, round to nearest even), ex2, prmt, f16x2 sub/mul
+                 (in f32, exact for f16 operands, then one rounding)
 The rest of the kernel source compiles unchanged with g++ -std=c++20. Slow (hundreds of threads a
 block), so only small shapes; no timing meaning.
 """
@@ -57,19 +59,22 @@ static inline float __shfl_xor_sync(unsigned, float v, int m) {
     float r = w.f[l ^ m][0]; w.bar->arrive_and_wait();
     return r;
 }
-struct Copy { unsigned dst; const void* src; bool ok; };
+struct Copy { unsigned dst; const void* src; int n; int size; };
 thread_local std::vector<Copy> t_open;
 thread_local std::vector<std::vector<Copy>> t_groups;
 """
 
 INTRINSICS = r"""
 static inline u32 smem_addr(const void* p) { return (u32)((const unsigned char*)p - g_smem); }
-static inline void cp16(u32 dst, const void* src, bool ok) { t_open.push_back({dst, src, ok}); }
+static inline void cp16(u32 dst, const void* src, bool ok) { t_open.push_back({dst, src, ok ? 16 : 0, 16}); }
+static inline void cp16n(u32 dst, const void* src, int n) { t_open.push_back({dst, src, n, 16}); }
+static inline void cpw(u32 dst, const void* src, bool ok) { t_open.push_back({dst, src, ok ? CW : 0, CW}); }
 static inline void cp_commit() { t_groups.push_back(t_open); t_open.clear(); }
 template <int N> static inline void cp_wait() {
     while ((int)t_groups.size() > N) {
         for (auto& c : t_groups.front()) {
-            if (c.ok) std::memcpy(g_smem + c.dst, c.src, 16); else std::memset(g_smem + c.dst, 0, 16);
+            std::memcpy(g_smem + c.dst, c.src, c.n);
+            std::memset(g_smem + c.dst + c.n, 0, c.size - c.n);
         }
         t_groups.erase(t_groups.begin());
     }
@@ -115,6 +120,19 @@ static inline u32 pack_h2(float lo, float hi) {
 }
 static inline float h2f(u16 h) { _Float16 v; std::memcpy(&v, &h, 2); return (float)v; }
 static inline float ex2(float x) { return std::exp2(x); }
+static inline u32 prmt(u32 a, u32 b, u32 sel) {
+    unsigned char bytes[8], out[4];
+    std::memcpy(bytes, &a, 4); std::memcpy(bytes + 4, &b, 4);
+    for (int j = 0; j < 4; ++j) out[j] = bytes[(sel >> (4 * j)) & 7];
+    u32 r; std::memcpy(&r, out, 4); return r;
+}
+static inline u32 hop2(u32 a, u32 b, bool mul) {   // f16x2 sub / mul, each half rounded once
+    float r[2];
+    for (int j = 0; j < 2; ++j) { float x = hf(a, j), y = hf(b, j); r[j] = mul ? x * y : x - y; }
+    return pack_h2(r[0], r[1]);
+}
+static inline u32 hsub2(u32 a, u32 b) { return hop2(a, b, false); }
+static inline u32 hmul2(u32 a, u32 b) { return hop2(a, b, true); }
 """
 
 DRIVER = r"""
@@ -141,7 +159,7 @@ static void run_grid(dim3 grid, int threads, int smem, F body) {
 }
 
 extern "C" void emu_chunk(unsigned gx, unsigned gy, unsigned gz, int smem, const i64* meta, const float* q,
-                          const u16* k, const u16* v, const void* mask, float* part, float scale, float max_bias,
+                          const void* k, const void* v, const void* mask, float* part, float scale, float max_bias,
                           float softcap, float m0, float m1, int n_log2, int has_mask, int mask_f32, int v_off,
                           int chunk, int n_parts) {
     run_grid({gx, gy, gz}, NT, smem, [=] { fa_mma_chunk(meta, q, k, v, mask, part, scale, max_bias, softcap, m0, m1,
@@ -220,7 +238,7 @@ def run_flash_attn(node, n_chunks: int, override: Optional[dict] = None):
         if t is None:
             ptrs.append(dst.ctypes.data)
             continue
-        es = dtypes.type_size(t.type)
+        es = 1 if dtypes.is_quantized(t.type) else dtypes.type_size(t.type)   # quantized: meta in bytes
         meta[s * 9] = tensor_start(t) // es
         meta[s * 9 + 1:s * 9 + 5] = t.ne
         meta[s * 9 + 5:s * 9 + 9] = [x // es for x in t.nb]
@@ -234,7 +252,7 @@ def run_flash_attn(node, n_chunks: int, override: Optional[dict] = None):
     m1 = 2.0 ** (-(max_bias / 2.0) / n_log2)
     part = np.full(n_head * n_q * n3 * n_chunks * (DV + 2), np.nan, np.float32)
     n_rg = -(-(n_head // k.ne[2]) * n_q // fm.ROWS)
-    lib = library({f: getattr(c, f) for f in ("DK", "DV", "BN", "STAGES", "WARPS", "SHARE", "MIN_BLOCKS")})
+    lib = library({f: getattr(c, f) for f in fm.DEFINES})
     p = node.op_params
     lib.emu_chunk(n_chunks, n_rg * k.ne[2], n3, fm.smem_bytes(c), meta.ctypes.data, ptrs[1], ptrs[2], ptrs[3], ptrs[4],
                   part.ctypes.data, float(p["scale"]), max_bias, float(p["logit_softcap"]), m0, m1, n_log2,

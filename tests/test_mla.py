@@ -187,3 +187,38 @@ def test_rope_shift_on_cuda(cuda, sched):
     mg.compute(k_pe, sched)
     assert sched.get_tensor_backend(k_pe).name == "CUDA0"
     np.testing.assert_allclose(k_cache.numpy(), rope_shift_reference(cfg, cache, shift), rtol=1e-5, atol=1e-5)
+
+
+# -- a Q8_0 cache (llama.cpp's -ctk q8_0) --------------------------------------------------------
+# set_rows quantizes the new rows; the reference writes the same rows quantized and dequantized
+# again (quants.roundtrip) and attends over the dequantized cache (the graph's float64 reference
+# matches it to 1e-30), so what is left is FLASH_ATTN_EXT's rounding of q to Q8_0 values for the K
+# dots (ggml's CPU semantics, ~1/254 of a block's max each): measured 5e-6 .. 4e-5 NMSE over seeds
+# 0-2 on these N(0, 1) caches, whose logits span several units (the conformance cases' uniform
+# data: ~1e-6); 1e-4 leaves room, a wrong row or block scale gives > 1e-2.
+QUANT_LAYER_NMSE = 1e-4
+
+@pytest.mark.parametrize("n_tokens, n_past", [(1, 6), (3, 2)])
+def test_layer_over_a_q8_0_cache_on_cpu(n_tokens, n_past):
+    cfg = mla.SMALL_Q8
+    gf, out, w, inp = build(cfg, n_tokens, n_past, cache_type=mg.TYPE_Q8_0, kv_size=10)
+    fa = next(n for n in gf.nodes if n.op == "FLASH_ATTN_EXT")
+    assert fa.src[1].type == fa.src[2].type == mg.TYPE_Q8_0 and fa.op_params["v_in_k"] == 0
+    want, want_cache = layer_reference(cfg, w, inp)
+    mg.compute(gf, CPU)
+    err = nmse(out.numpy(), want)
+    assert 0 < err < QUANT_LAYER_NMSE, err
+    written = inp.idxs.astype(np.int64)
+    cache = inp.k_cache.numpy().astype(np.float64)
+    np.testing.assert_allclose(cache, want_cache, rtol=0, atol=1e-6)   # the same quantizer on both sides
+    assert not np.allclose(cache[written], inp.cache0[written])
+
+
+def test_q8_0_cache_refusals():
+    ctx = mg.Context()
+    with pytest.raises(mg.MinigraphError, match="whole 32-value blocks"):
+        mla.make_inputs(ctx, mla.SMALL, np.random.default_rng(0), 1, 2, cache_type=mg.TYPE_Q8_0)
+    with pytest.raises(mg.MinigraphError, match="is not one of"):
+        mla.make_inputs(ctx, mla.SMALL, np.random.default_rng(0), 1, 2, cache_type=mg.TYPE_Q4_K)
+    with pytest.raises(mg.MinigraphError, match="needs flash attention"):
+        build(mla.SMALL_Q8, 1, 2, flash=False, cache_type=mg.TYPE_Q8_0)

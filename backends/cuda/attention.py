@@ -25,14 +25,17 @@ C++ kernels of attention_mma.cu (cp.async pipeline, tensor cores; `attention_mma
 says when not), else the Numba tensor-core kernel of attention_tc.py (`tc_refusal(node)`).
 
 A quantized K or V (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 cache; registered as the op's quantized kernel)
-comes as raw bytes, meta in bytes (nb0 = a block's bytes), and runs fa_split: lane l's element
+comes as raw bytes, meta in bytes (nb0 = a block's bytes). On a GPU, Q8_0 and Q4_0 K/V whose raw
+rows a cp.async fits run attention_mma.cu (blocks decoded in shared memory, q rounded to Q8_0
+values; `attention_mma.refusal(node)` says when not); the rest runs fa_split: lane l's element
 l + 32 i of a row is element l of block i, so each lane decodes one value of each block in
 registers (`qvalue`, ggml's dequantize_row_* arithmetic: the same floats). As on ggml's CPU, a
 quantized K is scored against q rounded to Q8_0 values (`round_q8`: the per-block max is a warp
-max over the lanes), so CUDA and CPU agree with ggml-python's CPU backend. Speed: correct but
-slow. MLA decode n_kv=32768, ne3=8 on an H200 takes 18.3 ms over Q8_0 (8.7 GB/s of cache) against
-16.5 ms for the same f16 cache on fa_split (18 GB/s) and 136 us on the f16 mma path (2.22 TB/s):
-a fast quantized path wants block decoding in attention_mma.cu (not done).
+max over the lanes), so CUDA and CPU agree with ggml-python's CPU backend. Speed (H200, MLA decode
+n_kv=32768, ne3=8): fa_split 18.3 ms over Q8_0 (8.7 GB/s of cache); attention_mma.cu 232-249 us
+over Q8_0 (0.64-0.69 TB/s) and 255 us over Q4_0, against 134 us for the f16 cache (2.26 TB/s):
+the decode pass and its extra barrier, not the bytes, set the pace (Q4_0 reads half of Q8_0's
+bytes in the same time).
 """
 from __future__ import annotations
 

@@ -1,8 +1,18 @@
-// FLASH_ATTN_EXT chunk and combine kernels in CUDA C++ for f16 K/V (sm_80+), compiled at run time
-// by NVRTC (attention_mma.py). Same split-KV plan, partials and combine as attention.py.
+// FLASH_ATTN_EXT chunk and combine kernels in CUDA C++ for f16, Q8_0 or Q4_0 K/V (sm_80+),
+// compiled at run time by NVRTC (attention_mma.py). Same split-KV plan, partials and combine as
+// attention.py.
 //
 // Compile-time shape (-D): DK, DV (head sizes, % 16 / % 32), BN (kv rows a tile), STAGES (tiles
-// in shared memory), WARPS, SHARE (1: V is K's columns [v_off, v_off + DV), read from the K tile).
+// in shared memory), WARPS, SHARE (1: V is K's columns [v_off, v_off + DV), read from the K tile),
+// KVT (K/V type, ggml's enum: 0 f16, 8 Q8_0, 2 Q4_0), and for a quantized cache CW (bytes a
+// cp.async of a raw row: 4, 8 or 16) and PACKED (1: a tile's rows are one contiguous run of
+// bytes, copied in 16-byte pieces across row ends).
+//
+// A quantized cache: cp.async brings a tile's raw block bytes (a Q8_0 row of 576 values is 18
+// blocks x 34 bytes, not a multiple of 16) into STAGES raw stages; once a stage landed, the block
+// decodes it into the one f16 K (and V) tile the mma's read: d * q exactly in f32, rounded once
+// to f16. q is rounded to Q8_0 values first (quantize_row_q8_0's arithmetic, as ggml's CPU does
+// for a quantized K), then scaled and rounded to f16 like the f16 path's q.
 //
 // One block = (kv chunk, 16 rows of one K head, ne3). Rows are the (query row, head) pairs of a
 // GQA/MQA group: row r is query row r / G of head ik2 * G + r % G (MLA: the 16 heads of the one
@@ -41,6 +51,15 @@
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1
 #endif
+#ifndef KVT
+#define KVT 0
+#endif
+#ifndef CW
+#define CW 16
+#endif
+#ifndef PACKED
+#define PACKED 0
+#endif
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -60,11 +79,34 @@ static_assert(DK % 16 == 0 && DV % (8 * WARPS) == 0, "head sizes");
 static_assert(BN % (8 * WARPS) == 0 && BN % 16 == 0, "tile");
 static_assert(STAGES >= 2 && ROWS % WARPS == 0, "stages, warps");
 
+#if KVT == 8
+#define QBB 34                   // bytes a block: f16 d, 32 int8
+#elif KVT == 2
+#define QBB 18                   // f16 d, 16 bytes of nibbles
+#elif KVT != 0
+#error "KVT: 0 (f16), 2 (Q4_0) or 8 (Q8_0)"
+#endif
+#if KVT
+#define RBK (DK / 32 * QBB)      // raw bytes of a K row, a V row
+#define RBV (DV / 32 * QBB)
+#define RAWK (BN * RBK)          // raw bytes of a tile (a multiple of 16: BN % 16 == 0, QBB even)
+#define RAWV (SHARE ? 0 : BN * RBV)
+#define FTILES 1                 // f16 tiles: the one the raw stage decodes into
+typedef unsigned char KT;        // K/V element pointers step in bytes (meta in bytes)
+static_assert(DK % 32 == 0 && DV % 32 == 0 && RBK % CW == 0 && (SHARE || RBV % CW == 0), "blocks");
+#else
+#define RAWK 0
+#define RAWV 0
+#define FTILES STAGES
+typedef u16 KT;
+#endif
+
 // shared memory layout (bytes); attention_mma.py's smem_bytes() mirrors it
 #define SM_Q 0
 #define SM_K (SM_Q + ROWS * QS * 2)
-#define SM_V (SM_K + STAGES * BN * KS * 2)
-#define SM_P (SM_V + (SHARE ? 0 : STAGES * BN * VS * 2))
+#define SM_V (SM_K + FTILES * BN * KS * 2)
+#define SM_R (SM_V + (SHARE ? 0 : FTILES * BN * VS * 2))
+#define SM_P (SM_R + STAGES * (RAWK + RAWV))
 #define SM_MAX (SM_P + ROWS * PS * 2)
 #define SM_L (SM_MAX + WARPS * ROWS * 4)
 #define SM_TOTAL (SM_L + WARPS * ROWS * 4)
@@ -79,6 +121,16 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
 __device__ __forceinline__ void cp16(u32 dst, const void* src, bool ok) {
     // 16 bytes global -> shared, bypassing L1; ok == false fills zeros (rows past the chunk)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(ok ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp16n(u32 dst, const void* src, int n) {
+    // 16 bytes global -> shared of which the first n (0..16) are read, the rest zero-filled
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(n));
+}
+
+__device__ __forceinline__ void cpw(u32 dst, const void* src, bool ok) {
+    // CW (4, 8 or 16) bytes global -> shared through L1 (the raw rows of a quantized cache)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" :: "r"(dst), "l"(src), "n"(CW), "r"(ok ? CW : 0));
 }
 
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -123,6 +175,24 @@ __device__ __forceinline__ float h2f(u16 h) {
     return f;
 }
 
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
 __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -152,13 +222,73 @@ __device__ __forceinline__ float slope_of(int h, float max_bias, float m0, float
     return h < n_log2 ? powf(m0, (float)(h + 1)) : powf(m1, (float)(2 * (h - n_log2) + 1));
 }
 
+#if KVT
+// f16 rounding of x (a Q8_0 block scale is kept as f16)
+__device__ __forceinline__ float f16r(float x) { return h2f((u16)(pack_h2(x, 0.0f) & 0xffffu)); }
+
+// elements i, i + 1 (i even, < 32) of the block at blk as an f16 pair, d * q rounded once to f16.
+// No int -> float conversions (a quarter-rate instruction): each quant byte becomes the low byte
+// of the f16 1024 + byte (prmt), 1024 + offset is subtracted exactly, and one f16x2 multiply by
+// (d, d) rounds the exact product d * q, which gives the same f16 as rounding it from f32.
+__device__ __forceinline__ u32 deq_pair(const unsigned char* blk, int i) {
+    const u32 d = *(const u16*)blk;
+    const u32 d2 = d | (d << 16);
+#if KVT == 8
+    const u32 two = *(const u16*)(blk + 2 + i);
+    const u32 h = prmt(two ^ 0x8080u, 0x64646464u, 0x4140u);      // halves 1024 + (q + 128)
+    return hmul2(hsub2(h, 0x64806480u), d2);                        // - 1152: q, exact
+#else
+    const u32 two = *(const u16*)(blk + 2 + (i & 15));             // i < 16: low nibbles, else high
+    const u32 h = prmt((two >> (i >= 16 ? 4 : 0)) & 0x0f0fu, 0x64646464u, 0x4140u);   // 1024 + q
+    return hmul2(hsub2(h, 0x64086408u), d2);                        // - 1032: q - 8, exact
+#endif
+}
+
+// a raw tile (BN rows of RB bytes) decoded into an f16 tile of row stride S halfs, D values a row
+template <int D, int RB, int S>
+__device__ __forceinline__ void decode_tile(const unsigned char* raw, u32* tile, int tid) {
+#pragma unroll 4
+    for (int idx = tid; idx < BN * D / 2; idx += NT) {
+        const int rr = idx / (D / 2), c = idx % (D / 2);
+        tile[rr * (S / 2) + c] = deq_pair(raw + rr * RB + (c / 16) * QBB, 2 * (c % 16));
+    }
+}
+
+// raw rows jt .. jt + BN - 1 (row stride ld bytes) into shared memory at dst, RB bytes a row;
+// rows at or past j_hi are zero-filled (d = 0: their values are 0, their scores masked)
+template <int RB>
+__device__ __forceinline__ void load_raw(u32 dst, const unsigned char* base, int ld, int jt, int j_lo, int j_hi,
+                                         int tid) {
+#if PACKED
+    // ld == RB and the tile starts 16-byte aligned: one contiguous run of BN * RB bytes
+    const int valid = (min(j_hi, jt + BN) - jt) * RB;
+    const unsigned char* src = base + jt * RB;
+#pragma unroll
+    for (int p = tid; p < BN * RB / 16; p += NT) {
+        const int n = min(16, max(0, valid - 16 * p));
+        cp16n(dst + 16 * p, n ? src + 16 * p : src, n);
+    }
+#else
+    const int w = tid >> 5, lane = tid & 31;
+#pragma unroll
+    for (int i = 0; i < BN / WARPS; ++i) {
+        const int rr = i * WARPS + w;
+        const bool ok = jt + rr < j_hi;
+        const unsigned char* src = base + (ok ? jt + rr : j_lo) * ld;
+#pragma unroll
+        for (int cc = lane; cc < RB / CW; cc += 32) cpw(dst + rr * RB + cc * CW, src + cc * CW, ok);
+    }
+#endif
+}
+#endif
+
 __device__ __forceinline__ float mask_at(const void* mask, int mask_f32, i64 i) {
     return mask_f32 ? ((const float*)mask)[i] : h2f(((const u16*)mask)[i]);
 }
 
 extern "C" __global__ void __launch_bounds__(NT, MIN_BLOCKS)
-fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u16* __restrict__ k,
-             const u16* __restrict__ v, const void* __restrict__ mask, float* __restrict__ part,
+fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const void* __restrict__ k_,
+             const void* __restrict__ v_, const void* __restrict__ mask, float* __restrict__ part,
              float scale, float max_bias, float softcap, float m0, float m1, int n_log2,
              int has_mask, int mask_f32, int v_off, int chunk, int n_parts)
 {
@@ -176,10 +306,12 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
     const int r0 = (blockIdx.y % n_rg) * ROWS;
     const int i3 = blockIdx.z;
 
-    const u16* kb = k + meta[2 * SLOT] + ik2 * meta[2 * SLOT + 7] + (i3 / (n3 / (int)meta[2 * SLOT + 4])) * meta[2 * SLOT + 8];
+    const KT* k = (const KT*)k_;
+    const KT* kb = k + meta[2 * SLOT] + ik2 * meta[2 * SLOT + 7] + (i3 / (n3 / (int)meta[2 * SLOT + 4])) * meta[2 * SLOT + 8];
     const int k1 = (int)meta[2 * SLOT + 6];
 #if !SHARE
-    const u16* vb = v + meta[3 * SLOT] + ik2 * meta[3 * SLOT + 7] + (i3 / (n3 / (int)meta[3 * SLOT + 4])) * meta[3 * SLOT + 8];
+    const KT* v = (const KT*)v_;
+    const KT* vb = v + meta[3 * SLOT] + ik2 * meta[3 * SLOT + 7] + (i3 / (n3 / (int)meta[3 * SLOT + 4])) * meta[3 * SLOT + 8];
     const int v1 = (int)meta[3 * SLOT + 6];
 #endif
 
@@ -193,6 +325,13 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
     // chunk are zero-filled (their scores are masked, and 0 * garbage could be NaN)
     auto load_tile = [&](int t, int st) {
         const int jt = j_lo + t * BN;
+#if KVT
+        const u32 raw = s_base + SM_R + st * (RAWK + RAWV);
+        load_raw<RBK>(raw, kb, k1, jt, j_lo, j_hi, tid);
+#if !SHARE
+        load_raw<RBV>(raw + RAWK, vb, v1, jt, j_lo, j_hi, tid);
+#endif
+#else
         const u32 sk = s_base + SM_K + st * (BN * KS * 2);
 #pragma unroll
         for (int i = 0; i < BN / WARPS; ++i) {
@@ -212,6 +351,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
 #pragma unroll
             for (int cc = lane; cc < DV / 8; cc += 32) cp16(sv + (rr * VS + cc * 8) * 2, src + cc * 8, ok);
         }
+#endif
 #endif
     };
 
@@ -233,6 +373,25 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
             const int rr = i * WARPS + w, r = r0 + rr;
             const bool live = r < n_rows;
             const float* qp = q + (live ? qo0 + (r / G) * q1 + (ik2 * G + r % G) * q2 + i3 * q3 : 0);
+#if KVT
+            // q's Q8_0 values: a block of 32 is 16 lanes' pairs; its |max| a 16-lane shuffle max
+#pragma unroll
+            for (int c0 = 0; c0 < DK / 2; c0 += 32) {
+                const int c = c0 + lane;
+                const bool on = live && c < DK / 2;
+                float x0 = on ? qp[2 * c * q0] : 0.0f;
+                float x1 = on ? qp[(2 * c + 1) * q0] : 0.0f;
+                float am = fmaxf(fabsf(x0), fabsf(x1));
+#pragma unroll
+                for (int off = 1; off < 16; off <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, off));
+                const float d = am / 127.0f;
+                const float id = d != 0.0f ? 1.0f / d : 0.0f;
+                const float dr = f16r(d);
+                x0 = roundf(x0 * id) * dr * sc;
+                x1 = roundf(x1 * id) * dr * sc;
+                if (c < DK / 2) sq[rr * (QS / 2) + c] = pack_h2(x0, x1);
+            }
+#else
 #pragma unroll
             for (int c = lane; c < DK / 2; c += 32) {
                 float x0 = 0.0f, x1 = 0.0f;
@@ -242,6 +401,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
                 }
                 sq[rr * (QS / 2) + c] = pack_h2(x0, x1);
             }
+#endif
         }
     }
 
@@ -315,6 +475,17 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
         cp_commit();
         const int st = t % STAGES;
         const int jt = j_lo + t * BN;
+#if KVT
+        // the landed raw stage decoded into the f16 tile(s); the barrier above freed them
+        decode_tile<DK, RBK, KS>(smem + SM_R + st * (RAWK + RAWV), (u32*)(smem + SM_K), tid);
+#if !SHARE
+        decode_tile<DV, RBV, VS>(smem + SM_R + st * (RAWK + RAWV) + RAWK, (u32*)(smem + SM_V), tid);
+#endif
+        __syncthreads();
+        const int ft = 0;
+#else
+        const int ft = st;
+#endif
 
         // mask values of the lane's scores, loaded before the mma's that hide their latency
         float mv[NT_S][4];
@@ -336,7 +507,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
 #pragma unroll
         for (int nt = 0; nt < NT_S; ++nt)
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = s2[nt][0] = s2[nt][1] = s2[nt][2] = s2[nt][3] = 0.0f;
-        const u32 sk = s_base + SM_K + st * (BN * KS * 2);
+        const u32 sk = s_base + SM_K + ft * (BN * KS * 2);
 #pragma unroll
         for (int ks = 0; ks < DK / 16; ks += 2) {
             s_step(sk, ks, s);
@@ -403,7 +574,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const u1
         const u32 sv = sk;
         const int vs = KS;
 #else
-        const u32 sv = s_base + SM_V + st * (BN * VS * 2);
+        const u32 sv = s_base + SM_V + ft * (BN * VS * 2);
         const int vs = VS;
 #endif
 #pragma unroll

@@ -1,4 +1,4 @@
-"""FLASH_ATTN_EXT for f16 K/V on a real GPU: the CUDA C++ kernels of attention_mma.cu, compiled at
+"""FLASH_ATTN_EXT for f16, Q8_0 or Q4_0 K/V on a real GPU: the CUDA C++ kernels of attention_mma.cu, compiled at
 run time by NVRTC (cuda.bindings, which numba-cuda already needs) and launched on the backend's
 stream through the driver, so they sit in the plan's CUDA graph like every Numba launch.
 
@@ -10,7 +10,14 @@ unnormalised output, running max, running sum per (row, chunk)); the combine is 
 
 What it takes (`refusal(node)` says what not): f16 K and V, K/V rows contiguous and 16-byte
 aligned (offsets and strides), DK % 16 == 0, DV % 32 == 0, V with K's head count, compute
-capability >= 8.0, NVRTC present. Anything else runs the Numba kernels. When V is a view of K
+capability >= 8.0, NVRTC present. Anything else runs the Numba kernels.
+
+A quantized cache (K and V both Q8_0 or both Q4_0: llama.cpp's -ctk/-ctv q8_0, q4_0) runs the same
+kernel built with KVT = the ggml type: raw block rows come in with cp.async (`raw_copy`: the whole
+tile as 16-byte pieces when its rows are packed back to back and 16-byte aligned, else each row in
+4/8/16-byte pieces, which needs the row bytes, start and strides to be multiples of 4) and are
+decoded in shared memory into the f16 tile the mma's read; q is rounded to Q8_0 values as ggml's
+CPU does. Other quantized types, or rows that fit neither copy, run fa_split. When V is a view of K
 at an element offset that is a multiple of 8 (MLA: 0) the V tile is read from the K tile already
 in shared memory: V costs no memory traffic.
 
@@ -53,14 +60,41 @@ class Config:
     SHARE: int
     MIN_BLOCKS: int
     WAVES: int = 1
+    KVT: int = 0          # K/V type (ggml's enum): 0 f16, 8 Q8_0, 2 Q4_0
+    CW: int = 16          # quantized: bytes a cp.async of a raw row
+    PACKED: int = 0       # quantized: a tile's raw rows are one contiguous 16-byte aligned run
+
+
+DEFINES = ("DK", "DV", "BN", "STAGES", "WARPS", "SHARE", "MIN_BLOCKS", "KVT", "CW", "PACKED")
+QUANT_BLOCK_BYTES = {int(dtypes.TYPE_Q8_0): 34, int(dtypes.TYPE_Q4_0): 18}   # the types the kernel decodes
 
 
 def smem_bytes(c: Config) -> int:
     """Dynamic shared memory of one block (attention_mma.cu's SM_* layout)."""
     q = ROWS * (c.DK + 8) * 2
-    kt = c.STAGES * c.BN * (c.DK + 8) * 2
-    vt = 0 if c.SHARE else c.STAGES * c.BN * (c.DV + 8) * 2
-    return q + kt + vt + ROWS * (c.BN + 8) * 2 + 2 * c.WARPS * ROWS * 4
+    tiles = 1 if c.KVT else c.STAGES          # a quantized cache decodes its raw stages into one f16 tile
+    kt = tiles * c.BN * (c.DK + 8) * 2
+    vt = 0 if c.SHARE else tiles * c.BN * (c.DV + 8) * 2
+    raw = 0
+    if c.KVT:
+        bb = QUANT_BLOCK_BYTES[c.KVT]
+        raw = c.STAGES * c.BN * (c.DK // 32 * bb + (0 if c.SHARE else c.DV // 32 * bb))
+    return q + kt + vt + raw + ROWS * (c.BN + 8) * 2 + 2 * c.WARPS * ROWS * 4
+
+
+def raw_copy(t) -> Optional[tuple[int, int]]:
+    """(packed, CW) for the raw rows of quantized K/V `t`, or None when no cp.async copy fits:
+    packed when rows sit back to back (nb1 = row bytes) from a 16-byte aligned start and head /
+    stream strides; CW the widest of 16, 8, 4 bytes dividing the row bytes, start and strides
+    (strides of dimensions of size 1 do not count)."""
+    rb = t.ne[0] // 32 * QUANT_BLOCK_BYTES[int(t.type)]
+    start = tensor_start(t)
+    used = [x for x, n in zip(t.nb[2:], t.ne[2:]) if n > 1]      # a dimension of 1 never steps
+    packed = int(t.nb[1] == rb and start % 16 == 0 and all(x % 16 == 0 for x in used))
+    for cw in (16, 8, 4):
+        if rb % cw == 0 and start % cw == 0 and t.nb[1] % cw == 0 and all(x % cw == 0 for x in used):
+            return packed, cw
+    return None
 
 
 def share_offset(node) -> int:
@@ -74,10 +108,20 @@ def config(node) -> Config:
     dk, dv = k.ne[0], v.ne[0]
     share = int(share_offset(node) >= 0)
     c = Config(dk, dv, 32 if dk > 256 else 64, 2, 4, share, 1)
-    for stages in (4, 3, 2):
-        if _fits_two(replace(c, STAGES=stages)):
-            c = replace(c, STAGES=stages)
-            break
+    if dtypes.is_quantized(k.type) and int(k.type) in QUANT_BLOCK_BYTES:
+        copies = [raw_copy(t) for t in ((k,) if share else (k, v))]
+        if all(copies):
+            c = replace(c, KVT=int(k.type), PACKED=min(x[0] for x in copies), CW=min(x[1] for x in copies))
+    if c.KVT:
+        # measured on an H200 (benchmarks/attention_cuda.py --quant, one run): MLA decode 232 us with
+        # 64 rows x 8 warps x 3 stages (one block an SM) against 249 us with the f16 choice (32 x 4 x 2,
+        # two blocks); GQA decode 85 us with 2 stages against 92 us with 4
+        c = replace(c, BN=64, WARPS=8, STAGES=3) if dk > 256 else replace(c, STAGES=2)
+    else:
+        for stages in (4, 3, 2):
+            if _fits_two(replace(c, STAGES=stages)):
+                c = replace(c, STAGES=stages)
+                break
     c = replace(c, **{f: x for f, x in OVERRIDE.items() if f != "MIN_BLOCKS"})
     if c.DV % (8 * c.WARPS) or c.BN % (8 * c.WARPS) or c.BN % 16:
         c = replace(c, WARPS=4, BN=-(-c.BN // 32) * 32)       # an override the shapes do not allow
@@ -105,7 +149,7 @@ def nvrtc_compile(c: Config, arch: str, extra: tuple = ()) -> tuple[bytes, str]:
         raise MinigraphError(f"FLASH_ATTN_EXT: NVRTC could not create the program: {err}")
     try:
         opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
-        opts += [f"-D{f}={getattr(c, f)}".encode() for f in ("DK", "DV", "BN", "STAGES", "WARPS", "SHARE", "MIN_BLOCKS")]
+        opts += [f"-D{f}={getattr(c, f)}".encode() for f in DEFINES]
         opts += [x.encode() for x in extra]
         (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         _, n = nvrtc.nvrtcGetProgramLogSize(prog)
@@ -176,20 +220,35 @@ def _rows_ok(t, what: str) -> Optional[str]:
     return None
 
 
+def _types_and_rows(node) -> Optional[str]:
+    """Why K/V's types or row layout keep the node off this kernel, or None."""
+    k, v = node.src[1], node.src[2]
+    share = share_offset(node) >= 0
+    if k.type == dtypes.TYPE_F16 and v.type == dtypes.TYPE_F16:
+        return _rows_ok(k, "K") or (None if share else _rows_ok(v, "V"))
+    if k.type != v.type or int(k.type) not in QUANT_BLOCK_BYTES:
+        return "K and V must both be f16, both q8_0 or both q4_0"
+    for t, what in ((k, "K"),) if share else ((k, "K"), (v, "V")):
+        if raw_copy(t) is None:
+            return (f"{what} raw rows need their bytes, start and strides to be multiples of 4 "
+                    f"(start {tensor_start(t)}, nb {list(t.nb)})")
+        if t.ne[1] * t.nb[1] >= 2 ** 31:
+            return f"{what} spans >= 2^31 bytes a head (32-bit indexing)"
+    return None
+
+
 def refusal(node) -> Optional[str]:
     """None when attention_mma.cu runs this node, else why not."""
     q, k, v = node.src[0], node.src[1], node.src[2]
     if SIM:
         return "the simulator runs no CUDA C++"
-    if k.type != dtypes.TYPE_F16 or v.type != dtypes.TYPE_F16:
-        return "K and V must be f16"
+    why = _types_and_rows(node)
+    if why:
+        return why
     if k.ne[0] % 16 or v.ne[0] % 32:
         return f"DK % 16 == 0 and DV % 32 == 0 needed (DK={k.ne[0]}, DV={v.ne[0]})"
     if v.ne[2] != k.ne[2]:
         return "V needs K's head count"
-    why = _rows_ok(k, "K") or (None if share_offset(node) >= 0 else _rows_ok(v, "V"))
-    if why:
-        return why
     n_rg = -(-(q.ne[2] // k.ne[2]) * q.ne[1] // ROWS)
     if n_rg * k.ne[2] > MAX_GRID_YZ or q.ne[3] > MAX_GRID_YZ:
         return "grid too large"

@@ -5,7 +5,7 @@ build_attn for a K-only cache and build_attn_mha) and the KV-cache rope shift
 Shapes (ggml ne order; n_embd_head_k = nope + n_rot, one KV head: MLA absorbed is MQA):
     cur      [n_embd, n_tokens] f32                the attn_norm output
     inp_pos  [n_tokens] i32                        positions
-    k_cache  [n_lora_kv + n_rot, kv_size] f16/f32  one latent row per cell: [kv 512 | pe 64]
+    k_cache  [n_lora_kv + n_rot, kv_size] f16/f32/q8_0  one latent row per cell: [kv 512 | pe 64]
     k_idxs   [n_tokens] i64 or i32                 the cell each token is written to (set_rows)
     kq_mask  [n_kv, n_tokens, 1, 1] f32            0 / -inf, n_kv <= kv_size cells attended
     weights  (llama.cpp's tensor names)
@@ -35,6 +35,12 @@ Differences from llama.cpp, on purpose: minigraph has no ggml_mul_mat_set_prec (
 accumulates in f32 anyway); ggml_cast(x, F16) is written as ctx.cpy(x, a new f16 tensor), which is
 what ggml_cast builds. With cast_f16=False the f32 mask (and an f32 cache) go to flash_attn_ext
 uncast (minigraph's FLASH_ATTN_EXT takes f32 too; the CUDA kernel needs it).
+
+A Q8_0 cache (llama.cpp's -ctk q8_0; `make_inputs(..., cache_type=TYPE_Q8_0)`): set_rows quantizes
+the new rows as they are written, K and V stay views of the quantized rows (V on a block boundary:
+n_lora_kv and n_rot multiples of 32, as DeepSeek's 512 | 64), and flash_attn_ext reads the blocks
+(ggml's CPU and minigraph's round q to Q8_0 values for the K dots). As in llama.cpp a quantized
+cache needs flash attention (the plain path would transpose V).
 """
 from __future__ import annotations
 
@@ -44,7 +50,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from minigraph.core.dtypes import TYPE_F16, TYPE_F32, TYPE_I64
+from minigraph.core import quants
+from minigraph.core.dtypes import TYPE_F16, TYPE_F32, TYPE_I64, TYPE_Q8_0, is_quantized, type_name
 from minigraph.core.errors import MinigraphError
 from minigraph.core.tensor import row_size
 from minigraph.ops.attention import PREC_F32, flash_attn_ext_add_sinks, flash_attn_ext_set_prec
@@ -107,6 +114,8 @@ class MlaConfig:
 
 SMALL = MlaConfig()                                        # tests: 4 heads, cache rows of 24
 SMALL_Q_LORA = replace(SMALL, n_lora_q=12)                 # the wq_a / q_a_norm / wq_b path
+SMALL_Q8 = replace(SMALL, n_lora_kv=32, n_rot=32)          # cache rows of whole Q8_0 blocks: [kv 32 | pe 32]
+CACHE_TYPES = (TYPE_F16, TYPE_F32, TYPE_Q8_0)              # the K-cache types make_inputs builds
 DEEPSEEK_V2_LITE = MlaConfig(n_embd=2048, n_head=16, n_lora_q=0, n_lora_kv=512, n_embd_head_qk_nope=128,
                              n_rot=64, n_embd_head_v=128)  # benchmarks: cache rows of 576, V 512
 
@@ -173,10 +182,11 @@ class MlaInputs:
     kq_mask: Tensor    # [n_kv, n_tokens, 1, 1] f32
     x: np.ndarray      # [n_tokens, n_embd]
     pos: np.ndarray    # [n_tokens]
-    cache0: np.ndarray  # [kv_size, n_embd_k_cache], as stored (f16 or f32)
+    cache0: np.ndarray  # [kv_size, n_embd_k_cache], the values as stored (f16 or f32; q8_0: dequantized f32)
     idxs: np.ndarray   # [n_tokens]
     kv_pos: np.ndarray  # [kv_size] the position of each cell after the write, -1 = empty
     n_kv: int
+    cache_type: int = TYPE_F16
 
 
 def make_inputs(ctx: Context, cfg: MlaConfig, rng: np.random.Generator, n_tokens: int, n_past: int = 0,
@@ -185,9 +195,17 @@ def make_inputs(ctx: Context, cfg: MlaConfig, rng: np.random.Generator, n_tokens
     """Random inputs for one layer: a cache whose cells hold positions 0..n_past-1 (random rows)
     and the n_tokens new tokens at positions n_past.. written to the next cells (scatter=True: to
     cells in random order, as a fragmented cache holds them). kv_size defaults to n_past +
-    n_tokens and n_kv (the cells attended, the mask's ne0) to kv_size."""
+    n_tokens and n_kv (the cells attended, the mask's ne0) to kv_size. cache_type: one of
+    CACHE_TYPES (TYPE_Q8_0 needs cache rows and V of whole 32-value blocks, e.g. SMALL_Q8)."""
     kv_size = kv_size or n_past + n_tokens
     n_kv = n_kv or kv_size
+    if cache_type not in CACHE_TYPES:
+        raise MinigraphError(f"make_inputs: cache_type {type_name(cache_type)} is not one of "
+                             f"{', '.join(type_name(t) for t in CACHE_TYPES)}")
+    if is_quantized(cache_type) and (cfg.n_lora_kv % 32 or cfg.n_rot % 32):
+        raise MinigraphError(f"make_inputs: a {type_name(cache_type)} cache needs n_lora_kv and n_rot in whole "
+                             f"32-value blocks (V is a view of the rows' first n_lora_kv values), got "
+                             f"n_lora_kv={cfg.n_lora_kv}, n_rot={cfg.n_rot}")
     if not (0 <= n_past and 1 <= n_tokens and n_past + n_tokens <= n_kv <= kv_size):
         raise MinigraphError(f"make_inputs: need n_past + n_tokens <= n_kv <= kv_size, got n_past={n_past}, "
                              f"n_tokens={n_tokens}, n_kv={n_kv}, kv_size={kv_size}")
@@ -196,16 +214,21 @@ def make_inputs(ctx: Context, cfg: MlaConfig, rng: np.random.Generator, n_tokens
     kv_pos[cells[:n_past + n_tokens]] = np.arange(n_past + n_tokens)
     cache = np.zeros((kv_size, cfg.n_embd_k_cache), np.float32)
     cache[cells[:n_past]] = rng.standard_normal((n_past, cfg.n_embd_k_cache))
-    cache = cache.astype(np.float16 if cache_type == TYPE_F16 else np.float32)
+    if is_quantized(cache_type):
+        k_cache = ctx.from_numpy(cache, cache_type)              # quantized as ggml's reference quantizer does
+        cache = quants.roundtrip(cache, cache_type).astype(np.float32)
+    else:
+        cache = cache.astype(np.float16 if cache_type == TYPE_F16 else np.float32)
+        k_cache = ctx.from_numpy(cache)
     x = rng.standard_normal((n_tokens, cfg.n_embd)).astype(np.float32)
     pos = np.arange(n_past, n_past + n_tokens, dtype=np.int32)
     idxs = cells[n_past:n_past + n_tokens].astype(np.int64 if idx_type == TYPE_I64 else np.int32)
     mask = causal_mask(kv_pos[:n_kv], pos).reshape(1, 1, n_tokens, n_kv)
     return MlaInputs(cur=ctx.from_numpy(x).set_name("attn_norm"), inp_pos=ctx.from_numpy(pos).set_name("inp_pos"),
-                     k_cache=ctx.from_numpy(cache).set_name("cache_k_l0"),
+                     k_cache=k_cache.set_name("cache_k_l0"),
                      k_idxs=ctx.from_numpy(idxs).set_name("attn_inp_k_idxs"),
                      kq_mask=ctx.from_numpy(mask).set_name("attn_inp_kq_mask"),
-                     x=x, pos=pos, cache0=cache, idxs=idxs, kv_pos=kv_pos, n_kv=n_kv)
+                     x=x, pos=pos, cache0=cache, idxs=idxs, kv_pos=kv_pos, n_kv=n_kv, cache_type=cache_type)
 
 
 def causal_mask(kv_pos: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -300,6 +323,9 @@ def build_mla_attn(ctx: Context, gf: Graph, cfg: MlaConfig, w: MlaWeights, cur: 
     if cur.ne[0] != cfg.n_embd or k_cache.ne[0] != cfg.n_embd_k_cache or kq_mask.ne[1] < n_tokens:
         raise MinigraphError(f"build_mla_attn: cur {cur.ne}, k_cache {k_cache.ne}, kq_mask {kq_mask.ne} do not fit "
                          f"n_embd = {cfg.n_embd}, cache rows of {cfg.n_embd_k_cache}, {n_tokens} tokens")
+    if is_quantized(k_cache.type) and not flash_attn:
+        raise MinigraphError(f"build_mla_attn: a {type_name(k_cache.type)} cache {k_cache.name!r} needs flash "
+                             f"attention (as llama.cpp: the plain path would transpose the quantized V)")
 
     if cfg.n_lora_q:
         q = ctx.mul_mat(w.wq_a, cur).set_name("q")

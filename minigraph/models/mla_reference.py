@@ -15,6 +15,9 @@ from typing import Optional
 
 import numpy as np
 
+from minigraph.core import quants
+from minigraph.core.dtypes import is_quantized
+
 from minigraph.models.mla import MlaConfig, MlaInputs, MlaWeights
 
 
@@ -49,7 +52,8 @@ def rope_yarn(x: np.ndarray, pos: np.ndarray, cfg: MlaConfig) -> np.ndarray:
 
 def mla_layer_reference(cfg: MlaConfig, weights: dict[str, np.ndarray], x: np.ndarray, pos: np.ndarray,
                         k_cache: np.ndarray, k_idxs: np.ndarray, kv_pos: np.ndarray, n_kv: int,
-                        cache_dtype: Optional[type] = None) -> tuple[np.ndarray, np.ndarray]:
+                        cache_dtype: Optional[type] = None, cache_type: Optional[int] = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """One MLA attention layer in float64. Returns (output [n_tokens, n_embd], the cache after the
     write [kv_size, n_lora_kv + n_rot]).
 
@@ -57,7 +61,8 @@ def mla_layer_reference(cfg: MlaConfig, weights: dict[str, np.ndarray], x: np.nd
     x [n_tokens, n_embd]; pos [n_tokens]; k_cache [kv_size, n_lora_kv + n_rot] before the write;
     k_idxs [n_tokens] the cells written; kv_pos [>= n_kv] the position each cell holds after the
     write (-1: empty); the first n_kv cells are attended. cache_dtype (np.float16) rounds the
-    written rows as a cache of that type stores them."""
+    written rows as a cache of that type stores them; cache_type (a ggml type, e.g. TYPE_Q8_0) does
+    the same for a quantized cache (quantized and dequantized again)."""
     W = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     x = np.asarray(x, np.float64)
     H, nope, n_rot, L = cfg.n_head, cfg.n_embd_head_qk_nope, cfg.n_rot, cfg.n_lora_kv
@@ -77,6 +82,8 @@ def mla_layer_reference(cfg: MlaConfig, weights: dict[str, np.ndarray], x: np.nd
     rows = np.concatenate([c_new, pe_new], axis=1)
     if cache_dtype is not None:
         rows = rows.astype(cache_dtype).astype(np.float64)
+    if cache_type is not None and is_quantized(cache_type):
+        rows = quants.roundtrip(rows, cache_type)
     for t, j in enumerate(np.asarray(k_idxs)):
         cache[int(j)] = rows[t]
 
@@ -97,7 +104,7 @@ def layer_reference(cfg: MlaConfig, w: MlaWeights, inp: MlaInputs) -> tuple[np.n
     """mla_layer_reference on the data of minigraph tensors and make_inputs' arrays."""
     weights = {name: t.numpy() for name, t in w.tensors().items()}
     return mla_layer_reference(cfg, weights, inp.x, inp.pos, inp.cache0, inp.idxs, inp.kv_pos, inp.n_kv,
-                               cache_dtype=inp.cache0.dtype.type)
+                               cache_dtype=inp.cache0.dtype.type, cache_type=inp.cache_type)
 
 
 def rope_shift_reference(cfg: MlaConfig, k_cache: np.ndarray, shift: np.ndarray) -> np.ndarray:

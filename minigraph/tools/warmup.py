@@ -4,7 +4,10 @@ CPU: every kernel form that the conformance cases of the selected ops run (the s
 call a plan makes: contiguous, permuted and offset tensors, every op parameter the cases
 cover), in both builds (serial, parallel) unless told otherwise, goes into Numba's disk cache,
 the one a later process loads from. What a later graph still compiles is its own small loop
-(backends/cpu/program.py) and any kernel form no case covers.
+(backends/cpu/program.py) and any kernel form no case covers. Nodes with a block-quantized
+tensor (a Q8_0 KV cache's FLASH_ATTN_EXT, quantized MUL_MAT, SET_ROWS into a quantized cache) run
+their op's quantized path from Python, not from a program: warmup computes those cases' graphs
+once, which puts the quantized kernels they call into the same disk cache.
 
 CUDA: minigraph's CUDA kernels are compiled by numba-cuda in each process (no disk cache), so
 there is nothing to keep between processes: `warmup("cuda")` in the process that computes runs
@@ -20,6 +23,7 @@ import numpy as np
 
 from minigraph.core.cases import CASES, Case
 from minigraph.core.context import Context
+from minigraph.core.dtypes import is_quantized
 from minigraph.core.errors import MinigraphError
 from minigraph.core.registry import OPS
 
@@ -64,13 +68,22 @@ def cpu_variants(cases: list[Case], builds: Iterable[str] = BUILDS) -> list[tupl
     seen: dict[tuple, None] = {}
     for case in cases:
         for n in _case_graph(case).nodes:
-            if OPS[n.op].is_view or not cpu.supports_op(n):
+            if OPS[n.op].is_view or not cpu.supports_op(n) or _quantized(n):
                 continue
             for build in builds:
                 v = node_variant(cpu.kernels[n.op], n, build)
                 if v is not None and not v[0].serial.py_func.__module__.startswith("mg_"):
                     seen.setdefault(v, None)
     return list(seen)
+
+
+def _quantized(n) -> bool:
+    return any(t is not None and is_quantized(t.type) for t in (n, *n.src))
+
+
+def quant_cases(cases: list[Case]) -> list[Case]:
+    """The cases with a node on a block-quantized tensor (run by the op's quantized path)."""
+    return [c for c in cases if any(_quantized(n) and not OPS[n.op].is_view for n in _case_graph(c).nodes)]
 
 
 def warmup(backend: str = "cpu", ops: Optional[Iterable[str]] = None, builds: Iterable[str] = BUILDS) -> WarmupReport:
@@ -86,12 +99,19 @@ def warmup(backend: str = "cpu", ops: Optional[Iterable[str]] = None, builds: It
         from minigraph.backends.cpu import program
         from minigraph.backends.progress import CompileProgress
 
+        from minigraph.backends.cpu.backend import CpuBackend
+
         variants = cpu_variants(cases, builds)
-        with CompileProgress("CPU kernels", len(variants), bar=True, prefix="minigraph warmup") as progress:
+        quant = quant_cases(cases)
+        cpu = CpuBackend(2 if "parallel" in builds else 1)
+        with CompileProgress("CPU kernels", len(variants) + len(quant), bar=True, prefix="minigraph warmup") as progress:
             for v in variants:
                 progress.step(program.variant_name(v))
                 program.kernel_address(v)
-        return WarmupReport("cpu", len(variants), progress.compiled, time.perf_counter() - t0)
+            for case in quant:
+                progress.step(f"{case.op} (quantized path)")
+                cpu.graph_compute(_case_graph(case))
+        return WarmupReport("cpu", len(variants) + len(quant), progress.compiled, time.perf_counter() - t0)
     if backend == "cuda":
         from minigraph.run import backend_cuda_init
 
