@@ -236,7 +236,7 @@ def test_ggml_cpu_agrees_on_every_case():
     from minigraph.testing.ggml_conformance import run_all
 
     res = run_all(op="FLASH_ATTN_EXT")
-    bad = [r for r in res if r["status"] in ("fail", "crash")]
+    bad = [r for r in res if r["status"] in ("fail", "crash", "hang")]
     assert not bad, bad
     skipped = [r["case"] for r in res if r["status"] == "skip"]
     assert all("ext=" in c for c in skipped), skipped   # only minigraph's extensions are skipped

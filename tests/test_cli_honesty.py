@@ -68,6 +68,30 @@ def test_ggml_child_reports_a_missing_package(monkeypatch):
         ggml_conformance.run_all(op="NEG")
 
 
+def test_ggml_child_that_hangs_is_killed_reported_and_skipped(monkeypatch):
+    """A child stuck in a case (ggml's abort once deadlocked in its backtrace fork) is killed at
+    the timeout; the case is reported as "hang" and the next child resumes after it, with
+    ggml's backtrace fork turned off."""
+    from minigraph.testing import ggml_conformance
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd[cmd.index("--after") + 1], kw["env"].get("GGML_NO_BACKTRACE")))
+        if len(calls) == 1:
+            out = '{"case": "A", "status": "ok"}\n{"case": "B", "status": "start"}\n'
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"], output=out.encode(), stderr=b"")
+
+        class Proc:
+            returncode, stdout, stderr = 0, '{"case": "C", "status": "ok"}\n', ""
+        return Proc()
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    res = ggml_conformance.run_all(op="NEG", timeout=5)
+    assert [(r["case"], r["status"]) for r in res] == [("A", "ok"), ("B", "hang"), ("C", "ok")]
+    assert "5 s" in res[1]["why"] and calls == [("", "1"), ("B", "1")]
+
+
 # -- profile totals follow --filter ------------------------------------------------------------
 
 ROWS = [NodeTime(0, "RMS_NORM", "n0", "CPU", [4, 1, 1, 1], 1e-6, 10.0, 100),

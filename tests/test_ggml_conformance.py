@@ -15,7 +15,7 @@ def results():
 
 
 def test_ggml_agrees_on_every_contiguous_case(results):
-    bad = [r for r in results if r["status"] in ("fail", "crash") and "layout=perm" not in r["case"]]
+    bad = [r for r in results if r["status"] in ("fail", "crash", "hang") and "layout=perm" not in r["case"]]
     assert not bad, bad
     assert sum(r["status"] == "ok" for r in results) > 100
 
@@ -26,5 +26,6 @@ def test_ggml_permuted_input_findings(results):
     abort. Pinned here so a ggml change shows up."""
     wrong = {r["case"].split("(")[0] for r in results if r["status"] == "fail"}
     crash = {r["case"].split("(")[0] for r in results if r["status"] == "crash"}
+    assert not [r for r in results if r["status"] == "hang"]
     assert wrong == {"SUM", "MEAN", "GET_ROWS"}
     assert crash == {"REPEAT", "SUM_ROWS", "MUL_MAT", "OUT_PROD"}

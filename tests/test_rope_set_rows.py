@@ -256,7 +256,7 @@ def test_ggml_agrees_on_rope_and_set_rows():
     from minigraph.testing.ggml_conformance import run_all
 
     res = run_all(op="ROPE,SET_ROWS")
-    bad = [r for r in res if r["status"] in ("fail", "crash")]
+    bad = [r for r in res if r["status"] in ("fail", "crash", "hang")]
     assert not bad, bad
     ok = {r["case"] for r in res if r["status"] == "ok"}
     assert len(ok) >= 55

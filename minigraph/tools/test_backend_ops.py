@@ -220,7 +220,7 @@ def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result
 
     ops = ",".join(sorted({c.op for c in cases}))
     names = {c.name: c for c in cases}
-    status = {"ok": "ok", "fail": "fail", "skip": "not supported", "crash": "not supported"}
+    status = {"ok": "ok", "fail": "fail", "skip": "not supported", "crash": "not supported", "hang": "fail"}
     results = []
     for rec in run_all(op=ops, seed=seed):
         if rec["case"] not in names:
@@ -228,6 +228,8 @@ def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result
         detail = rec.get("why", "")
         if rec["status"] == "crash":
             detail = "ggml aborted: " + re.sub(r"\S*/([^/\s]+:\d+:)", r"\1", detail)  # file:line, no build path
+        elif rec["status"] == "hang":
+            detail = "ggml never finished: " + detail
         elif rec["status"] == "fail":
             detail = f"NMSE {rec['nmse']:.3g} > {rec['tol']:g}"
         r = Result("ggml-CPU", rec["case"], names[rec["case"]].op, status[rec["status"]], detail)
