@@ -54,6 +54,7 @@ from minigraph.backends.cuda import attention_mma, attention_tc
 from minigraph.backends.cuda.common import SIM, SLOT_W, CudaKernel, Launch, at, ne, nelem
 from minigraph.backends.cuda.convert import to_f32
 from minigraph.backends.cuda.gdn_device import warp_sums  # block-uniform calls only (the simulator syncs)
+from minigraph.backends.cuda.quant_blocks import f16_at
 
 WARP = 32
 NW = 2 if SIM else 4                 # warps a block of fa_split (each an independent kv stream)
@@ -82,24 +83,9 @@ def kv_code(t) -> int:
 
 
 @cuda.jit(device=True)
-def half_at(buf, o):
-    """The little-endian f16 at byte o of a uint8 array, as f32 (exact, inf/NaN included)."""
-    bits = int32(buf[o]) | (int32(buf[o + 1]) << 8)
-    e = (bits >> 10) & 31
-    m = bits & 1023
-    if e == 31:
-        v = float32(math.inf) if m == 0 else float32(math.nan)
-    elif e == 0:
-        v = float32(math.ldexp(float32(m), int(-24)))
-    else:
-        v = float32(math.ldexp(float32(m | 1024), int(e - 25)))
-    return -v if bits & 0x8000 else v
-
-
-@cuda.jit(device=True)
 def qvalue(buf, blk, j, t):
     """Element j (< 32) of the quantized block at byte blk, type t: ggml's dequantize_row_*."""
-    d = half_at(buf, blk)
+    d = f16_at(buf, blk)
     if t == Q8_0:
         q = int32(buf[blk + 2 + j])
         return float32(q - 256 if q > 127 else q) * d
@@ -108,13 +94,13 @@ def qvalue(buf, blk, j, t):
         q = (b & 15) if j < 16 else (b >> 4)
         if t == Q4_0:
             return float32(q - 8) * d
-        return float32(q) * d + half_at(buf, blk + 2)
+        return float32(q) * d + f16_at(buf, blk + 2)
     qh = blk + (4 if t == Q5_1 else 2)
     b = int32(buf[qh + 4 + (j & 15)])
     q = ((b & 15) if j < 16 else (b >> 4)) | (((int32(buf[qh + (j >> 3)]) >> (j & 7)) & 1) << 4)
     if t == Q5_0:
         return float32(q - 16) * d
-    return float32(q) * d + half_at(buf, blk + 2)
+    return float32(q) * d + f16_at(buf, blk + 2)
 
 
 @cuda.jit(device=True)

@@ -39,6 +39,7 @@ from minigraph.core.buffer import tensor_start
 from minigraph.core.errors import MinigraphError
 
 from minigraph.backends.cuda.common import SIM
+from minigraph.backends.cuda.driver import check, device_arch, nvrtc_cubin
 
 SOURCE = Path(__file__).with_name("attention_mma.cu")
 ROWS = 16                  # rows a block (the mma's M)
@@ -141,50 +142,18 @@ _MODULES: dict = {}        # (Config, arch, device) -> (module, chunk fn, combin
 def nvrtc_compile(c: Config, arch: str, extra: tuple = ()) -> tuple[bytes, str]:
     """(cubin, compile log) of attention_mma.cu for config c and an sm_XY arch; `extra` NVRTC
     options (tests pass --ptxas-options=-v to read registers and spills)."""
-    from cuda.bindings import nvrtc
-
-    src = SOURCE.read_bytes()
-    err, prog = nvrtc.nvrtcCreateProgram(src, b"attention_mma.cu", 0, [], [])
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise MinigraphError(f"FLASH_ATTN_EXT: NVRTC could not create the program: {err}")
-    try:
-        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
-        opts += [f"-D{f}={getattr(c, f)}".encode() for f in DEFINES]
-        opts += [x.encode() for x in extra]
-        (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        _, n = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * n
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        text = log.decode(errors="replace").rstrip(" \x00")
-        if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise MinigraphError(f"FLASH_ATTN_EXT: NVRTC failed on attention_mma.cu ({c}): {text}")
-        _, n = nvrtc.nvrtcGetCUBINSize(prog)
-        cubin = b" " * n
-        nvrtc.nvrtcGetCUBIN(prog, cubin)
-        return cubin, text
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+    return nvrtc_cubin(SOURCE, arch, [(f, getattr(c, f)) for f in DEFINES], extra, f"FLASH_ATTN_EXT ({c})")
 
 
 def _check(result: Any, what: str) -> Any:
-    from cuda.bindings import driver as drv
-
-    err, *vals = result if isinstance(result, tuple) else (result,)
-    if err != drv.CUresult.CUDA_SUCCESS:
-        raise MinigraphError(f"FLASH_ATTN_EXT: {what} failed: {err}")
-    return vals[0] if len(vals) == 1 else tuple(vals)
-
-
-def arch() -> str:
-    cc = cuda.get_current_device().compute_capability
-    return f"sm_{cc[0]}{cc[1]}"
+    return check(result, f"FLASH_ATTN_EXT: {what}")
 
 
 def kernels(c: Config) -> tuple:
     """(chunk fn, combine fn, blocks an SM) of config c, compiled and loaded once per process and
     GPU (a module belongs to the context it was loaded in: the current device's, which the
     backend's activate() sets)."""
-    key = (c, arch(), cuda.get_current_device().id)
+    key = (c, device_arch(), cuda.get_current_device().id)
     got = _MODULES.get(key)
     if isinstance(got, str):
         raise MinigraphError(got)

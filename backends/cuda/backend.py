@@ -41,6 +41,7 @@ from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
 from minigraph.memory.scaffold import prepare
 
 from minigraph.backends.cuda.common import META_W, SIM, SLOT_W
+from minigraph.backends.cuda.driver import check
 from minigraph.backends.cuda.peer import copy_peer, peer_access
 
 DOWNLOAD_ALL_BYTES = 1 << 20   # arenas up to this size come back in one copy, else range by range
@@ -571,10 +572,4 @@ def _stream_handle(stream: Any, drv: Any) -> Any:
 
 
 def _check(result: Any, what: str) -> Any:
-    """cuda.bindings calls return (CUresult, *values): raise on an error, return the value(s)."""
-    from cuda.bindings import driver as drv
-
-    err, *vals = result if isinstance(result, tuple) else (result,)
-    if err != drv.CUresult.CUDA_SUCCESS:
-        raise MinigraphError(f"CUDA graph {what} failed: {err}")
-    return vals[0] if len(vals) == 1 else tuple(vals)
+    return check(result, f"CUDA graph {what}")

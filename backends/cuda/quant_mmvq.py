@@ -33,6 +33,7 @@ from minigraph.core.buffer import tensor_start
 from minigraph.core.errors import MinigraphError
 
 from minigraph.backends.cuda.common import SIM, Launch
+from minigraph.backends.cuda.driver import check, device_arch, nvrtc_cubin
 
 SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
@@ -64,43 +65,12 @@ class Args(ctypes.Structure):
 
 
 def _check(result: Any, what: str) -> Any:
-    from cuda.bindings import driver as drv
-
-    err, *vals = result if isinstance(result, tuple) else (result,)
-    if err != drv.CUresult.CUDA_SUCCESS:
-        raise MinigraphError(f"MUL_MAT (quantized): {what} failed: {err}")
-    return vals[0] if len(vals) == 1 else tuple(vals)
+    return check(result, f"MUL_MAT (quantized): {what}")
 
 
 def nvrtc_compile(arch: str, extra: tuple = ()) -> tuple[bytes, str]:
     """(cubin, compile log) of quant_mmvq.cu for an sm_XY arch."""
-    from cuda.bindings import nvrtc
-
-    err, prog = nvrtc.nvrtcCreateProgram(SOURCE.read_bytes(), b"quant_mmvq.cu", 0, [], [])
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise MinigraphError(f"MUL_MAT (quantized): NVRTC could not create the program: {err}")
-    try:
-        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
-        opts += [f"-D{k}={v}".encode() for k, v in CONFIG.items()]
-        opts += [x.encode() for x in extra]
-        (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        _, n = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * n
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        text = log.decode(errors="replace").rstrip(" \x00")
-        if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise MinigraphError(f"MUL_MAT (quantized): NVRTC failed on quant_mmvq.cu: {text}")
-        _, n = nvrtc.nvrtcGetCUBINSize(prog)
-        cubin = b" " * n
-        nvrtc.nvrtcGetCUBIN(prog, cubin)
-        return cubin, text
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
-
-
-def _arch() -> str:
-    cc = cuda.get_current_device().compute_capability
-    return f"sm_{cc[0]}{cc[1]}"
+    return nvrtc_cubin(SOURCE, arch, CONFIG.items(), extra, "MUL_MAT (quantized)")
 
 
 def function(type_: int, nc: int) -> Any:
@@ -110,7 +80,7 @@ def function(type_: int, nc: int) -> Any:
 
 def function_named(name: str) -> Any:
     """A driver function of quant_mmvq.cu, from the module compiled once per process and GPU."""
-    key = (_arch(), cuda.get_current_device().id, tuple(sorted(CONFIG.items())))
+    key = (device_arch(), cuda.get_current_device().id, tuple(sorted(CONFIG.items())))
     got = _MODULES.get(key)
     if isinstance(got, str):
         raise MinigraphError(got)
