@@ -289,3 +289,59 @@ def test_scheduler_keeps_quantized_mul_mat_on_the_cpu_next_to_cuda():
     wq = quants.dequantize(quants.quantize(w, D.TYPE_Q8_0), D.TYPE_Q8_0).astype(np.float64)
     xq = quants.dequantize(quants.quantize(np.ones((1, 64), np.float32), D.TYPE_Q8_0), D.TYPE_Q8_0)[0]
     np.testing.assert_allclose(out.numpy().reshape(-1), 0.5 * (wq @ xq), rtol=1e-6)
+
+
+@pytest.mark.parametrize("vt", [D.TYPE_Q8_0, D.TYPE_Q8_1, D.TYPE_Q8_K], ids=["q8_0", "q8_1", "q8_K"])
+def test_src1_quantizer_is_the_reference(vt):
+    """MUL_MAT quantizes src1 in Numba: the same quants, scales and sums as the reference
+    quantizer (ggml's bytes), for rows with zero blocks, subnormal scales and exact halves."""
+    from minigraph.backends.cpu import quant as Q
+    rng = np.random.default_rng(8)
+    x = np.concatenate([_rows(vt, n_rows=5, blocks=512 // D.blck_size(vt), seed=9),
+                        rng.integers(-127, 128, (1, 512)) / 2.0, rng.standard_normal((1, 512)) * 1e-7]).astype(np.float32)
+    for build in ("serial", "parallel"):
+        yq, yd, ys, ys_row = Q.quantize_src1(build, x, vt)
+        rec = quants.quantize(x, vt).reshape(-1).view(D.BLOCK_DTYPES[vt])
+        np.testing.assert_array_equal(yq, rec["qs"].reshape(-1))
+        np.testing.assert_array_equal(yd, rec["d"].astype(np.float32).reshape(-1))
+        if vt == D.TYPE_Q8_1:
+            np.testing.assert_array_equal(ys.view(np.float32), rec["s"].astype(np.float32).reshape(-1))
+        if vt == D.TYPE_Q8_K:
+            np.testing.assert_array_equal(ys.view(np.int16), rec["bsums"].reshape(-1))
+            assert ys_row == 2 * 512 // 16
+
+
+def test_portable_dot_products_equal_the_avx2_ones():
+    """The vector IR has an AVX2 form (ggml's instructions) and a portable form (other x86, ARM):
+    on arbitrary block bytes (any scale, q8_0 quants of -128, negative q6_K scales) both give the
+    same float32 results, bit for bit. Recompiles the dot products with the portable form."""
+    import numba
+    from minigraph.backends.cpu import quant as Q, quant_dot, quant_ir
+    rng = np.random.default_rng(10)
+    k, rows = 512, 3
+    y = rng.standard_normal((1, k)).astype(np.float32)
+    cases = {}
+    for t in quant_dot.SPECS:
+        raw = rng.integers(0, 256, rows * k // D.blck_size(t) * D.type_size(t), dtype=np.uint8)
+        halves = raw.reshape(-1, D.type_size(t))            # keep the float16 scales finite
+        for off in ((208,) if t == D.TYPE_Q6_K else (0, 2) if t in (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)
+                    else (0,)):
+            halves[:, off + 1] &= 0x3B
+        cases[t] = (raw, *Q.quantize_src1("serial", y, D.VEC_DOT_TYPE[t]))
+
+    def run(fn):
+        out = {}
+        for t, (raw, yq, yd, ys, _) in cases.items():
+            out[t] = np.array([fn(t, raw, m * raw.size // rows, yq, 0, yd, 0, ys, 0, k // D.blck_size(t), Q.F16_TABLE)
+                               for m in range(rows)], np.float32)
+        return out
+    native = run(numba.njit(Q._vec_dot.py_func))
+    saved = quant_ir.AVX2, quant_ir.NATIVE_HALF
+    try:
+        quant_ir.AVX2 = quant_ir.NATIVE_HALF = False
+        portable = run(numba.njit(Q._vec_dot.py_func))
+    finally:
+        quant_ir.AVX2, quant_ir.NATIVE_HALF = saved
+    for t in cases:
+        assert np.isfinite(native[t]).all(), D.type_name(t)
+        np.testing.assert_array_equal(portable[t], native[t], err_msg=D.type_name(t))
