@@ -26,7 +26,7 @@ from minigraph.core.errors import fail
 from minigraph.core.registry import register_quant_kernel
 from minigraph.core.tensor import nbytes
 
-from minigraph.backends.cpu.jit import JIT_OPTIONS, kernel
+from minigraph.backends.cpu.jit import JIT_OPTIONS, fetch_add, kernel
 from minigraph.backends.cpu.quant_dot import (dot_q4_0, dot_q4_1, dot_q4_k, dot_q5_0, dot_q5_1, dot_q5_k,
                                               dot_q6_k, dot_q8_0)
 
@@ -133,11 +133,12 @@ def _vec_dot(kind, a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16):
     return dot_q6_k(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
 
 
-# src0 rows per parallel task: enough tasks to balance the threads, few enough to be cheap
+# src0 rows per task: 256 tasks for a 4096-row weight, so the threads even out their ends
 ROWS_PER_TASK = 16
+MAX_LANES = 64      # prange lanes taking tasks from a shared queue (idle lanes cost nothing)
 
 
-@numba.njit(**JIT_OPTIONS)
+@numba.njit(inline="always", **JIT_OPTIONS)
 def _rows(dst, i3, i2, m0, m1, a, ao0, a_nb1, yq, yd, ys, ys_row, kind, nblk, f16):
     """dst[i3, i2, :, m0:m1]: each src0 row against every src1 column (the row stays in L1)."""
     n2, n1 = dst.shape[1], dst.shape[2]
@@ -156,22 +157,30 @@ def mul_mat_q(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nbl
     a: src0's bytes from its first one (uint8), rows a_nb1 apart (ggml's nb); yq / yd / ys: src1
     quantized to the vec_dot type, flat, rows in dst order (int8 quants, float32 block scales,
     extra bytes per row ys_row: Q8_1 sums or Q8_K bsums); kind: src0's ggml type; nblk: blocks
-    per row. Parallel over chunks of src0 rows."""
+    per row. Tasks of ROWS_PER_TASK src0 rows come from a shared queue (as ggml's chunks do): a
+    thread slowed by another process's work on its core takes fewer of them."""
     n3, n2, n1, m_rows = dst.shape
     r3 = n3 // a3
     r2 = n2 // a2
     n_chunks = (m_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(n3 * n2 * n_chunks):
-        i3 = task // (n2 * n_chunks)
-        i2 = (task // n_chunks) % n2
-        m0 = (task % n_chunks) * ROWS_PER_TASK
-        _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
-              a_nb1, yq, yd, ys, ys_row, kind, nblk, f16)
+    n_tasks = n3 * n2 * n_chunks
+    queue = np.zeros(1, np.int64)
+    for lane in prange(min(n_tasks, MAX_LANES)):
+        task = fetch_add(queue, 1)
+        while task < n_tasks:
+            i3 = task // (n2 * n_chunks)
+            i2 = (task // n_chunks) % n2
+            m0 = (task % n_chunks) * ROWS_PER_TASK
+            _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
+                  a_nb1, yq, yd, ys, ys_row, kind, nblk, f16)
+            task = fetch_add(queue, 1)
 
 
 def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
-    """The n bytes from raw's first one as a contiguous 1-D array (no copy)."""
-    return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,))
+    """The n bytes from raw's first one as a contiguous 1-D array (no copy; n = 0: one zero byte)."""
+    if raw.flags.c_contiguous and raw.size == n and n:
+        return raw.reshape(-1)
+    return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,)) if n else np.zeros(1, np.uint8)
 
 
 # src1 rows from which quantizing them runs the parallel build
@@ -200,9 +209,8 @@ def quantize_src1(build: str, b: np.ndarray, vec_dot_type: int) -> tuple[np.ndar
 def _mul_mat(node, build, dst, a_raw, b):
     a = node.src[0]
     yq, yd, ys, ys_row = quantize_src1(build, b, D.VEC_DOT_TYPE[a.type])
-    a_bytes = _flat_bytes(a_raw, nbytes(a)) if nbytes(a) else np.zeros(1, np.uint8)
-    getattr(mul_mat_q, build)(dst, a_bytes, a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2], yq, yd, ys, ys_row,
-                              a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
+    getattr(mul_mat_q, build)(dst, _flat_bytes(a_raw, nbytes(a)), a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2],
+                              yq, yd, ys, ys_row, a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
 
 
 def _mul_mat_supports(node):

@@ -40,10 +40,12 @@ def _q4_x(b, px, off):
 
 
 def _q5_high(b, px, off):
-    """16 for element e where bit e of the little-endian uint32 qh at px + off is set, else 0."""
-    qh = load(b, at(b, px, off), I32)
-    bits = b.lshr(splat(b, qh, 32), ir.Constant(vec(I32, 32), list(range(32))))
-    return b.shl(b.trunc(b.and_(bits, splat_const(I32, 32, 1)), V32), splat_const(I8, 32, 4))
+    """16 for element e where bit e of the little-endian uint32 qh at px + off is set, else 0
+    (byte e // 8 of qh spread to element e, tested against bit e % 8: ggml's bytes_from_bits_32)."""
+    qh = load(b, at(b, px, off), vec(I8, 4))
+    spread = shuffle(b, qh, qh, [e // 8 for e in range(32)])
+    bit = b.and_(spread, ir.Constant(V32, [(1 << (e % 8)) - (256 if e % 8 == 7 else 0) for e in range(32)]))
+    return b.select(b.icmp_unsigned("!=", bit, splat_const(I8, 32, 0)), splat_const(I8, 32, 16), splat_const(I8, 32, 0))
 
 
 # Each block emitter: (builder, x block i8*, y block i8*, y's scale, ys block i8*, table) ->
@@ -126,6 +128,7 @@ def _q5_k(b, px, py, yd, ys, tab):
 def _q6_k(b, px, py, yd, ys, tab):
     """Q6_K: two halves of 128; quarter k of a half takes the low (k < 2) or high nibbles of ql
     bytes 32 (k % 2) ... and bits 2k, 2k + 1 of the 32 qh bytes, minus 32; int8 scales per 16."""
+    scales = b.sext(load(b, at(b, px, 192), vec(I8, 16)), vec(I16, 16))
     lanes = None
     for h in range(2):
         qh = load(b, at(b, px, 128 + 32 * h), V32)
@@ -133,8 +136,8 @@ def _q6_k(b, px, py, yd, ys, tab):
             lo = nibbles(b, load(b, at(b, px, 64 * h + 32 * (k % 2)), V32), 4 * (k // 2))
             hi = b.shl(b.and_(b.lshr(qh, splat_const(I8, 32, 2 * k)), splat_const(I8, 32, 3)), splat_const(I8, 32, 4))
             x = b.sub(b.or_(lo, hi), splat_const(I8, 32, 32))
-            s0, s1 = (b.sext(load(b, at(b, px, 192 + 8 * h + 2 * k + j), I8), I16) for j in range(2))
-            sc = shuffle(b, splat(b, s0, 8), splat(b, s1, 8), range(16))
+            j = 8 * h + 2 * k
+            sc = shuffle(b, scales, scales, [j] * 8 + [j + 1] * 8)
             part = dot4_scaled(b, x, load(b, at(b, py, 128 * h + 32 * k), V32), True, sc)
             lanes = part if lanes is None else b.add(lanes, part)
     return lanes, b.fmul(half(b, at(b, px, 208), tab), yd), None
