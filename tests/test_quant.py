@@ -291,16 +291,17 @@ def test_scheduler_keeps_quantized_mul_mat_on_the_cpu_next_to_cuda():
     np.testing.assert_allclose(out.numpy().reshape(-1), 0.5 * (wq @ xq), rtol=1e-6)
 
 
-@pytest.mark.parametrize("vt", [D.TYPE_Q8_0, D.TYPE_Q8_1, D.TYPE_Q8_K], ids=["q8_0", "q8_1", "q8_K"])
-def test_src1_quantizer_is_the_reference(vt):
+@pytest.mark.parametrize("src0", [D.TYPE_Q8_0, D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q4_K], ids=["q8_0", "q4_0", "q4_1", "q4_K"])
+def test_src1_quantizer_is_the_reference(src0):
     """MUL_MAT quantizes src1 in Numba: the same quants, scales and sums as the reference
     quantizer (ggml's bytes), for rows with zero blocks, subnormal scales and exact halves."""
     from minigraph.backends.cpu import quant as Q
+    vt = D.VEC_DOT_TYPE[src0]
     rng = np.random.default_rng(8)
     x = np.concatenate([_rows(vt, n_rows=5, blocks=512 // D.blck_size(vt), seed=9),
                         rng.integers(-127, 128, (1, 512)) / 2.0, rng.standard_normal((1, 512)) * 1e-7]).astype(np.float32)
     for build in ("serial", "parallel"):
-        yq, yd, ys, ys_row = Q.quantize_src1(build, x, vt)
+        yq, yd, ys, ys_row = Q.quantize_src1(build, x, src0)
         rec = quants.quantize(x, vt).reshape(-1).view(D.BLOCK_DTYPES[vt])
         np.testing.assert_array_equal(yq, rec["qs"].reshape(-1))
         np.testing.assert_array_equal(yd, rec["d"].astype(np.float32).reshape(-1))
@@ -309,6 +310,8 @@ def test_src1_quantizer_is_the_reference(vt):
         if vt == D.TYPE_Q8_K:
             np.testing.assert_array_equal(ys.view(np.int16), rec["bsums"].reshape(-1))
             assert ys_row == 2 * 512 // 16
+        if src0 == D.TYPE_Q4_0:   # 8 x the sums of each 4 quants
+            np.testing.assert_array_equal(ys.view(np.int32), 8 * rec["qs"].reshape(-1, 4).astype(np.int32).sum(axis=1))
 
 
 def test_portable_dot_products_equal_the_avx2_ones():
@@ -327,7 +330,7 @@ def test_portable_dot_products_equal_the_avx2_ones():
         for off in ((208,) if t == D.TYPE_Q6_K else (0, 2) if t in (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)
                     else (0,)):
             halves[:, off + 1] &= 0x3B
-        cases[t] = (raw, *Q.quantize_src1("serial", y, D.VEC_DOT_TYPE[t]))
+        cases[t] = (raw, *Q.quantize_src1("serial", y, t))
 
     def run(fn):
         out = {}

@@ -64,10 +64,12 @@ def _scale_min_k4(a, sc_off, j):
 # step), then ggml's integer dot products (backends/cpu/quant_dot.py, vector code in LLVM IR) ---
 
 @kernel
-def quantize_q8(x, yq, yd, ys, with_sum, f16):
+def quantize_q8(x, yq, yd, ys, with_sum, lanes, lane_off, f16):
     """Rows x (R, K) f32 -> Q8_0, or Q8_1 when with_sum: quants yq (R, K) int8, block scales yd
     (R, K / 32) as float32 (the float16-rounded d the dot products use), and for Q8_1 the block
-    sums ys (R, K / 32), s = fp16(d * sum of quants), as float32 (quantize_row_q8_{0,1}_ref)."""
+    sums ys (R, K / 32), s = fp16(d * sum of quants), as float32 (quantize_row_q8_{0,1}_ref).
+    lane_off != 0: lanes (R, K / 4) int32 = lane_off * the sum of each 4 quants (Q4_0 / Q5_0's
+    offsets, subtracted from their unsigned dot products)."""
     for r in prange(x.shape[0]):
         scratch = np.empty(1, np.float32)
         for i in range(x.shape[1] // 32):
@@ -88,6 +90,10 @@ def quantize_q8(x, yq, yd, ys, with_sum, f16):
                 s += np.int64(q)
             if with_sum:
                 ys[r, i] = f16[_f16_bits(F32(s) * d, scratch)]
+            if lane_off:
+                for j in range(8):
+                    lanes[r, 8 * i + j] = lane_off * (np.int64(yq[r, o + 4 * j]) + yq[r, o + 4 * j + 1] +
+                                                      yq[r, o + 4 * j + 2] + yq[r, o + 4 * j + 3])
 
 
 @kernel
@@ -187,9 +193,15 @@ def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
 PARALLEL_SRC1_ROWS = 4
 
 
-def quantize_src1(build: str, b: np.ndarray, vec_dot_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """src1 (..., K) f32 quantized to `vec_dot_type` with ggml's reference quantizer, split for
-    mul_mat_q: (quants int8, block scales float32, extra bytes, extra bytes per row), all flat."""
+# what src0's quants are stored above their value (Q4_0: q - 8, Q5_0: q - 16): the dot products
+# take q unsigned and subtract offset * src1's sums of each 4 quants
+LANE_OFFSET = {D.TYPE_Q4_0: 8, D.TYPE_Q5_0: 16}
+
+
+def quantize_src1(build: str, b: np.ndarray, src0_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """src1 (..., K) f32 quantized to src0_type's vec_dot type with ggml's reference quantizer,
+    split for mul_mat_q: (quants int8, block scales float32, extra bytes, extra bytes per row)."""
+    vec_dot_type = D.VEC_DOT_TYPE[src0_type]
     k = b.shape[-1]
     x = np.ascontiguousarray(b, F32).reshape(-1, k)
     build = build if len(x) >= PARALLEL_SRC1_ROWS else "serial"
@@ -200,15 +212,19 @@ def quantize_src1(build: str, b: np.ndarray, vec_dot_type: int) -> tuple[np.ndar
         getattr(quantize_q8_k, build)(x, yq, yd, bsums)
         return yq.reshape(-1), yd.reshape(-1), bsums.reshape(-1).view(np.uint8), 2 * (k // 16)
     with_sum = vec_dot_type == D.TYPE_Q8_1
+    off = LANE_OFFSET.get(src0_type, 0)
     yd = np.empty((len(x), k // 32), F32)
     ys = np.empty((len(x), k // 32) if with_sum else (1, 1), F32)
-    getattr(quantize_q8, build)(x, yq, yd, ys, with_sum, F16_TABLE)
+    lanes = np.empty((len(x), k // 4) if off else (1, 1), np.int32)
+    getattr(quantize_q8, build)(x, yq, yd, ys, with_sum, lanes, off, F16_TABLE)
+    if off:
+        return yq.reshape(-1), yd.reshape(-1), lanes.reshape(-1).view(np.uint8), k
     return yq.reshape(-1), yd.reshape(-1), ys.reshape(-1).view(np.uint8), 4 * (k // 32) if with_sum else 0
 
 
 def _mul_mat(node, build, dst, a_raw, b):
     a = node.src[0]
-    yq, yd, ys, ys_row = quantize_src1(build, b, D.VEC_DOT_TYPE[a.type])
+    yq, yd, ys, ys_row = quantize_src1(build, b, a.type)
     getattr(mul_mat_q, build)(dst, _flat_bytes(a_raw, nbytes(a)), a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2],
                               yq, yd, ys, ys_row, a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
 

@@ -5,12 +5,13 @@
 the nblk blocks of type `kind` at byte x_off of uint8 array x with one src1 row: yq its int8
 quants (element y_off on), yd its block scales (float32, element yd_off on), ys its extra block
 data as bytes from byte ys_off (Q8_1: the block sums s as float32; Q8_K: the int16 bsums, 16 a
-block); table: float16 bit pattern -> float32 (used where the CPU cannot convert halves).
+block; Q8_0 for Q4_0 / Q5_0: 8 int32 a block, 8 or 16 times the sums of each 4 quants);
+table: float16 bit pattern -> float32 (used where the CPU cannot convert halves).
 
 Per block (Q4_0 ... Q8_0) or super-block (K-quants) the integer products go into 8 int32 lanes
 exactly (quant_ir.dot4, with the K-quants' 6-bit or int8 sub-block scales applied in integer as
 ggml's AVX2 code does), then 8 float accumulators gain lanes * (d_x * d_y); Q4_1 / Q5_1 add
-m_x * s_y and the K-quants subtract dmin_x * d_y * (mins . bsums) in a scalar. The result equals
+m_x * s_y and the K-quants subtract dmin_x * d_y * (mins . bsums) in 4 more float lanes. The result equals
 ggml's CPU to float32 rounding: the same integers, the same per-block scaling.
 
 Every read stays inside the nblk blocks of x and the row's y data; the caller (backends/cpu/
@@ -27,8 +28,8 @@ from numba.extending import intrinsic
 
 from minigraph.core import dtypes as D
 
-from minigraph.backends.cpu.quant_ir import (F32, I8, I16, I32, at, dot4, dot4_scaled, half, hsum8, load, nibbles,
-                                             pairs, reduce_add, scaled_lanes, shuffle, splat, splat_const, vec)
+from minigraph.backends.cpu.quant_ir import (F32, I8, I16, I32, at, dot4, dot4_scaled, half, hsum, load, madd16,
+                                             nibbles, pairs, scaled_lanes, shuffle, splat, splat_const, vec)
 
 V32 = vec(I8, 32)
 
@@ -57,8 +58,10 @@ def _q8_0(b, px, py, yd, ys, tab):
 
 
 def _q4_0(b, px, py, yd, ys, tab):
-    x = b.sub(_q4_x(b, px, 2), splat_const(I8, 32, 8))
-    return dot4(b, x, load(b, py, V32), True), b.fmul(half(b, px, tab), yd), None
+    # (q - 8) . y as q . y - 8 * (y's lane sums, precomputed with src1): unsigned q skips the
+    # sign trick, two instructions of about twenty a block
+    lanes = b.sub(dot4(b, _q4_x(b, px, 2), load(b, py, V32), False), load(b, ys, vec(I32, 8)))
+    return lanes, b.fmul(half(b, px, tab), yd), None
 
 
 def _q4_1(b, px, py, yd, ys, tab):
@@ -67,8 +70,9 @@ def _q4_1(b, px, py, yd, ys, tab):
 
 
 def _q5_0(b, px, py, yd, ys, tab):
-    x = b.sub(b.or_(_q4_x(b, px, 6), _q5_high(b, px, 2)), splat_const(I8, 32, 16))
-    return dot4(b, x, load(b, py, V32), True), b.fmul(half(b, px, tab), yd), None
+    x = b.or_(_q4_x(b, px, 6), _q5_high(b, px, 2))                # as Q4_0, offset 16
+    lanes = b.sub(dot4(b, x, load(b, py, V32), False), load(b, ys, vec(I32, 8)))
+    return lanes, b.fmul(half(b, px, tab), yd), None
 
 
 def _q5_1(b, px, py, yd, ys, tab):
@@ -93,10 +97,10 @@ def _k4_scales(b, p):
 
 
 def _k_mins(b, scales, ys):
-    """sum over groups g of min_g * (bsums[2g] + bsums[2g + 1]): exact int32."""
-    mins = b.zext(shuffle(b, scales, scales, range(8, 16)), vec(I32, 8))
-    sums = pairs(b, b.sext(load(b, ys, vec(I16, 16)), vec(I32, 16)))
-    return reduce_add(b, b.mul(mins, sums))
+    """<4 x i32>: lane j = min_2j * (bsums[4j] + bsums[4j+1]) + min_2j+1 * (bsums[4j+2] + bsums[4j+3])
+    (the groups' mins times src1's group sums, exact; pair sums of 16 bsums fit int16)."""
+    mins = shuffle(b, scales, scales, range(8, 16))
+    return madd16(b, mins, pairs(b, load(b, ys, vec(I16, 16))))
 
 
 def _qk(b, px, py, yd, ys, tab, five):
@@ -112,8 +116,8 @@ def _qk(b, px, py, yd, ys, tab, five):
         sc = shuffle(b, scales, scales, [g] * 16)
         part = dot4_scaled(b, x, load(b, at(b, py, 32 * g), V32), False, sc)
         lanes = part if lanes is None else b.add(lanes, part)
-    dmin = b.fmul(half(b, at(b, px, 2), tab), yd)
-    extra = b.fmul(b.fneg(dmin), b.sitofp(_k_mins(b, scales, ys), F32))
+    dmin = b.fneg(b.fmul(half(b, at(b, px, 2), tab), yd))
+    extra = b.fmul(b.sitofp(_k_mins(b, scales, ys), vec(F32, 4)), splat(b, dmin, 4))
     return lanes, b.fmul(half(b, px, tab), yd), extra
 
 
@@ -143,11 +147,11 @@ def _q6_k(b, px, py, yd, ys, tab):
     return lanes, b.fmul(half(b, at(b, px, 208), tab), yd), None
 
 
-# kind -> (block bytes, block length, ys bytes per block, emitter)
-SPECS: dict[int, tuple[int, int, int, Callable]] = {
-    D.TYPE_Q4_0: (18, 32, 0, _q4_0), D.TYPE_Q4_1: (20, 32, 4, _q4_1), D.TYPE_Q5_0: (22, 32, 0, _q5_0),
-    D.TYPE_Q5_1: (24, 32, 4, _q5_1), D.TYPE_Q8_0: (34, 32, 0, _q8_0), D.TYPE_Q4_K: (144, 256, 32, _q4_k),
-    D.TYPE_Q5_K: (176, 256, 32, _q5_k), D.TYPE_Q6_K: (210, 256, 0, _q6_k),
+# kind -> (block bytes, block length, ys bytes per block, float lanes of the extra term, emitter)
+SPECS: dict[int, tuple[int, int, int, int, Callable]] = {
+    D.TYPE_Q4_0: (18, 32, 32, 0, _q4_0), D.TYPE_Q4_1: (20, 32, 4, 1, _q4_1), D.TYPE_Q5_0: (22, 32, 32, 0, _q5_0),
+    D.TYPE_Q5_1: (24, 32, 4, 1, _q5_1), D.TYPE_Q8_0: (34, 32, 0, 0, _q8_0), D.TYPE_Q4_K: (144, 256, 32, 4, _q4_k),
+    D.TYPE_Q5_K: (176, 256, 32, 4, _q5_k), D.TYPE_Q6_K: (210, 256, 0, 0, _q6_k),
 }
 
 
@@ -158,7 +162,8 @@ def _byte_ptr(context, builder, aryty, ary, off):
 
 
 def _make_dot(kind: int):
-    bsize, blen, ys_bytes, emit = SPECS[kind]
+    bsize, blen, ys_bytes, extra_lanes, emit = SPECS[kind]
+    zero = ir.Constant(F32, 0.0) if extra_lanes < 2 else ir.Constant(vec(F32, extra_lanes), [0.0] * extra_lanes)
 
     def codegen(context, builder, sig, args):
         b = builder
@@ -170,7 +175,7 @@ def _make_dot(kind: int):
         pyd = b.gep(context.make_array(tyd)(context, b, yd).data, [ydo])
         tab = context.make_array(ttab)(context, b, table).data
         acc = cgutils.alloca_once_value(b, ir.Constant(vec(F32, 8), [0.0] * 8))
-        extra = cgutils.alloca_once_value(b, ir.Constant(F32, 0.0))
+        extra = cgutils.alloca_once_value(b, zero)
         with cgutils.for_range(b, nblk) as loop:
             i = loop.index
             lanes, scale, more = emit(b, at(b, px0, b.mul(i, i.type(bsize))), at(b, py0, b.mul(i, i.type(blen))),
@@ -178,7 +183,7 @@ def _make_dot(kind: int):
             b.store(b.fadd(b.load(acc), scaled_lanes(b, lanes, scale)), acc)
             if more is not None:
                 b.store(b.fadd(b.load(extra), more), extra)
-        return b.fadd(hsum8(b, b.load(acc)), b.load(extra))
+        return b.fadd(hsum(b, b.load(acc)), hsum(b, b.load(extra)))
 
     def typer(typingctx, x, x_off, yq, y_off, yd, yd_off, ys, ys_off, nblk, table):
         return types.float32(x, x_off, yq, y_off, yd, yd_off, ys, ys_off, nblk, table), codegen

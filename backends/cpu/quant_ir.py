@@ -133,10 +133,11 @@ def dot4_scaled(b: ir.IRBuilder, x: ir.Value, y: ir.Value, x_signed: bool, scale
     return pairs(b, b.mul(b.sext(p, vec(I32, 16)), b.sext(scales, vec(I32, 16))))
 
 
-def reduce_add(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """The sum of an integer vector's lanes (exact: any order gives it)."""
-    n, w = v.type.count, v.type.element.width
-    return _intrinsic(b, f"llvm.vector.reduce.add.v{n}i{w}", v.type.element, [v])
+def madd16(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """<8 x i16> x, y -> <4 x i32>, lane j = x[2j]y[2j] + x[2j+1]y[2j+1] (vpmaddwd)."""
+    if AVX2:
+        return _intrinsic(b, "llvm.x86.sse2.pmadd.wd", vec(I32, 4), [x, y])
+    return pairs(b, b.mul(b.sext(x, vec(I32, 8)), b.sext(y, vec(I32, 8))))
 
 
 # -- float lanes -------------------------------------------------------------------------------
@@ -146,8 +147,12 @@ def scaled_lanes(b: ir.IRBuilder, lanes: ir.Value, scale: ir.Value) -> ir.Value:
     return b.fmul(b.sitofp(lanes, vec(F32, 8)), splat(b, scale, 8))
 
 
-def hsum8(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """The 8 float lanes summed in one fixed order (halves, then halves again)."""
-    v = b.fadd(shuffle(b, v, v, range(4)), shuffle(b, v, v, range(4, 8)))
-    v = b.fadd(shuffle(b, v, v, range(2)), shuffle(b, v, v, range(2, 4)))
+def hsum(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """The float lanes (8, 4, 2 or 1) summed in one fixed order (halves, then halves again)."""
+    n = v.type.count if isinstance(v.type, ir.VectorType) else 1
+    if n == 1:
+        return v
+    while n > 2:
+        n //= 2
+        v = b.fadd(shuffle(b, v, v, range(n)), shuffle(b, v, v, range(n, 2 * n)))
     return b.fadd(b.extract_element(v, ir.Constant(I32, 0)), b.extract_element(v, ir.Constant(I32, 1)))
