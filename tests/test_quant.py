@@ -348,3 +348,32 @@ def test_portable_dot_products_equal_the_avx2_ones():
     for t in cases:
         assert np.isfinite(native[t]).all(), D.type_name(t)
         np.testing.assert_array_equal(portable[t], native[t], err_msg=D.type_name(t))
+
+
+def test_mul_mat_in_the_program_equals_the_per_node_path(monkeypatch):
+    """Quantized MUL_MAT runs inside the compiled executor (src0 as a raw-byte slot); the
+    per-node path (from Python, for nodes the program cannot take) gives the same bits,
+    on a strided src1 with broadcast dims."""
+    from minigraph.backends.cpu.backend import CpuPlan
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((1, 2, 5, 256)).astype(np.float32)
+    xt = rng.standard_normal((2, 4, 256, 3)).astype(np.float32)
+
+    def run(type_):
+        ctx = mg.Context()
+        x = ctx.permute(ctx.from_numpy(xt), 1, 0, 2, 3)          # src1 ne [256, 3, 4, 2], strided
+        out = ctx.mul_mat(ctx.from_numpy(w, type_), x)
+        gf = mg.Graph()
+        gf.build_forward_expand(out)
+        be = mg.backend_cpu_init(2)
+        be.graph_compute(gf)
+        return be.plan(gf), out.numpy()
+
+    for t in (D.TYPE_Q4_0, D.TYPE_Q5_1, D.TYPE_Q4_K):
+        plan, in_program = run(t)
+        assert [s[0] for s in plan.steps] == ["prog"], D.type_name(t)
+        with monkeypatch.context() as m:
+            m.setattr(CpuPlan, "_node_variant", staticmethod(lambda kern, n, build: None))
+            plan, per_node = run(t)
+        assert [s[0] for s in plan.steps] == ["node"]
+        np.testing.assert_array_equal(in_program, per_node, err_msg=D.type_name(t))

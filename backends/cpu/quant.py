@@ -23,7 +23,7 @@ from numba import prange
 from minigraph.core import dtypes as D
 from minigraph.core import quants
 from minigraph.core.errors import fail
-from minigraph.core.registry import register_quant_kernel
+from minigraph.core.registry import Kernel, register_quant_kernel
 from minigraph.core.tensor import nbytes
 
 from minigraph.backends.cpu.jit import JIT_OPTIONS, fetch_add, kernel
@@ -120,6 +120,11 @@ def quantize_q8_k(x, yq, yd, bsums):
             yd[r, i] = F32(1.0) / iscale if amax != 0 else F32(0.0)
 
 
+# the serial quantizers, as module-level dispatchers the program form calls
+_quantize_q8 = quantize_q8.serial
+_quantize_q8_k = quantize_q8_k.serial
+
+
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _vec_dot(kind, a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16):
     if kind == D.TYPE_Q4_0:
@@ -156,15 +161,11 @@ def _rows(dst, i3, i2, m0, m1, a, ao0, a_nb1, yq, yd, ys, ys_row, kind, nblk, f1
             dst[i3, i2, n, m] = _vec_dot(kind, a, ao, yq, r * k, yd, r * nblk, ys, r * ys_row, nblk, f16)
 
 
-@kernel
-def mul_mat_q(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16):
-    """dst[i3, i2, n, m] = vec_dot(src0 row (i3 // r3, i2 // r2, m), quantized src1 row (i3, i2, n)).
-
-    a: src0's bytes from its first one (uint8), rows a_nb1 apart (ggml's nb); yq / yd / ys: src1
-    quantized to the vec_dot type, flat, rows in dst order (int8 quants, float32 block scales,
-    extra bytes per row ys_row: Q8_1 sums or Q8_K bsums); kind: src0's ggml type; nblk: blocks
-    per row. Tasks of ROWS_PER_TASK src0 rows come from a shared queue (as ggml's chunks do): a
-    thread slowed by another process's work on its core takes fewer of them."""
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _mul_mat_tasks(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16):
+    """The body of mul_mat_q (inlined into both of its forms, so its prange runs in parallel).
+    Tasks of ROWS_PER_TASK src0 rows come from a shared queue (as ggml's chunks do): a thread
+    slowed by another process's work on its core takes fewer of them."""
     n3, n2, n1, m_rows = dst.shape
     r3 = n3 // a3
     r2 = n2 // a2
@@ -180,6 +181,70 @@ def mul_mat_q(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nbl
             _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
                   a_nb1, yq, yd, ys, ys_row, kind, nblk, f16)
             task = fetch_add(queue, 1)
+
+
+@kernel
+def mul_mat_q(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16):
+    """dst[i3, i2, n, m] = vec_dot(src0 row (i3 // r3, i2 // r2, m), quantized src1 row (i3, i2, n)).
+
+    a: src0's bytes from its first one (uint8), rows a_nb1 apart (ggml's nb); yq / yd / ys: src1
+    quantized to the vec_dot type, flat, rows in dst order (int8 quants, float32 block scales,
+    extra bytes per row ys_row: Q8_1 sums or Q8_K bsums); kind: src0's ggml type; nblk: blocks
+    per row. The per-node path (from Python, quantize_src1 first)."""
+    _mul_mat_tasks(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _block_bytes(kind):
+    if kind == D.TYPE_Q4_0:
+        return 18
+    if kind == D.TYPE_Q4_1:
+        return 20
+    if kind == D.TYPE_Q5_0:
+        return 22
+    if kind == D.TYPE_Q5_1:
+        return 24
+    if kind == D.TYPE_Q8_0:
+        return 34
+    if kind == D.TYPE_Q4_K:
+        return 144
+    if kind == D.TYPE_Q5_K:
+        return 176
+    return 210
+
+
+@kernel(any_layout=True)   # it copies src1 into rows of its own: one compiled form for every layout
+def mul_mat_q_program(dst, a, b, kind):
+    """MUL_MAT with a quantized src0 inside the compiled executor: dst (ne13, ne12, ne11, ne01)
+    f32, a src0's raw rows (ne03, ne02, ne01, row bytes; byte strides nb03, nb02, nb01, 1), b
+    src1 (ne13, ne12, ne11, ne10) f32 with any strides, kind src0's type (its storage code).
+    src1 is quantized here (the same Numba quantizers as quantize_src1), then mul_mat_q's loop.
+    The half table is the module's (a global array: Numba keeps it as a constant of the kernel)."""
+    f16 = F16_TABLE
+    n3, n2, n1, k = b.shape
+    x = np.empty((n3 * n2 * n1, k), np.float32)
+    for r in range(x.shape[0]):
+        for i in range(k):
+            x[r, i] = b[r // (n2 * n1), (r // n1) % n2, r % n1, i]
+    yq = np.empty((x.shape[0], k), np.int8)
+    if kind == D.TYPE_Q4_K or kind == D.TYPE_Q5_K or kind == D.TYPE_Q6_K:
+        yd = np.empty((x.shape[0], k // 256), np.float32)
+        bsums = np.empty((x.shape[0], k // 16), np.int16)
+        _quantize_q8_k(x, yq, yd, bsums)
+        ys = bsums.reshape(-1).view(np.uint8)
+        ys_row = 2 * (k // 16)
+    else:
+        with_sum = kind == D.TYPE_Q4_1 or kind == D.TYPE_Q5_1
+        off = 8 if kind == D.TYPE_Q4_0 else 16 if kind == D.TYPE_Q5_0 else 0
+        yd = np.empty((x.shape[0], k // 32), np.float32)
+        sums = np.empty((x.shape[0], k // 32) if with_sum else (1, 1), np.float32)
+        lanes = np.empty((x.shape[0], k // 4) if off else (1, 1), np.int32)
+        _quantize_q8(x, yq, yd, sums, with_sum, lanes, off, f16)
+        ys = lanes.reshape(-1).view(np.uint8) if off else sums.reshape(-1).view(np.uint8)
+        ys_row = k if off else 4 * (k // 32) if with_sum else 0
+    s3, s2, s1, _ = a.strides
+    _mul_mat_tasks(dst, a, s1, s2, s3, a.shape[0], a.shape[1], yq.reshape(-1), yd.reshape(-1), ys, ys_row, kind,
+                   a.shape[3] // _block_bytes(kind), f16)
 
 
 def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
@@ -499,7 +564,8 @@ def _set_rows_supports(node):
     return None
 
 
-register_quant_kernel("MUL_MAT", "cpu", _mul_mat, supports=_mul_mat_supports)
+register_quant_kernel("MUL_MAT", "cpu", _mul_mat, supports=_mul_mat_supports,
+                      program=Kernel(mul_mat_q_program, storage_slots=(1,)))
 register_quant_kernel("CPY", "cpu", _cpy, supports=_cpy_supports)
 register_quant_kernel("GET_ROWS", "cpu", _get_rows, supports=_get_rows_supports)
 register_quant_kernel("SET_ROWS", "cpu", _set_rows, supports=_set_rows_supports)
