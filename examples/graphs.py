@@ -2,15 +2,15 @@
 (given on the command line as `-p name=value`) and returns the output tensor or tensors.
 
     minigraph dump examples/graphs.py:mlp -p n_tokens=8
+    minigraph dump examples/graphs.py:ffn_quant --profile
+    minigraph dump examples/graphs.py:ffn_quant -p n_embd=4096 -p n_ff=14336 -p layer=3 --gguf model.gguf --profile
+    minigraph compare examples/graphs.py:ffn_quant --gguf model.gguf --backends cpu,reference
     minigraph dump examples/graphs.py:delta_net -p n_tokens=70 --format dot > dn.dot
     minigraph dump examples/graphs.py:delta_net --profile --top 5
     minigraph compare examples/graphs.py:mlp --backends cpu,reference
     minigraph dump examples/graphs.py:mla_decode -p config=lite -p n_past=4095
     minigraph compare examples/graphs.py:mla_prefill -p flash_attn=0 --fused-vs-unfused
     minigraph dump examples/graphs.py:mla_rope_shift --format dot > shift.dot
-    minigraph dump examples/graphs.py:ffn_quant --profile
-    minigraph dump examples/graphs.py:ffn_quant -p n_embd=4096 -p n_ff=14336 -p layer=3 --gguf model.gguf --profile
-    minigraph compare examples/graphs.py:ffn_quant --gguf model.gguf --backends cpu,reference
 """
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from minigraph.models.delta_net import build_delta_net_chunking, build_delta_net
 
 MLA_CONFIGS = {"small": mla.SMALL, "q_lora": mla.SMALL_Q_LORA, "lite": mla.DEEPSEEK_V2_LITE}
 TYPES = {"f16": mg.TYPE_F16, "f32": mg.TYPE_F32, "i32": mg.TYPE_I32, "i64": mg.TYPE_I64}
-WEIGHT_TYPES = {mg.type_name(t): t for t in (mg.TYPE_Q4_0, mg.TYPE_Q4_1, mg.TYPE_Q5_0, mg.TYPE_Q5_1, mg.TYPE_Q8_0,
-                                               mg.TYPE_Q4_K, mg.TYPE_Q5_K, mg.TYPE_Q6_K, mg.TYPE_F16, mg.TYPE_F32)}
 
 
 def _input(ctx: mg.Context, rng: np.random.Generator, name: str, ne: list[int],
@@ -45,6 +43,10 @@ def mlp(ctx: mg.Context, n_embd: int = 64, n_ff: int = 128, n_tokens: int = 8, s
     up = ctx.mul_mat(w_up, cur).set_name("ffn_up_out")
     down = ctx.mul_mat(w_down, ctx.mul(gate, up)).set_name("ffn_down_out")
     return ctx.add(down, x).set_name("ffn_out")
+
+
+WEIGHT_TYPES = {mg.type_name(t): t for t in (mg.TYPE_Q4_0, mg.TYPE_Q4_1, mg.TYPE_Q5_0, mg.TYPE_Q5_1, mg.TYPE_Q8_0,
+                                               mg.TYPE_Q4_K, mg.TYPE_Q5_K, mg.TYPE_Q6_K, mg.TYPE_F16, mg.TYPE_F32)}
 
 
 def ffn_quant(ctx: mg.Context, n_embd: int = 256, n_ff: int = 512, n_tokens: int = 1, layer: int = 0,
