@@ -33,18 +33,17 @@ def test_src1_quantizer_is_the_reference(src0):
     rng = np.random.default_rng(8)
     x = np.concatenate([_rows(vt, n_rows=5, blocks=512 // D.blck_size(vt), seed=9),
                         rng.integers(-127, 128, (1, 512)) / 2.0, rng.standard_normal((1, 512)) * 1e-7]).astype(np.float32)
-    for build in ("serial", "parallel"):
-        yq, yd, ys, ys_row = Q.quantize_src1(build, x, src0)
-        rec = quants.quantize(x, vt).reshape(-1).view(D.BLOCK_DTYPES[vt])
-        np.testing.assert_array_equal(yq, rec["qs"].reshape(-1))
-        np.testing.assert_array_equal(yd, rec["d"].astype(np.float32).reshape(-1))
-        if vt == D.TYPE_Q8_1:
-            np.testing.assert_array_equal(ys.view(np.float32), rec["s"].astype(np.float32).reshape(-1))
-        if vt == D.TYPE_Q8_K:
-            np.testing.assert_array_equal(ys.view(np.int16), rec["bsums"].reshape(-1))
-            assert ys_row == 2 * 512 // 16
-        if src0 == D.TYPE_Q4_0:   # 8 x the sums of each 4 quants
-            np.testing.assert_array_equal(ys.view(np.int32), 8 * rec["qs"].reshape(-1, 4).astype(np.int32).sum(axis=1))
+    yq, yd, ys, ys_row = Q.quantize_src1(x, src0)
+    rec = quants.quantize(x, vt).reshape(-1).view(D.BLOCK_DTYPES[vt])
+    np.testing.assert_array_equal(yq, rec["qs"].reshape(-1))
+    np.testing.assert_array_equal(yd, rec["d"].astype(np.float32).reshape(-1))
+    if vt == D.TYPE_Q8_1:
+        np.testing.assert_array_equal(ys.view(np.float32), rec["s"].astype(np.float32).reshape(-1))
+    if vt == D.TYPE_Q8_K:
+        np.testing.assert_array_equal(ys.view(np.int16), rec["bsums"].reshape(-1))
+        assert ys_row == 2 * 512 // 16
+    if src0 == D.TYPE_Q4_0:   # 8 x the sums of each 4 quants
+        np.testing.assert_array_equal(ys.view(np.int32), 8 * rec["qs"].reshape(-1, 4).astype(np.int32).sum(axis=1))
 
 
 def test_portable_dot_products_equal_the_avx2_ones():
@@ -63,7 +62,7 @@ def test_portable_dot_products_equal_the_avx2_ones():
         for off in ((208,) if t == D.TYPE_Q6_K else (0, 2) if t in (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)
                     else (0,)):
             halves[:, off + 1] &= 0x3B
-        cases[t] = (raw, *Q.quantize_src1("serial", y, t))
+        cases[t] = (raw, *Q.quantize_src1(y, t))
 
     def run(fn):
         out = {}

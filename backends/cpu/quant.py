@@ -254,34 +254,30 @@ def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,)) if n else np.zeros(1, np.uint8)
 
 
-# src1 rows from which quantizing them runs the parallel build
-PARALLEL_SRC1_ROWS = 4
-
-
 # what src0's quants are stored above their value (Q4_0: q - 8, Q5_0: q - 16): the dot products
 # take q unsigned and subtract offset * src1's sums of each 4 quants
 LANE_OFFSET = {D.TYPE_Q4_0: 8, D.TYPE_Q5_0: 16}
 
 
-def quantize_src1(build: str, b: np.ndarray, src0_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def quantize_src1(b: np.ndarray, src0_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """src1 (..., K) f32 quantized to src0_type's vec_dot type with ggml's reference quantizer,
-    split for mul_mat_q: (quants int8, block scales float32, extra bytes, extra bytes per row)."""
+    split for mul_mat_q: (quants int8, block scales float32, extra bytes, extra bytes per row).
+    Serial, as in mul_mat_q_program (a small share of any mat-mul: K values a src1 row)."""
     vec_dot_type = D.VEC_DOT_TYPE[src0_type]
     k = b.shape[-1]
     x = np.ascontiguousarray(b, F32).reshape(-1, k)
-    build = build if len(x) >= PARALLEL_SRC1_ROWS else "serial"
     yq = np.empty((len(x), k), np.int8)
     if vec_dot_type == D.TYPE_Q8_K:
         yd = np.empty((len(x), k // 256), F32)
         bsums = np.empty((len(x), k // 16), np.int16)
-        getattr(quantize_q8_k, build)(x, yq, yd, bsums)
+        _quantize_q8_k(x, yq, yd, bsums)
         return yq.reshape(-1), yd.reshape(-1), bsums.reshape(-1).view(np.uint8), 2 * (k // 16)
     with_sum = vec_dot_type == D.TYPE_Q8_1
     off = LANE_OFFSET.get(src0_type, 0)
     yd = np.empty((len(x), k // 32), F32)
     ys = np.empty((len(x), k // 32) if with_sum else (1, 1), F32)
     lanes = np.empty((len(x), k // 4) if off else (1, 1), np.int32)
-    getattr(quantize_q8, build)(x, yq, yd, ys, with_sum, lanes, off, F16_TABLE)
+    _quantize_q8(x, yq, yd, ys, with_sum, lanes, off, F16_TABLE)
     if off:
         return yq.reshape(-1), yd.reshape(-1), lanes.reshape(-1).view(np.uint8), k
     return yq.reshape(-1), yd.reshape(-1), ys.reshape(-1).view(np.uint8), 4 * (k // 32) if with_sum else 0
@@ -289,7 +285,7 @@ def quantize_src1(build: str, b: np.ndarray, src0_type: int) -> tuple[np.ndarray
 
 def _mul_mat(node, build, dst, a_raw, b):
     a = node.src[0]
-    yq, yd, ys, ys_row = quantize_src1(build, b, a.type)
+    yq, yd, ys, ys_row = quantize_src1(b, a.type)
     getattr(mul_mat_q, build)(dst, _flat_bytes(a_raw, nbytes(a)), a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2],
                               yq, yd, ys, ys_row, a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
 
