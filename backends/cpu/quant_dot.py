@@ -1,18 +1,18 @@
 """ggml's vec_dot kernels for a quantized src0 row and a src1 row quantized to its vec_dot type
 (`ggml_vec_dot_q4_0_q8_0` ... `ggml_vec_dot_q6_K_q8_K`), as Numba intrinsics written in LLVM IR.
 
-`DOTS[kind](x, x_off, yq, y_off, yd, yd_off, ys, ys_off, nblk, table) -> float32` is the dot of
-the nblk blocks of type `kind` at byte x_off of uint8 array x with one src1 row: yq its int8
-quants (element y_off on), yd its block scales (float32, element yd_off on), ys its extra block
-data as bytes from byte ys_off (Q8_1: the block sums s as float32; Q8_K: the int16 bsums, 16 a
-block; Q8_0 for Q4_0 / Q5_0: 8 int32 a block, 8 or 16 times the sums of each 4 quants);
+`dot_q4_0(x, x_off, yq, y_off, yd, yd_off, ys, ys_off, nblk, table) -> float32` (and dot_q4_1 ...
+dot_q6_k) is the dot of the nblk blocks at byte x_off of uint8 array x with one src1 row: yq its
+int8 quants (element y_off on), yd its block scales (float32, element yd_off on), ys its extra
+block data as bytes from byte ys_off (Q8_1: the block sums s as float32; Q8_K: the int16 bsums,
+16 a block; Q8_0 under Q4_0 / Q5_0: 8 int32 a block, 8 or 16 times the sums of each 4 quants);
 table: float16 bit pattern -> float32 (used where the CPU cannot convert halves).
 
 Per block (Q4_0 ... Q8_0) or super-block (K-quants) the integer products go into 8 int32 lanes
 exactly (quant_ir.dot4, with the K-quants' 6-bit or int8 sub-block scales applied in integer as
 ggml's AVX2 code does), then 8 float accumulators gain lanes * (d_x * d_y); Q4_1 / Q5_1 add
-m_x * s_y and the K-quants subtract dmin_x * d_y * (mins . bsums) in 4 more float lanes. The result equals
-ggml's CPU to float32 rounding: the same integers, the same per-block scaling.
+m_x * s_y and the K-quants subtract dmin_x * d_y * (mins . bsums) in 4 more float lanes. The
+result equals ggml's CPU to float32 rounding: the same integers, the same per-block scaling.
 
 Every read stays inside the nblk blocks of x and the row's y data; the caller (backends/cpu/
 quant.py) sizes those arrays from the tensors. Block bytes are little-endian, as in ggml.
