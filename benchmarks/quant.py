@@ -3,19 +3,24 @@ MUL_MAT vs ggml's CPU backend (ggml-python) on the same bytes, and vs minigraph'
 over the same (dequantized) weights.
 
 Weights ne [4096, M] (ggml's order: K = 4096 along ne0) with M = 4096 and M = 14336 (a llama
-ffn_up), src1 one f32 token [4096, 1]; types Q8_0, Q4_0, Q4_K; 2 threads everywhere.
+ffn_up), src1 f32 [4096, N]: one token by default, --batch 2,4,8 for small batches (speculative
+decoding, small prefill), --batch 512 for a prefill; types Q8_0, Q4_0, Q4_K by default (--types
+for others); 2 threads everywhere.
 
   mg quant   public API graph mul_mat(w_q, x), mg.backend_cpu_init(threads), planned once, then
              graph_compute timed: includes quantizing x to the vec_dot type (Q8_0 / Q8_K) and the
              Python step of the node (backends/cpu/quant.py)
   ggml quant ggml-python, the same quantized bytes, graph and plan built once, compute timed
   mg f32     minigraph's own f32 mat-vec on the dequantized weights (4 bytes per weight)
+  read       the floor: a Numba kernel on the same threads that reads every byte of the quantized
+             weights once (8 bytes a load, xor-summed), i.e. what streaming the weights costs here;
+             "of read" is the read's time over mg quant's (1.0 = at the floor)
 
 Each line runs ROUNDS blocks of `repeat` computes, interleaved across the contenders so load
 bursts on the shared cores hit all alike; printed: ms per mat-vec as the median of the block
 means [min .. max], and GB/s of weight bytes read. The outputs are checked against ggml's
 (NMSE). Run:
-    python benchmarks/quant.py [--quick] [--threads N] [--rounds R]
+    python benchmarks/quant.py [--quick] [--threads N] [--rounds R] [--batch 1,2,8] [--types q4_0,q6_K]
 """
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ import time
 # with spinning workers). Passive waiting lets each contender have the cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numba
 import numpy as np
+from numba import prange
 
 import minigraph as mg
 from minigraph.core import dtypes, quants
@@ -45,6 +52,32 @@ def quantize(w: np.ndarray, type_: int) -> np.ndarray:
     if ggml_bridge.available():
         return ggml_bridge.quantize_chunk(type_, w)
     return quants.quantize(w, type_)
+
+
+@numba.njit(parallel=True, cache=True)
+def _read(words, parts):
+    """xor of every 8-byte word, in `parts` contiguous slices read in parallel."""
+    out = np.zeros(parts, np.int64)
+    n = words.shape[0]
+    for p in prange(parts):
+        s = np.int64(0)
+        for i in range(p * n // parts, (p + 1) * n // parts):
+            s ^= words[i]
+        out[p] = s
+    return out
+
+
+def read_runner(raw, threads):
+    words = raw.reshape(-1)[: raw.size // 8 * 8].view(np.int64)
+
+    def run(n):
+        numba.set_num_threads(threads)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            _read(words, 64)
+        return (time.perf_counter() - t0) / n
+    run(1)
+    return run, None
 
 
 def mg_runner(w, x, type_, threads):
@@ -71,30 +104,38 @@ def ggml_runner(raw, x, type_, threads):
         (lambda: ggml_bridge.compute(out, n_threads=threads)[0])
 
 
-def bench(m: int, threads: int, rounds: int, repeat: int, rng: np.random.Generator) -> None:
+def bench(m: int, n: int, types: list, threads: int, rounds: int, repeat: int, rng: np.random.Generator) -> None:
     w = rng.standard_normal((m, K)).astype(np.float32)
-    x = rng.standard_normal((1, K)).astype(np.float32)
-    for t in TYPES:
+    x = rng.standard_normal((n, K)).astype(np.float32)
+    reps = max(1, repeat // max(1, n // 8))        # fewer computes per block for big batches
+    for t in types:
         raw = quantize(w, t)
         runners = {}
         runners["mg quant"] = mg_runner(raw, x, t, threads)
         if ggml_bridge.available():
             runners["ggml quant"] = ggml_runner(raw, x, t, threads)
         runners["mg f32"] = mg_runner(quants.dequantize(raw, t), x, dtypes.TYPE_F32, threads)
-        sizes = {"mg quant": raw.nbytes, "ggml quant": raw.nbytes, "mg f32": w.nbytes}
+        if n == 1:
+            runners["read"] = read_runner(raw, threads)
+        sizes = {"mg quant": raw.nbytes, "ggml quant": raw.nbytes, "mg f32": w.nbytes, "read": raw.nbytes}
         times = {k: [] for k in runners}
         for _ in range(rounds):
             for k, (run, _) in runners.items():
-                times[k].append(run(repeat))
-        outs = {k: np.asarray(get()).reshape(-1) for k, (_, get) in runners.items()}
+                times[k].append(run(reps))
+        outs = {k: np.asarray(get()).reshape(-1) for k, (_, get) in runners.items() if get is not None}
         ref = outs.get("ggml quant", outs["mg quant"])
         parts = []
         for k, ts in times.items():
             med = float(np.median(ts))
-            err = float(((outs[k] - ref) ** 2).sum() / (ref ** 2).sum())
-            parts.append(f"{k} {med * 1e3:7.2f} ms [{min(ts) * 1e3:.2f} .. {max(ts) * 1e3:.2f}] "
-                         f"{sizes[k] / med / 1e9:5.1f} GB/s nmse {err:.1e}")
-        print(f"{dtypes.type_name(t):5} w [{K}, {m}]  " + "  |  ".join(parts), flush=True)
+            part = f"{k} {med * 1e3:7.2f} ms [{min(ts) * 1e3:.2f} .. {max(ts) * 1e3:.2f}] {sizes[k] / med / 1e9:5.1f} GB/s"
+            if k in outs:
+                part += f" nmse {float(((outs[k] - ref) ** 2).sum() / (ref ** 2).sum()):.1e}"
+            if n > 1:
+                part += f" ({med / n * 1e6:.0f} us/col)"
+            parts.append(part)
+        if "read" in times:
+            parts.append(f"mg quant at {np.median(times['read']) / np.median(times['mg quant']):.2f} of read")
+        print(f"{dtypes.type_name(t):5} w [{K}, {m}] N={n}  " + "  |  ".join(parts), flush=True)
 
 
 def main() -> None:
@@ -102,14 +143,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--batch", default="1", help="src1 columns, a comma list (default 1)")
+    ap.add_argument("--types", default=",".join(dtypes.type_name(t) for t in TYPES))
     ap.add_argument("--quick", action="store_true", help="M = 4096 only, 3 rounds of 5")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.repeat = 3, 5
+    names = {dtypes.type_name(t).lower(): t for t in dtypes.VEC_DOT_TYPE}
+    types = [names[t.strip().lower()] for t in args.types.split(",")]
     rng = np.random.default_rng(0)
-    print(f"CPU, {args.threads} threads, one token; ggml-python {'present' if ggml_bridge.available() else 'absent'}")
-    for m in SHAPES[:1] if args.quick else SHAPES:
-        bench(m, args.threads, args.rounds, args.repeat, rng)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    print(f"CPU, {args.threads} threads; ggml-python {'present' if ggml_bridge.available() else 'absent'}; "
+          f"load average {load[0]:.2f}")
+    for n in (int(b) for b in args.batch.split(",")):
+        for m in SHAPES[:1] if args.quick else SHAPES:
+            bench(m, n, types, args.threads, args.rounds, args.repeat, rng)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    print(f"load average at the end {load[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 (given on the command line as `-p name=value`) and returns the output tensor or tensors.
 
     minigraph dump examples/graphs.py:mlp -p n_tokens=8
+    minigraph dump examples/graphs.py:ffn_quant --profile
+    minigraph dump examples/graphs.py:ffn_quant -p n_embd=4096 -p n_ff=14336 -p layer=3 --gguf model.gguf --profile
+    minigraph compare examples/graphs.py:ffn_quant --gguf model.gguf --backends cpu,reference
     minigraph dump examples/graphs.py:delta_net -p n_tokens=70 --format dot > dn.dot
     minigraph dump examples/graphs.py:delta_net --profile --top 5
     minigraph compare examples/graphs.py:mlp --backends cpu,reference
@@ -41,6 +44,34 @@ def mlp(ctx: mg.Context, n_embd: int = 64, n_ff: int = 128, n_tokens: int = 8, s
     gate = ctx.silu(ctx.mul_mat(w_gate, cur)).set_name("ffn_gate_act")
     up = ctx.mul_mat(w_up, cur).set_name("ffn_up_out")
     down = ctx.mul_mat(w_down, ctx.mul(gate, up)).set_name("ffn_down_out")
+    return ctx.add(down, x).set_name("ffn_out")
+
+
+WEIGHT_TYPES = {mg.type_name(t): t for t in (mg.TYPE_Q4_0, mg.TYPE_Q4_1, mg.TYPE_Q5_0, mg.TYPE_Q5_1, mg.TYPE_Q8_0,
+                                               mg.TYPE_Q4_K, mg.TYPE_Q5_K, mg.TYPE_Q6_K, mg.TYPE_F16, mg.TYPE_F32)}
+
+
+def ffn_quant(ctx: mg.Context, n_embd: int = 256, n_ff: int = 512, n_tokens: int = 1, layer: int = 0,
+              gate_up: str = "q4_K", down: str = "q8_0", seed: int = 0) -> mg.Tensor:
+    """llama.cpp's feed-forward block of layer `layer` on quantized weights (llm_graph_context::
+    build_ffn, LLM_FFN_SILU, parallel gate): ffn_norm, then (silu(W_gate x) * W_up x) W_down and
+    the residual. The weights are leaves named as llama.cpp's GGUF files name them
+    (blk.{layer}.ffn_norm.weight [n_embd], ffn_gate / ffn_up [n_embd, n_ff] of type gate_up,
+    ffn_down [n_ff, n_embd] of type down), with random values unless --gguf FILE gives the
+    file's; the input x (ffn_inp [n_embd, n_tokens]) stays random."""
+    rng = np.random.default_rng(seed)
+    blk = f"blk.{layer}."
+
+    def weight(name: str, ne: list[int], type_: str) -> mg.Tensor:
+        w = rng.uniform(-0.1, 0.1, size=tuple(reversed(ne))).astype(np.float32)
+        return ctx.from_numpy(w, _pick(WEIGHT_TYPES, type_, "weight type")).set_name(blk + name)
+
+    x = _input(ctx, rng, "ffn_inp", [n_embd, n_tokens])
+    norm_w = _input(ctx, rng, blk + "ffn_norm.weight", [n_embd], 0.5, 1.5)
+    cur = ctx.mul(ctx.rms_norm(x, 1e-5), norm_w).set_name("ffn_norm")
+    gate = ctx.silu(ctx.mul_mat(weight("ffn_gate.weight", [n_embd, n_ff], gate_up), cur)).set_name("ffn_gate_par")
+    up = ctx.mul_mat(weight("ffn_up.weight", [n_embd, n_ff], gate_up), cur).set_name("ffn_up")
+    down = ctx.mul_mat(weight("ffn_down.weight", [n_ff, n_embd], down), ctx.mul(gate, up)).set_name("ffn_down")
     return ctx.add(down, x).set_name("ffn_out")
 
 

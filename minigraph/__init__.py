@@ -16,7 +16,7 @@ from minigraph.core.context import Context, init
 from minigraph.core.dtypes import (TYPE_BF16, TYPE_F16, TYPE_F32, TYPE_I32, TYPE_I64, TYPE_Q4_0, TYPE_Q4_1,
                                    TYPE_Q4_K, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q5_K, TYPE_Q6_K, TYPE_Q8_0, TYPE_Q8_1,
                                    TYPE_Q8_K, blck_size, is_quantized, type_name, type_size)
-from minigraph.core.gguf_io import gguf_info, gguf_load, gguf_save
+from minigraph.core.gguf_io import gguf_bind, gguf_info, gguf_load, gguf_save
 from minigraph.core.quants import dequantize, quantize
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph, build_forward_expand, graph_n_nodes, graph_node

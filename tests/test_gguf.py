@@ -106,3 +106,82 @@ def test_dump_lists_tensors_and_metadata(model):
     text = out.getvalue()
     assert "blk.0.ffn_up.weight" in text and "q4_K" in text and "[256, 6]" in text and "864" in text
     assert "llama.block_count" in text and "UINT32" in text and "(3 items)" in text
+
+
+# -- a graph target on a GGUF file's weights (minigraph dump / compare ... --gguf FILE) ---------
+
+GRAPHS = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "graphs.py")
+FFN = GRAPHS + ":ffn_quant"
+FFN_PARAMS = {"n_embd": 256, "n_ff": 256, "layer": 1}
+
+
+def _write_ffn(path, gate_type=mg.TYPE_Q4_K, down_ne=(256, 256), skip=()):
+    """A file with layer 1's FFN weights (gate/up q4_K, down q8_0) and values of its own."""
+    rng = np.random.default_rng(11)
+    weights = {"blk.1.ffn_norm.weight": (rng.uniform(0.5, 1.5, 256).astype(np.float32), None),
+               "blk.1.ffn_gate.weight": (rng.standard_normal((256, 256)).astype(np.float32) * 0.1, gate_type),
+               "blk.1.ffn_up.weight": (rng.standard_normal((256, 256)).astype(np.float32) * 0.1, mg.TYPE_Q4_K),
+               "blk.1.ffn_down.weight": (rng.standard_normal(down_ne[::-1]).astype(np.float32) * 0.1, mg.TYPE_Q8_0)}
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, (v, t) in weights.items():
+        if name in skip:
+            continue
+        if t is None:
+            w.add_tensor(name, v)
+        else:
+            w.add_tensor(name, quants.quantize(v, t), raw_dtype=gguf.GGMLQuantizationType(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {k: quants.dequantize(quants.quantize(v, t), t) if t is not None else v for k, (v, t) in weights.items()}
+
+
+def test_graph_target_takes_its_weights_from_a_gguf_file(tmp_path):
+    from minigraph.tools.graphio import load_target
+    path = tmp_path / "ffn.gguf"
+    want_w = _write_ffn(path)
+    gf = load_target(FFN, FFN_PARAMS, gguf=str(path))
+    leaf = {t.name: t for t in gf.leafs}
+    gate = leaf["blk.1.ffn_gate.weight"]
+    np.testing.assert_array_equal(gate.numpy(), want_w["blk.1.ffn_gate.weight"])   # the file's values
+    base = gate.root._buf.data                                                     # over the mapped file
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert base is not None and str(base.filename) == str(path)
+    mg.compute(gf)
+    x = leaf["ffn_inp"].numpy().astype(np.float64).reshape(-1)
+    cur = x / np.sqrt((x * x).mean() + 1e-5) * want_w["blk.1.ffn_norm.weight"]
+    g = want_w["blk.1.ffn_gate.weight"] @ cur
+    h = g / (1 + np.exp(-g)) * (want_w["blk.1.ffn_up.weight"] @ cur)
+    want = want_w["blk.1.ffn_down.weight"] @ h + x
+    got = gf.nodes[-1].numpy().reshape(-1)
+    assert ((got - want) ** 2).sum() / (want ** 2).sum() < 1e-3     # src1 is quantized to q8_K / q8_0 (~1e-4)
+    random = load_target(FFN, FFN_PARAMS)                            # without --gguf: the target's own weights
+    assert not np.array_equal({t.name: t for t in random.leafs}["blk.1.ffn_gate.weight"].numpy(), gate.numpy())
+
+
+def test_cli_dump_and_compare_take_gguf(tmp_path):
+    path = tmp_path / "ffn.gguf"
+    _write_ffn(path)
+    params = [a for k, v in FFN_PARAMS.items() for a in ("-p", f"{k}={v}")]
+    out = io.StringIO()
+    assert main(["dump", FFN, *params, "--gguf", str(path)], out) == 0
+    assert "blk.1.ffn_down.weight" in out.getvalue() and "q8_0" in out.getvalue()
+    out = io.StringIO()
+    assert main(["compare", FFN, *params, "--gguf", str(path), "--backends", "cpu,reference", "--tol", "1e-2"], out) == 0
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(skip=("blk.1.ffn_down.weight",)), r"no tensor 'blk.1.ffn_down.weight'"),
+    (dict(gate_type=mg.TYPE_Q8_0), r"'blk.1.ffn_gate.weight': the graph expects q4_K ne \[256, 256, 1, 1\], .* has q8_0"),
+    (dict(down_ne=(256, 128)), r"'blk.1.ffn_down.weight': the graph expects q8_0 ne \[256, 256, 1, 1\], .* has q8_0 ne \[256, 128"),
+])
+def test_gguf_binding_refuses_missing_names_and_other_types_or_shapes(tmp_path, kw, match):
+    from minigraph.tools.graphio import load_target
+    path = tmp_path / "bad.gguf"
+    _write_ffn(path, **kw)
+    with pytest.raises(mg.MinigraphError, match=match):
+        load_target(FFN, FFN_PARAMS, gguf=str(path))
+    params = [a for k, v in FFN_PARAMS.items() for a in ("-p", f"{k}={v}")]
+    assert main(["dump", FFN, *params, "--gguf", str(path)], io.StringIO()) == 2

@@ -5,7 +5,8 @@ compiled program loop; so do f16/bf16 tensors in a kernel's storage slots (it re
 16 bits itself, see backends/cpu/storage.py). Other f16/bf16 data runs one node at a time from
 Python, converted to f32 on load and back on store, with the very same kernels.
 Nodes with a block-quantized tensor run their op's quantized path (backends/cpu/quant.py) with
-that tensor as raw row bytes.
+that tensor as raw row bytes: inside the program where the op registers a program form
+(MUL_MAT: the quantized tensor in a storage slot of raw bytes), else from Python.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from minigraph.core.buffer import HostBuffer, aligned_zeros, storage_view, tenso
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
-from minigraph.core.registry import OPS, Kernel, kernels_for, quant_kernels_for
-from minigraph.core.tensor import Tensor, is_contiguous, nelements
+from minigraph.core.registry import OPS, Kernel, kernels_for, quant_kernels_for, quant_programs_for
+from minigraph.core.tensor import Tensor, is_contiguous, nelements, row_size
 from minigraph.device.backend import Backend
 from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
 from minigraph.memory.scaffold import prepare
@@ -46,13 +47,22 @@ def fast_signature(n: Tensor, storage_slots: tuple[int, ...] = (), any_layout: b
             sig += "f"
             continue
         c = (_STORAGE_TYPES if s in storage_slots else _FAST_TYPES).get(t.type)
+        if c is None and s in storage_slots and dtypes.is_quantized(t.type):
+            c = "b"      # raw bytes: the program passes the rows as they are stored
         buf = t.root._buf
         if c is None or (buf is not None and buf.is_host and
-                         (buf.data.ctypes.data + tensor_start(t)) % dtypes.type_size(t.type)):
+                         (buf.data.ctypes.data + tensor_start(t)) % program.SLOT_BUFFERS[c][1]().itemsize):
             return None   # misaligned for its type (a caller's array): the per-node path copes
         contiguous = s not in storage_slots and not any_layout and is_contiguous(t) and nelements(t) > 0
         sig += c.upper() if contiguous else c
     return sig
+
+
+def node_kernel(backend: "CpuBackend", n: Tensor) -> Optional[Kernel]:
+    """The kernel a plan's program runs node `n` with: the op's, or for a node with a
+    block-quantized tensor its quantized path's program form (None: it has none, the node runs
+    from Python)."""
+    return backend.quant_programs.get(n.op) if _has_quantized(n) else backend.kernels[n.op]
 
 
 def node_variant(kern: Kernel, n: Tensor, build: str) -> Optional[tuple]:
@@ -83,6 +93,7 @@ class CpuBackend(Backend):
         self.last_threads = self.n_threads        # what the latest compute ran with
         self.kernels = kernels_for("cpu")
         self.quant_kernels = quant_kernels_for("cpu")
+        self.quant_programs = quant_programs_for("cpu")
         self._plans = PlanCache()
 
     def __repr__(self) -> str:
@@ -135,10 +146,10 @@ class CpuPlan:
             op = OPS[n.op]
             if op.is_view:
                 continue
-            kern = backend.kernels[n.op]
+            kern = node_kernel(backend, n)
             build = "parallel" if op.flops(n) >= flags.parallel_min_elements() else "serial"
             slots = [n, *n.src]
-            key = self._node_variant(kern, n, build)
+            key = None if kern is None else self._node_variant(kern, n, build)
             if key is None:
                 self.steps.append(("node", n, build))
                 continue
@@ -151,7 +162,10 @@ class CpuPlan:
                     program.encode_slot(row, s, 0, 0, 4, (1, 1, 1, 1), (4, 4, 4, 4))
                 else:
                     buf, offs = self._locate(t)
-                    program.encode_slot(row, s, buf, offs, dtypes.type_size(t.type), t.ne, t.nb)
+                    if dtypes.is_quantized(t.type):
+                        program.encode_quant_slot(row, s, buf, offs, row_size(t.type, t.ne[0]), t.ne, t.nb)
+                    else:
+                        program.encode_slot(row, s, buf, offs, dtypes.type_size(t.type), t.ne, t.nb)
             vals = [*op.param_values(n), *_storage_codes(n, kern.storage_slots)]
             row[program.IP:program.IP + sum(k == "i" for k in kinds)] = [v for v, k in zip(vals, kinds) if k == "i"]
             frow = np.zeros(program.MAX_PARAMS)
@@ -232,7 +246,7 @@ class CpuPlan:
             dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32)
         else:
             dst = dst_raw.view(np.uint16) if n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) else dst_raw
-        quant = any(t is not None and dtypes.is_quantized(t.type) for t in (n, *n.src))
+        quant = _has_quantized(n)
         try:
             if quant:  # block-quantized tensors come as raw row bytes (backends/cpu/quant.py)
                 self.backend.quant_kernels[n.op].fn(n, build, dst, *arrays)
@@ -244,6 +258,10 @@ class CpuPlan:
             raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
         if converted:
             dst_raw[...] = dtypes.from_float(dst, n.type)
+
+
+def _has_quantized(n: Tensor) -> bool:
+    return any(t is not None and dtypes.is_quantized(t.type) for t in (n, *n.src))
 
 
 def _storage_codes(n: Tensor, storage_slots: tuple[int, ...]) -> list[int]:

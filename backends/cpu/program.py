@@ -3,7 +3,8 @@
 Each row holds an op code, the kernel build (serial or parallel) and up to MAX_SLOTS tensors
 (dst, then srcs) as (buffer index, element offset, ne[4], nb[4] in bytes), then int params;
 float params sit in a parallel float64 table. Every buffer is viewed once per element type the
-program reads (SLOT_BUFFERS: f32, i32, i64, and raw 16-bit words for f16/bf16 storage slots),
+program reads (SLOT_BUFFERS: f32, i32, i64, raw 16-bit words for f16/bf16 storage slots and
+raw bytes for block-quantized ones),
 so a slot is a strided view of the list that matches its type. The loop is generated Python
 source, written to a real module file (so Numba can cache it) for the set of (op, build, dtypes) a plan uses: one
 `if code == k:` branch each, calling the kernel registered for that op. Per node the loop costs
@@ -44,9 +45,11 @@ HEAD = 3          # code, build, n_slots
 IP = HEAD + MAX_SLOTS * SLOT_W
 MAX_PARAMS = 16   # per kind (int / float); storage slots add one int (their type code) each
 ROW_W = IP + MAX_PARAMS
-GENERATOR_VERSION = 5
-# slot dtype letter -> (argument of `run` holding the buffers viewed as that type, numpy dtype)
-SLOT_BUFFERS = {"f": ("bf", np.float32), "i": ("bi", np.int32), "l": ("bl", np.int64), "h": ("bh", np.uint16)}
+GENERATOR_VERSION = 6
+# slot dtype letter -> (argument of `run` holding the buffers viewed as that type, numpy dtype);
+# "b": raw bytes, the rows of a block-quantized tensor (encode_quant_slot)
+SLOT_BUFFERS = {"f": ("bf", np.float32), "i": ("bi", np.int32), "l": ("bl", np.int64), "h": ("bh", np.uint16),
+                "b": ("bb", np.uint8)}
 
 
 def typed_view(data: np.ndarray, dtype: type) -> np.ndarray:
@@ -112,6 +115,13 @@ def encode_slot(row: np.ndarray, slot: int, buf_index: int, byte_offset: int, it
     row[b + 1] = byte_offset // itemsize
     row[b + 2:b + 6] = ne
     row[b + 6:b + 10] = nb
+
+
+def encode_quant_slot(row: np.ndarray, slot: int, buf_index: int, byte_offset: int, row_bytes: int,
+                      ne: Sequence[int], nb: Sequence[int]) -> None:
+    """A block-quantized tensor as a "b" slot: its raw rows, shape (ne3, ne2, ne1, row bytes),
+    byte strides (nb3, nb2, nb1, 1), as the CPU's quantized kernels take it."""
+    encode_slot(row, slot, buf_index, byte_offset, 1, (row_bytes, *ne[1:]), (1, *nb[1:]))
 
 
 def _import_path(obj: Any) -> tuple[str, str]:

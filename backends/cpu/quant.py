@@ -7,9 +7,10 @@ quantized tensor comes as its raw rows, a uint8 array (ne3, ne2, ne1, row bytes)
 nb, and every other tensor as float32 (I32/I64 indices as themselves).
 
 MUL_MAT follows ggml's CPU backend: each src1 row is quantized to src0's vec_dot type (Q8_0,
-Q8_1 or Q8_K, with ggml's quantizer) and every result element is a dot product of the integer
-quants, scaled per block (the `ggml_vec_dot_*_q8_*` kernels); a Numba kernel runs it over src0
-rows in parallel. GET_ROWS and CPY to f32 dequantize rows with a Numba kernel (ggml's
+Q8_1 or Q8_K, with ggml's reference quantizer, in Numba) and every result element is a dot
+product of the integer quants, scaled per block (the `ggml_vec_dot_*_q8_*` kernels, written as
+vector LLVM IR in backends/cpu/quant_dot.py); a Numba kernel runs them over src0 rows in parallel.
+GET_ROWS and CPY to f32 dequantize rows with a Numba kernel (ggml's
 dequantize_row_* step for step: the same floats). CPY to Q8_0/Q4_0 and SET_ROWS into a Q8_0/Q4_0
 cache quantize with a Numba kernel (the reference quantizer step for step: the same bytes);
 other types quantize with the numpy reference (minigraph.core.quants).
@@ -22,10 +23,12 @@ from numba import prange
 from minigraph.core import dtypes as D
 from minigraph.core import quants
 from minigraph.core.errors import fail
-from minigraph.core.registry import register_quant_kernel
+from minigraph.core.registry import Kernel, register_quant_kernel
 from minigraph.core.tensor import nbytes
 
-from minigraph.backends.cpu.jit import JIT_OPTIONS, kernel
+from minigraph.backends.cpu.jit import JIT_OPTIONS, fetch_add, kernel
+from minigraph.backends.cpu.quant_dot import (dot_q4_0, dot_q4_1, dot_q4_k, dot_q5_0, dot_q5_1, dot_q5_k,
+                                              dot_q6_k, dot_q8_0)
 
 import numba
 
@@ -40,110 +43,10 @@ def _h(u8, off, f16):
     return f16[np.int64(u8[off]) | (np.int64(u8[off + 1]) << 8)]
 
 
-# Numba types int32 arithmetic as int64, which AVX2 cannot multiply in vector lanes. The dot
-# products therefore run in float32: every per-block integer sum (|q| * |y| * 32 < 2^24) is exact
-# there, and each product lands in one of LANES float32 accumulators, scaled by its block's
-# d_x * d_y, as ggml's AVX2 kernels accumulate (vertical lanes, one horizontal sum per row).
-LANES = 16
 U15 = np.uint8(15)
 U4 = np.uint8(4)
 F8 = np.float32(8.0)
 F16 = np.float32(16.0)
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _hsum(lane):
-    s = F32(0.0)
-    for j in range(LANES):
-        s += lane[j]
-    return s
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _clear(lane):
-    for j in range(LANES):
-        lane[j] = F32(0.0)
-
-
-# src1 comes pre-split (see _split_src1): yq its quants as float32 (K per row), yd its block
-# scales, ys its per-block sums (Q8_1's s) or per-16 sums (Q8_K's bsums), so the loops over src0
-# rows read floats only.
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q4_0(a, ao, yq, yd, ys, nblk, f16, lane):
-    _clear(lane)
-    for i in range(nblk):
-        xa = ao + i * 18
-        sc = _h(a, xa, f16) * yd[i]
-        y = 32 * i
-        for j in range(16):
-            v = a[xa + 2 + j]
-            p = (F32(v & U15) - F8) * yq[y + j] + (F32(v >> U4) - F8) * yq[y + 16 + j]
-            lane[j] += p * sc
-    return _hsum(lane)
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q4_1(a, ao, yq, yd, ys, nblk, f16, lane):
-    _clear(lane)
-    extra = F32(0.0)
-    for i in range(nblk):
-        xa = ao + i * 20
-        sc = _h(a, xa, f16) * yd[i]
-        extra += _h(a, xa + 2, f16) * ys[i]  # m_x * s_y: the min times src1's block sum
-        y = 32 * i
-        for j in range(16):
-            v = a[xa + 4 + j]
-            p = F32(v & U15) * yq[y + j] + F32(v >> U4) * yq[y + 16 + j]
-            lane[j] += p * sc
-    return _hsum(lane) + extra
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q5_0(a, ao, yq, yd, ys, nblk, f16, lane):
-    _clear(lane)
-    for i in range(nblk):
-        xa = ao + i * 22
-        sc = _h(a, xa, f16) * yd[i]
-        y = 32 * i
-        for j in range(16):
-            v = a[xa + 6 + j]
-            h0 = F32((a[xa + 2 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j: element j's fifth bit
-            h1 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16   # qh bit j + 16
-            p = (F32(v & U15) + h0 - F16) * yq[y + j] + (F32(v >> U4) + h1 - F16) * yq[y + 16 + j]
-            lane[j] += p * sc
-    return _hsum(lane)
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q5_1(a, ao, yq, yd, ys, nblk, f16, lane):
-    _clear(lane)
-    extra = F32(0.0)
-    for i in range(nblk):
-        xa = ao + i * 24
-        sc = _h(a, xa, f16) * yd[i]
-        extra += _h(a, xa + 2, f16) * ys[i]
-        y = 32 * i
-        for j in range(16):
-            v = a[xa + 8 + j]
-            h0 = F32((a[xa + 4 + (j >> 3)] >> (j & 7)) & 1) * F16
-            h1 = F32((a[xa + 6 + (j >> 3)] >> (j & 7)) & 1) * F16
-            p = (F32(v & U15) + h0) * yq[y + j] + (F32(v >> U4) + h1) * yq[y + 16 + j]
-            lane[j] += p * sc
-    return _hsum(lane) + extra
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q8_0(a, ai, ao, yq, yd, nblk, f16, lane):
-    _clear(lane)
-    for i in range(nblk):
-        xa = ao + i * 34
-        sc = _h(a, xa, f16) * yd[i]
-        y = 32 * i
-        for j in range(16):
-            p = F32(ai[xa + 2 + j]) * yq[y + j] + F32(ai[xa + 18 + j]) * yq[y + 16 + j]
-            lane[j] += p * sc
-    return _hsum(lane)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -156,144 +59,235 @@ def _scale_min_k4(a, sc_off, j):
     return F32(d), F32(m)
 
 
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, five):
-    """Q4_K (five=False) and Q5_K (five=True) . Q8_K over nblk super-blocks:
-    sum over groups g of d * sc_g * (q . y)_g, minus dmin * sum of m_g * (src1's group sum)."""
-    _clear(lane)
-    mins = F32(0.0)
-    bsz = 176 if five else 144
-    qs_off = 48 if five else 16
-    for i in range(nblk):
-        xa = ao + i * bsz
-        d = _h(a, xa, f16) * yd[i]
-        dmin = _h(a, xa + 2, f16) * yd[i]
-        for g in range(8):
-            sc, mn = _scale_min_k4(a, xa + 4, g)
-            mins += dmin * mn * (ys[16 * i + 2 * g] + ys[16 * i + 2 * g + 1])
-            f = d * sc
-            q = xa + qs_off + 32 * (g // 2)
-            shift = 4 * (g % 2)
-            y = 256 * i + 32 * g
-            if five:
+
+# -- MUL_MAT: src1 rows quantized to the vec_dot type (Numba, the reference quantizers step for
+# step), then ggml's integer dot products (backends/cpu/quant_dot.py, vector code in LLVM IR) ---
+
+@kernel
+def quantize_q8(x, yq, yd, ys, with_sum, lanes, lane_off, f16):
+    """Rows x (R, K) f32 -> Q8_0, or Q8_1 when with_sum: quants yq (R, K) int8, block scales yd
+    (R, K / 32) as float32 (the float16-rounded d the dot products use), and for Q8_1 the block
+    sums ys (R, K / 32), s = fp16(d * sum of quants), as float32 (quantize_row_q8_{0,1}_ref).
+    lane_off != 0: lanes (R, K / 4) int32 = lane_off * the sum of each 4 quants (Q4_0 / Q5_0's
+    offsets, subtracted from their unsigned dot products)."""
+    for r in prange(x.shape[0]):
+        scratch = np.empty(1, np.float32)
+        for i in range(x.shape[1] // 32):
+            o = 32 * i
+            amax = F32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(x[r, o + j]))
+            d = amax / F32(127.0)
+            idv = F32(1.0) / d if d != 0 else F32(0.0)
+            yd[r, i] = f16[_f16_bits(d, scratch)]
+            s = 0
+            for j in range(32):
+                v = x[r, o + j] * idv
+                q = np.trunc(v)
+                if abs(v - q) >= F32(0.5):       # roundf: halves away from zero
+                    q += F32(1.0) if v > 0 else F32(-1.0)
+                yq[r, o + j] = np.int64(q)
+                s += np.int64(q)
+            if with_sum:
+                ys[r, i] = f16[_f16_bits(F32(s) * d, scratch)]
+            if lane_off:
+                for j in range(8):
+                    lanes[r, 8 * i + j] = lane_off * (np.int64(yq[r, o + 4 * j]) + yq[r, o + 4 * j + 1] +
+                                                      yq[r, o + 4 * j + 2] + yq[r, o + 4 * j + 3])
+
+
+@kernel
+def quantize_q8_k(x, yq, yd, bsums):
+    """Rows x (R, K) f32 -> Q8_K (quantize_row_q8_K_ref): quants yq (R, K) int8, d yd (R, K / 256)
+    float32, and the int16 sums of each 16 quants, bsums (R, K / 16)."""
+    for r in prange(x.shape[0]):
+        for i in range(x.shape[1] // 256):
+            o = 256 * i
+            amax = F32(0.0)
+            mx = F32(0.0)
+            for j in range(256):
+                if abs(x[r, o + j]) > amax:     # the first element of largest magnitude, signed
+                    amax = abs(x[r, o + j])
+                    mx = x[r, o + j]
+            iscale = F32(-127.0) / mx if amax != 0 else F32(0.0)
+            for g in range(16):
+                s = 0
                 for j in range(16):
-                    v0 = F32((a[q + j] >> shift) & 15) + F32((a[xa + 16 + j] >> g) & 1) * F16
-                    v1 = F32((a[q + 16 + j] >> shift) & 15) + F32((a[xa + 32 + j] >> g) & 1) * F16
-                    lane[j] += (v0 * yq[y + j] + v1 * yq[y + 16 + j]) * f
-            else:
-                for j in range(16):
-                    p = F32((a[q + j] >> shift) & 15) * yq[y + j] + F32((a[q + 16 + j] >> shift) & 15) * yq[y + 16 + j]
-                    lane[j] += p * f
-    return _hsum(lane) - mins
+                    q = min(127, np.int64(np.rint(iscale * x[r, o + 16 * g + j]))) if amax != 0 else 0
+                    yq[r, o + 16 * g + j] = q
+                    s += q
+                bsums[r, 16 * i + g] = s
+            yd[r, i] = F32(1.0) / iscale if amax != 0 else F32(0.0)
+
+
+# the serial quantizers, as module-level dispatchers the program form calls
+_quantize_q8 = quantize_q8.serial
+_quantize_q8_k = quantize_q8_k.serial
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _dot_q6_k(a, ai, ao, yq, yd, nblk, f16, lane):
-    _clear(lane)
-    for i in range(nblk):
-        xa = ao + i * 210
-        d = _h(a, xa + 208, f16) * yd[i]
-        for h in range(2):
-            ql = xa + 64 * h
-            qh = xa + 128 + 32 * h
-            y = 256 * i + 128 * h
-            for quarter in range(4):
-                lo = ql + 32 * (quarter % 2)
-                shift = 4 * (quarter // 2)
-                hs = 2 * quarter
-                for half16 in range(2):
-                    f = d * F32(ai[xa + 192 + 8 * h + 2 * quarter + half16])
-                    o = 16 * half16
-                    for j in range(16):
-                        v = F32(((a[lo + o + j] >> shift) & 15) | (((a[qh + o + j] >> hs) & 3) << 4)) - F32(32.0)
-                        lane[j] += v * yq[y + 32 * quarter + o + j] * f
-    return _hsum(lane)
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _vec_dot(kind, a, ai, ao, yq, yd, ys, nblk, f16, lane):
+def _vec_dot(kind, a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16):
     if kind == D.TYPE_Q4_0:
-        return _dot_q4_0(a, ao, yq, yd, ys, nblk, f16, lane)
+        return dot_q4_0(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q4_1:
-        return _dot_q4_1(a, ao, yq, yd, ys, nblk, f16, lane)
+        return dot_q4_1(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q5_0:
-        return _dot_q5_0(a, ao, yq, yd, ys, nblk, f16, lane)
+        return dot_q5_0(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q5_1:
-        return _dot_q5_1(a, ao, yq, yd, ys, nblk, f16, lane)
+        return dot_q5_1(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q8_0:
-        return _dot_q8_0(a, ai, ao, yq, yd, nblk, f16, lane)
+        return dot_q8_0(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q4_K:
-        return _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, False)
+        return dot_q4_k(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q5_K:
-        return _dot_qk4(a, ao, yq, yd, ys, nblk, f16, lane, True)
-    return _dot_q6_k(a, ai, ao, yq, yd, nblk, f16, lane)
+        return dot_q5_k(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    return dot_q6_k(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
 
 
-# src0 rows per parallel task: one scratch allocation per task, enough tasks for the threads
+# src0 rows per task: 256 tasks for a 4096-row weight, so the threads even out their ends
 ROWS_PER_TASK = 16
+MAX_LANES = 64      # prange lanes taking tasks from a shared queue (idle lanes cost nothing)
 
 
-@numba.njit(**JIT_OPTIONS)
-def _rows(dst, i3, i2, m0, m1, a, ai, ao0, a_nb1, yq, yd, ys, kind, nblk, f16):
-    """dst[i3, i2, :, m0:m1]. A function of its own (not inlined): inside a parallel loop Numba
-    would compile these inner loops without vectorising them."""
-    lane = np.empty(LANES, np.float32)
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _rows(dst, i3, i2, m0, m1, a, ao0, a_nb1, yq, yd, ys, ys_row, kind, nblk, f16):
+    """dst[i3, i2, :, m0:m1]: each src0 row against every src1 column (the row stays in L1)."""
     n2, n1 = dst.shape[1], dst.shape[2]
+    k = yq.shape[0] // max(1, dst.shape[0] * n2 * n1)
     for m in range(m0, m1):
         ao = ao0 + m * a_nb1
         for n in range(n1):
             r = (i3 * n2 + i2) * n1 + n
-            dst[i3, i2, n, m] = _vec_dot(kind, a, ai, ao, yq[r], yd[r], ys[r], nblk, f16, lane)
+            dst[i3, i2, n, m] = _vec_dot(kind, a, ao, yq, r * k, yd, r * nblk, ys, r * ys_row, nblk, f16)
 
 
-@kernel
-def mul_mat_q(dst, a, ai, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, kind, nblk, f16):
-    """dst[i3, i2, n, m] = vec_dot(src0 row (i3 // r3, i2 // r2, m), quantized src1 row (i3, i2, n)).
-
-    a / ai: src0's bytes from its first one, as uint8 / int8, rows a_nb1 apart (ggml's nb);
-    yq / yd / ys: src1 quantized to the vec_dot type and split (rows in dst order: quants as
-    float32, block scales, block sums); kind: src0's ggml type; nblk: blocks per row. Parallel
-    over chunks of src0 rows."""
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _mul_mat_tasks(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16):
+    """The body of mul_mat_q (inlined into both of its forms, so its prange runs in parallel).
+    Tasks of ROWS_PER_TASK src0 rows come from a shared queue (as ggml's chunks do): a thread
+    slowed by another process's work on its core takes fewer of them."""
     n3, n2, n1, m_rows = dst.shape
     r3 = n3 // a3
     r2 = n2 // a2
     n_chunks = (m_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(n3 * n2 * n_chunks):
-        i3 = task // (n2 * n_chunks)
-        i2 = (task // n_chunks) % n2
-        m0 = (task % n_chunks) * ROWS_PER_TASK
-        _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, ai, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
-              a_nb1, yq, yd, ys, kind, nblk, f16)
+    n_tasks = n3 * n2 * n_chunks
+    queue = np.zeros(1, np.int64)
+    for lane in prange(min(n_tasks, MAX_LANES)):
+        task = fetch_add(queue, 1)
+        while task < n_tasks:
+            i3 = task // (n2 * n_chunks)
+            i2 = (task // n_chunks) % n2
+            m0 = (task % n_chunks) * ROWS_PER_TASK
+            _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
+                  a_nb1, yq, yd, ys, ys_row, kind, nblk, f16)
+            task = fetch_add(queue, 1)
+
+
+@kernel
+def mul_mat_q(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16):
+    """dst[i3, i2, n, m] = vec_dot(src0 row (i3 // r3, i2 // r2, m), quantized src1 row (i3, i2, n)).
+
+    a: src0's bytes from its first one (uint8), rows a_nb1 apart (ggml's nb); yq / yd / ys: src1
+    quantized to the vec_dot type, flat, rows in dst order (int8 quants, float32 block scales,
+    extra bytes per row ys_row: Q8_1 sums or Q8_K bsums); kind: src0's ggml type; nblk: blocks
+    per row. The per-node path (from Python, quantize_src1 first)."""
+    _mul_mat_tasks(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _block_bytes(kind):
+    if kind == D.TYPE_Q4_0:
+        return 18
+    if kind == D.TYPE_Q4_1:
+        return 20
+    if kind == D.TYPE_Q5_0:
+        return 22
+    if kind == D.TYPE_Q5_1:
+        return 24
+    if kind == D.TYPE_Q8_0:
+        return 34
+    if kind == D.TYPE_Q4_K:
+        return 144
+    if kind == D.TYPE_Q5_K:
+        return 176
+    return 210
+
+
+@kernel(any_layout=True)   # it copies src1 into rows of its own: one compiled form for every layout
+def mul_mat_q_program(dst, a, b, kind):
+    """MUL_MAT with a quantized src0 inside the compiled executor: dst (ne13, ne12, ne11, ne01)
+    f32, a src0's raw rows (ne03, ne02, ne01, row bytes; byte strides nb03, nb02, nb01, 1), b
+    src1 (ne13, ne12, ne11, ne10) f32 with any strides, kind src0's type (its storage code).
+    src1 is quantized here (the same Numba quantizers as quantize_src1), then mul_mat_q's loop.
+    The half table is the module's (a global array: Numba keeps it as a constant of the kernel)."""
+    f16 = F16_TABLE
+    n3, n2, n1, k = b.shape
+    x = np.empty((n3 * n2 * n1, k), np.float32)
+    for r in range(x.shape[0]):
+        for i in range(k):
+            x[r, i] = b[r // (n2 * n1), (r // n1) % n2, r % n1, i]
+    yq = np.empty((x.shape[0], k), np.int8)
+    if kind == D.TYPE_Q4_K or kind == D.TYPE_Q5_K or kind == D.TYPE_Q6_K:
+        yd = np.empty((x.shape[0], k // 256), np.float32)
+        bsums = np.empty((x.shape[0], k // 16), np.int16)
+        _quantize_q8_k(x, yq, yd, bsums)
+        ys = bsums.reshape(-1).view(np.uint8)
+        ys_row = 2 * (k // 16)
+    else:
+        with_sum = kind == D.TYPE_Q4_1 or kind == D.TYPE_Q5_1
+        off = 8 if kind == D.TYPE_Q4_0 else 16 if kind == D.TYPE_Q5_0 else 0
+        yd = np.empty((x.shape[0], k // 32), np.float32)
+        sums = np.empty((x.shape[0], k // 32) if with_sum else (1, 1), np.float32)
+        lanes = np.empty((x.shape[0], k // 4) if off else (1, 1), np.int32)
+        _quantize_q8(x, yq, yd, sums, with_sum, lanes, off, f16)
+        ys = lanes.reshape(-1).view(np.uint8) if off else sums.reshape(-1).view(np.uint8)
+        ys_row = k if off else 4 * (k // 32) if with_sum else 0
+    s3, s2, s1, _ = a.strides
+    _mul_mat_tasks(dst, a, s1, s2, s3, a.shape[0], a.shape[1], yq.reshape(-1), yd.reshape(-1), ys, ys_row, kind,
+                   a.shape[3] // _block_bytes(kind), f16)
 
 
 def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
-    """The n bytes from raw's first one as a contiguous 1-D array (no copy)."""
-    return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,))
+    """The n bytes from raw's first one as a contiguous 1-D array (no copy; n = 0: one zero byte)."""
+    if raw.flags.c_contiguous and raw.size == n and n:
+        return raw.reshape(-1)
+    return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,)) if n else np.zeros(1, np.uint8)
 
 
-def _split_src1(b: np.ndarray, vec_dot_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """src1 rows quantized with ggml's quantizer for `vec_dot_type`, then split into float32
-    (quants (rows, K), block scales (rows, blocks), block / 16-element sums): exact values."""
+# what src0's quants are stored above their value (Q4_0: q - 8, Q5_0: q - 16): the dot products
+# take q unsigned and subtract offset * src1's sums of each 4 quants
+LANE_OFFSET = {D.TYPE_Q4_0: 8, D.TYPE_Q5_0: 16}
+
+
+def quantize_src1(b: np.ndarray, src0_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """src1 (..., K) f32 quantized to src0_type's vec_dot type with ggml's reference quantizer,
+    split for mul_mat_q: (quants int8, block scales float32, extra bytes, extra bytes per row).
+    Serial, as in mul_mat_q_program (a small share of any mat-mul: K values a src1 row)."""
+    vec_dot_type = D.VEC_DOT_TYPE[src0_type]
     k = b.shape[-1]
-    blocks = quants.quantize(np.ascontiguousarray(b, F32).reshape(-1, k), vec_dot_type)
-    rec = blocks.reshape(-1).view(D.BLOCK_DTYPES[vec_dot_type]).reshape(blocks.shape[0], -1)
-    yq = rec["qs"].astype(F32).reshape(blocks.shape[0], k)
-    yd = rec["d"].astype(F32)
-    if vec_dot_type == D.TYPE_Q8_1:
-        ys = rec["s"].astype(F32)
-    elif vec_dot_type == D.TYPE_Q8_K:
-        ys = rec["bsums"].astype(F32).reshape(blocks.shape[0], -1)
-    else:
-        ys = yd
-    return yq, np.ascontiguousarray(yd), np.ascontiguousarray(ys)
+    x = np.ascontiguousarray(b, F32).reshape(-1, k)
+    yq = np.empty((len(x), k), np.int8)
+    if vec_dot_type == D.TYPE_Q8_K:
+        yd = np.empty((len(x), k // 256), F32)
+        bsums = np.empty((len(x), k // 16), np.int16)
+        _quantize_q8_k(x, yq, yd, bsums)
+        return yq.reshape(-1), yd.reshape(-1), bsums.reshape(-1).view(np.uint8), 2 * (k // 16)
+    with_sum = vec_dot_type == D.TYPE_Q8_1
+    off = LANE_OFFSET.get(src0_type, 0)
+    yd = np.empty((len(x), k // 32), F32)
+    ys = np.empty((len(x), k // 32) if with_sum else (1, 1), F32)
+    lanes = np.empty((len(x), k // 4) if off else (1, 1), np.int32)
+    _quantize_q8(x, yq, yd, ys, with_sum, lanes, off, F16_TABLE)
+    if off:
+        return yq.reshape(-1), yd.reshape(-1), lanes.reshape(-1).view(np.uint8), k
+    return yq.reshape(-1), yd.reshape(-1), ys.reshape(-1).view(np.uint8), 4 * (k // 32) if with_sum else 0
 
 
 def _mul_mat(node, build, dst, a_raw, b):
     a = node.src[0]
-    yq, yd, ys = _split_src1(b, D.VEC_DOT_TYPE[a.type])
-    a_bytes = _flat_bytes(a_raw, nbytes(a)) if nbytes(a) else np.zeros(1, np.uint8)
-    getattr(mul_mat_q, build)(dst, a_bytes, a_bytes.view(np.int8), a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2],
-                              yq, yd, ys, a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
+    yq, yd, ys, ys_row = quantize_src1(b, a.type)
+    getattr(mul_mat_q, build)(dst, _flat_bytes(a_raw, nbytes(a)), a.nb[1], a.nb[2], a.nb[3], a.ne[3], a.ne[2],
+                              yq, yd, ys, ys_row, a.type, a.ne[0] // D.blck_size(a.type), F16_TABLE)
 
 
 def _mul_mat_supports(node):
@@ -566,7 +560,8 @@ def _set_rows_supports(node):
     return None
 
 
-register_quant_kernel("MUL_MAT", "cpu", _mul_mat, supports=_mul_mat_supports)
+register_quant_kernel("MUL_MAT", "cpu", _mul_mat, supports=_mul_mat_supports,
+                      program=Kernel(mul_mat_q_program, storage_slots=(1,)))
 register_quant_kernel("CPY", "cpu", _cpy, supports=_cpy_supports)
 register_quant_kernel("GET_ROWS", "cpu", _get_rows, supports=_get_rows_supports)
 register_quant_kernel("SET_ROWS", "cpu", _set_rows, supports=_set_rows_supports)

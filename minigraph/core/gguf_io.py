@@ -1,5 +1,7 @@
 """GGUF files through the `gguf` package (llama.cpp's own reader and writer): `mg.gguf_load`,
-`mg.gguf_save`, and the listing `minigraph dump FILE.gguf` prints.
+`mg.gguf_save`, `mg.gguf_bind` (existing leaves take a file's tensors by name: how a graph target
+runs on a model's weights, `minigraph dump file.py:fn --gguf FILE.gguf`), and the listing
+`minigraph dump FILE.gguf` prints.
 
 A loaded tensor is a leaf whose memory IS the file's bytes: the file is memory-mapped
 copy-on-write (numpy.memmap mode "c"), so nothing is read until a kernel touches it, and a graph
@@ -10,14 +12,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
 from minigraph.core import dtypes
 from minigraph.core.buffer import wrap_host_array
 from minigraph.core.errors import MinigraphError, describe
-from minigraph.core.tensor import MAX_DIMS, Tensor, nbytes, nelements, row_size
+from minigraph.core.tensor import MAX_DIMS, Tensor, is_contiguous, nbytes, nelements, row_size
 
 # keys the reader reports about the file itself, not metadata the file carries
 _FILE_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
@@ -107,6 +109,45 @@ def gguf_load(path: Union[str, os.PathLike], ctx: Any) -> tuple[dict[str, Tensor
         leaf.set_name(rt.name)
         out[rt.name] = leaf
     return out, _metadata(reader)
+
+
+def _shape_text(type_: int, ne: Sequence[int]) -> str:
+    return f"{dtypes.type_name(type_)} ne {list(ne)}"
+
+
+def gguf_bind(path: Union[str, os.PathLike], tensors: Iterable[Tensor]) -> list[Tensor]:
+    """Give each of `tensors` (leaves with names) the bytes of the file's tensor of that name,
+    memory-mapped copy-on-write as gguf_load does (no copy): a graph built with placeholder or
+    random weights then computes with the model's. Refused with a MinigraphError, before any
+    tensor changes: a name the file lacks, a type or ne that differs from the file's (both
+    shown), a view, a tensor that is not contiguous. Returns the bound tensors."""
+    reader = _reader(path, "c")
+    file = {rt.name: rt for rt in reader.tensors}
+    where = os.fspath(path)
+    plan = []
+    for t in tensors:
+        rt = file.get(t.name)
+        if rt is None:
+            have = ", ".join(list(file)[:8]) + (", ..." if len(file) > 8 else "")
+            raise MinigraphError(f"gguf_bind: {where!r} has no tensor '{t.name}' (the graph's {describe(t)}); "
+                                 f"the file has {len(file)}: {have or 'none'}")
+        ne = tuple([int(n) for n in rt.shape] + [1] * (MAX_DIMS - len(rt.shape)))[:MAX_DIMS]
+        type_ = int(rt.tensor_type)
+        if (type_, ne) != (t.type, tuple(t.ne)):
+            found = _shape_text(type_, ne) if type_ in dtypes.TYPE_NAMES else f"ggml type {type_}, ne {list(ne)}"
+            raise MinigraphError(f"gguf_bind: tensor '{t.name}': the graph expects {_shape_text(t.type, t.ne)}, "
+                                 f"{where!r} has {found}")
+        if t.view_src is not None or not is_contiguous(t):
+            raise MinigraphError(f"gguf_bind: tensor '{t.name}' is a view or not contiguous ({describe(t)}): "
+                                 "only a contiguous leaf can take a file's bytes")
+        raw = np.asarray(rt.data).reshape(-1).view(np.uint8)
+        if raw.size != nbytes(t):
+            raise MinigraphError(f"gguf_bind: tensor '{t.name}' holds {raw.size} bytes in {where!r}, "
+                                 f"{describe(t)} needs {nbytes(t)}")
+        plan.append((t, raw))
+    for t, raw in plan:
+        t._buf, t._offs = wrap_host_array(raw, "gguf_bind"), 0
+    return [t for t, _ in plan]
 
 
 def _value_type(gguf: Any, v: Any) -> Any:

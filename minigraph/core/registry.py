@@ -86,6 +86,8 @@ BUILDER_OP: dict[str, str] = {}
 KERNELS: dict[str, dict[str, "Kernel"]] = {}
 # QUANT_KERNELS[backend][op name] -> Kernel for nodes that read or write a block-quantized tensor
 QUANT_KERNELS: dict[str, dict[str, "Kernel"]] = {}
+# QUANT_PROGRAMS[backend][op name] -> the same path in the form a compiled executor runs (CPU)
+QUANT_PROGRAMS: dict[str, dict[str, "Kernel"]] = {}
 
 
 def register(op: OpDef) -> OpDef:
@@ -163,18 +165,27 @@ def kernels_for(backend: str) -> dict[str, Kernel]:
 
 
 def register_quant_kernel(op: str, backend: str, fn: Any,
-                          supports: Optional[Callable[[Any], Optional[str]]] = None) -> None:
+                          supports: Optional[Callable[[Any], Optional[str]]] = None,
+                          program: Optional[Kernel] = None) -> None:
     """A backend's path for nodes of `op` with a block-quantized tensor (Q4_0 ... Q8_K) among dst
     and srcs; a node without one keeps the op's plain kernel. The calling convention is the
     backend's (the CPU backend: fn(node, build, dst, *srcs) with quantized tensors as raw row
-    bytes). A backend without an entry refuses such nodes in supports_op."""
+    bytes). A backend without an entry refuses such nodes in supports_op. `program`: the same
+    path as a Kernel its compiled executor can run (CPU: quantized tensors in storage slots),
+    used for the nodes it fits; `fn` runs the others."""
     if op not in OPS:
         raise RuntimeError(f"quantized kernel for unknown op {op}")
     table = QUANT_KERNELS.setdefault(backend, {})
     if op in table:
         raise RuntimeError(f"{backend} quantized kernel for {op} registered twice")
     table[op] = Kernel(fn, supports)
+    if program is not None:
+        QUANT_PROGRAMS.setdefault(backend, {})[op] = program
 
 
 def quant_kernels_for(backend: str) -> dict[str, Kernel]:
     return QUANT_KERNELS.get(backend, {})
+
+
+def quant_programs_for(backend: str) -> dict[str, Kernel]:
+    return QUANT_PROGRAMS.get(backend, {})

@@ -17,6 +17,9 @@ from minigraph.core.version import __version__
 TARGET_HELP = ("path/file.py:function (called as function(ctx, **params), returns the output tensor or "
                "tensors), a graph file written by mg.save_graph, or a GGUF model file (FILE.gguf: its "
                "tensors and metadata are listed)")
+GGUF_HELP = ("take the target's weights from a GGUF file: each leaf named like one of its tensors gets "
+             "that tensor's bytes (memory-mapped, no copy); a leaf named *.weight or *.bias must be in the "
+             "file with the same type and ne")
 PROFILE_HELP = ("run the graph (random inputs for leafs without data) and time every node: each compute "
                 "node runs ALONE as a one-node graph on the backend the scheduler placed it on, warm-up "
                 "then the median of --repeat runs; adds time, share, cumulative share, GFLOP/s "
@@ -29,6 +32,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
                    help="keyword parameter for the target function (repeatable; Python literals)")
     p.add_argument("--no-fuse", action="store_true", help="the graph as written (skip mg.optimize)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs of leafs without data")
+    p.add_argument("--gguf", metavar="FILE.gguf", help=GGUF_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +102,7 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
             raise MinigraphError(f"dump: a GGUF file lists as text or json, not {args.format}")
         _write(render_gguf(args.target, args.format, args.filter), args.output, out)
         return 0
-    p = dump.prepare(args.target, graphio.parse_params(args.param), args.backend, not args.no_fuse)
+    p = dump.prepare(args.target, graphio.parse_params(args.param), args.backend, not args.no_fuse, gguf=args.gguf)
     if args.save:
         graphio.save_graph(p.graph, args.save)
     if args.format in ("svg", "png"):
@@ -125,7 +129,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     ways = [w.strip() for w in args.backends.split(",")]
     if not args.fused_vs_unfused and (len(ways) != 2 or any(w not in ("cpu", "cuda", "auto", "reference") for w in ways)):
         raise MinigraphError(f"--backends {args.backends!r}: expected two of cpu, cuda, auto, reference")
-    gf = graphio.load_target(args.target, graphio.parse_params(args.param))
+    gf = graphio.load_target(args.target, graphio.parse_params(args.param), args.gguf)
     graphio.fill_random_inputs(gf, args.seed)
     res = compare.compare(gf, ways, dump._labels(gf), args.tol, args.fused_vs_unfused, args.backend)
     out.write(json.dumps(res, indent=1) + "\n" if args.json else compare.render(res))

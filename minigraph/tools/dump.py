@@ -95,12 +95,13 @@ def _labels(gf: Graph) -> dict:
 
 
 def prepare(target: str, params: Optional[dict] = None, backend: str = "cpu", fuse: bool = True,
-            graph: Optional[Graph] = None, backends: Optional[list] = None) -> Prepared:
-    """Load (or take) the graph, fuse it unless told not to, and plan it on the backends
-    (`backends`, in priority order, overrides the --backend kind)."""
+            graph: Optional[Graph] = None, backends: Optional[list] = None, gguf: Optional[str] = None) -> Prepared:
+    """Load (or take) the graph (its leafs bound to a GGUF file's tensors with `gguf`), fuse it
+    unless told not to, and plan it on the backends (`backends`, in priority order, overrides
+    the --backend kind)."""
     import minigraph as mg
 
-    source = graph if graph is not None else load_target(target, params)
+    source = graph if graph is not None else load_target(target, params, gguf)
     backends = backends or backends_for(backend)
     sched = mg.backend_sched_new(backends)
     run, fusion = optimize(source, sched, fuse)  # what the scheduler runs (it fuses the same way)

@@ -461,8 +461,34 @@ def _to_graph(ctx: Context, result: Any, where: str) -> Graph:
     return gf
 
 
-def load_target(target: str, params: Optional[dict] = None) -> Graph:
-    """A Graph from `file.py:function` (called with a fresh Context and **params) or a graph file."""
+# names llama.cpp's GGUF files give model weights: a leaf named so must come from the --gguf file
+WEIGHT_SUFFIXES = (".weight", ".bias")
+
+
+def bind_gguf(gf: Graph, path: str) -> list[Tensor]:
+    """The graph's leafs take the GGUF file's tensors of their names (mg.gguf_bind: memory-mapped,
+    no copy, type and ne checked). A leaf named like a model weight (*.weight, *.bias) must be in
+    the file; another leaf (an input) takes a file tensor only if one has its name."""
+    from minigraph.core.gguf_io import gguf_bind, gguf_info
+
+    names = {info.name for info in gguf_info(path)[0]}
+    leafs = [t for t in gf.leafs if t.name and (t.name in names or t.name.endswith(WEIGHT_SUFFIXES))]
+    if not leafs:
+        raise MinigraphError(f"--gguf {path}: no leaf of the graph is named like a tensor of the file "
+                             f"(leafs: {', '.join(t.name or '?' for t in gf.leafs[:8])})")
+    return gguf_bind(path, leafs)
+
+
+def load_target(target: str, params: Optional[dict] = None, gguf: Optional[str] = None) -> Graph:
+    """A Graph from `file.py:function` (called with a fresh Context and **params) or a graph file;
+    with `gguf` (a GGUF file) its leafs take the file's tensors by name (bind_gguf)."""
+    gf = _load_target(target, params)
+    if gguf:
+        bind_gguf(gf, gguf)
+    return gf
+
+
+def _load_target(target: str, params: Optional[dict]) -> Graph:
     params = params or {}
     path, sep, fn_name = target.rpartition(":")
     if target.endswith(".py") or (sep and path.endswith(".py") and not fn_name):

@@ -62,7 +62,7 @@ def cpu_variants(cases: list[Case], builds: Iterable[str] = BUILDS) -> list[tupl
     """The distinct program variants (backends.cpu.backend.node_variant) the cases' nodes run,
     for each build. Skipped: nodes the CPU backend refuses or runs from Python, and generated
     kernels (FUSED_ELEMENTWISE: made per graph, so a warmup's would serve no later graph)."""
-    from minigraph.backends.cpu.backend import CpuBackend, node_variant
+    from minigraph.backends.cpu.backend import CpuBackend, node_kernel, node_variant
 
     cpu = CpuBackend(1)
     seen: dict[tuple, None] = {}
@@ -71,7 +71,8 @@ def cpu_variants(cases: list[Case], builds: Iterable[str] = BUILDS) -> list[tupl
             if OPS[n.op].is_view or not cpu.supports_op(n) or _quantized(n):
                 continue
             for build in builds:
-                v = node_variant(cpu.kernels[n.op], n, build)
+                kern = node_kernel(cpu, n)
+                v = None if kern is None else node_variant(kern, n, build)
                 if v is not None and not v[0].serial.py_func.__module__.startswith("mg_"):
                     seen.setdefault(v, None)
     return list(seen)
