@@ -102,8 +102,8 @@ def refusal(case: Case, backend: Any, seed: int = 0) -> Optional[str]:
         if OPS[n.op].is_view:
             continue
         ok, reason = backend.supports_op(n)
-        if not ok:
-            return f"{n.op}: {reason}"
+        if not ok:   # most kernels' reasons name their op already
+            return reason if reason.startswith(f"{n.op}:") else f"{n.op}: {reason}"
     return None
 
 
