@@ -190,22 +190,30 @@ def emulated_source() -> str:
     return PRELUDE + head + INTRINSICS + tail + DRIVER
 
 
-def library(defines: dict) -> ctypes.CDLL:
-    """The emulator built for one kernel config (-D values), cached by source and config."""
-    text = emulated_source()
-    key = hashlib.sha1((text + repr(sorted(defines.items()))).encode()).hexdigest()[:16]
-    if key in _LIBS:
-        return _LIBS[key]
-    out = Path(tempfile.gettempdir()) / f"minigraph_fa_emu_{key}.so"
+def build(text: str, defines: dict, name: str, flags: tuple = ()) -> Path:
+    """The shared library g++ builds from emulator source `text` with -D `defines` (and extra
+    `flags`), cached in the temp folder by source, config and flags; written atomically, so
+    concurrent test workers never load half a file."""
+    key = hashlib.sha1((text + repr(sorted(defines.items())) + repr(flags)).encode()).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / f"minigraph_{name}_emu_{key}.so"
     if not out.exists():
-        cpp = out.with_suffix(".cpp")
+        cpp = out.with_suffix(f".{os.getpid()}.cpp")
         cpp.write_text(text)
         defs = [f"-D{k}={v}" for k, v in defines.items()]
         tmp = out.with_suffix(f".{os.getpid()}.so")
-        subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", *defs, "-o", str(tmp), str(cpp)],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(["g++", "-std=c++20", "-O1", *flags, "-shared", "-fPIC", "-pthread", *defs,
+                        "-o", str(tmp), str(cpp)], check=True, capture_output=True, text=True)
         os.replace(tmp, out)
-    lib = ctypes.CDLL(str(out))
+    return out
+
+
+def library(defines: dict) -> ctypes.CDLL:
+    """The emulator built for one kernel config (-D values), cached by source and config."""
+    text = emulated_source()
+    key = (text, tuple(sorted(defines.items())))
+    if key in _LIBS:
+        return _LIBS[key]
+    lib = ctypes.CDLL(str(build(text, defines, "fa")))
     P, F, I, U = ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_uint
     lib.emu_chunk.argtypes = [U, U, U, I, P, P, P, P, P, P, F, F, F, F, F, I, I, I, I, I, I]
     lib.emu_combine.argtypes = [U, P, P, P, P, I, I]

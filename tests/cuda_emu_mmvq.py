@@ -11,15 +11,11 @@ are written give wrong numbers. Slow: small shapes only; no timing meaning.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
+
+from cuda_emu import available, build  # noqa: F401  (available: the test's skip reason)
 
 SOURCE = Path(__file__).resolve().parents[1] / "backends" / "cuda" / "quant_mmvq.cu"
 
@@ -123,13 +119,6 @@ extern "C" int emu_launch(const char* fn, unsigned gx, unsigned gy, unsigned gz,
 _LIBS: dict = {}
 
 
-def available() -> Optional[str]:
-    """None when g++ can build the emulator, else why not."""
-    if shutil.which("g++") is None:
-        return "no g++"
-    return None
-
-
 def emulated_source(kernels: list[str]) -> str:
     src = SOURCE.read_text()
     head, rest = src.split("// -- device intrinsics", 1)
@@ -150,19 +139,11 @@ def library(kernels: list[str], defines: dict) -> ctypes.CDLL:
     dots = sorted(k for k in kernels if k != "quantize_q8")
     text = emulated_source(["quantize_q8", *dots])
     defines = {**defines, "MMVQ_INSTANCES": " ".join(_instance(k) for k in dots)}
-    key = hashlib.sha1((text + repr(sorted(defines.items()))).encode()).hexdigest()[:16]
+    key = (text, tuple(sorted(defines.items())))
     if key in _LIBS:
         return _LIBS[key]
-    out = Path(tempfile.gettempdir()) / f"minigraph_mmvq_emu_{key}.so"
-    if not out.exists():
-        cpp = out.with_suffix(".cpp")
-        cpp.write_text(text)
-        defs = [f"-D{k}={v}" for k, v in defines.items()]
-        tmp = out.with_suffix(f".{os.getpid()}.so")
-        subprocess.run(["g++", "-std=c++20", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-pthread", *defs,
-                        "-o", str(tmp), str(cpp)], check=True, capture_output=True, text=True)
-        os.replace(tmp, out)
-    lib = ctypes.CDLL(str(out))
+    # -ffp-contract=off: g++ must not fuse the multiplies the kernel keeps apart (__fmul_rn)
+    lib = ctypes.CDLL(str(build(text, defines, "mmvq", ("-ffp-contract=off",))))
     lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_int,
                                ctypes.c_int, ctypes.c_void_p]
     lib.emu_misaligned.restype = ctypes.c_long
