@@ -77,6 +77,18 @@ def concat(meta, dst, a, b, dim):
                           i2 - (n if dim == 2 else 0), i3 - (n if dim == 3 else 0))]
 
 
+@cuda.jit(device=True)
+def gathered_row(meta, idx, err, i0, i1, i2, i3):
+    """The table row dst (i0, i1, i2, i3) of a GET_ROWS reads: idx[i1, i2, i3], or -1 when that
+    index lies outside the table's ne1 (the first such index is reported in `err`, code 1)."""
+    row = idx[at(meta, 2, i1, i2, i3, 0)]
+    if row < 0 or row >= ne(meta, 1, 1):
+        if i0 == 0:
+            report(err, 1, row, i1, i2, i3)
+        return -1
+    return row
+
+
 @cuda.jit
 def get_rows(meta, dst, a, idx, bf16, err):
     """dst (i0, i10, i11, i12) = a (i0, idx[i10, i11, i12], i11 % ne02, i12 % ne03), as f32 from an
@@ -89,12 +101,10 @@ def get_rows(meta, dst, a, idx, bf16, err):
     i = cuda.grid(1)
     if i < size(meta, 0):
         i0, i1, i2, i3 = unflat(meta, 0, i)
-        row = idx[at(meta, 2, i1, i2, i3, 0)]
+        row = gathered_row(meta, idx, err, i0, i1, i2, i3)
         o = at(meta, 0, i0, i1, i2, i3)
-        if row < 0 or row >= ne(meta, 1, 1):
+        if row < 0:
             dst[o] = 0
-            if i0 == 0:
-                report(err, 1, row, i1, i2, i3)
         else:
             x = a[at(meta, 1, i0, row, i2 % ne(meta, 1, 2), i3 % ne(meta, 1, 3))]
             if bf16:

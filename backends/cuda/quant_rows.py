@@ -25,6 +25,7 @@ from minigraph.core.registry import register_quant_kernel
 
 from minigraph.backends.cuda.common import SLOT_W, CudaKernel, at, flat_launch, ne, nelem, size, unflat
 from minigraph.backends.cuda.convert import ERR_WORDS, report
+from minigraph.backends.cuda.layout import gathered_row
 from minigraph.backends.cuda.quant_blocks import DOT_TYPES, UNIT, WRITE_TYPES, dequant, write_block
 
 
@@ -41,12 +42,10 @@ def get_rows_q(meta, dst, a, idx, kind, err):
     i = cuda.grid(1)
     if i < size(meta, 0):
         i0, i1, i2, i3 = unflat(meta, 0, i)
-        row = idx[at(meta, 2, i1, i2, i3, 0)]
+        row = gathered_row(meta, idx, err, i0, i1, i2, i3)
         o = at(meta, 0, i0, i1, i2, i3)
-        if row < 0 or row >= ne(meta, 1, 1):
+        if row < 0:
             dst[o] = 0
-            if i0 == 0:
-                report(err, 1, row, i1, i2, i3)
         else:
             dst[o] = dequant(kind, a, row_at(meta, 1, row, i2 % ne(meta, 1, 2), i3 % ne(meta, 1, 3)), i0)
 
