@@ -91,6 +91,20 @@ class CompileProgress:
         if self.bar:
             self._show()
 
+    def started(self, k: int, name: str) -> None:
+        """Step `k` is `name`, and it is being compiled (now, here or in a compile worker)."""
+        self.k = k - 1
+        self.step(name)
+        self.compiling()
+
+    def compiled_elsewhere(self, n: int, processes: int) -> None:
+        """The batch ended with `n` steps compiled, by `processes` processes together."""
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        self.k = self.compiled = n
+        if processes > 1:
+            self.what += f" ({processes} processes)"
+
     def compiling(self) -> None:
         """Called by the event listener when a compile starts inside the current step."""
         if self._t0 is None:

@@ -28,9 +28,11 @@ assert np.allclose(c.numpy(), np.cumsum(np.arange(12, dtype=np.float32).reshape(
 """
 
 
-def _run(code: str, cache, quiet: str = "0", *args: str) -> subprocess.CompletedProcess:
+def _run(code: str, cache, quiet: str = "0", *args: str, jobs: str = "1") -> subprocess.CompletedProcess:
+    """`code` (or `python -m minigraph *args`) on its own caches; jobs: MINIGRAPH_COMPILE_JOBS
+    (1: every compile in that process, in plan order, so the lines below are exact)."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache / "numba"), MINIGRAPH_CACHE_DIR=str(cache / "mg"),
-               MINIGRAPH_QUIET=quiet)
+               MINIGRAPH_QUIET=quiet, MINIGRAPH_COMPILE_JOBS=jobs)
     cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "minigraph", *args]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -47,6 +49,17 @@ def test_progress_names_each_compiled_kernel_then_stays_silent_when_cached(tmp_p
     assert cold[1] == "minigraph: compiling CPU kernels 2/2 (executor)"
     assert cold[-1].startswith("minigraph: compiled 2 CPU kernels in ")
     assert _lines(_run(GRAPH, tmp_path).stderr) == []          # everything loads from the disk cache
+
+
+def test_progress_with_compile_workers_names_every_job_once(tmp_path):
+    """Two compile processes: each job is announced once whichever process takes it, numbered
+    in order, and the summary counts all of them."""
+    cold = _lines(_run(GRAPH, tmp_path, jobs="2").stderr)
+    steps = [ln for ln in cold if "compiling" in ln]
+    assert sorted(ln.split(" (")[-1] for ln in steps) == ["cumsum)", "executor)"]
+    assert [ln.split()[4] for ln in steps] == ["1/2", "2/2"]
+    assert cold[-1].startswith("minigraph: compiled 2 CPU kernels")
+    assert _lines(_run(GRAPH, tmp_path, jobs="2").stderr) == []
 
 
 def test_quiet_flag_hides_the_progress(tmp_path):

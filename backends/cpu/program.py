@@ -36,6 +36,7 @@ from numba.typed import List
 
 from minigraph.core.flags import cache_dir
 
+from minigraph.backends.cpu.compile_pool import Job, compile_in_parallel
 from minigraph.backends.cpu.jit import kernels_fingerprint
 from minigraph.backends.progress import CompileProgress, quietly
 
@@ -147,8 +148,9 @@ def call_kernel(typingctx, kern, fptr, *args):
     argtys = tuple(args[0].types) if len(args) == 1 and isinstance(args[0], types.StarArgTuple) else tuple(args)
     disp = kern.dispatcher if isinstance(kern, types.Dispatcher) else None
     want = tuple(map(types.unliteral, argtys))
-    if disp is None or not any(tuple(map(types.unliteral, sig)) == want and cres.signature.return_type == types.none
-                               for sig, cres in disp.overloads.items()):
+    if disp is None or not (any(tuple(map(types.unliteral, sig)) == want and cres.signature.return_type == types.none
+                                for sig, cres in disp.overloads.items())
+                            or (id(disp), want) in _expected):
         raise TypingError(f"call_kernel: {kern} has no compiled form for {argtys} returning None "
                           "(load_runner compiles the kernels before the executor)")
 
@@ -198,9 +200,96 @@ def kernel_address(variant: tuple) -> int:
     """Compile (or load from cache) a variant's kernel for its signature; its native entry point."""
     disp = variant_dispatcher(variant)
     sig = variant_signature(variant)
+    getattr(variant[0], "load_helpers", lambda: None)()
     disp.compile(sig)
     cres = disp.overloads[sig]
     return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+
+
+# (id(dispatcher), unliteral signature) of kernels a loop may be typed against before they are
+# compiled (a compile worker typing the loop while others compile the kernels): the signature is
+# the one kernel_address compiles, so the address the loop gets at run time matches it
+_expected: set[tuple[int, tuple]] = set()
+
+
+def expect_variant(variant: tuple) -> None:
+    disp = variant_dispatcher(variant)
+    _expected.add((id(disp), tuple(map(types.unliteral, variant_signature(variant)))))
+
+
+def variant_spec(variant: tuple) -> tuple:
+    """A picklable form of a variant (kernel objects by import path), for compile workers."""
+    kern, build, dtypes_, kinds, extras = variant
+    ex = tuple(("v", x) if isinstance(x, (bool, int, float)) else ("o", *_import_path(x)) for x in extras)
+    return (_import_path(kern), build, dtypes_, kinds, ex)
+
+
+def variant_from_spec(spec: tuple) -> tuple:
+    (mod, name), build, dtypes_, kinds, ex = spec
+    extras = tuple(e[1] if e[0] == "v" else getattr(importlib.import_module(e[1]), e[2]) for e in ex)
+    return (getattr(importlib.import_module(mod), name), build, dtypes_, kinds, extras)
+
+
+def compile_jobs_for(variants: Sequence[tuple], loop_module: str, loop_folder: str) -> list:
+    """The compile pool's jobs for a plan: its loop (first: when it is cached, so is the rest),
+    then the heaviest first so the processes end together: parallel builds, the helpers they
+    call by address, serial builds."""
+    here = __name__
+    specs = [variant_spec(v) for v in variants]
+    kernels = [Job(f"{here}:compile_variant", f"{here}:variant_cached", s, variant_name(v))
+               for s, v in zip(specs, variants)]
+    helpers = {h.name: h for v in variants for h in getattr(v[0], "helpers", ())}
+    called = [Job(f"{here}:compile_helper", f"{here}:helper_cached", (*_import_path(h.dispatcher), h.signature),
+                  h.name.rsplit(".", 1)[-1]) for h in helpers.values()]
+    loop = Job(f"{here}:compile_loop", f"{here}:loop_cached", (loop_module, loop_folder, specs), "executor")
+    return ([loop] + [j for j in kernels if j.arg[1] == "parallel"] + called
+            + [j for j in kernels if j.arg[1] != "parallel"])
+
+
+def _in_disk_cache(disp: Any, sig: tuple) -> bool:
+    """Whether Numba's disk cache holds `disp` compiled for `sig` (Numba's cache index)."""
+    if sig in disp.overloads:
+        return True
+    cache = disp._cache
+    key = cache._index_key(sig, disp.targetctx.codegen())
+    return cache._cache_file._load_index().get(key) is not None
+
+
+def compile_variant(spec: tuple) -> None:
+    kernel_address(variant_from_spec(spec))
+
+
+def variant_cached(spec: tuple) -> bool:
+    v = variant_from_spec(spec)
+    return _in_disk_cache(variant_dispatcher(v), variant_signature(v))
+
+
+def compile_helper(arg: tuple) -> None:
+    module, name, sig = arg
+    getattr(importlib.import_module(module), name).compile(sig)
+
+
+def helper_cached(arg: tuple) -> bool:
+    module, name, sig = arg
+    return _in_disk_cache(getattr(importlib.import_module(module), name), sig)
+
+
+def _loop_dispatcher(module: str, folder: str) -> Any:
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(module).run
+
+
+def compile_loop(arg: tuple) -> None:
+    """The loop, typed against its kernels' signatures while they compile elsewhere."""
+    module, folder, specs = arg
+    for spec in specs:
+        expect_variant(variant_from_spec(spec))
+    _loop_dispatcher(module, folder).compile(RUN_SIGNATURE)
+
+
+def loop_cached(arg: tuple) -> bool:
+    return _in_disk_cache(_loop_dispatcher(arg[0], arg[1]), RUN_SIGNATURE)
 
 
 def variant_name(variant: tuple) -> str:
@@ -295,6 +384,9 @@ def load_runner(variants: Sequence[tuple]) -> Runner:
         sys.path.append(folder)
     mod = importlib.import_module(f"mg_exec_{key}")
     fptrs = np.zeros(max(len(variants), 1), np.int64)
+    jobs = compile_jobs_for(variants, mod.__name__, folder)
+    with CompileProgress("CPU kernels", len(jobs)) as progress:
+        compile_in_parallel(jobs, progress)
     with CompileProgress("CPU kernels", len(variants) + 1) as progress:
         for code, v in enumerate(variants):
             progress.step(variant_name(v))

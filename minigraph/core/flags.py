@@ -44,6 +44,17 @@ def parallel_min_elements() -> int:
     return _env_int("MINIGRAPH_PARALLEL_MIN", 1 << 15)
 
 
+def compile_jobs() -> int:
+    """MINIGRAPH_COMPILE_JOBS: processes that compile a plan's missing CPU kernels at once
+    (backends/cpu/compile_pool.py). Unset: the cores this process may run on, at most 4; 1: all
+    compiles in this process, no worker processes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, _env_int("MINIGRAPH_COMPILE_JOBS", min(cores, 4)))
+
+
 def cache_dir() -> str:
     """MINIGRAPH_CACHE_DIR: generated executors and (for read-only installs) Numba's cache."""
     d = os.environ.get("MINIGRAPH_CACHE_DIR") or os.path.join(
