@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minigraph.backends.cpu.gated_delta_net import gated_delta_net
+from minigraph.backends.cpu.gated_delta_net import GATED_DELTA_NET_KERNEL as gated_delta_net
 
 RTOL = 2e-5  # max |err| / max |ref|: float32 rounding of the state recurrence
 
