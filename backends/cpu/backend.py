@@ -51,7 +51,7 @@ def fast_signature(n: Tensor, storage_slots: tuple[int, ...] = (), any_layout: b
             c = "b"      # raw bytes: the program passes the rows as they are stored
         buf = t.root._buf
         if c is None or (buf is not None and buf.is_host and
-                         (buf.data.ctypes.data + tensor_start(t)) % program.SLOT_BUFFERS[c][1]().itemsize):
+                         (buf.data.ctypes.data + tensor_start(t)) % np.dtype(program.SLOT_BUFFERS[c]).itemsize):
             return None   # misaligned for its type (a caller's array): the per-node path copes
         contiguous = s not in storage_slots and not any_layout and is_contiguous(t) and nelements(t) > 0
         sig += c.upper() if contiguous else c
@@ -184,9 +184,9 @@ class CpuPlan:
         recode = np.array([order.index(v) for v in variants] or [0], np.int64)
         self.prog[:, 0] = recode[self.prog[:, 0]]
         self.runner = program.load_runner(order) if variants else None
-        # every buffer viewed once per dtype, so the program does no per-node re-typing
-        self.bufs_typed = [program.typed_buffers([program.typed_view(x.data, dt) for x in self.bufs])
-                           for _, dt in program.SLOT_BUFFERS.values()]
+        # the program addresses buffers by base address: the arrays stay referenced here
+        self.buf_data = [x.data for x in self.bufs]
+        self.bases = np.array([d.ctypes.data for d in self.buf_data] or [0], np.int64)
         self.cur = np.zeros(1, np.int64)
 
     def inputs_in_place(self) -> bool:
@@ -219,7 +219,7 @@ class CpuPlan:
         for step in self.steps:
             if step[0] == "prog":
                 try:
-                    self.runner(*self.bufs_typed, self.prog, self.fprm, step[1], step[2], self.cur)
+                    self.runner(self.bases, self.prog, self.fprm, step[1], step[2], self.cur)
                 except (IndexError, ValueError, ZeroDivisionError) as e:
                     n = self.nodes[int(self.cur[0])]
                     raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None

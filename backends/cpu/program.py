@@ -2,13 +2,13 @@
 
 Each row holds an op code, the kernel build (serial or parallel) and up to MAX_SLOTS tensors
 (dst, then srcs) as (buffer index, element offset, ne[4], nb[4] in bytes), then int params;
-float params sit in a parallel float64 table. Every buffer is viewed once per element type the
-program reads (SLOT_BUFFERS: f32, i32, i64, raw 16-bit words for f16/bf16 storage slots and
-raw bytes for block-quantized ones),
-so a slot is a strided view of the list that matches its type. The loop is generated Python
-source, written to a real module file (so Numba can cache it) for the set of (op, build, dtypes) a plan uses: one
-`if code == k:` branch each, calling the kernel registered for that op. Per node the loop costs
-tens of nanoseconds instead of a Python call.
+float params sit in a parallel float64 table. The loop gets the base address of every buffer
+(an int64 array the plan fills, keeping the buffers alive) and views a slot as an array of the
+slot's element type (SLOT_BUFFERS: f32, i32, i64, raw 16-bit words for f16/bf16 storage slots
+and raw bytes for block-quantized ones) at its offset, with its shape and strides. The loop is
+generated Python source, written to a real module file (so Numba can cache it) for the set of
+(op, build, dtypes) a plan uses: one `if code == k:` branch each, calling the kernel registered
+for that op. Per node the loop costs tens of nanoseconds instead of a Python call.
 
 The loop calls each kernel through its native entry point (an address passed in at run time,
 `call_kernel`), not by linking the kernel's code into itself: Numba would otherwise optimise
@@ -29,16 +29,14 @@ import numpy as np
 import numba
 from numba import njit, types
 from numba.core import cgutils
-from numba.core.imputils import impl_ret_borrowed
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
-from numba.typed import List
 
 from minigraph.core.flags import cache_dir
 
 from minigraph.backends.cpu.compile_pool import Job, compile_in_parallel
 from minigraph.backends.cpu.jit import kernels_fingerprint
-from minigraph.backends.progress import CompileProgress, quietly
+from minigraph.backends.progress import CompileProgress
 
 MAX_SLOTS = 7
 SLOT_W = 10
@@ -46,43 +44,37 @@ HEAD = 3          # code, build, n_slots
 IP = HEAD + MAX_SLOTS * SLOT_W
 MAX_PARAMS = 16   # per kind (int / float); storage slots add one int (their type code) each
 ROW_W = IP + MAX_PARAMS
-GENERATOR_VERSION = 6
-# slot dtype letter -> (argument of `run` holding the buffers viewed as that type, numpy dtype);
-# "b": raw bytes, the rows of a block-quantized tensor (encode_quant_slot)
-SLOT_BUFFERS = {"f": ("bf", np.float32), "i": ("bi", np.int32), "l": ("bl", np.int64), "h": ("bh", np.uint16),
-                "b": ("bb", np.uint8)}
+GENERATOR_VERSION = 7
+# slot dtype letter -> numpy dtype the slot is viewed as; "b": raw bytes, the rows of a
+# block-quantized tensor (encode_quant_slot)
+SLOT_BUFFERS = {"f": np.float32, "i": np.int32, "l": np.int64, "h": np.uint16, "b": np.uint8}
 
 
-def typed_view(data: np.ndarray, dtype: type) -> np.ndarray:
-    """A flat uint8 buffer viewed as `dtype` (its whole elements), or an empty array when the
-    buffer does not start aligned to the type (the plan never sends such a tensor here)."""
-    size = np.dtype(dtype).itemsize
-    if data.ctypes.data % size:
-        return np.zeros(0, dtype)
-    return data[:data.size - data.size % size].view(dtype)
-
-
-def _view_intrinsic(contiguous: bool) -> Any:
-    """An intrinsic (buf, row, b) -> the 4-D view of 1-D array `buf` that row[b:b + SLOT_W]
-    describes: data at element row[b+1], shape (ne3, ne2, ne1, ne0) from row[b+5..b+2] and,
-    unless contiguous (then C strides of that shape), byte strides row[b+9..b+6]. It only fills
-    an array header (sharing buf's memory), so the executor's dozens of slot views compile in
-    a blink and cost a few instructions each; the plan guarantees every view lies in its buffer."""
+def _view_intrinsic(dtype: Any, contiguous: bool) -> Any:
+    """An intrinsic (bases, row, b) -> the 4-D `dtype` view that row[b:b + SLOT_W] describes:
+    buffer row[b] (its address bases[row[b]]), data at element row[b+1], shape (ne3, ne2, ne1,
+    ne0) from row[b+5..b+2] and, unless contiguous (then C strides of that shape), byte strides
+    row[b+9..b+6]. It only fills an array header over memory the plan keeps alive (no meminfo:
+    nothing to count), so the executor's dozens of slot views compile in a blink and cost a few
+    instructions each; the plan guarantees every view lies in its buffer and is aligned."""
     layout = "C" if contiguous else "A"
+    nbtype = numba.from_dtype(np.dtype(dtype))
 
-    def typer(typingctx, buf, row, b):
-        retty = types.Array(buf.dtype, 4, layout)
+    def typer(typingctx, bases, row, b):
+        retty = types.Array(nbtype, 4, layout)
 
         def codegen(context, builder, sig, args):
-            bufv, rowv, bv = args
-            src = context.make_array(buf)(context, builder, bufv)
+            basesv, rowv, bv = args
             rows = context.make_array(row)(context, builder, rowv)
+            table = context.make_array(bases)(context, builder, basesv)
 
             def field(k):
                 idx = builder.add(bv, context.get_constant(types.intp, k))
                 return builder.load(cgutils.get_item_pointer(context, builder, row, rows, [idx]))
 
-            itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(buf.dtype)))
+            base = builder.load(cgutils.get_item_pointer(context, builder, bases, table, [field(0)]))
+            ptrty = context.get_data_type(nbtype).as_pointer()
+            itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(nbtype)))
             shape = [field(5), field(4), field(3), field(2)]
             if contiguous:
                 strides = [itemsize] * 4
@@ -91,22 +83,22 @@ def _view_intrinsic(contiguous: bool) -> Any:
             else:
                 strides = [field(9), field(8), field(7), field(6)]
             out = context.make_array(retty)(context, builder)
-            context.populate_array(out, data=builder.gep(src.data, [field(1)]),
+            meminfo = context.get_constant_null(types.MemInfoPointer(types.voidptr))
+            context.populate_array(out, data=builder.gep(builder.inttoptr(base, ptrty), [field(1)]),
                                    shape=cgutils.pack_array(builder, shape),
                                    strides=cgutils.pack_array(builder, strides),
-                                   itemsize=itemsize, meminfo=src.meminfo, parent=None)
-            return impl_ret_borrowed(context, builder, retty, out._getvalue())
+                                   itemsize=itemsize, meminfo=meminfo, parent=None)
+            return out._getvalue()
 
-        return retty(buf, row, b), codegen
+        return retty(bases, row, b), codegen
 
-    typer.__name__ = f"_view_{layout.lower()}"
+    typer.__name__ = f"_view_{layout.lower()}_{np.dtype(dtype).name}"
     return intrinsic(typer)
 
 
-# the loop views slot s of a row as view_a(bufs[row[b]], row, b) (view_c when contiguous, a
-# C-contiguous array type so kernels compiled for it vectorise), b = HEAD + s * SLOT_W
-view_a = _view_intrinsic(False)
-view_c = _view_intrinsic(True)
+# the loop views slot s of a row as VIEWS[letter + "a"](bases, row, b), "c" when the tensor is
+# contiguous (a C-contiguous array type, so kernels compiled for it vectorise), b = HEAD + s * SLOT_W
+VIEWS = {f"{k}{'c' if c else 'a'}": _view_intrinsic(dt, c) for k, dt in SLOT_BUFFERS.items() for c in (False, True)}
 
 
 def encode_slot(row: np.ndarray, slot: int, buf_index: int, byte_offset: int, itemsize: int,
@@ -166,7 +158,7 @@ def call_kernel(typingctx, kern, fptr, *args):
     return types.none(kern, fptr, types.StarArgTuple.from_types(argtys)), codegen
 
 
-_SLOT_TYPES = {k: numba.from_dtype(dt) for k, (_, dt) in SLOT_BUFFERS.items()}
+_SLOT_TYPES = {k: numba.from_dtype(dt) for k, dt in SLOT_BUFFERS.items()}
 
 
 def _const_type(x: Any) -> types.Type:
@@ -256,7 +248,9 @@ def _in_disk_cache(disp: Any, sig: tuple) -> bool:
 
 
 def compile_variant(spec: tuple) -> None:
-    kernel_address(variant_from_spec(spec))
+    """The kernel alone: its helpers are jobs of their own (they run at load time)."""
+    v = variant_from_spec(spec)
+    variant_dispatcher(v).compile(variant_signature(v))
 
 
 def variant_cached(spec: tuple) -> bool:
@@ -301,7 +295,7 @@ def generate_source(variants: Sequence[tuple[Any, str, str, int, int, tuple]]) -
     (a SLOT_BUFFERS letter per tensor slot, upper case when the tensor is passed C-contiguous,
     e.g. 'FFi'), param kinds ('f' float / 'i' int each), extra constant arguments)."""
     lines = ["# generated by minigraph.backends.cpu.program: do not edit", "import numpy as np",
-             "from numba import njit", "from minigraph.backends.cpu.program import call_kernel, view_a, view_c", ""]
+             "from numba import njit", "from minigraph.backends.cpu.program import VIEWS, call_kernel", ""]
     imports: dict[tuple[str, str], str] = {}
 
     def alias(obj: Any) -> str:
@@ -312,10 +306,14 @@ def generate_source(variants: Sequence[tuple[Any, str, str, int, int, tuple]]) -
         return imports[key]
 
     body = []
+    views: set[str] = set()
     for code, (kern, build, dtypes_, kinds, extras) in enumerate(variants):
         fn = f"{alias(kern)}.{build}"
-        args = [f"view_{'c' if d.isupper() else 'a'}({SLOT_BUFFERS[d.lower()][0]}[row[{HEAD + s * SLOT_W}]], "
-                f"row, {HEAD + s * SLOT_W})" for s, d in enumerate(dtypes_)]
+        args = []
+        for s, d in enumerate(dtypes_):
+            view = f"{d.lower()}{'c' if d.isupper() else 'a'}"
+            views.add(view)
+            args.append(f"_v{view}(bases, row, {HEAD + s * SLOT_W})")
         ni = nf = 0
         for k in kinds:
             if k == "f":
@@ -328,32 +326,32 @@ def generate_source(variants: Sequence[tuple[Any, str, str, int, int, tuple]]) -
         body.append(f"        {'if' if code == 0 else 'elif'} code == {code}:")
         body.append(f"            call_kernel(_k{code}, fptrs[{code}], {', '.join(args)})")
         lines.append(f"_k{code} = {fn}")
-    lists = ", ".join(name for name, _ in SLOT_BUFFERS.values())
-    lines += ["", "", "@njit(cache=True, nogil=True)", f"def run({lists}, prog, fprm, fptrs, start, end, cur):",
+    lines += [f"_v{v} = VIEWS[{v!r}]" for v in sorted(views)]
+    lines += ["", "", "@njit(cache=True, nogil=True)", "def run(bases, prog, fprm, fptrs, start, end, cur):",
               "    for n in range(start, end):", "        row = prog[n]", "        code = row[0]",
               "        cur[0] = n"]
     lines += body or ["        pass"]
     return "\n".join(lines) + "\n"
 
 
-# the loop's argument types: one ListType of 1-D C arrays per SLOT_BUFFERS entry (typed_buffers)
-RUN_SIGNATURE = tuple(types.ListType(types.Array(t, 1, "C")) for t in _SLOT_TYPES.values()) + (
-    types.Array(types.int64, 2, "C"), types.Array(types.float64, 2, "C"),
-    types.Array(types.int64, 1, "C"), types.int64, types.int64, types.Array(types.int64, 1, "C"))
+# the loop's argument types: the buffers' base addresses, the program rows, their float params,
+# the kernels' entry points, the row range to run, the row being run (for error reports)
+RUN_SIGNATURE = (types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C"),
+                 types.Array(types.float64, 2, "C"), types.Array(types.int64, 1, "C"), types.int64,
+                 types.int64, types.Array(types.int64, 1, "C"))
 
 
 class Runner:
-    """A compiled loop and the entry points of its kernels:
-    runner(*bufs, prog, fprm, start, end, cur) runs rows start..end, `bufs` one typed list per
-    SLOT_BUFFERS entry, in its order."""
+    """A compiled loop and the entry points of its kernels: runner(bases, prog, fprm, start, end,
+    cur) runs rows start..end, `bases` the address of each buffer (kept alive by the caller)."""
 
     def __init__(self, run: Any, fptrs: np.ndarray) -> None:
         self.run = run
         self.fptrs = fptrs
 
-    def __call__(self, *args: Any) -> None:
-        *bufs, prog, fprm, start, end, cur = args
-        self.run(*bufs, prog, fprm, self.fptrs, start, end, cur)
+    def __call__(self, bases: np.ndarray, prog: np.ndarray, fprm: np.ndarray, start: int, end: int,
+                 cur: np.ndarray) -> None:
+        self.run(bases, prog, fprm, self.fptrs, start, end, cur)
 
     @property
     def stats(self) -> Any:
@@ -395,26 +393,3 @@ def load_runner(variants: Sequence[tuple]) -> Runner:
         mod.run.compile(RUN_SIGNATURE)
     runner = _loaded[key] = Runner(mod.run, fptrs)
     return runner
-
-
-@njit(cache=True)
-def _list_of(a):
-    out = List()
-    out.append(a)
-    return out
-
-
-@njit(cache=True)
-def _push(lst, a):
-    lst.append(a)
-
-
-def typed_buffers(arrays: Sequence[np.ndarray]) -> Any:
-    """A numba.typed.List of 1-D arrays of one dtype, built by cached functions: building it
-    with numba.typed.List(...) compiles the list's methods afresh in every process (~0.3 s a
-    dtype), the larger part of a cached start."""
-    with quietly():
-        lst = _list_of(arrays[0])
-        for a in arrays[1:]:
-            _push(lst, a)
-    return lst
