@@ -16,7 +16,8 @@ kernel, plain = fa_split) and, for mma, its config and kv chunks.
     python benchmarks/attention_cuda.py [--runs 30] [--n-kv 32768] [--ne3 8] [--tc] [--plain] [--sweep] [--quant]
 
 --tc / --plain also time the Numba tensor-core / plain kernels on the same data (before/after in
-one run); --sweep times other attention_mma configs (tile rows, stages, warps, waves) per case.
+one run); --sweep times other attention_mma configs (tile rows, stages, warps, waves, S split over DK
+or not) per case.
 --quant times mla-view over a Q8_0 and a Q4_0 cache (the same values quantized; 34 / 18 bytes a
 32-value block, 0.53x / 0.28x the f16 bytes) on attention_mma.cu (a few configs: SWEEP_QUANT),
 the Q8_0 cache again on the plain fa_split kernel (before), and gqa over a Q8_0 cache, next to
@@ -35,8 +36,9 @@ from minigraph.ops.attention import v_offset_in_k
 
 DK, DV = 576, 512
 # --sweep: attention_mma.OVERRIDE points tried after each case's default config
-SWEEP_MLA_VIEW = ({"BN": 64, "WARPS": 8, "STAGES": 2}, {"BN": 64, "STAGES": 2}, {"BN": 32, "STAGES": 3})
-SWEEP_MLA_COPY = ({"WAVES": 2},)
+SWEEP_MLA_VIEW = ({"SPLITK": 0}, {"BN": 16, "STAGES": 4}, {"BN": 16, "STAGES": 5}, {"BN": 64, "STAGES": 2},
+                  {"BN": 32, "STAGES": 3})
+SWEEP_MLA_COPY = ({"SPLITK": 0}, {"BN": 16, "STAGES": 3}, {"WAVES": 2})
 SWEEP_GQA = ({"WARPS": 8, "STAGES": 3}, {"BN": 32, "STAGES": 4}, {"BN": 64, "STAGES": 4})
 SWEEP_QUANT_MLA = ({"STAGES": 4}, {"BN": 64, "STAGES": 2}, {"BN": 64, "WARPS": 8, "STAGES": 3}, {"WAVES": 2})
 SWEEP_QUANT_GQA = ({"STAGES": 2}, {"BN": 32, "STAGES": 4}, {"WARPS": 8, "STAGES": 4})

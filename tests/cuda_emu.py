@@ -42,6 +42,8 @@ PRELUDE = r"""
 using std::min;
 using std::max;
 struct dim3 { unsigned x = 0, y = 0, z = 0; };
+struct alignas(16) float4 { float x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 thread_local dim3 threadIdx;
 dim3 blockIdx, blockDim;
 static unsigned char* g_smem;
@@ -166,9 +168,9 @@ extern "C" void emu_chunk(unsigned gx, unsigned gy, unsigned gz, int smem, const
                                                          n_log2, has_mask, mask_f32, v_off, chunk, n_parts); });
 }
 
-extern "C" void emu_combine(unsigned gx, const i64* meta, float* dst, const float* sinks, const float* part,
-                            int has_sinks, int n_parts) {
-    run_grid({gx, 1, 1}, COMBINE_THREADS, 0, [=] { fa_mma_combine(meta, dst, sinks, part, has_sinks, n_parts); });
+extern "C" void emu_combine(unsigned gx, unsigned gy, const i64* meta, float* dst, const float* sinks,
+                            const float* part, int has_sinks, int n_parts) {
+    run_grid({gx, gy, 1}, COMBINE_THREADS, 0, [=] { fa_mma_combine(meta, dst, sinks, part, has_sinks, n_parts); });
 }
 """
 
@@ -216,7 +218,7 @@ def library(defines: dict) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build(text, defines, "fa")))
     P, F, I, U = ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_uint
     lib.emu_chunk.argtypes = [U, U, U, I, P, P, P, P, P, P, F, F, F, F, F, I, I, I, I, I, I]
-    lib.emu_combine.argtypes = [U, P, P, P, P, I, I]
+    lib.emu_combine.argtypes = [U, U, P, P, P, P, I, I]
     _LIBS[key] = lib
     return lib
 
@@ -266,6 +268,6 @@ def run_flash_attn(node, n_chunks: int, override: Optional[dict] = None):
                   part.ctypes.data, float(p["scale"]), max_bias, float(p["logit_softcap"]), m0, m1, n_log2,
                   int(mask is not None), int(mask is not None and mask.type == dtypes.TYPE_F32),
                   max(0, fm.share_offset(node)), chunk, n_chunks)
-    lib.emu_combine(n_head * n_q * n3, meta.ctypes.data, ptrs[0], ptrs[5], part.ctypes.data,
+    lib.emu_combine(n_head * n_q * n3, -(-DV // fm.COMBINE_THREADS), meta.ctypes.data, ptrs[0], ptrs[5], part.ctypes.data,
                     int(sinks is not None), n_chunks)
     return dst

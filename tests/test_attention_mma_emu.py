@@ -21,15 +21,21 @@ pytestmark = pytest.mark.skipif(cuda_emu.available() is not None, reason=f"emula
 
 # (case, config override), two builds between them covering the four ldmatrix forms: V read from
 # the K tile with 32 kv rows a tile (one S n-tile a warp: x2), GQA with every score option and one
-# O n-tile a warp (x2.trans), ne3 broadcast, n_kv not a multiple of the tile
+# O n-tile a warp (x2.trans), ne3 broadcast, n_kv not a multiple of the tile; then the same two
+# cases split over DK (SPLITK, MLA's form: q and P in registers, partial S through shared memory;
+# the second with one warp, so its 5 k-steps split evenly and the partials outgrow the q region)
+_VK = FaCase(128, 64, 8, 1, 150, 2, type_kv="f16", layout="vk", sinks=True)
+_PERM = FaCase(80, 32, 6, 2, 77, 3, type_kv="f16", layout="perm", mask="dead_row", max_bias=8.0, softcap=20.0,
+               sinks=True, mask_f32=True, ne3=2, nk3=1)
 CASES = [
-    (FaCase(128, 64, 8, 1, 150, 2, type_kv="f16", layout="vk", sinks=True), {"BN": 32, "STAGES": 3}),
-    (FaCase(80, 32, 6, 2, 77, 3, type_kv="f16", layout="perm", mask="dead_row", max_bias=8.0, softcap=20.0,
-            sinks=True, mask_f32=True, ne3=2, nk3=1), {}),
+    (_VK, {"BN": 32, "STAGES": 3}),
+    (_PERM, {}),
+    (_VK, {"BN": 32, "STAGES": 3, "SPLITK": 1}),
+    (_PERM, {"SPLITK": 1, "WARPS": 1}),
 ]
 
 
-@pytest.mark.parametrize("c,override", CASES, ids=[c.vars() for c, _ in CASES])
+@pytest.mark.parametrize("c,override", CASES, ids=[c.vars() + "".join(f"_{k}{v}" for k, v in o.items()) for c, o in CASES])
 def test_emulated_kernels_match_reference(c, override):
     ctx = mg.Context()
     out = build_case(ctx, np.random.default_rng(4), c)

@@ -24,6 +24,12 @@
 //   softmax  softcap, slope * mask, row max across warps (shared memory), P = exp(S - m) as f16
 //            into shared memory; each warp keeps the row sums of its own columns.
 //   O += PV  each warp owns DV / WARPS output columns: A = P, B = the V tile (ldmatrix.trans).
+// SPLITK (attention_mma.py: f16 MLA, DK 576 with V a view of K) splits S over DK instead: warp w
+// owns k-steps [w KPW, (w+1) KPW) of every kv column, its q fragments held in registers for the
+// whole chunk (no q reads from shared memory a tile); the warps' partial S go through shared
+// memory and every warp sums all of them in the same order, so each holds the full scores: row
+// maxima by quad shuffles, P kept in registers as the A fragments of O += PV (an mma's C layout
+// is the next one's A layout). Two barriers a tile instead of three; P skips shared memory.
 // Index arithmetic is 32-bit inside a head (the planner checks the extents), 64-bit only for the
 // per-block base pointers.
 //
@@ -60,6 +66,9 @@
 #ifndef PACKED
 #define PACKED 0
 #endif
+#ifndef SPLITK
+#define SPLITK 0
+#endif
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -76,8 +85,13 @@ typedef long long i64;
 #define SLOT 9
 
 static_assert(DK % 16 == 0 && DV % (8 * WARPS) == 0, "head sizes");
-static_assert(BN % (8 * WARPS) == 0 && BN % 16 == 0, "tile");
+static_assert(BN % ((SPLITK ? 1 : 8) * WARPS) == 0 && BN % 16 == 0, "tile");
 static_assert(STAGES >= 2 && ROWS % WARPS == 0, "stages, warps");
+#if SPLITK
+#define KPW (DK / 16 / WARPS)    // S k-steps a warp owns
+#define NT_F (BN / 8)            // S n-tiles of the whole tile, in every warp
+static_assert((DK / 16) % WARPS == 0, "SPLITK: DK's k-steps split evenly over the warps");
+#endif
 
 #if KVT == 8
 #define QBB 34                   // bytes a block: f16 d, 32 int8
@@ -102,8 +116,10 @@ typedef u16 KT;
 #endif
 
 // shared memory layout (bytes); attention_mma.py's smem_bytes() mirrors it
+// SPLITK: the warps' partial S tiles (f32 C fragments) reuse the q region once q is in registers
+#define SM_QB (ROWS * QS * 2 > SPLITK * WARPS * BN * 64 ? ROWS * QS * 2 : SPLITK * WARPS * BN * 64)
 #define SM_Q 0
-#define SM_K (SM_Q + ROWS * QS * 2)
+#define SM_K (SM_Q + SM_QB)
 #define SM_V (SM_K + FTILES * BN * KS * 2)
 #define SM_R (SM_V + (SHARE ? 0 : FTILES * BN * VS * 2))
 #define SM_P (SM_R + STAGES * (RAWK + RAWV))
@@ -445,7 +461,19 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
 #endif
     float* s_max = (float*)(smem + SM_MAX);
     u32* sp = (u32*)(smem + SM_P);
+#if SPLITK
+    // the warp's q fragments, for the whole chunk; the barrier makes every warp's q rows visible,
+    // and the loop's first barrier comes after every warp's reads (the region then holds partials)
+    __syncthreads();
+    u32 qa[KPW][4];
+#pragma unroll
+    for (int kk = 0; kk < KPW; ++kk)
+        ldm_x4(s_base + SM_Q + a_off + (w * KPW + kk) * 32, qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3]);
+    const u32 bf_off = (((lane & 7) + 8 * (lane >> 4)) * KS + 8 * ((lane >> 3) & 1)) * 2;
+    float4* sx = (float4*)(smem + SM_Q);
+#endif
 
+#if !SPLITK
     // one k-step (16 of DK) of S = Q K^T into acc, for the warp's NT_S n-tiles
     auto s_step = [&](u32 sk, int ks, float (&acc)[NT_S][4]) {
         u32 a0, a1, a2, a3;
@@ -467,6 +495,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
         }
 #endif
     };
+#endif
 
     for (int t = 0; t < n_tiles; ++t) {
         cp_wait<STAGES - 2>();
@@ -487,6 +516,126 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
         const int ft = st;
 #endif
 
+#if SPLITK
+        // mask values of every column of the tile, loaded before the mma's that hide their latency
+        float mv[NT_F][4];
+#pragma unroll
+        for (int nt = 0; nt < NT_F; ++nt) {
+            const int j = jt + nt * 8 + 2 * t4;
+            mv[nt][0] = mv[nt][1] = mv[nt][2] = mv[nt][3] = 0.0f;
+            if (has_mask) {
+                const int j0 = min(j, j_hi - 1), j1 = min(j + 1, j_hi - 1);
+                mv[nt][0] = mask_at(mka, mask_f32, (i64)j0 * mk0);
+                mv[nt][1] = mask_at(mka, mask_f32, (i64)j1 * mk0);
+                mv[nt][2] = mask_at(mkb, mask_f32, (i64)j0 * mk0);
+                mv[nt][3] = mask_at(mkb, mask_f32, (i64)j1 * mk0);
+            }
+        }
+
+        // the warp's share of S = Q K^T: its KPW k-steps, every kv column (NT_F chains)
+        float s[NT_F][4];
+#pragma unroll
+        for (int nt = 0; nt < NT_F; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        const u32 sk = s_base + SM_K + ft * (BN * KS * 2);
+#pragma unroll
+        for (int kk = 0; kk < KPW; ++kk) {
+#pragma unroll
+            for (int np = 0; np < NT_F / 2; ++np) {
+                u32 b0, b1, b2, b3;
+                ldm_x4(sk + bf_off + np * 16 * KS * 2 + (w * KPW + kk) * 32, b0, b1, b2, b3);
+                mma(s[2 * np], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
+                mma(s[2 * np + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b2, b3);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT_F; ++nt) sx[(w * NT_F + nt) * 32 + lane] = make_float4(s[nt][0], s[nt][1], s[nt][2], s[nt][3]);
+        __syncthreads();
+
+        // the full scores (partials summed in warp order: the same bits in every warp), softcap,
+        // + slope * mask, -inf past the chunk; the row maxima over the quad's lanes
+        float wa = NEG_INF, wb = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < NT_F; ++nt) {
+            float4 x = sx[nt * 32 + lane];
+#pragma unroll
+            for (int ww = 1; ww < WARPS; ++ww) {
+                const float4 y = sx[(ww * NT_F + nt) * 32 + lane];
+                x.x += y.x;
+                x.y += y.y;
+                x.z += y.z;
+                x.w += y.w;
+            }
+            s[nt][0] = x.x;
+            s[nt][1] = x.y;
+            s[nt][2] = x.z;
+            s[nt][3] = x.w;
+            const int j = jt + nt * 8 + 2 * t4;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float val = s[nt][e];
+                if (softcap != 0.0f) val = softcap * tanhf(val);
+                val += ((e < 2) ? sl_a : sl_b) * mv[nt][e];
+                if (j + (e & 1) >= j_hi) val = NEG_INF;
+                s[nt][e] = val;
+            }
+            wa = fmaxf(wa, fmaxf(s[nt][0], s[nt][1]));
+            wb = fmaxf(wb, fmaxf(s[nt][2], s[nt][3]));
+        }
+        const float na = fmaxf(m_a, quad_max(wa)), nb = fmaxf(m_b, quad_max(wb));
+        const float fa = na == NEG_INF ? 1.0f : ex2((m_a - na) * LOG2E);   // 0 while nothing was seen
+        const float fb = nb == NEG_INF ? 1.0f : ex2((m_b - nb) * LOG2E);
+        m_a = na;
+        m_b = nb;
+        // P as f16 A fragments: n-tiles 2kk and 2kk + 1 are k-step kk's columns 0-7 and 8-15
+        u32 pf[NT_F / 2][4];
+        float pa = 0.0f, pb = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < NT_F; ++nt) {
+            const float p0 = pexp(s[nt][0], na), p1 = pexp(s[nt][1], na);
+            const float p2 = pexp(s[nt][2], nb), p3 = pexp(s[nt][3], nb);
+            pa += p0 + p1;
+            pb += p2 + p3;
+            pf[nt / 2][2 * (nt & 1)] = pack_h2(p0, p1);
+            pf[nt / 2][2 * (nt & 1) + 1] = pack_h2(p2, p3);
+        }
+        l_a = l_a * fa + pa;          // the lane's share of the row: its quad sums it at the end
+        l_b = l_b * fb + pb;
+#pragma unroll
+        for (int i = 0; i < NT_O; ++i) {
+            o[i][0] *= fa;
+            o[i][1] *= fa;
+            o[i][2] *= fb;
+            o[i][3] *= fb;
+        }
+
+        // O += P V over the warp's output columns
+#if SHARE
+        const u32 sv = sk;
+        const int vs = KS;
+#else
+        const u32 sv = s_base + SM_V + ft * (BN * VS * 2);
+        const int vs = VS;
+#endif
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+#if NT_O % 2 == 0
+#pragma unroll
+            for (int np = 0; np < NT_O / 2; ++np) {
+                u32 b0, b1, b2, b3;
+                ldm_x4t(sv + v_lane + (kk * 16 * vs + np * 16) * 2, b0, b1, b2, b3);
+                mma(o[2 * np], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b0, b1);
+                mma(o[2 * np + 1], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b2, b3);
+            }
+#else
+#pragma unroll
+            for (int nt = 0; nt < NT_O; ++nt) {
+                u32 b0, b1;
+                ldm_x2t(sv + v_lane + (kk * 16 * vs + nt * 8) * 2, b0, b1);
+                mma(o[nt], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b0, b1);
+            }
+#endif
+        }
+#else
         // mask values of the lane's scores, loaded before the mma's that hide their latency
         float mv[NT_S][4];
 #pragma unroll
@@ -598,10 +747,14 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
             }
 #endif
         }
+#endif
     }
     cp_wait<0>();
 
-    // row sums over all columns: quad, then across warps
+    // row sums over all columns: quad, then (each warp having summed its own columns) across warps
+#if SPLITK
+    const float la = quad_sum(l_a), lb = quad_sum(l_b);
+#else
     float* s_l = (float*)(smem + SM_L);
     l_a = quad_sum(l_a);
     l_b = quad_sum(l_b);
@@ -616,6 +769,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
         la += s_l[ww * ROWS + g];
         lb += s_l[ww * ROWS + g + 8];
     }
+#endif
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int r = r0 + g + 8 * half;
@@ -639,7 +793,8 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
 #define MAX_PARTS 256
 
 // dst row (h, iq, i3) = sum_t exp(m_t - M) o_t / (sum_t exp(m_t - M) l_t + exp(sink - M)); one
-// block a row, parts' weights in shared memory, columns across threads with independent loads
+// block a (row, COMBINE_THREADS columns), a thread a column: its parts' loads all independent
+// (the row's weights recomputed by each of its blocks: n_parts (m, l) pairs, loaded at once)
 extern "C" __global__ void __launch_bounds__(COMBINE_THREADS)
 fa_mma_combine(const i64* __restrict__ meta, float* __restrict__ dst, const float* __restrict__ sinks,
                const float* __restrict__ part, int has_sinks, int n_parts)
@@ -653,8 +808,15 @@ fa_mma_combine(const i64* __restrict__ meta, float* __restrict__ dst, const floa
     const int h = row % n_head, iq = (row / n_head) % n_q, i3 = row / (n_head * n_q);
     const float* pp = part + (((i64)i3 * n_head + h) * n_q + iq) * n_parts * (dv + 2);
 
+    float mt[MAX_PARTS / COMBINE_THREADS], lt[MAX_PARTS / COMBINE_THREADS];
     float top = NEG_INF;
-    for (int t = tid; t < n_parts; t += COMBINE_THREADS) top = fmaxf(top, pp[t * (dv + 2) + dv]);
+#pragma unroll
+    for (int i = 0; i < MAX_PARTS / COMBINE_THREADS; ++i) {
+        const int t = tid + i * COMBINE_THREADS;
+        mt[i] = t < n_parts ? pp[t * (dv + 2) + dv] : NEG_INF;
+        lt[i] = t < n_parts ? pp[t * (dv + 2) + dv + 1] : 0.0f;
+        top = fmaxf(top, mt[i]);
+    }
     for (int off = 16; off > 0; off >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
     if ((tid & 31) == 0) red[tid >> 5] = top;
     __syncthreads();
@@ -664,11 +826,12 @@ fa_mma_combine(const i64* __restrict__ meta, float* __restrict__ dst, const floa
     top = fmaxf(top, sk);
     __syncthreads();
     float den = 0.0f;
-    for (int t = tid; t < n_parts; t += COMBINE_THREADS) {
-        const float mt = pp[t * (dv + 2) + dv];
-        const float wt = mt == NEG_INF ? 0.0f : __expf(mt - top);
-        wts[t] = wt;
-        den += wt * pp[t * (dv + 2) + dv + 1];
+#pragma unroll
+    for (int i = 0; i < MAX_PARTS / COMBINE_THREADS; ++i) {
+        const int t = tid + i * COMBINE_THREADS;
+        const float wt = mt[i] == NEG_INF ? 0.0f : __expf(mt[i] - top);
+        if (t < n_parts) wts[t] = wt;
+        den += wt * lt[i];
     }
     for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
     if ((tid & 31) == 0) red[tid >> 5] = den;
@@ -680,16 +843,16 @@ fa_mma_combine(const i64* __restrict__ meta, float* __restrict__ dst, const floa
         inv = d > 0.0f ? 1.0f / d : 0.0f;
     }
     __syncthreads();
+    const int d = blockIdx.y * COMBINE_THREADS + tid;
+    if (d >= dv) return;
     float* dp = dst + meta[0] + h * meta[6] + iq * meta[7] + i3 * meta[8];
-    const i64 d0 = meta[5];
-    for (int d = tid; d < dv; d += COMBINE_THREADS) {
-        float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};   // 8 loads in flight
-        int t = 0;
-        for (; t + 8 <= n_parts; t += 8) {
+    float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int t = 0;
+#pragma unroll 4
+    for (; t + 8 <= n_parts; t += 8) {
 #pragma unroll
-            for (int u = 0; u < 8; ++u) a[u] += wts[t + u] * pp[(t + u) * (dv + 2) + d];
-        }
-        for (; t < n_parts; ++t) a[0] += wts[t] * pp[t * (dv + 2) + d];
-        dp[d * d0] = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) * inv;
+        for (int u = 0; u < 8; ++u) a[u] += wts[t + u] * pp[(t + u) * (dv + 2) + d];
     }
+    for (; t < n_parts; ++t) a[0] += wts[t] * pp[t * (dv + 2) + d];
+    dp[d * meta[5]] = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) * inv;
 }

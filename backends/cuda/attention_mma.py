@@ -23,7 +23,9 @@ in shared memory: V costs no memory traffic.
 
 Shape choice (`config`): 4 warps; 32 kv rows a tile for heads > 256 (MLA's 576), 64 below; the
 most stages that still fit two blocks an SM; chunks so that the grid is one full wave (every SM
-busy with as many blocks as fit). `OVERRIDE` (a dict of config fields) lets benchmarks try others.
+busy with as many blocks as fit); an f16 MLA cache with V a view of K splits S over DK across the
+warps (SPLITK: q and P stay in registers, two barriers a tile). `OVERRIDE` (a dict of config
+fields) lets benchmarks try others.
 """
 from __future__ import annotations
 
@@ -64,15 +66,16 @@ class Config:
     KVT: int = 0          # K/V type (ggml's enum): 0 f16, 8 Q8_0, 2 Q4_0
     CW: int = 16          # quantized: bytes a cp.async of a raw row
     PACKED: int = 0       # quantized: a tile's raw rows are one contiguous 16-byte aligned run
+    SPLITK: int = 0       # S split over DK across the warps, q and P in registers (attention_mma.cu)
 
 
-DEFINES = ("DK", "DV", "BN", "STAGES", "WARPS", "SHARE", "MIN_BLOCKS", "KVT", "CW", "PACKED")
+DEFINES = ("DK", "DV", "BN", "STAGES", "WARPS", "SHARE", "MIN_BLOCKS", "KVT", "CW", "PACKED", "SPLITK")
 QUANT_BLOCK_BYTES = {int(dtypes.TYPE_Q8_0): 34, int(dtypes.TYPE_Q4_0): 18}   # the types the kernel decodes
 
 
 def smem_bytes(c: Config) -> int:
     """Dynamic shared memory of one block (attention_mma.cu's SM_* layout)."""
-    q = ROWS * (c.DK + 8) * 2
+    q = max(ROWS * (c.DK + 8) * 2, c.SPLITK * c.WARPS * c.BN * 64)    # SPLITK: partial S tiles reuse it
     tiles = 1 if c.KVT else c.STAGES          # a quantized cache decodes its raw stages into one f16 tile
     kt = tiles * c.BN * (c.DK + 8) * 2
     vt = 0 if c.SHARE else tiles * c.BN * (c.DV + 8) * 2
@@ -123,9 +126,15 @@ def config(node) -> Config:
             if _fits_two(replace(c, STAGES=stages)):
                 c = replace(c, STAGES=stages)
                 break
+    if not c.KVT and dk > 256 and share:
+        # H200, MLA decode n_kv=32768 ne3=8 (benchmarks/attention_cuda.py --sweep, one run): V a view
+        # of K 110 us split over DK against 116 us without; V a copy 219 us split against 208 us
+        c = replace(c, SPLITK=1)
     c = replace(c, **{f: x for f, x in OVERRIDE.items() if f != "MIN_BLOCKS"})
-    if c.DV % (8 * c.WARPS) or c.BN % (8 * c.WARPS) or c.BN % 16:
+    if c.DV % (8 * c.WARPS) or c.BN % 16 or c.BN % ((1 if c.SPLITK else 8) * c.WARPS):
         c = replace(c, WARPS=4, BN=-(-c.BN // 32) * 32)       # an override the shapes do not allow
+    if c.SPLITK and (c.DK // 16) % c.WARPS:
+        c = replace(c, SPLITK=0, BN=-(-c.BN // 32) * 32)      # DK's k-steps do not split evenly
     # the register cap follows from the blocks that fit (2 blocks of 4 warps: 255 a thread)
     return replace(c, MIN_BLOCKS=OVERRIDE.get("MIN_BLOCKS", 2 if _fits_two(c) else 1))
 
@@ -318,4 +327,5 @@ def launches(node, m0: float, m1: float, n_log2: int) -> list:
     mask_f32 = int(mask is not None and mask.type == dtypes.TYPE_F32)
     scalars = (m0, m1, n_log2, mask_f32, max(0, share_offset(node)), chunk, n_chunks, part)
     return [(RawKernel(fc, smem_bytes(c), _pack_chunk), (n_chunks, n_rg * k.ne[2], n3), (32 * c.WARPS,), scalars),
-            (RawKernel(fm, 0, _pack_combine), (n_head * n_q * n3,), (COMBINE_THREADS,), scalars)]
+            (RawKernel(fm, 0, _pack_combine), (n_head * n_q * n3, -(-dv // COMBINE_THREADS)), (COMBINE_THREADS,),
+             scalars)]
