@@ -1,0 +1,140 @@
+"""Why GATED_DELTA_NET decode (B=256, S=128, H_v=32) stays ~10% under a device copy: plain copies of
+the same 537 MB state through different access structures, side by side with torch's copy.
+
+  rows8    the decode kernel's structure (gdn_tc_decode.cu): a warp an item of 16 state rows,
+           eight lanes a row, 16 float4 loads (ld.global.cs) then 16 stores (st.global.cs)
+  contig   a warp an item of 8 KB too, each load / store instruction 512 contiguous bytes
+  contig-wb  the same with plain ld.global / st.global
+  stride   grid-stride float4 copy (4 a thread in flight), 8 blocks of 256 an SM
+and rows8 / torch with the destination moved by a few offsets (placement of dst against src).
+GPU time by CUDA events, median (min-max) of TRIALS trials of 20 launches.
+H200, 2026-12-01, one run: rows8 271.9 us, contig 275.7, contig-wb 269.2, stride 281.5, torch 258.8;
+moving dst by 4 KB .. 4 MB changes neither (rows8 269-274, torch 257-259). No copy written here
+gets within 4% of torch's, so decode's 280 us goal (92% of torch's copy) sits at the edge of what
+this access structure (16-byte loads and stores from registers) reaches.
+Run on the device: python benchmarks/gdn_decode_probe.py
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, types
+
+SRC = r"""
+__device__ __forceinline__ float4 ldcs(const float* p) {
+    float4 r;
+    asm volatile("ld.global.cs.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ void stcs(float* p, float4 v) {
+    asm volatile("st.global.cs.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+}
+extern "C" __device__ int probe_rows8(const float* src, float* dst, long long n) {
+    const int lane = threadIdx.x & 31, l8 = lane & 7, rq = lane >> 3;
+    const long long it = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const long long base = it * 2048;                       // 16 rows of 128 floats
+    if (base >= n) return 0;
+    float4 x[4][4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int m = 0; m < 4; ++m) x[p][m] = ldcs(src + base + (4 * p + rq) * 128 + 32 * m + 4 * l8);
+#pragma unroll
+    for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int m = 0; m < 4; ++m) stcs(dst + base + (4 * p + rq) * 128 + 32 * m + 4 * l8, x[p][m]);
+    return 0;
+}
+extern "C" __device__ int probe_contig(const float* src, float* dst, long long n) {
+    const int lane = threadIdx.x & 31;
+    const long long it = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const long long base = it * 2048;
+    if (base >= n) return 0;
+    float4 x[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) x[i] = ldcs(src + base + 128 * i + 4 * lane);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) stcs(dst + base + 128 * i + 4 * lane, x[i]);
+    return 0;
+}
+extern "C" __device__ int probe_contig_wb(const float* src, float* dst, long long n) {
+    const int lane = threadIdx.x & 31;
+    const long long it = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const long long base = it * 2048;
+    if (base >= n) return 0;
+    float4 x[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) x[i] = *(const float4*)(src + base + 128 * i + 4 * lane);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) *(float4*)(dst + base + 128 * i + 4 * lane) = x[i];
+    return 0;
+}
+extern "C" __device__ int probe_stride(const float* src, float* dst, long long n) {
+    const long long n4 = n / 4, step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += 4 * step) {
+        float4 x[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) if (i + u * step < n4) x[u] = ((const float4*)src)[i + u * step];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) if (i + u * step < n4) ((float4*)dst)[i + u * step] = x[u];
+    }
+    return 0;
+}
+"""
+TRIALS = 5
+_FP = types.CPointer(types.float32)
+
+
+def _kernel(name):
+    fn = cuda.declare_device(name, types.int32(_FP, _FP, types.int64), link=[cuda.CUSource(SRC)], abi="c")
+    from minigraph.backends.cuda.gdn_tc import fptr
+
+    @cuda.jit("void(float32[::1], float32[::1], int64, int64)")
+    def k(src, dst, off, n):
+        fn(fptr(src, 0), fptr(dst, off), n)
+    return k
+
+
+def _time(fn):
+    fn()
+    cuda.synchronize()
+    ts = []
+    for _ in range(TRIALS):
+        a, b = cuda.event(), cuda.event()
+        a.record()
+        for _ in range(20):
+            fn()
+        b.record()
+        b.synchronize()
+        ts.append(cuda.event_elapsed_time(a, b) / 20 * 1e3)
+    return f"{np.median(ts):6.1f} us ({min(ts):.1f}-{max(ts):.1f})"
+
+
+def main():
+    import torch
+    n = 256 * 32 * 128 * 128                     # the decode state's floats
+    pad = 1 << 20
+    src = cuda.device_array(n, np.float32)
+    dst = cuda.device_array(n + pad, np.float32)
+    ts, td = torch.as_tensor(src, device="cuda"), torch.as_tensor(dst, device="cuda")
+    ts.normal_()
+    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    ks = {name: _kernel(f"probe_{name.replace('-', '_')}") for name in ("rows8", "contig", "contig-wb", "stride")}
+    items = n // 2048
+    grids = {"rows8": (items // 4, 128), "contig": (items // 4, 128), "contig-wb": (items // 4, 128),
+             "stride": (8 * sms, 256)}
+    print(f"## copy of {2 * n * 4 / 1e9:.2f} GB (read + written), {cuda.get_current_device().name}")
+    for name, k in ks.items():
+        g, b = grids[name]
+        t = _time(lambda k=k, g=g, b=b: k[g, b](src, dst, 0, n))
+        ok = bool(torch.equal(td[:n], ts))
+        td.zero_()
+        print(f"  {name:10s} {t}{'' if ok else '  WRONG'}", flush=True)
+    print(f"  {'torch':10s} {_time(lambda: td[:n].copy_(ts))}")
+    for off in (1024, 16384, 262144, pad - 2048):   # dst moved by `off` floats
+        g, b = grids["rows8"]
+        print(f"  dst +{off * 4 // 1024} KB: rows8 {_time(lambda: ks['rows8'][g, b](src, dst, off, n))}, "
+              f"torch {_time(lambda: td[off:off + n].copy_(ts))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
