@@ -174,7 +174,7 @@ def _uses_helper(out, a):
 
 def test_a_helper_is_called_by_address_with_any_layout_after_load():
     out, a = np.zeros(4, np.float32), np.arange(8, dtype=np.float32)
-    with pytest.raises(RuntimeError, match="_scale_into was not loaded"):
+    with pytest.raises(RuntimeError, match="_scale_into was not loaded: call the kernel.s load_helpers"):
         _uses_helper(out, a[:4])
     _SCALE.load()
     _uses_helper(out, a[:4])                                # C-contiguous

@@ -33,6 +33,7 @@ def kernel_args(node):
     srcs = [np.zeros((1, 1, 1, 1), np.float32) if s is None else view4(s) for s in node.src]
     params = [node.op_params[k] for k in OPS[node.op].params]
     kern = KERNELS["cpu"][node.op]
+    kern.fn.load_helpers()   # its builds are called straight from here, not through a plan
     return kern.fn, srcs, params + list(kern.extra)
 
 

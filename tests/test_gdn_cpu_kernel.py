@@ -105,6 +105,7 @@ def test_non_contiguous_inputs():
         assert not any(a.flags.c_contiguous for a in arrs)
         ns, _, Hv, S = arrs[2].shape
         out = _strided(np.full((1, 1, T * ns + 2 * S * ns, S * Hv), np.nan, np.float32))
+        form.load_helpers()
         form.parallel(out, *arrs, 2)
         assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL
     # the streaming decode path falls back to ordinary stores for a strided state

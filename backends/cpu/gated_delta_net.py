@@ -264,76 +264,89 @@ CHUNK_HEAD = Helper(_chunk_head, (_C2,) + (_A4,) * 6 + (types.int64,) * 6 + (typ
 _call_chunk_head = CHUNK_HEAD.call
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_chunked(dst, q, k, v, g, beta, state, K):
-    """GDA (scalar gates): the first T - K + 1 tokens in chunks of CHUNK (_chunk_step), the
-    last K - 1 token by token so every snapshot slot is a state the rule passes through.
-    Work goes out in groups of HEAD_GROUP (seq, head) pairs; a group walks its chunks in
-    step, all its heads per chunk."""
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
+    """Group `grp` of _gdn_chunked: (seq, head) pairs grp*G .. grp*G+G-1 from their states to
+    their outputs and snapshots."""
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
     scale = np.float32(1.0 / math.sqrt(S))
     C = CHUNK
     P = ns * Hv
-    G = -(-P // max(-(-P // HEAD_GROUP), min(P, MIN_GROUPS)))   # <= HEAD_GROUP, >= MIN_GROUPS groups
     Tc = T - min(K, T) + 1                           # tokens done in chunks
-    for grp in prange((P + G - 1) // G):
-        p0 = grp * G
-        p1 = min(p0 + G, P)
-        Ms = np.empty((p1 - p0, S, S), np.float32)   # Ms[p - p0, i, j] = S[i][j] of pair p
-        kq = np.empty((2 * C, S), np.float32)
-        vb = np.empty((C, S), np.float32)
-        kb = np.empty((C, S), np.float32)
-        x = np.empty((2 * C, S), np.float32)
-        u = np.empty((C, S), np.float32)
-        y = np.empty((2 * C, S), np.float32)
-        z = np.empty((S, S), np.float32)
-        pbuf = np.empty(2 * C * C, np.float32)
-        tbuf = np.empty(C * C, np.float32)
-        gt = np.empty(C, np.float64)
-        dk = np.empty((C, C), np.float64)
-        bb = np.empty(C, np.float32)
-        blas_prev = _blas_threads(1)
+    p0 = grp * G
+    p1 = min(p0 + G, P)
+    Ms = np.empty((p1 - p0, S, S), np.float32)       # Ms[p - p0, i, j] = S[i][j] of pair p
+    kq = np.empty((2 * C, S), np.float32)
+    vb = np.empty((C, S), np.float32)
+    kb = np.empty((C, S), np.float32)
+    x = np.empty((2 * C, S), np.float32)
+    u = np.empty((C, S), np.float32)
+    y = np.empty((2 * C, S), np.float32)
+    z = np.empty((S, S), np.float32)
+    pbuf = np.empty(2 * C * C, np.float32)
+    tbuf = np.empty(C * C, np.float32)
+    gt = np.empty(C, np.float64)
+    dk = np.empty((C, C), np.float64)
+    bb = np.empty(C, np.float32)
+    blas_prev = _blas_threads(1)
+    for p in range(p0, p1):
+        seq = p // Hv
+        h = p - seq * Hv
+        M = Ms[p - p0]
+        for j in range(S):
+            for i in range(S):
+                M[i, j] = state[seq, h, j, i]
+    for t0 in range(0, Tc, C):
+        n = min(C, Tc - t0)
         for p in range(p0, p1):
             seq = p // Hv
             h = p - seq * Hv
-            M = Ms[p - p0]
-            for j in range(S):
-                for i in range(S):
-                    M[i, j] = state[seq, h, j, i]
-        for t0 in range(0, Tc, C):
-            n = min(C, Tc - t0)
-            for p in range(p0, p1):
-                seq = p // Hv
-                h = p - seq * Hv
-                _call_chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
-                                 kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb)
-        for p in range(p0, p1):
-            seq = p // Hv
-            h = p - seq * Hv
-            sq = seq // rep
-            hk = h % Hk
-            M = Ms[p - p0]
-            for t in range(Tc, T + 1):               # snapshot of the state after token t-1
-                slot = T - t
-                if slot < K:
-                    for j in range(S):
-                        row = _dst_row(dst, _snap_off(slot, seq, h, j, S, Hv, T, ns), S)
-                        for i in range(S):
-                            row[i] = M[i, j]
-                if t < T:
+            _call_chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
+                             kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb)
+    for p in range(p0, p1):
+        seq = p // Hv
+        h = p - seq * Hv
+        sq = seq // rep
+        hk = h % Hk
+        M = Ms[p - p0]
+        for t in range(Tc, T + 1):                   # snapshot of the state after token t-1
+            slot = T - t
+            if slot < K:
+                for j in range(S):
+                    row = _dst_row(dst, _snap_off(slot, seq, h, j, S, Hv, T, ns), S)
                     for i in range(S):
-                        kq[0, i] = k[sq, t, hk, i]
-                        kq[1, i] = q[sq, t, hk, i]
-                        vb[0, i] = v[seq, t, h, i]
-                    e = np.float32(math.exp(np.float64(g[seq, t, h, 0])))
-                    _token_step_m(M, kq[0], kq[1], vb[0], e, np.float32(beta[seq, t, h, 0]), y[0], S)
-                    out = _out_row(dst, seq * T + t, h, S)
-                    for j in range(S):
-                        out[j] = y[0, j] * scale
-            _zero_slots(dst, seq, h, T, K, S, Hv, T, ns)
-        _blas_threads(blas_prev)
+                        row[i] = M[i, j]
+            if t < T:
+                for i in range(S):
+                    kq[0, i] = k[sq, t, hk, i]
+                    kq[1, i] = q[sq, t, hk, i]
+                    vb[0, i] = v[seq, t, h, i]
+                e = np.float32(math.exp(np.float64(g[seq, t, h, 0])))
+                _token_step_m(M, kq[0], kq[1], vb[0], e, np.float32(beta[seq, t, h, 0]), y[0], S)
+                out = _out_row(dst, seq * T + t, h, S)
+                for j in range(S):
+                    out[j] = y[0, j] * scale
+        _zero_slots(dst, seq, h, T, K, S, Hv, T, ns)
+    _blas_threads(blas_prev)
+
+
+# the group body, called by address from the parallel loop (compiled once, not again inside it)
+CHUNKED_GROUP = Helper(_chunked_group, (_A4,) * 7 + (types.int64,) * 3)
+_call_chunked_group = CHUNKED_GROUP.call
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
+def _gdn_chunked(dst, q, k, v, g, beta, state, K):
+    """GDA (scalar gates): the first T - K + 1 tokens in chunks of CHUNK (_chunk_step), the
+    last K - 1 token by token so every snapshot slot is a state the rule passes through.
+    Work goes out in groups of HEAD_GROUP (seq, head) pairs (_chunked_group); a group walks its
+    chunks in step, all its heads per chunk."""
+    P = v.shape[0] * v.shape[2]
+    G = -(-P // max(-(-P // HEAD_GROUP), min(P, MIN_GROUPS)))   # <= HEAD_GROUP, >= MIN_GROUPS groups
+    for grp in prange((P + G - 1) // G):
+        _call_chunked_group(dst, q, k, v, g, beta, state, K, grp, G)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -368,12 +381,12 @@ def gated_delta_net_decode(dst, q, k, v, g, beta, state, K):
 # the op picks its own parallelism inside, so both builds are the same entry point
 from minigraph.core.registry import register_kernel  # noqa: E402
 
-GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net", helpers=(CHUNK_HEAD,))
+GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net", helpers=(CHUNK_HEAD, CHUNKED_GROUP))
 GDN_DECODE = DualKernel(gated_delta_net_decode, gated_delta_net_decode, "gated_delta_net decode")
 # the chunked form and the recurrence copy every row they read into local tiles, so they gain
 # nothing from C-contiguous arrays: one compiled form each serves every layout (any_layout)
 GDN_CHUNKED = DualKernel(_gdn_chunked, _gdn_chunked, "gated_delta_net chunked", any_layout=True,
-                         helpers=(CHUNK_HEAD,))
+                         helpers=(CHUNK_HEAD, CHUNKED_GROUP))
 GDN_RECURRENT = DualKernel(_gdn_recurrent, _gdn_recurrent, "gated_delta_net recurrent", any_layout=True)
 
 

@@ -126,7 +126,7 @@ class Helper:
                 addr = builder.load(cell)
                 with cgutils.if_unlikely(builder, builder.icmp_unsigned("==", addr, addr.type(0))):
                     context.call_conv.return_user_exc(builder, RuntimeError,
-                                                      (f"{helper.name} was not loaded (Helper.load)",))
+                                                      (f"{helper.name} was not loaded: call the kernel's load_helpers() first (plans do)",))
                 vals = [context.cast(builder, v, t, w)
                         for v, t, w in zip(cgutils.unpack_tuple(builder, llargs[0]), got, sigtys)]
                 fnty = context.call_conv.get_function_type(nbtypes.none, sigtys)
@@ -147,7 +147,8 @@ class DualKernel:
     """A kernel's two builds. any_layout: the kernel gains nothing from C-contiguous arrays (it
     copies what it reads into tiles), so plans pass every tensor as a strided view and one
     compiled form per build serves every mix of layouts. helpers: the Helpers it calls by
-    address, loaded before it runs."""
+    address, loaded before it runs: plans and a call of the DualKernel itself do it; code that
+    calls `.serial` / `.parallel` directly calls `load_helpers()` first."""
 
     serial: Any
     parallel: Any
@@ -173,13 +174,13 @@ def _renamed_copy(fn: Callable, suffix: str) -> Callable:
     return copy
 
 
-def kernel(fn: Optional[Callable] = None, *, any_layout: bool = False) -> Any:
+def kernel(fn: Optional[Callable] = None, *, any_layout: bool = False, helpers: tuple = ()) -> Any:
     """Compile `fn` as a serial and a parallel Numba kernel (both cached, compiled on first use
-    for each signature). `@kernel` or `@kernel(any_layout=True)` (see DualKernel)."""
+    for each signature). `@kernel` or `@kernel(any_layout=True, helpers=(...))` (see DualKernel)."""
     def make(f: Callable) -> DualKernel:
         serial = numba.njit(**JIT_OPTIONS)(_renamed_copy(f, "__serial"))
         parallel = numba.njit(parallel=True, **JIT_OPTIONS)(f)
-        return DualKernel(serial, parallel, f.__qualname__, any_layout)
+        return DualKernel(serial, parallel, f.__qualname__, any_layout, tuple(helpers))
 
     return make if fn is None else make(fn)
 

@@ -13,7 +13,7 @@ from numba import prange
 from minigraph.core.registry import register_kernel
 
 from minigraph.backends import scalar_math
-from minigraph.backends.cpu.jit import JIT_OPTIONS, kernel, row_index, scalar
+from minigraph.backends.cpu.jit import JIT_OPTIONS, Helper, kernel, row_index, scalar
 
 tri_keep = scalar(scalar_math.tri_keep)
 
@@ -78,47 +78,61 @@ def mul_mat_dot(dst, a, b):
             dst[i3, i2, n, m] = _row_dot(a, i3 // r3, i2 // r2, m, b, i3, i2, n, k_len, part)
 
 
-@kernel(any_layout=True)
-def mul_mat_tiled(dst, a, b):
-    """MUL_MAT in tiles (N > MM_DOT_MAX_N): what it reads it copies into contiguous tiles first,
-    so any strides do as well as contiguous ones (one compiled form for every layout).
-    dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
+@numba.njit(**JIT_OPTIONS)
+def _tiled_task(dst, a, b, task):
+    """One task of mul_mat_tiled: MM_BLOCK_M rows of src0 against every row of src1, for one
+    batch (i3, i2)."""
     n3, n2, n_rows, m_rows = dst.shape
     k_len = a.shape[3]
     r3 = n3 // a.shape[0]
     r2 = n2 // a.shape[1]
     n_mblk = (m_rows + MM_BLOCK_M - 1) // MM_BLOCK_M
-    for task in prange(n3 * n2 * n_mblk):
-        i3 = task // (n2 * n_mblk)
-        i2 = (task // n_mblk) % n2
-        j3 = i3 // r3
-        j2 = i2 // r2
-        m0 = (task % n_mblk) * MM_BLOCK_M
-        mw = min(m_rows - m0, MM_BLOCK_M)
-        at = np.zeros((MM_BLOCK_K, MM_BLOCK_M), np.float32)  # columns past mw stay zero
-        bt = np.zeros((MM_BLOCK_N, MM_BLOCK_K), np.float32)  # rows past nw are stale, never stored
-        acc = np.empty((MM_BLOCK_N, MM_BLOCK_M), np.float32)
-        if k_len == 0:
-            for n in range(n_rows):
-                for m in range(mw):
-                    dst[i3, i2, n, m0 + m] = 0.0
-        for k0 in range(0, k_len, MM_BLOCK_K):
-            kw = min(k_len - k0, MM_BLOCK_K)
+    i3 = task // (n2 * n_mblk)
+    i2 = (task // n_mblk) % n2
+    j3 = i3 // r3
+    j2 = i2 // r2
+    m0 = (task % n_mblk) * MM_BLOCK_M
+    mw = min(m_rows - m0, MM_BLOCK_M)
+    at = np.zeros((MM_BLOCK_K, MM_BLOCK_M), np.float32)  # columns past mw stay zero
+    bt = np.zeros((MM_BLOCK_N, MM_BLOCK_K), np.float32)  # rows past nw are stale, never stored
+    acc = np.empty((MM_BLOCK_N, MM_BLOCK_M), np.float32)
+    if k_len == 0:
+        for n in range(n_rows):
             for m in range(mw):
+                dst[i3, i2, n, m0 + m] = 0.0
+    for k0 in range(0, k_len, MM_BLOCK_K):
+        kw = min(k_len - k0, MM_BLOCK_K)
+        for m in range(mw):
+            for k in range(kw):
+                at[k, m] = a[j3, j2, m0 + m, k0 + k]
+        for n0 in range(0, n_rows, MM_BLOCK_N):
+            nw = min(n_rows - n0, MM_BLOCK_N)
+            for n in range(nw):
                 for k in range(kw):
-                    at[k, m] = a[j3, j2, m0 + m, k0 + k]
-            for n0 in range(0, n_rows, MM_BLOCK_N):
-                nw = min(n_rows - n0, MM_BLOCK_N)
-                for n in range(nw):
-                    for k in range(kw):
-                        bt[n, k] = b[i3, i2, n0 + n, k0 + k]
-                _tile_product(at, bt, acc, kw)
-                for n in range(nw):
-                    for m in range(mw):
-                        if k0 == 0:
-                            dst[i3, i2, n0 + n, m0 + m] = acc[n, m]
-                        else:
-                            dst[i3, i2, n0 + n, m0 + m] += acc[n, m]
+                    bt[n, k] = b[i3, i2, n0 + n, k0 + k]
+            _tile_product(at, bt, acc, kw)
+            for n in range(nw):
+                for m in range(mw):
+                    if k0 == 0:
+                        dst[i3, i2, n0 + n, m0 + m] = acc[n, m]
+                    else:
+                        dst[i3, i2, n0 + n, m0 + m] += acc[n, m]
+
+
+_A4 = numba.types.Array(numba.float32, 4, "A")
+# called by address from both builds (jit.Helper): the tile code compiles once, not in each
+TILED_TASK = Helper(_tiled_task, (_A4, _A4, _A4, numba.types.int64))
+_call_tiled_task = TILED_TASK.call
+
+
+@kernel(any_layout=True, helpers=(TILED_TASK,))
+def mul_mat_tiled(dst, a, b):
+    """MUL_MAT in tiles (N > MM_DOT_MAX_N): what it reads it copies into contiguous tiles first,
+    so any strides do as well as contiguous ones (one compiled form for every layout).
+    dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
+    n_mblk = (dst.shape[3] + MM_BLOCK_M - 1) // MM_BLOCK_M
+    for task in prange(dst.shape[0] * dst.shape[1] * n_mblk):
+        _call_tiled_task(dst, a, b, task)
 
 
 def _pick_mul_mat(node):
