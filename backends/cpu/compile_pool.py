@@ -15,6 +15,7 @@ pytest-xdist workers sharing a cache are covered too).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
@@ -259,9 +260,17 @@ def worker_main() -> None:
 
 
 def stop_workers() -> None:
-    """End the worker processes (they also end on their own when this process exits)."""
+    """End the worker processes: stdin closed, an idle worker exits at once (at exit of this
+    process too, so the workers are reaped and their CPU time counts as its children's)."""
     for w in _workers:
         with contextlib.suppress(OSError):
             w.proc.stdin.close()
-        w.kill()
+    for w in _workers:
+        try:
+            w.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            w.kill()
     _workers.clear()
+
+
+atexit.register(stop_workers)
