@@ -20,6 +20,9 @@ bursts on shared cores hit all alike; printed: wall time per compute, median of 
 costs when other processes hold the cores; threads that wait spinning count too). Ratios use the
 wall medians. Outputs are checked against ggml's (max |diff| / max |ggml|: the outputs are small
 averages of V, so ggml's f16 rounding of Q and of its V accumulator shows as ~1e-2 here).
+The compute ceiling line: the GFLOP/s of a large f32 sgemm on the same threads (numpy's OpenBLAS,
+in a child process), and the time the case's QK^T and PV products would take at that rate; a
+goal asking for less time than that is beyond what the cores give.
 Run:  python benchmarks/attention.py [--quick] [--threads N] [--rounds R]
 """
 from __future__ import annotations
@@ -170,6 +173,32 @@ def machine(threads: int) -> str:
             f"(layer {numba.threading_layer()}), numpy {np.__version__}, ggml-python {metadata.version('ggml-python')}")
 
 
+SGEMM = """
+import time, numpy as np
+n = 1536
+a, b = np.ones((n, n), np.float32), np.ones((n, n), np.float32)
+a @ b
+best = min((lambda t0: (a @ b, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
+print(2 * n ** 3 / best / 1e9)
+"""
+
+
+def sgemm_gflops(threads: int) -> float:
+    """GFLOP/s of a large f32 GEMM through numpy's OpenBLAS on `threads` threads (a child
+    process, so its thread count can be set): the most this machine gives these products."""
+    import subprocess
+    import sys
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", SGEMM], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def attention_flops(n_q: int, n_kv: int, causal: bool) -> float:
+    """Multiply-adds x 2 of QK^T and PV for all heads (causal: the unmasked half and diagonal)."""
+    pairs = n_q * (n_q + 1) / 2 + n_q * (n_kv - n_q) if causal else n_q * n_kv
+    return 2.0 * N_HEAD * pairs * (DK + DV)
+
+
 def load() -> str:
     return "load average %.1f %.1f %.1f" % os.getloadavg()
 
@@ -186,6 +215,8 @@ def main() -> None:
     print(f"FLASH_ATTN_EXT MLA: n_head={N_HEAD} n_head_kv=1 DK={DK} DV={DV} f16 KV, V view of K, "
           f"{args.threads} threads, {args.rounds} rounds\nbefore: {load()} "
           "(other processes on these cores slow every contender; read the ratios and the cpu column)")
+    peak = sgemm_gflops(args.threads)
+    print(f"compute ceiling: a large f32 sgemm (numpy's OpenBLAS) runs {peak:.0f} GFLOP/s on {args.threads} threads")
     for name, (n_q, n_kv, causal, repeat) in sizes.items():
         q, k, m = inputs(n_q, n_kv, causal, rng)
         c = {"minigraph": Minigraph(q, k, m, True, args.threads), "kernel": Kernel(q, k, m, True, args.threads),
@@ -200,6 +231,11 @@ def main() -> None:
         print(f"  goal {'met' if got >= want else 'MISSED'}: {got:.2f}x (cpu-time ratio "
               f"{np.median(t['ggml'][:, 1]) / np.median(t['minigraph'][:, 1]):.2f}x); first run (plan + compile) "
               f"{c['minigraph'].first:.2f} s; max rel diff vs ggml {agree(c['minigraph'].result(), c['ggml'].result()):.1e}")
+        fl = attention_flops(n_q, n_kv, causal)
+        floor, asked = fl / peak / 1e9, g / want
+        print(f"  {fl / 1e9:.2f} GFLOP: minigraph runs {fl / np.median(t['minigraph'][:, 0]) / 1e9:.0f} GFLOP/s; "
+              f"at the sgemm ceiling the products alone take {floor * 1e3:.2f} ms; the goal asks "
+              f"<= {asked * 1e3:.2f} ms ({'within' if asked >= floor else 'beyond'} the ceiling)")
     n_kv = 4096 if args.quick else 32768
     q, k, m = inputs(1, n_kv, False, rng)
     print(f"\nview vs copy: decode n_kv={n_kv}   goal: view <= {VIEW_GOAL}x copy")
