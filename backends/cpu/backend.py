@@ -252,8 +252,10 @@ class CpuPlan:
                 self.backend.quant_kernels[n.op].fn(n, build, dst, *arrays)
             else:
                 scale = 4 // dtypes.type_size(n.type) if converted else 1  # byte params of f16 -> f32
-                getattr(kern.for_node(n), build)(dst, *arrays, *op.param_values(n, scale),
-                                        *_storage_codes(n, kern.storage_slots), *kern.extra)
+                fn = kern.for_node(n)
+                fn.load_helpers()
+                getattr(fn, build)(dst, *arrays, *op.param_values(n, scale),
+                                   *_storage_codes(n, kern.storage_slots), *kern.extra)
         except (IndexError, ValueError, ZeroDivisionError) as e:
             raise MinigraphError(f"{n.op}: kernel failed on {describe(n)}: {e}") from None
         if converted:
