@@ -188,3 +188,13 @@ def test_a_helper_is_called_by_address_with_any_layout_after_load():
 def test_a_helper_is_registered_once():
     with pytest.raises(RuntimeError, match="registered twice"):
         Helper(_scale_into, (_F32A, _F32A, types.int64))
+
+
+def test_no_workers_where_they_cannot_start(monkeypatch):
+    monkeypatch.setenv("MINIGRAPH_COMPILE_JOBS", "3")
+    assert compile_pool.compile_jobs() == 3
+    monkeypatch.setattr(sys, "executable", "/opt/blender/blender")   # Python embedded in an app
+    assert compile_pool.compile_jobs() == 1
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
+    monkeypatch.setattr(sys, "frozen", True, raising=False)          # a frozen program
+    assert compile_pool.compile_jobs() == 1

@@ -104,8 +104,11 @@ class Job:
 
 def compile_jobs() -> int:
     """Processes compiling at once: MINIGRAPH_COMPILE_JOBS, default the cores this process may
-    use (at most 4); 1 (or a system without file locks) compiles everything here."""
-    if fcntl is None:
+    use (at most 4); 1 compiles everything here, and so does a system without file locks or a
+    process whose sys.executable is not a Python interpreter (an application embedding Python,
+    a frozen program: starting "it" again would not start a worker)."""
+    exe = os.path.basename(sys.executable or "").lower()
+    if fcntl is None or getattr(sys, "frozen", False) or not exe.startswith(("python", "pypy")):
         return 1
     return flags.compile_jobs()
 
