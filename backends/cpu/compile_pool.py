@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -171,6 +172,7 @@ class _Worker:
 
 
 _workers: list[_Worker] = []
+_lock = threading.Lock()   # one batch at a time per process (plans built from several threads)
 
 
 def _pool(n: int) -> list[_Worker]:
@@ -190,6 +192,11 @@ def compile_in_parallel(jobs: Sequence[Job], progress: Any = None) -> dict[int, 
     n = compile_jobs()
     if n < 2 or jobs and jobs[0].is_cached():
         return {}   # the first job (a plan's loop) cached: the rest was cached with it
+    with _lock:
+        return _batch(jobs, n, progress)
+
+
+def _batch(jobs: Sequence[Job], n: int, progress: Any) -> dict[int, int]:
     todo = [j for j in jobs if not j.is_cached()]
     if len(todo) < 2:
         return {}

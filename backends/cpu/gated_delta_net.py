@@ -256,7 +256,8 @@ def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
             out[j] = yr[j] * scale
 
 
-_A4, _C2, _C1 = types.Array(types.float32, 4, "A"), types.Array(types.float32, 2, "C"), types.Array(types.float32, 1, "C")
+_A4 = types.Array(types.float32, 4, "A")
+_C2, _C1 = types.Array(types.float32, 2, "C"), types.Array(types.float32, 1, "C")
 # _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale, kq, vb, kb, x, u, y, z, pbuf, tbuf,
 # dk, gt, bb), called by address from the chunked form's parallel loop (jit.Helper: 3.4 s less to compile)
 CHUNK_HEAD = Helper(_chunk_head, (_C2,) + (_A4,) * 6 + (types.int64,) * 6 + (types.float32,) + (_C2,) * 7
@@ -381,7 +382,8 @@ def gated_delta_net_decode(dst, q, k, v, g, beta, state, K):
 # the op picks its own parallelism inside, so both builds are the same entry point
 from minigraph.core.registry import register_kernel  # noqa: E402
 
-GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net", helpers=(CHUNK_HEAD, CHUNKED_GROUP))
+GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net",
+                                    helpers=(CHUNK_HEAD, CHUNKED_GROUP))
 GDN_DECODE = DualKernel(gated_delta_net_decode, gated_delta_net_decode, "gated_delta_net decode")
 # the chunked form and the recurrence copy every row they read into local tiles, so they gain
 # nothing from C-contiguous arrays: one compiled form each serves every layout (any_layout)

@@ -124,9 +124,9 @@ class Helper:
                     cell = ir.GlobalVariable(mod, ir.IntType(64), helper.symbol)
                     cell.linkage = "external"
                 addr = builder.load(cell)
+                unloaded = f"{helper.name} was not loaded: call the kernel's load_helpers() first (plans do)"
                 with cgutils.if_unlikely(builder, builder.icmp_unsigned("==", addr, addr.type(0))):
-                    context.call_conv.return_user_exc(builder, RuntimeError,
-                                                      (f"{helper.name} was not loaded: call the kernel's load_helpers() first (plans do)",))
+                    context.call_conv.return_user_exc(builder, RuntimeError, (unloaded,))
                 vals = [context.cast(builder, v, t, w)
                         for v, t, w in zip(cgutils.unpack_tuple(builder, llargs[0]), got, sigtys)]
                 fnty = context.call_conv.get_function_type(nbtypes.none, sigtys)
