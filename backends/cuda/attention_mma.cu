@@ -217,49 +217,6 @@ __device__ __forceinline__ float ex2(float x) {
 
 // -- end of PTX intrinsics --
 
-// the warp's output fragments scaled by its rows' softmax corrections (fa: row g, fb: row g + 8)
-__device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], float fa, float fb) {
-#pragma unroll
-    for (int i = 0; i < NT_O; ++i) {
-        o[i][0] *= fa;
-        o[i][1] *= fa;
-        o[i][2] *= fb;
-        o[i][3] *= fb;
-    }
-}
-
-// shared address of the V tile of buffer ft: the K tile itself when V is a view of K (SHARE);
-// V_ROW: its row stride in halves
-__device__ __forceinline__ u32 v_tile(u32 sk, u32 s_base, int ft) {
-#if SHARE
-    return sk;
-#else
-    return s_base + SM_V + ft * (BN * VS * 2);
-#endif
-}
-#define V_ROW (SHARE ? KS : VS)
-
-// O += P V for k-step kk: P's f16 A fragments a0-a3 against the V tile at sv
-__device__ __forceinline__ void pv_step(float (&o)[NT_O][4], u32 a0, u32 a1, u32 a2, u32 a3, u32 sv, int kk,
-                                        u32 v_lane) {
-#if NT_O % 2 == 0
-#pragma unroll
-    for (int np = 0; np < NT_O / 2; ++np) {
-        u32 b0, b1, b2, b3;
-        ldm_x4t(sv + v_lane + (kk * 16 * V_ROW + np * 16) * 2, b0, b1, b2, b3);
-        mma(o[2 * np], a0, a1, a2, a3, b0, b1);
-        mma(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
-    }
-#else
-#pragma unroll
-    for (int nt = 0; nt < NT_O; ++nt) {
-        u32 b0, b1;
-        ldm_x2t(sv + v_lane + (kk * 16 * V_ROW + nt * 8) * 2, b0, b1);
-        mma(o[nt], a0, a1, a2, a3, b0, b1);
-    }
-#endif
-}
-
 #define LOG2E 1.4426950408889634f
 #define NEG_INF (-__int_as_float(0x7f800000))
 
@@ -643,12 +600,41 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
         }
         l_a = l_a * fa + pa;          // the lane's share of the row: its quad sums it at the end
         l_b = l_b * fb + pb;
-        rescale_o(o, fa, fb);
+#pragma unroll
+        for (int i = 0; i < NT_O; ++i) {
+            o[i][0] *= fa;
+            o[i][1] *= fa;
+            o[i][2] *= fb;
+            o[i][3] *= fb;
+        }
 
         // O += P V over the warp's output columns
-        const u32 sv = v_tile(sk, s_base, ft);
+#if SHARE
+        const u32 sv = sk;
+        const int vs = KS;
+#else
+        const u32 sv = s_base + SM_V + ft * (BN * VS * 2);
+        const int vs = VS;
+#endif
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) pv_step(o, pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], sv, kk, v_lane);
+        for (int kk = 0; kk < BN / 16; ++kk) {
+#if NT_O % 2 == 0
+#pragma unroll
+            for (int np = 0; np < NT_O / 2; ++np) {
+                u32 b0, b1, b2, b3;
+                ldm_x4t(sv + v_lane + (kk * 16 * vs + np * 16) * 2, b0, b1, b2, b3);
+                mma(o[2 * np], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b0, b1);
+                mma(o[2 * np + 1], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b2, b3);
+            }
+#else
+#pragma unroll
+            for (int nt = 0; nt < NT_O; ++nt) {
+                u32 b0, b1;
+                ldm_x2t(sv + v_lane + (kk * 16 * vs + nt * 8) * 2, b0, b1);
+                mma(o[nt], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b0, b1);
+            }
+#endif
+        }
 #else
         // mask values of the lane's scores, loaded before the mma's that hide their latency
         float mv[NT_S][4];
@@ -723,16 +709,43 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
         }
         l_a = l_a * fa + pa;          // the lane's share of its columns; summed at the end
         l_b = l_b * fb + pb;
-        rescale_o(o, fa, fb);
+#pragma unroll
+        for (int i = 0; i < NT_O; ++i) {
+            o[i][0] *= fa;
+            o[i][1] *= fa;
+            o[i][2] *= fb;
+            o[i][3] *= fb;
+        }
         __syncthreads();
 
         // O += P V over the warp's output columns
-        const u32 sv = v_tile(sk, s_base, ft);
+#if SHARE
+        const u32 sv = sk;
+        const int vs = KS;
+#else
+        const u32 sv = s_base + SM_V + ft * (BN * VS * 2);
+        const int vs = VS;
+#endif
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             u32 a0, a1, a2, a3;
             ldm_x4(s_base + SM_P + p_off + kk * 32, a0, a1, a2, a3);
-            pv_step(o, a0, a1, a2, a3, sv, kk, v_lane);
+#if NT_O % 2 == 0
+#pragma unroll
+            for (int np = 0; np < NT_O / 2; ++np) {
+                u32 b0, b1, b2, b3;
+                ldm_x4t(sv + v_lane + (kk * 16 * vs + np * 16) * 2, b0, b1, b2, b3);
+                mma(o[2 * np], a0, a1, a2, a3, b0, b1);
+                mma(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
+            }
+#else
+#pragma unroll
+            for (int nt = 0; nt < NT_O; ++nt) {
+                u32 b0, b1;
+                ldm_x2t(sv + v_lane + (kk * 16 * vs + nt * 8) * 2, b0, b1);
+                mma(o[nt], a0, a1, a2, a3, b0, b1);
+            }
+#endif
         }
 #endif
     }
