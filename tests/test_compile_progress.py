@@ -79,6 +79,14 @@ def test_warmup_leaves_a_later_plan_only_its_loop_to_compile(tmp_path):
     assert later == ["minigraph: compiling CPU kernels 2/2 (executor)"]
 
 
+def test_warmup_with_compile_workers_leaves_a_plan_only_its_loop(tmp_path):
+    out = _run("", tmp_path, "0", "warmup", "--ops", "CUMSUM,FILL,TRI", "--builds", "serial", jobs="2")
+    assert "CPU kernel forms ready" in out.stdout
+    assert any("minigraph warmup: compiled" in ln for ln in _lines(out.stderr))
+    later = [ln for ln in _lines(_run(GRAPH, tmp_path).stderr) if "compiling" in ln]
+    assert later == ["minigraph: compiling CPU kernels 2/2 (executor)"]
+
+
 def test_warmup_refuses_what_it_cannot_do(tmp_path):
     from minigraph.tools import cli, warmup
 

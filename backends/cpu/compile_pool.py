@@ -182,16 +182,16 @@ def _pool(n: int) -> list[_Worker]:
     return _workers[:n]
 
 
-def compile_in_parallel(jobs: Sequence[Job], progress: Any = None) -> dict[int, int]:
+def compile_in_parallel(jobs: Sequence[Job], progress: Any = None, first_implies_rest: bool = True) -> dict[int, int]:
     """Run `jobs` here and in worker processes (see the module docstring); returns when each is
-    done or its worker gone, with how many jobs each process (pid) took. If the first job is
-    cached, so is taken to be the rest; else jobs already in the cache are dropped, and with
-    fewer than two left, or one compile process, nothing happens (the caller compiles as
-    before). `progress` (a CompileProgress) shows each job as a process takes it; the jobs run
-    in list order, so put the longest first."""
+    done or its worker gone, with how many jobs each process (pid) took. With
+    first_implies_rest, a cached first job (a plan's loop) means the rest is cached too; else
+    jobs already in the cache are dropped, and with fewer than two left, or one compile
+    process, nothing happens (the caller compiles as before). `progress` (a CompileProgress)
+    shows each job as a process takes it; the jobs run in list order, so put the longest first."""
     n = compile_jobs()
-    if n < 2 or jobs and jobs[0].is_cached():
-        return {}   # the first job (a plan's loop) cached: the rest was cached with it
+    if n < 2 or first_implies_rest and jobs and jobs[0].is_cached():
+        return {}
     with _lock:
         return _batch(jobs, n, progress)
 

@@ -23,7 +23,7 @@ import hashlib
 import importlib
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import numba
@@ -222,10 +222,10 @@ def variant_from_spec(spec: tuple) -> tuple:
     return (getattr(importlib.import_module(mod), name), build, dtypes_, kinds, extras)
 
 
-def compile_jobs_for(variants: Sequence[tuple], loop_module: str, loop_folder: str) -> list:
-    """The compile pool's jobs for a plan: its loop (first: when it is cached, so is the rest),
-    then the heaviest first so the processes end together: parallel builds, the helpers they
-    call by address, serial builds."""
+def compile_jobs_for(variants: Sequence[tuple], loop_module: Optional[str] = None, loop_folder: str = "") -> list:
+    """The compile pool's jobs for a plan: its loop (first: when it is cached, so is the rest;
+    none without `loop_module`, e.g. for warmup), then the heaviest first so the processes end
+    together: parallel builds, the helpers they call by address, serial builds."""
     here = __name__
     specs = [variant_spec(v) for v in variants]
     kernels = [Job(f"{here}:compile_variant", f"{here}:variant_cached", s, variant_name(v))
@@ -233,8 +233,9 @@ def compile_jobs_for(variants: Sequence[tuple], loop_module: str, loop_folder: s
     helpers = {h.name: h for v in variants for h in getattr(v[0], "helpers", ())}
     called = [Job(f"{here}:compile_helper", f"{here}:helper_cached", (*_import_path(h.dispatcher), h.signature),
                   h.name.rsplit(".", 1)[-1]) for h in helpers.values()]
-    loop = Job(f"{here}:compile_loop", f"{here}:loop_cached", (loop_module, loop_folder, specs), "executor")
-    return ([loop] + [j for j in kernels if j.arg[1] == "parallel"] + called
+    loop = [] if loop_module is None else [
+        Job(f"{here}:compile_loop", f"{here}:loop_cached", (loop_module, loop_folder, specs), "executor")]
+    return (loop + [j for j in kernels if j.arg[1] == "parallel"] + called
             + [j for j in kernels if j.arg[1] != "parallel"])
 
 

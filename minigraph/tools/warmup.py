@@ -38,6 +38,30 @@ class WarmupReport:
     seconds: float
 
 
+class _CompileCount:
+    """Counts Numba compiles started inside the block (any thread of this process)."""
+
+    def __enter__(self) -> "_CompileCount":
+        from numba.core import event
+
+        self.n = 0
+        outer = self
+
+        class _Listener(event.Listener):
+            def on_start(self, ev: event.Event) -> None:
+                outer.n += 1
+
+            def on_end(self, ev: event.Event) -> None:
+                pass
+
+        self._ctx = event.install_listener("numba:compile", _Listener())
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
 def _select(ops: Optional[Iterable[str]]) -> list[Case]:
     want = None if ops is None else [o.strip().upper() for o in ops if o.strip()]
     if want is not None:
@@ -98,6 +122,7 @@ def warmup(backend: str = "cpu", ops: Optional[Iterable[str]] = None, builds: It
     t0 = time.perf_counter()
     if backend == "cpu":
         from minigraph.backends.cpu import program
+        from minigraph.backends.cpu.compile_pool import compile_in_parallel
         from minigraph.backends.progress import CompileProgress
 
         from minigraph.backends.cpu.backend import CpuBackend
@@ -105,14 +130,24 @@ def warmup(backend: str = "cpu", ops: Optional[Iterable[str]] = None, builds: It
         variants = cpu_variants(cases, builds)
         quant = quant_cases(cases)
         cpu = CpuBackend(2 if "parallel" in builds else 1)
-        with CompileProgress("CPU kernels", len(variants) + len(quant), bar=True, prefix="minigraph warmup") as progress:
+        # the kernel forms compile in the compile pool's processes (when it has more than one),
+        # then the loop below loads them from the cache, compiling only what is left
+        fresh = sum(not program.variant_cached(program.variant_spec(v)) for v in variants)
+        jobs = program.compile_jobs_for(variants)
+        with CompileProgress("CPU kernels", len(jobs), bar=True, prefix="minigraph warmup") as pooled:
+            compile_in_parallel(jobs, pooled, first_implies_rest=False)
+        with CompileProgress("CPU kernels", len(variants) + len(quant), bar=not pooled.compiled,
+                             prefix="minigraph warmup") as progress:
             for v in variants:
                 progress.step(program.variant_name(v))
                 program.kernel_address(v)
             for case in quant:
                 progress.step(f"{case.op} (quantized path)")
-                cpu.graph_compute(_case_graph(case))
-        return WarmupReport("cpu", len(variants) + len(quant), progress.compiled, time.perf_counter() - t0)
+                with _CompileCount() as count:     # its plan compiles under its own progress line
+                    cpu.graph_compute(_case_graph(case))
+                fresh += count.n > 0
+        total = len(variants) + len(quant)
+        return WarmupReport("cpu", total, fresh, time.perf_counter() - t0)
     if backend == "cuda":
         from minigraph.run import backend_cuda_init
 
