@@ -92,6 +92,34 @@ def test_two_processes_give_the_same_results_and_a_warm_cache(tmp_path):
     _python(warm, _env(tmp_path, "2"))
 
 
+THREADS = """
+import threading, numpy as np, minigraph as mg
+def job(seed, out):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    ctx = mg.Context()
+    a = ctx.from_numpy(x)
+    t = ctx.cumsum(ctx.transpose(a)) if seed % 2 else ctx.soft_max(ctx.scale(a, 0.5))
+    gf = ctx.new_graph(); mg.build_forward_expand(gf, t)
+    mg.backend_cpu_init(1).graph_compute(gf)
+    if seed % 2:
+        want = np.cumsum(x.T, axis=1)
+    else:
+        e = np.exp(0.5 * x - (0.5 * x).max(axis=1, keepdims=True)); want = e / e.sum(axis=1, keepdims=True)
+    out[seed] = np.allclose(t.numpy(), want, atol=1e-5)
+out = {}
+ts = [threading.Thread(target=job, args=(i, out)) for i in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+assert out == {0: True, 1: True, 2: True, 3: True}, out
+"""
+
+
+def test_cold_plans_from_several_threads_share_the_pool(tmp_path):
+    """Four threads plan different graphs on an empty cache at once: the batches queue on the
+    pool (one at a time per process) and every result is right."""
+    _python(THREADS, _env(tmp_path, "2"))
+
+
 def test_dead_workers_cost_nothing_but_time(tmp_path):
     """Workers that die at once: this process takes every job itself."""
     code = ("from minigraph.backends.cpu import compile_pool as p\n"

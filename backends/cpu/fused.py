@@ -60,7 +60,7 @@ def _load(name: str, src: str) -> Any:
         return _modules[name]
     path = os.path.join(_folder(), f"{name}.py")
     if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"   # per thread: two may write it
         with open(tmp, "w") as f:
             f.write(src)
         os.replace(tmp, path)

@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import os
 import sys
+import threading
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -374,7 +375,7 @@ def load_runner(variants: Sequence[tuple]) -> Runner:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"mg_exec_{key}.py")
     if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"   # per thread: two may write it
         with open(tmp, "w") as f:
             f.write(src)
         os.replace(tmp, path)  # atomic: concurrent processes never see half a file
