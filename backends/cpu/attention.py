@@ -385,7 +385,8 @@ def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, pr
     part_m = np.empty((base * n_split, R), np.float32)
     part_l = np.empty((base * n_split, R), np.float32)
     n_tasks = base * n_split
-    queue = np.zeros(1, np.int64)
+    queue = np.empty(1, np.int64)   # not np.zeros: a parallel loop of its own under parallel=True
+    queue[0] = 0
     for lane in prange(min(n_tasks, MAX_LANES)):
         qt, slope, kb, vb, s, bias, mrow = _scratch(R, q.shape[3], dv, v_in_k)
         t = fetch_add(queue, 1)

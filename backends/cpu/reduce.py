@@ -20,14 +20,19 @@ from minigraph.backends.cpu.jit import kernel, row_index
 def sum_all(dst, a):
     """SUM: every element of a into dst[0, 0, 0, 0]; one f64 partial sum per row, then their sum."""
     n3, n2, n1, n0 = a.shape
-    partial = np.zeros(n3 * n2 * n1, np.float64)
+    # np.empty and a plain loop to add the partials: np.zeros and .sum() would each become a
+    # parallel loop of their own under parallel=True (a thread wake-up each)
+    partial = np.empty(n3 * n2 * n1, np.float64)
     for r in prange(n3 * n2 * n1):
         i3, i2, i1 = row_index(r, n2, n1)
         s = 0.0
         for i0 in range(n0):
             s += a[i3, i2, i1, i0]
         partial[r] = s
-    dst[0, 0, 0, 0] = partial.sum()
+    total = 0.0
+    for r in range(n3 * n2 * n1):
+        total += partial[r]
+    dst[0, 0, 0, 0] = total
 
 
 @kernel
