@@ -8,20 +8,7 @@ import pytest
 import minigraph as mg
 from minigraph.core import dtypes as D
 from minigraph.core import quants
-
-
-def _rows(type_, n_rows=5, blocks=2, seed=0):
-    """Rows with the edge cases quantizers branch on (zero and flat blocks, tiny values, large
-    positive rows, exact integers), as tests/test_quant.py makes them."""
-    rng = np.random.default_rng(seed)
-    n = D.blck_size(type_) * blocks
-    x = rng.standard_normal((n_rows, n)).astype(np.float32)
-    x[0, : D.blck_size(type_)] = 0
-    x[1, -D.blck_size(type_):] = 0.25
-    x[2] *= 1e-4
-    x[3] = np.abs(x[3]) * 50
-    x[4] = rng.integers(-3, 4, n)
-    return x
+from test_quant import _rows  # the same edge-case rows the quantizer tests use
 
 
 @pytest.mark.parametrize("src0", [D.TYPE_Q8_0, D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q4_K], ids=["q8_0", "q4_0", "q4_1", "q4_K"])
