@@ -118,10 +118,19 @@ def encode_quant_slot(row: np.ndarray, slot: int, buf_index: int, byte_offset: i
     encode_slot(row, slot, buf_index, byte_offset, 1, (row_bytes, *ne[1:]), (1, *nb[1:]))
 
 
+_import_paths: dict[int, tuple[str, str]] = {}   # id(obj) -> path: module-level objects live on
+
+
 def _import_path(obj: Any) -> tuple[str, str]:
     """(module, attribute) under which a module-level kernel object can be imported: looked up
     in the module of its function, then in the other kernel modules (a DualKernel may wrap a
     function of a helper module, e.g. gated_delta_net's forms from gdn_rows)."""
+    if id(obj) not in _import_paths:
+        _import_paths[id(obj)] = _find_import_path(obj)
+    return _import_paths[id(obj)]
+
+
+def _find_import_path(obj: Any) -> tuple[str, str]:
     py = getattr(obj, "py_func", None) or getattr(getattr(obj, "parallel", None), "py_func", None)
     home = (py or obj).__module__
     mods = [sys.modules[home]] + [m for n, m in list(sys.modules.items())
