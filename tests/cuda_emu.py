@@ -271,3 +271,13 @@ def run_flash_attn(node, n_chunks: int, override: Optional[dict] = None):
     lib.emu_combine(n_head * n_q * n3, -(-DV // fm.COMBINE_THREADS), meta.ctypes.data, ptrs[0], ptrs[5], part.ctypes.data,
                     int(sinks is not None), n_chunks)
     return dst
+
+
+def nvrtc_available() -> bool:
+    """Whether NVRTC (cuda.bindings with libnvrtc) is here: the .cu files' sm_90 compile checks."""
+    try:
+        from cuda.bindings import nvrtc
+
+        return nvrtc.nvrtcVersion()[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    except Exception:  # noqa: BLE001 - no cuda.bindings or no libnvrtc
+        return False

@@ -48,16 +48,7 @@ def test_emulated_kernels_match_reference(c, override):
     assert err < MAX_NMSE, err
 
 
-def _nvrtc() -> bool:
-    try:
-        from cuda.bindings import nvrtc
-
-        return nvrtc.nvrtcVersion()[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS
-    except Exception:  # noqa: BLE001 - no cuda.bindings or no libnvrtc: skip
-        return False
-
-
-@pytest.mark.skipif(not _nvrtc(), reason="NVRTC is not installed")
+@pytest.mark.skipif(not cuda_emu.nvrtc_available(), reason="NVRTC is not installed")
 @pytest.mark.parametrize("dk,dv,share,kv", [(576, 512, 1, mg.TYPE_F16), (128, 128, 0, mg.TYPE_F16),
                                              (576, 512, 1, mg.TYPE_Q8_0), (128, 128, 0, mg.TYPE_Q8_0),
                                              (128, 128, 0, mg.TYPE_Q4_0)])

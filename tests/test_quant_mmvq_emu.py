@@ -17,6 +17,7 @@ import minigraph as mg
 from minigraph.core import dtypes as D
 from minigraph.core import quants
 
+import cuda_emu
 import cuda_emu_mmvq
 
 pytestmark = pytest.mark.skipif(cuda_emu_mmvq.available() is not None,
@@ -88,16 +89,7 @@ def test_columns_and_unaligned_rows_match_cpu(type_):
     _close(got, _cpu(node).reshape(got.shape))
 
 
-def _nvrtc() -> bool:
-    try:
-        from cuda.bindings import nvrtc
-
-        return nvrtc.nvrtcVersion()[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS
-    except Exception:  # noqa: BLE001 - no cuda.bindings or no libnvrtc: skip
-        return False
-
-
-@pytest.mark.skipif(not _nvrtc(), reason="NVRTC is not installed")
+@pytest.mark.skipif(not cuda_emu.nvrtc_available(), reason="NVRTC is not installed")
 def test_nvrtc_builds_without_spills():
     """Every kernel of quant_mmvq.cu compiles for sm_90 and keeps its unit words and sums in
     registers (a spill would be local-memory traffic in the loop over the row)."""

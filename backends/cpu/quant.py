@@ -197,23 +197,11 @@ def mul_mat_q(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nbl
     _mul_mat_tasks(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16)
 
 
-@numba.njit(inline="always", **JIT_OPTIONS)
-def _block_bytes(kind):
-    if kind == D.TYPE_Q4_0:
-        return 18
-    if kind == D.TYPE_Q4_1:
-        return 20
-    if kind == D.TYPE_Q5_0:
-        return 22
-    if kind == D.TYPE_Q5_1:
-        return 24
-    if kind == D.TYPE_Q8_0:
-        return 34
-    if kind == D.TYPE_Q4_K:
-        return 144
-    if kind == D.TYPE_Q5_K:
-        return 176
-    return 210
+# bytes of one block of each quantized type, indexed by ggml type (from dtypes: one definition;
+# a global array is a constant of the kernels that read it)
+BLOCK_BYTES = np.zeros(max(D.QUANT_TYPES) + 1, np.int64)
+for _t in D.QUANT_TYPES:
+    BLOCK_BYTES[_t] = D.type_size(_t)
 
 
 @kernel(any_layout=True)   # it copies src1 into rows of its own: one compiled form for every layout
@@ -247,7 +235,7 @@ def mul_mat_q_program(dst, a, b, kind):
         ys_row = k if off else 4 * (k // 32) if with_sum else 0
     s3, s2, s1, _ = a.strides
     _mul_mat_tasks(dst, a, s1, s2, s3, a.shape[0], a.shape[1], yq.reshape(-1), yd.reshape(-1), ys, ys_row, kind,
-                   a.shape[3] // _block_bytes(kind), f16)
+                   a.shape[3] // BLOCK_BYTES[kind], f16)
 
 
 def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
