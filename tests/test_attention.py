@@ -14,10 +14,10 @@ import pytest
 
 import minigraph as mg
 from minigraph.backends.cpu.attention import flash_attn_ext as fa_kernel
-from minigraph.core.cases import cases_for
+from minigraph.core.cases import Case, cases_for
 from minigraph.core.errors import MinigraphError
 from minigraph.ops import attention as A
-from minigraph.ops.attention_cases import FaCase, build_case
+from minigraph.ops.attention_cases import MAX_NMSE, FaCase, build_case
 from minigraph.tools.conformance import check_case
 
 CPU = mg.backend_cpu_init(2)
@@ -91,6 +91,20 @@ def test_reference_is_ggmls_loop(n_head, n_kvh, n3, nk3, mask, max_bias, softcap
 @pytest.mark.parametrize("case", FA_CASES, ids=[c.vars for c in FA_CASES])
 def test_cpu_matches_reference(case):
     assert check_case(case, CPU, seed=2) is None
+
+
+# The CPU kernel's register tiles cover 4 x 3 scores, 6/4/2/1 output rows and 16 output columns
+# at a time; these sizes leave every kind of edge: head sizes off the 8-lane and 16-column steps,
+# row counts (heads x positions) of 7 and 5, kv counts off the 3-column step, V inside K at an
+# odd offset.
+TILE_EDGES = [FaCase(44, 20, 7, 1, 13, 1), FaCase(36, 24, 5, 5, 10, 3, mask="causal", type_kv="f16"),
+              FaCase(40, 30, 3, 1, 17, 2, layout="vk", v_offs=3, type_kv="bf16")]
+
+
+@pytest.mark.parametrize("c", TILE_EDGES, ids=[c.vars() for c in TILE_EDGES])
+def test_cpu_tile_edges(c):
+    case = Case("FLASH_ATTN_EXT", c.vars(), lambda ctx, rng: build_case(ctx, rng, c), MAX_NMSE)
+    assert check_case(case, CPU, seed=5) is None
 
 
 def test_grid_covers_the_asked_axes():

@@ -28,12 +28,13 @@ second pass combines them (and the sinks). The prange lanes take tasks from an a
 the longest (last causal query blocks) first, so uneven tasks or a core busy with another
 process do not leave a thread idle.
 
-Speed (2-core Zen 3 dev box, one core, tiles hot in L2; OpenBLAS's large sgemm: 89 GFLOP/s):
-the scores tile runs at 75-88 GFLOP/s, the output update at 50-54, both plain Numba loops with
-register tiles; OpenBLAS sgemm on the same small tiles measured 45-67 with its operand packing,
-so no BLAS is used. MLA decode and prefill run at ~64 GFLOP/s a core, compute-bound (16 heads
-share each K row: ~30 flops per cache byte). exp is a vectorisable polynomial (libm's expf is
-scalar and cost ~15% of prefill).
+Speed (2-core Zen 3 dev box, one core, tiles hot in L2; OpenBLAS's large sgemm: ~80-89 GFLOP/s):
+both products are register-tiled micro-kernels in LLVM IR (attention_ir.py). Measured side by
+side with the sgemm in one process: the scores tile 66-78 GFLOP/s (the Numba 4 x 2 loops it
+replaced: 50-69), the output update 61-74 (Numba loops, whose outputs went through memory on
+every pass: 52-60). OpenBLAS sgemm on the same small tiles measured 45-67 with its operand
+packing, so no BLAS is used. exp is a vectorisable polynomial (libm's expf is scalar and cost
+~15% of prefill).
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ from numba import prange
 from minigraph.core import dtypes
 from minigraph.core.registry import OPS, register_kernel, register_quant_kernel
 
+from minigraph.backends.cpu.attention_ir import (dots1x1, dots1x3, dots4x1, dots4x3, pv_rows1, pv_rows2, pv_rows4,
+                                                 pv_rows6)
 from minigraph.backends.cpu.jit import fetch_add, kernel
 from minigraph.backends.cpu.storage import (KV_QUANT_TYPES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_to_f32, f32_from_bits,
                                             f32_to_f16, load_row)
@@ -75,90 +78,70 @@ EXP_MIN = np.float32(-87.0)
 
 
 @numba.njit(**_FAST)
-def _dots_loops(a, na, b, nb_, dk, s):
-    """s[i, j] = a[i, :dk] . b[j, :dk] for i < na, j < nb_; 4 x 2 register tiles."""
-    i = 0
-    while i + 4 <= na:
-        j = 0
-        while j + 2 <= nb_:
-            a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = np.float32(0.0)
-            for d in range(dk):
-                b0 = b[j, d]
-                b1 = b[j + 1, d]
-                x0 = a[i, d]
-                x1 = a[i + 1, d]
-                x2 = a[i + 2, d]
-                x3 = a[i + 3, d]
-                a00 += x0 * b0
-                a01 += x0 * b1
-                a10 += x1 * b0
-                a11 += x1 * b1
-                a20 += x2 * b0
-                a21 += x2 * b1
-                a30 += x3 * b0
-                a31 += x3 * b1
-            s[i, j] = a00
-            s[i, j + 1] = a01
-            s[i + 1, j] = a10
-            s[i + 1, j + 1] = a11
-            s[i + 2, j] = a20
-            s[i + 2, j + 1] = a21
-            s[i + 3, j] = a30
-            s[i + 3, j + 1] = a31
-            j += 2
-        if j < nb_:
-            for ii in range(i, i + 4):
-                acc = np.float32(0.0)
-                for d in range(dk):
-                    acc += a[ii, d] * b[j, d]
-                s[ii, j] = acc
-        i += 4
-    for ii in range(i, na):
-        for j in range(nb_):
+def _dots_tail(a, i0, i1, b, j0, j1, d0, dk, s):
+    """s[i, j] += a[i, d0:dk] . b[j, d0:dk] (the columns past the last whole 8-lane step)."""
+    for i in range(i0, i1):
+        for j in range(j0, j1):
             acc = np.float32(0.0)
-            for d in range(dk):
-                acc += a[ii, d] * b[j, d]
-            s[ii, j] = acc
+            for d in range(d0, dk):
+                acc += a[i, d] * b[j, d]
+            s[i, j] += acc
 
 
 @numba.njit(**_FAST)
-def _pv_row(p, r, vb, voff, nj, dv, o):
-    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv] (one row: the tails of _pv)."""
-    orow = o[r]
-    for j in range(nj):
-        x = p[r, j]
-        vrow = vb[j, voff:voff + dv]
-        for d in range(dv):
-            orow[d] += x * vrow[d]
+def _dots(a, na, b, nb_, dk, s):
+    """s[i, j] = a[i, :dk] . b[j, :dk] for i < na, j < nb_: 4 x 3 register tiles of 8-lane
+    accumulators (attention_ir), then 4 x 1, 1 x 3 and 1 x 1 for the edges."""
+    n8 = dk // 8
+    i = 0
+    while i + 4 <= na:
+        j = 0
+        while j + 3 <= nb_:
+            dots4x3(a, i, b, j, n8, s)
+            j += 3
+        for jj in range(j, nb_):
+            dots4x1(a, i, b, jj, n8, s)
+        i += 4
+    for ii in range(i, na):
+        j = 0
+        while j + 3 <= nb_:
+            dots1x3(a, ii, b, j, n8, s)
+            j += 3
+        for jj in range(j, nb_):
+            dots1x1(a, ii, b, jj, n8, s)
+    if 8 * n8 < dk:
+        _dots_tail(a, 0, na, b, 0, nb_, 8 * n8, dk, s)
 
 
 @numba.njit(**_FAST)
 def _pv(p, nr, vb, voff, nj, dv, o):
-    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv] for r < nr: 4 output rows x 4 kv rows
-    per pass along d (each V value loaded once per 4 rows, each output value once per 4 kv)."""
-    j4 = nj - nj % 4
+    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv] for r < nr: blocks of 6, 4, 2 and 1
+    output rows x 16 columns kept in registers over the whole kv loop (attention_ir); the
+    columns past the last multiple of 16 as plain loops."""
+    d16 = dv - dv % 16
     r = 0
-    while r + 4 <= nr:
-        t0, t1, t2, t3 = o[r], o[r + 1], o[r + 2], o[r + 3]
-        for j in range(0, j4, 4):
-            v0, v1 = vb[j, voff:voff + dv], vb[j + 1, voff:voff + dv]
-            v2, v3 = vb[j + 2, voff:voff + dv], vb[j + 3, voff:voff + dv]
-            a0, b0, c0, e0 = p[r, j], p[r, j + 1], p[r, j + 2], p[r, j + 3]
-            a1, b1, c1, e1 = p[r + 1, j], p[r + 1, j + 1], p[r + 1, j + 2], p[r + 1, j + 3]
-            a2, b2, c2, e2 = p[r + 2, j], p[r + 2, j + 1], p[r + 2, j + 2], p[r + 2, j + 3]
-            a3, b3, c3, e3 = p[r + 3, j], p[r + 3, j + 1], p[r + 3, j + 2], p[r + 3, j + 3]
-            for d in range(dv):
-                x, y, z, w = v0[d], v1[d], v2[d], v3[d]
-                t0[d] += a0 * x + b0 * y + c0 * z + e0 * w
-                t1[d] += a1 * x + b1 * y + c1 * z + e1 * w
-                t2[d] += a2 * x + b2 * y + c2 * z + e2 * w
-                t3[d] += a3 * x + b3 * y + c3 * z + e3 * w
-        if j4 < nj:
-            for rr in range(r, r + 4):
-                _pv_row(p[:, j4:], rr, vb[j4:], voff, nj - j4, dv, o)
+    while r + 6 <= nr:
+        for d0 in range(0, d16, 16):
+            pv_rows6(p, r, vb, voff, nj, o, d0)
+        r += 6
+    if r + 4 <= nr:
+        for d0 in range(0, d16, 16):
+            pv_rows4(p, r, vb, voff, nj, o, d0)
         r += 4
-    for rr in range(r, nr):
-        _pv_row(p, rr, vb, voff, nj, dv, o)
+    if r + 2 <= nr:
+        for d0 in range(0, d16, 16):
+            pv_rows2(p, r, vb, voff, nj, o, d0)
+        r += 2
+    if r < nr:
+        for d0 in range(0, d16, 16):
+            pv_rows1(p, r, vb, voff, nj, o, d0)
+    if d16 < dv:
+        for rr in range(nr):
+            orow = o[rr]
+            for j in range(nj):
+                x = p[rr, j]
+                for d in range(d16, dv):
+                    orow[d] += x * vb[j, voff + d]
 
 
 @numba.njit(inline="always", cache=True, nogil=True)
@@ -315,7 +298,7 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
         if v_in_k < 0 and v_shared:
             for j in range(nj):
                 load_row(v[iv3, g, j0 + j], vb[j], v_type)
-        _dots_loops(qt, nr, kb, nj, dk, s)
+        _dots(qt, nr, kb, nj, dk, s)
         _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, m_run, l_run, o)
         if v_in_k >= 0:   # V's rows sit inside the K rows just converted
             _pv(s, nr, kb, v_in_k, nj, dv, o)
