@@ -107,6 +107,22 @@ def test_cpu_tile_edges(c):
     assert check_case(case, CPU, seed=5) is None
 
 
+def _strided_columns(ctx, rng):
+    """K and V whose values within a row lie n_kv elements apart (permuted from [n_kv, hs]):
+    the kernel cannot read these rows in place and converts them into its tiles instead."""
+    def kv(hs, type_):
+        base = ctx.from_numpy(rng.uniform(-1, 1, (1, 2, hs, 19)).astype(np.float32), type_)
+        return ctx.permute(base, 1, 0, 2, 3)            # ne [hs, 19, 2, 1], nb0 = 19 elements
+    q = ctx.from_numpy(rng.uniform(-1, 1, (1, 4, 3, 24)).astype(np.float32))
+    k, v = kv(24, mg.TYPE_F16), kv(20, mg.TYPE_BF16)
+    assert k.nb[0] == 19 * 2 and v.nb[0] == 19 * 2
+    return ctx.flash_attn_ext(q, k, v, None, 0.2, 0.0, 0.0)
+
+
+def test_cpu_strided_columns():
+    assert check_case(Case("FLASH_ATTN_EXT", "strided", _strided_columns, MAX_NMSE), CPU, seed=1) is None
+
+
 def test_grid_covers_the_asked_axes():
     v = " ".join(c.vars for c in FA_CASES)
     for want in ("hsk=64,hsv=64", "hsk=128,hsv=128", "hsk=192,hsv=128", "hsk=576,hsv=512", "nr=1,", "nr=4,",

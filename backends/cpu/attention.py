@@ -16,10 +16,12 @@ adds ~1e-10 for Q4_1/Q5_1).
 
 Work split. A task owns one kv head g of one batch i3 and a few query positions, so its R query
 rows (positions x the n_head / n_head_kv heads of the group) all read the same K rows: per block
-of KV_BLOCK kv positions it converts those K rows once into a contiguous f32 tile and scores
-every query row of the group against it (GQA/MQA share each K row read). When V is a view of K
-(param v_in_k >= 0: V's row sits at that element offset inside K's row), V's values come from the
-very same tile instead of a second read and conversion. Only the block's columns between its
+of KV_BLOCK kv positions it scores every query row of the group against those rows (GQA/MQA
+share each K row read). f32, bf16 and f16 rows (F16C) whose values are contiguous are read where
+they are stored and converted in registers by the micro-kernels; other K/V rows (quantized, or
+values at a stride) are converted once into a contiguous f32 tile. When V is a view of K (param
+v_in_k >= 0: V's row sits at that element offset inside K's row), V's values come from the same
+rows, already in cache, instead of a second read and conversion. Only the block's columns between its
 first and last live (not -inf) logit are loaded and computed: causal prefill skips the blocks
 above the diagonal and most of the diagonal ones' dead half, as ggml skips each -inf logit.
 When there are fewer than MIN_TASKS tasks (decode: n_q = 1) the kv range is also split into
@@ -43,7 +45,8 @@ import threading
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from minigraph.core import dtypes
 from minigraph.core.registry import OPS, register_kernel, register_quant_kernel
@@ -51,8 +54,9 @@ from minigraph.core.registry import OPS, register_kernel, register_quant_kernel
 from minigraph.backends.cpu.attention_ir import (dots1x1, dots1x3, dots4x1, dots4x3, pv_rows1, pv_rows2, pv_rows4,
                                                  pv_rows6)
 from minigraph.backends.cpu.jit import fetch_add, kernel
-from minigraph.backends.cpu.storage import (KV_QUANT_TYPES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_to_f32, f32_from_bits,
-                                            f32_to_f16, load_row)
+from minigraph.backends.cpu.quant_ir import NATIVE_HALF
+from minigraph.backends.cpu.storage import (BF16, F16, KV_QUANT_TYPES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_to_f32,
+                                            f32_from_bits, f32_to_f16, load_row, to_f32)
 
 F32 = dtypes.TYPE_F32
 
@@ -78,70 +82,86 @@ EXP_MIN = np.float32(-87.0)
 
 
 @numba.njit(**_FAST)
-def _dots_tail(a, i0, i1, b, j0, j1, d0, dk, s):
-    """s[i, j] += a[i, d0:dk] . b[j, d0:dk] (the columns past the last whole 8-lane step)."""
-    for i in range(i0, i1):
-        for j in range(j0, j1):
-            acc = np.float32(0.0)
-            for d in range(d0, dk):
-                acc += a[i, d] * b[j, d]
-            s[i, j] += acc
-
-
-@numba.njit(**_FAST)
-def _dots(a, na, b, nb_, dk, s):
+def _dots(a, na, b, nb_, dk, s, b_type):
     """s[i, j] = a[i, :dk] . b[j, :dk] for i < na, j < nb_: 4 x 3 register tiles of 8-lane
-    accumulators (attention_ir), then 4 x 1, 1 x 3 and 1 x 1 for the edges."""
+    accumulators (attention_ir), then 4 x 1, 1 x 3 and 1 x 1 for the edges and plain loops for
+    the columns past the last multiple of 8. b: f32 rows, or F16/BF16 bits (b_type) read in place."""
     n8 = dk // 8
+    bf = 1 if b_type == BF16 else 0
     i = 0
     while i + 4 <= na:
         j = 0
         while j + 3 <= nb_:
-            dots4x3(a, i, b, j, n8, s)
+            dots4x3(a, i, b, j, n8, s, bf)
             j += 3
         for jj in range(j, nb_):
-            dots4x1(a, i, b, jj, n8, s)
+            dots4x1(a, i, b, jj, n8, s, bf)
         i += 4
     for ii in range(i, na):
         j = 0
         while j + 3 <= nb_:
-            dots1x3(a, ii, b, j, n8, s)
+            dots1x3(a, ii, b, j, n8, s, bf)
             j += 3
         for jj in range(j, nb_):
-            dots1x1(a, ii, b, jj, n8, s)
+            dots1x1(a, ii, b, jj, n8, s, bf)
     if 8 * n8 < dk:
-        _dots_tail(a, 0, na, b, 0, nb_, 8 * n8, dk, s)
+        for ii in range(na):
+            for jj in range(nb_):
+                acc = np.float32(0.0)
+                for d in range(8 * n8, dk):
+                    acc += a[ii, d] * to_f32(b[jj, d], b_type)
+                s[ii, jj] += acc
 
 
 @numba.njit(**_FAST)
-def _pv(p, nr, vb, voff, nj, dv, o):
+def _pv(p, nr, vb, voff, nj, dv, o, v_type):
     """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv] for r < nr: blocks of 6, 4, 2 and 1
     output rows x 16 columns kept in registers over the whole kv loop (attention_ir); the
-    columns past the last multiple of 16 as plain loops."""
+    columns past the last multiple of 16 as plain loops. vb: f32 rows or F16/BF16 bits (v_type)."""
     d16 = dv - dv % 16
+    bf = 1 if v_type == BF16 else 0
     r = 0
     while r + 6 <= nr:
         for d0 in range(0, d16, 16):
-            pv_rows6(p, r, vb, voff, nj, o, d0)
+            pv_rows6(p, r, vb, voff, nj, o, d0, bf)
         r += 6
     if r + 4 <= nr:
         for d0 in range(0, d16, 16):
-            pv_rows4(p, r, vb, voff, nj, o, d0)
+            pv_rows4(p, r, vb, voff, nj, o, d0, bf)
         r += 4
     if r + 2 <= nr:
         for d0 in range(0, d16, 16):
-            pv_rows2(p, r, vb, voff, nj, o, d0)
+            pv_rows2(p, r, vb, voff, nj, o, d0, bf)
         r += 2
     if r < nr:
         for d0 in range(0, d16, 16):
-            pv_rows1(p, r, vb, voff, nj, o, d0)
+            pv_rows1(p, r, vb, voff, nj, o, d0, bf)
     if d16 < dv:
         for rr in range(nr):
             orow = o[rr]
             for j in range(nj):
                 x = p[rr, j]
                 for d in range(d16, dv):
-                    orow[d] += x * vb[j, voff + d]
+                    orow[d] += x * to_f32(vb[j, voff + d], v_type)
+
+
+def _cache_rows(t, i3, h, j0, n):
+    """Rows j0 .. j0+n-1 of head h of a K/V cache, as stored (f32 / uint16 bits), 2-D."""
+
+
+@overload(_cache_rows, inline="always")
+def _cache_rows_impl(t, i3, h, j0, n):
+    if t.dtype == types.uint8:   # quantized rows are never read in place (see _in_place)
+        return lambda t, i3, h, j0, n: np.empty((0, 0), np.float32)
+    return lambda t, i3, h, j0, n: t[i3, h, j0:j0 + n]
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
+def _in_place(t, type_):
+    """Whether the micro-kernels can read this cache's rows where they are stored: f32, bf16, or
+    f16 where the CPU converts halves itself, with each row's values contiguous."""
+    ok = type_ == F32 or type_ == BF16 or (type_ == F16 and NATIVE_HALF)
+    return ok and t.strides[3] == t.itemsize
 
 
 @numba.njit(inline="always", cache=True, nogil=True)
@@ -266,6 +286,8 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
     v_shared = v_heads == k.shape[1] and v.shape[0] == k.shape[0]
     iv3 = i3 // (n3 // v.shape[0])
     q8 = _is_quant(k_type)
+    k_direct = _in_place(k, k_type)
+    v_direct = _in_place(v, v_type)
     for r in range(nr):
         h = g * G + r % G
         slope[r] = _slope(h, n_head, max_bias)
@@ -293,17 +315,25 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
         if jhi <= jlo:
             continue   # every logit of the block is -inf: nothing to add
         j0, nj = b0 + jlo, jhi - jlo
-        for j in range(nj):   # each K row converted once, for every query row of the group
-            load_row(k[ik3, g, j0 + j], kb[j], k_type)
-        if v_in_k < 0 and v_shared:
+        if k_direct:   # K rows read where they are stored, converted in registers
+            krows = _cache_rows(k, ik3, g, j0, nj)
+            _dots(qt, nr, krows, nj, dk, s, k_type)
+        else:          # each K row converted once into the tile, for every query row of the group
+            for j in range(nj):
+                load_row(k[ik3, g, j0 + j], kb[j], k_type)
+            _dots(qt, nr, kb, nj, dk, s, F32)
+        _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, m_run, l_run, o)
+        if v_in_k >= 0:   # V's rows sit inside the K rows just read
+            if k_direct:
+                _pv(s, nr, _cache_rows(k, ik3, g, j0, nj), v_in_k, nj, dv, o, k_type)
+            else:
+                _pv(s, nr, kb, v_in_k, nj, dv, o, F32)
+        elif v_shared and v_direct:
+            _pv(s, nr, _cache_rows(v, iv3, g, j0, nj), 0, nj, dv, o, v_type)
+        elif v_shared:
             for j in range(nj):
                 load_row(v[iv3, g, j0 + j], vb[j], v_type)
-        _dots(qt, nr, kb, nj, dk, s)
-        _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, m_run, l_run, o)
-        if v_in_k >= 0:   # V's rows sit inside the K rows just converted
-            _pv(s, nr, kb, v_in_k, nj, dv, o)
-        elif v_shared:
-            _pv(s, nr, vb, 0, nj, dv, o)
+            _pv(s, nr, vb, 0, nj, dv, o, F32)
         else:   # V has its own head grouping: each row reads its V head directly (vb[0]: one row)
             for r in range(nr):
                 iv2 = (g * G + r % G) // (n_head // v_heads)

@@ -1,16 +1,22 @@
-"""The output update of FLASH_ATTN_EXT's CPU kernel (o += P V on one tile) as LLVM IR.
+"""The two products of FLASH_ATTN_EXT's CPU kernel (scores S = Q K^T and the output update
+O += P V on one tile) as register-tiled micro-kernels written in LLVM IR.
 
-Written as Numba loops the update kept each output value in memory: LLVM cannot prove that o,
-P and V do not overlap, so every pass over the kv rows loaded and stored the outputs again
-(50-60 GFLOP/s a core on the dev box, where the scores product, which accumulates in registers,
-reaches 75-88). Here a block of `rows` output rows x 16 columns lives in 2 * rows vector
-registers across the whole kv loop: per kv row two 8-float loads of V, one broadcast of P per
-row and 2 * rows fused multiply-adds, the shape of a GEMM micro-kernel.
+Written as Numba loops the output update kept each output value in memory: LLVM cannot prove
+that O, P and V do not overlap, so every pass over the kv rows loaded and stored the outputs
+again. Here the accumulators are vector registers for the whole reduction, the shape of a GEMM
+micro-kernel:
+- `dots{r}x{c}(a, i0, b, j0, n8, s, bf16)`: s[i0 + i, j0 + j] = a[i0 + i, :8 n8] . b[j0 + j, :8 n8]
+  for i < r, j < c; r x c accumulators of 8 lanes, summed across lanes at the end.
+- `pv_rows{r}(p, r0, vb, voff, nj, o, d0, bf16)`: o[r0 + i, d0:d0 + 16] += sum over j < nj of
+  p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < r; per kv row two 8-float loads of V,
+  one broadcast of P per output row and 2r fused multiply-adds.
 
-`pv_rows{n}(p, r0, vb, voff, nj, o, d0)`: o[r0 + i, d0:d0 + 16] += sum over j < nj of
-p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < n. p, vb and o are 2-D float32 arrays
-C-contiguous (the kernel's tiles); the caller
-keeps every index in bounds (d0 + 16 <= o's columns, voff + d0 + 16 <= vb's columns).
+a, s, p and o are the kernel's float32 tiles (2-D, C-contiguous). b and vb are 2-D with rows at
+any byte stride and contiguous columns: a float32 tile, or K/V rows read where they are stored
+as float16 or bfloat16 bits (uint16; `bf16` says which), converted 8 lanes at a time in
+registers, so the kernel needs no converted copy of the cache. float16 is read this way only
+where the CPU converts halves itself (F16C, ARMv8: quant_ir.NATIVE_HALF); the caller checks
+that, the column stride and every index (the micro-kernels read what they are told to).
 """
 from __future__ import annotations
 
@@ -19,105 +25,145 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from minigraph.backends.cpu.quant_ir import F32, I8, I64, hsum, splat, vec
+from minigraph.backends.cpu.quant_ir import F32, I8, I16, I32, I64, hsum, splat, splat_const, vec
 
 LANES = 8
-COLS = 16                                  # output columns a call updates: two vectors
+COLS = 16                                  # output columns a pv call updates: two vectors
 V8 = vec(F32, LANES)
 
 
-def _row_ptr(b, arr, row, col):
-    """i8* to element [row, col] of a 2-D float32 array (rows at any byte stride)."""
+def _row_ptr(b, arr, row, col, itemsize):
+    """i8* to element [row, col] of a 2-D array whose rows sit at any byte stride."""
     stride = cgutils.unpack_tuple(b, arr.strides, 2)[0]
     base = b.bitcast(arr.data, I8.as_pointer())
-    return b.gep(base, [b.add(b.mul(row, stride), b.mul(col, ir.Constant(I64, 4)))])
+    return b.gep(base, [b.add(b.mul(row, stride), b.mul(col, ir.Constant(I64, itemsize)))])
 
 
-def _vec_at(b, p, k):
-    """The k-th 8-float vector at i8* p (no alignment assumed)."""
-    return b.bitcast(b.gep(p, [ir.Constant(I64, 32 * k)]), V8.as_pointer())
+def _load8(b, p, k, elem):
+    """The k-th 8 values at i8* p as <8 x float> (no alignment assumed); elem: "f32", "f16" or
+    "bf16" (the bits become the top half of an f32)."""
+    if elem == "f32":
+        return b.load(b.bitcast(b.gep(p, [ir.Constant(I64, 32 * k)]), V8.as_pointer()), align=4)
+    bits = b.load(b.bitcast(b.gep(p, [ir.Constant(I64, 16 * k)]), vec(I16, LANES).as_pointer()), align=2)
+    if elem == "f16":
+        return b.fpext(b.bitcast(bits, vec(ir.HalfType(), LANES)), V8)
+    wide = b.shl(b.zext(bits, vec(I32, LANES)), splat_const(I32, LANES, 16))
+    return b.bitcast(wide, V8)
 
 
-def _make_pv(rows: int):
-    def codegen(context, builder, sig, args):
-        b = builder
-        p, r0, vb, voff, nj, o, d0 = args
-        tp, _, tv, _, _, to, _ = sig.args
-        pa = context.make_array(tp)(context, b, p)
-        va = context.make_array(tv)(context, b, vb)
-        oa = context.make_array(to)(context, b, o)
-        fma = b.module.declare_intrinsic("llvm.fmuladd.v8f32", fnty=ir.FunctionType(V8, [V8] * 3))
-        zero = ir.Constant(I64, 0)
-        orow = [_row_ptr(b, oa, b.add(r0, ir.Constant(I64, i)), d0) for i in range(rows)]
-        prow = [_row_ptr(b, pa, b.add(r0, ir.Constant(I64, i)), zero) for i in range(rows)]
-        vcol = _row_ptr(b, va, zero, b.add(voff, d0))
-        vstride = cgutils.unpack_tuple(b, va.strides, 2)[0]
-        acc = [[cgutils.alloca_once_value(b, b.load(_vec_at(b, orow[i], k), align=4)) for k in range(2)]
-               for i in range(rows)]
-        with cgutils.for_range(b, nj) as loop:
-            j = loop.index
-            pv = b.gep(vcol, [b.mul(j, vstride)])
-            v = [b.load(_vec_at(b, pv, k), align=4) for k in range(2)]
-            for i in range(rows):
-                pij = b.load(b.bitcast(b.gep(prow[i], [b.mul(j, ir.Constant(I64, 4))]), F32.as_pointer()), align=4)
-                s = splat(b, pij, LANES)
-                for k in range(2):
-                    b.store(b.call(fma, [s, v[k], b.load(acc[i][k])]), acc[i][k])
-        for i in range(rows):
-            for k in range(2):
-                b.store(b.load(acc[i][k]), _vec_at(b, orow[i], k), align=4)
-        return context.get_dummy_value()
-
-    def typer(typingctx, p, r0, vb, voff, nj, o, d0):
-        for a in (p, vb, o):
-            if not (isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float32 and a.layout == "C"):
-                return None
-        return types.void(p, types.int64, vb, types.int64, types.int64, o, types.int64), codegen
-
-    typer.__name__ = f"pv_rows{rows}"
-    return intrinsic(typer)
+def _operand(ty):
+    """(element kind, itemsize) of the K/V operand's Numba array type, or None."""
+    if not (isinstance(ty, types.Array) and ty.ndim == 2):
+        return None
+    if ty.dtype == types.float32:
+        return "f32", 4
+    if ty.dtype == types.uint16:
+        return "f16", 2
+    return None
 
 
-pv_rows1 = _make_pv(1)
-pv_rows2 = _make_pv(2)
-pv_rows4 = _make_pv(4)
-pv_rows6 = _make_pv(6)
+def _tile(ty) -> bool:
+    return isinstance(ty, types.Array) and ty.ndim == 2 and ty.dtype == types.float32 and ty.layout == "C"
+
+
+def _per_elem(b, kind, bf16, emit):
+    """emit(elem) once per element kind: a uint16 operand branches once on `bf16`, outside the
+    loops, between its float16 and bfloat16 loops."""
+    if kind == "f32":
+        emit("f32")
+        return
+    with b.if_else(b.icmp_signed("!=", bf16, ir.Constant(bf16.type, 0))) as (then, otherwise):
+        with then:
+            emit("bf16")
+        with otherwise:
+            emit("f16")
+
+
+def _fma(b):
+    return b.module.declare_intrinsic("llvm.fmuladd.v8f32", fnty=ir.FunctionType(V8, [V8] * 3))
 
 
 def _make_dots(rows: int, cols: int):
     def codegen(context, builder, sig, args):
         b = builder
-        a, i0, bm, j0, n8, s = args
-        ta, _, tb, _, _, ts = sig.args
+        a, i0, bm, j0, n8, s, bf16 = args
+        ta, _, tb, _, _, ts, _ = sig.args
+        kind, isz = _operand(tb)
         aa = context.make_array(ta)(context, b, a)
         ba = context.make_array(tb)(context, b, bm)
         sa = context.make_array(ts)(context, b, s)
-        fma = b.module.declare_intrinsic("llvm.fmuladd.v8f32", fnty=ir.FunctionType(V8, [V8] * 3))
+        fma = _fma(b)
         zero = ir.Constant(I64, 0)
-        arow = [_row_ptr(b, aa, b.add(i0, ir.Constant(I64, i)), zero) for i in range(rows)]
-        brow = [_row_ptr(b, ba, b.add(j0, ir.Constant(I64, j)), zero) for j in range(cols)]
+        arow = [_row_ptr(b, aa, b.add(i0, ir.Constant(I64, i)), zero, 4) for i in range(rows)]
+        brow = [_row_ptr(b, ba, b.add(j0, ir.Constant(I64, j)), zero, isz) for j in range(cols)]
         acc = [[cgutils.alloca_once_value(b, ir.Constant(V8, [0.0] * LANES)) for _ in range(cols)] for _ in range(rows)]
-        with cgutils.for_range(b, n8) as loop:
-            off = b.mul(loop.index, ir.Constant(I64, 32))
-            x = [b.load(b.bitcast(b.gep(p, [off]), V8.as_pointer()), align=4) for p in arow]
-            y = [b.load(b.bitcast(b.gep(p, [off]), V8.as_pointer()), align=4) for p in brow]
-            for i in range(rows):
-                for j in range(cols):
-                    b.store(b.call(fma, [x[i], y[j], b.load(acc[i][j])]), acc[i][j])
+
+        def loop(elem):
+            with cgutils.for_range(b, n8) as it:
+                x = [_load8(b, b.gep(p, [b.mul(it.index, ir.Constant(I64, 32))]), 0, "f32") for p in arow]
+                y = [_load8(b, b.gep(p, [b.mul(it.index, ir.Constant(I64, 8 * isz))]), 0, elem) for p in brow]
+                for i in range(rows):
+                    for j in range(cols):
+                        b.store(b.call(fma, [x[i], y[j], b.load(acc[i][j])]), acc[i][j])
+
+        _per_elem(b, kind, bf16, loop)
         for i in range(rows):
-            srow = _row_ptr(b, sa, b.add(i0, ir.Constant(I64, i)), j0)
+            srow = _row_ptr(b, sa, b.add(i0, ir.Constant(I64, i)), j0, 4)
             for j in range(cols):
                 out = b.bitcast(b.gep(srow, [ir.Constant(I64, 4 * j)]), F32.as_pointer())
                 b.store(hsum(b, b.load(acc[i][j])), out, align=4)
         return context.get_dummy_value()
 
-    def typer(typingctx, a, i0, bm, j0, n8, s):
-        for x in (a, bm, s):
-            if not (isinstance(x, types.Array) and x.ndim == 2 and x.dtype == types.float32 and x.layout == "C"):
-                return None
-        return types.void(a, types.int64, bm, types.int64, types.int64, s), codegen
+    def typer(typingctx, a, i0, bm, j0, n8, s, bf16):
+        if not (_tile(a) and _tile(s) and _operand(bm)):
+            return None
+        return types.void(a, types.int64, bm, types.int64, types.int64, s, types.int64), codegen
 
     typer.__name__ = f"dots{rows}x{cols}"
+    return intrinsic(typer)
+
+
+def _make_pv(rows: int):
+    def codegen(context, builder, sig, args):
+        b = builder
+        p, r0, vb, voff, nj, o, d0, bf16 = args
+        tp, _, tv, _, _, to, _, _ = sig.args
+        kind, isz = _operand(tv)
+        pa = context.make_array(tp)(context, b, p)
+        va = context.make_array(tv)(context, b, vb)
+        oa = context.make_array(to)(context, b, o)
+        fma = _fma(b)
+        zero = ir.Constant(I64, 0)
+        orow = [_row_ptr(b, oa, b.add(r0, ir.Constant(I64, i)), d0, 4) for i in range(rows)]
+        prow = [_row_ptr(b, pa, b.add(r0, ir.Constant(I64, i)), zero, 4) for i in range(rows)]
+        vcol = _row_ptr(b, va, zero, b.add(voff, d0), isz)
+        vstride = cgutils.unpack_tuple(b, va.strides, 2)[0]
+        acc = [[cgutils.alloca_once_value(b, _load8(b, orow[i], k, "f32")) for k in range(2)] for i in range(rows)]
+
+        def loop(elem):
+            with cgutils.for_range(b, nj) as it:
+                j = it.index
+                pv = b.gep(vcol, [b.mul(j, vstride)])
+                v = [_load8(b, pv, k, elem) for k in range(2)]
+                for i in range(rows):
+                    pij = b.load(b.bitcast(b.gep(prow[i], [b.mul(j, ir.Constant(I64, 4))]), F32.as_pointer()), align=4)
+                    x = splat(b, pij, LANES)
+                    for k in range(2):
+                        b.store(b.call(fma, [x, v[k], b.load(acc[i][k])]), acc[i][k])
+
+        _per_elem(b, kind, bf16, loop)
+        for i in range(rows):
+            for k in range(2):
+                dst = b.bitcast(b.gep(orow[i], [ir.Constant(I64, 32 * k)]), V8.as_pointer())
+                b.store(b.load(acc[i][k]), dst, align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, p, r0, vb, voff, nj, o, d0, bf16):
+        if not (_tile(p) and _tile(o) and _operand(vb)):
+            return None
+        return types.void(p, types.int64, vb, types.int64, types.int64, o, types.int64, types.int64), codegen
+
+    typer.__name__ = f"pv_rows{rows}"
     return intrinsic(typer)
 
 
@@ -125,3 +171,7 @@ dots4x3 = _make_dots(4, 3)
 dots4x1 = _make_dots(4, 1)
 dots1x3 = _make_dots(1, 3)
 dots1x1 = _make_dots(1, 1)
+pv_rows1 = _make_pv(1)
+pv_rows2 = _make_pv(2)
+pv_rows4 = _make_pv(4)
+pv_rows6 = _make_pv(6)
