@@ -123,6 +123,26 @@ def test_cpu_strided_columns():
     assert check_case(Case("FLASH_ATTN_EXT", "strided", _strided_columns, MAX_NMSE), CPU, seed=1) is None
 
 
+def _per_head_mask(ctx, rng):
+    """A mask with its own rows for each of 2 heads (ne2 = 2, broadcast over 4 heads: head h reads
+    plane h % 2), -inf in a different place in each, with ALiBi slopes: the kernel cannot share
+    one mask row between the heads of its group here."""
+    q = ctx.from_numpy(rng.uniform(-1, 1, (1, 4, 3, 16)).astype(np.float32))
+    k = ctx.from_numpy(rng.uniform(-1, 1, (1, 1, 21, 16)).astype(np.float32))
+    v = ctx.from_numpy(rng.uniform(-1, 1, (1, 1, 21, 16)).astype(np.float32))
+    m = rng.uniform(-1, 1, (1, 2, 3, 21)).astype(np.float32)
+    m[0, 0, :, :5] = -np.inf
+    m[0, 1, :, 15:] = -np.inf
+    m[0, 1, 2, :] = -np.inf
+    mask = ctx.new_tensor_4d(mg.TYPE_F16, 21, 3, 2, 1)
+    mask.set_data(m)
+    return ctx.flash_attn_ext(q, k, v, mask, 0.3, 4.0, 0.0)
+
+
+def test_cpu_per_head_mask():
+    assert check_case(Case("FLASH_ATTN_EXT", "per_head_mask", _per_head_mask, MAX_NMSE), CPU, seed=1) is None
+
+
 def test_grid_covers_the_asked_axes():
     v = " ".join(c.vars for c in FA_CASES)
     for want in ("hsk=64,hsv=64", "hsk=128,hsv=128", "hsk=192,hsv=128", "hsk=576,hsv=512", "nr=1,", "nr=4,",

@@ -202,20 +202,42 @@ def _row_sum(x, n):
 
 
 @numba.njit(**_EXACT_ORDER)
-def _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, m_run, l_run, o):
+def _row_max(x, n, m):
+    """max(m, x[:n]) through 8 running maxima (a max is exact in any order; written out so that
+    LLVM vectorises it without being allowed to reassociate the float arithmetic around it)."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = m
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        m0 = max(m0, x[j])
+        m1 = max(m1, x[j + 1])
+        m2 = max(m2, x[j + 2])
+        m3 = max(m3, x[j + 3])
+        m4 = max(m4, x[j + 4])
+        m5 = max(m5, x[j + 5])
+        m6 = max(m6, x[j + 6])
+        m7 = max(m7, x[j + 7])
+    for j in range(n8, n):
+        m0 = max(m0, x[j])
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+@numba.njit(**_EXACT_ORDER)
+def _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, slope, G, shared_mask, m_run, l_run, o):
     """Turn scores s[r, :nj] into exp(logit - running max) in place (logit = scale * s, softcapped,
-    + bias[r, jlo + j]); rows whose max grew get their running sum and output o[r] rescaled."""
+    + slope[r] * mask value); rows whose max grew get their running sum and output o[r] rescaled.
+    The mask values of row r sit in bias[r], or in bias[r - r % G] when every head of the group
+    shares the mask (shared_mask); bias is zero without a mask."""
     for r in range(nr):
         srow = s[r]
-        brow = bias[r]
-        m_new = m_run[r]
-        for j in range(nj):
-            x = srow[j] * scale
-            if softcap != 0.0:
-                x = softcap * math.tanh(x)
-            x += brow[jlo + j]
-            srow[j] = x
-            m_new = max(m_new, x)
+        brow = bias[r - r % G] if shared_mask else bias[r]
+        sl = slope[r]
+        if softcap != 0.0:
+            for j in range(nj):
+                srow[j] = softcap * math.tanh(srow[j] * scale) + sl * brow[jlo + j]
+        else:
+            for j in range(nj):
+                srow[j] = srow[j] * scale + sl * brow[jlo + j]
+        m_new = _row_max(srow, nj, m_run[r])
         if m_new == -np.inf:   # nothing live in this row yet: its weights are 0
             for j in range(nj):
                 srow[j] = 0.0
@@ -260,21 +282,22 @@ def _round_q8(x):
 
 @numba.njit(inline="always", cache=True, nogil=True)
 def _scratch(R, dk, dv, v_in_k):
-    """A lane's tiles: q rows, slopes, K and V blocks (f32), scores, bias (zero), one mask row."""
+    """A lane's tiles: q rows, slopes, K and V blocks (f32, for rows not read in place), scores,
+    the block's mask values (zero: what an absent mask adds)."""
     vb = np.empty((KV_BLOCK, dv if v_in_k < 0 else 1), np.float32)
     return (np.empty((R, dk), np.float32), np.empty(R, np.float32), np.empty((KV_BLOCK, dk), np.float32), vb,
-            np.empty((R, KV_BLOCK), np.float32), np.zeros((R, KV_BLOCK), np.float32), np.empty(KV_BLOCK, np.float32))
+            np.empty((R, KV_BLOCK), np.float32), np.zeros((R, KV_BLOCK), np.float32))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap, v_in_k, has_mask,
-           k_type, v_type, mask_type, o, m_run, l_run, qt, slope, kb, vb, s, bias, mrow):
+           k_type, v_type, mask_type, o, m_run, l_run, qt, slope, kb, vb, s, bias):
     """Attend query rows iq0..iq0+nq_rows of every head of kv head g (batch i3) to kv c0..c1.
 
     Leaves o [R, DV] (unnormalised), m_run [R] (running max), l_run [R] (running sum); row
     r = qi * G + hh is query row iq0 + qi of head g * G + hh. K, V and the mask are read in
     their storage types (k_type, v_type, mask_type), converted as each block is loaded.
-    qt .. mrow: the lane's scratch (see _scratch); bias must start zero."""
+    qt .. bias: the lane's scratch (see _scratch); bias must start zero."""
     n3 = q.shape[0]
     n_head = q.shape[1]
     dk = q.shape[3]
@@ -287,6 +310,7 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
     iv3 = i3 // (n3 // v.shape[0])
     q8 = _is_quant(k_type)
     k_direct = _in_place(k, k_type)
+    shared_mask = has_mask and mask.shape[1] == 1
     v_direct = _in_place(v, v_type)
     for r in range(nr):
         h = g * G + r % G
@@ -302,14 +326,14 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
         jlo, jhi = 0, min(KV_BLOCK, c1 - b0)
         if has_mask:   # the block's live columns: [jlo, jhi) holds every logit that is not -inf
             jlo, jhi = jhi, 0
+            n = min(KV_BLOCK, c1 - b0)
             for r in range(nr):
+                if shared_mask and r % G:
+                    continue   # the group's heads read one mask row per query position
                 h = g * G + r % G
-                n = min(KV_BLOCK, c1 - b0)
-                load_row(mask[i3 % mask.shape[0], h % mask.shape[1], iq0 + r // G, b0:b0 + n], mrow[:n], mask_type)
+                load_row(mask[i3 % mask.shape[0], h % mask.shape[1], iq0 + r // G, b0:b0 + n], bias[r, :n], mask_type)
                 for j in range(n):
-                    x = slope[r] * mrow[j]
-                    bias[r, j] = x
-                    if x != -np.inf:
+                    if slope[r] * bias[r, j] != -np.inf:
                         jlo = min(jlo, j)
                         jhi = max(jhi, j + 1)
         if jhi <= jlo:
@@ -322,7 +346,7 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
             for j in range(nj):
                 load_row(k[ik3, g, j0 + j], kb[j], k_type)
             _dots(qt, nr, kb, nj, dk, s, F32)
-        _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, m_run, l_run, o)
+        _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, slope, G, shared_mask, m_run, l_run, o)
         if v_in_k >= 0:   # V's rows sit inside the K rows just read
             if k_direct:
                 _pv(s, nr, _cache_rows(k, ik3, g, j0, nj), v_in_k, nj, dv, o, k_type)
@@ -401,7 +425,7 @@ def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, pr
     queue = np.empty(1, np.int64)   # not np.zeros: a parallel loop of its own under parallel=True
     queue[0] = 0
     for lane in prange(min(n_tasks, MAX_LANES)):
-        qt, slope, kb, vb, s, bias, mrow = _scratch(R, q.shape[3], dv, v_in_k)
+        qt, slope, kb, vb, s, bias = _scratch(R, q.shape[3], dv, v_in_k)
         t = fetch_add(queue, 1)
         while t < n_tasks:
             b = t // n_split
@@ -413,7 +437,7 @@ def flash_attn_ext(dst, q, k, v, mask, sinks, scale, max_bias, logit_softcap, pr
             # and taking the longest tasks first evens out the lanes' ends
             iq0 = (n_qblk - 1 - b % n_qblk) * qb
             _chunk(q, k, v, mask, i3, g, iq0, min(qb, n_q - iq0), c0, c1, sc, max_bias, cap, v_in_k, has_mask,
-                   k_type, v_type, mask_type, part_o[t], part_m[t], part_l[t], qt, slope, kb, vb, s, bias, mrow)
+                   k_type, v_type, mask_type, part_o[t], part_m[t], part_l[t], qt, slope, kb, vb, s, bias)
             t = fetch_add(queue, 1)
     for b in prange(base):
         i3 = b // (n_kvh * n_qblk)
