@@ -249,11 +249,9 @@ def machine(threads, torch):
     except (OSError, StopIteration):
         pass
     tv = f", torch {torch.__version__}" if torch else ""
-    from minigraph.backends.cpu.gated_delta_net import HAVE_BLAS
     load = ", load average %.1f (other processes share these cores)" % os.getloadavg()[0]
     return (f"{cpu}, {os.cpu_count()} cores, {threads} threads; numba {numba.__version__} "
-            f"(layer {numba.threading_layer()}), numpy {np.__version__}{tv}; "
-            f"BLAS products in the chunked form: {'yes' if HAVE_BLAS else 'no (scipy missing)'}{load}")
+            f"(layer {numba.threading_layer()}), numpy {np.__version__}{tv}{load}")
 
 
 def measure(name, T, ns, repeat, arrs, args, torch):

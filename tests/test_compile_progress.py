@@ -107,8 +107,6 @@ def test_gated_delta_net_plans_pick_one_form(T, K, gate, form):
     f = lambda *ne: ctx.new_tensor_4d(mg.TYPE_F32, *ne)  # noqa: E731
     n = ctx.gated_delta_net(f(S, H, T, 1), f(S, H, T, 1), f(S, H, T, 1), f(gate, H, T, 1), f(1, H, T, 1),
                             f(S, S, H, 1), K)
-    if form == "GDN_CHUNKED" and not gdn_cpu.HAVE_BLAS:
-        form = "GDN_RECURRENT"
     assert node_variant(kernels_for("cpu")["GATED_DELTA_NET"], n, "parallel")[0] is getattr(gdn_cpu, form)
 
 

@@ -230,19 +230,20 @@ def test_chunked_head_groups(Hv, ns, ns_qk):
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
 
 
-def test_blas_path_is_taken():
-    """scipy is a declared dependency, so the chunked form's products run through BLAS sgemm
-    (Numba's np.dot) and the entry point takes the chunked form for GDA prefill: the install
-    that tests run from is the fast one."""
+def test_chunk_products_and_form_choice():
+    """The chunked form's products (tiles.matmul, a transposed left operand as _chunk_step passes
+    it) against float64, and the entry point taking the chunked form for GDA prefill."""
     from minigraph.backends.cpu import gated_delta_net as gdn
-    assert gdn.HAVE_BLAS, "scipy (Numba's BLAS) is missing: pip install -e . should have brought it"
-    assert gdn._mm is gdn._mm_blas and gdn.CHUNK_MIN_T == gdn.CHUNK
+    from minigraph.backends.cpu.tiles import matmul
     rng = np.random.default_rng(21)
-    a = rng.standard_normal((2 * gdn.CHUNK, 24)).astype(np.float32)
-    b = rng.standard_normal((gdn.CHUNK, 24)).astype(np.float32)
-    out = np.empty((2 * gdn.CHUNK, gdn.CHUNK), np.float32)
-    gdn._mm_blas(a, b.T, out)                     # a transposed operand, as _chunk_step passes
-    assert np.abs(out - a.astype(np.float64) @ b.T.astype(np.float64)).max() < 1e-4
+    for m, k, n in ((2 * gdn.CHUNK, 24, gdn.CHUNK), (7, 5, 21), (128, 32, 128)):
+        a = rng.standard_normal((k, m)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        out = np.full((m, n), np.nan, np.float32)
+        matmul(a.T, b, out)
+        assert np.abs(out - a.T.astype(np.float64) @ b.astype(np.float64)).max() < 1e-4
+    with pytest.raises(ValueError, match="matmul"):
+        matmul(a.T, np.asfortranarray(b), out)    # b's rows not contiguous: refused, not misread
     T, K = 3 * gdn.CHUNK + 5, 2
     assert gdn.uses_chunked(T, 1, K) and not gdn.uses_chunked(T, 16, K) and not gdn.uses_chunked(1, 1, 1)
     arrs = make(rng, 16, 2, 4, T, 2, 1, 1, -1.0)

@@ -51,10 +51,9 @@ from numba.extending import overload
 from minigraph.core import dtypes
 from minigraph.core.registry import OPS, register_kernel, register_quant_kernel
 
-from minigraph.backends.cpu.attention_ir import (dots1x1, dots1x3, dots4x1, dots4x3, pv_rows1, pv_rows2, pv_rows4,
-                                                 pv_rows6)
 from minigraph.backends.cpu.jit import fetch_add, kernel
 from minigraph.backends.cpu.quant_ir import NATIVE_HALF
+from minigraph.backends.cpu.tiles import dots, madd
 from minigraph.backends.cpu.storage import (BF16, F16, KV_QUANT_TYPES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_to_f32,
                                             f32_from_bits, f32_to_f16, load_row, to_f32)
 
@@ -79,70 +78,6 @@ LOG2E = np.float32(1.4426950408889634)
 LN2_HI = np.float32(0.693359375)
 LN2_LO = np.float32(-2.12194440e-4)
 EXP_MIN = np.float32(-87.0)
-
-
-@numba.njit(**_FAST)
-def _dots(a, na, b, nb_, dk, s, b_type):
-    """s[i, j] = a[i, :dk] . b[j, :dk] for i < na, j < nb_: 4 x 3 register tiles of 8-lane
-    accumulators (attention_ir), then 4 x 1, 1 x 3 and 1 x 1 for the edges and plain loops for
-    the columns past the last multiple of 8. b: f32 rows, or F16/BF16 bits (b_type) read in place."""
-    n8 = dk // 8
-    bf = 1 if b_type == BF16 else 0
-    i = 0
-    while i + 4 <= na:
-        j = 0
-        while j + 3 <= nb_:
-            dots4x3(a, i, b, j, n8, s, bf)
-            j += 3
-        for jj in range(j, nb_):
-            dots4x1(a, i, b, jj, n8, s, bf)
-        i += 4
-    for ii in range(i, na):
-        j = 0
-        while j + 3 <= nb_:
-            dots1x3(a, ii, b, j, n8, s, bf)
-            j += 3
-        for jj in range(j, nb_):
-            dots1x1(a, ii, b, jj, n8, s, bf)
-    if 8 * n8 < dk:
-        for ii in range(na):
-            for jj in range(nb_):
-                acc = np.float32(0.0)
-                for d in range(8 * n8, dk):
-                    acc += a[ii, d] * to_f32(b[jj, d], b_type)
-                s[ii, jj] += acc
-
-
-@numba.njit(**_FAST)
-def _pv(p, nr, vb, voff, nj, dv, o, v_type):
-    """o[r, :dv] += sum_j p[r, j] * vb[j, voff:voff + dv] for r < nr: blocks of 6, 4, 2 and 1
-    output rows x 16 columns kept in registers over the whole kv loop (attention_ir); the
-    columns past the last multiple of 16 as plain loops. vb: f32 rows or F16/BF16 bits (v_type)."""
-    d16 = dv - dv % 16
-    bf = 1 if v_type == BF16 else 0
-    r = 0
-    while r + 6 <= nr:
-        for d0 in range(0, d16, 16):
-            pv_rows6(p, r, vb, voff, nj, o, d0, bf)
-        r += 6
-    if r + 4 <= nr:
-        for d0 in range(0, d16, 16):
-            pv_rows4(p, r, vb, voff, nj, o, d0, bf)
-        r += 4
-    if r + 2 <= nr:
-        for d0 in range(0, d16, 16):
-            pv_rows2(p, r, vb, voff, nj, o, d0, bf)
-        r += 2
-    if r < nr:
-        for d0 in range(0, d16, 16):
-            pv_rows1(p, r, vb, voff, nj, o, d0, bf)
-    if d16 < dv:
-        for rr in range(nr):
-            orow = o[rr]
-            for j in range(nj):
-                x = p[rr, j]
-                for d in range(d16, dv):
-                    orow[d] += x * to_f32(vb[j, voff + d], v_type)
 
 
 def _cache_rows(t, i3, h, j0, n):
@@ -341,23 +276,23 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
         j0, nj = b0 + jlo, jhi - jlo
         if k_direct:   # K rows read where they are stored, converted in registers
             krows = _cache_rows(k, ik3, g, j0, nj)
-            _dots(qt, nr, krows, nj, dk, s, k_type)
+            dots(qt, nr, krows, nj, dk, s, k_type)
         else:          # each K row converted once into the tile, for every query row of the group
             for j in range(nj):
                 load_row(k[ik3, g, j0 + j], kb[j], k_type)
-            _dots(qt, nr, kb, nj, dk, s, F32)
+            dots(qt, nr, kb, nj, dk, s, F32)
         _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, slope, G, shared_mask, m_run, l_run, o)
         if v_in_k >= 0:   # V's rows sit inside the K rows just read
             if k_direct:
-                _pv(s, nr, _cache_rows(k, ik3, g, j0, nj), v_in_k, nj, dv, o, k_type)
+                madd(s, nr, _cache_rows(k, ik3, g, j0, nj), v_in_k, nj, dv, o, k_type, 1)
             else:
-                _pv(s, nr, kb, v_in_k, nj, dv, o, F32)
+                madd(s, nr, kb, v_in_k, nj, dv, o, F32, 1)
         elif v_shared and v_direct:
-            _pv(s, nr, _cache_rows(v, iv3, g, j0, nj), 0, nj, dv, o, v_type)
+            madd(s, nr, _cache_rows(v, iv3, g, j0, nj), 0, nj, dv, o, v_type, 1)
         elif v_shared:
             for j in range(nj):
                 load_row(v[iv3, g, j0 + j], vb[j], v_type)
-            _pv(s, nr, vb, 0, nj, dv, o, F32)
+            madd(s, nr, vb, 0, nj, dv, o, F32, 1)
         else:   # V has its own head grouping: each row reads its V head directly (vb[0]: one row)
             for r in range(nr):
                 iv2 = (g * G + r % G) // (n_head // v_heads)

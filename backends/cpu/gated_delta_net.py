@@ -32,8 +32,8 @@ Algorithms (chosen by `gated_delta_net`):
     over it (update with the previous delta, dot with q for the output, dot with the next
     decayed key for the next delta), four rows at a time so k/q loads are shared.
   * chunked (GDA, T >= CHUNK_MIN_T, K <= CHUNK): WY/UT form over chunks of CHUNK tokens,
-    its products through BLAS sgemm (Numba's np.dot, which binds scipy's BLAS; scipy is a
-    declared dependency, without it plain loops and the form stays off); decays only as running products of exp(g) <= 1, so nothing
+    its products on register-tiled micro-kernels (tiles.matmul; they replaced OpenBLAS sgemm,
+    which ran these small shapes slower and needed scipy); decays only as running products of exp(g) <= 1, so nothing
     overflows; the tail chunk is just shorter (exact, no padding); the last K - 1 tokens
     run token by token so each snapshot slot is a real state. Heads go out in groups of
     HEAD_GROUP that walk their chunks in step.
@@ -44,15 +44,13 @@ array argument); inner loops index a row view (out[j]), not dst[.., h * S + j], 
 possibly negative index defeats vectorisation; no numba.get_num_threads() in kernels (it
 makes them uncacheable).
 """
-import glob
-import importlib.util
 import math
-import os
 
 import numpy as np
 from numba import njit, prange, types
 
 from minigraph.backends.cpu.jit import DualKernel, Helper
+from minigraph.backends.cpu.tiles import matmul
 from minigraph.backends.cpu.gdn_rows import FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row, _snap_off, _zero_slots
 
 # Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
@@ -70,73 +68,10 @@ MIN_GROUPS = 8   # but smaller groups when there are few heads: every thread nee
 
 # ----------------------------------------------------------------------------- chunked
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _mm_loops(a, b, out):
-    """out = a @ b for 2-D float32 arrays: i-k-j loops so the inner loop runs along rows of b
-    and out (the fallback when Numba's BLAS binding is not there)."""
-    m, p = a.shape
-    n = b.shape[1]
-    for r in range(m):
-        for c in range(n):
-            out[r, c] = 0.0
-        for t in range(p):
-            x = a[r, t]
-            for c in range(n):
-                out[r, c] += x * b[t, c]
-
-
-@njit(cache=True, nogil=True)
-def _mm_blas(a, b, out):
-    """out = a @ b through BLAS sgemm (Numba's np.dot binding; needs scipy at run time)."""
-    np.dot(a, b, out)
-
-
-def _scipy_dir():
-    """scipy's package folder, found without importing scipy (scipy.linalg alone costs 0.2-0.4 s
-    of every start, for a form most runs never use), or None."""
-    spec = importlib.util.find_spec("scipy")
-    return list(spec.submodule_search_locations)[0] if spec is not None and spec.submodule_search_locations else None
-
-
-def _have_blas() -> bool:
-    """Whether scipy.linalg.cython_blas (where Numba's np.dot calls sgemm) is installed;
-    pick_form imports it when a plan first runs the chunked form."""
-    d = _scipy_dir()
-    return d is not None and bool(glob.glob(os.path.join(d, "linalg", "cython_blas*")))
-
-
-def _openblas_local_threads():
-    """openblas_set_num_threads_local of the OpenBLAS that scipy bundles, as a Numba external
-    function (bound by symbol name, so kernels calling it stay cacheable), or None. Each
-    worker sets 1 BLAS thread for itself around its products: OpenBLAS's own pool, entered
-    from two Numba workers at once, serialised them (0.1k tok/s instead of 7k)."""
-    import ctypes
-
-    libs = glob.glob(os.path.join(_scipy_dir(), os.pardir, "scipy.libs", "*openblas*"))
-    for lib in libs:
-        try:
-            if hasattr(ctypes.CDLL(lib), "openblas_set_num_threads_local"):
-                import llvmlite.binding as llb
-                from numba import types
-                llb.load_library_permanently(lib)
-                return types.ExternalFunction("openblas_set_num_threads_local", types.int32(types.int32))
-        except OSError:
-            pass
-    return None
-
-
-@njit(cache=True, nogil=True)
-def _no_blas_threads(n):
-    return np.int32(1)
-
-
-HAVE_BLAS = _have_blas()
-_mm = _mm_blas if HAVE_BLAS else _mm_loops   # chosen at import (scipy missing: a broken install)
-_blas_threads = (_openblas_local_threads() if HAVE_BLAS else None) or _no_blas_threads
-# Chunked form (GDA) from this many tokens on: with BLAS it beat the recurrence from T=16 on
-# (T=16: 10.6k vs 8.2k tok/s per core; T=256: 18.0k vs 8.1k). Without BLAS its plain-loop
-# products lose (6.6k vs 8.0k at T=1024), so the recurrence keeps every length.
-CHUNK_MIN_T = CHUNK if HAVE_BLAS else 1 << 30
+# Chunked form (GDA) from this many tokens on (with its products on BLAS it beat the recurrence
+# from T=16 on: T=16: 10.6k vs 8.2k tok/s per core; T=256: 18.0k vs 8.1k; the register-tiled
+# products are faster than that BLAS on these shapes).
+CHUNK_MIN_T = CHUNK
 
 
 @njit(**INLINE)
@@ -151,8 +86,9 @@ def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S):
         M <- e^gc_last M + (e^(gc_last - gc) K)^T D
     The decays exp(gc_r - gc_s) (r >= s) are running products of the per-token factors
     exp(g_t) <= 1 (n exps, not n^2), so for g <= 0 no factor exceeds 1 and nothing
-    overflows. All products go through _mm on contiguous (or transposed-contiguous) 2-D
-    float32 operands."""
+    overflows. All products are tiles.matmul calls (register-tiled micro-kernels) on contiguous
+    2-D float32 operands (the left one may be a transposed view); x holds K^T for the Gram
+    product before it holds W."""
     eg = 1.0
     for r in range(n):                               # dk[r, s] = exp(gc_r - gc_s), s <= r
         a = math.exp(gt[r])
@@ -162,7 +98,11 @@ def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S):
             dk[r, s] = dk[r - 1, s] * a
         dk[r, r] = 1.0
     gram = pbuf[:2 * n * n].reshape((2 * n, n))      # [K; Q] K^T
-    _mm(kq[:2 * n], kq[:n].T, gram)
+    kt = x.reshape(x.size)[:S * n].reshape((S, n))  # K^T (x is free until W)
+    for i in range(S):
+        for s in range(n):
+            kt[i, s] = kq[s, i]
+    matmul(kq[:2 * n], kt, gram)
     tm = tbuf[:n * n].reshape((n, n))
     # Tm = (I + A)^-1, forward substitution: row r = e_r - sum_{s<r} A[r, s] Tm[s]
     for r in range(n):
@@ -180,16 +120,16 @@ def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S):
         for i in range(S):
             kb[r, i] = be * kq[r, i]
             x[n + r, i] = e * kq[n + r, i]           # e^gc Q below W
-    _mm(tm, vb[:n], u[:n])                           # U
-    _mm(tm, kb[:n], x[:n])                           # W
-    _mm(x[:2 * n], M, y[:2 * n])                     # [W M ; e^gc Q M]
+    matmul(tm, vb[:n], u[:n])                           # U
+    matmul(tm, kb[:n], x[:n])                           # W
+    matmul(x[:2 * n], M, y[:2 * n])                     # [W M ; e^gc Q M]
     for r in range(n):
         for j in range(S):
             u[r, j] -= y[r, j]                       # D = U - W M
     for r in range(n):
         for s in range(n):
             tm[r, s] = np.float32(dk[r, s]) * gram[n + r, s] if s <= r else 0.0
-    _mm(tm, u[:n], y[:n])                            # P D (rows 0..n-1 of y are free now)
+    matmul(tm, u[:n], y[:n])                            # P D (rows 0..n-1 of y are free now)
     for r in range(n):
         for j in range(S):
             y[n + r, j] += y[r, j]
@@ -197,7 +137,7 @@ def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S):
         e = np.float32(dk[n - 1, s])
         for i in range(S):
             kb[s, i] = e * kq[s, i]
-    _mm(kb[:n].T, u[:n], z)                          # (e^(gl - gc) K)^T D
+    matmul(kb[:n].T, u[:n], z)                          # (e^(gl - gc) K)^T D
     egl = np.float32(gt[n - 1])
     for i in range(S):
         for j in range(S):
@@ -291,7 +231,6 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
     gt = np.empty(C, np.float64)
     dk = np.empty((C, C), np.float64)
     bb = np.empty(C, np.float32)
-    blas_prev = _blas_threads(1)
     for p in range(p0, p1):
         seq = p // Hv
         h = p - seq * Hv
@@ -330,7 +269,6 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
                 for j in range(S):
                     out[j] = y[0, j] * scale
         _zero_slots(dst, seq, h, T, K, S, Hv, T, ns)
-    _blas_threads(blas_prev)
 
 
 # the group body, called by address from the parallel loop (compiled once, not again inside it)
@@ -354,7 +292,7 @@ def _gdn_chunked(dst, q, k, v, g, beta, state, K):
 
 @njit(cache=True, nogil=True)
 def uses_chunked(T, g_width, K):
-    """Whether the entry point runs the chunked WY form (BLAS products) for T tokens, gates of
+    """Whether the entry point runs the chunked WY form for T tokens, gates of
     width g_width (1: GDA) and K snapshot slots; else the decode pass or the recurrence."""
     return T > 1 and T >= CHUNK_MIN_T and g_width == 1 and K <= CHUNK
 
@@ -399,7 +337,6 @@ def pick_form(node) -> DualKernel:
     if T == 1:
         return GDN_DECODE
     if T >= CHUNK_MIN_T and node.src[3].ne[0] == 1 and node.op_params["K"] <= CHUNK:
-        import scipy.linalg.cython_blas  # noqa: F401  (loaded before the kernel's first sgemm)
         return GDN_CHUNKED
     return GDN_RECURRENT
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 import types
 from dataclasses import dataclass
@@ -39,9 +38,6 @@ def kernels_fingerprint() -> str:
     source does, or a stale program would run against new kernels."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     h = hashlib.sha1(numba.__version__.encode())
-    # kernels bake in whether BLAS (scipy) is there (gated_delta_net.HAVE_BLAS): a cache made
-    # without it must not serve a process that has it
-    h.update(b"blas" if importlib.util.find_spec("scipy") is not None else b"noblas")
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(f for f in files if f.endswith(".py")):
             with open(os.path.join(folder, name), "rb") as f:

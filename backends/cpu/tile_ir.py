@@ -1,21 +1,22 @@
-"""The two products of FLASH_ATTN_EXT's CPU kernel (scores S = Q K^T and the output update
-O += P V on one tile) as register-tiled micro-kernels written in LLVM IR.
+"""Register-tiled product micro-kernels in LLVM IR, for the CPU kernels' small float32 tiles:
+FLASH_ATTN_EXT's scores and output update, GATED_DELTA_NET's chunk products (drivers: tiles.py).
 
-Written as Numba loops the output update kept each output value in memory: LLVM cannot prove
-that O, P and V do not overlap, so every pass over the kv rows loaded and stored the outputs
-again. Here the accumulators are vector registers for the whole reduction, the shape of a GEMM
-micro-kernel:
+Written as Numba loops an accumulating product kept its outputs in memory: LLVM cannot prove
+that the output and the operands do not overlap, so every pass over the reduction loaded and
+stored the outputs again. Here the accumulators are vector registers for the whole reduction,
+the shape of a GEMM micro-kernel:
 - `dots{r}x{c}(a, i0, b, j0, n8, s, bf16)`: s[i0 + i, j0 + j] = a[i0 + i, :8 n8] . b[j0 + j, :8 n8]
   for i < r, j < c; r x c accumulators of 8 lanes, summed across lanes at the end.
-- `pv_rows{r}(p, r0, vb, voff, nj, o, d0, bf16)`: o[r0 + i, d0:d0 + 16] += sum over j < nj of
-  p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < r; per kv row two 8-float loads of V,
-  one broadcast of P per output row and 2r fused multiply-adds.
+- `pv_rows{r}(p, r0, vb, voff, nj, o, d0, bf16, accumulate)`: o[r0 + i, d0:d0 + 16] (+)= sum over
+  j < nj of p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < r (accumulate != 0: add to o,
+  else overwrite it); per reduction step two 8-float loads of vb, one broadcast of p per output
+  row and 2r fused multiply-adds.
 
-a, s, p and o are the kernel's float32 tiles (2-D, C-contiguous). b and vb are 2-D with rows at
-any byte stride and contiguous columns: a float32 tile, or K/V rows read where they are stored
-as float16 or bfloat16 bits (uint16; `bf16` says which), converted 8 lanes at a time in
-registers, so the kernel needs no converted copy of the cache. float16 is read this way only
-where the CPU converts halves itself (F16C, ARMv8: quant_ir.NATIVE_HALF); the caller checks
+a, s and o are float32 tiles (2-D, C-contiguous); p is any 2-D float32 array (a transposed view
+too: both its strides are used). b and vb are 2-D with rows at any byte stride and contiguous
+columns: float32, or K/V rows read where they are stored as float16 or bfloat16 bits (uint16;
+`bf16` says which), converted 8 lanes at a time in registers. float16 is read this way only
+where the CPU converts halves itself (F16C, ARMv8: quant_ir.NATIVE_HALF); the callers check
 that, the column stride and every index (the micro-kernels read what they are told to).
 """
 from __future__ import annotations
@@ -62,8 +63,12 @@ def _operand(ty):
     return None
 
 
+def _f32_2d(ty) -> bool:
+    return isinstance(ty, types.Array) and ty.ndim == 2 and ty.dtype == types.float32
+
+
 def _tile(ty) -> bool:
-    return isinstance(ty, types.Array) and ty.ndim == 2 and ty.dtype == types.float32 and ty.layout == "C"
+    return _f32_2d(ty) and ty.layout == "C"
 
 
 def _per_elem(b, kind, bf16, emit):
@@ -126,8 +131,8 @@ def _make_dots(rows: int, cols: int):
 def _make_pv(rows: int):
     def codegen(context, builder, sig, args):
         b = builder
-        p, r0, vb, voff, nj, o, d0, bf16 = args
-        tp, _, tv, _, _, to, _, _ = sig.args
+        p, r0, vb, voff, nj, o, d0, bf16, accumulate = args
+        tp, _, tv, _, _, to, _, _, _ = sig.args
         kind, isz = _operand(tv)
         pa = context.make_array(tp)(context, b, p)
         va = context.make_array(tv)(context, b, vb)
@@ -136,9 +141,19 @@ def _make_pv(rows: int):
         zero = ir.Constant(I64, 0)
         orow = [_row_ptr(b, oa, b.add(r0, ir.Constant(I64, i)), d0, 4) for i in range(rows)]
         prow = [_row_ptr(b, pa, b.add(r0, ir.Constant(I64, i)), zero, 4) for i in range(rows)]
+        pstep = cgutils.unpack_tuple(b, pa.strides, 2)[1]     # p's column stride, in bytes
         vcol = _row_ptr(b, va, zero, b.add(voff, d0), isz)
         vstride = cgutils.unpack_tuple(b, va.strides, 2)[0]
-        acc = [[cgutils.alloca_once_value(b, _load8(b, orow[i], k, "f32")) for k in range(2)] for i in range(rows)]
+        keep = b.icmp_signed("!=", accumulate, ir.Constant(accumulate.type, 0))
+        zeros = ir.Constant(V8, [0.0] * LANES)
+        acc = [[None, None] for _ in range(rows)]
+        for i in range(rows):
+            for k in range(2):
+                acc[i][k] = cgutils.alloca_once_value(b, zeros)
+        with b.if_then(keep):
+            for i in range(rows):
+                for k in range(2):
+                    b.store(_load8(b, orow[i], k, "f32"), acc[i][k])
 
         def loop(elem):
             with cgutils.for_range(b, nj) as it:
@@ -146,7 +161,7 @@ def _make_pv(rows: int):
                 pv = b.gep(vcol, [b.mul(j, vstride)])
                 v = [_load8(b, pv, k, elem) for k in range(2)]
                 for i in range(rows):
-                    pij = b.load(b.bitcast(b.gep(prow[i], [b.mul(j, ir.Constant(I64, 4))]), F32.as_pointer()), align=4)
+                    pij = b.load(b.bitcast(b.gep(prow[i], [b.mul(j, pstep)]), F32.as_pointer()), align=4)
                     x = splat(b, pij, LANES)
                     for k in range(2):
                         b.store(b.call(fma, [x, v[k], b.load(acc[i][k])]), acc[i][k])
@@ -158,10 +173,11 @@ def _make_pv(rows: int):
                 b.store(b.load(acc[i][k]), dst, align=4)
         return context.get_dummy_value()
 
-    def typer(typingctx, p, r0, vb, voff, nj, o, d0, bf16):
-        if not (_tile(p) and _tile(o) and _operand(vb)):
+    def typer(typingctx, p, r0, vb, voff, nj, o, d0, bf16, accumulate):
+        if not (_f32_2d(p) and _tile(o) and _operand(vb)):
             return None
-        return types.void(p, types.int64, vb, types.int64, types.int64, o, types.int64, types.int64), codegen
+        return (types.void(p, types.int64, vb, types.int64, types.int64, o, types.int64, types.int64, types.int64),
+                codegen)
 
     typer.__name__ = f"pv_rows{rows}"
     return intrinsic(typer)
