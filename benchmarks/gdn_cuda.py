@@ -11,7 +11,7 @@ GPU times by CUDA events: each figure is the median of TRIALS trials (mean of re
 after a warm-up), the spread min-max beside it. Decode B=1 also per call with CUDA-graph replay.
 First, correctness vs the float64 reference (ops/gdn_reference.py): max |err| / max |ref| of the
 output and of the final state on GDA, KDA, GQA, n_seqs, K snapshots, T 1..16384, gates down to -60.
---variants: decode items and register cap, the state pass's columns and warps a block, the 3xTF32
+--variants: decode items and register cap, the state pass's column tiles and warps a tile, the 3xTF32
 accumulation mode, the chunked-vs-recurrent crossover, the copy floor.
 Run on the device: python benchmarks/gdn_cuda.py [--quick] [--variants]
 """
@@ -297,7 +297,8 @@ def variants(quick):
             nreg = next(iter(la.kernel.overloads.values()))._codelibrary.get_cufunc().attrs.regs
             print(f"  {'KDA' if kda else 'GDA'} rows={4 * rows} cap={regs or '-'} regs={nreg}: {t[0] * 1e6:.1f} us "
                   f"({t[1] * 1e6:.0f}-{t[2] * 1e6:.0f}) {2 * ns * Hv * S * S * 4 / t[0] / 1e12:.2f} TB/s", flush=True)
-    print("\n## prefill T=4096 B=1 GDA: state pass BV x warps, accumulation mode (error: T=1000, g >= -20)")
+    print("\n## prefill T=4096 B=1 GDA: state pass column tiles x warps a tile, accumulation mode (error: T=1000, "
+          "g >= -20)")
     arrs = make(np.random.default_rng(1), S, 1, 2, 1000, 1, 1, False, -20.0)
     ref = gated_delta_net_reference(*arrs, 1)
     d1 = [cuda.to_device(a) for a in arrs]
@@ -309,14 +310,14 @@ def variants(quick):
     out = cuda.device_array(S * Hv * (T + S), np.float32)
     args = (cuda.to_device(gf.contiguous_meta(out.size, *big)), *(a.reshape(a.size) for a in (out, *d)), 1)
     ws = gdn_tc.workspace(S, Hv, T, 1)
-    for bv, warps, acc in ((32, 8, 2), (32, 16, 2), (64, 8, 2), (32, 8, 1)):
-        las = gdn_tc.chunked_launches(S, Hv, T, 1, False, ws, bv=bv, acc=acc, warps=warps)
+    for nj, ks, acc in ((2, 4, 1), (2, 2, 1), (2, 4, 2), (2, 4, 0), (4, 4, 1)):
+        las = gdn_tc.chunked_launches(S, Hv, T, 1, False, ws, nj=nj, acc=acc, ks=ks)
         ts = [cuda_time(lambda la=la: la.kernel[la.grid, la.block](*args, *la.scalars), 5)[0] for la in las]
-        for la in gdn_tc.chunked_launches(S, 2, 1000, 1, False, None, bv=bv, acc=acc, warps=warps):
+        for la in gdn_tc.chunked_launches(S, 2, 1000, 1, False, None, nj=nj, acc=acc, ks=ks):
             la.kernel[la.grid, la.block](*args1, *la.scalars)
         (eo, es), _ = errors(o1.copy_to_host().reshape(ref.shape), ref, S, 2, 1000, 1)
         regs = [next(iter(la.kernel.dispatcher.overloads.values()))._codelibrary.get_cufunc().attrs.regs for la in las]
-        print(f"  BV={bv} warps={warps} acc={acc} regs={regs}: {sum(ts) * 1e6:.1f} us ("
+        print(f"  tiles={nj} warps/tile={ks} acc={acc} regs={regs}: {sum(ts) * 1e6:.1f} us ("
               + ", ".join(f"{x * 1e6:.1f}" for x in ts) + f"); error out {eo:.1e} state {es:.1e}", flush=True)
     print("\n## recurrence vs tensor-core chunked, B=1 (H_k=16, H_v=32)")
     for T in (48, 64, 128):

@@ -34,7 +34,8 @@ def _run(exe, *args):
 
 
 def test_emulated_kernels_match_float64(tmp_path):
-    builds = [_build(tmp_path, "gda", ["BV=32"]), _build(tmp_path, "kda", ["GDN_KDA=1", "BV=64", "STATE_WARPS=16"])]
+    builds = [_build(tmp_path, "gda", ["STATE_NJ=2", "STATE_KS=2"]),
+              _build(tmp_path, "kda", ["GDN_KDA=1", "STATE_NJ=1", "STATE_KS=4"])]
     for exe, proc in builds:
         log = proc.communicate(timeout=300)[0]
         if proc.returncode != 0 and "barrier" in log:

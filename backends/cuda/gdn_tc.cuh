@@ -10,8 +10,9 @@
 //   C 16x8:  c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
 // GDN_ACC: 0 accumulates the three products of a k-step straight into C; 1 sums them into a zeroed
 // partial first and adds that in fp32 (the tensor cores' accumulation truncates: H200, T=1000:
-// 1.2e-6 vs 3.3e-7 off float64); 2 (default) makes the three products three independent mma from
-// zero and adds them in fp32, so no mma waits on another.
+// 1.2e-6 vs 3.3e-7 off float64); 2 (this header's default) makes the three products three
+// independent mma from zero and adds them in fp32, so no mma waits on another, at 12 fp32 adds
+// an mma3 where 1 has 4 (gdn_tc.py builds with its ACC, 1: the kernels are issue-bound).
 // GDN_S, when defined, fixes S at compile time (the loops over the key index unroll).
 
 #ifndef GDN_ACC
@@ -62,6 +63,9 @@ GDN_INL void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memo
 
 GDN_INL float shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
 
+// barrier `id` (1..15; 0 is __syncthreads') over `n` threads, whole warps
+GDN_INL void bar_named(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
 // a launch with less dynamic shared memory than the kernel's layout stops here, not out of bounds
 GDN_INL void need_smem(u32 bytes) {
     u32 have;
@@ -85,9 +89,20 @@ GDN_INL void st_cs4(float* p, float4 v) {
 struct FragA { u32 h[4], l[4]; };
 struct FragB { u32 h[2], l[2]; };
 
+#ifndef GDN_SPLIT
+#define GDN_SPLIT 1
+#endif
+// GDN_SPLIT 1 (default): hi rounded to nearest (ties away) by integer ops, lo passed raw: the unit
+// reads a tf32 operand's top 19 bits, so lo is truncated, an error below 2^-21 |x| that takes
+// either sign with lo (three instructions; cvt.rna.tf32 is several). 0: both through cvt.rna.
 GDN_INL void split(float x, u32& h, u32& l) {
+#if GDN_SPLIT
+    h = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+    l = __float_as_uint(x - __uint_as_float(h));
+#else
     h = tf32_rna(x);
     l = tf32_rna(x - __uint_as_float(h));
+#endif
 }
 
 // A element (m, k) at p[m*ld + k] ("row") or p[k*ld + m] ("col"); p points at (m0, k0)

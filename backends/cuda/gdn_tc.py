@@ -2,9 +2,11 @@
 cores in 3xTF32 (gdn_tc_prep.cu, gdn_tc_state.cu, gdn_tc_out.cu; GDA and KDA) and the decode
 stream (gdn_tc_decode.cu), shared primitives in gdn_tc.cuh. Float64 gate cumsums keep them within
 5e-7 of float64 (H200, gates down to -60, T up to 16384); speed (H200, S=128, H_v=32): prefill
-T=4096 1.06 ms (prep / state / out 285 / 537 / 274 us) where fla's tf32 chunk kernel takes 0.78 ms:
-the kernels run mma.sync at ~0.11 a clock an SM of the 0.59 the unit sustains (latency-bound:
-few warps, barriers between dependent products), the next thing to fix; decode B=256 286 us.
+T=4096 746 us (prep / state / out 222 / 315 / 225 us), fla's tf32 chunk kernel 782-796 us in the
+same run; T=16384 2.88 ms against fla's 3.03. The state pass keeps each warp's slice of the state
+in accumulator registers (transposed, so a C fragment serves as the next product's A); all three
+kernels are bound by instruction issue (3xTF32: fragment splits and fp32 sums around each mma),
+hence the integer-op split and ACC 1. Decode B=256 286 us.
 
 numba-cuda compiles each .cu with NVRTC and links it into a thin Numba kernel that reads the
 meta row (backend convention, common.py) and calls the C function with pointers and dims
@@ -18,8 +20,9 @@ Layout as in gdn_fast.py (ggml ne; numpy shapes reversed): q, k [S, H_k, T, n_se
 n_seqs] (row j of a head is S[:, j]); dst [S*H_v, T*n_seqs + K*S*n_seqs].
 Workspace of the chunked form (hs = H_v * n_seqs, nc = ceil(T / 64), Tp = 64 nc): U then D
 [hs][Tp][S], W [hs][nc][64][S], P [hs][nc][64][64], gates [hs][Tp][2] (e^gc, e^(gl - gc); KDA:
-[hs][nc][S], e^gl per key), H [hs][nc][S][S] (the state at each chunk's start, rows = key index),
-KDA only: Kg = K e^(gl - gc) and Qg = Q e^gc [hs][Tp][S] (GDA: 4 floats each, unused).
+[hs][nc][S], e^gl per key), H [hs][nc][S][S] (the state at each chunk's start, transposed:
+rows = value column j), KDA only: Kg = K e^(gl - gc) and Qg = Q e^gc [hs][Tp][S] (GDA: 4 floats
+each, unused).
 """
 from __future__ import annotations
 
@@ -35,12 +38,18 @@ from minigraph.backends.cuda.common import SIM, SLOT_W, Launch
 CHUNK = 64                 # tokens per chunk (fixed by the kernels' tiles)
 MAX_S = 128
 THREADS = 256              # prep, state and out blocks
-STATE_BV = 32              # value columns per block of the state pass (32 or 64; H200, T=4096,
-                           # first version: 503 vs 729 us: 128 blocks beat 64 on 132 SMs)
-STATE_WARPS = 8            # warps a block of the state pass (8 or 16; 16 compiled and checked, not
-                           # yet timed on a GPU)
-ACC = 2                    # 3xTF32 accumulation mode (gdn_tc.cuh's GDN_ACC; H200: 1 and 2 equally
-                           # fast and 3e-7 off float64, 0 1.2e-6)
+STATE_NJ = 2               # state pass: 16-column j-tiles a block (ceil(S / 16 NJ) blocks a head)
+STATE_KS = 4               # state pass: warps a j-tile, splitting the key index (1, 2 or 4; H200,
+                           # T=4096, cvt.rna splits, ACC 2: 2057 / 640 / 446 us, one warp a
+                           # scheduler starves on instruction fetch; integer splits, ACC 1: 2: 480,
+                           # 4: 315 us; 4 tiles x 4 warps not yet timed)
+ACC = 1                    # 3xTF32 accumulation mode (gdn_tc.cuh's GDN_ACC; H200, T=4096, cvt.rna
+                           # splits, state 2 x 2 warps, prep + state + out: 2: 1208 us, 1: 1089 us,
+                           # both 3-4e-7 off float64; 0: 1003 us, 1.2e-6)
+SPLIT = 1                  # fp32 -> tf32 hi + lo split (gdn_tc.cuh's GDN_SPLIT: 1 integer ops, 0 cvt.rna;
+                           # H200, T=4096, ACC 1: prep / state / out 222 / 315 / 225 us against
+                           # 258 / 417 / 263; worst over benchmarks/gdn_cuda.py's correctness cases
+                           # 4.1e-7 off float64, cvt.rna 3.8e-7 on its T=1000 case)
 SPECIAL_S = (128,)         # S compiled in as a constant (Qwen3-Next, Kimi Linear); others at run time
 OUT_BV = 64                # value columns per block of the output pass
 DEC_ROWS = 4               # decode: passes of 4 state rows an item (DP in the .cu; H200, B=256,
@@ -56,12 +65,13 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _L, _SMAX = CHUNK, MAX_S
 PREP_SMEM = 4 * (_L * 132 + _L * 136 + _L * 68 + 3 * _L + 3 * 256 + 2 * _L)
 PREP_SMEM_KDA = PREP_SMEM + 4 * (_L * 132 + 16 * 132 * 2 + 48 * 132)
-OUT_SMEM = 4 * (_L * 132 + _SMAX * 72 + _L * 68 + _L * 72)
+OUT_SMEM = 4 * (_L * 132 + OUT_BV * 132 + _L * 68 + _L * 72)
 NWS = 7                    # workspace arrays of the chunked launches
 
 
-def state_smem(bv: int) -> int:
-    return 4 * (2 * _L * 132 + 2 * _L * 136 + _SMAX * (bv + 8) + _L * (bv + 8))
+def state_smem(nj: int, ks: int) -> int:
+    """gdn_tc_state.cu's STATE_SMEM_FLOATS in bytes: W_c, K_c twice; with ks > 1 the partials and D^T."""
+    return 4 * (2 * _L * 136 + 2 * _L * 132 + ((ks + 1) * nj * 8 * 128 if ks > 1 else 0))
 
 
 def available() -> bool:
@@ -194,7 +204,7 @@ def wrapper(kind: str, defines: dict) -> tuple:
 
 def _defs(S: Optional[int], **kw: int) -> dict:
     """#defines of one build: S fixed at compile time for the S the models use (SPECIAL_S)."""
-    d = dict(kw)
+    d = dict(kw, GDN_SPLIT=SPLIT)
     if S in SPECIAL_S:
         d["GDN_S"] = S
     return d
@@ -202,28 +212,27 @@ def _defs(S: Optional[int], **kw: int) -> dict:
 
 def prep_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> SmemKernel:
     """chunk c, head h, seq: gates, A, P, Tm = (I + A)^-1, U, W (gdn_tc_prep.cu)."""
-    key = ("prep", S in SPECIAL_S and S, kda, acc)
+    key = ("prep", S in SPECIAL_S and S, kda, acc, SPLIT)
     if key not in _CACHE:
         py, sig = wrapper("prep", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda)))
         _CACHE[key] = SmemKernel(cuda.jit(sig, max_registers=PREP_REGS)(py), PREP_SMEM_KDA if kda else PREP_SMEM)
     return _CACHE[key]
 
 
-def state_kernel(S: Optional[int] = None, kda: bool = False, bv: int = STATE_BV, acc: int = ACC,
-                 warps: int = STATE_WARPS) -> SmemKernel:
-    """bv value columns, head h, seq: the sequential pass over the chunks (gdn_tc_state.cu), warps
-    warps a block (16: at most 128 registers a thread)."""
-    key = ("state", S in SPECIAL_S and S, kda, bv, acc, warps)
+def state_kernel(S: Optional[int] = None, kda: bool = False, nj: int = STATE_NJ, acc: int = ACC,
+                 ks: int = STATE_KS) -> SmemKernel:
+    """16 nj value columns, head h, seq: the sequential pass over the chunks (gdn_tc_state.cu), ks
+    warps a 16-column tile (32 nj ks threads)."""
+    key = ("state", S in SPECIAL_S and S, kda, nj, acc, ks, SPLIT)
     if key not in _CACHE:
-        py, sig = wrapper("state", _defs(S, BV=bv, GDN_ACC=acc, STATE_WARPS=warps, GDN_KDA=int(kda)))
-        opts = {"max_registers": 128} if warps == 16 else {}
-        _CACHE[key] = SmemKernel(cuda.jit(sig, **opts)(py), state_smem(bv))
+        py, sig = wrapper("state", _defs(S, STATE_NJ=nj, GDN_ACC=acc, STATE_KS=ks, GDN_KDA=int(kda)))
+        _CACHE[key] = SmemKernel(cuda.jit(sig)(py), state_smem(nj, ks))
     return _CACHE[key]
 
 
 def out_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> SmemKernel:
     """chunk c x column block, head h, seq: O = e^gc Q H_c / sqrt(S) + P D (gdn_tc_out.cu)."""
-    key = ("out", S in SPECIAL_S and S, kda, acc)
+    key = ("out", S in SPECIAL_S and S, kda, acc, SPLIT)
     if key not in _CACHE:
         py, sig = wrapper("out", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda)))
         _CACHE[key] = SmemKernel(cuda.jit(sig, max_registers=OUT_REGS)(py), OUT_SMEM)
@@ -232,7 +241,7 @@ def out_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> Sm
 
 def decode_kernel(kda: bool, S: Optional[int] = None, rows: int = DEC_ROWS, regs: int = DEC_REGS) -> Any:
     """T == 1: items of 4*rows state rows, eight lanes a row (gdn_tc_decode.cu)."""
-    key = ("decode", kda, S in SPECIAL_S and S, rows, regs)
+    key = ("decode", kda, S in SPECIAL_S and S, rows, regs, SPLIT)
     if key not in _CACHE:
         py, sig = wrapper("decode", _defs(S, DP=rows, KDA=int(kda)))
         _CACHE[key] = cuda.jit(sig, **({"max_registers": regs} if regs else {}))(py)
@@ -250,12 +259,12 @@ def workspace(S: int, Hv: int, T: int, N: int, kda: bool = False) -> tuple:
 
 
 def chunked_launches(S: int, Hv: int, T: int, N: int, kda: bool = False, ws: Optional[tuple] = None,
-                     bv: int = STATE_BV, acc: int = ACC, warps: int = STATE_WARPS) -> list[Launch]:
+                     nj: int = STATE_NJ, acc: int = ACC, ks: int = STATE_KS) -> list[Launch]:
     """The three launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given."""
     nc = -(-T // CHUNK)
     ws = ws if ws is not None else workspace(S, Hv, T, N, kda)
     return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (THREADS,), ws),
-            Launch(state_kernel(S, kda, bv, acc, warps), (-(-S // bv), Hv, N), (32 * warps,), ws),
+            Launch(state_kernel(S, kda, nj, acc, ks), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), ws),
             Launch(out_kernel(S, kda, acc), (nc * -(-S // OUT_BV), Hv, N), (THREADS,), ws)]
 
 

@@ -1,7 +1,8 @@
 // GATED_DELTA_NET chunked form, kernel 3 of 3 (output): one block of OUT_THREADS per (chunk, OB
 // value columns, value head, seq), 3xTF32 tensor cores (gdn_tc.cuh):
 //   O = diag(e^gc / sqrt(S)) Q_c H_c + P D      (P lower triangular in 16x16 blocks; e^gc from
-//                                                Gw [hs][Tp][2], made by prep)
+//                                                Gw [hs][Tp][2], made by prep; H_c^T from the state
+//                                                pass, Hw [hs][c][j][i])
 // into dst's attention part [seq][T][H_v][S]; rows t >= T are not written.
 // grid.x = chunk * NJ + column block (NJ = ceil(S / OB)).
 // GDN_KDA: q is Qg = Q e^gc of prep ([hs][Tp][S]) and the row factor is 1 / sqrt(S) alone.
@@ -14,12 +15,12 @@
 #define SMAX 128
 #define OB 64
 #define OQSP 132  // Q rows (A row-major)
-#define OHSP 72   // H_c rows i, OB columns (B k-major: stride = 8 mod 32)
+#define OHSP 132  // H_c^T rows j (OB of them), S keys (B n-major: stride = 4 mod 32)
 #define OPSP 68   // P rows (A row-major)
 #define ODSP 72   // D rows
 #define O_Q 0
 #define O_H (O_Q + L * OQSP)
-#define O_P (O_H + SMAX * OHSP)
+#define O_P (O_H + OB * OHSP)
 #define O_D (O_P + L * OPSP)
 #define OUT_SMEM_FLOATS (O_D + L * ODSP)
 
@@ -50,7 +51,8 @@ extern "C" __device__ int gdn_tc_out(const float* q, float* dst_out, const float
     stage_rows(Qs, OQSP, q + ((long long)(sq * T + t0) * Hk + hk) * S, (long long)Hk * S, L, SMAX, vr, S, tid,
                OUT_THREADS);
 #endif
-    stage_rows(Hs, OHSP, Hw + ((long long)hs * nc + c) * SS + j0, S, SMAX, OB, S, S - j0, tid, OUT_THREADS);
+    stage_rows(Hs, OHSP, Hw + ((long long)hs * nc + c) * SS + (long long)j0 * S, S, OB, SMAX, S - j0, S, tid,
+               OUT_THREADS);
     cp_async_commit();
     {   // P: only the blocks on and below the diagonal exist (and are read)
         const float* pb = Pw + ((long long)hs * nc + c) * L * L;
@@ -86,7 +88,7 @@ extern "C" __device__ int gdn_tc_out(const float* q, float* dst_out, const float
         for (int n = 0; n < 4; ++n) {
             if (j0 + 8 * (nb + n) < S) {
                 FragB fb;
-                ldB_kn(fb, Hs + 8 * kk * OHSP + 8 * (nb + n), OHSP, g4, t4);
+                ldB_nk(fb, Hs + 8 * (nb + n) * OHSP + 8 * kk, OHSP, g4, t4);
                 mma3(acc[n], fa, fb);
             }
         }

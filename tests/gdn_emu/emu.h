@@ -46,6 +46,8 @@ struct EmuBlock {
 inline EmuBlock emu_block;
 
 inline void __syncthreads() { emu_block.bar->arrive_and_wait(); }
+// a named barrier over part of the block: here the whole block (the kernels call it uniformly)
+inline void bar_named(int, int) { emu_block.bar->arrive_and_wait(); }
 
 // cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero
 inline u32 tf32_rna(float x) {

@@ -12,9 +12,6 @@
 #define GDN_EMULATE
 #include "gdn_tc.cuh"
 #include "gdn_tc_prep.cu"
-#ifndef BV
-#define BV 32
-#endif
 #include "gdn_tc_state.cu"
 #include "gdn_tc_out.cu"
 #ifndef DP

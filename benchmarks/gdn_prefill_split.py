@@ -1,0 +1,128 @@
+"""GATED_DELTA_NET prefill on the GPU, kernel by kernel: the tensor-core chunked path's three launches
+(prep, state, out: backends/cuda/gdn_tc.py) timed alone and together, fla-core's chunk kernel in the
+same process, and the output / final state against float64 on a short case. S=128, H_k=16, H_v=32,
+GDA, fp32, B=1; GPU time by CUDA events, median of TRIALS trials (min-max).
+
+    python benchmarks/gdn_prefill_split.py [--T 4096 16384] [--no-fla] [--ncu] [--variants [--only ..]]
+
+--ncu: one run of each kernel at the first T and nothing else (the script to run under ncu).
+--variants: the state pass's column tiles a block x warps a tile, the 3xTF32 accumulation mode and
+the fp32 split (gdn_tc.ACC, SPLIT): the three kernels timed at the first T and checked against
+float64 (T=1000, gates >= -20).
+First, always: benchmarks/gdn_cuda.py's correctness cases on this path (max |err| / max |ref|).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+from numba import cuda
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gdn_cuda import CASES, cuda_time, errors, fla_call, fla_fns, make, path, run_ours, torch_time  # noqa: E402
+
+from minigraph.backends.cuda import gdn_fast as gf, gdn_tc  # noqa: E402
+from minigraph.ops.gdn_reference import gated_delta_net_reference  # noqa: E402
+
+S, HK, HV = 128, 16, 32
+
+
+def us(t):
+    return f"{t[0] * 1e6:.1f} us ({t[1] * 1e6:.0f}-{t[2] * 1e6:.0f})"
+
+
+def accuracy():
+    worst = 0.0
+    for S_, Hk, Hv, T, ns, nsqk, kda, K, g_lo, form in CASES:
+        arrs = make(np.random.default_rng(T + S_), S_, Hk, Hv, T, ns, nsqk, kda, g_lo)
+        ref = gated_delta_net_reference(*arrs, K)
+        (eo, es), fin = errors(run_ours(arrs, K, chunked=form, tc=True), ref, S_, Hv, T, ns)
+        worst = max(worst, eo, es) if fin else np.inf
+        print(f"  S={S_} Hk={Hk} Hv={Hv} T={T} ns={ns}/{nsqk} {'KDA' if kda else 'GDA'} K={K} g>={g_lo}: "
+              f"out {eo:.1e} state {es:.1e}{'' if fin else ' NOT FINITE'}", flush=True)
+    print(f"  worst {worst:.1e} ({'PASS' if worst < 2e-6 else 'FAIL'} at 2e-6)", flush=True)
+
+
+def variants(T, trials, configs=None):
+    if not hasattr(gdn_tc, "SPLIT"):
+        print("  (no state-pass variants in this tree)")
+        return
+    arrs = make(np.random.default_rng(1), S, 1, 2, 1000, 1, 1, False, -20.0)
+    ref = gated_delta_net_reference(*arrs, 1)
+    d1 = [cuda.to_device(a) for a in arrs]
+    o1 = cuda.device_array(S * 2 * (1000 + S), np.float32)
+    args1 = (cuda.to_device(gf.contiguous_meta(o1.size, *arrs)), *(a.reshape(a.size) for a in (o1, *d1)), 1)
+    big = make(np.random.default_rng(0), S, HK, HV, T, 1, 1, False, -1.0)
+    d = [cuda.to_device(a) for a in big]
+    out = cuda.device_array(S * HV * (T + S), np.float32)
+    args = (cuda.to_device(gf.contiguous_meta(out.size, *big)), *(a.reshape(a.size) for a in (out, *d)), 1)
+    ws = gdn_tc.workspace(S, HV, T, 1)
+    keep = gdn_tc.SPLIT
+    for nj, ks, acc, split in configs or ((2, 4, 1, 1), (2, 2, 1, 1), (2, 4, 2, 1), (2, 4, 0, 1), (2, 4, 1, 0),
+                                          (4, 4, 1, 1)):
+        gdn_tc.SPLIT = split
+        try:
+            las = gdn_tc.chunked_launches(S, HV, T, 1, False, ws, nj=nj, acc=acc, ks=ks)
+            ts = [cuda_time(lambda la=la: la.kernel[la.grid, la.block](*args, *la.scalars), max(2, 40960 // T), trials)
+                  for la in las]
+            for lb in gdn_tc.chunked_launches(S, 2, 1000, 1, False, None, nj=nj, acc=acc, ks=ks):
+                lb.kernel[lb.grid, lb.block](*args1, *lb.scalars)
+            (eo, es), _ = errors(o1.copy_to_host().reshape(ref.shape), ref, S, 2, 1000, 1)
+            regs = [la.kernel.regs for la in las]
+            print(f"  tiles={nj} warps/tile={ks} acc={acc} split={split} regs={regs}: prep / state / out "
+                  + " / ".join(us(t) for t in ts) + f"; error out {eo:.1e} state {es:.1e}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"  tiles={nj} warps/tile={ks} acc={acc} split={split}: failed {e!r}", flush=True)
+    gdn_tc.SPLIT = keep
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--ncu", action="store_true")
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--no-check", action="store_true", help="skip the correctness cases")
+    ap.add_argument("--only", type=str, default="", help="variants: nj,ks,acc,split;... instead of the list")
+    args = ap.parse_args()
+    assert gdn_tc.available(), "no tensor-core path here"
+    if args.ncu:
+        T = args.T[0]
+        arrs = make(np.random.default_rng(0), S, HK, HV, T, 1, 1, False, -1.0)
+        d = [cuda.to_device(a) for a in arrs]
+        out = cuda.device_array(S * HV * (T + S), np.float32)
+        with path(True):
+            run = gf.standalone(out, *d, 1)
+        run()
+        cuda.synchronize()
+        return 0
+    if not args.no_check:
+        accuracy()
+    if args.variants:
+        only = [tuple(int(x) for x in v.split(",")) for v in args.only.split(";") if v]
+        variants(args.T[0], args.trials, only or None)
+    import torch
+    fns = None if args.no_fla else fla_fns()
+    for T in args.T:
+        reps = max(2, 40960 // T)
+        arrs = make(np.random.default_rng(0), S, HK, HV, T, 1, 1, False, -1.0)
+        d = [cuda.to_device(a) for a in arrs]
+        out = cuda.device_array(S * HV * (T + S), np.float32)
+        with path(True):
+            run = gf.standalone(out, *d, 1)
+        t = cuda_time(run, reps, args.trials)
+        ks = [cuda_time(lambda la=la: la.kernel[la.grid, la.block](*run.args, *la.scalars), reps, args.trials)
+              for la in run.launches]
+        line = f"  T={T}: ours {us(t)} = " + " + ".join(us(k) for k in ks)
+        if fns is not None:
+            tf = torch_time(torch, fla_call(torch, fns, arrs, False), reps, args.trials)
+            line += f"; fla chunk {us(tf)}: fla / ours {tf[0] / t[0]:.2f}x"
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
