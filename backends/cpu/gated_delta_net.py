@@ -54,11 +54,11 @@ from minigraph.backends.cpu.tiles import matmul
 from minigraph.backends.cpu.gdn_rows import FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row, _snap_off, _zero_slots
 
 # Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
-# state plus ~10 CHUNK*S inside the chunk. Measured on the 2-core dev box, AVX-512 (1 thread,
-# T=1024, H_v=32, S=128): 8: 17.5k, 16: 18.3k, 32: 14.6k tok/s per core; since it became an
-# AVX2 Zen 3 VM (2 threads, T=4096, alternating runs, median ms): 16: 245 / 225, 32: 209 / 217,
-# 64: 243 (OpenBLAS's AVX2 sgemm gains more from the wider products than AVX-512 did).
-CHUNK = 32
+# state plus ~10 CHUNK*S inside the chunk. On the AVX2 Zen 3 dev box (2 threads, T=4096, H_v=32,
+# S=128, tiles.matmul products, alternating runs, min of 5 ms): 16: 150.6 / 158.4 / 168.3,
+# 32: 164.0 / 187.2 / 190.6, 64: 203.9 (with OpenBLAS's products 32 had won: 209 vs 245 for 16;
+# 24 is off the 16-column tiles: 282).
+CHUNK = 16
 # Heads a chunked-form worker walks together, chunk by chunk: a token's q/k/v/out rows of
 # neighbouring heads are adjacent in memory, one head alone touches a 512-byte island every
 # 8-16 KB. Their states (64 KB each at S=128) stay in L2. 8 and 16 measured alike (+4%).
