@@ -284,15 +284,15 @@ def _chunk(q, k, v, mask, i3, g, iq0, nq_rows, c0, c1, scale, max_bias, softcap,
         _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, slope, G, shared_mask, m_run, l_run, o)
         if v_in_k >= 0:   # V's rows sit inside the K rows just read
             if k_direct:
-                madd(s, nr, _cache_rows(k, ik3, g, j0, nj), v_in_k, nj, dv, o, k_type, 1)
+                madd(s, nr, _cache_rows(k, ik3, g, j0, nj), v_in_k, nj, dv, o, k_type, 1.0)
             else:
-                madd(s, nr, kb, v_in_k, nj, dv, o, F32, 1)
+                madd(s, nr, kb, v_in_k, nj, dv, o, F32, 1.0)
         elif v_shared and v_direct:
-            madd(s, nr, _cache_rows(v, iv3, g, j0, nj), 0, nj, dv, o, v_type, 1)
+            madd(s, nr, _cache_rows(v, iv3, g, j0, nj), 0, nj, dv, o, v_type, 1.0)
         elif v_shared:
             for j in range(nj):
                 load_row(v[iv3, g, j0 + j], vb[j], v_type)
-            madd(s, nr, vb, 0, nj, dv, o, F32, 1)
+            madd(s, nr, vb, 0, nj, dv, o, F32, 1.0)
         else:   # V has its own head grouping: each row reads its V head directly (vb[0]: one row)
             for r in range(nr):
                 iv2 = (g * G + r % G) // (n_head // v_heads)

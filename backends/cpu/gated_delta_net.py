@@ -50,7 +50,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from minigraph.backends.cpu.jit import DualKernel, Helper
-from minigraph.backends.cpu.tiles import matmul
+from minigraph.backends.cpu.tiles import F32, madd, matmul
 from minigraph.backends.cpu.gdn_rows import FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row, _snap_off, _zero_slots
 
 # Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
@@ -75,7 +75,7 @@ CHUNK_MIN_T = CHUNK
 
 
 @njit(**INLINE)
-def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S):
+def _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S):
     """One chunk of n tokens of the WY/UT form on the state M[i, j] = S[i][j], in place.
 
     In: kq rows 0..n-1 = k, rows n..2n-1 = q; vb = beta v; bb = beta; gt = the gates
@@ -137,11 +137,7 @@ def _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S):
         e = np.float32(dk[n - 1, s])
         for i in range(S):
             kb[s, i] = e * kq[s, i]
-    matmul(kb[:n].T, u[:n], z)                          # (e^(gl - gc) K)^T D
-    egl = np.float32(gt[n - 1])
-    for i in range(S):
-        for j in range(S):
-            M[i, j] = M[i, j] * egl + z[i, j]
+    madd(kb[:n].T, S, u[:n], 0, n, S, M, F32, gt[n - 1])   # M = e^gl M + (e^(gl - gc) K)^T D
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -170,7 +166,7 @@ def _token_step_m(M, kt, qt, vt, e, b, out, S):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
-                kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb):
+                kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb):
     """Tokens t0 .. t0+n-1 of head (seq, h) on its state M: inputs in, _chunk_step,
     outputs out. Called by address (CHUNK_HEAD), not inlined: one call per head and chunk
     costs nothing next to its work, and keeps this body out of _gdn_chunked's code."""
@@ -188,7 +184,7 @@ def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
             kq[r, i] = kr[i]
             kq[n + r, i] = qr[i]
             vb[r, i] = b * vr[i]
-    _chunk_step(M, kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb, n, S)
+    _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S)
     for r in range(n):
         out = _out_row(dst, seq * T + t0 + r, h, S)
         yr = y[n + r]
@@ -198,9 +194,9 @@ def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
 
 _A4 = types.Array(types.float32, 4, "A")
 _C2, _C1 = types.Array(types.float32, 2, "C"), types.Array(types.float32, 1, "C")
-# _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale, kq, vb, kb, x, u, y, z, pbuf, tbuf,
+# _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale, kq, vb, kb, x, u, y, pbuf, tbuf,
 # dk, gt, bb), called by address from the chunked form's parallel loop (jit.Helper: 3.4 s less to compile)
-CHUNK_HEAD = Helper(_chunk_head, (_C2,) + (_A4,) * 6 + (types.int64,) * 6 + (types.float32,) + (_C2,) * 7
+CHUNK_HEAD = Helper(_chunk_head, (_C2,) + (_A4,) * 6 + (types.int64,) * 6 + (types.float32,) + (_C2,) * 6
                     + (_C1, _C1, types.Array(types.float64, 2, "C"), types.Array(types.float64, 1, "C"), _C1))
 _call_chunk_head = CHUNK_HEAD.call
 
@@ -225,7 +221,6 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
     x = np.empty((2 * C, S), np.float32)
     u = np.empty((C, S), np.float32)
     y = np.empty((2 * C, S), np.float32)
-    z = np.empty((S, S), np.float32)
     pbuf = np.empty(2 * C * C, np.float32)
     tbuf = np.empty(C * C, np.float32)
     gt = np.empty(C, np.float64)
@@ -244,7 +239,7 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
             seq = p // Hv
             h = p - seq * Hv
             _call_chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
-                             kq, vb, kb, x, u, y, z, pbuf, tbuf, dk, gt, bb)
+                             kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb)
     for p in range(p0, p1):
         seq = p // Hv
         h = p - seq * Hv

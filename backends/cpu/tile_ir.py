@@ -7,10 +7,10 @@ stored the outputs again. Here the accumulators are vector registers for the who
 the shape of a GEMM micro-kernel:
 - `dots{r}x{c}(a, i0, b, j0, n8, s, bf16)`: s[i0 + i, j0 + j] = a[i0 + i, :8 n8] . b[j0 + j, :8 n8]
   for i < r, j < c; r x c accumulators of 8 lanes, summed across lanes at the end.
-- `pv_rows{r}(p, r0, vb, voff, nj, o, d0, bf16, accumulate)`: o[r0 + i, d0:d0 + 16] (+)= sum over
-  j < nj of p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < r (accumulate != 0: add to o,
-  else overwrite it); per reduction step two 8-float loads of vb, one broadcast of p per output
-  row and 2r fused multiply-adds.
+- `pv_rows{r}(p, r0, vb, voff, nj, o, d0, bf16, beta)`: o[r0 + i, d0:d0 + 16] = beta * o[..] + sum
+  over j < nj of p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < r (beta 0: o is only
+  written); per reduction step two 8-float loads of vb, one broadcast of p per output row and 2r
+  fused multiply-adds.
 
 a, s and o are float32 tiles (2-D, C-contiguous); p is any 2-D float32 array (a transposed view
 too: both its strides are used). b and vb are 2-D with rows at any byte stride and contiguous
@@ -131,7 +131,7 @@ def _make_dots(rows: int, cols: int):
 def _make_pv(rows: int):
     def codegen(context, builder, sig, args):
         b = builder
-        p, r0, vb, voff, nj, o, d0, bf16, accumulate = args
+        p, r0, vb, voff, nj, o, d0, bf16, beta = args
         tp, _, tv, _, _, to, _, _, _ = sig.args
         kind, isz = _operand(tv)
         pa = context.make_array(tp)(context, b, p)
@@ -144,16 +144,17 @@ def _make_pv(rows: int):
         pstep = cgutils.unpack_tuple(b, pa.strides, 2)[1]     # p's column stride, in bytes
         vcol = _row_ptr(b, va, zero, b.add(voff, d0), isz)
         vstride = cgutils.unpack_tuple(b, va.strides, 2)[0]
-        keep = b.icmp_signed("!=", accumulate, ir.Constant(accumulate.type, 0))
+        keep = b.fcmp_ordered("!=", beta, ir.Constant(F32, 0.0))
         zeros = ir.Constant(V8, [0.0] * LANES)
         acc = [[None, None] for _ in range(rows)]
         for i in range(rows):
             for k in range(2):
                 acc[i][k] = cgutils.alloca_once_value(b, zeros)
-        with b.if_then(keep):
+        with b.if_then(keep):   # beta 0: o is not read (it may hold anything)
+            scale = splat(b, beta, LANES)
             for i in range(rows):
                 for k in range(2):
-                    b.store(_load8(b, orow[i], k, "f32"), acc[i][k])
+                    b.store(b.fmul(_load8(b, orow[i], k, "f32"), scale), acc[i][k])
 
         def loop(elem):
             with cgutils.for_range(b, nj) as it:
@@ -173,10 +174,10 @@ def _make_pv(rows: int):
                 b.store(b.load(acc[i][k]), dst, align=4)
         return context.get_dummy_value()
 
-    def typer(typingctx, p, r0, vb, voff, nj, o, d0, bf16, accumulate):
+    def typer(typingctx, p, r0, vb, voff, nj, o, d0, bf16, beta):
         if not (_f32_2d(p) and _tile(o) and _operand(vb)):
             return None
-        return (types.void(p, types.int64, vb, types.int64, types.int64, o, types.int64, types.int64, types.int64),
+        return (types.void(p, types.int64, vb, types.int64, types.int64, o, types.int64, types.int64, types.float32),
                 codegen)
 
     typer.__name__ = f"pv_rows{rows}"

@@ -2,8 +2,8 @@
 of tile_ir.py over a whole tile (row and column edges included):
 
 - `dots(a, na, b, nb_, dk, s, b_type)`: s[i, j] = a[i, :dk] . b[j, :dk] (FLASH_ATTN_EXT's scores)
-- `madd(p, nr, vb, voff, nj, dv, o, v_type, accumulate)`: o[r, :dv] (+)= sum_j p[r, j] vb[j, voff + :dv]
-  (FLASH_ATTN_EXT's output update)
+- `madd(p, nr, vb, voff, nj, dv, o, v_type, beta)`: o[r, :dv] = beta o[r, :dv] + sum_j p[r, j] vb[j, voff + :dv]
+  (FLASH_ATTN_EXT's output update, GATED_DELTA_NET's state update)
 - `matmul(a, b, c)`: c = a @ b (GATED_DELTA_NET's chunk products)
 
 Measured on the dev box (one Zen 3 core, same process as a 512^3 OpenBLAS sgemm at 79 GFLOP/s):
@@ -59,36 +59,36 @@ def dots(a, na, b, nb_, dk, s, b_type):
 
 
 @numba.njit(**_FAST)
-def madd(p, nr, vb, voff, nj, dv, o, v_type, accumulate):
-    """o[r, :dv] (+)= sum_j p[r, j] * vb[j, voff:voff + dv] for r < nr (accumulate != 0: added to
-    o, else o is overwritten): blocks of 6, 4, 2 and 1 output rows x 16 columns kept in registers
-    over the whole j loop; the columns past the last multiple of 16 as plain loops. p: any f32
-    2-D array (transposed views too); o: C-contiguous f32; vb: rows at any stride with contiguous
-    values, f32 or F16/BF16 bits (v_type)."""
+def madd(p, nr, vb, voff, nj, dv, o, v_type, beta):
+    """o[r, :dv] = beta * o[r, :dv] + sum_j p[r, j] * vb[j, voff:voff + dv] for r < nr (beta 0: o
+    is only written, whatever it held; 1: exactly o + ...): blocks of 6, 4, 2 and 1 output rows x
+    16 columns kept in registers over the whole j loop; the columns past the last multiple of 16
+    as plain loops. p: any f32 2-D array (transposed views too); o: C-contiguous f32; vb: rows at
+    any stride with contiguous values, f32 or F16/BF16 bits (v_type)."""
     d16 = dv - dv % 16
     bf = 1 if v_type == BF16 else 0
+    beta = np.float32(beta)
     r = 0
     while r + 6 <= nr:
         for d0 in range(0, d16, 16):
-            pv_rows6(p, r, vb, voff, nj, o, d0, bf, accumulate)
+            pv_rows6(p, r, vb, voff, nj, o, d0, bf, beta)
         r += 6
     if r + 4 <= nr:
         for d0 in range(0, d16, 16):
-            pv_rows4(p, r, vb, voff, nj, o, d0, bf, accumulate)
+            pv_rows4(p, r, vb, voff, nj, o, d0, bf, beta)
         r += 4
     if r + 2 <= nr:
         for d0 in range(0, d16, 16):
-            pv_rows2(p, r, vb, voff, nj, o, d0, bf, accumulate)
+            pv_rows2(p, r, vb, voff, nj, o, d0, bf, beta)
         r += 2
     if r < nr:
         for d0 in range(0, d16, 16):
-            pv_rows1(p, r, vb, voff, nj, o, d0, bf, accumulate)
+            pv_rows1(p, r, vb, voff, nj, o, d0, bf, beta)
     if d16 < dv:
         for rr in range(nr):
             orow = o[rr]
-            if not accumulate:
-                for d in range(d16, dv):
-                    orow[d] = 0.0
+            for d in range(d16, dv):
+                orow[d] = orow[d] * beta if beta != 0 else np.float32(0.0)
             for j in range(nj):
                 x = p[rr, j]
                 for d in range(d16, dv):
@@ -101,4 +101,4 @@ def matmul(a, b, c):
     rows, c [m, n] C-contiguous f32 (numpy shapes)."""
     if b.strides[1] != 4 or a.shape[1] != b.shape[0] or c.shape[0] != a.shape[0] or c.shape[1] != b.shape[1]:
         raise ValueError("matmul: shapes do not match, or b's rows are not contiguous")
-    madd(a, a.shape[0], b, 0, a.shape[1], b.shape[1], c, F32, 0)
+    madd(a, a.shape[0], b, 0, a.shape[1], b.shape[1], c, F32, 0.0)
