@@ -84,6 +84,11 @@ def _per_elem(b, kind, bf16, emit):
             emit("f16")
 
 
+def _arrays(context, b, sig, args, *idx):
+    """The Numba array structs (data, shape, strides) of the arguments at positions idx."""
+    return [context.make_array(sig.args[i])(context, b, args[i]) for i in idx]
+
+
 def _fma(b):
     return b.module.declare_intrinsic("llvm.fmuladd.v8f32", fnty=ir.FunctionType(V8, [V8] * 3))
 
@@ -91,12 +96,9 @@ def _fma(b):
 def _make_dots(rows: int, cols: int):
     def codegen(context, builder, sig, args):
         b = builder
-        a, i0, bm, j0, n8, s, bf16 = args
-        ta, _, tb, _, _, ts, _ = sig.args
-        kind, isz = _operand(tb)
-        aa = context.make_array(ta)(context, b, a)
-        ba = context.make_array(tb)(context, b, bm)
-        sa = context.make_array(ts)(context, b, s)
+        _, i0, _, j0, n8, _, bf16 = args
+        kind, isz = _operand(sig.args[2])
+        aa, ba, sa = _arrays(context, b, sig, args, 0, 2, 5)
         fma = _fma(b)
         zero = ir.Constant(I64, 0)
         arow = [_row_ptr(b, aa, b.add(i0, ir.Constant(I64, i)), zero, 4) for i in range(rows)]
@@ -131,12 +133,9 @@ def _make_dots(rows: int, cols: int):
 def _make_pv(rows: int):
     def codegen(context, builder, sig, args):
         b = builder
-        p, r0, vb, voff, nj, o, d0, bf16, beta = args
-        tp, _, tv, _, _, to, _, _, _ = sig.args
-        kind, isz = _operand(tv)
-        pa = context.make_array(tp)(context, b, p)
-        va = context.make_array(tv)(context, b, vb)
-        oa = context.make_array(to)(context, b, o)
+        _, r0, _, voff, nj, _, d0, bf16, beta = args
+        kind, isz = _operand(sig.args[2])
+        pa, va, oa = _arrays(context, b, sig, args, 0, 2, 5)
         fma = _fma(b)
         zero = ir.Constant(I64, 0)
         orow = [_row_ptr(b, oa, b.add(r0, ir.Constant(I64, i)), d0, 4) for i in range(rows)]

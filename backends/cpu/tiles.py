@@ -34,21 +34,21 @@ def dots(a, na, b, nb_, dk, s, b_type):
     n8 = dk // 8
     bf = 1 if b_type == BF16 else 0
     i = 0
-    while i + 4 <= na:
+    while i < na:
+        four = i + 4 <= na   # a block of 4 rows, else the last rows one by one
         j = 0
         while j + 3 <= nb_:
-            dots4x3(a, i, b, j, n8, s, bf)
+            if four:
+                dots4x3(a, i, b, j, n8, s, bf)
+            else:
+                dots1x3(a, i, b, j, n8, s, bf)
             j += 3
         for jj in range(j, nb_):
-            dots4x1(a, i, b, jj, n8, s, bf)
-        i += 4
-    for ii in range(i, na):
-        j = 0
-        while j + 3 <= nb_:
-            dots1x3(a, ii, b, j, n8, s, bf)
-            j += 3
-        for jj in range(j, nb_):
-            dots1x1(a, ii, b, jj, n8, s, bf)
+            if four:
+                dots4x1(a, i, b, jj, n8, s, bf)
+            else:
+                dots1x1(a, i, b, jj, n8, s, bf)
+        i += 4 if four else 1
     if 8 * n8 < dk:
         for ii in range(na):
             for jj in range(nb_):
