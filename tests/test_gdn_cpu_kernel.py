@@ -89,8 +89,8 @@ def _strided(a):
 
 
 def test_non_contiguous_inputs():
-    """The forms a plan picks, on strided views (q permuted, g/beta/state with odd strides,
-    every other array padded): the same results as on contiguous arrays. Every array strided,
+    """The forms a plan picks, on strided views (q permuted, g/beta/state with odd strides, v
+    padded, k and dst with their values 2 apart): the same results as on contiguous arrays. Every array strided,
     so this compiles the one any_layout form the plans use."""
     from minigraph.backends.cpu.gated_delta_net import GDN_CHUNKED, GDN_DECODE, GDN_RECURRENT
     rng = np.random.default_rng(2)
@@ -100,11 +100,12 @@ def test_non_contiguous_inputs():
     beta_nc = np.ascontiguousarray(beta.transpose(2, 1, 0, 3)).transpose(2, 1, 0, 3)
     state_nc = np.ascontiguousarray(state.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     assert not q_nc.flags.c_contiguous and not state_nc.flags.c_contiguous
+    k_el = np.repeat(k, 2, axis=3)[..., ::2]          # values 2 elements apart within a row
     for T, form in ((33, GDN_CHUNKED), (5, GDN_RECURRENT)):
-        arrs = (q_nc[:, :T], _strided(k[:, :T]), _strided(v[:, :T]), g_nc[:, :T], beta_nc[:, :T], state_nc)
+        arrs = (q_nc[:, :T], k_el[:, :T], _strided(v[:, :T]), g_nc[:, :T], beta_nc[:, :T], state_nc)
         assert not any(a.flags.c_contiguous for a in arrs)
         ns, _, Hv, S = arrs[2].shape
-        out = _strided(np.full((1, 1, T * ns + 2 * S * ns, S * Hv), np.nan, np.float32))
+        out = np.full((1, 1, T * ns + 2 * S * ns, 2 * S * Hv), np.nan, np.float32)[..., ::2]
         form.load_helpers()
         form.parallel(out, *arrs, 2)
         assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL

@@ -51,7 +51,8 @@ from numba import njit, prange, types
 
 from minigraph.backends.cpu.jit import DualKernel, Helper
 from minigraph.backends.cpu.tiles import F32, madd, matmul
-from minigraph.backends.cpu.gdn_rows import FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row, _snap_off, _zero_slots
+from minigraph.backends.cpu.gdn_rows import (FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row,
+                                             _scaled_copy, _snap_off, _zero_slots)
 
 # Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
 # state plus ~10 CHUNK*S inside the chunk. On the AVX2 Zen 3 dev box (2 threads, T=4096, H_v=32,
@@ -177,19 +178,12 @@ def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
         gt[r] = np.float64(g[seq, t, h, 0])
         b = np.float32(beta[seq, t, h, 0])
         bb[r] = b
-        kr = k[sq, t, hk]
-        qr = q[sq, t, hk]
-        vr = v[seq, t, h]
-        for i in range(S):
-            kq[r, i] = kr[i]
-            kq[n + r, i] = qr[i]
-            vb[r, i] = b * vr[i]
+        _scaled_copy(kq[r], k[sq, t, hk], np.float32(1.0))
+        _scaled_copy(kq[n + r], q[sq, t, hk], np.float32(1.0))
+        _scaled_copy(vb[r], v[seq, t, h], b)
     _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S)
     for r in range(n):
-        out = _out_row(dst, seq * T + t0 + r, h, S)
-        yr = y[n + r]
-        for j in range(S):
-            out[j] = yr[j] * scale
+        _scaled_copy(_out_row(dst, seq * T + t0 + r, h, S), y[n + r], scale)
 
 
 _A4 = types.Array(types.float32, 4, "A")
