@@ -30,13 +30,12 @@ second pass combines them (and the sinks). The prange lanes take tasks from an a
 the longest (last causal query blocks) first, so uneven tasks or a core busy with another
 process do not leave a thread idle.
 
-Speed (2-core Zen 3 dev box, one core, tiles hot in L2; OpenBLAS's large sgemm: ~80-89 GFLOP/s):
-both products are register-tiled micro-kernels in LLVM IR (attention_ir.py). Measured side by
-side with the sgemm in one process: the scores tile 66-78 GFLOP/s (the Numba 4 x 2 loops it
-replaced: 50-69), the output update 61-74 (Numba loops, whose outputs went through memory on
-every pass: 52-60). OpenBLAS sgemm on the same small tiles measured 45-67 with its operand
-packing, so no BLAS is used. exp is a vectorisable polynomial (libm's expf is scalar and cost
-~15% of prefill).
+Speed (2-core Zen 3 dev box): both products are the register-tiled micro-kernels of tile_ir.py
+(through tiles.dots / tiles.madd). One core, side by side with a large OpenBLAS sgemm (~80 GFLOP/s)
+in one process: the scores 66-78 GFLOP/s and the output update 61-74, where the Numba loops they
+replaced ran 50-69 and 52-60; OpenBLAS itself on these small tiles measured 45-67 with its
+operand packing. MLA prefill on both cores: 112-132 GFLOP/s, 82-88% of the sgemm's. exp is a
+vectorisable polynomial (libm's expf is scalar and cost ~15% of prefill).
 """
 from __future__ import annotations
 
