@@ -249,3 +249,52 @@ def test_chunk_products_and_form_choice():
     assert gdn.uses_chunked(T, 1, K) and not gdn.uses_chunked(T, 16, K) and not gdn.uses_chunked(1, 1, 1)
     arrs = make(rng, 16, 2, 4, T, 2, 1, 1, -1.0)
     assert rel_err(run(arrs, K), reference(*arrs, K)) < RTOL
+
+
+_BLOCK_SCIPY = '''
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy" or name.startswith("scipy."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _Block())
+'''
+
+_PREFILL_WITHOUT_SCIPY = '''
+import sys
+import numpy as np
+import minigraph as mg
+from minigraph.backends.cpu import gated_delta_net as gdn
+from minigraph.ops.gdn_reference import gated_delta_net_reference
+rng = np.random.default_rng(0)
+S, H, T = 16, 2, 3 * gdn.CHUNK + 3
+unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(rng.standard_normal(s).astype(np.float32))
+arrs = [unit(1, T, H, S), unit(1, T, H, S), rng.standard_normal((1, T, H, S)).astype(np.float32),
+        rng.uniform(-1, -1e-4, (1, T, H, 1)).astype(np.float32), rng.uniform(0, 1, (1, T, H, 1)).astype(np.float32),
+        rng.standard_normal((1, H, S, S)).astype(np.float32)]
+ctx = mg.Context()
+out = ctx.gated_delta_net(*[ctx.from_numpy(a) for a in arrs], 1)
+gf = ctx.new_graph()
+gf.build_forward_expand(out)
+cpu = mg.backend_cpu_init(1)
+cpu.graph_compute(gf)
+assert gdn.pick_form(out) is gdn.GDN_CHUNKED
+ref = gated_delta_net_reference(*arrs, 1).reshape(out.numpy().shape)
+err = np.abs(out.numpy() - ref).max() / np.abs(ref).max()
+assert err < 2e-5, err
+assert not any(m == "scipy" or m.startswith("scipy.") for m in sys.modules)
+print("ok", err)
+'''
+
+
+def test_chunked_prefill_without_scipy(tmp_path):
+    """The install the README gives has no scipy (no kernel calls BLAS): with scipy's import
+    blocked, a GDA prefill still takes the chunked form and matches float64."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "sitecustomize.py").write_text(_BLOCK_SCIPY)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + [p for p in sys.path if p]))
+    proc = subprocess.run([sys.executable, "-c", _PREFILL_WITHOUT_SCIPY], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stdout + proc.stderr
