@@ -28,8 +28,7 @@ from numba.extending import intrinsic
 
 from minigraph.backends.cpu.quant_ir import F32, I8, I16, I32, I64, hsum, splat, splat_const, vec
 
-LANES = 8
-COLS = 16                                  # output columns a pv call updates: two vectors
+LANES = 8                                  # floats a vector (a pv call updates 2 vectors = 16 columns)
 V8 = vec(F32, LANES)
 
 
@@ -53,7 +52,8 @@ def _load8(b, p, k, elem):
 
 
 def _operand(ty):
-    """(element kind, itemsize) of the K/V operand's Numba array type, or None."""
+    """(element kind, itemsize) of the b / vb operand's Numba array type (uint16: f16 or bf16
+    bits, told apart at run time), or None."""
     if not (isinstance(ty, types.Array) and ty.ndim == 2):
         return None
     if ty.dtype == types.float32:
