@@ -223,6 +223,58 @@ __device__ __forceinline__ float ex2(float x) {
 // exp(s - m): 0 for s = -inf (also when m = -inf)
 __device__ __forceinline__ float pexp(float s, float m) { return s == NEG_INF ? 0.0f : ex2((s - m) * LOG2E); }
 
+// the online softmax's factor for a running max m -> n (1 while the row has seen nothing); m = n
+__device__ __forceinline__ float max_shift(float& m, float n) {
+    const float f = n == NEG_INF ? 1.0f : ex2((m - n) * LOG2E);
+    m = n;
+    return f;
+}
+
+// the warp's output accumulators (rows g and g + 8 of each n-tile) times their rows' factors
+__device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], float fa, float fb) {
+#pragma unroll
+    for (int i = 0; i < NT_O; ++i) {
+        o[i][0] *= fa;
+        o[i][1] *= fa;
+        o[i][2] *= fb;
+        o[i][3] *= fb;
+    }
+}
+
+// V's tile of stage ft in shared memory and its row stride vs (halves): K's own tile (sk) when V
+// is a view of K
+__device__ __forceinline__ u32 v_tile(u32 sk, u32 s_base, int ft, int& vs) {
+#if SHARE
+    vs = KS;
+    return sk;
+#else
+    vs = VS;
+    return s_base + SM_V + ft * (BN * VS * 2);
+#endif
+}
+
+// O += P V for k-step kk of the tile (16 kv rows): P's A fragment a0..a3, V rows from sv (row
+// stride vs), the warp's output columns at v_lane
+__device__ __forceinline__ void pv_step(float (&o)[NT_O][4], u32 a0, u32 a1, u32 a2, u32 a3, u32 sv, u32 v_lane,
+                                        int vs, int kk) {
+#if NT_O % 2 == 0
+#pragma unroll
+    for (int np = 0; np < NT_O / 2; ++np) {
+        u32 b0, b1, b2, b3;
+        ldm_x4t(sv + v_lane + (kk * 16 * vs + np * 16) * 2, b0, b1, b2, b3);
+        mma(o[2 * np], a0, a1, a2, a3, b0, b1);
+        mma(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
+    }
+#else
+#pragma unroll
+    for (int nt = 0; nt < NT_O; ++nt) {
+        u32 b0, b1;
+        ldm_x2t(sv + v_lane + (kk * 16 * vs + nt * 8) * 2, b0, b1);
+        mma(o[nt], a0, a1, a2, a3, b0, b1);
+    }
+#endif
+}
+
 __device__ __forceinline__ float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
     return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -582,10 +634,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
             wb = fmaxf(wb, fmaxf(s[nt][2], s[nt][3]));
         }
         const float na = fmaxf(m_a, quad_max(wa)), nb = fmaxf(m_b, quad_max(wb));
-        const float fa = na == NEG_INF ? 1.0f : ex2((m_a - na) * LOG2E);   // 0 while nothing was seen
-        const float fb = nb == NEG_INF ? 1.0f : ex2((m_b - nb) * LOG2E);
-        m_a = na;
-        m_b = nb;
+        const float fa = max_shift(m_a, na), fb = max_shift(m_b, nb);
         // P as f16 A fragments: n-tiles 2kk and 2kk + 1 are k-step kk's columns 0-7 and 8-15
         u32 pf[NT_F / 2][4];
         float pa = 0.0f, pb = 0.0f;
@@ -600,41 +649,13 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
         }
         l_a = l_a * fa + pa;          // the lane's share of the row: its quad sums it at the end
         l_b = l_b * fb + pb;
-#pragma unroll
-        for (int i = 0; i < NT_O; ++i) {
-            o[i][0] *= fa;
-            o[i][1] *= fa;
-            o[i][2] *= fb;
-            o[i][3] *= fb;
-        }
+        rescale_o(o, fa, fb);
 
         // O += P V over the warp's output columns
-#if SHARE
-        const u32 sv = sk;
-        const int vs = KS;
-#else
-        const u32 sv = s_base + SM_V + ft * (BN * VS * 2);
-        const int vs = VS;
-#endif
+        int vs;
+        const u32 sv = v_tile(sk, s_base, ft, vs);
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-#if NT_O % 2 == 0
-#pragma unroll
-            for (int np = 0; np < NT_O / 2; ++np) {
-                u32 b0, b1, b2, b3;
-                ldm_x4t(sv + v_lane + (kk * 16 * vs + np * 16) * 2, b0, b1, b2, b3);
-                mma(o[2 * np], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b0, b1);
-                mma(o[2 * np + 1], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b2, b3);
-            }
-#else
-#pragma unroll
-            for (int nt = 0; nt < NT_O; ++nt) {
-                u32 b0, b1;
-                ldm_x2t(sv + v_lane + (kk * 16 * vs + nt * 8) * 2, b0, b1);
-                mma(o[nt], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b0, b1);
-            }
-#endif
-        }
+        for (int kk = 0; kk < BN / 16; ++kk) pv_step(o, pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], sv, v_lane, vs, kk);
 #else
         // mask values of the lane's scores, loaded before the mma's that hide their latency
         float mv[NT_S][4];
@@ -692,10 +713,7 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
             na = fmaxf(na, s_max[ww * ROWS + g]);
             nb = fmaxf(nb, s_max[ww * ROWS + g + 8]);
         }
-        const float fa = na == NEG_INF ? 1.0f : ex2((m_a - na) * LOG2E);   // 0 while nothing was seen
-        const float fb = nb == NEG_INF ? 1.0f : ex2((m_b - nb) * LOG2E);
-        m_a = na;
-        m_b = nb;
+        const float fa = max_shift(m_a, na), fb = max_shift(m_b, nb);
         float pa = 0.0f, pb = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < NT_S; ++nt) {
@@ -709,43 +727,17 @@ fa_mma_chunk(const i64* __restrict__ meta, const float* __restrict__ q, const vo
         }
         l_a = l_a * fa + pa;          // the lane's share of its columns; summed at the end
         l_b = l_b * fb + pb;
-#pragma unroll
-        for (int i = 0; i < NT_O; ++i) {
-            o[i][0] *= fa;
-            o[i][1] *= fa;
-            o[i][2] *= fb;
-            o[i][3] *= fb;
-        }
+        rescale_o(o, fa, fb);
         __syncthreads();
 
         // O += P V over the warp's output columns
-#if SHARE
-        const u32 sv = sk;
-        const int vs = KS;
-#else
-        const u32 sv = s_base + SM_V + ft * (BN * VS * 2);
-        const int vs = VS;
-#endif
+        int vs;
+        const u32 sv = v_tile(sk, s_base, ft, vs);
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             u32 a0, a1, a2, a3;
             ldm_x4(s_base + SM_P + p_off + kk * 32, a0, a1, a2, a3);
-#if NT_O % 2 == 0
-#pragma unroll
-            for (int np = 0; np < NT_O / 2; ++np) {
-                u32 b0, b1, b2, b3;
-                ldm_x4t(sv + v_lane + (kk * 16 * vs + np * 16) * 2, b0, b1, b2, b3);
-                mma(o[2 * np], a0, a1, a2, a3, b0, b1);
-                mma(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
-            }
-#else
-#pragma unroll
-            for (int nt = 0; nt < NT_O; ++nt) {
-                u32 b0, b1;
-                ldm_x2t(sv + v_lane + (kk * 16 * vs + nt * 8) * 2, b0, b1);
-                mma(o[nt], a0, a1, a2, a3, b0, b1);
-            }
-#endif
+            pv_step(o, a0, a1, a2, a3, sv, v_lane, vs, kk);
         }
 #endif
     }
