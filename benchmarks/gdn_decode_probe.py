@@ -7,7 +7,7 @@ the same 537 MB state through different access structures, side by side with tor
   contig-wb  the same with plain ld.global / st.global
   stride   grid-stride float4 copy (4 a thread in flight), 8 blocks of 256 an SM
 and rows8 / torch with the destination moved by a few offsets (placement of dst against src).
-GPU time by CUDA events, median (min-max) of TRIALS trials of 20 launches.
+GPU time by CUDA events, median (min-max) of gdn_cuda.TRIALS trials of 20 launches.
 H200, 2026-12-01, one run: rows8 271.9 us, contig 275.7, contig-wb 269.2, stride 281.5, torch 258.8;
 moving dst by 4 KB .. 4 MB changes neither (rows8 269-274, torch 257-259). No copy written here
 gets within 4% of torch's, so decode's 280 us goal (92% of torch's copy) sits at the edge of what
@@ -16,8 +16,14 @@ Run on the device: python benchmarks/gdn_decode_probe.py
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 from numba import cuda, types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gdn_cuda import cuda_time  # noqa: E402  (the same event timing as benchmarks/gdn_cuda.py)
 
 SRC = r"""
 __device__ __forceinline__ float4 ldcs(const float* p) {
@@ -44,29 +50,28 @@ extern "C" __device__ int probe_rows8(const float* src, float* dst, long long n)
         for (int m = 0; m < 4; ++m) stcs(dst + base + (4 * p + rq) * 128 + 32 * m + 4 * l8, x[p][m]);
     return 0;
 }
-extern "C" __device__ int probe_contig(const float* src, float* dst, long long n) {
+template <bool CS>   // CS: ld/st.global.cs, else plain ld.global / st.global
+__device__ __forceinline__ int contig(const float* src, float* dst, long long n) {
     const int lane = threadIdx.x & 31;
     const long long it = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const long long base = it * 2048;
     if (base >= n) return 0;
     float4 x[16];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) x[i] = ldcs(src + base + 128 * i + 4 * lane);
+    for (int i = 0; i < 16; ++i) {
+        const float* p = src + base + 128 * i + 4 * lane;
+        x[i] = CS ? ldcs(p) : *(const float4*)p;
+    }
 #pragma unroll
-    for (int i = 0; i < 16; ++i) stcs(dst + base + 128 * i + 4 * lane, x[i]);
+    for (int i = 0; i < 16; ++i) {
+        float* p = dst + base + 128 * i + 4 * lane;
+        if (CS) stcs(p, x[i]); else *(float4*)p = x[i];
+    }
     return 0;
 }
+extern "C" __device__ int probe_contig(const float* src, float* dst, long long n) { return contig<true>(src, dst, n); }
 extern "C" __device__ int probe_contig_wb(const float* src, float* dst, long long n) {
-    const int lane = threadIdx.x & 31;
-    const long long it = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const long long base = it * 2048;
-    if (base >= n) return 0;
-    float4 x[16];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) x[i] = *(const float4*)(src + base + 128 * i + 4 * lane);
-#pragma unroll
-    for (int i = 0; i < 16; ++i) *(float4*)(dst + base + 128 * i + 4 * lane) = x[i];
-    return 0;
+    return contig<false>(src, dst, n);
 }
 extern "C" __device__ int probe_stride(const float* src, float* dst, long long n) {
     const long long n4 = n / 4, step = (long long)gridDim.x * blockDim.x;
@@ -80,7 +85,6 @@ extern "C" __device__ int probe_stride(const float* src, float* dst, long long n
     return 0;
 }
 """
-TRIALS = 5
 _FP = types.CPointer(types.float32)
 
 
@@ -95,18 +99,8 @@ def _kernel(name):
 
 
 def _time(fn):
-    fn()
-    cuda.synchronize()
-    ts = []
-    for _ in range(TRIALS):
-        a, b = cuda.event(), cuda.event()
-        a.record()
-        for _ in range(20):
-            fn()
-        b.record()
-        b.synchronize()
-        ts.append(cuda.event_elapsed_time(a, b) / 20 * 1e3)
-    return f"{np.median(ts):6.1f} us ({min(ts):.1f}-{max(ts):.1f})"
+    med, lo, hi = cuda_time(fn, 20)
+    return f"{med * 1e6:6.1f} us ({lo * 1e6:.1f}-{hi * 1e6:.1f})"
 
 
 def main():
