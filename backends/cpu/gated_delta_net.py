@@ -50,6 +50,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from minigraph.backends.cpu.jit import DualKernel, Helper
+from minigraph.backends.cpu.storage import load_row
 from minigraph.backends.cpu.tiles import F32, madd, matmul
 from minigraph.backends.cpu.gdn_rows import (FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row,
                                              _scaled_copy, _snap_off, _zero_slots)
@@ -179,9 +180,11 @@ def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
         gt[r] = np.float64(g[seq, t, h, 0])
         b = np.float32(beta[seq, t, h, 0])
         bb[r] = b
-        _scaled_copy(kq[r], k[sq, t, hk], np.float32(1.0))
-        _scaled_copy(kq[n + r], q[sq, t, hk], np.float32(1.0))
-        _scaled_copy(vb[r], v[seq, t, h], b)
+        load_row(k[sq, t, hk], kq[r], F32)          # contiguous source rows are read as such
+        load_row(q[sq, t, hk], kq[n + r], F32)
+        load_row(v[seq, t, h], vb[r], F32)
+        for i in range(S):
+            vb[r, i] *= b
     _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S)
     for r in range(n):
         _scaled_copy(_out_row(dst, seq * T + t0 + r, h, S), y[n + r], scale)

@@ -50,10 +50,11 @@ def _out_row(dst, row, h, S):
 
 @njit(**INLINE)
 def _scaled_copy(out, src, x):
-    """out[:n] = x * src[:n] (n = len(out)) for 1-D float32 views of any stride. Unit-stride
-    views are read as contiguous arrays: through a strided ('A' layout) view, as the any-layout
-    forms get their inputs, the loop stays scalar (the chunked prefill's row copies took ~1/3
-    of its non-product time that way)."""
+    """out[:n] = x * src[:n] (n = len(out)) for 1-D float32 views of any stride: storage.load_row's
+    counterpart for writing into a strided destination. Unit-stride views are written as
+    contiguous arrays: through a strided ('A' layout) view, as the any-layout forms get dst, the
+    loop stays scalar (the chunked prefill's row copies took ~1/3 of its non-product time that
+    way, before they went through load_row and this)."""
     n = out.shape[0]
     if out.strides[0] == 4 and src.strides[0] == 4:
         o = carray(data_ptr(out), n)
