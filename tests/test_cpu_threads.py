@@ -51,6 +51,19 @@ def test_load_aware_compute_runs_and_reports_its_threads(monkeypatch):
     np.testing.assert_array_equal(y.numpy(), np.arange(1 << 16, dtype=np.float32) ** 2)
 
 
+def test_compute_sets_numba_thread_count():
+    """graph_compute sets the count through numba's C setter once its threading layer is up (not
+    numba.set_num_threads, whose start-up check costs microseconds a call): the count must hold."""
+    import numba
+    ctx = mg.Context()
+    y = ctx.sqr(ctx.from_numpy(np.arange(1 << 16, dtype=np.float32)))
+    gf = ctx.new_graph()
+    mg.build_forward_expand(gf, y)
+    for n in (1, 2, 1, 3):
+        mg.backend_cpu_init(n).graph_compute(gf)
+        assert numba.get_num_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
+
+
 @pytest.mark.parametrize("cpus,others,cap,want", [(2, 0.0, 2, 2), (2, 0.15, 2, 2), (2, 0.3, 2, 1), (2, 1.0, 2, 1),
                                                   (2, 2.5, 2, 1), (8, 3.0, 8, 5), (8, 0.0, 4, 4)])
 def test_thread_count_from_other_load(cpus, others, cap, want):

@@ -22,8 +22,8 @@ class PlanCache:
         """The plan for (graph, tag) at the graph's current key, made by `make()` when missing,
         stale, or refused by `valid(plan)` (e.g. an input moved to another buffer)."""
         key = graph.plan_key()
-        with self._lock:
-            entry = self._plans.setdefault(graph, {}).get(tag)
+        plans = self._plans.get(graph)   # a read needs no lock (and setdefault made a weakref each call)
+        entry = None if plans is None else plans.get(tag)
         if entry is not None and entry[0] == key and (valid is None or valid(entry[1])):
             return entry[1]
         plan = make()

@@ -40,11 +40,13 @@ def binding_epoch() -> int:
 
 def graph_lock(graph: Any) -> "threading.RLock":
     """The lock computes of `graph` hold (re-entrant: a scheduler computes its splits inside it)."""
-    with _locks_guard:
-        lock = _locks.get(graph)
-        if lock is None:
-            lock = _locks[graph] = threading.RLock()
-        return lock
+    lock = _locks.get(graph)             # the guard only for making one (the read is atomic)
+    if lock is None:
+        with _locks_guard:
+            lock = _locks.get(graph)
+            if lock is None:
+                lock = _locks[graph] = threading.RLock()
+    return lock
 
 
 class ResultBinder:
