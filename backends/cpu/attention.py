@@ -54,7 +54,8 @@ from minigraph.backends.cpu.jit import fetch_add, kernel
 from minigraph.backends.cpu.quant_ir import NATIVE_HALF
 from minigraph.backends.cpu.tiles import dots, madd
 from minigraph.backends.cpu.storage import (BF16, F16, KV_QUANT_TYPES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_to_f32,
-                                            f32_from_bits, f32_to_f16, load_row, to_f32)
+                                            f32_to_f16, load_row, to_f32)
+from minigraph.backends.cpu.vexp import exp_nonpos
 
 F32 = dtypes.TYPE_F32
 
@@ -70,13 +71,6 @@ MAX_LANES = 64         # prange lanes taking tasks from the queue (idle lanes co
 # are -inf. The softmax must not reassociate (exp's range reduction depends on its order).
 _FAST = dict(fastmath={"reassoc", "contract", "nsz", "arcp"}, cache=True, nogil=True, error_model="numpy")
 _EXACT_ORDER = dict(fastmath={"contract", "nsz", "arcp"}, cache=True, nogil=True, error_model="numpy")
-
-# exp(x) = 2^n e^r with x = n ln2 + r, |r| <= ln2 / 2: Cody-Waite split of ln2 and Cephes' expf
-# polynomial (max relative error ~1e-7 on [-87, 0], as libm's expf). Below EXP_MIN it gives 0.
-LOG2E = np.float32(1.4426950408889634)
-LN2_HI = np.float32(0.693359375)
-LN2_LO = np.float32(-2.12194440e-4)
-EXP_MIN = np.float32(-87.0)
 
 
 def _cache_rows(t, i3, h, j0, n):
@@ -107,24 +101,6 @@ def _slope(h, n_head, max_bias):
     m0 = 2.0 ** (-max_bias / n_log2)
     m1 = 2.0 ** (-(max_bias / 2.0) / n_log2)
     return np.float32(m0 ** (h + 1) if h < n_log2 else m1 ** (2 * (h - n_log2) + 1))
-
-
-@numba.njit(inline="always", **_EXACT_ORDER)
-def _exp_nonpos(x):
-    """e^x for x <= 0 (a logit minus the running max; -inf gives 0), in a form LLVM vectorises."""
-    xc = x if x > EXP_MIN else EXP_MIN
-    n = np.floor(xc * LOG2E + np.float32(0.5))
-    r = xc - n * LN2_HI
-    r = r - n * LN2_LO
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    p = p * r * r + r + np.float32(1.0)
-    e = p * f32_from_bits(np.int32(n + 127) << 23)
-    return e if x > EXP_MIN else np.float32(0.0)
 
 
 @numba.njit(**_FAST)
@@ -184,7 +160,7 @@ def _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, slope, G, shared_mask, m
                 orow[d] *= f
             m_run[r] = m_new
         for j in range(nj):
-            srow[j] = _exp_nonpos(srow[j] - m_new)
+            srow[j] = exp_nonpos(srow[j] - m_new)
         l_run[r] += _row_sum(srow, nj)
 
 
