@@ -145,24 +145,27 @@ def test_vs_ggml(T, kda, K):
 
 @pytest.mark.parametrize("T", [1, 15, 16, 17, 33, 63, 64, 65, 100, 200, 256])
 @pytest.mark.parametrize("g_lo", [-1.0, -20.0])
-def test_chunked_form(T, g_lo):
-    """The WY/UT chunked kernel directly (the entry point picks it for GDA from CHUNK_MIN_T on),
-    K = 2 so the token-by-token tail that feeds the snapshot slots runs too."""
+@pytest.mark.parametrize("kda", [False, True], ids=["gda", "kda"])
+def test_chunked_form(T, g_lo, kda):
+    """The WY/UT chunked kernel directly (the entry point picks it from CHUNK_MIN_T on), K = 2 so
+    the token-by-token tail that feeds the snapshot slots runs too. KDA gates of -1 take the
+    factored Gram, gates of -20 the pairwise one (test_kda_chunk_gram_paths checks which)."""
     from minigraph.backends.cpu.gated_delta_net import _gdn_chunked
     rng = np.random.default_rng(T)
-    arrs = make(rng, 32, 2, 4, T, 2, 1, 1, g_lo)
+    arrs = make(rng, 32, 2, 4, T, 2, 1, 32 if kda else 1, g_lo)
     ns, S, Hv, K = 2, 32, 4, 2
     out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
     _gdn_chunked(out, *arrs, K)
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
 
 
-def test_chunked_strong_gates_stay_finite():
+@pytest.mark.parametrize("width", [1, 32], ids=["gda", "kda"])
+def test_chunked_strong_gates_stay_finite(width):
     """Per-token gates of -60: a chunk's cumulative gate reaches -960 (exp(+960) in the naive
-    k * exp(-g_cum) form); the masked differences keep every factor <= 1."""
+    k * exp(-g_cum) form); the masked differences (KDA: running products) keep every factor <= 1."""
     from minigraph.backends.cpu.gated_delta_net import _gdn_chunked
     rng = np.random.default_rng(5)
-    arrs = list(make(rng, 32, 2, 4, 100, 1, 1, 1, -60.0))
+    arrs = list(make(rng, 32, 2, 4, 100, 1, 1, width, -60.0))
     ns, S, Hv = 1, 32, 4
     out = np.full((1, 1, 100 * ns + S * ns, S * Hv), np.nan, np.float32)
     _gdn_chunked(out, *arrs, 1)
@@ -172,7 +175,7 @@ def test_chunked_strong_gates_stay_finite():
 @pytest.mark.parametrize("kda", [False, True])
 def test_long_prefill_s128(kda):
     """T = 4096 at the model's head size S = 128 (two value heads, GQA): the entry point
-    (chunked for GDA, recurrence for KDA) against the float64 rule."""
+    (the chunked form) against the float64 rule."""
     rng = np.random.default_rng(11)
     S = 128
     arrs = make(rng, S, 1, 2, 4096, 1, 1, S if kda else 1, -1.0)
@@ -218,6 +221,43 @@ def test_decode_big_state_streams():
     assert rel_err(out[0, 0], reference(*arrs, 1)) < RTOL
 
 
+def _chunk_reference(M, k, q, v, g, beta):
+    """One chunk of the rule in float64 from M[i, j] = S[i][j]: (outputs q.S_t unscaled, final M)."""
+    M = M.astype(np.float64)
+    outs = []
+    for t in range(len(k)):
+        M = M * np.exp(g[t].astype(np.float64))[:, None]
+        delta = (v[t] - k[t] @ M) * beta[t]
+        M = M + np.outer(k[t], delta)
+        outs.append(q[t] @ M)
+    return np.array(outs), M
+
+
+@pytest.mark.parametrize("g_lo,g_hi,factored", [(-1.0, -1e-4, True), (-4.0, -1.0, False), (-0.5, 0.3, True),
+                                                (-60.0, -20.0, False)])
+def test_kda_chunk_gram_paths(g_lo, g_hi, factored):
+    """_chunk_step_kda on one chunk against float64, with gates that take the factored Gram (the
+    smallest per-key decay over the chunk >= KDA_FACTOR_MIN; growing gates too) and the pairwise
+    running products (decays down to e^-960)."""
+    from minigraph.backends.cpu import gated_delta_net as gdn
+    C, S = gdn.CHUNK, 32
+    rng = np.random.default_rng(int(-g_lo * 10))
+    unit = lambda: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(rng.standard_normal((C, S)))
+    k, q, v = unit(), unit(), rng.standard_normal((C, S))
+    g = rng.uniform(g_lo, g_hi, (C, S))
+    beta = rng.uniform(0, 1, C)
+    M0 = rng.standard_normal((S, S))
+    assert (np.exp(g.sum(0)).min() >= gdn.KDA_FACTOR_MIN) == factored
+    f = lambda *s: np.zeros(s, np.float32)
+    M, kq = M0.astype(np.float32), np.concatenate([k, q]).astype(np.float32)
+    vb, bb = (v * beta[:, None]).astype(np.float32), beta.astype(np.float32)
+    kb, x, u, y, gam, rr = f(C, S), f(2 * C, S), f(C, S), f(2 * C, S), f(C, S), f(C, S)
+    gdn._chunk_step_kda(M, kq, vb, kb, x, u, y, f(2 * C * C), f(C * C), np.exp(g).astype(np.float32), gam, rr, bb,
+                        C, S)
+    want_o, want_m = _chunk_reference(M0, k, q, v, g, beta)
+    assert rel_err(y[C:], want_o) < RTOL and rel_err(M, want_m) < RTOL
+
+
 @pytest.mark.parametrize("Hv,ns,ns_qk", [(12, 1, 1), (4, 3, 1), (6, 3, 3)])
 def test_chunked_head_groups(Hv, ns, ns_qk):
     """(seq, head) pairs that do not fill whole HEAD_GROUPs, and groups spanning sequences."""
@@ -246,7 +286,8 @@ def test_chunk_products_and_form_choice():
     with pytest.raises(ValueError, match="matmul"):
         matmul(a.T, np.asfortranarray(b), out)    # b's rows not contiguous: refused, not misread
     T, K = 3 * gdn.CHUNK + 5, 2
-    assert gdn.uses_chunked(T, 1, K) and not gdn.uses_chunked(T, 16, K) and not gdn.uses_chunked(1, 1, 1)
+    assert gdn.uses_chunked(T, 1, K) and gdn.uses_chunked(T, 16, K)            # GDA and KDA
+    assert not gdn.uses_chunked(T, 1, gdn.CHUNK + 1) and not gdn.uses_chunked(1, 1, 1)
     arrs = make(rng, 16, 2, 4, T, 2, 1, 1, -1.0)
     assert rel_err(run(arrs, K), reference(*arrs, K)) < RTOL
 

@@ -31,12 +31,14 @@ Algorithms (chosen by `gated_delta_net`):
   * recurrent: the state lives in a local [j][i] buffer; each token makes ONE fused pass
     over it (update with the previous delta, dot with q for the output, dot with the next
     decayed key for the next delta), four rows at a time so k/q loads are shared.
-  * chunked (GDA, T >= CHUNK_MIN_T, K <= CHUNK): WY/UT form over chunks of CHUNK tokens,
+  * chunked (T >= CHUNK_MIN_T, K <= CHUNK): WY/UT form over chunks of CHUNK tokens,
     its products on register-tiled micro-kernels (tiles.matmul; they replaced OpenBLAS sgemm,
     which ran these small shapes slower and needed scipy); decays only as running products of exp(g) <= 1, so nothing
     overflows; the tail chunk is just shorter (exact, no padding); the last K - 1 tokens
     run token by token so each snapshot slot is a real state. Heads go out in groups of
-    HEAD_GROUP that walk their chunks in step.
+    HEAD_GROUP that walk their chunks in step. KDA (per-key gates) takes the same form with
+    per-key decays (_chunk_step_kda): its Gram product goes through the cumulative decays and
+    their inverses where these stay in range, pair by pair otherwise.
 
 Numba notes that the speed depends on: helpers called inside hot loops are inline="always"
 (a plain njit call is not inlined by LLVM here and costs a call plus NRT refcounts per
@@ -51,9 +53,10 @@ from numba import njit, prange, types
 
 from minigraph.backends.cpu.jit import DualKernel, Helper
 from minigraph.backends.cpu.storage import load_row
+from minigraph.backends.cpu.vexp import exp_row
 from minigraph.backends.cpu.tiles import F32, madd, matmul
-from minigraph.backends.cpu.gdn_rows import (FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent, _out_row,
-                                             _scaled_copy, _snap_off, _zero_slots)
+from minigraph.backends.cpu.gdn_rows import (FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent,
+                                             _load_gate, _out_row, _scaled_copy, _snap_off, _zero_slots)
 
 # Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
 # state plus ~10 CHUNK*S inside the chunk. On the AVX2 Zen 3 dev box (2 threads, T=4096, H_v=32,
@@ -143,15 +146,109 @@ def _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S):
     madd(kb[:n].T, S, u[:n], 0, n, S, M, F32, gt[n - 1])   # M = e^gl M + (e^(gl - gc) K)^T D
 
 
+# A KDA chunk takes the Gram product through Gamma_r / Gamma_s (the per-key cumulative decays
+# from the chunk start) when every key decays by at least this factor over the chunk; below it
+# 1 / Gamma would lose precision or overflow (gates down to -20 a token reach e^-320), and the
+# chunk takes the exact pairwise form (running products, ~3x the Gram's work).
+KDA_FACTOR_MIN = np.float32(1e-12)
+
+
+@njit(**INLINE)
+def _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, S):
+    """_chunk_step for per-key gates (KDA), same buffers and outputs; eg rows 0..n-1 = e^g of
+    each token (per key), gam [C, S] and rr [C, S] scratch. With Gamma_r = prod_{t<=r} e^g_t
+    (per key) and E_rs = Gamma_r / Gamma_s = e^(gc_r - gc_s) <= 1 (s <= r):
+        A[r, s] = beta_r sum_i k_ri k_si E_rs,i (s < r),  P[r, s] = sum_i q_ri k_si E_rs,i (s <= r)
+        W = Tm (beta K Gamma);  U = Tm beta V;  D = U - W M;  O = (Q Gamma) M + P D
+        M <- diag(Gamma_last) M + (K E_last,s)^T D
+    A and P come from one product [beta K Gamma; Q Gamma] (K / Gamma)^T when Gamma_last >=
+    KDA_FACTOR_MIN for every key, else pair by pair with E kept as running products (rr[s] =
+    E_rs for the current r, so nothing overflows for any gate)."""
+    for i in range(S):
+        gam[0, i] = eg[0, i]
+    for r in range(1, n):
+        for i in range(S):
+            gam[r, i] = gam[r - 1, i] * eg[r, i]
+    lo = np.float32(1.0)
+    for i in range(S):
+        lo = min(lo, gam[n - 1, i])
+    for r in range(n):
+        br = bb[r]
+        for i in range(S):
+            kb[r, i] = br * gam[r, i] * kq[r, i]          # beta K Gamma
+            x[n + r, i] = gam[r, i] * kq[n + r, i]        # Q Gamma below W
+    gram = pbuf[:2 * n * n].reshape((2 * n, n))           # rows 0..n-1: beta A, n..2n-1: P
+    factored = lo >= KDA_FACTOR_MIN
+    if factored:
+        kt = x.reshape(x.size)[:S * n].reshape((S, n))    # (K / Gamma)^T (x's rows 0..n-1 are free)
+        for i in range(S):
+            for s in range(n):
+                kt[i, s] = kq[s, i] / gam[s, i]
+        matmul(kb[:n], kt, gram[:n])
+        matmul(x[n:2 * n], kt, gram[n:2 * n])
+    else:
+        for r in range(n):
+            br = bb[r]
+            for s in range(r):
+                ak = np.float32(0.0)
+                aq = np.float32(0.0)
+                for i in range(S):
+                    e = rr[s, i] * eg[r, i]
+                    rr[s, i] = e
+                    w = kq[s, i] * e
+                    ak += kq[r, i] * w
+                    aq += kq[n + r, i] * w
+                gram[r, s] = br * ak
+                gram[n + r, s] = aq
+            aq = np.float32(0.0)
+            for i in range(S):
+                rr[r, i] = 1.0
+                aq += kq[n + r, i] * kq[r, i]
+            gram[n + r, r] = aq
+    tm = tbuf[:n * n].reshape((n, n))
+    for r in range(n):                                    # Tm = (I + A)^-1
+        for c in range(n):
+            tm[r, c] = 0.0
+        tm[r, r] = 1.0
+        for s in range(r):
+            a = gram[r, s]
+            for c in range(s + 1):
+                tm[r, c] -= a * tm[s, c]
+    matmul(tm, vb[:n], u[:n])                             # U
+    matmul(tm, kb[:n], x[:n])                             # W
+    matmul(x[:2 * n], M, y[:2 * n])                       # [W M ; Q Gamma M]
+    for r in range(n):
+        for j in range(S):
+            u[r, j] -= y[r, j]                            # D = U - W M
+    for r in range(n):
+        for s in range(n):
+            tm[r, s] = gram[n + r, s] if s <= r else 0.0
+    matmul(tm, u[:n], y[:n])                              # P D
+    for r in range(n):
+        for j in range(S):
+            y[n + r, j] += y[r, j]
+    for s in range(n):                                    # K e^(gc_last - gc_s)
+        for i in range(S):
+            e = gam[n - 1, i] / gam[s, i] if factored else rr[s, i]
+            kb[s, i] = e * kq[s, i]
+    for i in range(S):
+        e = gam[n - 1, i]
+        for j in range(S):
+            M[i, j] *= e
+    madd(kb[:n].T, S, u[:n], 0, n, S, M, F32, 1.0)       # M = diag(Gamma_last) M + (K E)^T D
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _token_step_m(M, kt, qt, vt, e, b, out, S):
-    """One token of the plain rule on M[i, j] = S[i][j] (GDA gate e = exp(g)); out = S^T q."""
+    """One token of the plain rule on M[i, j] = S[i][j] (row i decays by e[i] = exp(g_i); GDA's
+    e is its gate broadcast); out = S^T q."""
     for j in range(S):
         out[j] = 0.0
     for i in range(S):
         ki = kt[i]
+        ei = e[i]
         for j in range(S):
-            M[i, j] *= e
+            M[i, j] *= ei
             out[j] += ki * M[i, j]
     for j in range(S):
         out[j] = (vt[j] - out[j]) * b                # delta
@@ -190,6 +287,28 @@ def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
         _scaled_copy(_out_row(dst, seq * T + t0 + r, h, S), y[n + r], scale)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _chunk_head_kda(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
+                    kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb):
+    """_chunk_head for per-key gates: the gate rows go in as e^g (vexp.exp_row: libm's expf would be
+    2048 scalar calls a chunk), then _chunk_step_kda."""
+    T = v.shape[1]
+    for r in range(n):
+        t = t0 + r
+        b = np.float32(beta[seq, t, h, 0])
+        bb[r] = b
+        load_row(k[sq, t, hk], kq[r], F32)
+        load_row(q[sq, t, hk], kq[n + r], F32)
+        load_row(v[seq, t, h], vb[r], F32)
+        load_row(g[seq, t, h], eg[r], F32)
+        exp_row(eg[r])
+        for i in range(vb.shape[1]):
+            vb[r, i] *= b
+    _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, v.shape[3])
+    for r in range(n):
+        _scaled_copy(_out_row(dst, seq * T + t0 + r, h, v.shape[3]), y[n + r], scale)
+
+
 _A4 = types.Array(types.float32, 4, "A")
 _C2, _C1 = types.Array(types.float32, 2, "C"), types.Array(types.float32, 1, "C")
 # _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale, kq, vb, kb, x, u, y, pbuf, tbuf,
@@ -197,6 +316,10 @@ _C2, _C1 = types.Array(types.float32, 2, "C"), types.Array(types.float32, 1, "C"
 CHUNK_HEAD = Helper(_chunk_head, (_C2,) + (_A4,) * 6 + (types.int64,) * 6 + (types.float32,) + (_C2,) * 6
                     + (_C1, _C1, types.Array(types.float64, 2, "C"), types.Array(types.float64, 1, "C"), _C1))
 _call_chunk_head = CHUNK_HEAD.call
+# _chunk_head_kda: the same arguments with (eg, gam, rr, bb) for (dk, gt, bb)
+CHUNK_HEAD_KDA = Helper(_chunk_head_kda, (_C2,) + (_A4,) * 6 + (types.int64,) * 6 + (types.float32,) + (_C2,) * 6
+                        + (_C1, _C1, _C2, _C2, _C2, _C1))
+_call_chunk_head_kda = CHUNK_HEAD_KDA.call
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -224,6 +347,10 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
     gt = np.empty(C, np.float64)
     dk = np.empty((C, C), np.float64)
     bb = np.empty(C, np.float32)
+    kda = g.shape[3] != 1
+    eg = np.empty((C if kda else 1, S), np.float32)      # KDA: e^g rows, Gamma rows, pairwise decays
+    gam = np.empty((C if kda else 1, S), np.float32)
+    rr = np.empty((C if kda else 1, S), np.float32)
     for p in range(p0, p1):
         seq = p // Hv
         h = p - seq * Hv
@@ -236,8 +363,12 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
         for p in range(p0, p1):
             seq = p // Hv
             h = p - seq * Hv
-            _call_chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
-                             kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb)
+            if kda:
+                _call_chunk_head_kda(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
+                                     kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb)
+            else:
+                _call_chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
+                                 kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb)
     for p in range(p0, p1):
         seq = p // Hv
         h = p - seq * Hv
@@ -256,8 +387,8 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
                     kq[0, i] = k[sq, t, hk, i]
                     kq[1, i] = q[sq, t, hk, i]
                     vb[0, i] = v[seq, t, h, i]
-                e = np.float32(math.exp(np.float64(g[seq, t, h, 0])))
-                _token_step_m(M, kq[0], kq[1], vb[0], e, np.float32(beta[seq, t, h, 0]), y[0], S)
+                _load_gate(kb[0], g, seq, t, h, S)
+                _token_step_m(M, kq[0], kq[1], vb[0], kb[0], np.float32(beta[seq, t, h, 0]), y[0], S)
                 out = _out_row(dst, seq * T + t, h, S)
                 for j in range(S):
                     out[j] = y[0, j] * scale
@@ -271,7 +402,7 @@ _call_chunked_group = CHUNKED_GROUP.call
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def _gdn_chunked(dst, q, k, v, g, beta, state, K):
-    """GDA (scalar gates): the first T - K + 1 tokens in chunks of CHUNK (_chunk_step), the
+    """The first T - K + 1 tokens in chunks of CHUNK (_chunk_step; KDA: _chunk_step_kda), the
     last K - 1 token by token so every snapshot slot is a state the rule passes through.
     Work goes out in groups of HEAD_GROUP (seq, head) pairs (_chunked_group); a group walks its
     chunks in step, all its heads per chunk."""
@@ -285,9 +416,9 @@ def _gdn_chunked(dst, q, k, v, g, beta, state, K):
 
 @njit(cache=True, nogil=True)
 def uses_chunked(T, g_width, K):
-    """Whether the entry point runs the chunked WY form for T tokens, gates of
-    width g_width (1: GDA) and K snapshot slots; else the decode pass or the recurrence."""
-    return T > 1 and T >= CHUNK_MIN_T and g_width == 1 and K <= CHUNK
+    """Whether the entry point runs the chunked WY form for T tokens, gates of width g_width
+    (1: GDA, S: KDA) and K snapshot slots; else the decode pass or the recurrence."""
+    return T > 1 and T >= CHUNK_MIN_T and K <= CHUNK
 
 
 @njit(cache=True, nogil=True)
@@ -314,12 +445,12 @@ def gated_delta_net_decode(dst, q, k, v, g, beta, state, K):
 from minigraph.core.registry import register_kernel  # noqa: E402
 
 GATED_DELTA_NET_KERNEL = DualKernel(gated_delta_net, gated_delta_net, "gated_delta_net",
-                                    helpers=(CHUNK_HEAD, CHUNKED_GROUP))
+                                    helpers=(CHUNK_HEAD, CHUNK_HEAD_KDA, CHUNKED_GROUP))
 GDN_DECODE = DualKernel(gated_delta_net_decode, gated_delta_net_decode, "gated_delta_net decode")
 # the chunked form and the recurrence copy every row they read into local tiles, so they gain
 # nothing from C-contiguous arrays: one compiled form each serves every layout (any_layout)
 GDN_CHUNKED = DualKernel(_gdn_chunked, _gdn_chunked, "gated_delta_net chunked", any_layout=True,
-                         helpers=(CHUNK_HEAD, CHUNKED_GROUP))
+                         helpers=(CHUNK_HEAD, CHUNK_HEAD_KDA, CHUNKED_GROUP))
 GDN_RECURRENT = DualKernel(_gdn_recurrent, _gdn_recurrent, "gated_delta_net recurrent", any_layout=True)
 
 
@@ -329,7 +460,7 @@ def pick_form(node) -> DualKernel:
     T = node.src[2].ne[2]
     if T == 1:
         return GDN_DECODE
-    if T >= CHUNK_MIN_T and node.src[3].ne[0] == 1 and node.op_params["K"] <= CHUNK:
+    if T >= CHUNK_MIN_T and node.op_params["K"] <= CHUNK:
         return GDN_CHUNKED
     return GDN_RECURRENT
 

@@ -1,5 +1,5 @@
 """Row kernels of GATED_DELTA_NET on the CPU: the one-pass decode (T == 1), the fused token
-recurrence (KDA, short prompts, K snapshots) and the helpers they share with the chunked form
+recurrence (short prompts, more than CHUNK snapshots) and the helpers they share with the chunked form
 (snapshot rows, output rows, gates, non-temporal row stores). Layout, semantics and Numba notes:
 backends/cpu/gated_delta_net.py, which picks the algorithm."""
 import math
