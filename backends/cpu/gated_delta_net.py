@@ -163,7 +163,7 @@ def _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, S):
         M <- diag(Gamma_last) M + (K E_last,s)^T D
     A and P come from one product [beta K Gamma; Q Gamma] (K / Gamma)^T when Gamma_last >=
     KDA_FACTOR_MIN for every key, else pair by pair with E kept as running products (rr[s] =
-    E_rs for the current r, so nothing overflows for any gate)."""
+    E_rs for the current r, so nothing overflows for any gate). Either way rr ends as E_last,s."""
     for i in range(S):
         gam[0, i] = eg[0, i]
     for r in range(1, n):
@@ -180,12 +180,18 @@ def _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, S):
     gram = pbuf[:2 * n * n].reshape((2 * n, n))           # rows 0..n-1: beta A, n..2n-1: P
     factored = lo >= KDA_FACTOR_MIN
     if factored:
+        for s in range(n):                                # rr = 1 / Gamma, row by row (vectorised)
+            for i in range(S):
+                rr[s, i] = np.float32(1.0) / gam[s, i]
         kt = x.reshape(x.size)[:S * n].reshape((S, n))    # (K / Gamma)^T (x's rows 0..n-1 are free)
         for i in range(S):
             for s in range(n):
-                kt[i, s] = kq[s, i] / gam[s, i]
+                kt[i, s] = kq[s, i] * rr[s, i]
         matmul(kb[:n], kt, gram[:n])
         matmul(x[n:2 * n], kt, gram[n:2 * n])
+        for s in range(n):                                # rr = E_last,s, as the pairwise form leaves it
+            for i in range(S):
+                rr[s, i] *= gam[n - 1, i]
     else:
         for r in range(n):
             br = bb[r]
@@ -229,8 +235,7 @@ def _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, S):
             y[n + r, j] += y[r, j]
     for s in range(n):                                    # K e^(gc_last - gc_s)
         for i in range(S):
-            e = gam[n - 1, i] / gam[s, i] if factored else rr[s, i]
-            kb[s, i] = e * kq[s, i]
+            kb[s, i] = rr[s, i] * kq[s, i]
     for i in range(S):
         e = gam[n - 1, i]
         for j in range(S):
