@@ -72,11 +72,9 @@ extern "C" __device__ int gdn_tc_out(const float* q, float* dst_out, const float
     const float e0 = Gw[2 * ((long long)hs * Tp + t0 + 16 * mt + g4)] * scale;
     const float e1 = Gw[2 * ((long long)hs * Tp + t0 + 16 * mt + g4 + 8)] * scale;
 #endif
-    float acc[4][4];
+    float acc[4][GDN_CW];
 #pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+    for (int n = 0; n < 4; ++n) acc_zero(acc[n]);
     CP_ASYNC_WAIT(1);
     __syncthreads();
     const int ksteps = (S + 7) / 8;
@@ -95,10 +93,14 @@ extern "C" __device__ int gdn_tc_out(const float* q, float* dst_out, const float
     }
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
+        acc_fold(acc[n]);
         acc[n][0] *= e0;
         acc[n][1] *= e0;
         acc[n][2] *= e1;
         acc[n][3] *= e1;
+#if GDN_ACC == 3
+        acc[n][4] = acc[n][5] = acc[n][6] = acc[n][7] = 0.f;
+#endif
     }
     CP_ASYNC_WAIT(0);
     __syncthreads();
@@ -114,6 +116,8 @@ extern "C" __device__ int gdn_tc_out(const float* q, float* dst_out, const float
             }
         }
     }
+#pragma unroll
+    for (int n = 0; n < 4; ++n) acc_fold(acc[n]);
 #pragma unroll
     for (int n = 0; n < 4; ++n)
 #pragma unroll

@@ -156,11 +156,9 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* state, float
         const float* Wc = sm + S_W + cur * L * WSP;
         const float* Kc = sm + S_K + cur * L * KSP2;
         // phase 1: x = M^T W_c^T over this warp's keys
-        float x[8][4];
+        float x[8][GDN_CW];
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) x[n][e] = 0.f;
+        for (int n = 0; n < 8; ++n) acc_zero(x[n]);
 #pragma unroll
         for (int n = 0; n < NI; ++n) {
             if (n0 + n < ksteps) {
@@ -177,6 +175,8 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* state, float
                 }
             }
         }
+#pragma unroll
+        for (int n = 0; n < 8; ++n) acc_fold(x[n]);
         // D^T = U^T - (the KS partials summed in warp order), each r-tile by its owner warp, which
         // stores D over U and hands D^T diag(f) (phase 2's A) to the others
 #if STATE_KS > 1
@@ -230,7 +230,15 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* state, float
             x[n][3] = d4.w;
         }
 #endif
-        // phase 2: M^T <- e^gl M^T + D^T diag(f) K_c over this warp's keys
+        // phase 2: M^T <- e^gl M^T + D^T diag(f) K_c over this warp's keys (ACC 3: the chunk's
+        // product in an accumulator pair of its own, added to the decayed M^T after the loop, so
+        // the tensor cores' truncating sums never run over the whole pass)
+#if GDN_ACC == 3
+        float pm[NI][GDN_CW];
+#pragma unroll
+        for (int n = 0; n < NI; ++n) acc_zero(pm[n]);
+#else
+        float (*pm)[4] = m;
 #pragma unroll
         for (int n = 0; n < NI; ++n)
 #pragma unroll
@@ -241,6 +249,7 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* state, float
                 m[n][e] *= dec;
 #endif
             }
+#endif
 #pragma unroll
         for (int rt = 0; rt < 8; ++rt) {
             FragA fa;
@@ -252,10 +261,22 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* state, float
                     FragB fb;
                     split(kp[8 * n], fb.h[0], fb.l[0]);
                     split(kp[KSP2 + 8 * n], fb.h[1], fb.l[1]);
-                    mma3(m[n], fa, fb);
+                    mma3(pm[n], fa, fb);
                 }
             }
         }
+#if GDN_ACC == 3
+#pragma unroll
+        for (int n = 0; n < NI; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+#if GDN_KDA
+                m[n][e] = m[n][e] * dk[n][e & 1] + (pm[n][e] + pm[n][4 + e]);
+#else
+                m[n][e] = m[n][e] * dec + (pm[n][e] + pm[n][4 + e]);
+#endif
+            }
+#endif
     }
     // final state (snapshot slot 0): M^T is the stored layout ([j][i])
 #pragma unroll
