@@ -226,7 +226,9 @@ def state_kernel(S: Optional[int] = None, kda: bool = False, nj: int = STATE_NJ,
     key = ("state", S in SPECIAL_S and S, kda, nj, acc, ks, SPLIT)
     if key not in _CACHE:
         py, sig = wrapper("state", _defs(S, STATE_NJ=nj, GDN_ACC=acc, STATE_KS=ks, GDN_KDA=int(kda)))
-        _CACHE[key] = SmemKernel(cuda.jit(sig)(py), state_smem(nj, ks))
+        # a block of 512 threads must fit the register file: 128 a thread at most
+        cap = {"max_registers": 65536 // (32 * nj * ks) // 8 * 8} if 32 * nj * ks > 256 else {}
+        _CACHE[key] = SmemKernel(cuda.jit(sig, **cap)(py), state_smem(nj, ks))
     return _CACHE[key]
 
 

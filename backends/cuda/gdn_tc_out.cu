@@ -64,70 +64,109 @@ extern "C" __device__ int gdn_tc_out(const float* q, float* dst_out, const float
     stage_rows(Dm, ODSP, Dw + ((long long)hs * Tp + t0) * S + j0, S, L, OB, L, S - j0, tid, OUT_THREADS);
     cp_async_commit();
 
-    const int mt = warp & 3, nb = (warp >> 2) * 4;
-#if GDN_KDA
-    const float e0 = scale, e1 = scale;
-    (void)Gw;
-#else
-    const float e0 = Gw[2 * ((long long)hs * Tp + t0 + 16 * mt + g4)] * scale;
-    const float e1 = Gw[2 * ((long long)hs * Tp + t0 + 16 * mt + g4 + 8)] * scale;
-#endif
-    float acc[4][GDN_CW];
+    // warp tiles of 32 rows x 32 columns (each split A fragment serves 4 mma3, each B fragment 2);
+    // the 8 warps are 4 tiles x 2 groups, each group takes half of both products' k-steps and
+    // group 1's sums reach group 0 through shared memory at the end
+    const int grp = warp >> 2, mh = (warp >> 1) & 1, nh = warp & 1;
+    const int ksteps = (S + 7) / 8, kq = ksteps / 2;
+    const int np = 4 * mh + 4, pq = np / 2;          // P D: k-steps of the row tile (triangle)
+    const int qa = grp ? kq : 0, qb = grp ? ksteps : kq, pa = grp ? pq : 0, pb = grp ? np : pq;
+    float e[2][2];
 #pragma unroll
-    for (int n = 0; n < 4; ++n) acc_zero(acc[n]);
-    CP_ASYNC_WAIT(1);
-    __syncthreads();
-    const int ksteps = (S + 7) / 8;
-#pragma unroll 4
-    for (int kk = 0; kk < ksteps; ++kk) {
-        FragA fa;
-        ldA_row(fa, Qs + 16 * mt * OQSP + 8 * kk, OQSP, g4, t4);
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-            if (j0 + 8 * (nb + n) < S) {
-                FragB fb;
-                ldB_nk(fb, Hs + 8 * (nb + n) * OHSP + 8 * kk, OHSP, g4, t4);
-                mma3(acc[n], fa, fb);
-            }
-        }
-    }
-#pragma unroll
-    for (int n = 0; n < 4; ++n) {
-        acc_fold(acc[n]);
-        acc[n][0] *= e0;
-        acc[n][1] *= e0;
-        acc[n][2] *= e1;
-        acc[n][3] *= e1;
-#if GDN_ACC == 3
-        acc[n][4] = acc[n][5] = acc[n][6] = acc[n][7] = 0.f;
-#endif
-    }
-    CP_ASYNC_WAIT(0);
-    __syncthreads();
-    for (int kk = 0; kk < 2 * mt + 2; ++kk) {
-        FragA fa;
-        ldA_row(fa, Ps + 16 * mt * OPSP + 8 * kk, OPSP, g4, t4);
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-            if (j0 + 8 * (nb + n) < S) {
-                FragB fb;
-                ldB_kn(fb, Dm + 8 * kk * ODSP + 8 * (nb + n), ODSP, g4, t4);
-                mma3(acc[n], fa, fb);
-            }
-        }
-    }
-#pragma unroll
-    for (int n = 0; n < 4; ++n) acc_fold(acc[n]);
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
+    for (int R = 0; R < 2; ++R)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-            const int r = 16 * mt + g4 + 8 * hf, j = j0 + 8 * (nb + n) + 2 * t4;
-            if (r < vr && j < S) {
-                float2 o;
-                o.x = acc[n][2 * hf];
-                o.y = acc[n][2 * hf + 1];
-                *(float2*)(dst_out + ((long long)(seq * T + t0 + r) * Hv + h) * S + j) = o;
+#if GDN_KDA
+            e[R][hf] = scale;
+#else
+            e[R][hf] = Gw[2 * ((long long)hs * Tp + t0 + 32 * mh + 16 * R + g4 + 8 * hf)] * scale;
+#endif
+        }
+#if GDN_KDA
+    (void)Gw;
+#endif
+    bool colok[4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) colok[n] = j0 + 32 * nh + 8 * n < S;
+    float acc[2][4][GDN_CW];
+#pragma unroll
+    for (int R = 0; R < 2; ++R)
+#pragma unroll
+        for (int n = 0; n < 4; ++n) acc_zero(acc[R][n]);
+    CP_ASYNC_WAIT(1);
+    __syncthreads();
+#pragma unroll 2
+    for (int kk = qa; kk < qb; ++kk) {
+        FragA fa[2];
+#pragma unroll
+        for (int R = 0; R < 2; ++R) ldA_row(fa[R], Qs + (32 * mh + 16 * R) * OQSP + 8 * kk, OQSP, g4, t4);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            if (colok[n]) {
+                FragB fb;
+                ldB_nk(fb, Hs + (32 * nh + 8 * n) * OHSP + 8 * kk, OHSP, g4, t4);
+#pragma unroll
+                for (int R = 0; R < 2; ++R) mma3(acc[R][n], fa[R], fb);
+            }
+        }
+    }
+#pragma unroll
+    for (int R = 0; R < 2; ++R)
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            acc_fold(acc[R][n]);
+            acc[R][n][0] *= e[R][0];
+            acc[R][n][1] *= e[R][0];
+            acc[R][n][2] *= e[R][1];
+            acc[R][n][3] *= e[R][1];
+#if GDN_ACC == 3
+            acc[R][n][4] = acc[R][n][5] = acc[R][n][6] = acc[R][n][7] = 0.f;
+#endif
+        }
+    CP_ASYNC_WAIT(0);
+    __syncthreads();
+    for (int kk = pa; kk < pb; ++kk) {
+        // row tile R's rows 32 mh + 16 R + 0..15 see P's columns below 32 mh + 16 R + 16
+        const bool ok1 = kk < np - 2;
+        FragA fa[2];
+        ldA_row(fa[1], Ps + (32 * mh + 16) * OPSP + 8 * kk, OPSP, g4, t4);
+        if (ok1) ldA_row(fa[0], Ps + 32 * mh * OPSP + 8 * kk, OPSP, g4, t4);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            if (colok[n]) {
+                FragB fb;
+                ldB_kn(fb, Dm + 8 * kk * ODSP + 32 * nh + 8 * n, ODSP, g4, t4);
+                if (ok1) mma3(acc[0][n], fa[0], fb);
+                mma3(acc[1][n], fa[1], fb);
+            }
+        }
+    }
+#pragma unroll
+    for (int R = 0; R < 2; ++R)
+#pragma unroll
+        for (int n = 0; n < 4; ++n) acc_fold(acc[R][n]);
+    __syncthreads();   // Q and H are dead: group 1's sums go where Q was
+    float4* red = (float4*)Qs + (warp & 3) * 8 * 32 + lane;
+    if (grp) {
+#pragma unroll
+        for (int R = 0; R < 2; ++R)
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+                red[(4 * R + n) * 32] = make_float4(acc[R][n][0], acc[R][n][1], acc[R][n][2], acc[R][n][3]);
+    }
+    __syncthreads();
+    if (grp) return 0;
+#pragma unroll
+    for (int R = 0; R < 2; ++R)
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            const float4 o4 = red[(4 * R + n) * 32];
+            const float o[4] = {acc[R][n][0] + o4.x, acc[R][n][1] + o4.y, acc[R][n][2] + o4.z, acc[R][n][3] + o4.w};
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int r = 32 * mh + 16 * R + g4 + 8 * hf, j = j0 + 32 * nh + 8 * n + 2 * t4;
+                if (r < vr && j < S) *(float2*)(dst_out + ((long long)(seq * T + t0 + r) * Hv + h) * S + j) =
+                    make_float2(o[2 * hf], o[2 * hf + 1]);
             }
         }
     return 0;

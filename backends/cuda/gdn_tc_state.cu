@@ -29,7 +29,7 @@
 #define STATE_NJ 2      // 16-column j-tiles a block
 #endif
 #ifndef STATE_KS
-#define STATE_KS 2      // warps a j-tile (1, 2 or 4): the key index split
+#define STATE_KS 2      // warps a j-tile (1, 2, 4 or 8): the key index split
 #endif
 #define BV (16 * STATE_NJ)
 #define STATE_THREADS (32 * STATE_NJ * STATE_KS)
