@@ -12,10 +12,11 @@
 // partial first and adds that in fp32 (the tensor cores' accumulation truncates: H200, T=1000:
 // 1.2e-6 vs 3.3e-7 off float64); 2 (this header's default) makes the three products three
 // independent mma from zero and adds them in fp32, so no mma waits on another, at 12 fp32 adds
-// an mma3 where 1 has 4 (gdn_tc.py builds with its ACC, 1: the kernels are issue-bound); 3 keeps two
+// an mma3 where 1 has 4; 3 (what gdn_tc.py builds with: the kernels are issue-bound) keeps two
 // accumulators a tile, C for hi*hi and a second for the two correction terms, each fed by the mma
 // itself across the k loop: no fp32 add inside the loop, one add (acc_fold) at its end; the tile
-// then takes GDN_CW = 8 floats instead of 4.
+// then takes GDN_CW = 8 floats instead of 4, and C's truncating sums run over one k loop (H200:
+// 6.2e-7 off float64 at worst against 4.1e-7 with 1).
 // GDN_S, when defined, fixes S at compile time (the loops over the key index unroll).
 
 #ifndef GDN_ACC

@@ -1,4 +1,4 @@
-// GATED_DELTA_NET chunked form, kernel 1 of 3 (prep): one block of PREP_THREADS per (chunk, value
+// GATED_DELTA_NET chunked form, kernel 1 of 2 (prep): one block of PREP_THREADS per (chunk, value
 // head, seq), chunks of L = 64 tokens, the products on tensor cores in 3xTF32 (gdn_tc.cuh).
 //
 //   gc = inclusive cumsum of g in the chunk, in float64: e^(gc_r - gc_s) is taken of differences of
@@ -20,7 +20,7 @@
 //        of gated rows R = k_r e^(gc_r - gc_n) (and q_r ...) with gated columns k_s e^(gc_n - gc_s);
 //   A, P on the diagonal blocks: summed pair by pair with e^(gc_r - gc_s) from float64 differences;
 //   W  = Tm diag(beta) (K e^gc);   Kg = K e^(gl - gc) -> KGw, Qg = Q e^gc -> QGw  [hs][Tp][S] (what
-//        the state and output passes read instead of K and Q);  e^gl per key -> Gw [hs][c][S].
+//        what the state pass reads instead of K and Q);  e^gl per key -> Gw [hs][c][S].
 // Every exponent is a sum of gates of one sign taken in float64, so none cancels.
 
 #define PREP_THREADS 256
