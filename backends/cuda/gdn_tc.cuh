@@ -10,9 +10,9 @@
 //   C 16x8:  c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
 // GDN_ACC: 0 accumulates the three products of a k-step straight into C; 1 sums them into a zeroed
 // partial first and adds that in fp32 (the tensor cores' accumulation truncates: H200, T=1000:
-// 1.2e-6 vs 3.3e-7 off float64); 2 (this header's default) makes the three products three
+// 1.2e-6 vs 3.3e-7 off float64); 2 makes the three products three
 // independent mma from zero and adds them in fp32, so no mma waits on another, at 12 fp32 adds
-// an mma3 where 1 has 4; 3 (what gdn_tc.py builds with: the kernels are issue-bound) keeps two
+// an mma3 where 1 has 4; 3 (the default, and gdn_tc.py's ACC: the kernels are issue-bound) keeps two
 // accumulators a tile, C for hi*hi and a second for the two correction terms, each fed by the mma
 // itself across the k loop: no fp32 add inside the loop, one add (acc_fold) at its end; the tile
 // then takes GDN_CW = 8 floats instead of 4, and C's truncating sums run over one k loop (H200:
@@ -20,7 +20,7 @@
 // GDN_S, when defined, fixes S at compile time (the loops over the key index unroll).
 
 #ifndef GDN_ACC
-#define GDN_ACC 2
+#define GDN_ACC 3
 #endif
 #ifdef GDN_S
 #define GDN_DIM_S(s_) GDN_S
