@@ -1,5 +1,5 @@
-"""GATED_DELTA_NET prefill on the GPU, kernel by kernel: the tensor-core chunked path's three launches
-(prep, state, out: backends/cuda/gdn_tc.py) timed alone and together, fla-core's chunk kernel in the
+"""GATED_DELTA_NET prefill on the GPU, kernel by kernel: the tensor-core chunked path's launches (prep;
+the state pass, which writes the output too: backends/cuda/gdn_tc.py) timed alone and together, fla-core's chunk kernel in the
 same process, and the output / final state against float64 on a short case. S=128, H_k=16, H_v=32,
 GDA, fp32, B=1; GPU time by CUDA events, median of TRIALS trials (min-max).
 
@@ -7,7 +7,7 @@ GDA, fp32, B=1; GPU time by CUDA events, median of TRIALS trials (min-max).
 
 --ncu: one run of each kernel at the first T and nothing else (the script to run under ncu).
 --variants: the state pass's column tiles a block x warps a tile, the 3xTF32 accumulation mode and
-the fp32 split (gdn_tc.ACC, SPLIT): the three kernels timed at the first T and checked against
+the fp32 split (gdn_tc.ACC, SPLIT): the kernels timed at the first T and checked against
 float64 (T=1000, gates >= -20).
 First, always: benchmarks/gdn_cuda.py's correctness cases on this path (max |err| / max |ref|).
 """
@@ -60,8 +60,8 @@ def variants(T, trials, configs=None):
     args = (cuda.to_device(gf.contiguous_meta(out.size, *big)), *(a.reshape(a.size) for a in (out, *d)), 1)
     ws = gdn_tc.workspace(S, HV, T, 1)
     keep = gdn_tc.SPLIT
-    for nj, ks, acc, split in configs or ((2, 4, 1, 1), (2, 2, 1, 1), (2, 4, 2, 1), (2, 4, 0, 1), (2, 4, 1, 0),
-                                          (4, 4, 1, 1)):
+    for nj, ks, acc, split in configs or ((2, 4, 3, 1), (2, 4, 1, 1), (2, 2, 3, 1), (2, 4, 0, 1), (2, 4, 3, 2),
+                                          (1, 4, 3, 1)):
         gdn_tc.SPLIT = split
         try:
             las = gdn_tc.chunked_launches(S, HV, T, 1, False, ws, nj=nj, acc=acc, ks=ks)
@@ -71,7 +71,7 @@ def variants(T, trials, configs=None):
                 lb.kernel[lb.grid, lb.block](*args1, *lb.scalars)
             (eo, es), _ = errors(o1.copy_to_host().reshape(ref.shape), ref, S, 2, 1000, 1)
             regs = [la.kernel.regs for la in las]
-            print(f"  tiles={nj} warps/tile={ks} acc={acc} split={split} regs={regs}: prep / state / out "
+            print(f"  tiles={nj} warps/tile={ks} acc={acc} split={split} regs={regs}: prep / state "
                   + " / ".join(us(t) for t in ts) + f"; error out {eo:.1e} state {es:.1e}", flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"  tiles={nj} warps/tile={ks} acc={acc} split={split}: failed {e!r}", flush=True)

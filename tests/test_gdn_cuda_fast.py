@@ -215,6 +215,16 @@ def max_rel(be, out):
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
+def test_tc_state_pass_refuses_layouts_it_has_no_room_for():
+    """Warps a column tile other than 2, 4, 8, or more shared memory than a block gets: refused
+    before anything compiles (also on the simulator)."""
+    from minigraph.backends.cuda import gdn_tc
+
+    for nj, ks in ((2, 1), (2, 3), (4, 4)):
+        with pytest.raises(ValueError, match="no state pass"):
+            gdn_tc.state_kernel(128, nj=nj, ks=ks)
+
+
 @pytest.mark.gpu
 @tc_only
 @pytest.mark.parametrize("kda", [False, True])
@@ -253,8 +263,8 @@ def test_tc_plan_picks_the_cuda_cpp_kernels(be):
     pre = gdn(ctx, 128, 2, 4, 100, 1, 1, False, 1)
     kda = gdn(ctx, 64, 2, 4, 100, 1, 1, True, 1)
     dec = gdn(ctx, 128, 2, 4, 1, 2, 1, True, 1)
-    assert kernel(pre) == [gdn_tc.prep_kernel(128), gdn_tc.state_kernel(128), gdn_tc.out_kernel(128)]
-    assert kernel(kda) == [gdn_tc.prep_kernel(64, True), gdn_tc.state_kernel(64, True), gdn_tc.out_kernel(64, True)]
+    assert kernel(pre) == [gdn_tc.prep_kernel(128), gdn_tc.state_kernel(128)]
+    assert kernel(kda) == [gdn_tc.prep_kernel(64, True), gdn_tc.state_kernel(64, True)]
     assert kernel(dec) == [gdn_tc.decode_kernel(True, 128)]
     assert all(len(la.scalars) == gdn_tc.NWS for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
     short = gdn(ctx, 128, 2, 4, 63, 1, 1, False, 1)     # below TC_MIN_T: the recurrence

@@ -10,13 +10,17 @@
 //   C 16x8:  c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
 // GDN_ACC: 0 accumulates the three products of a k-step straight into C; 1 sums them into a zeroed
 // partial first and adds that in fp32 (the tensor cores' accumulation truncates: H200, T=1000:
-// 1.2e-6 vs 3.3e-7 off float64); 2 (this header's default) makes the three products three
+// 1.2e-6 vs 3.3e-7 off float64); 2 makes the three products three
 // independent mma from zero and adds them in fp32, so no mma waits on another, at 12 fp32 adds
-// an mma3 where 1 has 4 (gdn_tc.py builds with its ACC, 1: the kernels are issue-bound).
+// an mma3 where 1 has 4; 3 (the default, and gdn_tc.py's ACC: the kernels are issue-bound) keeps two
+// accumulators a tile, C for hi*hi and a second for the two correction terms, each fed by the mma
+// itself across the k loop: no fp32 add inside the loop, one add (acc_fold) at its end; the tile
+// then takes GDN_CW = 8 floats instead of 4, and C's truncating sums run over one k loop (H200:
+// 6.2e-7 off float64 at worst against 4.1e-7 with 1).
 // GDN_S, when defined, fixes S at compile time (the loops over the key index unroll).
 
 #ifndef GDN_ACC
-#define GDN_ACC 2
+#define GDN_ACC 3
 #endif
 #ifdef GDN_S
 #define GDN_DIM_S(s_) GDN_S
@@ -95,8 +99,14 @@ struct FragB { u32 h[2], l[2]; };
 // GDN_SPLIT 1 (default): hi rounded to nearest (ties away) by integer ops, lo passed raw: the unit
 // reads a tf32 operand's top 19 bits, so lo is truncated, an error below 2^-21 |x| that takes
 // either sign with lo (three instructions; cvt.rna.tf32 is several). 0: both through cvt.rna.
+// 2: hi is x itself (the unit truncates it), lo = x - trunc(x) (two instructions, no register for
+// hi); lo then has x's sign and up to 2^-10 |x|, so its truncation and the dropped lo*lo term
+// (each up to 2^-20 relative) shrink every product a little, always the same way.
 GDN_INL void split(float x, u32& h, u32& l) {
-#if GDN_SPLIT
+#if GDN_SPLIT == 2
+    h = __float_as_uint(x);
+    l = __float_as_uint(x - __uint_as_float(h & 0xffffe000u));
+#elif GDN_SPLIT
     h = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
     l = __float_as_uint(x - __uint_as_float(h));
 #else
@@ -135,9 +145,19 @@ GDN_INL void ldB_nk(FragB& f, const float* p, int ld, int g, int t) {
     split(p[g * ld + t + 4], f.h[1], f.l[1]);
 }
 
-// c += a * b in 3xTF32
+#if GDN_ACC == 3
+#define GDN_CW 8
+#else
+#define GDN_CW 4
+#endif
+
+// c += a * b in 3xTF32 (c: GDN_CW floats; its value is c[0..3] after acc_fold)
 GDN_INL void mma3(float* c, const FragA& a, const FragB& b) {
-#if GDN_ACC == 0
+#if GDN_ACC == 3
+    mma_tf32(c + 4, a.l, b.h);
+    mma_tf32(c + 4, a.h, b.l);
+    mma_tf32(c, a.h, b.h);
+#elif GDN_ACC == 0
     mma_tf32(c, a.l, b.h);
     mma_tf32(c, a.h, b.l);
     mma_tf32(c, a.h, b.h);
@@ -158,6 +178,33 @@ GDN_INL void mma3(float* c, const FragA& a, const FragB& b) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) c[e] += (p1[e] + p2[e]) + p3[e];
 #endif
+}
+
+// GDN_CW zeros
+GDN_INL void acc_zero(float* c) {
+#pragma unroll
+    for (int e = 0; e < GDN_CW; ++e) c[e] = 0.f;
+}
+
+// mma3's value into c[0..3] (ACC 3: the corrections added once, after the k loop)
+GDN_INL void acc_fold(float* c) {
+#if GDN_ACC == 3
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c[e] += c[4 + e];
+#else
+    (void)c;
+#endif
+}
+
+// c (4 floats) += a * b in 3xTF32 through a zeroed partial (ACC 1) whatever GDN_ACC is: for tiles
+// too many for a second accumulator each
+GDN_INL void mma3_p(float* c, const FragA& a, const FragB& b) {
+    float p[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_tf32(p, a.l, b.h);
+    mma_tf32(p, a.h, b.l);
+    mma_tf32(p, a.h, b.h);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c[e] += p[e];
 }
 
 // rows [0, rows) of a [rows][width] global block (row r at src + r*stride, width floats, a multiple

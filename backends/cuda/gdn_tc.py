@@ -1,12 +1,16 @@
-"""GATED_DELTA_NET kernels in CUDA C++ on a real GPU: the chunked form's three products on tensor
-cores in 3xTF32 (gdn_tc_prep.cu, gdn_tc_state.cu, gdn_tc_out.cu; GDA and KDA) and the decode
-stream (gdn_tc_decode.cu), shared primitives in gdn_tc.cuh. Float64 gate cumsums keep them within
-5e-7 of float64 (H200, gates down to -60, T up to 16384); speed (H200, S=128, H_v=32): prefill
-T=4096 746 us (prep / state / out 222 / 315 / 225 us), fla's tf32 chunk kernel 782-796 us in the
-same run; T=16384 2.88 ms against fla's 3.03. The state pass keeps each warp's slice of the state
-in accumulator registers (transposed, so a C fragment serves as the next product's A); all three
-kernels are bound by instruction issue (3xTF32: fragment splits and fp32 sums around each mma),
-hence the integer-op split and ACC 1. Decode B=256 286 us.
+"""GATED_DELTA_NET kernels in CUDA C++ on a real GPU: the chunked form on tensor cores in 3xTF32
+(gdn_tc_prep.cu: per chunk the gates, A, P, the WY solve, U and W; gdn_tc_state.cu: the sequential
+pass over the chunks, which also writes the output; GDA and KDA) and the decode stream
+(gdn_tc_decode.cu), shared primitives in gdn_tc.cuh. Float64 gate cumsums keep them within 6.2e-7
+of float64 (H200, gates down to -60, T up to 16384); speed (H200, S=128, H_v=32): prefill T=4096
+640 us (prep / state and output 232 / 426 us), fla's tf32 chunk kernel 787 us in the same run
+(1.23x); T=16384 2.46 ms against fla's 3.06 (1.25x). The state pass keeps each warp's slice of the
+state in accumulator registers (transposed, so a C fragment serves as the next product's A) and
+takes Q_c M beside W_c M from the same split fragments, so the state at each chunk's start is never
+written out (134 MB at T=4096; the output kernel that read it back took 226 us, and writing it
+~50 us of the state pass). The kernels are bound by instruction issue and latency (3xTF32:
+fragment splits and fp32 sums around each mma), hence the integer-op split and ACC 3. Decode
+B=256 286 us.
 
 numba-cuda compiles each .cu with NVRTC and links it into a thin Numba kernel that reads the
 meta row (backend convention, common.py) and calls the C function with pointers and dims
@@ -18,11 +22,11 @@ kernels for it, and `available()` says whether this path is on.
 Layout as in gdn_fast.py (ggml ne; numpy shapes reversed): q, k [S, H_k, T, n_seqs_qk]; v
 [S, H_v, T, n_seqs]; g [1 or S, H_v, T, n_seqs]; beta [1, H_v, T, n_seqs]; state [S, S, H_v,
 n_seqs] (row j of a head is S[:, j]); dst [S*H_v, T*n_seqs + K*S*n_seqs].
-Workspace of the chunked form (hs = H_v * n_seqs, nc = ceil(T / 64), Tp = 64 nc): U then D
-[hs][Tp][S], W [hs][nc][64][S], P [hs][nc][64][64], gates [hs][Tp][2] (e^gc, e^(gl - gc); KDA:
-[hs][nc][S], e^gl per key), H [hs][nc][S][S] (the state at each chunk's start, transposed:
-rows = value column j), KDA only: Kg = K e^(gl - gc) and Qg = Q e^gc [hs][Tp][S] (GDA: 4 floats
-each, unused).
+Workspace of the chunked form (hs = H_v * n_seqs, nc = ceil(T / 64), Tp = 64 nc): U [hs][Tp][S],
+W [hs][nc][64][S], P [hs][nc][64][64], gates [hs][Tp][2] (e^gc, e^(gl - gc); KDA: [hs][nc][S], e^gl
+per key), one unused slot of 4 floats (it held the state at each chunk's start for the former
+output kernel), KDA only: Kg = K e^(gl - gc) and Qg = Q e^gc [hs][Tp][S] (GDA: 4 floats each,
+unused).
 """
 from __future__ import annotations
 
@@ -37,41 +41,45 @@ from minigraph.backends.cuda.common import SIM, SLOT_W, Launch
 
 CHUNK = 64                 # tokens per chunk (fixed by the kernels' tiles)
 MAX_S = 128
-THREADS = 256              # prep, state and out blocks
+THREADS = 256              # prep blocks
 STATE_NJ = 2               # state pass: 16-column j-tiles a block (ceil(S / 16 NJ) blocks a head)
-STATE_KS = 4               # state pass: warps a j-tile, splitting the key index (1, 2 or 4; H200,
-                           # T=4096, cvt.rna splits, ACC 2: 2057 / 640 / 446 us, one warp a
-                           # scheduler starves on instruction fetch; integer splits, ACC 1: 2: 480,
-                           # 4: 315 us; 4 tiles x 4 warps not yet timed)
-ACC = 1                    # 3xTF32 accumulation mode (gdn_tc.cuh's GDN_ACC; H200, T=4096, cvt.rna
-                           # splits, state 2 x 2 warps, prep + state + out: 2: 1208 us, 1: 1089 us,
-                           # both 3-4e-7 off float64; 0: 1003 us, 1.2e-6)
+STATE_KS = 4               # state pass: warps a j-tile, splitting the key index (2, 4 or 8; H200,
+                           # T=4096, before the output moved in: cvt.rna splits, ACC 2: 1 / 2 / 4:
+                           # 2057 / 640 / 446 us, one warp a scheduler starves on instruction fetch;
+                           # integer splits, ACC 1: 2: 480, 4: 315 us; ACC 3: 4: 319, 8: 331 us)
+ACC = 3                    # 3xTF32 accumulation mode (gdn_tc.cuh's GDN_ACC; H200, T=4096: the state
+                           # pass with the output 426 us at 3 against 490 at 1 (255 registers), the
+                           # former output kernel 205-214 against 223-227; worst over
+                           # benchmarks/gdn_cuda.py's correctness cases 6.2e-7 off float64 (T=1000,
+                           # gates >= -20: 7.4e-7 against 4.2e-7 at 1). Earlier, cvt.rna splits,
+                           # three kernels: 2: 1208 us, 1: 1089 us, 0: 1003 us but 1.2e-6 off)
 SPLIT = 1                  # fp32 -> tf32 hi + lo split (gdn_tc.cuh's GDN_SPLIT: 1 integer ops, 0 cvt.rna;
-                           # H200, T=4096, ACC 1: prep / state / out 222 / 315 / 225 us against
-                           # 258 / 417 / 263; worst over benchmarks/gdn_cuda.py's correctness cases
-                           # 4.1e-7 off float64, cvt.rna 3.8e-7 on its T=1000 case)
+                           # H200, T=4096, ACC 1, three kernels: prep / state / out 222 / 315 / 225 us
+                           # against 258 / 417 / 263; cvt.rna 3.8e-7 off float64 on the T=1000 case.
+                           # 2, hi left to the unit's truncation: one instruction less a split but
+                           # ~1e-6 off in the emulator, a bias every product shares: not timed)
 SPECIAL_S = (128,)         # S compiled in as a constant (Qwen3-Next, Kimi Linear); others at run time
-OUT_BV = 64                # value columns per block of the output pass
 DEC_ROWS = 4               # decode: passes of 4 state rows an item (DP in the .cu; H200, B=256,
                            # uncapped: 321 / 301 / 288 us at 1 / 2 / 4)
 DEC_REGS = 128             # decode: register cap (0: none; rows 4 at 128: no spills, 16 warps an SM:
                            # 286 us at B=256, 3.75 TB/s of the copy's 4.16)
 DEC_WARPS = 4              # decode: warps a block
 PREP_REGS = 128            # 2 blocks of 256 threads an SM
-OUT_REGS = 128
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 # shared memory of each kernel in floats (the .cu files' *_SMEM_FLOATS)
 _L, _SMAX = CHUNK, MAX_S
 PREP_SMEM = 4 * (_L * 132 + _L * 136 + _L * 68 + 3 * _L + 3 * 256 + 2 * _L)
 PREP_SMEM_KDA = PREP_SMEM + 4 * (_L * 132 + 16 * 132 * 2 + 48 * 132)
-OUT_SMEM = 4 * (_L * 132 + OUT_BV * 132 + _L * 68 + _L * 72)
 NWS = 7                    # workspace arrays of the chunked launches
+MAX_SMEM = 227 * 1024      # dynamic shared memory a block may opt into on sm_90 (sm_80: 163 KB, less
+                           # than the state pass takes, before this change too)
 
 
 def state_smem(nj: int, ks: int) -> int:
-    """gdn_tc_state.cu's STATE_SMEM_FLOATS in bytes: W_c, K_c twice; with ks > 1 the partials and D^T."""
-    return 4 * (2 * _L * 136 + 2 * _L * 132 + ((ks + 1) * nj * 8 * 128 if ks > 1 else 0))
+    """gdn_tc_state.cu's STATE_SMEM_FLOATS in bytes: W_c, Q_c, K_c twice, P_c twice, the partials,
+    D^T twice (plain and scaled)."""
+    return 4 * (2 * _L * 136 + 2 * _L * 132 + 2 * _L * 72 + (ks + 2) * nj * 8 * 128)
 
 
 def available() -> bool:
@@ -163,18 +171,10 @@ def _state_py(fn: Any, kda: bool) -> Any:
     def state_pass(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
         S, Hv, T, N = meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 3], meta[3 * SLOT_W + 4]
         ks = fptr(KGw, 0) if kda else fptr(k, meta[2 * SLOT_W])     # KDA: prep's K e^(gl - gc)
-        fn(ks, fptr(state, meta[6 * SLOT_W]), fptr(dst, meta[0] + S * Hv * T * N),
-           fptr(Uw, 0), fptr(Ww, 0), fptr(Gw, 0), fptr(Hw, 0), S, Hv, T, meta[SLOT_W + 2], N // meta[SLOT_W + 4])
+        qs = fptr(QGw, 0) if kda else fptr(q, meta[SLOT_W])          # and Q e^gc
+        fn(ks, qs, fptr(state, meta[6 * SLOT_W]), fptr(dst, meta[0] + S * Hv * T * N), fptr(dst, meta[0]),
+           fptr(Uw, 0), fptr(Ww, 0), fptr(Pw, 0), fptr(Gw, 0), S, Hv, T, meta[SLOT_W + 2], N // meta[SLOT_W + 4])
     return state_pass
-
-
-def _out_py(fn: Any, kda: bool) -> Any:
-    def out(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
-        qs = fptr(QGw, 0) if kda else fptr(q, meta[SLOT_W])          # KDA: prep's Q e^gc
-        fn(qs, fptr(dst, meta[0]), fptr(Uw, 0), fptr(Pw, 0), fptr(Gw, 0), fptr(Hw, 0),
-           meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 3], meta[SLOT_W + 2],
-           meta[3 * SLOT_W + 4] // meta[SLOT_W + 4])
-    return out
 
 
 def _decode_py(fn: Any, kda: bool) -> Any:
@@ -188,8 +188,7 @@ def _decode_py(fn: Any, kda: bool) -> Any:
 
 # name, .cu file, pointer and integer arguments of its C function, the Python wrapper
 SPECS = {"prep": ("gdn_tc_prep", "gdn_tc_prep.cu", 11, 5, _prep_py),
-         "state": ("gdn_tc_state", "gdn_tc_state.cu", 7, 5, _state_py),
-         "out": ("gdn_tc_out", "gdn_tc_out.cu", 6, 5, _out_py),
+         "state": ("gdn_tc_state", "gdn_tc_state.cu", 9, 5, _state_py),
          "decode": ("gdn_tc_decode", "gdn_tc_decode.cu", 7, 6, _decode_py)}
 
 
@@ -221,21 +220,17 @@ def prep_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> S
 
 def state_kernel(S: Optional[int] = None, kda: bool = False, nj: int = STATE_NJ, acc: int = ACC,
                  ks: int = STATE_KS) -> SmemKernel:
-    """16 nj value columns, head h, seq: the sequential pass over the chunks (gdn_tc_state.cu), ks
-    warps a 16-column tile (32 nj ks threads)."""
+    """16 nj value columns, head h, seq: the sequential pass over the chunks and the output
+    (gdn_tc_state.cu), ks warps a 16-column tile (32 nj ks threads)."""
     key = ("state", S in SPECIAL_S and S, kda, nj, acc, ks, SPLIT)
+    if ks not in (2, 4, 8) or state_smem(nj, ks) > MAX_SMEM:
+        raise ValueError(f"GATED_DELTA_NET (cuda): no state pass of {nj} column tiles x {ks} warps (2, 4 or 8 "
+                         f"warps a tile, at most {MAX_SMEM} bytes of shared memory: {state_smem(nj, ks)})")
     if key not in _CACHE:
         py, sig = wrapper("state", _defs(S, STATE_NJ=nj, GDN_ACC=acc, STATE_KS=ks, GDN_KDA=int(kda)))
-        _CACHE[key] = SmemKernel(cuda.jit(sig)(py), state_smem(nj, ks))
-    return _CACHE[key]
-
-
-def out_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> SmemKernel:
-    """chunk c x column block, head h, seq: O = e^gc Q H_c / sqrt(S) + P D (gdn_tc_out.cu)."""
-    key = ("out", S in SPECIAL_S and S, kda, acc, SPLIT)
-    if key not in _CACHE:
-        py, sig = wrapper("out", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda)))
-        _CACHE[key] = SmemKernel(cuda.jit(sig, max_registers=OUT_REGS)(py), OUT_SMEM)
+        # a block of 512 threads must fit the register file: 128 a thread at most
+        cap = {"max_registers": 65536 // (32 * nj * ks) // 8 * 8} if 32 * nj * ks > 256 else {}
+        _CACHE[key] = SmemKernel(cuda.jit(sig, **cap)(py), state_smem(nj, ks))
     return _CACHE[key]
 
 
@@ -249,23 +244,22 @@ def decode_kernel(kda: bool, S: Optional[int] = None, rows: int = DEC_ROWS, regs
 
 
 def workspace(S: int, Hv: int, T: int, N: int, kda: bool = False) -> tuple:
-    """Device scratch of the chunked form: U/D, W, P, gates, H, Kg, Qg (module docstring)."""
+    """Device scratch of the chunked form: U, W, P, gates, (unused), Kg, Qg (module docstring)."""
     nc = -(-T // CHUNK)
     hs = Hv * N
     gq = hs * nc * CHUNK * S if kda else 0
     sizes = (hs * nc * CHUNK * S, hs * nc * CHUNK * S, hs * nc * CHUNK * CHUNK,
-             hs * nc * S if kda else 2 * hs * nc * CHUNK, hs * nc * S * S, gq, gq)
+             hs * nc * S if kda else 2 * hs * nc * CHUNK, 0, gq, gq)
     return tuple(cuda.device_array(max(n, 4), np.float32) for n in sizes)
 
 
 def chunked_launches(S: int, Hv: int, T: int, N: int, kda: bool = False, ws: Optional[tuple] = None,
                      nj: int = STATE_NJ, acc: int = ACC, ks: int = STATE_KS) -> list[Launch]:
-    """The three launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given."""
+    """The two launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given."""
     nc = -(-T // CHUNK)
     ws = ws if ws is not None else workspace(S, Hv, T, N, kda)
     return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (THREADS,), ws),
-            Launch(state_kernel(S, kda, nj, acc, ks), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), ws),
-            Launch(out_kernel(S, kda, acc), (nc * -(-S // OUT_BV), Hv, N), (THREADS,), ws)]
+            Launch(state_kernel(S, kda, nj, acc, ks), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), ws)]
 
 
 def decode_launch(S: int, Hv: int, N: int, kda: bool, rows: int = DEC_ROWS, regs: int = DEC_REGS,

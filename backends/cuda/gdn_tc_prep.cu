@@ -1,4 +1,4 @@
-// GATED_DELTA_NET chunked form, kernel 1 of 3 (prep): one block of PREP_THREADS per (chunk, value
+// GATED_DELTA_NET chunked form, kernel 1 of 2 (prep): one block of PREP_THREADS per (chunk, value
 // head, seq), chunks of L = 64 tokens, the products on tensor cores in 3xTF32 (gdn_tc.cuh).
 //
 //   gc = inclusive cumsum of g in the chunk, in float64: e^(gc_r - gc_s) is taken of differences of
@@ -20,7 +20,7 @@
 //        of gated rows R = k_r e^(gc_r - gc_n) (and q_r ...) with gated columns k_s e^(gc_n - gc_s);
 //   A, P on the diagonal blocks: summed pair by pair with e^(gc_r - gc_s) from float64 differences;
 //   W  = Tm diag(beta) (K e^gc);   Kg = K e^(gl - gc) -> KGw, Qg = Q e^gc -> QGw  [hs][Tp][S] (what
-//        the state and output passes read instead of K and Q);  e^gl per key -> Gw [hs][c][S].
+//        what the state pass reads instead of K and Q);  e^gl per key -> Gw [hs][c][S].
 // Every exponent is a sum of gates of one sign taken in float64, so none cancels.
 
 #define PREP_THREADS 256
@@ -81,7 +81,8 @@ GDN_INL void kda_gram(const float* Ks, const float* Xs, const float* Gt, float* 
         for (int j = warp; j < 4 * bi; j += PREP_THREADS / 32) {   // 2 bi n-tiles of K K^T, then Q K^T
             const int prod = j >= 2 * bi, nt = prod ? j - 2 * bi : j;
             const float* Ab = prod ? RQ : R;
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+            float acc[GDN_CW];
+            acc_zero(acc);
 #pragma unroll 4
             for (int kk = 0; kk < ksteps; ++kk) {
                 FragA fa;
@@ -90,6 +91,7 @@ GDN_INL void kda_gram(const float* Ks, const float* Xs, const float* Gt, float* 
                 ldB_nk(fb, C + 8 * nt * KSP + 8 * kk, KSP, g4, t4);
                 mma3(acc, fa, fb);
             }
+            acc_fold(acc);
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
                 const int r = n + g4 + 8 * hf, s = 8 * nt + 2 * t4;
@@ -239,7 +241,9 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
         while (b > bi) { b -= bi + 1; ++bi; }
         const int bj = b;
         const float* Ab = (prod ? Xs : Ks) + 16 * bi * KSP;
-        float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        float acc[2][GDN_CW];
+        acc_zero(acc[0]);
+        acc_zero(acc[1]);
 #pragma unroll 4
         for (int kk = 0; kk < ksteps; ++kk) {
             FragA fa;
@@ -253,6 +257,7 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
         }
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
+            acc_fold(acc[n]);
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
                 const int r = 16 * bi + g4 + 8 * hf;
@@ -347,7 +352,7 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
                     FragA fa;
                     ldA_row_scaled(fa, As + 16 * R * ASP + 8 * kk, ASP, g4, t4, s0, s1);
 #pragma unroll
-                    for (int n = 0; n < 4; ++n) mma3(acc[R][n], fa, fb[n]);
+                    for (int n = 0; n < 4; ++n) mma3_p(acc[R][n], fa, fb[n]);   // 64 tiles: no room for ACC 3
                 }
             }
         }

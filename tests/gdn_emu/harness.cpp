@@ -1,6 +1,6 @@
 // Runs the tensor-core GATED_DELTA_NET kernels (backends/cuda/gdn_tc_*.cu) on the host emulation of
 // emu.h and compares them with a float64 recurrence (ops/gdn_reference.py's semantics).
-//   harness chunked S Hk Hv T N Nqk g_lo seed       (prep, state, out; K = 1; KDA when built with
+//   harness chunked S Hk Hv T N Nqk g_lo seed       (prep, state + output; K = 1; KDA when built with
 //                                                    -DGDN_KDA=1)
 //   harness decode  S Hk Hv N Nqk kda K g_lo seed   (T = 1)
 // Prints "out <err> state <err> unwritten <n>" (err: max |got - ref| / max |ref|); exit 1 on NaN.
@@ -13,7 +13,6 @@
 #include "gdn_tc.cuh"
 #include "gdn_tc_prep.cu"
 #include "gdn_tc_state.cu"
-#include "gdn_tc_out.cu"
 #ifndef DP
 #define DP 2
 #endif
@@ -111,7 +110,7 @@ int main(int argc, char** argv) {
         Inputs in = make(S, Hk, Hv, T, N, Nqk, kda, g_lo, seed);
         const int nc = (T + L - 1) / L, Tp = nc * L, hs = Hv * N;
         vec U((size_t)hs * Tp * S, NAN), W((size_t)hs * nc * L * S, NAN), P((size_t)hs * nc * L * L, NAN),
-            G(kda ? (size_t)hs * nc * S : (size_t)2 * hs * Tp, NAN), H((size_t)hs * nc * S * S, NAN),
+            G(kda ? (size_t)hs * nc * S : (size_t)2 * hs * Tp, NAN),
             KG(kda ? (size_t)hs * Tp * S : 1, NAN), QG(kda ? (size_t)hs * Tp * S : 1, NAN);
         vec dst((size_t)S * Hv * (T * N + S * N), NAN);
         const int rep = N / Nqk;
@@ -122,13 +121,9 @@ int main(int argc, char** argv) {
         float* dstate = dst.data() + (size_t)S * Hv * T * N;
         emu_launch({(unsigned)((S + BV - 1) / BV), (unsigned)Hv, (unsigned)N}, STATE_THREADS, STATE_SMEM_FLOATS * 4,
                    [&] {
-                       gdn_tc_state(kda ? KG.data() : in.k.data(), in.state.data(), dstate, U.data(), W.data(), G.data(), H.data(), S,
-                                    Hv, T, Hk, rep);
+                       gdn_tc_state(kda ? KG.data() : in.k.data(), kda ? QG.data() : in.q.data(), in.state.data(),
+                                    dstate, dst.data(), U.data(), W.data(), P.data(), G.data(), S, Hv, T, Hk, rep);
                    });
-        const int NJ = (S + OB - 1) / OB;
-        emu_launch({(unsigned)(nc * NJ), (unsigned)Hv, (unsigned)N}, OUT_THREADS, OUT_SMEM_FLOATS * 4, [&] {
-            gdn_tc_out(kda ? QG.data() : in.q.data(), dst.data(), U.data(), P.data(), G.data(), H.data(), S, Hv, T, Hk, rep);
-        });
         std::vector<double> ro, rf;
         reference(in, S, Hk, Hv, T, N, Nqk, kda, ro, rf);
         int nan = 0;
