@@ -83,12 +83,17 @@ def state_smem(nj: int, ks: int) -> int:
 
 
 def available() -> bool:
-    """True on a real GPU of compute capability >= 8.0 (cp.async, tf32 mma) unless
-    MINIGRAPH_CUDA_TENSOR_CORES=0."""
+    """True on a real GPU of compute capability >= 8.0 (cp.async, tf32 mma) whose blocks may
+    take the kernels' shared memory (the state pass wants ~223 KB: Hopper's 227, not A100's 163)
+    unless MINIGRAPH_CUDA_TENSOR_CORES=0."""
     if SIM or not flags.cuda_tensor_cores():
         return False
     try:
-        return cuda.is_available() and cuda.get_current_device().compute_capability >= (8, 0)
+        if not cuda.is_available():
+            return False
+        dev = cuda.get_current_device()
+        need = max(state_smem(STATE_NJ, STATE_KS), PREP_SMEM_KDA)
+        return dev.compute_capability >= (8, 0) and dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN >= need
     except Exception:  # noqa: BLE001 - no driver, no device: the Numba kernels run
         return False
 
