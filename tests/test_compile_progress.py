@@ -100,7 +100,8 @@ def test_warmup_refuses_what_it_cannot_do(tmp_path):
 
 
 @pytest.mark.parametrize("T,K,gate,form", [(1, 1, 1, "GDN_DECODE"), (70, 1, 1, "GDN_CHUNKED"),
-                                           (70, 1, 4, "GDN_RECURRENT"), (5, 1, 1, "GDN_RECURRENT")])
+                                           (70, 1, 4, "GDN_CHUNKED"), (5, 1, 1, "GDN_RECURRENT"),
+                                           (70, 17, 4, "GDN_RECURRENT")])
 def test_gated_delta_net_plans_pick_one_form(T, K, gate, form):
     S, H = 4, 2
     ctx = mg.Context()
