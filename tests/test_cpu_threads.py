@@ -115,3 +115,22 @@ def test_wait_policy_defaults_yield_to_the_user(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")      # GOMP_SPINCOUNT would override it
     threads.set_wait_policy()
     assert "GOMP_SPINCOUNT" not in os.environ and "KMP_BLOCKTIME" not in os.environ
+
+
+def test_a_dropped_graph_frees_its_plan():
+    """The backend remembers its last graph for repeat computes, weakly: once the graph is gone,
+    its plan (and the plan's compute buffer) go too."""
+    import gc
+    import weakref
+    cpu = mg.backend_cpu_init(1)
+    ctx = mg.Context()
+    y = ctx.sqr(ctx.from_numpy(np.arange(64, dtype=np.float32)))
+    gf = ctx.new_graph()
+    mg.build_forward_expand(gf, y)
+    cpu.graph_compute(gf)
+    cpu.graph_compute(gf)                              # the repeat path
+    plan = weakref.ref(cpu.plan(gf))
+    del gf
+    gc.collect()
+    assert plan() is None
+    np.testing.assert_array_equal(y.numpy(), np.arange(64, dtype=np.float32) ** 2)
