@@ -17,7 +17,9 @@ decode N=1, decode N=32 (state 64 MB), prefill T=4096 N=1.
 
 minigraph, ggml and the floors run interleaved in blocks (ROUNDS of them; each block the mean of
 its runs after a warm-up) and every figure is the median over the blocks, so a burst of load on
-the shared cores hits all of them alike. Each output is checked against ggml's
+the shared cores hits all of them alike; the speedup cell also gives the range of the blocks'
+own ggml / minigraph ratios. Decode N=32's goal is the issue's: 2.5x, or within 1.1x of the
+streaming floor where that is slower. Each output is checked against ggml's
 (max |diff| / max |ggml|). Run:
     python benchmarks/gdn.py [--quick] [--threads N] [--kda] [--no-torch]
 """
@@ -47,6 +49,7 @@ QUICK = dict(S=128, H_k=2, H_v=4, shapes=[
     ("prefill T=256", 256, 1, 3),
 ])
 GOALS = {"decode N=1": 2.0, "decode N=32": 2.5, "prefill T=4096": 3.3}   # speedup vs ggml asked for
+FLOOR_GOALS = {"decode N=32": 1.1}   # ... or within this factor of the streaming floor, whichever is slower
 ROUNDS = 5
 ISSUE = {  # figures quoted in the issue (ggml, fla naive recurrent, fla naive chunked)
     "decode N=1": ("296 us", "1.26 ms"), "decode N=32": ("17.5 ms", "195 ms"),
@@ -269,7 +272,8 @@ def measure(name, T, ns, repeat, arrs, args, torch):
             ts[k].append(mean_time(f, block))
     run()
     row = dict(name=name, T=T, ns=ns, first=first, err=rel(out.numpy().reshape(-1), gg_out.numpy().reshape(-1)),
-               **{k: float(np.median(v)) for k, v in ts.items()})
+               **{k: float(np.median(v)) for k, v in ts.items()},
+               ratios=[g / m for g, m in zip(ts["ggml"], ts["mine"])])   # each block's ggml / minigraph
     if torch is not None:
         fn = torch_chunked if T > 1 else torch_recurrent
         tr = max(1, repeat // 10) if T > 1 or ns > 1 else max(1, repeat // 3)
@@ -335,10 +339,19 @@ def main():
         tok = r["T"] * r["ns"]
         pf = r["T"] > 1
         speedup = r["ggml"] / r["mine"]
-        line = f"| {r['name']} | {cell(r['mine'], tok, pf)} | {cell(r['ggml'], tok, pf)} | {speedup:.2f}x |"
+        lo, hi = min(r["ratios"]), max(r["ratios"])
+        line = (f"| {r['name']} | {cell(r['mine'], tok, pf)} | {cell(r['ggml'], tok, pf)} | {speedup:.2f}x "
+                f"(blocks {lo:.2f}-{hi:.2f}) |")
         if goals and r["name"] in GOALS:
             goal = GOALS[r["name"]]
-            line += f" {goal:.1f}x {'met' if speedup >= goal else 'not met'} |"
+            want = r["ggml"] / goal                    # the time the goal asks for
+            alt = FLOOR_GOALS.get(r["name"])
+            if alt and floor(r) is not None and alt * floor(r) > want:
+                want = alt * floor(r)
+                line += (f" {alt:.1f}x the floor ({fmt_time(want)}): {'met' if r['mine'] <= want else 'not met'}"
+                         f", at {r['mine'] / floor(r):.2f}x |")
+            else:
+                line += f" {goal:.1f}x {'met' if speedup >= goal else 'not met'} |"
             if floor(r) is not None and r["ggml"] / goal < floor(r):
                 notes.append(f"{r['name']}: the {goal:.1f}x goal ({fmt_time(r['ggml'] / goal)}) is below this "
                              f"machine's memory floor ({fmt_time(floor(r))} to read the state once and write "
