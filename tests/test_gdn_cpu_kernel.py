@@ -149,7 +149,8 @@ def test_vs_ggml(T, kda, K):
 def test_chunked_form(T, g_lo, kda):
     """The WY/UT chunked kernel directly (the entry point picks it from CHUNK_MIN_T on), K = 2 so
     the token-by-token tail that feeds the snapshot slots runs too. KDA gates of -1 take the
-    factored Gram, gates of -20 the pairwise one (test_kda_chunk_gram_paths checks which)."""
+    factored Gram, full chunks of gates down to -20 the pairwise one (test_kda_chunk_gram_paths
+    checks which on one chunk)."""
     from minigraph.backends.cpu.gated_delta_net import _gdn_chunked
     rng = np.random.default_rng(T)
     arrs = make(rng, 32, 2, 4, T, 2, 1, 32 if kda else 1, g_lo)
