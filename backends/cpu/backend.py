@@ -10,7 +10,6 @@ that tensor as raw row bytes: inside the program where the op registers a progra
 """
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import numba
@@ -108,10 +107,6 @@ class CpuBackend(Backend):
         self.quant_kernels = quant_kernels_for("cpu")
         self.quant_programs = quant_programs_for("cpu")
         self._plans = PlanCache()
-        # (graph, its plan key, plan, compute lock) of the latest compute, graph and plan held
-        # weakly (a dropped graph frees its plan's buffers): a repeat compute of one graph
-        # (decode steps) skips the plan cache's lookups (~2 us of ~8)
-        self._last: Optional[tuple] = None
 
     def __repr__(self) -> str:
         mode = "fixed" if self.load_monitor is None else "load-aware"
@@ -140,18 +135,8 @@ class CpuBackend(Backend):
         n = self.n_threads if self.load_monitor is None else self.load_monitor.threads()
         self.last_threads = min(n, numba.config.NUMBA_NUM_THREADS)
         _set_threads(self.last_threads)
-        last = self._last
-        if last is not None and last[0]() is graph:
-            with last[3]:
-                plan = last[2]()
-                if plan is not None and last[1] == graph.plan_key() and plan.inputs_in_place():
-                    plan.run()
-                    return
-        lock = graph_lock(graph)
-        with lock:
-            plan = self.plan(graph)
-            self._last = (weakref.ref(graph), graph.plan_key(), weakref.ref(plan), lock)
-            plan.run()
+        with graph_lock(graph):
+            self.plan(graph).run()
 
 
 class CpuPlan:
