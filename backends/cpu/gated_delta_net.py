@@ -80,6 +80,38 @@ CHUNK_MIN_T = CHUNK
 
 
 @njit(**INLINE)
+def _wy_core(M, vb, kb, x, u, y, gram, tbuf, n, S):
+    """The part of a chunk both gate kinds share, given beta A in gram's rows 0..n-1 (strictly
+    lower part read), P in rows n..2n-1 (lower part with the diagonal), beta V in vb, W's right
+    factor in kb and the decayed Q rows in x[n:2n]:
+        Tm = (I + A)^-1;  U = Tm beta V;  W = Tm kb (x[:n]);  D = U - W M (u);  y[n:2n] = Q' M + P D
+    (the chunk's unscaled outputs); tbuf holds Tm, then P."""
+    tm = tbuf[:n * n].reshape((n, n))
+    # Tm = (I + A)^-1, forward substitution: row r = e_r - sum_{s<r} A[r, s] Tm[s]
+    for r in range(n):
+        for c in range(n):
+            tm[r, c] = 0.0
+        tm[r, r] = 1.0
+        for s in range(r):
+            a = gram[r, s]
+            for c in range(s + 1):
+                tm[r, c] -= a * tm[s, c]
+    matmul(tm, vb[:n], u[:n])                        # U
+    matmul(tm, kb[:n], x[:n])                        # W
+    matmul(x[:2 * n], M, y[:2 * n])                  # [W M ; Q' M]
+    for r in range(n):
+        for j in range(S):
+            u[r, j] -= y[r, j]                       # D = U - W M
+    for r in range(n):
+        for s in range(n):
+            tm[r, s] = gram[n + r, s] if s <= r else 0.0
+    matmul(tm, u[:n], y[:n])                         # P D (rows 0..n-1 of y are free now)
+    for r in range(n):
+        for j in range(S):
+            y[n + r, j] += y[r, j]
+
+
+@njit(**INLINE)
 def _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S):
     """One chunk of n tokens of the WY/UT form on the state M[i, j] = S[i][j], in place.
 
@@ -109,36 +141,19 @@ def _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S):
         for s in range(n):
             kt[i, s] = kq[s, i]
     matmul(kq[:2 * n], kt, gram)
-    tm = tbuf[:n * n].reshape((n, n))
-    # Tm = (I + A)^-1, forward substitution: row r = e_r - sum_{s<r} A[r, s] Tm[s]
-    for r in range(n):
+    for r in range(n):                               # beta A (rows 0..n-1) and P (rows n..2n-1)
         br = bb[r]
-        for c in range(n):
-            tm[r, c] = 0.0
-        tm[r, r] = 1.0
         for s in range(r):
-            a = br * np.float32(dk[r, s]) * gram[r, s]
-            for c in range(s + 1):
-                tm[r, c] -= a * tm[s, c]
+            gram[r, s] = br * np.float32(dk[r, s]) * gram[r, s]
+        for s in range(r + 1):
+            gram[n + r, s] = np.float32(dk[r, s]) * gram[n + r, s]
     for r in range(n):
         e = np.float32(gt[r])
         be = bb[r] * e
         for i in range(S):
             kb[r, i] = be * kq[r, i]
             x[n + r, i] = e * kq[n + r, i]           # e^gc Q below W
-    matmul(tm, vb[:n], u[:n])                        # U
-    matmul(tm, kb[:n], x[:n])                        # W
-    matmul(x[:2 * n], M, y[:2 * n])                  # [W M ; e^gc Q M]
-    for r in range(n):
-        for j in range(S):
-            u[r, j] -= y[r, j]                       # D = U - W M
-    for r in range(n):
-        for s in range(n):
-            tm[r, s] = np.float32(dk[r, s]) * gram[n + r, s] if s <= r else 0.0
-    matmul(tm, u[:n], y[:n])                         # P D (rows 0..n-1 of y are free now)
-    for r in range(n):
-        for j in range(S):
-            y[n + r, j] += y[r, j]
+    _wy_core(M, vb, kb, x, u, y, gram, tbuf, n, S)
     for s in range(n):
         e = np.float32(dk[n - 1, s])
         for i in range(S):
@@ -211,28 +226,7 @@ def _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, S):
                 rr[r, i] = 1.0
                 aq += kq[n + r, i] * kq[r, i]
             gram[n + r, r] = aq
-    tm = tbuf[:n * n].reshape((n, n))
-    for r in range(n):                                    # Tm = (I + A)^-1
-        for c in range(n):
-            tm[r, c] = 0.0
-        tm[r, r] = 1.0
-        for s in range(r):
-            a = gram[r, s]
-            for c in range(s + 1):
-                tm[r, c] -= a * tm[s, c]
-    matmul(tm, vb[:n], u[:n])                             # U
-    matmul(tm, kb[:n], x[:n])                             # W
-    matmul(x[:2 * n], M, y[:2 * n])                       # [W M ; Q Gamma M]
-    for r in range(n):
-        for j in range(S):
-            u[r, j] -= y[r, j]                            # D = U - W M
-    for r in range(n):
-        for s in range(n):
-            tm[r, s] = gram[n + r, s] if s <= r else 0.0
-    matmul(tm, u[:n], y[:n])                              # P D
-    for r in range(n):
-        for j in range(S):
-            y[n + r, j] += y[r, j]
+    _wy_core(M, vb, kb, x, u, y, gram, tbuf, n, S)
     for s in range(n):                                    # K e^(gc_last - gc_s)
         for i in range(S):
             kb[s, i] = rr[s, i] * kq[s, i]
@@ -269,35 +263,10 @@ def _token_step_m(M, kt, qt, vt, e, b, out, S):
             out[j] += qi * M[i, j]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
-                kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb):
-    """Tokens t0 .. t0+n-1 of head (seq, h) on its state M: inputs in, _chunk_step,
-    outputs out. Called by address (CHUNK_HEAD), not inlined: one call per head and chunk
-    costs nothing next to its work, and keeps this body out of _gdn_chunked's code."""
-    T = v.shape[1]
-    S = v.shape[3]
-    for r in range(n):
-        t = t0 + r
-        gt[r] = np.float64(g[seq, t, h, 0])
-        b = np.float32(beta[seq, t, h, 0])
-        bb[r] = b
-        load_row(k[sq, t, hk], kq[r], F32)          # contiguous source rows are read as such
-        load_row(q[sq, t, hk], kq[n + r], F32)
-        load_row(v[seq, t, h], vb[r], F32)
-        for i in range(S):
-            vb[r, i] *= b
-    _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, S)
-    for r in range(n):
-        _scaled_copy(_out_row(dst, seq * T + t0 + r, h, S), y[n + r], scale)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _chunk_head_kda(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
-                    kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb):
-    """_chunk_head for per-key gates: the gate rows go in as e^g (vexp.exp_row: libm's expf would be
-    2048 scalar calls a chunk), then _chunk_step_kda."""
-    T = v.shape[1]
+@njit(**INLINE)
+def _load_chunk(q, k, v, beta, seq, sq, h, hk, t0, n, kq, vb, bb):
+    """A chunk's input rows: kq rows 0..n-1 = k, n..2n-1 = q, vb = beta v, bb = beta (contiguous
+    source rows are read as such)."""
     for r in range(n):
         t = t0 + r
         b = np.float32(beta[seq, t, h, 0])
@@ -305,13 +274,41 @@ def _chunk_head_kda(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
         load_row(k[sq, t, hk], kq[r], F32)
         load_row(q[sq, t, hk], kq[n + r], F32)
         load_row(v[seq, t, h], vb[r], F32)
-        load_row(g[seq, t, h], eg[r], F32)
-        exp_row(eg[r])
         for i in range(vb.shape[1]):
             vb[r, i] *= b
-    _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, v.shape[3])
+
+
+@njit(**INLINE)
+def _store_outputs(dst, y, seq, h, t0, n, T, scale):
+    """The chunk's outputs (y rows n..2n-1, unscaled) into dst's output rows."""
     for r in range(n):
-        _scaled_copy(_out_row(dst, seq * T + t0 + r, h, v.shape[3]), y[n + r], scale)
+        _scaled_copy(_out_row(dst, seq * T + t0 + r, h, y.shape[1]), y[n + r], scale)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _chunk_head(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
+                kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb):
+    """Tokens t0 .. t0+n-1 of head (seq, h) on its state M: inputs in, _chunk_step,
+    outputs out. Called by address (CHUNK_HEAD), not inlined: one call per head and chunk
+    costs nothing next to its work, and keeps this body out of _gdn_chunked's code."""
+    _load_chunk(q, k, v, beta, seq, sq, h, hk, t0, n, kq, vb, bb)
+    for r in range(n):
+        gt[r] = np.float64(g[seq, t0 + r, h, 0])
+    _chunk_step(M, kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb, n, v.shape[3])
+    _store_outputs(dst, y, seq, h, t0, n, v.shape[1], scale)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _chunk_head_kda(M, dst, q, k, v, g, beta, seq, sq, h, hk, t0, n, scale,
+                    kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb):
+    """_chunk_head for per-key gates: the gate rows go in as e^g (vexp.exp_row: libm's expf would be
+    2048 scalar calls a chunk), then _chunk_step_kda."""
+    _load_chunk(q, k, v, beta, seq, sq, h, hk, t0, n, kq, vb, bb)
+    for r in range(n):
+        load_row(g[seq, t0 + r, h], eg[r], F32)
+        exp_row(eg[r])
+    _chunk_step_kda(M, kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb, n, v.shape[3])
+    _store_outputs(dst, y, seq, h, t0, n, v.shape[1], scale)
 
 
 _A4 = types.Array(types.float32, 4, "A")
