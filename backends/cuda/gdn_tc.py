@@ -72,8 +72,8 @@ _L, _SMAX = CHUNK, MAX_S
 PREP_SMEM = 4 * (_L * 132 + _L * 136 + _L * 68 + 3 * _L + 3 * 256 + 2 * _L)
 PREP_SMEM_KDA = PREP_SMEM + 4 * (_L * 132 + 16 * 132 * 2 + 48 * 132)
 NWS = 7                    # workspace arrays of the chunked launches
-MAX_SMEM = 227 * 1024      # dynamic shared memory a block may opt into on sm_90 (sm_80: 163 KB, less
-                           # than the state pass takes, before this change too)
+MAX_SMEM = 227 * 1024      # dynamic shared memory a block may opt into on sm_90, the most any layout
+                           # may take (available() asks the device itself: sm_80 offers 163 KB)
 
 
 def state_smem(nj: int, ks: int) -> int:
