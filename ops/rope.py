@@ -40,6 +40,7 @@ _MODE_NAMES = {ROPE_TYPE_MROPE: "MROPE", ROPE_TYPE_VISION: "VISION", ROPE_TYPE_I
 
 PARAMS = ("n_dims", "mode", "n_ctx_orig", "freq_base", "freq_scale", "ext_factor", "attn_factor",
           "beta_fast", "beta_slow", "has_freq_factors")
+BUILDER_PARAMS = PARAMS[:-1]   # has_freq_factors is recorded from c, not passed
 FLOAT_PARAMS = ("freq_base", "freq_scale", "ext_factor", "attn_factor", "beta_fast", "beta_slow")
 
 
@@ -110,9 +111,15 @@ def _rope_flops(node) -> float:
     return float(rows * (3 * n_dims + node.ne[0] - n_dims))
 
 
-ROPE = register(OpDef("ROPE", "rope", _ref_rope, params=PARAMS, float_params=FLOAT_PARAMS, flops=_rope_flops,
-                      rebuild=lambda ctx, spec, a, b, c=None: (rope_ext_inplace if spec.inplace else rope_ext)(
-                          ctx, a, b, c, *(spec.params.get(k) for k in PARAMS)),
+def _sample(node, i: int, rng: np.random.Generator):
+    """Positions in [0, 1024) (a context's worth of angles, not just 0 and 1), freq_factors in [0.5, 2)."""
+    shape = tuple(reversed(node.src[i].ne))
+    return {1: lambda: rng.integers(0, 1024, size=shape), 2: lambda: rng.uniform(0.5, 2.0, size=shape)}.get(i, lambda: None)()
+
+
+ROPE = register(OpDef("ROPE", "rope", _ref_rope, params=PARAMS, float_params=FLOAT_PARAMS, flops=_rope_flops, sample=_sample,
+                      rebuild=lambda ctx, spec, a, b, c=None: (ctx.rope_ext_inplace if spec.inplace else ctx.rope_ext)(
+                          a, b, c, *(spec.params.get(k) for k in BUILDER_PARAMS)),
                       doc="rotary position embedding of pairs of ne0, angle from b[i2] (ggml_rope_ext)"))
 
 

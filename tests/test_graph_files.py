@@ -49,6 +49,8 @@ def _graph(name: str) -> mg.Graph:
         return load_target(GRAPHS + ":delta_net", {"n_tokens": 3, "head_dim": 4, "n_heads": 1})
     if name == "delta_net_fused":
         return mg.optimize(_graph("delta_net")).graph
+    if name in ("mla_decode", "mla_rope_shift"):   # ROPE, SET_ROWS, FLASH_ATTN_EXT with V a view of K
+        return load_target(GRAPHS + ":" + name)
     ctx = mg.Context()
     gf = ctx.new_graph()
     gf.build_forward_expand(odd_views(ctx))
@@ -95,7 +97,8 @@ def _refused(doc: dict, *words: str) -> str:
 
 # -- round trips -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_fused", "delta_net", "delta_net_fused", "odd_views"])
+@pytest.mark.parametrize("name", ["mlp", "mlp_fused", "delta_net", "delta_net_fused", "odd_views", "mla_decode",
+                                  "mla_rope_shift"])
 def test_round_trip_reproduces_the_result(name):
     gf = _graph(name)
     want = _cpu_outputs(gf)
