@@ -91,8 +91,13 @@ def _flops(node) -> float:
     return 2.0 * q.ne[1] * q.ne[2] * q.ne[3] * k.ne[1] * (k.ne[0] + v.ne[0])
 
 
+def _sample(node, i: int, rng: np.random.Generator):
+    """The mask (source 3) in [-2, 0]: an additive bias, as a causal or padding mask's finite part."""
+    return rng.uniform(-2.0, 0.0, size=tuple(reversed(node.src[3].ne))) if i == 3 else None
+
+
 FLASH_ATTN_EXT = register(OpDef(
-    "FLASH_ATTN_EXT", "attention", _ref_flash_attn_ext,
+    "FLASH_ATTN_EXT", "attention", _ref_flash_attn_ext, sample=_sample,
     params=("scale", "max_bias", "logit_softcap", "prec", "v_in_k", "has_mask", "has_sinks"),
     float_params=("scale", "max_bias", "logit_softcap"), flops=_flops,
     rebuild=lambda ctx, spec, q, k, v, mask=None, sinks=None: _rebuild(ctx, spec, q, k, v, mask, sinks),
@@ -199,11 +204,14 @@ def flash_attn_ext_add_sinks(a: Tensor, sinks: Optional[Tensor]) -> None:
 
 def _rebuild(ctx, spec: Any, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
              sinks: Optional[Tensor]) -> Tensor:
-    """A FLASH_ATTN_EXT node from a graph file, through the builder and the two module functions."""
+    """A FLASH_ATTN_EXT node from a graph file, through the builder and the two module functions
+    (in another engine's context, ggml-python's for `test-backend-ops --against ggml`, its own)."""
     p = spec.params
-    t = flash_attn_ext(ctx, q, k, v, mask, p.get("scale"), p.get("max_bias", 0.0), p.get("logit_softcap", 0.0))
+    t = ctx.flash_attn_ext(q, k, v, mask, p.get("scale"), p.get("max_bias", 0.0), p.get("logit_softcap", 0.0))
+    add_sinks, set_prec = ((flash_attn_ext_add_sinks, flash_attn_ext_set_prec) if isinstance(t, Tensor)
+                           else (ctx.flash_attn_ext_add_sinks, ctx.flash_attn_ext_set_prec))
     if sinks is not None:
-        flash_attn_ext_add_sinks(t, sinks)
+        add_sinks(t, sinks)
     if "prec" in p:
-        flash_attn_ext_set_prec(t, p["prec"])
+        set_prec(t, p["prec"])
     return t

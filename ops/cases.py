@@ -8,6 +8,7 @@ import numpy as np
 
 from minigraph.core import dtypes
 from minigraph.core.cases import CASES, LAYOUTS, Case, make_input
+from minigraph.ops.linalg import well_conditioned_triangle
 
 
 def _cases() -> Iterator[Case]:
@@ -102,9 +103,7 @@ def _mla_case(ctx, rng, kv, pe, n_kv, tokens, heads):
 
 
 def _solve_case(ctx, rng, n, k, left, lower, uni, batch=(1, 1)):
-    a = rng.uniform(-0.2, 0.2, size=(*batch[::-1], n, n)).astype(np.float32)
-    a += np.eye(n, dtype=np.float32) * (2.0 + n * 0.05)
-    A = ctx.from_numpy(a)
+    A = ctx.from_numpy(well_conditioned_triangle((*batch[::-1], n, n), rng).astype(np.float32))
     B = make_input(ctx, rng, [k, n, *batch] if left else [n, k, *batch])
     return ctx.solve_tri(A, B, left, lower, uni)
 

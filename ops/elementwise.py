@@ -13,7 +13,7 @@ from minigraph.core.errors import expect
 from minigraph.core.tensor import Tensor, can_repeat
 
 from minigraph.ops.common import check_float, check_number, check_tensor, tile_to
-from minigraph.core.registry import OpDef, builder, register
+from minigraph.core.registry import OpDef, builder, register, uniform_sample
 
 
 def _binary_ref(fn):
@@ -33,7 +33,8 @@ def _rebuild_unary(name: str):
 ADD = register(OpDef("ADD", "elementwise", _binary_ref(np.add), inplace_ok=True, rebuild=_rebuild_binary("add")))
 SUB = register(OpDef("SUB", "elementwise", _binary_ref(np.subtract), inplace_ok=True, rebuild=_rebuild_binary("sub")))
 MUL = register(OpDef("MUL", "elementwise", _binary_ref(np.multiply), inplace_ok=True, rebuild=_rebuild_binary("mul")))
-DIV = register(OpDef("DIV", "elementwise", _binary_ref(np.divide), inplace_ok=True, rebuild=_rebuild_binary("div")))
+DIV = register(OpDef("DIV", "elementwise", _binary_ref(np.divide), inplace_ok=True, rebuild=_rebuild_binary("div"),
+                     sample=uniform_sample(0.5, 2.0, (1,))))   # a divisor away from 0
 SCALE = register(OpDef("SCALE", "elementwise", lambda node, a, s, b: a * s + b, params=("s", "b"), float_params=("s", "b"),
                        inplace_ok=True, rebuild=lambda ctx, spec, a: _scale(
                            ctx, a, spec.params.get("s"), spec.params.get("b"), spec.inplace, "scale")))
@@ -54,8 +55,9 @@ UNARY_REFS = {
     "LOG": np.log, "SIGMOID": lambda x: 1.0 / (1.0 + np.exp(-x)), "SILU": lambda x: x / (1.0 + np.exp(-x)),
     "GELU": _gelu, "TANH": np.tanh, "RELU": lambda x: np.maximum(x, 0.0), "SOFTPLUS": _softplus,
 }
+UNARY_SAMPLES = {"SQRT": uniform_sample(0.1, 2.0), "LOG": uniform_sample(0.1, 2.0)}   # inside the domain
 UNARY = {name: register(OpDef(name, "elementwise", (lambda f: lambda node, a: f(a))(f), inplace_ok=True,
-                              rebuild=_rebuild_unary(name.lower())))
+                              rebuild=_rebuild_unary(name.lower()), sample=UNARY_SAMPLES.get(name)))
          for name, f in UNARY_REFS.items()}
 
 

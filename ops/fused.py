@@ -57,8 +57,16 @@ def _ref(node, *srcs, code):
     return vals[-1]
 
 
+def _sample(node, i: int, rng):
+    """Inputs in [0.5, 2) when a step needs a positive or non-zero operand (LOG, SQRT, DIV), so
+    a chain exported from a model stays mostly inside its domain; else the default."""
+    if any(op in ("LOG", "SQRT", "DIV") for op, _, _ in node.op_params["program"]):
+        return rng.uniform(0.5, 2.0, size=tuple(reversed(node.src[i].ne)))
+    return None
+
+
 FUSED_ELEMENTWISE = register(OpDef(
-    "FUSED_ELEMENTWISE", "fused", _ref, params=("code",),
+    "FUSED_ELEMENTWISE", "fused", _ref, params=("code",), sample=_sample,
     flops=lambda n: float(len(n.op_params["program"])) * n.ne[0] * n.ne[1] * n.ne[2] * n.ne[3],
     doc="a chain of elementwise ops over one shape in one kernel (fused_from: the ops it replaced)",
     rebuild=lambda ctx, spec, *srcs: ctx.fused_elementwise(spec.params.get("program"), _real_inputs(srcs),

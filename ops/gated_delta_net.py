@@ -11,6 +11,8 @@ snapshots [S, S, H_v, n_seqs] (slot 0 = final state, slot s = the state s tokens
 """
 from __future__ import annotations
 
+import numpy as np
+
 from minigraph.core.errors import expect
 from minigraph.core.tensor import Tensor, row_size
 
@@ -30,7 +32,17 @@ def _flops(node) -> float:
     return 8.0 * S * S * H * T * N
 
 
-GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K",), flops=_flops,
+def _sample(node, i: int, rng: np.random.Generator):
+    """q, k unit rows (as l2_norm leaves them: beta |k|^2 < 2 keeps the delta rule stable), gates
+    in [-20, -1e-4], beta in [0, 1]; v and the state the default."""
+    shape = tuple(reversed(node.src[i].ne))
+    if i in (0, 1):
+        x = rng.standard_normal(shape)
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return {3: lambda: rng.uniform(-20.0, -1e-4, size=shape), 4: lambda: rng.uniform(0.0, 1.0, size=shape)}.get(i, lambda: None)()
+
+
+GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K",), flops=_flops, sample=_sample,
                                  rebuild=lambda ctx, spec, *srcs: ctx.gated_delta_net(*srcs, spec.params.get("K"))))
 
 

@@ -90,7 +90,11 @@ def _ref_get_rows(node, a, idx):
     return out
 
 
-GET_ROWS = register(OpDef("GET_ROWS", "layout", _ref_get_rows, flops=NONE_BYTES,
+def _sample_get_rows(node, i: int, rng: np.random.Generator):
+    return rng.integers(0, max(node.src[0].ne[1], 1), size=tuple(reversed(node.src[1].ne))) if i == 1 else None
+
+
+GET_ROWS = register(OpDef("GET_ROWS", "layout", _ref_get_rows, flops=NONE_BYTES, sample=_sample_get_rows,
                           rebuild=lambda ctx, spec, a, b: ctx.get_rows(a, b)))
 
 

@@ -14,14 +14,16 @@ from minigraph.core.errors import MinigraphError, expect
 from minigraph.core.tensor import Tensor
 
 from minigraph.ops.common import F32, check_float, check_int, check_number, check_tensor
-from minigraph.core.registry import OpDef, builder, register
+from minigraph.core.registry import OpDef, builder, register, uniform_sample
 
+# sums of positive values: a zero-centred sum's NMSE fails by cancellation (llama.cpp #17471)
+_POSITIVE = uniform_sample(0.1, 1.0)
 SUM = register(OpDef("SUM", "reduce", lambda node, a: a.sum().reshape(1, 1, 1, 1),
-                     rebuild=lambda ctx, spec, a: ctx.sum(a)))
+                     rebuild=lambda ctx, spec, a: ctx.sum(a), sample=_POSITIVE))
 SUM_ROWS = register(OpDef("SUM_ROWS", "reduce", lambda node, a: a.sum(axis=3, keepdims=True),
-                          rebuild=lambda ctx, spec, a: ctx.sum_rows(a)))
+                          rebuild=lambda ctx, spec, a: ctx.sum_rows(a), sample=_POSITIVE))
 MEAN = register(OpDef("MEAN", "reduce", lambda node, a: a.mean(axis=3, keepdims=True),
-                      rebuild=lambda ctx, spec, a: ctx.mean(a)))
+                      rebuild=lambda ctx, spec, a: ctx.mean(a), sample=_POSITIVE))
 CUMSUM = register(OpDef("CUMSUM", "reduce", lambda node, a, dim: np.cumsum(a, axis=3 - dim), params=("dim",),
                         doc="inclusive prefix sum along ne[dim] (ggml: dim 0 only)",
                         rebuild=lambda ctx, spec, a: ctx.cumsum(a, spec.params.get("dim"))))

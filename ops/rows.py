@@ -47,8 +47,20 @@ def _ref_set_rows_any(node, b, c, a):
     return _ref_set_rows(node, b, c, a)
 
 
-SET_ROWS = register(OpDef("SET_ROWS", "rows", _ref_set_rows_any, flops=lambda n: 0.0,
-                          rebuild=lambda ctx, spec, b, c, a: set_rows(ctx, a, b, c),
+def _sample_set_rows(node, i: int, rng: np.random.Generator):
+    """Sources (b, c, a): c gets distinct rows of a per index row, where a has enough rows."""
+    if i != 1:
+        return None
+    c, n_rows = node.src[1], node.src[2].ne[1]
+    shape = tuple(reversed(c.ne))
+    if c.ne[0] > n_rows:
+        return rng.integers(0, max(n_rows, 1), size=shape)
+    rows = [rng.permutation(n_rows)[: c.ne[0]] for _ in range(int(np.prod(shape[:-1])))]
+    return np.array(rows).reshape(shape)
+
+
+SET_ROWS = register(OpDef("SET_ROWS", "rows", _ref_set_rows_any, flops=lambda n: 0.0, sample=_sample_set_rows,
+                          rebuild=lambda ctx, spec, b, c, a: ctx.set_rows(a, b, c),
                           doc="a[:, c[i], i2, i3] = b[:, i, i2, i3], in place (ggml_set_rows)"))
 
 

@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from minigraph.core import dtypes
+
 
 @dataclass(frozen=True)
 class OpDef:
@@ -34,6 +36,11 @@ class OpDef:
                graph file's record (`spec` is a NodeSpec: the record's type, ne, nb, op_params,
                view_offs), so a loaded node passes the same checks as a built one; the loader
                then refuses any difference between the rebuilt node and the record.
+    sample:    fn(node, i, rng) -> values for source i (numpy order, reversed ne) that keep the
+               op well-posed when conformance runs it on random data: indices in range, a
+               positive log argument, a well-conditioned triangle, stable gates; None (or no
+               sample) for the default, `default_sample`. A case exported from a model's graph
+               (minigraph.tools.graph_ops) has only leaves as inputs, so this is all it gets.
     """
 
     name: str
@@ -48,6 +55,12 @@ class OpDef:
     flops: Callable[[Any], float] = field(default=lambda node: float(np.prod(node.ne)))
     doc: str = ""
     rebuild: Optional[Callable[..., Any]] = None
+    sample: Optional[Callable[[Any, int, np.random.Generator], Optional[np.ndarray]]] = None
+
+    def sample_source(self, node: Any, i: int, rng: np.random.Generator) -> np.ndarray:
+        """Conformance values for node.src[i] (numpy order): the op's `sample`, else the default."""
+        got = self.sample(node, i, rng) if self.sample is not None else None
+        return default_sample(node.src[i], rng) if got is None else got
 
     def param_values(self, node: Any, byte_scale: int = 1) -> tuple:
         """The node's params in kernel order, typed as the kernels expect; byte params are
@@ -55,6 +68,22 @@ class OpDef:
         return tuple(float(node.op_params[p]) if p in self.float_params
                      else int(node.op_params[p]) * (byte_scale if p in self.byte_params else 1)
                      for p in self.params)
+
+
+def default_sample(t: Any, rng: np.random.Generator) -> np.ndarray:
+    """Uniform [-1, 1) floats, integers in [0, 2) (the random inputs of `compare` and `dump`),
+    numpy order."""
+    shape = tuple(reversed(t.ne))
+    if t.type in (dtypes.TYPE_I32, dtypes.TYPE_I64):
+        return rng.integers(0, 2, size=shape)
+    return rng.uniform(-1.0, 1.0, size=shape)
+
+
+def uniform_sample(lo: float, hi: float, slots: tuple[int, ...] = (0,)) -> Callable[..., Optional[np.ndarray]]:
+    """An OpDef.sample drawing sources `slots` uniformly from [lo, hi) (the others: the default)."""
+    def sample(node: Any, i: int, rng: np.random.Generator) -> Optional[np.ndarray]:
+        return rng.uniform(lo, hi, size=tuple(reversed(node.src[i].ne))) if i in slots else None
+    return sample
 
 
 @dataclass(frozen=True)
