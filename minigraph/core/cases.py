@@ -24,6 +24,7 @@ class Case:
     vars: str
     build: Callable[[Any, np.random.Generator], Tensor]
     max_nmse: float = 1e-7
+    origin: str = ""      # the minigraph-ops file a case exported from a model came from ("": built in)
 
     @property
     def name(self) -> str:

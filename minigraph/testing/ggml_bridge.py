@@ -232,6 +232,10 @@ class GgmlContext:
         """ggml_flash_attn_ext_add_sinks(a, sinks) (no context in ggml)."""
         _g.ggml_flash_attn_ext_add_sinks(a._ptr, sinks._ptr)
 
+    def flash_attn_ext_set_prec(self, a: GgmlTensor, prec: int) -> None:
+        """ggml_flash_attn_ext_set_prec(a, prec) (no context in ggml)."""
+        _g.ggml_flash_attn_ext_set_prec(a._ptr, prec)
+
     def soft_max_add_sinks(self, a: GgmlTensor, sinks: GgmlTensor) -> None:
         """ggml_soft_max_add_sinks(a, sinks) (no context in ggml)."""
         _g.ggml_soft_max_add_sinks(a._ptr, sinks._ptr)

@@ -36,7 +36,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="minigraph", description="minigraph tools: dump, compare, test-backend-ops, warmup")
+    ap = argparse.ArgumentParser(prog="minigraph",
+                                 description="minigraph tools: dump, compare, test-backend-ops, export-ops, warmup")
     ap.add_argument("--version", action="version", version=f"minigraph {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -72,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--show-coverage", action="store_true", help="ops of the registry without cases")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.add_argument("--markdown", action="store_true", help="support mode: a Markdown table (docs/ops.md)")
+    t.add_argument("--test-file", metavar="FILE.json",
+                   help="the cases of a file written by `minigraph export-ops` (a model's ops) instead of the built-in ones")
+
+    e = sub.add_parser("export-ops", help="write a graph's ops as conformance cases for test-backend-ops --test-file")
+    _target_args(e)
+    e.add_argument("-b", "--backend", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="the backend whose fusion decides the ops (default cpu)")
+    e.add_argument("-o", "--output", metavar="FILE.json", required=True, help="the minigraph-ops file to write")
 
     w = sub.add_parser("warmup", help="compile kernels ahead into the disk cache, with a progress bar")
     w.add_argument("-b", "--backend", default="cpu", choices=["cpu", "cuda"],
@@ -142,6 +151,20 @@ def cmd_test_backend_ops(args: argparse.Namespace, out: TextIO) -> int:
     return test_backend_ops.main(args, out)
 
 
+def cmd_export_ops(args: argparse.Namespace, out: TextIO) -> int:
+    import minigraph as mg
+    from minigraph.tools import dump, graph_ops, graphio
+
+    source = graphio.load_target(args.target, graphio.parse_params(args.param), args.gguf)
+    run, _ = dump.optimize(source, mg.backend_sched_new(dump.backends_for(args.backend)), not args.no_fuse)
+    doc = graph_ops.export_ops(run.graph, args.target)
+    graph_ops.write_ops(doc, args.output)
+    ops = sum(e["count"] for e in doc["ops"])
+    out.write(f"{len(doc['ops'])} distinct ops of {ops} compute nodes written to {args.output}; run them with\n"
+              f"  minigraph test-backend-ops --test-file {args.output}\n")
+    return 0
+
+
 def cmd_warmup(args: argparse.Namespace, out: TextIO) -> int:
     from minigraph.tools import warmup
 
@@ -156,7 +179,8 @@ def cmd_warmup(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-COMMANDS = {"dump": cmd_dump, "compare": cmd_compare, "test-backend-ops": cmd_test_backend_ops, "warmup": cmd_warmup}
+COMMANDS = {"dump": cmd_dump, "compare": cmd_compare, "test-backend-ops": cmd_test_backend_ops,
+            "export-ops": cmd_export_ops, "warmup": cmd_warmup}
 
 
 def main(argv: Optional[list[str]] = None, out: Optional[TextIO] = None) -> int:

@@ -61,8 +61,9 @@ def split_top(s: str) -> list[str]:
     return [x.strip() for x in items + [cur] if x.strip()]
 
 
-def select_cases(ops: str = "", params: str = "") -> list[Case]:
-    """Cases named by -o (ops or full case strings) and matching -p; nothing selected is an error."""
+def select_cases(ops: str = "", params: str = "", pool: Optional[list[Case]] = None) -> list[Case]:
+    """Cases of `pool` (default: the built-in ones) named by -o (ops or full case strings) and
+    matching -p; nothing selected is an error."""
     from minigraph.core.registry import OPS
 
     want = split_top(ops)
@@ -73,7 +74,7 @@ def select_cases(ops: str = "", params: str = "") -> list[Case]:
         rx = re.compile(params) if params else None
     except re.error as e:
         raise MinigraphError(f"-p {params!r}: bad regex: {e}") from None
-    out = [c for c in CASES
+    out = [c for c in (CASES if pool is None else pool)
            if (not want or any(w == c.name if "(" in w else w.upper() == c.op for w in want))
            and (rx is None or rx.search(c.vars))]
     if not out:
@@ -186,13 +187,16 @@ def result_line(r: Result, mode: str) -> str:
     return f"  {r.case}: OK"
 
 
-def repro(r: Result, seed: int) -> str:
+def repro(r: Result, seed: int, test_file: str = "") -> str:
     b = "ggml" if r.backend == "ggml-CPU" else r.backend
     extra = " --against ggml" if b == "ggml" else f" -b {b}"
+    if test_file:
+        extra += f" --test-file {shlex.quote(test_file)}"
     return f"minigraph test-backend-ops test{extra} -o {shlex.quote(r.case)} --seed {seed}"
 
 
-def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result]:
+def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Optional[TextIO],
+                test_file: str = "") -> list[Result]:
     fn = test_case if mode == "test" else perf_case
     prog = Progress(len(cases), out is not None)
     results = []
@@ -204,12 +208,12 @@ def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Opti
             prog.clear()
             print(result_line(r, mode), file=out, flush=True)
             if r.status == "fail":
-                print(f"    seed {seed}; repro: {repro(r, seed)}", file=out)
+                print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
     prog.clear()
     return results
 
 
-def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result]:
+def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO], test_file: str = "") -> list[Result]:
     """The same cases on ggml's own CPU backend (ggml-python), in child processes. Without
     ggml-python there is no reference engine: a MinigraphError, not a run of "not supported"."""
     from minigraph.testing import ggml_bridge
@@ -222,7 +226,8 @@ def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result
     names = {c.name: c for c in cases}
     status = {"ok": "ok", "fail": "fail", "skip": "not supported", "crash": "not supported", "hang": "fail"}
     results = []
-    for rec in run_all(op=ops, seed=seed):
+    child = ("minigraph.tools.graph_ops", "--test-file", test_file) if test_file else ("minigraph.testing.ggml_conformance",)
+    for rec in run_all(op=ops, seed=seed, child=child):
         if rec["case"] not in names:
             continue
         detail = rec.get("why", "")
@@ -237,7 +242,7 @@ def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO]) -> list[Result
         if out is not None:
             print(result_line(r, "test"), file=out, flush=True)
             if r.status == "fail":
-                print(f"    seed {seed}; repro: {repro(r, seed)}", file=out)
+                print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
     return results
 
 
@@ -330,11 +335,17 @@ def coverage_lines() -> list[str]:
 
 def main(args: Any, out: TextIO) -> int:
     """Dispatch on args.mode (test, perf, support); returns the exit status."""
-    cases = select_cases(args.op or "", args.params or "")
+    test_file = getattr(args, "test_file", None) or ""
+    pool = None
+    if test_file:
+        from minigraph.tools.graph_ops import load_cases
+
+        pool = load_cases(test_file)
+    cases = select_cases(args.op or "", args.params or "", pool)
     if args.list:
         for c in cases:
             print(c.name, file=out)
-        print(f"{len(cases)} cases; " + coverage_lines()[0], file=out)
+        print(f"{len(cases)} cases" + (f" from {test_file}" if test_file else "; " + coverage_lines()[0]), file=out)
         return 0
     if args.show_coverage:
         print(coverage_lines()[0], file=out)
@@ -360,20 +371,20 @@ def main(args: Any, out: TextIO) -> int:
     for i, b in enumerate(backends):
         if text:
             print(f"Backend {i + 1}/{len(backends)}: {b.name}", file=text)
-        results += run_backend(args.mode, b, cases, seed, text)
+        results += run_backend(args.mode, b, cases, seed, text, test_file)
     if args.against == "ggml":
         if text:
             print("Backend ggml-CPU (ggml-python, child processes)", file=text)
-        results += run_ggml(cases, seed, text)
-    return finish(results, args.mode, seed, out, args.json)
+        results += run_ggml(cases, seed, text, test_file)
+    return finish(results, args.mode, seed, out, args.json, test_file)
 
 
-def finish(results: list[Result], mode: str, seed: int, out: TextIO, as_json: bool) -> int:
+def finish(results: list[Result], mode: str, seed: int, out: TextIO, as_json: bool, test_file: str = "") -> int:
     failing = [r for r in results if r.status == "fail"]
     backends = list(dict.fromkeys(r.backend for r in results))
     if as_json:
         out.write(json.dumps({"mode": mode, "seed": seed, "results": [asdict(r) for r in results],
-                              "failing": [{"case": r.case, "backend": r.backend, "repro": repro(r, seed)}
+                              "failing": [{"case": r.case, "backend": r.backend, "repro": repro(r, seed, test_file)}
                                           for r in failing], "ok": not failing}, indent=1) + "\n")
         return 1 if failing else 0
     print("Summary:", file=out)
@@ -382,6 +393,6 @@ def finish(results: list[Result], mode: str, seed: int, out: TextIO, as_json: bo
     if failing:
         print(f"failing tests ({len(failing)}):", file=out)
         for r in failing:
-            print(f"  {repro(r, seed)}", file=out)
+            print(f"  {repro(r, seed, test_file)}", file=out)
     print("FAIL" if failing else "OK", file=out)
     return 1 if failing else 0
