@@ -280,6 +280,36 @@ def test_perf_mode():
     assert "us/run" in out and "GFLOP/s" in out and "GB/s" in out
 
 
+def test_perf_csv_and_a_baseline_from_another_run(tmp_path):
+    """Comparing two commits (llama.cpp #14392): perf --json of one, --baseline of the other."""
+    rc, out = run("test-backend-ops", "perf", "-b", "cpu", "-o", "EXP,NEG", "-p", "layout=cont", "--json")
+    base = tmp_path / "base.json"
+    base.write_text(out)
+    rc, out = run("test-backend-ops", "perf", "-b", "cpu", "-o", "EXP,NEG", "-p", "layout=(cont|perm)", "--baseline", str(base))
+    assert rc == 0 and out.count("x vs baseline") == 2      # only the cases the baseline has
+    assert "CPU vs baseline:" in out and "(geometric mean of 2 cases)" in out
+    rc, out = run("test-backend-ops", "perf", "-b", "cpu", "-o", "EXP", "-p", "layout=cont", "--csv", "--baseline", str(base))
+    rows = out.strip().splitlines()
+    assert rc == 0 and rows[0].startswith("backend,case,op,status,us_per_run,gflops,gbps") and len(rows) == 2
+    assert float(rows[1].split(",")[-2]) > 0       # the baseline's time, beside this run's
+    assert run("test-backend-ops", "test", "-o", "EXP", "--baseline", str(base))[0] == 2
+    (tmp_path / "bad.json").write_text('{"mode": "test", "results": []}')
+    assert run("test-backend-ops", "perf", "-o", "EXP", "--baseline", str(tmp_path / "bad.json"))[0] == 2
+
+
+def test_parallel_workers_give_what_one_process_gives():
+    """-j N (llama.cpp #23637): N worker processes, results in case order."""
+    args = ("test-backend-ops", "-b", "cpu", "-o", "ADD,NEG,CUMSUM", "-p", "layout=(cont|offs)", "--seed", "3")
+    rc1, one = run(*args)
+    rc2, two = run(*args, "-j", "2")
+    lines = lambda text: [ln for ln in text.splitlines() if ln.startswith("  ")]  # noqa: E731
+    assert rc1 == rc2 == 0 and lines(one) == lines(two) and len(lines(one)) > 10
+    assert run(*args, "-j", "0")[0] == 2 and run("test-backend-ops", "perf", "-o", "NEG", "-j", "2")[0] == 2
+    # a worker that cannot run fails its cases with its own error, not silently
+    got = test_backend_ops.run_parallel("test", "no-such-backend", test_backend_ops.select_cases("NEG"), 1, 2, None)
+    assert len(got) == 3 and all(r.status == "fail" and "worker process failed" in r.detail for r in got)
+
+
 @pytest.mark.ggml
 def test_against_ggml():
     pytest.importorskip("ggml")

@@ -72,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--list", action="store_true", help="list the selected cases")
     t.add_argument("--show-coverage", action="store_true", help="ops of the registry without cases")
     t.add_argument("--json", action="store_true", help="machine-readable output")
+    t.add_argument("--csv", action="store_true", help="one CSV row per case: time, GFLOP/s, GB/s, FLOPs, bytes")
+    t.add_argument("--baseline", metavar="PERF.json",
+                   help="perf mode: also print each case's speedup over this earlier `perf --json` output "
+                        "(another commit's), and their geometric mean")
     t.add_argument("--markdown", action="store_true", help="support mode: a Markdown table (docs/ops.md)")
+    t.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="test mode: run the cases in N worker processes (default 1: this process)")
     t.add_argument("--test-file", metavar="FILE.json",
                    help="the cases of a file written by `minigraph export-ops` (a model's ops) instead of the built-in ones")
 

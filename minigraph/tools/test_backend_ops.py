@@ -41,6 +41,7 @@ class Result:
     us_per_run: Optional[float] = None
     flops: Optional[float] = None
     bytes: Optional[int] = None
+    baseline_us: Optional[float] = None   # perf --baseline: the same case's time in that file
 
 
 # -- selecting cases -------------------------------------------------------------------------
@@ -183,7 +184,8 @@ def result_line(r: Result, mode: str) -> str:
     if r.status == "fail":
         return f"  {r.case}: FAIL [{r.backend}] {r.detail}"
     if mode == "perf":
-        return f"  {r.case + ':':<58} {r.us_per_run:10.2f} us/run  {rate(r)}"
+        vs = f"  {r.baseline_us / r.us_per_run:5.2f}x vs baseline" if r.baseline_us and r.us_per_run else ""
+        return f"  {r.case + ':':<58} {r.us_per_run:10.2f} us/run  {rate(r)}{vs}"
     return f"  {r.case}: OK"
 
 
@@ -196,13 +198,14 @@ def repro(r: Result, seed: int, test_file: str = "") -> str:
 
 
 def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Optional[TextIO],
-                test_file: str = "") -> list[Result]:
+                test_file: str = "", baseline: Optional[dict] = None) -> list[Result]:
     fn = test_case if mode == "test" else perf_case
     prog = Progress(len(cases), out is not None)
     results = []
     for case in cases:
         prog.step(case.name)
         r = fn(case, backend, seed)
+        r.baseline_us = (baseline or {}).get((r.backend, r.case))
         results.append(r)
         if out is not None:
             prog.clear()
@@ -210,6 +213,43 @@ def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Opti
             if r.status == "fail":
                 print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
     prog.clear()
+    return results
+
+
+def _init_name(backend: Any, names: list[str]) -> str:
+    """The -b name (cpu, cuda) that made `backend`."""
+    return next((n for n in names if backend.name.lower().startswith(n.lower())), backend.name.lower())
+
+
+def run_parallel(mode: str, name: str, cases: list[Case], seed: int, jobs: int, out: Optional[TextIO],
+                 test_file: str = "") -> list[Result]:
+    """Test mode in `jobs` worker processes (llama.cpp #23637), each a `-b name --json` run over
+    every jobs-th case; results in case order, as one process would print them. Each worker
+    compiles its own kernels (the disk cache shares what an earlier run compiled)."""
+    import subprocess
+
+    chunks = [cases[w::jobs] for w in range(jobs) if cases[w::jobs]]
+    procs = []
+    for chunk in chunks:
+        cmd = [sys.executable, "-m", "minigraph", "test-backend-ops", "test", "-b", name, "--seed", str(seed), "--json",
+               "-o", ",".join(c.name for c in chunk)] + (["--test-file", test_file] if test_file else [])
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    by_case: dict[str, Result] = {}
+    for chunk, proc in zip(chunks, procs):
+        stdout, stderr = proc.communicate()
+        try:
+            recs = json.loads(stdout)["results"]
+        except (ValueError, KeyError):
+            why = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:300]
+            recs = [asdict(Result(name, c.name, c.op, "fail", f"worker process failed: {why}")) for c in chunk]
+        for r in recs:
+            by_case[r["case"]] = Result(**r)
+    results = [by_case[c.name] for c in cases if c.name in by_case]
+    for r in results:
+        if out is not None:
+            print(result_line(r, mode), file=out, flush=True)
+            if r.status == "fail":
+                print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
     return results
 
 
@@ -252,7 +292,47 @@ def summary_lines(results: list[Result], backend: str, mode: str) -> list[str]:
     ns = sum(r.status == "not supported" for r in mine)
     fail = sum(r.status == "fail" for r in mine)
     verb = "ran" if mode == "perf" else "passed"
-    return [f"  {backend}: {ok}/{len(mine) - ns} tests {verb}, {ns} not supported, {fail} failed"]
+    lines = [f"  {backend}: {ok}/{len(mine) - ns} tests {verb}, {ns} not supported, {fail} failed"]
+    ratios = [r.baseline_us / r.us_per_run for r in mine if r.baseline_us and r.us_per_run]
+    if ratios:
+        geo = float(np.exp(np.mean(np.log(ratios))))
+        lines.append(f"  {backend} vs baseline: {geo:.2f}x (geometric mean of {len(ratios)} cases), "
+                     f"{sum(x > 1.05 for x in ratios)} faster and {sum(x < 1 / 1.05 for x in ratios)} slower by more than 5%")
+    return lines
+
+
+CSV_COLUMNS = ("backend", "case", "op", "status", "us_per_run", "gflops", "gbps", "flops", "bytes", "baseline_us", "detail")
+
+
+def render_csv(results: list[Result]) -> str:
+    """One row per result (perf CSV columns, llama.cpp #27904): rates in GFLOP/s and GB/s."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in results:
+        us = r.us_per_run
+        w.writerow([r.backend, r.case, r.op, r.status, f"{us:.3f}" if us else "",
+                    f"{r.flops / us / 1e3:.4f}" if us and r.flops else "", f"{r.bytes / us / 1e3:.4f}" if us and r.bytes else "",
+                    r.flops if r.flops is not None else "", r.bytes if r.bytes is not None else "",
+                    f"{r.baseline_us:.3f}" if r.baseline_us else "", r.detail])
+    return buf.getvalue()
+
+
+def load_baseline(path: str) -> dict[tuple[str, str], float]:
+    """{(backend, case): us per run} of an earlier `perf --json` run (to compare two commits, #14392)."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        recs = doc["results"] if doc.get("mode") == "perf" else None
+    except (OSError, ValueError, AttributeError, KeyError) as e:
+        raise MinigraphError(f"--baseline {path}: cannot read it as the JSON of `test-backend-ops perf --json`: {e}") from None
+    if not isinstance(recs, list):
+        raise MinigraphError(f"--baseline {path}: not the output of a perf run (mode {doc.get('mode')!r:.20})")
+    return {(r["backend"], r["case"]): float(r["us_per_run"]) for r in recs
+            if isinstance(r, dict) and r.get("us_per_run") and "backend" in r and "case" in r}
 
 
 def _open_backends(names: list[str], explicit: bool, out: Optional[TextIO]) -> tuple[list, dict]:
@@ -356,7 +436,17 @@ def main(args: Any, out: TextIO) -> int:
         if not ggml_bridge.available():
             raise MinigraphError(GGML_MISSING)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "little")
-    text = None if args.json else out
+    fmt = "json" if args.json else "csv" if getattr(args, "csv", False) else "text"
+    baseline = load_baseline(args.baseline) if getattr(args, "baseline", None) else {}
+    if baseline and args.mode != "perf":
+        raise MinigraphError("--baseline compares times: it needs perf mode")
+    jobs = getattr(args, "jobs", 1)
+    if jobs < 1:
+        raise MinigraphError(f"-j {jobs}: expected a number of worker processes >= 1")
+    if jobs > 1 and args.mode != "test":
+        raise MinigraphError(f"-j {jobs}: parallel workers run test mode only (timings of workers sharing the "
+                             "cores would disturb each other)")
+    text = out if fmt == "text" else None
     names = [b.strip() for b in args.backend.split(",")] if args.backend else list(ALL_BACKENDS)
     if args.against == "ggml" and not args.backend:
         names = []
@@ -371,18 +461,24 @@ def main(args: Any, out: TextIO) -> int:
     for i, b in enumerate(backends):
         if text:
             print(f"Backend {i + 1}/{len(backends)}: {b.name}", file=text)
-        results += run_backend(args.mode, b, cases, seed, text, test_file)
+        if jobs > 1:
+            results += run_parallel(args.mode, _init_name(b, names), cases, seed, jobs, text, test_file)
+        else:
+            results += run_backend(args.mode, b, cases, seed, text, test_file, baseline)
     if args.against == "ggml":
         if text:
             print("Backend ggml-CPU (ggml-python, child processes)", file=text)
         results += run_ggml(cases, seed, text, test_file)
-    return finish(results, args.mode, seed, out, args.json, test_file)
+    return finish(results, args.mode, seed, out, fmt, test_file)
 
 
-def finish(results: list[Result], mode: str, seed: int, out: TextIO, as_json: bool, test_file: str = "") -> int:
+def finish(results: list[Result], mode: str, seed: int, out: TextIO, fmt: str = "text", test_file: str = "") -> int:
     failing = [r for r in results if r.status == "fail"]
     backends = list(dict.fromkeys(r.backend for r in results))
-    if as_json:
+    if fmt == "csv":
+        out.write(render_csv(results))
+        return 1 if failing else 0
+    if fmt == "json":
         out.write(json.dumps({"mode": mode, "seed": seed, "results": [asdict(r) for r in results],
                               "failing": [{"case": r.case, "backend": r.backend, "repro": repro(r, seed, test_file)}
                                           for r in failing], "ok": not failing}, indent=1) + "\n")
