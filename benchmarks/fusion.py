@@ -76,8 +76,10 @@ def bench_delta_net(cpu, S, H, T, N, kda, reps, H_k=None, form="tiled"):
     run = mg.optimize(gf, cpu)
     heads = f"H_k={args[0].ne[1]} H_v={H} ({form} q/k repeat)" if gqa else f"H={H}"
     left = [n.op for n in run.nodes].count("REPEAT")
+    # compute-buffer bytes of each form (seed #18792: "can llama-bench display the compute buffer usage?")
+    mem = [cpu.reserve(g) for g in (gf, run.graph, gd)]
     return dict(case=f"{'KDA' if kda else 'GDA'} S={S} {heads} T={T} n_seqs={N}", nodes=len(gf), nodes_fused=len(run),
-                nodes_direct=len(gd), unfused=t_unfused, fused=t_fused, direct=t_direct, err=err, repeats=left)
+                nodes_direct=len(gd), unfused=t_unfused, fused=t_fused, direct=t_direct, err=err, repeats=left, mem=mem)
 
 
 def timed_pair(fa, fb, reps: int) -> tuple[float, float]:
@@ -135,13 +137,14 @@ def bench_gate_chain(backend, H, T, N, reps, timing=None):
 def delta_net_table(cpu, cases, reps) -> None:
     print("| delta net (chunked graph, as llama.cpp builds it) | nodes unfused | nodes fused | nodes direct "
           "| unfused ms | fused (mg.optimize) ms | direct fused op ms | unfused/fused | fused/direct | REPEAT left "
-          "| max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| compute buffer MiB unfused / fused / direct | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for S, H, T, N, kda, *gqa in cases:
         r = bench_delta_net(cpu, S, H, T, N, kda, reps, *gqa)
+        mib = " / ".join(f"{b / 2**20:.2f}" for b in r["mem"])
         print(f"| {r['case']} | {r['nodes']} | {r['nodes_fused']} | {r['nodes_direct']} | {r['unfused']:.2f} | "
               f"{r['fused']:.2f} | {r['direct']:.2f} | {r['unfused'] / r['fused']:.1f}x | "
-              f"{r['fused'] / r['direct']:.2f}x | {r['repeats']} | {r['err']:.1e} |")
+              f"{r['fused'] / r['direct']:.2f}x | {r['repeats']} | {mib} | {r['err']:.1e} |")
 
 
 def gate_chain_table(backend, quick: bool, reps: int, simulator: bool = False) -> None:
