@@ -151,3 +151,17 @@ def test_file_cases_against_ggml(tmp_path):
     assert cli.main(["test-backend-ops", "--test-file", path, "--against", "ggml", "-o", "SET_ROWS,CONCAT,ROPE,FLASH_ATTN_EXT",
                      "--seed", "1"], out) == 0
     assert "ggml-CPU: 6/6 tests passed" in out.getvalue(), out.getvalue()
+
+
+def test_an_input_that_cannot_be_a_leaf_is_skipped_with_its_reason():
+    """An in-place result over a permuted view is neither contiguous nor a view node: the op
+    reading it is listed under "skipped", the others are exported."""
+    ctx = mg.Context()
+    x = ctx.from_numpy(np.arange(12, dtype=np.float32).reshape(3, 4))
+    s = ctx.scale_inplace(ctx.permute(x, 1, 0, 2, 3), 2.0)
+    out = ctx.cont(s)
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    doc = graph_ops.export_ops(gf)
+    assert [e["op"] for e in doc["ops"]] == ["SCALE"]
+    assert doc["skipped"][0]["op"] == "CONT" and "is not contiguous" in doc["skipped"][0]["why"]

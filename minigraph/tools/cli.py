@@ -168,6 +168,8 @@ def cmd_export_ops(args: argparse.Namespace, out: TextIO) -> int:
     ops = sum(e["count"] for e in doc["ops"])
     out.write(f"{len(doc['ops'])} distinct ops of {ops} compute nodes written to {args.output}; run them with\n"
               f"  minigraph test-backend-ops --test-file {args.output}\n")
+    for s in doc["skipped"]:
+        out.write(f"skipped {s['op']} '{s['name']}': {s['why']}\n")
     return 0
 
 

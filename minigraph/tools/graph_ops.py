@@ -33,7 +33,7 @@ from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
 from minigraph.core.registry import OPS, NodeSpec, default_sample
 from minigraph.core.tensor import Tensor, contiguous_strides
-from minigraph.tools.graphio import graph_from_dict, graph_to_dict
+from minigraph.tools.graphio import ANNOTATION_PARAMS, graph_from_dict, graph_to_dict
 
 FORMAT = "minigraph-ops"
 VERSION = 1
@@ -92,24 +92,33 @@ def _spec(t: Tensor, view_offs: int, inplace: bool = False) -> NodeSpec:
     return NodeSpec(t.type, tuple(t.ne), tuple(t.nb), dict(t.op_params), view_offs, inplace)
 
 
-def _unnamed(d: dict) -> str:
-    """A one-op graph's identity: its records without names."""
-    return json.dumps([{k: v for k, v in r.items() if k != "name"} for r in d["tensors"]], sort_keys=True)
+def _identity(d: dict) -> str:
+    """A one-op graph's identity: its records without names (nor the names a fusion records)."""
+    def strip(r: dict) -> dict:
+        return {k: ({p: v for p, v in r["op_params"].items() if p not in ANNOTATION_PARAMS} if k == "op_params" else v)
+                for k, v in r.items() if k != "name"}
+    return json.dumps([strip(r) for r in d["tensors"]], sort_keys=True)
 
 
 def export_ops(gf: Graph, source: str = "") -> dict:
-    """The minigraph-ops document of a graph's compute nodes (module docstring), in graph order."""
+    """The minigraph-ops document of a graph's compute nodes (module docstring), in graph order.
+    A node whose inputs cannot be leaves (a non-contiguous result that is not a view) is listed
+    under "skipped" with the reason."""
     entries: dict[str, dict] = {}
+    skipped = []
     for node in gf.nodes:
         if OPS[node.op].is_view:
             continue
-        d = graph_to_dict(_op_graph(node), data=False)
-        key = _unnamed(d)
-        e = entries.setdefault(key, {"op": node.op, "count": 0, "names": [], "graph": d})
+        try:
+            d = graph_to_dict(_op_graph(node), data=False)
+        except MinigraphError as e:
+            skipped.append({"op": node.op, "name": node.name, "why": str(e)})
+            continue
+        e = entries.setdefault(_identity(d), {"op": node.op, "count": 0, "names": [], "graph": d})
         e["count"] += 1
         if len(e["names"]) < MAX_NAMES and node.name:
             e["names"].append(node.name)
-    return {"format": FORMAT, "version": VERSION, "source": source, "ops": list(entries.values())}
+    return {"format": FORMAT, "version": VERSION, "source": source, "ops": list(entries.values()), "skipped": skipped}
 
 
 def write_ops(doc: dict, path: str) -> None:
@@ -143,7 +152,7 @@ def _sig(t: Tensor) -> str:
 
 def _vars(k: int, node: Tensor, count: int, names: list) -> str:
     parts = [f"id={k}"] + [f"src{i}={_sig(s)}" for i, s in enumerate(node.src) if s is not None]
-    params = {p: v for p, v in node.op_params.items() if p not in ("program", "fused_from")}
+    params = {p: v for p, v in node.op_params.items() if p != "program" and p not in ANNOTATION_PARAMS}
     if params:
         parts.append("params=" + json.dumps(params, sort_keys=True, separators=(",", ":")))
     parts.append(f"count={count}")
@@ -229,7 +238,12 @@ def _foreign_view(ctx: Any, rec: dict, parent: Any, parent_rec: dict) -> Any:
     if op == "RESHAPE":
         return ctx.reshape_4d(parent, *rec["ne"])
     parent_offs = parent_rec["view_offs"] if parent_rec["view_src"] is not None else 0
-    return ctx.view_4d(parent, *rec["ne"], *rec["nb"][1:], rec["view_offs"] - parent_offs)
+    offs = rec["view_offs"] - parent_offs
+    if (rec["ne"], rec["nb"], offs) == (parent_rec["ne"], parent_rec["nb"], 0):
+        return ctx.view_tensor(parent)
+    if rec["nb"][0] != dtypes.type_size(dtypes.type_from_name(rec["type"])):
+        raise MinigraphError(f"VIEW with nb0={rec['nb'][0]}: ggml_view_4d keeps the element size as nb0")
+    return ctx.view_4d(parent, *rec["ne"], *rec["nb"][1:], offs)
 
 
 def _case(path: str, k: int, entry: dict, where: str) -> Case:
