@@ -39,12 +39,19 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
 # WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers,
 # TILE_UNITS 32-element units of a K-quant row a warp's tile
-CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64}
+# WARPS_C warps a block of mmvq_T_cR, PREFETCH 1: its lanes load the next chunk before using this one,
+# PDL 1: the dot kernel is a programmatic dependent launch after quantize_q8 (sm_90: its blocks
+# start and issue their first weight loads while src1 is quantized, then wait for it)
+CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64, "WARPS_C": 4, "PREFETCH": 0, "PDL": 1}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
 FUSED_MAX_BYTES = 24 << 20
 FUSED_SMEM_MAX = 48 * 1024 # dynamic shared memory a block may take without an opt-in attribute
+CHUNK = True               # one src1 column: mmvq_T_cR, a lane's 8 units as 16-byte words (see `chunk_rows`)
+CHUNK_TYPES = frozenset({D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0, D.TYPE_Q4_K,
+                         D.TYPE_Q5_K})   # 256 elements are whole 16-byte words (Q6_K's 210 bytes are not)
+CHUNK_R = 0                # rows a warp of mmvq_T_cR: 0 picks from the chunks a row (see `chunk_rows`)
 WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
 TILED = {D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}         # read in tiles: bytes a super-block
 NC_MAX = 8
@@ -161,13 +168,35 @@ class QArgs(ctypes.Structure):
                 ("vdt", ctypes.c_int)]
 
 
+def _pdl_config(grid: tuple, block: tuple, smem: int, stream: Any) -> Any:
+    """A cuLaunchKernelEx config that lets the launch start before the kernel ahead of it in the
+    stream ends (programmatic stream serialization: the kernel's griddepcontrol.wait then waits
+    for it; a stream capture turns it into a programmatic edge of the graph)."""
+    from cuda.bindings import driver as drv
+
+    cfg = drv.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
+    cfg.sharedMemBytes, cfg.hStream = smem, stream
+    attr = drv.CUlaunchAttribute()
+    attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg.attrs, cfg.numAttrs = [attr], 1
+    return cfg
+
+
+def pdl_on() -> bool:
+    """Whether the dot launch is a programmatic dependent launch (CONFIG PDL on an sm_90+ GPU)."""
+    return bool(CONFIG["PDL"]) and cuda.get_current_device().compute_capability >= (9, 0)
+
+
 class _Launcher:
     """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
     quant_mmvq.cu function with `smem` bytes of dynamic shared memory, its one struct parameter
     made by `pack` from the buffers' arrays."""
 
-    def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0) -> None:
-        self.fn, self.pack, self.name, self.smem = fn, pack, name, smem
+    def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0, pdl: bool = False) -> None:
+        self.fn, self.pack, self.name, self.smem, self.pdl = fn, pack, name, smem, pdl
 
     def __getitem__(self, cfg: tuple) -> Any:
         grid, block, stream = cfg
@@ -181,7 +210,12 @@ class _Launcher:
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
             h = getattr(stream, "handle", stream)
             h = h if isinstance(h, drv.CUstream) else drv.CUstream(int(getattr(h, "value", h) or 0))
-            _check(drv.cuLaunchKernel(self.fn, *grid, *block, self.smem, h, ctypes.addressof(params), 0), "launch")
+            if self.pdl:
+                _check(drv.cuLaunchKernelEx(_pdl_config(grid, block, self.smem, h), self.fn,
+                                            ctypes.addressof(params), 0), "launch (programmatic)")
+            else:
+                _check(drv.cuLaunchKernel(self.fn, *grid, *block, self.smem, h, ctypes.addressof(params), 0),
+                       "launch")
 
         launch.kernel_name = self.name
         return launch
@@ -208,6 +242,22 @@ def nc_of(node) -> int:
     return next(c for c in (1, 2, 4, NC_MAX) if c >= min(node.ne[1], NC_MAX))
 
 
+def chunk_rows(node) -> Optional[int]:
+    """R, the rows a warp of mmvq_T_cR takes, where this node runs it (else None): CHUNK on, one
+    src1 column, K a multiple of 256, src0 rows and batches at 16-byte offsets. R in 1, 2, 4, 8
+    leaves the fewest lanes idle in the warp's last step over its R * K / 256 chunks (the smallest
+    such R)."""
+    a = node.src[0]
+    if not (CHUNK and a.type in CHUNK_TYPES and node.ne[1] == 1 and a.ne[0] % 256 == 0):
+        return None
+    if tensor_start(a) % 16 or any(x % 16 for x in a.nb[1:]):
+        return None
+    if CHUNK_R:
+        return CHUNK_R
+    s = a.ne[0] // 256
+    return min((1, 2, 4, 8), key=lambda r: (-(-r * s // 32) * 32 - r * s) / (r * s))
+
+
 def grids(node) -> dict:
     """name -> (grid, threads, dynamic shared bytes) of the node's launches, in launch order."""
     a = node.src[0]
@@ -219,8 +269,12 @@ def grids(node) -> dict:
     per_warp = 1 if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else 8     # super-blocks / 32-blocks a warp
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
-    return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
-            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
+    quant = {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0)}
+    r = chunk_rows(node)
+    if r is not None:
+        wc = CONFIG["WARPS_C"]
+        return {**quant, f"mmvq_{a.type}_c{r}": ((-(-M // (wc * r)), 1, n2 * n3), 32 * wc, 0)}
+    return {**quant, f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
 
 
 def launches(node, work: tuple) -> list:
@@ -230,7 +284,7 @@ def launches(node, work: tuple) -> list:
     fixed = dot_fields(node)
     qfixed = quant_fields(node)
     a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
-    align = 4 if a.type in WORD_ALIGNED else 2
+    align = 16 if chunk_rows(node) is not None else 4 if a.type in WORD_ALIGNED else 2
 
     def pack_dot(meta, dst, x, y, yq, yd, ys):
         p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, b=_ptr(y) + b_off,
@@ -243,8 +297,10 @@ def launches(node, work: tuple) -> list:
         return QArgs(b=_ptr(y) + b_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), **qfixed)
 
     out = []
-    for name, (grid, threads, smem) in grids(node).items():
+    names = grids(node)
+    for name, (grid, threads, smem) in names.items():
         pack = pack_quant if name == "quantize_q8" else pack_dot
-        out.append(Launch(_Launcher(function_named(name), pack, name, smem), grid, (threads,), work,
+        pdl = name != "quantize_q8" and "quantize_q8" in names and pdl_on()
+        out.append(Launch(_Launcher(function_named(name), pack, name, smem, pdl), grid, (threads,), work,
                           with_params=False))
     return out
