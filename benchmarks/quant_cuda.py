@@ -12,10 +12,10 @@ the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2
 (torch; not measured without it). Spread: the min and max of `--runs` timed runs of each case.
 
 `--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
-quant_mmvq.CONFIG, compile-time constants, PDL=1 among them; other keys set module knobs: FUSE=1 the
-one-launch form for one column up to FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size,
-CHUNK=0/1 the chunked dot kernel, CHUNK_R its rows a warp), one CUDA graph each, e.g.
---variants "one:FUSE=1;mb12:MIN_BLOCKS=12;old:CHUNK=0,PDL=0".
+quant_mmvq.CONFIG, compile-time constants, PDL=0 among them (no programmatic dependent launch; a bit
+mask of ggml types); other keys set module knobs: FUSE=1 the one-launch form for one column up to
+FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size), one CUDA graph each, e.g.
+--variants "one:FUSE=1;mb12:MIN_BLOCKS=12;nopdl:PDL=0".
 
     python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--f32] [--variants SPEC] [--json out.json]
 """
@@ -79,7 +79,7 @@ def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies
     """name -> [us a mat-vec] of the plan's quantized MUL_MATs relaunched under each variant."""
     stream = be.stream
     base = dict(quant_mmvq.CONFIG)
-    base_knobs = {k: getattr(quant_mmvq, k) for k in ("FUSE", "FUSED_MAX_BYTES", "CHUNK", "CHUNK_R")}
+    base_knobs = {k: getattr(quant_mmvq, k) for k in ("FUSE", "FUSED_MAX_BYTES")}
     firsts = {}
     for cfg, args, n in plan.launches:
         if n.op == "MUL_MAT" and n not in firsts:

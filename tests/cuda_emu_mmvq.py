@@ -1,8 +1,9 @@
 """Runs backends/cuda/quant_mmvq.cu on the CPU: a test aid for machines without a GPU.
 
 The .cu file's device-intrinsics section (between its `-- device intrinsics` markers: the f16
-conversions in inline PTX, the 16-byte read-only load, the 16/32-bit word loads) is swapped for
-C++ that does the same and counts misaligned addresses; the CUDA built-ins it uses (dp4a,
+conversions in inline PTX, the 16-byte read-only load, the 16/32-bit word loads, griddepcontrol's
+wait and release, no-ops here) is swapped for C++ that does the same and counts misaligned
+addresses; the CUDA built-ins it uses (dp4a,
 shfl.xor, __syncwarp, __syncthreads, __fmul_rn, __float2int_rn) are plain C++ below, with every
 thread of a block an OS thread. The rest of the kernel source compiles unchanged with g++.
 Shared memory starts filled with stale bytes (0xA5), so a tile or src1's quants read before they
@@ -66,12 +67,6 @@ static inline int __dp4a(int a, int b, int c) {       // signed bytes, as __dp4a
 }
 static inline float __fmul_rn(float a, float b) { return a * b; }     // built with -ffp-contract=off
 static inline int __float2int_rn(float x) { return (int)std::nearbyint(x); }
-static inline unsigned __byte_perm(unsigned a, unsigned b, unsigned s) {   // byte i: byte s_i of (b:a)
-    const unsigned long long v = ((unsigned long long)b << 32) | a;
-    unsigned r = 0;
-    for (int i = 0; i < 4; ++i) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xFF) << (8 * i);
-    return r;
-}
 """
 
 INTRINSICS = r"""
@@ -81,7 +76,6 @@ static inline float round_f16(float x) { return (float)(_Float16)x; }
 static inline uint4 ld16_global(const u8* p) { check_align(p, 16); uint4 r; std::memcpy(&r, p, 16); return r; }
 static inline u32 ld2(const u8* p) { check_align(p, 2); u32 r; std::memcpy(&r, p, 4); return r; }
 static inline u32 ld4(const u8* p) { check_align(p, 4); u32 r; std::memcpy(&r, p, 4); return r; }
-static inline float f16_bits(u32 x) { const uint16_t b = (uint16_t)x; _Float16 h; std::memcpy(&h, &b, 2); return (float)h; }
 static inline void grid_wait() {}      // one launch at a time here: the grid ahead has ended
 static inline void grid_release() {}
 """
@@ -139,8 +133,6 @@ def emulated_source(kernels: list[str]) -> str:
 
 def _instance(name: str) -> str:
     _, t, nc = name.split("_")
-    if nc.startswith("c"):
-        return f"MMVQ_C({t}, {nc[1:]})"
     return f"MMVQ_F({t})" if nc == "f" else f"MMVQ({t}, {nc})"
 
 
@@ -168,10 +160,9 @@ def _host_ptr(t) -> int:
     return t.root._buf.data.ctypes.data + tensor_start(t)
 
 
-def run_mul_mat(node, fuse: bool = True, kernels: tuple = (), chunk: bool = False) -> tuple[np.ndarray, tuple, int]:
+def run_mul_mat(node, fuse: bool = True, kernels: tuple = ()) -> tuple[np.ndarray, tuple, int]:
     """MUL_MAT `node` (quantized src0, f32 src1: leaves with host data) through the emulated
-    kernels that quant_mmvq.launches would run (its grids, shared memory and fields; `fuse` and
-    `chunk` set its FUSE and CHUNK knobs), from a
+    kernels that quant_mmvq.launches would run (its grids, shared memory and fields), from a
     library of those and `kernels` (one build for many calls). Returns (dst as numpy in ne order
     reversed, the workspace (yq, yd, ys), misaligned accesses seen)."""
     from minigraph.backends.cuda import quant_mmvq as qm
@@ -186,12 +177,12 @@ def run_mul_mat(node, fuse: bool = True, kernels: tuple = (), chunk: bool = Fals
     yd = np.zeros(rows * (K // 256 if kq else K // 32), np.float32)
     ys = np.zeros(rows * (K // 16 if kq else K // 32), np.float32)
     dst = np.full(M * N * n2 * n3, np.nan, np.float32)
-    old = qm.FUSE, qm.CHUNK
-    qm.FUSE, qm.CHUNK = fuse, chunk
+    old = qm.FUSE
+    qm.FUSE = fuse
     try:
         plan = qm.grids(node)
     finally:
-        qm.FUSE, qm.CHUNK = old
+        qm.FUSE = old
     lib = library(sorted(set(plan) | set(kernels)), dict(qm.CONFIG))
     before = lib.emu_misaligned()
     for name, (grid, threads, smem) in plan.items():

@@ -27,10 +27,8 @@ K = 4352
 MM_TOL = 1e-5
 FUSED_TYPES = [D.TYPE_Q8_0, D.TYPE_Q4_1, D.TYPE_Q4_K, D.TYPE_Q6_K]
 UNALIGNED_TYPES = [D.TYPE_Q4_0, D.TYPE_Q5_0, D.TYPE_Q6_K]      # the types read in 16-bit loads
-CHUNK_TYPES = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q4_K]            # the goal's types, read in 16-byte chunks
 # one emulator build for the whole file
-KERNELS = (tuple(f"mmvq_{t}_{s}" for t in FUSED_TYPES for s in "f1") + tuple(f"mmvq_{t}_4" for t in UNALIGNED_TYPES)
-           + tuple(f"mmvq_{t}_c{r}" for t in CHUNK_TYPES for r in (2, 8)))
+KERNELS = tuple(f"mmvq_{t}_{s}" for t in FUSED_TYPES for s in "f1") + tuple(f"mmvq_{t}_4" for t in UNALIGNED_TYPES)
 
 
 def _node(type_, n, offset_rows=False, seed=0):
@@ -103,35 +101,3 @@ def test_nvrtc_builds_without_spills():
     spills = [line for line in log.splitlines() if "spill" in line and not line.strip().startswith("0 bytes spill")
               and " 0 bytes spill stores, 0 bytes spill loads" not in line]
     assert not spills, log
-
-
-@pytest.mark.parametrize("rows", [0, 2], ids=["auto", "R2"])
-@pytest.mark.parametrize("type_", CHUNK_TYPES, ids=D.type_name)
-def test_chunk_kernel_matches_cpu(type_, rows, monkeypatch):
-    """One src1 column through mmvq_T_cR (a lane's eight units as 16-byte words cut in registers):
-    K / 256 = 17 chunks a row, R = 8 (auto: 85 chunks over 32 lanes, a lane's chunks in two rows)
-    and R = 2 (warps with two rows, one row, none), against the CPU; src1 quantized as ggml."""
-    from minigraph.backends.cuda import quant_mmvq as qm
-
-    monkeypatch.setattr(qm, "CHUNK_R", rows)
-    monkeypatch.setattr(qm, "CHUNK", True)
-    node, _ = _node(type_, 1, seed=3)
-    assert f"mmvq_{type_}_c{rows or 8}" in qm.grids(node)
-    got, _, bad = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=KERNELS, chunk=True)
-    assert bad == 0
-    _close(got, _cpu(node).reshape(got.shape))
-
-
-def test_chunk_kernel_is_refused_where_rows_or_columns_do_not_fit(monkeypatch):
-    """mmvq_T_cR takes one src1 column over rows at 16-byte offsets only; other nodes keep mmvq_T_NC."""
-    from minigraph.backends.cuda import quant_mmvq as qm
-
-    monkeypatch.setattr(qm, "CHUNK", True)
-    one, _ = _node(D.TYPE_Q4_0, 1)
-    three, _ = _node(D.TYPE_Q4_0, 3)
-    shifted, _ = _node(D.TYPE_Q4_0, 1, offset_rows=True)           # rows at 2 mod 4 bytes
-    six_k, _ = _node(D.TYPE_Q6_K, 1)                              # 210-byte super-blocks
-    assert qm.chunk_rows(one) == 8 and "mmvq_2_c8" in qm.grids(one)
-    for node in (three, shifted, six_k):
-        assert qm.chunk_rows(node) is None
-        assert not any("_c" in name for name in qm.grids(node))

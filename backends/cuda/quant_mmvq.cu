@@ -51,14 +51,11 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #ifndef TILE_UNITS
 #define TILE_UNITS 64      // units of a K-quant row in a warp's tile
 #endif
-#ifndef WARPS_C
-#define WARPS_C 4          // warps a block of mmvq_T_cR
-#endif
-#ifndef PREFETCH
-#define PREFETCH 0         // 1: mmvq_T_cR loads a lane's next chunk before it uses the one it holds
-#endif
 #ifndef PDL
-#define PDL 0              // 1: quantize_q8 releases the dot kernel early (programmatic dependent launch)
+#define PDL 0              // bit T set: mmvq_T_NC is a programmatic dependent launch after quantize_q8
+#endif
+#ifndef PDL_HEAD
+#define PDL_HEAD 0         // bit T set: that kernel waits for src1 at its start, not after its first loads
 #endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
@@ -90,15 +87,10 @@ static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-
     return (u32)h[0] | ((u32)h[1] << 16);
 }
 static __device__ __forceinline__ u32 ld4(const u8* p) { return *(const u32*)p; }
-static __device__ __forceinline__ float f16_bits(u32 h) {       // the float16 in h's low 16 bits
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((u16)h));
-    return f;
-}
 // programmatic dependent launch (sm_90): a grid launched with the programmatic-serialization
-// attribute may start before the grid ahead of it ends; grid_wait() returns once that grid has
-// finished and its writes are visible (at once when there is none); grid_release() lets the grid
-// after this one launch early. Both compile to nothing before sm_90.
+// attribute may start before the grid ahead of it in the stream ends; grid_wait() returns once
+// that grid has finished and its writes are visible (at once when there is none); grid_release()
+// lets the grid after this one start early. Both compile to nothing before sm_90.
 static __device__ __forceinline__ void grid_wait() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -118,99 +110,79 @@ struct Unit {
     int sc0, sc1;  // Q6_K: the two 16-element scales; Q4_K/Q5_K: sc0 the group's scale
 };
 
-// The bytes load_unit reads, at byte offsets o from a block's row: straight from memory (Ptr), or
-// from 32-bit words already in registers (Regs, offsets known at compile time once the loops are
-// unrolled, so every word is a register and a 2-mod-4 word is one byte_perm of two).
-struct Ptr {
-    const u8* p;
-    __device__ __forceinline__ float h(i64 o) const { return f16(p + o); }
-    __device__ __forceinline__ u32 w2(i64 o) const { return ld2(p + o); }   // 2-byte aligned
-    __device__ __forceinline__ u32 w4(i64 o) const { return ld4(p + o); }   // 4-byte aligned
-    __device__ __forceinline__ int b(i64 o) const { return p[o]; }
-};
-template <int N> struct Regs {
-    u32 v[N];
-    __device__ __forceinline__ u32 w4(i64 o) const { return v[o >> 2]; }
-    __device__ __forceinline__ u32 w2(i64 o) const {
-        return (o & 3) == 0 ? v[o >> 2] : __byte_perm(v[o >> 2], v[(o >> 2) + 1], 0x5432);
-    }
-    __device__ __forceinline__ float h(i64 o) const { return f16_bits(v[o >> 2] >> (8 * (o & 3))); }
-    __device__ __forceinline__ int b(i64 o) const { return (v[o >> 2] >> (8 * (o & 3))) & 0xFF; }
-};
-
 // the fifth bits of four consecutive quants (bits 0..3 of h) at bit 4 of each byte
 static __device__ __forceinline__ int spread4(u32 h) {
     return ((h << 4) & 0x00000010) | ((h << 11) & 0x00001000) | ((h << 18) & 0x00100000) | ((h << 25) & 0x10000000);
 }
 
-// unit u of the row that `a` reads (u counted from the row's first byte)
-template <int T, class A> static __device__ __forceinline__ void load_unit(const A& a, int u, Unit& w) {
+template <int T> static __device__ __forceinline__ void load_unit(const u8* row, int u, Unit& w) {
     if (T == T_Q4_0 || T == T_Q4_1) {
-        const i64 b = (T == T_Q4_0 ? 18 : 20) * (i64)u;
-        const i64 qs = b + (T == T_Q4_0 ? 2 : 4);
+        const u8* b = row + (T == T_Q4_0 ? 18 : 20) * (i64)u;
+        const u8* qs = b + (T == T_Q4_0 ? 2 : 4);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            u32 v = T == T_Q4_0 ? a.w2(qs + 4 * k) : a.w4(qs + 4 * k);
+            u32 v = T == T_Q4_0 ? ld2(qs + 4 * k) : ld4(qs + 4 * k);
             w.q[k] = v & 0x0F0F0F0F;
             w.q[k + 4] = (v >> 4) & 0x0F0F0F0F;
         }
-        w.d = a.h(b);
-        w.m = T == T_Q4_1 ? a.h(b + 2) : 0.f;
+        w.d = f16(b);
+        w.m = T == T_Q4_1 ? f16(b + 2) : 0.f;
     } else if (T == T_Q5_0 || T == T_Q5_1) {
-        const i64 b = (T == T_Q5_0 ? 22 : 24) * (i64)u;
-        const i64 qh_p = b + (T == T_Q5_0 ? 2 : 4);
-        const i64 qs = qh_p + 4;
-        u32 qh = T == T_Q5_0 ? a.w2(qh_p) : a.w4(qh_p);
+        const u8* b = row + (T == T_Q5_0 ? 22 : 24) * (i64)u;
+        const u8* qh_p = b + (T == T_Q5_0 ? 2 : 4);
+        const u8* qs = qh_p + 4;
+        u32 qh = T == T_Q5_0 ? ld2(qh_p) : ld4(qh_p);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            u32 v = T == T_Q5_0 ? a.w2(qs + 4 * k) : a.w4(qs + 4 * k);
+            u32 v = T == T_Q5_0 ? ld2(qs + 4 * k) : ld4(qs + 4 * k);
             w.q[k] = (v & 0x0F0F0F0F) | spread4(qh >> (4 * k));
             w.q[k + 4] = ((v >> 4) & 0x0F0F0F0F) | spread4(qh >> (16 + 4 * k));
         }
-        w.d = a.h(b);
-        w.m = T == T_Q5_1 ? a.h(b + 2) : 0.f;
+        w.d = f16(b);
+        w.m = T == T_Q5_1 ? f16(b + 2) : 0.f;
     } else if (T == T_Q8_0) {
-        const i64 b = 34 * (i64)u;
+        const u8* b = row + 34 * (i64)u;
 #pragma unroll
-        for (int k = 0; k < 8; ++k) w.q[k] = (int)a.w2(b + 2 + 4 * k);
-        w.d = a.h(b);
+        for (int k = 0; k < 8; ++k) w.q[k] = (int)ld2(b + 2 + 4 * k);
+        w.d = f16(b);
         w.m = 0.f;
     } else if (T == T_Q4_K || T == T_Q5_K) {
         const int g = u & 7;
-        const i64 b = (T == T_Q4_K ? 144 : 176) * (i64)(u >> 3);
-        const i64 qs = b + (T == T_Q4_K ? 16 : 48) + 32 * (g >> 1);
+        const u8* b = row + (T == T_Q4_K ? 144 : 176) * (i64)(u >> 3);
+        const u8* qs = b + (T == T_Q4_K ? 16 : 48) + 32 * (g >> 1);
         const int shift = 4 * (g & 1);
-        const i64 s = b + 4;
+        const u8* s = b + 4;
         int sc, mn;
         if (g < 4) {
-            sc = a.b(s + g) & 63;
-            mn = a.b(s + g + 4) & 63;
+            sc = s[g] & 63;
+            mn = s[g + 4] & 63;
         } else {
-            sc = (a.b(s + g + 4) & 15) | ((a.b(s + g - 4) >> 6) << 4);
-            mn = (a.b(s + g + 4) >> 4) | ((a.b(s + g) >> 6) << 4);
+            sc = (s[g + 4] & 15) | ((s[g - 4] >> 6) << 4);
+            mn = (s[g + 4] >> 4) | ((s[g] >> 6) << 4);
         }
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-            int v = (a.w4(qs + 4 * k) >> shift) & 0x0F0F0F0F;
-            if (T == T_Q5_K) v |= ((a.w4(b + 16 + 4 * k) >> g) & 0x01010101) << 4;
+            int v = (ld4(qs + 4 * k) >> shift) & 0x0F0F0F0F;
+            if (T == T_Q5_K) v |= ((ld4(b + 16 + 4 * k) >> g) & 0x01010101) << 4;
             w.q[k] = v;
         }
-        w.d = a.h(b);
-        w.m = a.h(b + 2);
+        w.d = f16(b);
+        w.m = f16(b + 2);
         w.sc0 = sc;
         w.sc1 = mn;
     } else {  // Q6_K
         const int g = u & 7, h = g >> 2, quarter = g & 3;
-        const i64 b = 210 * (i64)(u >> 3);
-        const i64 ql = b + 64 * h + 32 * (quarter & 1);
-        const i64 qh = b + 128 + 32 * h;
+        const u8* b = row + 210 * (i64)(u >> 3);
+        const u8* ql = b + 64 * h + 32 * (quarter & 1);
+        const u8* qh = b + 128 + 32 * h;
         const int shift = 4 * (quarter >> 1), hs = 2 * quarter;
 #pragma unroll
         for (int k = 0; k < 8; ++k)
-            w.q[k] = ((a.w2(ql + 4 * k) >> shift) & 0x0F0F0F0F) | (((a.w2(qh + 4 * k) >> hs) & 0x03030303) << 4);
-        w.sc0 = (signed char)a.b(b + 192 + 8 * h + 2 * quarter);
-        w.sc1 = (signed char)a.b(b + 192 + 8 * h + 2 * quarter + 1);
-        w.d = a.h(b + 208);
+            w.q[k] = ((ld2(ql + 4 * k) >> shift) & 0x0F0F0F0F) | (((ld2(qh + 4 * k) >> hs) & 0x03030303) << 4);
+        const signed char* sc = (const signed char*)(b + 192 + 8 * h + 2 * quarter);
+        w.sc0 = sc[0];
+        w.sc1 = sc[1];
+        w.d = f16(b + 208);
         w.m = 0.f;
     }
 }
@@ -313,7 +285,7 @@ static __device__ __forceinline__ void row_tiles(const u8* row, int nu, bool wid
             const int j = j0 + lane;
             if (j < tu) {
                 Unit w;
-                load_unit<T>(Ptr{tile}, j, w);
+                load_unit<T>(tile, j, w);
                 accumulate<T, NC>(w, t * TILE_UNITS + j, yq, yd, ys, sq, sd, ss, ncols, acc);
             }
         }
@@ -359,6 +331,10 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
     const signed char* yq = p.yq + r0 * p.K;
     const float *yd = p.yd + r0 * nd, *ys = p.ys + r0 * ns;
     const int ncols = min(NC, p.N - n0);
+    // PDL: this grid may start while quantize_q8 still writes src1's quants; grid_wait() before
+    // the first read of them (after the first weight loads are issued, unless PDL_HEAD)
+    constexpr bool pdl = (PDL >> T) & 1, head = (PDL_HEAD >> T) & 1;
+    if (pdl && head) grid_wait();
     float acc[NC];
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[c] = 0.f;
@@ -369,115 +345,28 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
         const bool wide = ((u64)row & 15) == 0;
         uint4 r[lane_words(T)];
         if (wide && nu >= TILE_UNITS) tile_load<T>(row, r, lane);
-#if PDL
-        grid_wait();                // src1's quants: from quantize_q8, which may still be running
-#endif
+        if (pdl && !head) grid_wait();
         row_tiles<T, NC>(row, nu, wide, smem + (threadIdx.x >> 5) * tile_bytes(T), r, yq, yd, ys, p.K, nd, ns,
                          ncols, acc, lane);
     } else {
         // one unit a step (loading two before either is used measured 10-15% slower on an H200)
-#if PDL
-        Unit w;                     // the first unit in flight while quantize_q8 finishes
-        if (lane < nu) load_unit<T>(Ptr{row}, lane, w);
-        grid_wait();
-        for (int u = lane; u < nu; u += 32) {
-            if (u != lane) load_unit<T>(Ptr{row}, u, w);
-            accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+        if constexpr (pdl && !head) {
+            Unit w;                 // the first unit in flight while quantize_q8 finishes
+            if (lane < nu) load_unit<T>(row, lane, w);
+            grid_wait();
+            for (int u = lane; u < nu; u += 32) {
+                if (u != lane) load_unit<T>(row, u, w);
+                accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+            }
+        } else {
+            for (int u = lane; u < nu; u += 32) {
+                Unit w;
+                load_unit<T>(row, u, w);
+                accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+            }
         }
-#else
-        for (int u = lane; u < nu; u += 32) {
-            Unit w;
-            load_unit<T>(Ptr{row}, u, w);
-            accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
-        }
-#endif
     }
     store_sums<NC>(p, acc, m, n0, i2, i3, lane);
-}
-
-// -- one src1 column, a lane's eight consecutive units read as 16-byte words --------------------
-// A chunk: eight units of the row, 256 elements (eight 32-blocks, or one super-block), whose bytes
-// are a whole number of 16-byte words for every type but Q6_K (Q4_0 144, Q8_0 272, Q4_K 144 ...).
-// A warp takes R rows; its lanes walk the R * K / 256 chunks (lane l: chunks l, l + 32, ...), each
-// chunk's words all loaded before the first dp4a (9 or 17 loads in flight a lane, against one
-// unit's 2- or 4-byte loads in mmvq), then cut into units in registers. R (host: R * chunks a row
-// a multiple of 32 where it can be) keeps the lanes evenly loaded; each lane adds its chunks into
-// the sum of the row they belong to, and a butterfly a row sums the lanes.
-// Needs rows (and batches) at 16-byte offsets and K a multiple of 256 (quant_mmvq.py checks).
-// Block WARPS_C warps (WARPS_C * R rows); grid (rows / (WARPS_C * R), 1, ne2 * ne3).
-
-static __host__ __device__ constexpr int chunk_bytes(int T) { return is_kq(T) ? blk_bytes(T) : 8 * blk_bytes(T); }
-
-template <int NW> static __device__ __forceinline__ void chunk_load(const u8* src, Regs<4 * NW>& c) {
-#pragma unroll
-    for (int i = 0; i < NW; ++i) {
-        const uint4 v = ld16_global(src + 16 * i);
-        c.v[4 * i] = v.x;
-        c.v[4 * i + 1] = v.y;
-        c.v[4 * i + 2] = v.z;
-        c.v[4 * i + 3] = v.w;
-    }
-}
-
-// chunk ci of a row (its words in c) times src1's units 8 ci .. 8 ci + 7, in unit order
-template <int T, int NW> static __device__ __forceinline__ float chunk_dot(const Regs<4 * NW>& c, int ci,
-                                                                           const signed char* yq, const float* yd,
-                                                                           const float* ys) {
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        Unit w;
-        load_unit<T>(c, j, w);
-        accumulate<T, 1>(w, 8 * ci + j, yq, yd, ys, 0, 0, 0, 1, &s);
-    }
-    return s;
-}
-
-template <int T, int R> static __device__ __forceinline__ void mmvq_chunks(const Args& p) {
-    constexpr int CB = chunk_bytes(T), NW = CB / 16;
-    static_assert(CB % 16 == 0, "a chunk must be whole 16-byte words");
-    const int lane = threadIdx.x & 31;
-    const int m0 = (blockIdx.x * WARPS_C + (threadIdx.x >> 5)) * R;   // the warp's first row
-    if (m0 >= p.M) return;
-    const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
-    const u8* x = p.x + (i64)m0 * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
-    const int S = p.K >> 8;                        // chunks a row
-    const int rows = min(R, p.M - m0);
-    const int total = rows * S;
-    const i64 r0 = (i64)i3 * p.n2 + i2;            // src1 row (one column)
-    const i64 nd = is_kq(T) ? p.K >> 8 : p.K >> 5, ns = is_kq(T) ? p.K >> 4 : p.K >> 5;
-    const signed char* yq = p.yq + r0 * p.K;
-    const float *yd = p.yd + r0 * nd, *ys = p.ys + r0 * ns;
-    float acc[R];
-#pragma unroll
-    for (int j = 0; j < R; ++j) acc[j] = 0.f;
-    Regs<4 * NW> c;
-    int it = lane;
-    if (it < total) chunk_load<NW>(x + (it / S) * p.xb1 + (i64)(it % S) * CB, c);
-    grid_wait();                                   // src1's quants (a no-op unless launched as PDL)
-    for (; it < total; it += 32) {
-        const int r = it / S, ci = it % S;
-        const int nx = it + 32;
-        float s;
-        if (PREFETCH) {
-            const Regs<4 * NW> cur = c;
-            if (nx < total) chunk_load<NW>(x + (nx / S) * p.xb1 + (i64)(nx % S) * CB, c);
-            s = chunk_dot<T, NW>(cur, ci, yq, yd, ys);
-        } else {
-            s = chunk_dot<T, NW>(c, ci, yq, yd, ys);
-            if (nx < total) chunk_load<NW>(x + (nx / S) * p.xb1 + (i64)(nx % S) * CB, c);
-        }
-#pragma unroll
-        for (int j = 0; j < R; ++j)
-            if (r == j) acc[j] += s;
-    }
-#pragma unroll
-    for (int j = 0; j < R; ++j) {
-        float v = acc[j];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0 && j < rows) p.dst[(m0 + j) * p.d0 + i2 * p.d2 + i3 * p.d3] = v;
-    }
 }
 
 // -- src1 quantized to the vec_dot type (ggml's reference quantizers, byte for byte) ----------
@@ -575,9 +464,7 @@ struct QArgs {
 // src1 row r (dst order: r = (i3 * ne2 + i2) * ne1 + n) into the workspace: a warp eight 32-blocks
 // (Q8_0 / Q8_1) or one super-block (Q8_K); grid: enough warps of WARPS-warp blocks
 extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
-#if PDL
-    grid_release();                 // the dot kernel may launch now; it waits for these writes
-#endif
+    if (PDL) grid_release();        // the dot kernel may start now; it waits for these writes
     const int lane = threadIdx.x & 31;
     const i64 w = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
     const int span = p.vdt == V_Q8_K ? 256 : 32;
@@ -612,7 +499,7 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     const bool live = m < p.M;                   // (a warp past the last row still quantizes)
     const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
     Unit w0;
-    if (live && lane < nu) load_unit<T>(Ptr{row}, lane, w0);          // in flight while src1 is quantized
+    if (live && lane < nu) load_unit<T>(row, lane, w0);          // in flight while src1 is quantized
     const float* x = p.b + i2 * p.b2 + i3 * p.b3;
     if (is_kq(T)) {
         for (int sb = warp; sb < nd; sb += WARPS_FUSED)
@@ -631,7 +518,7 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     if (lane < nu) accumulate<T, 1>(w0, lane, sq, sd, ss, 0, 0, 0, 1, acc);
     for (int u = lane + 32; u < nu; u += 32) {     // the rest as mmvq<T, 1> does
         Unit w;
-        load_unit<T>(Ptr{row}, u, w);
+        load_unit<T>(row, u, w);
         accumulate<T, 1>(w, u, sq, sd, ss, 0, 0, 0, 1, acc);
     }
     store_sums<1>(p, acc, m, 0, i2, i3, lane);
@@ -641,13 +528,9 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     extern "C" __global__ void BOUNDS(32 * WARPS) mmvq_##T##_##NC(Args p) { mmvq<T, NC>(p); }
 #define MMVQ_F(T)                                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * WARPS_FUSED) mmvq_##T##_f(Args p) { mmvq_fused<T>(p); }
-#define MMVQ_C(T, R)                                                                                \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS_C) mmvq_##T##_c##R(Args p) { mmvq_chunks<T, R>(p); }
 #define MMVQ_ALL(T) MMVQ(T, 1) MMVQ(T, 2) MMVQ(T, 4) MMVQ(T, 8) MMVQ_F(T)
-#define MMVQ_CS(T) MMVQ_C(T, 1) MMVQ_C(T, 2) MMVQ_C(T, 4) MMVQ_C(T, 8)
 #ifdef MMVQ_INSTANCES
 MMVQ_INSTANCES
 #else
 MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14)
-MMVQ_CS(2) MMVQ_CS(3) MMVQ_CS(6) MMVQ_CS(7) MMVQ_CS(8) MMVQ_CS(12) MMVQ_CS(13)
 #endif

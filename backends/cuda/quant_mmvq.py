@@ -39,19 +39,16 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
 # WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers,
 # TILE_UNITS 32-element units of a K-quant row a warp's tile
-# WARPS_C warps a block of mmvq_T_cR, PREFETCH 1: its lanes load the next chunk before using this one,
-# PDL 1: the dot kernel is a programmatic dependent launch after quantize_q8 (sm_90: its blocks
-# start and issue their first weight loads while src1 is quantized, then wait for it)
-CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64, "WARPS_C": 4, "PREFETCH": 0, "PDL": 1}
+# PDL: bit T (a ggml type) set, mmvq_T_NC is a programmatic dependent launch after quantize_q8
+# (sm_90: its blocks start and issue their first weight loads while src1 is quantized, then wait
+# for it; see `pdl_on`); PDL_HEAD: bit T set, that kernel waits at its start instead
+CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
+          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
 FUSED_MAX_BYTES = 24 << 20
 FUSED_SMEM_MAX = 48 * 1024 # dynamic shared memory a block may take without an opt-in attribute
-CHUNK = True               # one src1 column: mmvq_T_cR, a lane's 8 units as 16-byte words (see `chunk_rows`)
-CHUNK_TYPES = frozenset({D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0, D.TYPE_Q4_K,
-                         D.TYPE_Q5_K})   # 256 elements are whole 16-byte words (Q6_K's 210 bytes are not)
-CHUNK_R = 0                # rows a warp of mmvq_T_cR: 0 picks from the chunks a row (see `chunk_rows`)
 WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit loads; the rest 16-bit
 TILED = {D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}         # read in tiles: bytes a super-block
 NC_MAX = 8
@@ -171,7 +168,7 @@ class QArgs(ctypes.Structure):
 def _pdl_config(grid: tuple, block: tuple, smem: int, stream: Any) -> Any:
     """A cuLaunchKernelEx config that lets the launch start before the kernel ahead of it in the
     stream ends (programmatic stream serialization: the kernel's griddepcontrol.wait then waits
-    for it; a stream capture turns it into a programmatic edge of the graph)."""
+    for that kernel; a stream capture makes it a programmatic edge of the CUDA graph)."""
     from cuda.bindings import driver as drv
 
     cfg = drv.CUlaunchConfig()
@@ -185,9 +182,10 @@ def _pdl_config(grid: tuple, block: tuple, smem: int, stream: Any) -> Any:
     return cfg
 
 
-def pdl_on() -> bool:
-    """Whether the dot launch is a programmatic dependent launch (CONFIG PDL on an sm_90+ GPU)."""
-    return bool(CONFIG["PDL"]) and cuda.get_current_device().compute_capability >= (9, 0)
+def pdl_on(type_: int) -> bool:
+    """Whether a src0 of this type gets its dot kernel as a programmatic dependent launch after
+    quantize_q8: its bit in CONFIG["PDL"], on an sm_90+ GPU (griddepcontrol; compiled out below)."""
+    return bool(CONFIG["PDL"] >> type_ & 1) and cuda.get_current_device().compute_capability >= (9, 0)
 
 
 class _Launcher:
@@ -242,22 +240,6 @@ def nc_of(node) -> int:
     return next(c for c in (1, 2, 4, NC_MAX) if c >= min(node.ne[1], NC_MAX))
 
 
-def chunk_rows(node) -> Optional[int]:
-    """R, the rows a warp of mmvq_T_cR takes, where this node runs it (else None): CHUNK on, one
-    src1 column, K a multiple of 256, src0 rows and batches at 16-byte offsets. R in 1, 2, 4, 8
-    leaves the fewest lanes idle in the warp's last step over its R * K / 256 chunks (the smallest
-    such R)."""
-    a = node.src[0]
-    if not (CHUNK and a.type in CHUNK_TYPES and node.ne[1] == 1 and a.ne[0] % 256 == 0):
-        return None
-    if tensor_start(a) % 16 or any(x % 16 for x in a.nb[1:]):
-        return None
-    if CHUNK_R:
-        return CHUNK_R
-    s = a.ne[0] // 256
-    return min((1, 2, 4, 8), key=lambda r: (-(-r * s // 32) * 32 - r * s) / (r * s))
-
-
 def grids(node) -> dict:
     """name -> (grid, threads, dynamic shared bytes) of the node's launches, in launch order."""
     a = node.src[0]
@@ -269,22 +251,18 @@ def grids(node) -> dict:
     per_warp = 1 if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else 8     # super-blocks / 32-blocks a warp
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
-    quant = {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0)}
-    r = chunk_rows(node)
-    if r is not None:
-        wc = CONFIG["WARPS_C"]
-        return {**quant, f"mmvq_{a.type}_c{r}": ((-(-M // (wc * r)), 1, n2 * n3), 32 * wc, 0)}
-    return {**quant, f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
+    return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
+            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
 
 
 def launches(node, work: tuple) -> list:
-    """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products; or
-    one mmvq_T_f launch (see `fused`)."""
+    """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products (a
+    programmatic dependent launch where `pdl_on`); or one mmvq_T_f launch (see `fused`)."""
     a, b = node.src
     fixed = dot_fields(node)
     qfixed = quant_fields(node)
     a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
-    align = 16 if chunk_rows(node) is not None else 4 if a.type in WORD_ALIGNED else 2
+    align = 4 if a.type in WORD_ALIGNED else 2
 
     def pack_dot(meta, dst, x, y, yq, yd, ys):
         p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, b=_ptr(y) + b_off,
@@ -300,7 +278,7 @@ def launches(node, work: tuple) -> list:
     names = grids(node)
     for name, (grid, threads, smem) in names.items():
         pack = pack_quant if name == "quantize_q8" else pack_dot
-        pdl = name != "quantize_q8" and "quantize_q8" in names and pdl_on()
+        pdl = name != "quantize_q8" and "quantize_q8" in names and pdl_on(a.type)
         out.append(Launch(_Launcher(function_named(name), pack, name, smem, pdl), grid, (threads,), work,
                           with_params=False))
     return out
