@@ -19,6 +19,11 @@
 //              at 4096 x 4096 (quant_mmvq.FUSE, off by default, says when it runs).
 //              Block WARPS_FUSED rows; grid (rows / WARPS_FUSED, 1, ne2 * ne3).
 // Same integer sums added in the same order: the two forms give the same floats.
+// PDL (bit T of the define): mmvq_T_NC is a programmatic dependent launch after quantize_q8
+// (quant_mmvq.py), so its blocks may run while src1 is still being quantized: grid_wait() comes
+// before the first read of src1's quants, after the first weight loads (Q4_0's first unit, a
+// K-quant's first tile) or, PDL_HEAD, at the start (Q8_0: holding its unit across the wait
+// measured slower). The order of the sums is unchanged: the same floats as the plain launch.
 //
 // Units: a row of K elements is K / 32 units; unit u covers elements 32u .. 32u + 31 (a 32-block
 // of Q4_0 ... Q8_0, or group u % 8 of super-block u / 8 for Q4_K, Q5_K, Q6_K). A unit becomes

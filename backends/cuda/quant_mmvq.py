@@ -19,6 +19,17 @@ that quantizes src1 in each block's shared memory while the first weight loads a
 gives the same floats, and measured slower on an H200 at 4096 x 4096 (q8_0 11.4 us against 10.3,
 q4_0 8.5 against 7.9; q4_K 9.6 against 9.8): every block re-reads src1 and waits for its
 quantization at a barrier, which costs more than the launch it saves.
+
+Programmatic dependent launch (CONFIG PDL, sm_90): the dot kernel of Q4_0, Q8_0 and Q4_K is
+launched with cuLaunchKernelEx's programmatic-serialization attribute (in the plan's CUDA graph
+a programmatic edge), quantize_q8 releases it at its start (griddepcontrol.launch_dependents), and
+its blocks wait for src1's quants with griddepcontrol.wait: Q4_0 / Q4_K after issuing their
+first weight loads, Q8_0 at the start (PDL_HEAD). The dot kernel's launch and the first loads
+overlap the quantization. H200, whole node: Q4_0 4096 x 4096 7.96 -> 6.41 us, Q4_K 8.51 -> 6.79,
+Q8_0 10.3 -> 9.6 (2026-12-02; the other types untried, plain launches). Measured and dropped:
+a lane's eight consecutive units read as 16-byte words and cut in registers (mmvq_T_cR, branch
+qmmv9's first commit): 40-80% slower in all nine decode cases, each warp load instruction then
+touching 32 lines for the weights and again for src1's 256-byte strided units.
 """
 from __future__ import annotations
 
@@ -40,10 +51,12 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers,
 # TILE_UNITS 32-element units of a K-quant row a warp's tile
 # PDL: bit T (a ggml type) set, mmvq_T_NC is a programmatic dependent launch after quantize_q8
-# (sm_90: its blocks start and issue their first weight loads while src1 is quantized, then wait
-# for it; see `pdl_on`); PDL_HEAD: bit T set, that kernel waits at its start instead
+# (sm_90: its blocks start while src1 is quantized, issue their first weight loads, then wait for
+# it; see `pdl_on`); PDL_HEAD: bit T set, that kernel waits at its start instead (Q8_0: holding its
+# first unit across the wait measured slower than no PDL, waiting first faster; Q4_0 / Q4_K the
+# other way round). The other types measured neither way: plain launches.
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
-          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 0}
+          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
@@ -53,6 +66,7 @@ WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit l
 TILED = {D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}         # read in tiles: bytes a super-block
 NC_MAX = 8
 MAX_GRID_YZ = 65535
+_PDL_REFUSED: list = []    # the driver's answer once it refused a programmatic launch (then plain ones)
 _MODULES: dict = {}        # (arch, device, config) -> (module, {name: function}, image) or the error text
 
 
@@ -208,12 +222,15 @@ class _Launcher:
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
             h = getattr(stream, "handle", stream)
             h = h if isinstance(h, drv.CUstream) else drv.CUstream(int(getattr(h, "value", h) or 0))
-            if self.pdl:
-                _check(drv.cuLaunchKernelEx(_pdl_config(grid, block, self.smem, h), self.fn,
-                                            ctypes.addressof(params), 0), "launch (programmatic)")
-            else:
-                _check(drv.cuLaunchKernel(self.fn, *grid, *block, self.smem, h, ctypes.addressof(params), 0),
-                       "launch")
+            if self.pdl and not _PDL_REFUSED:
+                res = drv.cuLaunchKernelEx(_pdl_config(grid, block, self.smem, h), self.fn,
+                                           ctypes.addressof(params), 0)
+                err = res[0] if isinstance(res, tuple) else res
+                if err == drv.CUresult.CUDA_SUCCESS:
+                    return
+                # a driver that refuses the attribute: the plain launch (grid_wait is then a no-op)
+                _PDL_REFUSED.append(err)
+            _check(drv.cuLaunchKernel(self.fn, *grid, *block, self.smem, h, ctypes.addressof(params), 0), "launch")
 
         launch.kernel_name = self.name
         return launch
