@@ -12,9 +12,10 @@ the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2
 (torch; not measured without it). Spread: the min and max of `--runs` timed runs of each case.
 
 `--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
-quant_mmvq.CONFIG, compile-time constants; other keys set module knobs: FUSE=1 the one-launch form
-for one column up to FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size), one CUDA graph
-each, e.g. --variants "one:FUSE=1;mb12:MIN_BLOCKS=12".
+quant_mmvq.CONFIG, compile-time constants, PDL=0 among them (no programmatic dependent launch; a bit
+mask of ggml types); other keys set module knobs: FUSE=1 the one-launch form for one column up to
+FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size), one CUDA graph each, e.g.
+--variants "one:FUSE=1;mb12:MIN_BLOCKS=12;nopdl:PDL=0".
 
     python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--f32] [--variants SPEC] [--json out.json]
 """

@@ -1,8 +1,9 @@
 """Runs backends/cuda/quant_mmvq.cu on the CPU: a test aid for machines without a GPU.
 
 The .cu file's device-intrinsics section (between its `-- device intrinsics` markers: the f16
-conversions in inline PTX, the 16-byte read-only load, the 16/32-bit word loads) is swapped for
-C++ that does the same and counts misaligned addresses; the CUDA built-ins it uses (dp4a,
+conversions in inline PTX, the 16-byte read-only load, the 16/32-bit word loads, griddepcontrol's
+wait and release, no-ops here) is swapped for C++ that does the same and counts misaligned
+addresses; the CUDA built-ins it uses (dp4a,
 shfl.xor, __syncwarp, __syncthreads, __fmul_rn, __float2int_rn) are plain C++ below, with every
 thread of a block an OS thread. The rest of the kernel source compiles unchanged with g++.
 Shared memory starts filled with stale bytes (0xA5), so a tile or src1's quants read before they
@@ -75,6 +76,8 @@ static inline float round_f16(float x) { return (float)(_Float16)x; }
 static inline uint4 ld16_global(const u8* p) { check_align(p, 16); uint4 r; std::memcpy(&r, p, 16); return r; }
 static inline u32 ld2(const u8* p) { check_align(p, 2); u32 r; std::memcpy(&r, p, 4); return r; }
 static inline u32 ld4(const u8* p) { check_align(p, 4); u32 r; std::memcpy(&r, p, 4); return r; }
+static inline void grid_wait() {}      // one launch at a time here: the grid ahead has ended
+static inline void grid_release() {}
 """
 
 DRIVER = r"""

@@ -242,3 +242,39 @@ def test_fused_decode_equals_two_launches(be, cpu, type_):
             quant_mmvq.FUSE = default
     np.testing.assert_array_equal(res["fused"], res["two"])
     _close(res["fused"], res["cpu"])
+
+
+@pytest.mark.gpu
+@gpu
+def test_programmatic_dot_launch_equals_plain_launch(be, cpu):
+    """The dot kernel as a programmatic dependent launch after quantize_q8 (CONFIG PDL: for these
+    types its blocks start while src1 is quantized and wait for it with griddepcontrol.wait) gives
+    the plain launch's floats bit for bit (one and three columns, the first compute and the CUDA
+    graph's replay), and the CPU's within the tolerance."""
+    from minigraph.backends.cuda import quant_mmvq
+
+    rng = np.random.default_rng(5)
+    types = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q4_K]
+    w = rng.standard_normal((512, 4096)).astype(np.float32)
+    x = rng.standard_normal((3, 4096)).astype(np.float32)
+    default = dict(quant_mmvq.CONFIG)
+    res = {}
+    for name, backend, mask in (("pdl", be, sum(1 << t for t in types)), ("plain", be, 0), ("cpu", cpu, 0)):
+        quant_mmvq.CONFIG["PDL"] = mask
+        try:
+            ctx = mg.Context()
+            outs = [ctx.mul_mat(ctx.from_numpy(w, t), ctx.from_numpy(x[:n])) for t in types for n in (1, 3)]
+            if backend is be:
+                assert all(quant_mmvq.pdl_on(t) == bool(mask) for t in types)
+            gf = _compute(backend, *outs)
+            got = [[o.numpy().copy() for o in outs]]
+            backend.graph_compute(gf)                # the second compute replays the captured graph
+            got.append([o.numpy().copy() for o in outs])
+            res[name] = got
+        finally:
+            quant_mmvq.CONFIG.clear()
+            quant_mmvq.CONFIG.update(default)
+    for first, again, plain, want in zip(*res["pdl"], res["plain"][0], res["cpu"][0]):
+        np.testing.assert_array_equal(first, plain)
+        np.testing.assert_array_equal(again, plain)
+        _close(first, want)

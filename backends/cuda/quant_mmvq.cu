@@ -19,6 +19,11 @@
 //              at 4096 x 4096 (quant_mmvq.FUSE, off by default, says when it runs).
 //              Block WARPS_FUSED rows; grid (rows / WARPS_FUSED, 1, ne2 * ne3).
 // Same integer sums added in the same order: the two forms give the same floats.
+// PDL (bit T of the define): mmvq_T_NC is a programmatic dependent launch after quantize_q8
+// (quant_mmvq.py), so its blocks may run while src1 is still being quantized: grid_wait() comes
+// before the first read of src1's quants, after the first weight loads (Q4_0's first unit, a
+// K-quant's first tile) or, PDL_HEAD, at the start (Q8_0: holding its unit across the wait
+// measured slower). The order of the sums is unchanged: the same floats as the plain launch.
 //
 // Units: a row of K elements is K / 32 units; unit u covers elements 32u .. 32u + 31 (a 32-block
 // of Q4_0 ... Q8_0, or group u % 8 of super-block u / 8 for Q4_K, Q5_K, Q6_K). A unit becomes
@@ -51,6 +56,12 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #ifndef TILE_UNITS
 #define TILE_UNITS 64      // units of a K-quant row in a warp's tile
 #endif
+#ifndef PDL
+#define PDL 0              // bit T set: mmvq_T_NC is a programmatic dependent launch after quantize_q8
+#endif
+#ifndef PDL_HEAD
+#define PDL_HEAD 0         // bit T set: that kernel waits for src1 at its start, not after its first loads
+#endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
 #endif
@@ -81,6 +92,20 @@ static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-
     return (u32)h[0] | ((u32)h[1] << 16);
 }
 static __device__ __forceinline__ u32 ld4(const u8* p) { return *(const u32*)p; }
+// programmatic dependent launch (sm_90): a grid launched with the programmatic-serialization
+// attribute may start before the grid ahead of it in the stream ends; grid_wait() returns once
+// that grid has finished and its writes are visible (at once when there is none); grid_release()
+// lets the grid after this one start early. Both compile to nothing before sm_90.
+static __device__ __forceinline__ void grid_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void grid_release() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 // -- end of device intrinsics --
 
 struct Unit {
@@ -311,6 +336,10 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
     const signed char* yq = p.yq + r0 * p.K;
     const float *yd = p.yd + r0 * nd, *ys = p.ys + r0 * ns;
     const int ncols = min(NC, p.N - n0);
+    // PDL: this grid may start while quantize_q8 still writes src1's quants; grid_wait() before
+    // the first read of them (after the first weight loads are issued, unless PDL_HEAD)
+    constexpr bool pdl = (PDL >> T) & 1, head = (PDL_HEAD >> T) & 1;
+    if (pdl && head) grid_wait();
     float acc[NC];
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[c] = 0.f;
@@ -321,14 +350,25 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
         const bool wide = ((u64)row & 15) == 0;
         uint4 r[lane_words(T)];
         if (wide && nu >= TILE_UNITS) tile_load<T>(row, r, lane);
+        if (pdl && !head) grid_wait();
         row_tiles<T, NC>(row, nu, wide, smem + (threadIdx.x >> 5) * tile_bytes(T), r, yq, yd, ys, p.K, nd, ns,
                          ncols, acc, lane);
     } else {
         // one unit a step (loading two before either is used measured 10-15% slower on an H200)
-        for (int u = lane; u < nu; u += 32) {
-            Unit w;
-            load_unit<T>(row, u, w);
-            accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+        if constexpr (pdl && !head) {
+            Unit w;                 // the first unit in flight while quantize_q8 finishes
+            if (lane < nu) load_unit<T>(row, lane, w);
+            grid_wait();
+            for (int u = lane; u < nu; u += 32) {
+                if (u != lane) load_unit<T>(row, u, w);
+                accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+            }
+        } else {
+            for (int u = lane; u < nu; u += 32) {
+                Unit w;
+                load_unit<T>(row, u, w);
+                accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+            }
         }
     }
     store_sums<NC>(p, acc, m, n0, i2, i3, lane);
@@ -429,6 +469,7 @@ struct QArgs {
 // src1 row r (dst order: r = (i3 * ne2 + i2) * ne1 + n) into the workspace: a warp eight 32-blocks
 // (Q8_0 / Q8_1) or one super-block (Q8_K); grid: enough warps of WARPS-warp blocks
 extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
+    if (PDL) grid_release();        // the dot kernel may start now; it waits for these writes
     const int lane = threadIdx.x & 31;
     const i64 w = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
     const int span = p.vdt == V_Q8_K ? 256 : 32;

@@ -19,6 +19,17 @@ that quantizes src1 in each block's shared memory while the first weight loads a
 gives the same floats, and measured slower on an H200 at 4096 x 4096 (q8_0 11.4 us against 10.3,
 q4_0 8.5 against 7.9; q4_K 9.6 against 9.8): every block re-reads src1 and waits for its
 quantization at a barrier, which costs more than the launch it saves.
+
+Programmatic dependent launch (CONFIG PDL, sm_90): the dot kernel of Q4_0, Q8_0 and Q4_K is
+launched with cuLaunchKernelEx's programmatic-serialization attribute (in the plan's CUDA graph
+a programmatic edge), quantize_q8 releases it at its start (griddepcontrol.launch_dependents), and
+its blocks wait for src1's quants with griddepcontrol.wait: Q4_0 / Q4_K after issuing their
+first weight loads, Q8_0 at the start (PDL_HEAD). The dot kernel's launch and the first loads
+overlap the quantization. H200, whole node: Q4_0 4096 x 4096 7.96 -> 6.41 us, Q4_K 8.51 -> 6.79,
+Q8_0 10.3 -> 9.6 (2026-12-02; the other types untried, plain launches). Measured and dropped:
+a lane's eight consecutive units read as 16-byte words and cut in registers (mmvq_T_cR, branch
+qmmv9's first commit): 40-80% slower in all nine decode cases, each warp load instruction then
+touching 32 lines for the weights and again for src1's 256-byte strided units.
 """
 from __future__ import annotations
 
@@ -39,7 +50,13 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
 # WARPS rows a block of mmvq_T_NC, WARPS_FUSED of mmvq_T_f, MIN_BLOCKS > 0 caps registers,
 # TILE_UNITS 32-element units of a K-quant row a warp's tile
-CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64}
+# PDL: bit T (a ggml type) set, mmvq_T_NC is a programmatic dependent launch after quantize_q8
+# (sm_90: its blocks start while src1 is quantized, issue their first weight loads, then wait for
+# it; see `pdl_on`); PDL_HEAD: bit T set, that kernel waits at its start instead (Q8_0: holding its
+# first unit across the wait measured slower than no PDL, waiting first faster; Q4_0 / Q4_K the
+# other way round). The other types measured neither way: plain launches.
+CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
+          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
@@ -49,6 +66,7 @@ WORD_ALIGNED = (D.TYPE_Q4_1, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q5_K)   # 32-bit l
 TILED = {D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}         # read in tiles: bytes a super-block
 NC_MAX = 8
 MAX_GRID_YZ = 65535
+_PDL_REFUSED: list = []    # the driver's answer once it refused a programmatic launch (then plain ones)
 _MODULES: dict = {}        # (arch, device, config) -> (module, {name: function}, image) or the error text
 
 
@@ -161,13 +179,36 @@ class QArgs(ctypes.Structure):
                 ("vdt", ctypes.c_int)]
 
 
+def _pdl_config(grid: tuple, block: tuple, smem: int, stream: Any) -> Any:
+    """A cuLaunchKernelEx config that lets the launch start before the kernel ahead of it in the
+    stream ends (programmatic stream serialization: the kernel's griddepcontrol.wait then waits
+    for that kernel; a stream capture makes it a programmatic edge of the CUDA graph)."""
+    from cuda.bindings import driver as drv
+
+    cfg = drv.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
+    cfg.sharedMemBytes, cfg.hStream = smem, stream
+    attr = drv.CUlaunchAttribute()
+    attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg.attrs, cfg.numAttrs = [attr], 1
+    return cfg
+
+
+def pdl_on(type_: int) -> bool:
+    """Whether a src0 of this type gets its dot kernel as a programmatic dependent launch after
+    quantize_q8: its bit in CONFIG["PDL"], on an sm_90+ GPU (griddepcontrol; compiled out below)."""
+    return bool(CONFIG["PDL"] >> type_ & 1) and cuda.get_current_device().compute_capability >= (9, 0)
+
+
 class _Launcher:
     """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
     quant_mmvq.cu function with `smem` bytes of dynamic shared memory, its one struct parameter
     made by `pack` from the buffers' arrays."""
 
-    def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0) -> None:
-        self.fn, self.pack, self.name, self.smem = fn, pack, name, smem
+    def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0, pdl: bool = False) -> None:
+        self.fn, self.pack, self.name, self.smem, self.pdl = fn, pack, name, smem, pdl
 
     def __getitem__(self, cfg: tuple) -> Any:
         grid, block, stream = cfg
@@ -181,6 +222,14 @@ class _Launcher:
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
             h = getattr(stream, "handle", stream)
             h = h if isinstance(h, drv.CUstream) else drv.CUstream(int(getattr(h, "value", h) or 0))
+            if self.pdl and not _PDL_REFUSED:
+                res = drv.cuLaunchKernelEx(_pdl_config(grid, block, self.smem, h), self.fn,
+                                           ctypes.addressof(params), 0)
+                err = res[0] if isinstance(res, tuple) else res
+                if err == drv.CUresult.CUDA_SUCCESS:
+                    return
+                # a driver that refuses the attribute: the plain launch (grid_wait is then a no-op)
+                _PDL_REFUSED.append(err)
             _check(drv.cuLaunchKernel(self.fn, *grid, *block, self.smem, h, ctypes.addressof(params), 0), "launch")
 
         launch.kernel_name = self.name
@@ -224,8 +273,8 @@ def grids(node) -> dict:
 
 
 def launches(node, work: tuple) -> list:
-    """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products; or
-    one mmvq_T_f launch (see `fused`)."""
+    """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products (a
+    programmatic dependent launch where `pdl_on`); or one mmvq_T_f launch (see `fused`)."""
     a, b = node.src
     fixed = dot_fields(node)
     qfixed = quant_fields(node)
@@ -243,8 +292,10 @@ def launches(node, work: tuple) -> list:
         return QArgs(b=_ptr(y) + b_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), **qfixed)
 
     out = []
-    for name, (grid, threads, smem) in grids(node).items():
+    names = grids(node)
+    for name, (grid, threads, smem) in names.items():
         pack = pack_quant if name == "quantize_q8" else pack_dot
-        out.append(Launch(_Launcher(function_named(name), pack, name, smem), grid, (threads,), work,
+        pdl = name != "quantize_q8" and "quantize_q8" in names and pdl_on(a.type)
+        out.append(Launch(_Launcher(function_named(name), pack, name, smem, pdl), grid, (threads,), work,
                           with_params=False))
     return out
