@@ -30,10 +30,11 @@ from minigraph.device.backend import Backend, Support
 from minigraph.device.buffers import (backend_alloc_ctx_tensors, backend_tensor_alloc, backend_tensor_get,
                                       backend_tensor_set, tensor_buffer)
 from minigraph.device.split_buffer import SplitBufferType, split_buffer_type
-from minigraph.ops import (PREC_DEFAULT, PREC_F32, ROPE_TYPE_IMROPE, ROPE_TYPE_MROPE, ROPE_TYPE_NEOX,
+from minigraph.ops import (GDN_BCAST_INTERLEAVED, GDN_BCAST_TILED, PREC_DEFAULT, PREC_F32, ROPE_TYPE_IMROPE, ROPE_TYPE_MROPE, ROPE_TYPE_NEOX,
                            ROPE_TYPE_NORM, ROPE_TYPE_NORMAL, ROPE_TYPE_VISION, TRI_TYPE_LOWER, TRI_TYPE_LOWER_DIAG, TRI_TYPE_UPPER,
                            TRI_TYPE_UPPER_DIAG, flash_attn_ext_add_sinks, flash_attn_ext_get_prec,
-                           flash_attn_ext_set_prec, soft_max_add_sinks)
+                           flash_attn_ext_set_prec, gated_delta_net_get_bcast, gated_delta_net_set_bcast,
+                           soft_max_add_sinks)
 from minigraph.passes import Optimized
 from minigraph.run import backend_cpu_init, backend_cuda_init, backend_sched_new, compute, optimize
 from minigraph.schedule.scheduler import BackendSched

@@ -10,6 +10,8 @@ from minigraph.ops import quant_cases  # noqa: F401  (CPY, GET_ROWS, SET_ROWS, M
 from minigraph.ops.attention import (PREC_DEFAULT, PREC_F32, flash_attn_ext_add_sinks,  # noqa: F401
                                      flash_attn_ext_get_prec, flash_attn_ext_set_prec)
 from minigraph.ops.reduce import soft_max_add_sinks  # noqa: F401
+from minigraph.ops.gated_delta_net import (GDN_BCAST_INTERLEAVED, GDN_BCAST_TILED,  # noqa: F401
+                                           gated_delta_net_get_bcast, gated_delta_net_set_bcast)
 from minigraph.ops.rope import (ROPE_TYPE_IMROPE, ROPE_TYPE_MROPE, ROPE_TYPE_NEOX, ROPE_TYPE_NORM,  # noqa: F401
                                 ROPE_TYPE_NORMAL, ROPE_TYPE_VISION)
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from minigraph.core import dtypes
 from minigraph.core.cases import CASES, LAYOUTS, Case, make_input
+from minigraph.ops.gated_delta_net import gated_delta_net_set_bcast
 from minigraph.ops.linalg import well_conditioned_triangle
 
 
@@ -92,6 +93,10 @@ def _cases() -> Iterator[Case]:
     for kda, gqa, n_seqs, T, K in ((0, 1, 1, 1, 1), (0, 2, 2, 5, 3), (1, 1, 2, 33, 1), (1, 2, 1, 4, 6), (0, 1, 1, 65, 2)):
         yield Case("GATED_DELTA_NET", f"S=16,H_k=2,gqa={gqa},T={T},n_seqs={n_seqs},kda={kda},K={K}",
                    lambda c, r, kda=kda, g=gqa, N=n_seqs, T=T, K=K: _gdn_case(c, r, 16, 2, g, T, N, kda, K), 1e-6)
+    # value head h reads q/k head h // gqa (Qwen3-Next's interleaved repeat): decode, recurrence, chunks
+    for kda, gqa, n_seqs, T, K in ((0, 3, 2, 1, 1), (1, 2, 1, 5, 2), (0, 3, 1, 70, 1), (1, 2, 2, 33, 1)):
+        yield Case("GATED_DELTA_NET", f"S=16,H_k=2,gqa={gqa},T={T},n_seqs={n_seqs},kda={kda},K={K},bcast=1",
+                   lambda c, r, kda=kda, g=gqa, N=n_seqs, T=T, K=K: _gdn_case(c, r, 16, 2, g, T, N, kda, K, 1), 1e-6)
 
 
 def _mla_case(ctx, rng, kv, pe, n_kv, tokens, heads):
@@ -118,7 +123,7 @@ def _region_case(ctx, rng, op, blk, offset_4d):
     return getattr(ctx, op)(a, b, nb1, nb2, nb3, offset)
 
 
-def _gdn_case(ctx, rng, S, H_k, gqa, T, N, kda, K):
+def _gdn_case(ctx, rng, S, H_k, gqa, T, N, kda, K, bcast=0):
     H = H_k * gqa
     q = make_input(ctx, rng, [S, H_k, T, N], name="q")
     k = make_input(ctx, rng, [S, H_k, T, N], name="k")
@@ -126,7 +131,10 @@ def _gdn_case(ctx, rng, S, H_k, gqa, T, N, kda, K):
     g = make_input(ctx, rng, [S if kda else 1, H, T, N], "cont", -20.0, -1e-4, name="g")
     beta = make_input(ctx, rng, [1, H, T, N], "cont", 0.0, 1.0, name="beta")
     s = make_input(ctx, rng, [S, S, H, N], name="state")
-    return ctx.gated_delta_net(ctx.l2_norm(q, 1e-6), ctx.l2_norm(k, 1e-6), v, g, beta, s, K)
+    out = ctx.gated_delta_net(ctx.l2_norm(q, 1e-6), ctx.l2_norm(k, 1e-6), v, g, beta, s, K)
+    if bcast:
+        gated_delta_net_set_bcast(out, bcast)
+    return out
 
 
 def _view_cases() -> Iterator[Case]:

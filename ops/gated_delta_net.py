@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigraph.core.errors import expect
+from minigraph.core.errors import MinigraphError, expect
 from minigraph.core.tensor import Tensor, row_size
 
 from minigraph.ops.common import F32, check_int, check_tensor
@@ -21,9 +21,9 @@ from minigraph.ops.gdn_reference import gated_delta_net_reference
 from minigraph.core.registry import OpDef, builder, register
 
 
-def _ref(node, q, k, v, g, beta, state, K):
+def _ref(node, q, k, v, g, beta, state, K, bcast):
     # sources arrive as (ne3, ne2, ne1, ne0) arrays: exactly the layout the reference takes
-    out = gated_delta_net_reference(q, k, v, g, beta, state, K)
+    out = gated_delta_net_reference(q, k, v, g, beta, state, K, bcast)
     return out.reshape(tuple(reversed(node.ne)))
 
 
@@ -42,8 +42,42 @@ def _sample(node, i: int, rng: np.random.Generator):
     return {3: lambda: rng.uniform(-20.0, -1e-4, size=shape), 4: lambda: rng.uniform(0.0, 1.0, size=shape)}.get(i, lambda: None)()
 
 
-GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K",), flops=_flops, sample=_sample,
-                                 rebuild=lambda ctx, spec, *srcs: ctx.gated_delta_net(*srcs, spec.params.get("K"))))
+def _rebuild(ctx, spec, *srcs) -> Tensor:
+    t = ctx.gated_delta_net(*srcs, spec.params.get("K"))
+    if spec.params.get("bcast"):
+        gated_delta_net_set_bcast(t, spec.params["bcast"])
+    return t
+
+
+# bcast: the q/k head map, set by gated_delta_net_set_bcast (0 tiled, 1 interleaved)
+GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K", "bcast"), flops=_flops,
+                                 sample=_sample, rebuild=_rebuild))
+
+GDN_BCAST_TILED = 0         # value head h reads q/k head h % H_k (ggml_repeat's order; ggml's op)
+GDN_BCAST_INTERLEAVED = 1   # value head h reads q/k head h // (H_v / H_k) (llama.cpp's Qwen3-Next repeat)
+
+
+def gated_delta_net_set_bcast(a: Tensor, bcast: int) -> None:
+    """How a GATED_DELTA_NET node maps value heads to q/k heads when H_v > H_k (no context, like
+    ggml_flash_attn_ext_set_prec): GDN_BCAST_TILED (0, the default: head h reads h % H_k, what
+    ggml_repeat builds) or GDN_BCAST_INTERLEAVED (1: h // (H_v / H_k), what llama.cpp's Qwen3-Next
+    builds with reshape / repeat_4d / reshape). ggml.h plans this as
+    ggml_gated_delta_net_set_bcast (TODO TAG_GGML_GDN_BCAST); minigraph has it now, so the
+    fusion passes can drop either repeat."""
+    expect(isinstance(a, Tensor) and a.op == "GATED_DELTA_NET", "gated_delta_net_set_bcast",
+           "expects a GATED_DELTA_NET node", *([a] if isinstance(a, Tensor) else []))
+    if (not isinstance(bcast, (int, np.integer)) or isinstance(bcast, bool)
+            or bcast not in (GDN_BCAST_TILED, GDN_BCAST_INTERLEAVED)):
+        raise MinigraphError(f"gated_delta_net_set_bcast: bcast must be GDN_BCAST_TILED (0) or "
+                             f"GDN_BCAST_INTERLEAVED (1), got {bcast!r} for '{a.name or '<unnamed>'}'")
+    a.op_params["bcast"] = int(bcast)
+
+
+def gated_delta_net_get_bcast(a: Tensor) -> int:
+    """The q/k head map of a GATED_DELTA_NET node (gated_delta_net_set_bcast)."""
+    expect(isinstance(a, Tensor) and a.op == "GATED_DELTA_NET", "gated_delta_net_get_bcast",
+           "expects a GATED_DELTA_NET node", *([a] if isinstance(a, Tensor) else []))
+    return int(a.op_params.get("bcast", 0))
 
 
 def gdn_dims(node: Tensor) -> tuple[int, int, int, int, int]:
@@ -57,7 +91,8 @@ def gated_delta_net(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
                     K: int = 1) -> Tensor:
     """The gated delta rule over T tokens, every head and sequence in one node (ggml_gated_delta_net).
 
-    Per value head h (reading q/k head h % H_k) and token t: S = exp(g_t) * S (g per head for
+    Per value head h (reading q/k head h % H_k; gated_delta_net_set_bcast switches to h // (H_v / H_k))
+    and token t: S = exp(g_t) * S (g per head for
     GDA, per key row for KDA); delta = beta_t * (v_t - S^T k_t); S += k_t delta^T; and
     o_t = S^T q_t / sqrt(S). The caller l2-normalises q and k (ctx.l2_norm), as llama.cpp does.
 
@@ -89,7 +124,8 @@ def gated_delta_net(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
     expect(g.ne[0] in (1, S) and g.ne[1:] == (H, T, N), op, f"g must be [1 or {S}, {H}, {T}, {N}]", *srcs)
     expect(beta.ne == (1, H, T, N), op, f"beta must be [1, {H}, {T}, {N}]", *srcs)
     expect(state.ne == (S, S, H, N), op, f"state must be [{S}, {S}, {H}, {N}]", *srcs)
-    return ctx.new_node(GATED_DELTA_NET, F32, [S * H, T * N + K * S * N, 1, 1], list(srcs), params={"K": K})
+    return ctx.new_node(GATED_DELTA_NET, F32, [S * H, T * N + K * S * N, 1, 1], list(srcs),
+                        params={"K": K, "bcast": GDN_BCAST_TILED})
 
 
 @builder("gated_delta_net_attn", op="VIEW")

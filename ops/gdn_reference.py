@@ -33,8 +33,9 @@ import numpy as np
 
 
 def gated_delta_net_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray,
-                              beta: np.ndarray, state: np.ndarray, K: int = 1) -> np.ndarray:
+                              beta: np.ndarray, state: np.ndarray, K: int = 1, bcast: int = 0) -> np.ndarray:
     """The gated delta rule in float64; arrays in ggml layout (numpy shape = reversed ne).
+    bcast 1: value head h reads q/k head h // (H_v / H_k) instead of h % H_k (interleaved).
 
     q, k ne [S, H_k, T, n_seqs_qk], v ne [S, H_v, T, n_seqs], g ne [1 or S, H_v, T, n_seqs],
     beta ne [1, H_v, T, n_seqs], state ne [S, S, H_v, n_seqs] (element [j*S + i] is S[i][j]).
@@ -45,10 +46,10 @@ def gated_delta_net_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np
     Nqk, _, Hk, _ = q.shape
     if K < 1:
         raise ValueError(f"gated_delta_net_reference: K must be >= 1, got {K}")
-    # expand q/k to one (seq, head) per value (seq, head): value head h reads k head h % H_k,
-    # value seq n reads q/k seq n // (n_seqs / n_seqs_qk)
+    # expand q/k to one (seq, head) per value (seq, head): value head h reads k head h % H_k
+    # (bcast 1: h // (H_v / H_k)), value seq n reads q/k seq n // (n_seqs / n_seqs_qk)
     seq_idx = np.arange(N) // (N // Nqk)
-    head_idx = np.arange(H) % Hk
+    head_idx = np.arange(H) // (H // Hk) if bcast else np.arange(H) % Hk
     qx = q[seq_idx][:, :, head_idx]                      # (N, T, H, S)
     kx = k[seq_idx][:, :, head_idx]
     M = np.swapaxes(state, -1, -2).copy()                # (N, H, i, j) = S[i][j]

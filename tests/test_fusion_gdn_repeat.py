@@ -1,7 +1,9 @@
 """The gdn_repeat pass (minigraph/passes/gdn_repeat.py): q/k REPEATs that tile heads into a
-GATED_DELTA_NET are dropped and the op reads the H_k-head tensors; every other repeat layout
-(llama.cpp's interleaved Qwen3-Next repeat, repeated sequences, one of q/k only) is a logged near
-miss that leaves the graph as written. Results always equal the unfused graph's."""
+GATED_DELTA_NET are dropped and the op reads the H_k-head tensors; llama.cpp's interleaved
+Qwen3-Next repeat too, the node then mapping heads interleaved (gated_delta_net_set_bcast) where
+the backend supports it; every other layout (repeated sequences, one of q/k only, a backend
+without the map) is a logged near miss that leaves the graph as written. Results always equal
+the unfused graph's."""
 import numpy as np
 import pytest
 
@@ -71,14 +73,32 @@ def test_direct_fused_op_reads_the_unrepeated_heads_bit_for_bit():
     assert_same(gf, outs, exact=True)
 
 
-def test_interleaved_repeat_is_a_near_miss():
-    """llama.cpp's Qwen3-Next repeat maps value head h to q/k head h // r, the op h % H_k."""
-    gf, outs = gqa_graph(build_delta_net_chunking, 2, 4, 12, 1, "interleaved")
+@pytest.mark.parametrize("builder,T,N", [(build_delta_net_chunking, 12, 1), (build_delta_net_chunking, 70, 2),
+                                         (build_delta_net_autoregressive, 1, 2), (build_delta_net_fused, 5, 1)])
+def test_interleaved_repeat_is_absorbed_with_the_interleaved_head_map(builder, T, N):
+    """llama.cpp's Qwen3-Next repeat maps value head h to q/k head h // r; the op's default map
+    is h % H_k, so the new node takes bcast 1 (GDN_BCAST_INTERLEAVED)."""
+    gf, outs = gqa_graph(builder, 2, 6, T, N, "interleaved")
     run = mg.optimize(gf, CPU)
-    assert ops_of(run).count("REPEAT") == 2 and "GATED_DELTA_NET" in ops_of(run)
-    (miss,) = log_of(run, "near_miss")
-    assert "interleaved" in miss and "h // 2" in miss and not log_of(run, "fused")
+    assert "REPEAT" not in ops_of(run)
+    gdn = next(n for n in run.nodes if n.op == "GATED_DELTA_NET")
+    assert gdn.src[0].ne[1] == 2 and mg.gated_delta_net_get_bcast(gdn) == mg.GDN_BCAST_INTERLEAVED
+    assert "interleaved (bcast 1)" in log_of(run, "fused")[0]
     assert_same(gf, outs)
+
+
+def test_interleaved_repeat_to_fewer_heads_than_the_values_is_a_near_miss():
+    """q/k repeated interleaved to 4 heads, the op then tiling them over 8 value heads: value head
+    h reads (h % 4) // 2, which neither head map is."""
+    ctx = mg.Context()
+    q, k, *rest = inputs(ctx, 4, S, 2, 8, 6, 1, 0)
+    out = ctx.gated_delta_net(repeat_heads(ctx, q, 4, "interleaved"), repeat_heads(ctx, k, 4, "interleaved"), *rest, 1)
+    gf = ctx.new_graph()
+    mg.build_forward_expand(gf, out)
+    run = mg.optimize(gf, CPU)
+    assert ops_of(run).count("REPEAT") == 2
+    assert "needs the repeat to make every value head" in log_of(run, "near_miss")[0]
+    assert_same(gf, (out,), exact=True)
 
 
 def test_interleaved_repeat_of_one_head_is_absorbed():
@@ -155,6 +175,16 @@ def test_shared_repeat_stays_for_its_other_reader():
     gdn = next(n for n in run.nodes if n.op == "GATED_DELTA_NET")
     assert gdn.src[0].ne[1] == 2
     assert_same(gf, (out, other), exact=True)
+
+
+def test_cuda_backend_keeps_the_interleaved_repeat():
+    """The CUDA kernels know the tiled map only: on CUDA the interleaved repeat stays (a near miss)."""
+    from test_cuda_backend import SKIP
+    if SKIP is not None:
+        pytest.skip(SKIP)
+    gf, outs = gqa_graph(build_delta_net_fused, 2, 4, 2, 1, "interleaved")
+    run = mg.optimize(gf, mg.backend_cuda_init(0))
+    assert ops_of(run).count("REPEAT") == 2 and "with bcast 1" in log_of(run, "near_miss")[0]
 
 
 def test_cuda_backend_absorbs_too():

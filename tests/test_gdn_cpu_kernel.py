@@ -43,7 +43,7 @@ def make(rng, S, Hk, Hv, T, ns, ns_qk, gate_width, g_lo):
 def run(arrs, K):
     ns, T, Hv, S = arrs[2].shape
     out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
-    gated_delta_net(out, *arrs, K)
+    gated_delta_net(out, *arrs, K, 0)
     return out[0, 0]
 
 
@@ -107,13 +107,13 @@ def test_non_contiguous_inputs():
         ns, _, Hv, S = arrs[2].shape
         out = np.full((1, 1, T * ns + 2 * S * ns, 2 * S * Hv), np.nan, np.float32)[..., ::2]
         form.load_helpers()
-        form.parallel(out, *arrs, 2)
+        form.parallel(out, *arrs, 2, 0)
         assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL
     # the streaming decode path falls back to ordinary stores for a strided state
     from minigraph.backends.cpu.gdn_rows import _gdn_decode
     arrs = (q_nc[:, :1], k[:, :1], v[:, :1], g_nc[:, :1], beta_nc[:, :1], state_nc)
     out = np.full((1, 1, 2 + 2 * 32 * 2, 32 * 4), np.nan, np.float32)
-    _gdn_decode(out, *arrs, 2, True)
+    _gdn_decode(out, *arrs, 2, 0, True)
     assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL
     assert GDN_CHUNKED.any_layout and GDN_RECURRENT.any_layout and not GDN_DECODE.any_layout
 
@@ -156,7 +156,7 @@ def test_chunked_form(T, g_lo, kda):
     arrs = make(rng, 32, 2, 4, T, 2, 1, 32 if kda else 1, g_lo)
     ns, S, Hv, K = 2, 32, 4, 2
     out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
-    _gdn_chunked(out, *arrs, K)
+    _gdn_chunked(out, *arrs, K, 0)
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
 
 
@@ -169,7 +169,7 @@ def test_chunked_strong_gates_stay_finite(width):
     arrs = list(make(rng, 32, 2, 4, 100, 1, 1, width, -60.0))
     ns, S, Hv = 1, 32, 4
     out = np.full((1, 1, 100 * ns + S * ns, S * Hv), np.nan, np.float32)
-    _gdn_chunked(out, *arrs, 1)
+    _gdn_chunked(out, *arrs, 1, 0)
     assert rel_err(out[0, 0], reference(*arrs, 1)) < RTOL
 
 
@@ -205,7 +205,7 @@ def test_decode_single_pass(kda, S, stream, shift, g_lo):
     arrs = make(rng, S, 2, 4, 1, 2, 1, S if kda else 1, g_lo)
     ns, Hv, K = 2, 4, 2
     out = aligned_out(ns + K * S * ns, S * Hv, shift)
-    _gdn_decode(out, *arrs, K, stream)
+    _gdn_decode(out, *arrs, K, 0, stream)
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
 
 
@@ -218,7 +218,7 @@ def test_decode_big_state_streams():
     arrs = make(rng, S, 16, Hv, 1, 1, 1, 1, -1.0)
     assert arrs[5].nbytes >= STREAM_BYTES
     out = aligned_out(1 + S, S * Hv, 0)
-    gated_delta_net(out, *arrs, 1)
+    gated_delta_net(out, *arrs, 1, 0)
     assert rel_err(out[0, 0], reference(*arrs, 1)) < RTOL
 
 
@@ -268,7 +268,7 @@ def test_chunked_head_groups(Hv, ns, ns_qk):
     rng = np.random.default_rng(Hv * ns)
     arrs = make(rng, S, 2, Hv, T, ns, ns_qk, 1, -1.0)
     out = np.full((1, 1, T * ns + K * S * ns, S * Hv), np.nan, np.float32)
-    _gdn_chunked(out, *arrs, K)
+    _gdn_chunked(out, *arrs, K, 0)
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
 
 

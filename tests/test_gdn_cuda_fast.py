@@ -138,8 +138,9 @@ def test_plan_picks_kernels(be, small_chunks):
     assert kernel(pre) == [ck.prep, ck.state, ck.out]
     assert kernel(snap) == [small_chunks.recurrent_kernel()]
     assert kernel(odd) == [generic.gated_delta_net] and choice(odd) == "generic"
-    # the workspace travels as the launches' scalars (device arrays)
-    assert all(len(la.scalars) == 5 for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
+    # K, then the workspace (device arrays), travel as the launches' scalars (not the op's bcast)
+    assert all(la.scalars[0] == 1 and len(la.scalars) == 6 and not la.with_params
+               for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
 
 
 @pytest.mark.parametrize("T", [3, 20])
@@ -266,6 +267,7 @@ def test_tc_plan_picks_the_cuda_cpp_kernels(be):
     assert kernel(pre) == [gdn_tc.prep_kernel(128), gdn_tc.state_kernel(128)]
     assert kernel(kda) == [gdn_tc.prep_kernel(64, True), gdn_tc.state_kernel(64, True)]
     assert kernel(dec) == [gdn_tc.decode_kernel(True, 128)]
-    assert all(len(la.scalars) == gdn_tc.NWS for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
+    assert all(la.scalars[0] == 1 and len(la.scalars) == 1 + gdn_tc.NWS
+               for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
     short = gdn(ctx, 128, 2, 4, 63, 1, 1, False, 1)     # below TC_MIN_T: the recurrence
     assert choice(short) == "recurrent"

@@ -3,8 +3,8 @@
 ggml semantics (ne order): q, k [S, H_k, T, n_seqs_qk]; v [S, H_v, T, n_seqs];
 g [1 or S, H_v, T, n_seqs] (scalar gate GDA, or per-key gate KDA); beta [1, H_v, T, n_seqs];
 state [S, S, H_v, n_seqs] stored transposed: element [j*S + i] of a head is S[i][j]
-(i = key index, j = value index). Value head h reads q/k head h % H_k, q/k sequence
-seq // (n_seqs / n_seqs_qk). Per token:
+(i = key index, j = value index). Value head h reads q/k head h % H_k (op param bcast 1:
+h // (H_v / H_k), gdn_rows.qk_head), q/k sequence seq // (n_seqs / n_seqs_qk). Per token:
 
     S *= exp(g)                  (KDA: row i scaled by exp(g[i]))
     delta[j] = (v[j] - sum_i S[i][j] k[i]) * beta
@@ -56,7 +56,7 @@ from minigraph.backends.cpu.storage import load_row
 from minigraph.backends.cpu.vexp import exp_row
 from minigraph.backends.cpu.tiles import F32, madd, matmul
 from minigraph.backends.cpu.gdn_rows import (FASTMATH, INLINE, STREAM_BYTES, _dst_row, _gdn_decode, _gdn_recurrent,
-                                             _load_gate, _out_row, _scaled_copy, _snap_off, _zero_slots)
+                                             _load_gate, _out_row, _scaled_copy, _snap_off, _zero_slots, qk_head)
 
 # Chunk length of the WY form. Per token it does 6 S^2 flops of matrix products on the
 # state plus ~10 CHUNK*S inside the chunk. On the AVX2 Zen 3 dev box (2 threads, T=4096, H_v=32,
@@ -325,7 +325,7 @@ _call_chunk_head_kda = CHUNK_HEAD_KDA.call
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
+def _chunked_group(dst, q, k, v, g, beta, state, K, bcast, grp, G):
     """Group `grp` of _gdn_chunked: (seq, head) pairs grp*G .. grp*G+G-1 from their states to
     their outputs and snapshots."""
     ns, T, Hv, S = v.shape
@@ -365,17 +365,18 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
         for p in range(p0, p1):
             seq = p // Hv
             h = p - seq * Hv
+            hk = qk_head(h, Hv, Hk, bcast)
             if kda:
-                _call_chunk_head_kda(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
+                _call_chunk_head_kda(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, hk, t0, n, scale,
                                      kq, vb, kb, x, u, y, pbuf, tbuf, eg, gam, rr, bb)
             else:
-                _call_chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, h % Hk, t0, n, scale,
+                _call_chunk_head(Ms[p - p0], dst, q, k, v, g, beta, seq, seq // rep, h, hk, t0, n, scale,
                                  kq, vb, kb, x, u, y, pbuf, tbuf, dk, gt, bb)
     for p in range(p0, p1):
         seq = p // Hv
         h = p - seq * Hv
         sq = seq // rep
-        hk = h % Hk
+        hk = qk_head(h, Hv, Hk, bcast)
         M = Ms[p - p0]
         for t in range(Tc, T + 1):                   # snapshot of the state after token t-1
             slot = T - t
@@ -398,12 +399,12 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, grp, G):
 
 
 # the group body, called by address from the parallel loop (compiled once, not again inside it)
-CHUNKED_GROUP = Helper(_chunked_group, (_A4,) * 7 + (types.int64,) * 3)
+CHUNKED_GROUP = Helper(_chunked_group, (_A4,) * 7 + (types.int64,) * 4)
 _call_chunked_group = CHUNKED_GROUP.call
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_chunked(dst, q, k, v, g, beta, state, K):
+def _gdn_chunked(dst, q, k, v, g, beta, state, K, bcast):
     """The first T - K + 1 tokens in chunks of CHUNK (_chunk_step; KDA: _chunk_step_kda), the
     last K - 1 token by token so every snapshot slot is a state the rule passes through.
     Work goes out in groups of HEAD_GROUP (seq, head) pairs (_chunked_group); a group walks its
@@ -411,7 +412,7 @@ def _gdn_chunked(dst, q, k, v, g, beta, state, K):
     P = v.shape[0] * v.shape[2]
     G = -(-P // max(-(-P // HEAD_GROUP), min(P, MIN_GROUPS)))   # <= HEAD_GROUP, >= MIN_GROUPS groups
     for grp in prange((P + G - 1) // G):
-        _call_chunked_group(dst, q, k, v, g, beta, state, K, grp, G)
+        _call_chunked_group(dst, q, k, v, g, beta, state, K, bcast, grp, G)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -424,23 +425,24 @@ def uses_chunked(T, g_width, K):
 
 
 @njit(cache=True, nogil=True)
-def gated_delta_net(dst, q, k, v, g, beta, state, K):
+def gated_delta_net(dst, q, k, v, g, beta, state, K, bcast):
     """GATED_DELTA_NET kernel: dst (1, 1, T*n_seqs + K*S*n_seqs, S*H_v) from q, k
     (n_seqs_qk, T, H_k, S), v (n_seqs, T, H_v, S), g (n_seqs, T, H_v, 1 or S),
-    beta (n_seqs, T, H_v, 1), state (n_seqs, H_v, S, S); K snapshot slots."""
+    beta (n_seqs, T, H_v, 1), state (n_seqs, H_v, S, S); K snapshot slots; bcast: the q/k head
+    map (qk_head)."""
     T = v.shape[1]
     if T == 1:
-        _gdn_decode(dst, q, k, v, g, beta, state, K, state.size * 4 >= STREAM_BYTES)
+        _gdn_decode(dst, q, k, v, g, beta, state, K, bcast, state.size * 4 >= STREAM_BYTES)
     elif uses_chunked(T, g.shape[3], K):
-        _gdn_chunked(dst, q, k, v, g, beta, state, K)
+        _gdn_chunked(dst, q, k, v, g, beta, state, K, bcast)
     else:
-        _gdn_recurrent(dst, q, k, v, g, beta, state, K)
+        _gdn_recurrent(dst, q, k, v, g, beta, state, K, bcast)
 
 
 @njit(cache=True, nogil=True)
-def gated_delta_net_decode(dst, q, k, v, g, beta, state, K):
+def gated_delta_net_decode(dst, q, k, v, g, beta, state, K, bcast):
     """The T == 1 form alone (the entry point's first branch), for plans that run only it."""
-    _gdn_decode(dst, q, k, v, g, beta, state, K, state.size * 4 >= STREAM_BYTES)
+    _gdn_decode(dst, q, k, v, g, beta, state, K, bcast, state.size * 4 >= STREAM_BYTES)
 
 
 # the op picks its own parallelism inside, so both builds are the same entry point

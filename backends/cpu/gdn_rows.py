@@ -37,6 +37,13 @@ def _dst_row(dst, off, S):
 
 
 @njit(**INLINE)
+def qk_head(h, Hv, Hk, bcast):
+    """The q/k head value head h reads: h % H_k (tiled, ggml's op), or h // (H_v / H_k) with
+    bcast 1 (interleaved, what llama.cpp's Qwen3-Next repeat builds; gated_delta_net_set_bcast)."""
+    return h // (Hv // Hk) if bcast else h % Hk
+
+
+@njit(**INLINE)
 def _snap_off(slot, seq, h, j, S, Hv, T, ns):
     """Flat offset of row j of head (seq, h) in snapshot `slot`."""
     return S * Hv * T * ns + ((slot * ns + seq) * Hv + h) * S * S + j * S
@@ -174,7 +181,7 @@ def _dots2(s, a, b):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_decode(dst, q, k, v, g, beta, state, K, stream):
+def _gdn_decode(dst, q, k, v, g, beta, state, K, bcast, stream):
     """T == 1, one pass: row j of head (seq, h) is read once (its dots with the decayed
     key and query), then its new value written once, while it is in L1. Rows go in
     order: reading several rows interleaved halved the prefetchers' DRAM throughput."""
@@ -188,7 +195,7 @@ def _gdn_decode(dst, q, k, v, g, beta, state, K, stream):
         seq = p // Hv
         h = p - seq * Hv
         sq = seq // rep
-        hk = h % Hk
+        hk = qk_head(h, Hv, Hk, bcast)
         buf = np.empty((4, S), np.float32)     # one allocation per head, not four
         kb = buf[0]
         kg = buf[1]                            # e^g k: S_j . kg = k . (decayed row j)
@@ -334,7 +341,7 @@ def _load_block(kk, qq, dd, kn, vb, bb, q, k, v, g, beta, sq, seq, hk, h, t0, nb
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_recurrent(dst, q, k, v, g, beta, state, K):
+def _gdn_recurrent(dst, q, k, v, g, beta, state, K, bcast):
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
@@ -346,7 +353,7 @@ def _gdn_recurrent(dst, q, k, v, g, beta, state, K):
         seq = p // Hv
         h = p - seq * Hv
         sq = seq // rep
-        hk = h % Hk
+        hk = qk_head(h, Hv, Hk, bcast)
         buf = np.empty((S, S), np.float32)     # buf[j, i] = S[i][j]
         kk = np.empty((TB, S), np.float32)
         qq = np.empty((TB, S), np.float32)

@@ -3,7 +3,8 @@
 Layout (ggml ne order): q, k [S, H_k, T, n_seqs_qk]; v [S, H_v, T, n_seqs]; g [1 or S, H_v, T,
 n_seqs]; beta [1, H_v, T, n_seqs]; state [S, S, H_v, n_seqs] stored transposed (element
 (i, j) of a head, i fastest, is S[i][j]: i key index, j value index). Value head h reads q/k
-head h % H_k and q/k sequence seq // (n_seqs / n_seqs_qk). dst F32 [S*H_v, T*n_seqs +
+head h % H_k (the op's bcast 0; bcast 1 is refused, the CPU runs it) and q/k sequence
+seq // (n_seqs / n_seqs_qk). dst F32 [S*H_v, T*n_seqs +
 K*S*n_seqs]: the output [S, H_v, T, n_seqs], then K state snapshots (slot 0 = final state,
 slot s = s tokens before the end, slots s >= T zeroed).
 
@@ -24,6 +25,7 @@ otherwise. `kernel_choice(node)` says which and why.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from numba import cuda, float32
 
@@ -117,13 +119,19 @@ def _launches(node):
     if S * H * N == 0:
         return []
     if gdn_fast.fast_path_refusal(node) is None:
-        return gdn_fast.node_launches(node)
-    threads = max(WARP, -(-S // WARP) * WARP)
-    return [Launch(gated_delta_net, (H, N), (threads,))]
+        las = gdn_fast.node_launches(node)
+    else:
+        las = [Launch(gated_delta_net, (H, N), (max(WARP, -(-S // WARP) * WARP),))]
+    # the kernels take K alone, not the op's bcast (the head map they know is the tiled one; _supports)
+    K = node.op_params["K"]
+    return [replace(la, scalars=(K, *la.scalars), with_params=False) for la in las]
 
 
 def _supports(node):
     S, H, T, N = node.src[2].ne
+    if node.op_params.get("bcast", 0):
+        return ("GATED_DELTA_NET: the CUDA kernels map value head h to q/k head h % H_k only; "
+                "bcast 1 (interleaved, h // (H_v / H_k)) runs on the CPU")
     if S > GDN_MAX_S:
         return f"GATED_DELTA_NET: CUDA kernel holds a state column per thread: S={S} > {GDN_MAX_S}"
     if N > MAX_GRID_YZ:

@@ -1,5 +1,6 @@
-"""GQA repeats into GATED_DELTA_NET: a q/k REPEAT that only tiles heads is dropped, the op reads
-the H_k-head tensor itself (it broadcasts q/k heads: value head h reads q/k head h % H_k).
+"""GQA repeats into GATED_DELTA_NET: a q/k REPEAT that only repeats heads is dropped, the op reads
+the H_k-head tensor itself (it broadcasts q/k heads: value head h reads q/k head h % H_k, or
+h // (H_v / H_k) with gated_delta_net_set_bcast(node, GDN_BCAST_INTERLEAVED)).
 
 Why: llama.cpp's callers repeat q and k up to H_v heads before the delta net (its chunked graph
 cannot broadcast heads), and the delta-net passes fuse the region from the repeated q/k, so the
@@ -12,9 +13,11 @@ value head h to q/k head h % H_k and value sequence n to q/k sequence n // (n_se
           h % H_k of x, so the op on x reads head (h % H_q) % H_k = h % H_k, the same. Sequences:
           only N_x == N_q (not repeated) or N_x == 1 (then both maps give 0).
   interleaved  reshape(repeat_4d(reshape(x, S, 1, H_k, T*N), S, r, H_k, T*N), S, r*H_k, T, N)
-          (llama.cpp's Qwen3-Next): head h of q is head h // r of x, not h % H_k. Equal only when
-          H_k == 1 or r == 1; otherwise a near miss. ggml's op has no broadcast switch yet
-          (ggml.h: TODO ggml_gated_delta_net_set_bcast, TAG_GGML_GDN_BCAST), so neither has ours.
+          (llama.cpp's Qwen3-Next): head h of q is head h // r of x, not h % H_k. The new node
+          takes bcast 1 (GDN_BCAST_INTERLEAVED: h // (H_v / H_k)), which equals h // r when the
+          repeat makes all H_v heads (r H_k == H_v); H_k == 1 or r == 1 needs no switch. ggml.h
+          plans the switch (TODO ggml_gated_delta_net_set_bcast, TAG_GGML_GDN_BCAST); a backend
+          that does not support it (CUDA today) keeps the repeat, a logged near miss.
 Preconditions: q and k are both such repeats of same-shaped tensors (the op needs q.ne == k.ne);
 the backend that runs the GATED_DELTA_NET supports_op the new node. A REPEAT that other nodes
 also read stays for them; the op reads its source either way.
@@ -27,16 +30,18 @@ from minigraph.core.context import Context
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
 from minigraph.core.tensor import Tensor, is_contiguous
+from minigraph.ops.gated_delta_net import gated_delta_net_get_bcast, gated_delta_net_set_bcast
 from minigraph.passes.pipeline import PassLog, Rewrite, Target
 from minigraph.passes.patterns import Miss, normalise
 
 PASS = "gdn_repeat"
 
 
-def _head_source(t: Tensor) -> Union[None, Miss, tuple[Tensor, tuple, Tensor]]:
-    """For the q (or k) input t [S, H_q, T, N_q] of a GATED_DELTA_NET: None when it is not a
-    REPEAT (behind relabels), a Miss when it is one the op cannot absorb, else (x, ne, repeat):
-    the tensor to read instead and the [S, H_k, T, N_x] shape to read it as."""
+def _head_source(t: Tensor, Hv: int, bcast: int) -> Union[None, Miss, tuple[Tensor, tuple, Tensor, int]]:
+    """For the q (or k) input t [S, H_q, T, N_q] of a GATED_DELTA_NET with H_v value heads and
+    head map `bcast`: None when it is not a REPEAT (behind relabels), a Miss when it is one the op
+    cannot absorb, else (x, ne, repeat, bcast): the tensor to read instead, the [S, H_k, T, N_x]
+    shape to read it as and the head map the node then needs."""
     rep = normalise(t)
     if rep is None or rep.op != "REPEAT":
         return None
@@ -47,15 +52,19 @@ def _head_source(t: Tensor) -> Union[None, Miss, tuple[Tensor, tuple, Tensor]]:
         if b[3] not in (Nq, 1):
             return Miss(rep, f"REPEAT tiles q/k sequences ({b[3]} -> {Nq}: n % {b[3]}) while "
                              f"GATED_DELTA_NET maps value sequence n to n // {Nq // b[3]}")
-        return x, (S, b[1], T, b[3]), rep
+        if bcast and b[1] != Hq:
+            return Miss(rep, "a tiled q/k repeat feeding a GATED_DELTA_NET that maps heads interleaved (bcast 1)")
+        return x, (S, b[1], T, b[3]), rep, bcast
     if (a[0] == S and b[:1] == (S,) and b[1] == 1 and b[2:] == a[2:] and a[3] == T * Nq
             and a[1] * a[2] == Hq):                                              # interleaved
         r, Hk = a[1], a[2]
         if r == 1 or Hk == 1:
-            return x, (S, Hk, T, Nq), rep
-        return Miss(rep, f"interleaved q/k repeat (value head h reads head h // {r}, llama.cpp's "
-                         f"qwen3next layout) but GATED_DELTA_NET broadcasts tiled (h % {Hk}); "
-                         "ggml's op has no broadcast switch yet (TAG_GGML_GDN_BCAST): left in the graph")
+            return x, (S, Hk, T, Nq), rep, bcast
+        if Hq != Hv or bcast:
+            return Miss(rep, f"interleaved q/k repeat to {Hq} heads (head h reads h // {r}) feeding a GATED_DELTA_NET "
+                             f"of {Hv} value heads{' that maps heads interleaved already' if bcast else ''}: "
+                             "the op's interleaved map needs the repeat to make every value head")
+        return x, (S, Hk, T, Nq), rep, 1
     return Miss(rep, f"REPEAT {list(b)} -> {list(a)} feeding GATED_DELTA_NET as {list(t.ne)} is not a "
                      "plain head repeat (S and T must stay, heads tile)")
 
@@ -67,7 +76,8 @@ def _as(ctx: Context, x: Tensor, ne: tuple) -> Tensor:
 
 
 def _absorb(node: Tensor, target: Target, ctx: Context) -> Union[None, Miss, Rewrite]:
-    found = [_head_source(node.src[i]) for i in (0, 1)]
+    bcast = gated_delta_net_get_bcast(node)
+    found = [_head_source(node.src[i], node.src[2].ne[1], bcast) for i in (0, 1)]
     if found == [None, None]:
         return None
     for f in found:
@@ -77,18 +87,21 @@ def _absorb(node: Tensor, target: Target, ctx: Context) -> Union[None, Miss, Rew
         which = "k" if found[1] is None else "q"
         return Miss(node, f"only {'q' if which == 'k' else 'k'} is a head REPEAT ({which} is not): "
                           "GATED_DELTA_NET needs q and k of one shape")
-    (xq, neq, rq), (xk, nek, rk) = found
-    if neq != nek:
-        return Miss(node, f"q and k repeat from different shapes {list(neq)} and {list(nek)}")
+    (xq, neq, rq, bq), (xk, nek, rk, bk) = found
+    if neq != nek or bq != bk:
+        return Miss(node, f"q and k repeat differently: {list(neq)} and {list(nek)}, "
+                          f"{'interleaved' if bq else 'tiled'} and {'interleaved' if bk else 'tiled'}")
     try:
         fused = ctx.gated_delta_net(_as(ctx, xq, neq), _as(ctx, xk, nek), *node.src[2:], node.op_params["K"])
+        gated_delta_net_set_bcast(fused, bq)
     except MinigraphError as e:
         return Miss(node, f"GATED_DELTA_NET refuses the repeat's sources: {e}")
     backend = target.placement(node)
     ok = target.supports(backend, fused) if backend is not None else None
     if not ok:
         why = ok.reason if ok is not None else "no backend runs the node"
-        return Miss(node, f"{getattr(backend, 'name', '?')} does not support the H_k={neq[1]} GATED_DELTA_NET: {why}")
+        return Miss(node, f"{getattr(backend, 'name', '?')} does not support the H_k={neq[1]} GATED_DELTA_NET"
+                          f"{' with bcast 1' if bq else ''}: {why}")
     absorbed = [node, rq] + ([rk] if rk is not rq else [])                # q and k may be one tensor
     fused.name = node.name
     fused.op_params["fused_from"] = list(node.op_params.get("fused_from", ["GATED_DELTA_NET"])) + ["REPEAT"] * (len(absorbed) - 1)
@@ -111,6 +124,7 @@ def gdn_repeat_pass(graph: Graph, target: Target, log: PassLog, keep: set) -> li
             continue
         rewrites.append(out)
         S, Hk = out.fused.src[0].ne[:2]
-        log.add(PASS, "fused", f"{len(out.absorbed) - 1} q/k REPEAT -> GATED_DELTA_NET reads H_k={Hk} heads "
+        how = " interleaved (bcast 1)" if gated_delta_net_get_bcast(out.fused) else ""
+        log.add(PASS, "fused", f"{len(out.absorbed) - 1} q/k REPEAT -> GATED_DELTA_NET reads H_k={Hk} heads{how} "
                                f"(H_v={out.fused.src[2].ne[1]}, S={S})")
     return rewrites

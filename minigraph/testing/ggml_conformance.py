@@ -52,6 +52,8 @@ def ggml_accepts(case: Case) -> Optional[str]:
         return "ggml needs contiguous rows for this op"
     if case.op == "CUMSUM" and "dim=0" not in v:
         return "minigraph extension: cumsum along ne[dim>0]"
+    if "bcast=1" in v:
+        return "minigraph extension: gated_delta_net_set_bcast (planned in ggml.h, TAG_GGML_GDN_BCAST)"
     if "ext=" in v:
         return "minigraph extension: " + v.split("ext=")[1]
     if case.op == "SOLVE_TRI" and not ("left=1,lower=1,uni=0" in v):
