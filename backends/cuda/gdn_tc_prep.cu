@@ -324,8 +324,9 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     const int ksteps = (S + 7) / 8;
     const long long pbase = ((long long)hs * nc + c) * L * L;
 #if GDN_KDA
-    kda_gram(Ks, Xs, Gt, As, bs, sm, Pw + pbase, KGw + ((long long)hs * Tp + t0) * S, QGw + ((long long)hs * Tp + t0) * S,
-             Gw + ((long long)hs * nc + c) * S, S, scale, ksteps, tid, warp, g4, t4);
+    const long long rows = ((long long)hs * Tp + t0) * S;
+    kda_gram(Ks, Xs, Gt, As, bs, sm, Pw + pbase, KGw + rows, QGw + rows, Gw + ((long long)hs * nc + c) * S, S, scale,
+             ksteps, tid, warp, g4, t4);
 #else
     // 1. Gram products on the 10 lower 16x16 blocks: jobs 0..9 K K^T, 10..19 Q K^T
     for (int j = warp; j < 20; j += PREP_THREADS / 32) {
