@@ -1,9 +1,14 @@
 """GATED_DELTA_NET prefill on the GPU, kernel by kernel: the tensor-core chunked path's launches (prep;
 the state pass, which writes the output too: backends/cuda/gdn_tc.py) timed alone and together, fla-core's chunk kernel in the
 same process, and the output / final state against float64 on a short case. S=128, H_k=16, H_v=32,
-GDA, fp32, B=1; GPU time by CUDA events, median of TRIALS trials (min-max).
+GDA (--kda: KDA, gates per key), fp32, B=1; GPU time by CUDA events, median of TRIALS trials (min-max).
 
-    python benchmarks/gdn_prefill_split.py [--T 4096 16384] [--no-fla] [--ncu] [--variants [--only ..]]
+    python benchmarks/gdn_prefill_split.py [--T 4096 16384] [--kda] [--baseline DIR] [--no-fla] [--ncu]
+                                           [--variants [--only ..]]
+
+--baseline DIR: the kernels built from DIR's gdn_tc*.cu / gdn_tc.cuh (another tree's
+backends/cuda) timed beside this tree's, trial by trial in turn with fla, and their outputs compared;
+--kda-threads N ..: this tree's KDA prep also built with blocks of N threads (256 or 512).
 
 --ncu: one run of each kernel at the first T and nothing else (the script to run under ncu).
 --variants: the state pass's column tiles a block x warps a tile, the 3xTF32 accumulation mode and
@@ -78,11 +83,51 @@ def variants(T, trials, configs=None):
     gdn_tc.SPLIT = keep
 
 
+class baseline:
+    """Within it, gdn_tc builds its kernels from `folder`'s sources (this tree's when folder is '')
+    with KDA prep blocks of `kda_threads` (None: gdn_tc's). A baseline's prep may have another
+    shared-memory layout, so it gets the most a block may take."""
+
+    def __init__(self, folder, kda_threads=None):
+        self.folder, self.kda_threads = folder, kda_threads
+
+    def __enter__(self):
+        self.keep = (gdn_tc._HERE, gdn_tc._CACHE, gdn_tc.PREP_SMEM_KDA, gdn_tc.PREP_SMEM,
+                     getattr(gdn_tc, "KDA_THREADS", None))
+        gdn_tc._CACHE = {}
+        if self.folder:
+            gdn_tc._HERE = os.path.abspath(self.folder)
+            gdn_tc.PREP_SMEM_KDA = gdn_tc.PREP_SMEM = gdn_tc.MAX_SMEM
+        if self.kda_threads:
+            gdn_tc.KDA_THREADS = self.kda_threads
+        return self
+
+    def __exit__(self, *exc):
+        gdn_tc._HERE, gdn_tc._CACHE, gdn_tc.PREP_SMEM_KDA, gdn_tc.PREP_SMEM, thr = self.keep
+        if thr is not None:
+            gdn_tc.KDA_THREADS = thr
+
+
+def in_turn(torch, fns, reps, trials):
+    """{name: (median, min, max) seconds a call}: each trial times every function once in turn."""
+    got = {n: [] for n in fns}
+    for fn in fns.values():
+        fn()
+    cuda.synchronize()
+    for _ in range(trials):
+        for n, fn in fns.items():
+            got[n].append((torch_time(torch, fn, reps, 1) if n == "fla" else cuda_time(fn, reps, 1))[0])
+    return {n: (float(np.median(v)), min(v), max(v)) for n, v in got.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, nargs="+", default=[4096, 16384])
     ap.add_argument("--no-fla", action="store_true")
     ap.add_argument("--ncu", action="store_true")
+    ap.add_argument("--kda", action="store_true", help="per-key gates (KDA; fla: chunk_kda)")
+    ap.add_argument("--baseline", type=str, default="", help="folder of baseline gdn_tc*.cu, gdn_tc.cuh")
+    ap.add_argument("--kda-threads", type=int, nargs="*", default=[], help="also KDA prep blocks of these threads")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness cases")
@@ -91,7 +136,7 @@ def main() -> int:
     assert gdn_tc.available(), "no tensor-core path here"
     if args.ncu:
         T = args.T[0]
-        arrs = make(np.random.default_rng(0), S, HK, HV, T, 1, 1, False, -1.0)
+        arrs = make(np.random.default_rng(0), S, HK, HV, T, 1, 1, args.kda, -1.0)
         d = [cuda.to_device(a) for a in arrs]
         out = cuda.device_array(S * HV * (T + S), np.float32)
         with path(True):
@@ -106,21 +151,42 @@ def main() -> int:
         variants(args.T[0], args.trials, only or None)
     import torch
     fns = None if args.no_fla else fla_fns()
+    if args.kda and fns is not None and "kda" not in fns:
+        fns = None
     for T in args.T:
         reps = max(2, 40960 // T)
-        arrs = make(np.random.default_rng(0), S, HK, HV, T, 1, 1, False, -1.0)
+        arrs = make(np.random.default_rng(0), S, HK, HV, T, 1, 1, args.kda, -1.0)
         d = [cuda.to_device(a) for a in arrs]
-        out = cuda.device_array(S * HV * (T + S), np.float32)
-        with path(True):
-            run = gf.standalone(out, *d, 1)
-        t = cuda_time(run, reps, args.trials)
-        ks = [cuda_time(lambda la=la: la.kernel[la.grid, la.block](*run.args, *la.scalars), reps, args.trials)
-              for la in run.launches]
-        line = f"  T={T}: ours {us(t)} = " + " + ".join(us(k) for k in ks)
+        runs = {}
+        builds = [("ours", "", None)] + ([("base", args.baseline, None)] if args.baseline else []) + [
+            (f"ours kda_threads={n}", "", n) for n in args.kda_threads]
+        for name, folder, nthr in builds:
+            out = cuda.device_array(S * HV * (T + S), np.float32)
+            with path(True), baseline(folder, nthr):
+                runs[name] = (gf.standalone(out, *d, 1), out)
+        fns_t = {}
+        for name, (run, _) in runs.items():
+            fns_t[name] = run
+            for n, la in enumerate(run.launches):
+                fns_t[f"{name} k{n}"] = lambda la=la, run=run: la.kernel[la.grid, la.block](*run.args, *la.scalars)
         if fns is not None:
-            tf = torch_time(torch, fla_call(torch, fns, arrs, False), reps, args.trials)
-            line += f"; fla chunk {us(tf)}: fla / ours {tf[0] / t[0]:.2f}x"
-        print(line, flush=True)
+            fns_t["fla"] = fla_call(torch, fns, arrs, args.kda)
+        ts = in_turn(torch, fns_t, reps, args.trials)
+        for name, (run, out) in runs.items():
+            ks = [ts[f"{name} k{n}"] for n in range(len(run.launches))]
+            line = f"  T={T} {name}: {us(ts[name])} = " + " + ".join(us(k) for k in ks)
+            if "fla" in ts:
+                line += f"; fla chunk {us(ts['fla'])}: fla / {name} {ts['fla'][0] / ts[name][0]:.2f}x"
+            print(line, flush=True)
+        if args.baseline:
+            for run, _ in runs.values():
+                run()
+            cuda.synchronize()
+            b = runs["base"][1].copy_to_host()
+            for n in runs:
+                if n != "base":
+                    a = runs[n][1].copy_to_host()
+                    print(f"  T={T}: {n} vs base max rel diff {np.abs(a - b).max() / np.abs(b).max():.1e}", flush=True)
     return 0
 
 

@@ -66,6 +66,8 @@ GDN_INL void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memo
 #define CP_ASYNC_WAIT(n) asm volatile("cp.async.wait_group " #n ";" ::: "memory")
 
 GDN_INL float shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+GDN_INL u32 warp_ballot(bool p) { return __ballot_sync(0xffffffffu, p); }
+GDN_INL int bit_count(u32 x) { return __popc(x); }
 
 // barrier `id` (1..15; 0 is __syncthreads') over `n` threads, whole warps
 GDN_INL void bar_named(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
@@ -143,6 +145,18 @@ GDN_INL void ldB_kn(FragB& f, const float* p, int ld, int g, int t) {
 GDN_INL void ldB_nk(FragB& f, const float* p, int ld, int g, int t) {
     split(p[g * ld + t], f.h[0], f.l[0]);
     split(p[g * ld + t + 4], f.h[1], f.l[1]);
+}
+// B "nk" with the k rows scaled (diag(s) B): s0 = s[k0 + t], s1 = s[k0 + t + 4]
+GDN_INL void ldB_nk_scaled(FragB& f, const float* p, int ld, int g, int t, float s0, float s1) {
+    split(p[g * ld + t] * s0, f.h[0], f.l[0]);
+    split(p[g * ld + t + 4] * s1, f.h[1], f.l[1]);
+}
+
+// e^x of a float64 x to about expf's own error whatever |x|: x = h + l in floats, e^x ~ e^h (1 + l)
+// (expf((float)x) is off by |x| 2^-24 relative: 4e-6 at |x| = 60)
+GDN_INL float exp_acc(double x) {
+    const float h = (float)x, l = (float)(x - (double)h), e = expf(h);
+    return fmaf(e, l, e);
 }
 
 #if GDN_ACC == 3

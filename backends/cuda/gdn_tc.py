@@ -11,6 +11,14 @@ written out (134 MB at T=4096; the output kernel that read it back took 226 us, 
 ~50 us of the state pass). The kernels are bound by instruction issue and latency (3xTF32:
 fragment splits and fp32 sums around each mma), hence the integer-op split and ACC 3. Decode
 B=256 286 us.
+KDA (per-key gates, H_k=16, H_v=32): its prep gates K and Q rows in place (per key and 16-row block,
+float64 offsets) and takes all ten lower 16x16 blocks of A and P as tensor-core products, the
+diagonal ones through e^-tot per key where a key decays by at most e^-60 inside the block (the rest
+pair by pair: gdn_tc_prep.cu); H200, T=4096: prep 380-398 us (789 before: the diagonal blocks pair
+by pair, the gating serial), the whole 780-800 us against fla's chunk_kda 948-1245 us in the same
+runs (1.21x-1.56x: fla's time moved between machine starts); T=16384 3.11-3.13 ms (prep 1.52 ms,
+state 1.66-1.71) against 3.66-3.77 (1.18-1.20x). Worst off float64 over the correctness cases
+6.2e-7 (KDA 5.9e-7).
 
 numba-cuda compiles each .cu with NVRTC and links it into a thin Numba kernel that reads the
 meta row (backend convention, common.py) and calls the C function with pointers and dims
@@ -41,7 +49,9 @@ from minigraph.backends.cuda.common import SIM, SLOT_W, Launch
 
 CHUNK = 64                 # tokens per chunk (fixed by the kernels' tiles)
 MAX_S = 128
-THREADS = 256              # prep blocks
+THREADS = 256              # prep blocks (GDA)
+KDA_THREADS = 512          # KDA prep blocks (149 KB of shared memory: one block an SM, so 16 warps rather
+                           # than 8; H200: T=4096 380 us against 390 at 256, T=16384 1524 against 1577)
 STATE_NJ = 2               # state pass: 16-column j-tiles a block (ceil(S / 16 NJ) blocks a head)
 STATE_KS = 4               # state pass: warps a j-tile, splitting the key index (2, 4 or 8; H200,
                            # T=4096, before the output moved in: cvt.rna splits, ACC 2: 1 / 2 / 4:
@@ -64,13 +74,14 @@ DEC_ROWS = 4               # decode: passes of 4 state rows an item (DP in the .
 DEC_REGS = 128             # decode: register cap (0: none; rows 4 at 128: no spills, 16 warps an SM:
                            # 286 us at B=256, 3.75 TB/s of the copy's 4.16)
 DEC_WARPS = 4              # decode: warps a block
-PREP_REGS = 128            # 2 blocks of 256 threads an SM
+PREP_REGS = 128            # GDA: 2 blocks of 256 threads an SM; KDA: 1 of 512
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 # shared memory of each kernel in floats (the .cu files' *_SMEM_FLOATS)
 _L, _SMAX = CHUNK, MAX_S
 PREP_SMEM = 4 * (_L * 132 + _L * 136 + _L * 68 + 3 * _L + 3 * 256 + 2 * _L)
-PREP_SMEM_KDA = PREP_SMEM + 4 * (_L * 132 + 16 * 132 * 2 + 48 * 132)
+# KDA: the gates (then K gamma), float64 block sums, per-key scales, the bad keys' diagonal terms, their lists
+PREP_SMEM_KDA = PREP_SMEM + 4 * (_L * 132 + 16 * _SMAX + 19 * _SMAX + 2048 + 4 * _SMAX + 8)
 NWS = 7                    # workspace arrays of the chunked launches
 MAX_SMEM = 227 * 1024      # dynamic shared memory a block may opt into on sm_90, the most any layout
                            # may take (available() asks the device itself: sm_80 offers 163 KB)
@@ -214,11 +225,17 @@ def _defs(S: Optional[int], **kw: int) -> dict:
     return d
 
 
+def prep_threads(kda: bool) -> int:
+    """Threads of a prep block."""
+    return KDA_THREADS if kda else THREADS
+
+
 def prep_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> SmemKernel:
-    """chunk c, head h, seq: gates, A, P, Tm = (I + A)^-1, U, W (gdn_tc_prep.cu)."""
-    key = ("prep", S in SPECIAL_S and S, kda, acc, SPLIT)
+    """chunk c, head h, seq: gates, A, P, Tm = (I + A)^-1, U, W (gdn_tc_prep.cu), prep_threads(kda)
+    threads a block."""
+    key = ("prep", S in SPECIAL_S and S, kda, acc, SPLIT, prep_threads(kda))
     if key not in _CACHE:
-        py, sig = wrapper("prep", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda)))
+        py, sig = wrapper("prep", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda), PREP_THREADS=prep_threads(kda)))
         _CACHE[key] = SmemKernel(cuda.jit(sig, max_registers=PREP_REGS)(py), PREP_SMEM_KDA if kda else PREP_SMEM)
     return _CACHE[key]
 
@@ -263,7 +280,7 @@ def chunked_launches(S: int, Hv: int, T: int, N: int, kda: bool = False, ws: Opt
     """The two launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given."""
     nc = -(-T // CHUNK)
     ws = ws if ws is not None else workspace(S, Hv, T, N, kda)
-    return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (THREADS,), ws),
+    return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (prep_threads(kda),), ws),
             Launch(state_kernel(S, kda, nj, acc, ks), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), ws)]
 
 

@@ -14,16 +14,33 @@
 // Rows t >= T of the tail chunk read as zeros (k = q = v = 0, g = beta = 0).
 //
 // GDN_KDA (g [seq][T][H_v][S], a gate per key i; gc_r[i] its cumsum): the gates no longer factor
-// out of the products, so
-//   A, P off the diagonal blocks (row block bi > column block bj): with n = 16 bi, every pair has
-//        s <= n <= r and e^(gc_r - gc_s) = e^(gc_r - gc_n) e^(gc_n - gc_s), both <= 1: Gram products
-//        of gated rows R = k_r e^(gc_r - gc_n) (and q_r ...) with gated columns k_s e^(gc_n - gc_s);
-//   A, P on the diagonal blocks: summed pair by pair with e^(gc_r - gc_s) from float64 differences;
-//   W  = Tm diag(beta) (K e^gc);   Kg = K e^(gl - gc) -> KGw, Qg = Q e^gc -> QGw  [hs][Tp][S] (what
-//        what the state pass reads instead of K and Q);  e^gl per key -> Gw [hs][c][S].
-// Every exponent is a sum of gates of one sign taken in float64, so none cancels.
+// out of the products. Per 16-row block b (rows n = 16b .. e = n + 15) and key, in float64 from the
+// gates: o_r = gc_r - gc_n and tot = o_e; the rows are gated in place into
+//   K rho (rho_r = e^o_r <= 1, in K's buffer), Q rho (in Q's), K gamma (gamma_r = e^(tot - o_r) <= 1,
+//   in the gates' buffer),
+// and then A and P are the 10 lower 16x16 blocks (I, J) of Gram products on tensor cores, K rho (or
+// Q rho) of block I against K gamma of block J with one scale a key on the B side:
+//   J < I: lambda_IJ = e^(gc_{16I} - gc_{16J+15}) <= 1 (all three exponents of one sign: no
+//          cancellation, and a factor that underflows stands for a term below it);
+//   J = I: e^-tot, so rho_r gamma_s e^-tot = e^(o_r - o_s); exponents of both signs, hence every
+//          factor through exp_acc (float64 exponent, error ~expf's whatever its size), and only for
+//          keys with tot >= -KDA_RANGE (the factors stay normal floats, their tf32 lo parts too);
+//          the other keys ("bad": a strong decay inside the block) get e^-tot = 0 and their terms
+//          pair by pair beforehand (exponents as float64 differences), added in the epilogue.
+//   W  = Tm diag(beta) (K e^gc);   Kg = K e^(gl - gc) -> KGw, Qg = Q e^gc -> QGw  [hs][Tp][S]
+//        (what the state pass reads instead of K and Q), from the gated rows and a per-key scale of
+//        the block (e^gc_n, e^(gl - gc_e));  e^gl per key -> Gw [hs][c][S].
+// Every phase runs on all threads (PREP_THREADS 512: the shared memory, ~149 KB, leaves one block an
+// SM). H200, S=128, H_v=32, T=4096: 380-398 us, where the diagonal blocks pair by pair for every key
+// (~70k expf of float64 differences a chunk) and the off-diagonal gating in serial loops on half
+// the threads took 783-973 us in the same runs.
 
-#define PREP_THREADS 256
+#ifndef GDN_KDA
+#define GDN_KDA 0
+#endif
+#ifndef PREP_THREADS
+#define PREP_THREADS (GDN_KDA ? 512 : 256)   // 256 or 512 (KDA: one block an SM for its shared memory)
+#endif
 #define L 64
 #define SMAX 128
 #define KSP 132   // K rows (A row-major and B n-major loads conflict-free: stride = 4 mod 32)
@@ -38,90 +55,110 @@
 #define P_BE (P_B + L)
 #define P_XM (P_BE + L)
 #define P_GD (P_XM + 3 * 256)       // gc in float64 (8-byte aligned: every offset is a multiple of 4)
-#ifndef GDN_KDA
-#define GDN_KDA 0
-#endif
 #if GDN_KDA
-#define GTSP 132  // the chunk's gates, one row a token
+#define GTSP 132  // the chunk's gates, one row a token; K gamma after the gating
+#ifndef KDA_RANGE
+#define KDA_RANGE 60.0   // a key's diagonal-block decay e^-tot factors when tot >= -KDA_RANGE
+#endif
 #define P_GT (P_GD + 2 * L)
-#define P_R (P_GT + L * GTSP)        // gated K rows of a row block (16 x KSP)
-#define P_RQ (P_R + 16 * KSP)        // gated Q rows
-#define P_C (P_RQ + 16 * KSP)        // gated K columns (up to 48 x KSP); float64 block cumsums later
-#define PREP_SMEM_FLOATS (P_C + 48 * KSP)
+#define P_TOT (P_GT + L * GTSP)      // float64 [4][SMAX]: tot of each block and key
+#define P_SB (P_TOT + 8 * SMAX)      // float64 [4][SMAX]: the sum of each block's 16 gates
+#define P_SC (P_SB + 8 * SMAX)       // [19][SMAX] per-key scales: e^gc_n [4], e^(gl - gc_e) [4],
+#define SC_E1 0                      //   e^-tot (0 for a bad key) [4], lambda_IJ [6] (I(I-1)/2 + J),
+#define SC_E2 (4 * SMAX)             //   e^gl [1]
+#define SC_IL (8 * SMAX)
+#define SC_LAM (12 * SMAX)
+#define SC_GL (18 * SMAX)
+#define P_CORR (P_SC + 19 * SMAX)    // [4][2][16][16]: the bad keys' diagonal terms of A (unscaled), P
+#define P_BAD (P_CORR + 2048)        // int [4][SMAX]: bad keys of each block, then [4] their counts
+#define PREP_SMEM_FLOATS (P_BAD + 4 * SMAX + 8)
 #else
 #define PREP_SMEM_FLOATS (P_GD + 2 * L)
 #endif
 
 
 #if GDN_KDA
-// A (strictly lower, into As) and P (lower, into P: the chunk's [r][s] in global memory) for KDA
-// gates; K, Q raw in Ks, Xs; the chunk's gates in Gt. Leaves a barrier behind.
-GDN_INL void kda_gram(const float* Ks, const float* Xs, const float* Gt, float* As, const float* bs, float* R,
-                      float* RQ, float* C, float* P, float scale, int ksteps, int tid, int warp, int g4, int t4) {
-    const int lane = tid & 31;
-    // off the diagonal: row block bi against the columns before it, reference row n = 16 bi
-    for (int bi = 1; bi < L / 16; ++bi) {
-        const int n = 16 * bi;
-        if (tid < SMAX) {
-            const int i = tid;
-            double b = 0.0;                        // e^(gc_n - gc_s) = e^(g_{s+1} + .. + g_n)
-            for (int s = n - 1; s >= 0; --s) {
-                b += Gt[(s + 1) * GTSP + i];
-                C[s * KSP + i] = Ks[s * KSP + i] * expf((float)b);
+// The KDA gating and Gram products: K, Q raw in Ks, Xs, the chunk's gates in Gt; A (strictly lower,
+// beta applied) into As, P (lower) into the chunk's P [r][s] in global memory; leaves K e^gc in Ks
+// and writes Kg, Qg and e^gl. Starts at a barrier; the caller's ends it.
+GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* bs, float* sm, float* P,
+                      float* kg, float* qg, float* gl, int S, float scale, int ksteps, int tid, int warp,
+                      int g4, int t4) {
+    double* tot = (double*)(sm + P_TOT);
+    double* sb = (double*)(sm + P_SB);
+    float* sc = sm + P_SC;
+    float* corr = sm + P_CORR;
+    int* badk = (int*)(sm + P_BAD);
+    int* nbad = badk + 4 * SMAX;
+    const int lane = tid & 31, i = tid & (SMAX - 1), q = tid >> 7;   // q: a quarter of 512 threads
+    // 1. per key and block (one or two blocks a thread): tot and the sum of the block's gates
+    for (int b = q; b < 4; b += PREP_THREADS / SMAX) {
+        double a = 0.0;
+#pragma unroll
+        for (int rr = 1; rr < 16; ++rr) a += Gt[(16 * b + rr) * GTSP + i];
+        tot[b * SMAX + i] = a;
+        sb[b * SMAX + i] = a + Gt[16 * b * GTSP + i];
+    }
+    __syncthreads();
+    // 2. the per-key scales (gc_n = the sums of the blocks before + g_n); warps 0-3: block `warp`'s
+    //    bad keys, in key order
+    {
+        double s4[4];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) s4[b] = sb[b * SMAX + i];
+        if (q == 0) {
+            double before = 0.0, all = s4[0] + s4[1] + s4[2] + s4[3];
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+                sc[SC_E1 + b * SMAX + i] = expf((float)(before + Gt[16 * b * GTSP + i]));
+                before += s4[b];
+                sc[SC_E2 + b * SMAX + i] = expf((float)(all - before));
             }
-            double a = 0.0;                        // e^(gc_r - gc_n) = e^(g_{n+1} + .. + g_r)
-            for (int rr = 0; rr < 16; ++rr) {
-                if (rr) a += Gt[(n + rr) * GTSP + i];
-                const float e = expf((float)a);
-                R[rr * KSP + i] = Ks[(n + rr) * KSP + i] * e;
-                RQ[rr * KSP + i] = Xs[(n + rr) * QSP + i] * e;
+            sc[SC_GL + i] = expf((float)all);
+        }
+        if (q == 1) {
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+                const double t = tot[b * SMAX + i];
+                sc[SC_IL + b * SMAX + i] = t >= -KDA_RANGE ? exp_acc(-t) : 0.f;
             }
         }
-        __syncthreads();
-        for (int j = warp; j < 4 * bi; j += PREP_THREADS / 32) {   // 2 bi n-tiles of K K^T, then Q K^T
-            const int prod = j >= 2 * bi, nt = prod ? j - 2 * bi : j;
-            const float* Ab = prod ? RQ : R;
-            float acc[GDN_CW];
-            acc_zero(acc);
-#pragma unroll 4
-            for (int kk = 0; kk < ksteps; ++kk) {
-                FragA fa;
-                FragB fb;
-                ldA_row(fa, Ab + 8 * kk, KSP, g4, t4);
-                ldB_nk(fb, C + 8 * nt * KSP + 8 * kk, KSP, g4, t4);
-                mma3(acc, fa, fb);
-            }
-            acc_fold(acc);
+        if (q == (PREP_THREADS > 256 ? 2 : 1)) {
 #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-                const int r = n + g4 + 8 * hf, s = 8 * nt + 2 * t4;
-                if (!prod) {
-                    As[r * ASP + s] = bs[r] * acc[2 * hf];
-                    As[r * ASP + s + 1] = bs[r] * acc[2 * hf + 1];
-                } else {
-                    *(float2*)(P + r * L + s) = make_float2(acc[2 * hf] * scale, acc[2 * hf + 1] * scale);
+            for (int I = 1; I < 4; ++I) {
+                double a = Gt[16 * I * GTSP + i];
+                for (int J = I - 1; J >= 0; --J) {      // gates 16J+16 .. 16I
+                    sc[SC_LAM + (I * (I - 1) / 2 + J) * SMAX + i] = expf((float)a);
+                    a += s4[J];
                 }
             }
         }
-        __syncthreads();
+        if (warp < 4) {
+            int cnt = 0;
+            for (int m = 0; m < SMAX / 32; ++m) {
+                const int key = 32 * m + lane;
+                const bool bad = tot[warp * SMAX + key] < -KDA_RANGE;
+                const u32 mask = warp_ballot(bad);
+                if (bad) badk[warp * SMAX + cnt + bit_count(mask & ((1u << lane) - 1u))] = key;
+                cnt += bit_count(mask);
+            }
+            if (lane == 0) nbad[warp] = cnt;
+        }
     }
-    // the diagonal blocks, pair by pair: four lanes a pair, every fourth key each
-    double* D = (double*)C;                        // [16][DSTR]: gc_r - gc of the block's first row
-    const int DSTR = SMAX + 2;                     // rows 4 banks apart
-    for (int b = 0; b < L / 16; ++b) {
-        const int r0 = 16 * b;
-        if (tid < SMAX) {
+    __syncthreads();
+    // 3. the bad keys' diagonal-block terms, pair by pair (four lanes a pair, every fourth bad key
+    //    each) with e^(o_r - o_s) from float64 offsets D (in As's space: A is written later)
+    double* D = (double*)As;                       // [16][DSTR]: o of the block's bad keys
+    const int DSTR = SMAX + 2;
+    for (int b = 0; b < 4; ++b) {
+        const int nb = nbad[b], r0 = 16 * b;
+        if (nb == 0) continue;                     // block-uniform
+        if (tid < nb) {
+            const int key = badk[b * SMAX + tid];
             double a = 0.0;
             for (int rr = 0; rr < 16; ++rr) {
-                if (rr) a += Gt[(r0 + rr) * GTSP + tid];
+                if (rr) a += Gt[(r0 + rr) * GTSP + key];
                 D[rr * DSTR + tid] = a;
-            }
-        }
-        for (int e = tid; e < 256; e += PREP_THREADS) {     // zeros above the diagonal
-            const int rr = e >> 4, ss = e & 15;
-            if (ss > rr) {
-                As[(r0 + rr) * ASP + r0 + ss] = 0.f;
-                P[(r0 + rr) * L + r0 + ss] = 0.f;
             }
         }
         __syncthreads();
@@ -129,26 +166,99 @@ GDN_INL void kda_gram(const float* Ks, const float* Xs, const float* Gt, float* 
             const int pr = it >> 2, qt = it & 3;
             int rr = 0, rest = pr;
             while (rest > rr) { rest -= rr + 1; ++rr; }
-            const int ss = rest, r = r0 + rr, sc = r0 + ss;
+            const int ss = rest, r = r0 + rr, s = r0 + ss;
             float ak = 0.f, aq = 0.f;
-            for (int i = qt; i < SMAX; i += 4) {    // the pair's four lanes read neighbouring keys
-                const float x = expf((float)(D[rr * DSTR + i] - D[ss * DSTR + i]));
-                const float ks = Ks[sc * KSP + i] * x;
-                ak += Ks[r * KSP + i] * ks;
-                aq += Xs[r * QSP + i] * ks;
+            for (int j = qt; j < nb; j += 4) {
+                const int key = badk[b * SMAX + j];
+                const float x = expf((float)(D[rr * DSTR + j] - D[ss * DSTR + j]));
+                const float ks = Ks[s * KSP + key] * x;
+                ak += Ks[r * KSP + key] * ks;
+                aq += Xs[r * QSP + key] * ks;
             }
             ak += shfl_xor(ak, 1);
             aq += shfl_xor(aq, 1);
             ak += shfl_xor(ak, 2);
             aq += shfl_xor(aq, 2);
             if (qt == 0) {
-                As[r * ASP + sc] = ss < rr ? bs[r] * ak : 0.f;
-                P[r * L + sc] = aq * scale;
+                corr[b * 512 + rr * 16 + ss] = ak;
+                corr[b * 512 + 256 + rr * 16 + ss] = aq;
             }
         }
         __syncthreads();
     }
-    (void)lane;
+    // 4. the gated rows, in place: K rho, Q rho, K gamma (over the gates, each read before written)
+    for (int b = q; b < 4; b += PREP_THREADS / SMAX) {
+        const double t = tot[b * SMAX + i];
+        double o = 0.0;
+#pragma unroll 4
+        for (int rr = 0; rr < 16; ++rr) {
+            const int r = 16 * b + rr;
+            if (rr) o += Gt[r * GTSP + i];
+            const float rho = exp_acc(o), gam = exp_acc(t - o), kv = Ks[r * KSP + i];
+            Ks[r * KSP + i] = kv * rho;
+            Xs[r * QSP + i] *= rho;
+            Gt[r * GTSP + i] = kv * gam;
+        }
+    }
+    __syncthreads();
+    // 5. the 10 lower blocks (I, J): jobs 0..9 K K^T, 10..19 Q K^T, two 8-column tiles each
+    for (int j = warp; j < 20; j += PREP_THREADS / 32) {
+        const int prod = j >= 10;
+        int bt = prod ? j - 10 : j, I = 0;
+        while (bt > I) { bt -= I + 1; ++I; }
+        const int J = bt, diag = I == J;
+        const float* Ab = (prod ? Xs : Ks) + 16 * I * KSP;
+        const float* sv = sc + (diag ? SC_IL + I * SMAX : SC_LAM + (I * (I - 1) / 2 + J) * SMAX);
+        float acc[2][GDN_CW];
+        acc_zero(acc[0]);
+        acc_zero(acc[1]);
+#pragma unroll 4
+        for (int kk = 0; kk < ksteps; ++kk) {
+            FragA fa;
+            ldA_row(fa, Ab + 8 * kk, KSP, g4, t4);
+            const float s0 = sv[8 * kk + t4], s1 = sv[8 * kk + t4 + 4];
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+                FragB fb;
+                ldB_nk_scaled(fb, Gt + (16 * J + 8 * n) * GTSP + 8 * kk, GTSP, g4, t4, s0, s1);
+                mma3(acc[n], fa, fb);
+            }
+        }
+        const bool cr = diag && nbad[I] > 0;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+            acc_fold(acc[n]);
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int rr = g4 + 8 * hf, ss = 8 * n + 2 * t4;
+                const int r = 16 * I + rr, s = 16 * J + ss;
+                float x0 = acc[n][2 * hf], x1 = acc[n][2 * hf + 1];
+                if (cr) {
+                    const float* cp = corr + I * 512 + 256 * prod + rr * 16 + ss;
+                    if (ss <= rr) x0 += cp[0];
+                    if (ss + 1 <= rr) x1 += cp[1];
+                }
+                if (!prod) {
+                    As[r * ASP + s] = s < r ? bs[r] * x0 : 0.f;
+                    As[r * ASP + s + 1] = s + 1 < r ? bs[r] * x1 : 0.f;
+                } else {
+                    *(float2*)(P + r * L + s) = make_float2(s <= r ? x0 * scale : 0.f, s + 1 <= r ? x1 * scale : 0.f);
+                }
+            }
+        }
+    }
+    __syncthreads();
+    // 6. K e^gc over K rho (for W), Kg = K gamma e^(gl - gc_e), Qg = Q rho e^gc_n out, e^gl out
+    for (int e = tid; e < L * SMAX; e += PREP_THREADS) {
+        const int r = e >> 7, k = e & (SMAX - 1), b = r >> 4;
+        const float e1 = sc[SC_E1 + b * SMAX + k];
+        Ks[r * KSP + k] *= e1;
+        if (k < S) {
+            qg[(long long)r * S + k] = Xs[r * QSP + k] * e1;
+            kg[(long long)r * S + k] = Gt[r * GTSP + k] * sc[SC_E2 + b * SMAX + k];
+        }
+    }
+    if (tid < S) gl[tid] = sc[SC_GL + tid];
 }
 #endif
 
@@ -214,25 +324,9 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     const int ksteps = (S + 7) / 8;
     const long long pbase = ((long long)hs * nc + c) * L * L;
 #if GDN_KDA
-    kda_gram(Ks, Xs, Gt, As, bs, sm + P_R, sm + P_RQ, sm + P_C, Pw + pbase, scale, ksteps, tid, warp, g4, t4);
-    // K e^gc (for W) over K, Kg and Qg out, e^gl per key: one column a thread, float64 sums
-    if (tid < SMAX) {
-        const int i = tid;
-        double al = 0.0, a = 0.0;
-        for (int r = 0; r < L; ++r) al += Gt[r * GTSP + i];
-        float* kg = KGw + ((long long)hs * Tp + t0) * S;
-        float* qg = QGw + ((long long)hs * Tp + t0) * S;
-        for (int r = 0; r < L; ++r) {
-            a += Gt[r * GTSP + i];
-            const float kv = Ks[r * KSP + i], qv = Xs[r * QSP + i], e = expf((float)a);
-            if (i < S) {
-                kg[(long long)r * S + i] = kv * expf((float)(al - a));
-                qg[(long long)r * S + i] = qv * e;
-            }
-            Ks[r * KSP + i] = kv * e;
-        }
-        if (i < S) Gw[((long long)hs * nc + c) * S + i] = expf((float)al);
-    }
+    const long long rows = ((long long)hs * Tp + t0) * S;
+    kda_gram(Ks, Xs, Gt, As, bs, sm, Pw + pbase, KGw + rows, QGw + rows, Gw + ((long long)hs * nc + c) * S, S, scale,
+             ksteps, tid, warp, g4, t4);
 #else
     // 1. Gram products on the 10 lower 16x16 blocks: jobs 0..9 K K^T, 10..19 Q K^T
     for (int j = warp; j < 20; j += PREP_THREADS / 32) {
@@ -325,6 +419,62 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     CP_ASYNC_WAIT(0);
     __syncthreads();
 
+#if PREP_THREADS == 512
+    // 3. U = Tm diag(beta) V (warps 0-3), W = Tm diag(beta e^gc) K (warps 4-7): 32 columns a warp;
+    //    Tm is lower triangular, so row tile R stops at k = 16R + 16. 16 warps (KDA): warps 8-15
+    //    repeat 0-7's columns, row tiles {0, 3} in 0-7 and {1, 2} in 8-15 (10 k-steps each); half
+    //    the tiles a warp, so each keeps ACC 3's two accumulators
+    const int prod = (warp >> 2) & 1;
+    const float* Bm = prod ? Ks : Xs;
+    const int ldb = prod ? KSP : VSP;
+    const float* sc = prod && !GDN_KDA ? bes : bs;   // KDA: K holds K e^gc already
+    const int n0 = 32 * (warp & 3);
+    const int rs = warp >> 3, Rt[2] = {rs, 3 - rs}, nk = rs ? 6 : 8;
+    float acc[2][4][GDN_CW];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+            for (int e = 0; e < GDN_CW; ++e) acc[m][n][e] = 0.f;
+    if (n0 < S) {
+#pragma unroll 2
+        for (int kk = 0; kk < nk; ++kk) {
+            FragB fb[4];
+#pragma unroll
+            for (int n = 0; n < 4; ++n) ldB_kn(fb[n], Bm + 8 * kk * ldb + n0 + 8 * n, ldb, g4, t4);
+            const float s0 = sc[8 * kk + t4], s1 = sc[8 * kk + t4 + 4];
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+                const int R = Rt[m];
+                if (kk < 2 * R + 2) {
+                    FragA fa;
+                    ldA_row_scaled(fa, As + 16 * R * ASP + 8 * kk, ASP, g4, t4, s0, s1);
+#pragma unroll
+                    for (int n = 0; n < 4; ++n) mma3(acc[m][n], fa, fb[n]);
+                }
+            }
+        }
+    }
+    float* outp = prod ? Ww + ((long long)hs * nc + c) * L * S : Uw + ((long long)hs * Tp + t0) * S;
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            acc_fold(acc[m][n]);
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int r = 16 * Rt[m] + g4 + 8 * hf;
+                const int j = n0 + 8 * n + 2 * t4;
+                if (j < S) {
+                    float2 o;
+                    o.x = acc[m][n][2 * hf];
+                    o.y = acc[m][n][2 * hf + 1];
+                    *(float2*)(outp + (long long)r * S + j) = o;
+                }
+            }
+        }
+#else
     // 3. U = Tm diag(beta) V (warps 0-3), W = Tm diag(beta e^gc) K (warps 4-7): 32 columns a warp,
     //    all four 16-row tiles; Tm is lower triangular, so row tile R stops at k = 16R + 16
     const int prod = warp >> 2;
@@ -373,5 +523,6 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
                     *(float2*)(outp + (long long)r * S + j) = o;
                 }
             }
+#endif
     return 0;
 }

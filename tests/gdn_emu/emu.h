@@ -1,7 +1,7 @@
 // A host emulation of the CUDA features the tensor-core GATED_DELTA_NET kernels use
 // (backends/cuda/gdn_tc.cuh with GDN_EMULATE): every CUDA thread of a block is a std::thread, blocks
 // run one after another; __syncthreads and the warp collectives (mma.sync m16n8k8 tf32, xor
-// shuffles) meet at std::barriers. cp.async copies are deferred to the wait that covers them, so a
+// shuffles, ballots) meet at std::barriers. cp.async copies are deferred to the wait that covers them, so a
 // read of shared memory before its wait sees the poison (NaN) the block's shared memory starts with.
 // Built with -fsanitize=address, out-of-bounds global or shared accesses abort the run.
 #pragma once
@@ -107,6 +107,18 @@ inline float shfl_xor(float v, int m) {
     w.bar.arrive_and_wait();
     return r;
 }
+
+inline u32 warp_ballot(bool p) {
+    const int tid = threadIdx.x, l = tid & 31;
+    EmuWarp& w = *emu_block.warps[tid >> 5];
+    w.f[l] = p ? 1.f : 0.f;
+    w.bar.arrive_and_wait();
+    u32 m = 0;
+    for (int i = 0; i < 32; ++i) m |= (w.f[i] != 0.f ? 1u : 0u) << i;
+    w.bar.arrive_and_wait();
+    return m;
+}
+inline int bit_count(u32 x) { return __builtin_popcount(x); }
 
 struct EmuCopy { float* dst; const float* src; int bytes; int group; };
 inline thread_local std::vector<EmuCopy> emu_pending;
