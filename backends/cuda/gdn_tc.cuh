@@ -210,6 +210,15 @@ GDN_INL void acc_fold(float* c) {
 #endif
 }
 
+// a 16x8 C fragment's four floats into row-major out (ld floats a row): rows r0 + g and r0 + g + 8,
+// columns j and j + 1 (j = 8n + 2t), unless j is past the last column n_cols
+GDN_INL void store_c(float* out, long long ld, const float* c, int r0, int j, int n_cols, int g) {
+    if (j >= n_cols) return;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+        *(float2*)(out + (long long)(r0 + g + 8 * hf) * ld + j) = make_float2(c[2 * hf], c[2 * hf + 1]);
+}
+
 // c (4 floats) += a * b in 3xTF32 through a zeroed partial (ACC 1) whatever GDN_ACC is: for tiles
 // too many for a second accumulator each
 GDN_INL void mma3_p(float* c, const FragA& a, const FragB& b) {

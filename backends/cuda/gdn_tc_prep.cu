@@ -462,17 +462,7 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
             acc_fold(acc[m][n]);
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-                const int r = 16 * Rt[m] + g4 + 8 * hf;
-                const int j = n0 + 8 * n + 2 * t4;
-                if (j < S) {
-                    float2 o;
-                    o.x = acc[m][n][2 * hf];
-                    o.y = acc[m][n][2 * hf + 1];
-                    *(float2*)(outp + (long long)r * S + j) = o;
-                }
-            }
+            store_c(outp, S, acc[m][n], 16 * Rt[m], n0 + 8 * n + 2 * t4, S, g4);
         }
 #else
     // 3. U = Tm diag(beta) V (warps 0-3), W = Tm diag(beta e^gc) K (warps 4-7): 32 columns a warp,
@@ -511,18 +501,7 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
 #pragma unroll
     for (int R = 0; R < 4; ++R)
 #pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-                const int r = 16 * R + g4 + 8 * hf;
-                const int j = n0 + 8 * n + 2 * t4;
-                if (j < S) {
-                    float2 o;
-                    o.x = acc[R][n][2 * hf];
-                    o.y = acc[R][n][2 * hf + 1];
-                    *(float2*)(outp + (long long)r * S + j) = o;
-                }
-            }
+        for (int n = 0; n < 4; ++n) store_c(outp, S, acc[R][n], 16 * R, n0 + 8 * n + 2 * t4, S, g4);
 #endif
     return 0;
 }
