@@ -37,7 +37,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="minigraph",
-                                 description="minigraph tools: dump, compare, test-backend-ops, export-ops, warmup")
+                                 description="minigraph tools: dump, compare, trace, test-backend-ops, export-ops, warmup")
     ap.add_argument("--version", action="version", version=f"minigraph {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test mode: run the cases in N worker processes (default 1: this process)")
     t.add_argument("--test-file", metavar="FILE.json",
                    help="the cases of a file written by `minigraph export-ops` (a model's ops) instead of the built-in ones")
+
+    tr = sub.add_parser("trace", help="run a graph and print every node's value: sum, range, NaN/inf (llama-eval-callback)")
+    _target_args(tr)
+    tr.add_argument("-b", "--backend", default="cpu", choices=["cpu", "cuda", "auto", "reference"],
+                    help="where it runs (reference: the float64 numpy references)")
+    tr.add_argument("--filter", metavar="REGEX", help="only nodes whose op or name match")
+    tr.add_argument("--stop-at-nan", action="store_true",
+                    help="end at the first node whose output holds a NaN or inf (exit status 1); with "
+                         "--no-fuse that names the op itself, not the fused kernel holding it")
+    tr.add_argument("-v", "--values", action="store_true", help="also the first and last values along each dim")
+    tr.add_argument("-n", "--edge", type=int, default=3, metavar="N", help="with -v: values at each end of a dim (default 3)")
+    tr.add_argument("--json", action="store_true")
 
     e = sub.add_parser("export-ops", help="write a graph's ops as conformance cases for test-backend-ops --test-file")
     _target_args(e)
@@ -157,6 +169,22 @@ def cmd_test_backend_ops(args: argparse.Namespace, out: TextIO) -> int:
     return test_backend_ops.main(args, out)
 
 
+def cmd_trace(args: argparse.Namespace, out: TextIO) -> int:
+    import minigraph as mg
+    from minigraph.tools import dump, graphio, trace
+
+    if args.edge < 1:
+        raise MinigraphError(f"-n {args.edge}: expected at least one value at each end")
+    source = graphio.load_target(args.target, graphio.parse_params(args.param), args.gguf)
+    graphio.fill_random_inputs(source, args.seed)
+    kind = "cpu" if args.backend == "reference" else args.backend
+    run, _ = dump.optimize(source, mg.backend_sched_new(dump.backends_for(kind)), not args.no_fuse)
+    res = trace.trace(run.graph, args.backend, dump._labels(run.graph), args.filter, args.stop_at_nan,
+                      args.edge if args.values else 0)
+    out.write(trace.render_json(res) if args.json else trace.render(res))
+    return 1 if res["first_nonfinite"] is not None else 0
+
+
 def cmd_export_ops(args: argparse.Namespace, out: TextIO) -> int:
     import minigraph as mg
     from minigraph.tools import dump, graph_ops, graphio
@@ -188,7 +216,7 @@ def cmd_warmup(args: argparse.Namespace, out: TextIO) -> int:
 
 
 COMMANDS = {"dump": cmd_dump, "compare": cmd_compare, "test-backend-ops": cmd_test_backend_ops,
-            "export-ops": cmd_export_ops, "warmup": cmd_warmup}
+            "export-ops": cmd_export_ops, "trace": cmd_trace, "warmup": cmd_warmup}
 
 
 def main(argv: Optional[list[str]] = None, out: Optional[TextIO] = None) -> int:

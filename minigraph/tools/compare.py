@@ -36,7 +36,7 @@ def _compute_nodes(gf: Graph) -> list[Tensor]:
     return [n for n in gf.nodes if not OPS[n.op].is_view]
 
 
-def _checked(gf: Graph) -> list[Tensor]:
+def checked_tensors(gf: Graph) -> list[Tensor]:
     """The tensors whose values are compared: compute nodes, then outputs that are views."""
     nodes = _compute_nodes(gf)
     seen = {id(n) for n in nodes}
@@ -68,11 +68,11 @@ def run_way(gf: Graph, way: str, fuse: Optional[bool] = None) -> Run:
 
     if way == "reference":
         res = mg.reference_compute(gf)
-        return Run(way, gf, {id(n): res[n] for n in _checked(gf)})
+        return Run(way, gf, {id(n): res[n] for n in checked_tensors(gf)})
     sched = mg.backend_sched_new(backends_for(way))
     g = _keep_all(gf)
     sched.graph_compute(g, fuse=fuse)
-    return Run(way, gf, {id(n): np.asarray(mg.backend_tensor_get(n), np.float64) for n in _checked(gf)})
+    return Run(way, gf, {id(n): np.asarray(mg.backend_tensor_get(n), np.float64) for n in checked_tensors(gf)})
 
 
 def stats(a: np.ndarray) -> dict:
@@ -152,12 +152,12 @@ def compare(gf: Graph, ways: list[str], labels: dict, tol: float = DEFAULT_TOL,
                 rb.values[id(user)] = rb.values.get(id(holder)) if id(holder) in rb.values else \
                     np.asarray(backend_tensor_get(holder), np.float64)
         users = {id(u) for u, _ in pairs}
-        nodes = [n for n in _checked(gf) if id(n) in fused_nodes or id(n) in users]
+        nodes = [n for n in checked_tensors(gf) if id(n) in fused_nodes or id(n) in users]
     else:
         ra = run_way(gf, ways[0])
         _restore(snap)
         rb = run_way(gf, ways[1])
-        nodes = _checked(gf)
+        nodes = checked_tensors(gf)
     _restore(snap)
     out = compare_runs(ra, rb, nodes, labels, tol)
     out.update({"ways": [ra.way, rb.way], "tol": tol, "compared": len(nodes)})
