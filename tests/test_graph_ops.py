@@ -65,6 +65,11 @@ def test_file_cases_pass_on_the_cpu(tmp_path):
     assert cli.main(["test-backend-ops", "--test-file", path, "-b", "cpu", "-o", "ROPE,SET_ROWS", "--seed", "2"], out) == 0
     text = out.getvalue()
     assert "CPU: 3/3 tests passed" in text and "OK" in text.splitlines()[-1]
+    two = io.StringIO()     # -j: the workers load the same file
+    assert cli.main(["test-backend-ops", "--test-file", path, "-b", "cpu", "-o", "ROPE,SET_ROWS", "--seed", "2",
+                     "-j", "2"], two) == 0
+    assert [ln for ln in two.getvalue().splitlines() if ln.startswith("  ")] == \
+        [ln for ln in text.splitlines() if ln.startswith("  ")]
     listed = io.StringIO()
     assert cli.main(["test-backend-ops", "--test-file", path, "--list", "-p", "f16"], listed) == 0
     assert f"from {path}" in listed.getvalue() and "SET_ROWS(id=" in listed.getvalue()
