@@ -39,7 +39,11 @@ def _sample(node, i: int, rng: np.random.Generator):
     if i in (0, 1):
         x = rng.standard_normal(shape)
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return {3: lambda: rng.uniform(-20.0, -1e-4, size=shape), 4: lambda: rng.uniform(0.0, 1.0, size=shape)}.get(i, lambda: None)()
+    if i == 3:
+        return rng.uniform(-20.0, -1e-4, size=shape)
+    if i == 4:
+        return rng.uniform(0.0, 1.0, size=shape)
+    return None
 
 
 def _rebuild(ctx, spec, *srcs) -> Tensor:
@@ -91,10 +95,10 @@ def gated_delta_net(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
                     K: int = 1) -> Tensor:
     """The gated delta rule over T tokens, every head and sequence in one node (ggml_gated_delta_net).
 
-    Per value head h (reading q/k head h % H_k; gated_delta_net_set_bcast switches to h // (H_v / H_k))
-    and token t: S = exp(g_t) * S (g per head for
-    GDA, per key row for KDA); delta = beta_t * (v_t - S^T k_t); S += k_t delta^T; and
-    o_t = S^T q_t / sqrt(S). The caller l2-normalises q and k (ctx.l2_norm), as llama.cpp does.
+    Per value head h (reading q/k head h % H_k; gated_delta_net_set_bcast switches to
+    h // (H_v / H_k)) and token t: S = exp(g_t) * S (g per head for GDA, per key row for KDA);
+    delta = beta_t * (v_t - S^T k_t); S += k_t delta^T; and o_t = S^T q_t / sqrt(S). The caller
+    l2-normalises q and k (ctx.l2_norm), as llama.cpp does.
 
     q:      [S, H_k, T, n_seqs_qk] f32, contiguous rows; H_v % H_k == 0 (GQA), n_seqs % n_seqs_qk == 0.
     k:      [S, H_k, T, n_seqs_qk] f32, q's shape.

@@ -114,7 +114,11 @@ def _rope_flops(node) -> float:
 def _sample(node, i: int, rng: np.random.Generator):
     """Positions in [0, 1024) (a context's worth of angles, not just 0 and 1), freq_factors in [0.5, 2)."""
     shape = tuple(reversed(node.src[i].ne))
-    return {1: lambda: rng.integers(0, 1024, size=shape), 2: lambda: rng.uniform(0.5, 2.0, size=shape)}.get(i, lambda: None)()
+    if i == 1:
+        return rng.integers(0, 1024, size=shape)
+    if i == 2:
+        return rng.uniform(0.5, 2.0, size=shape)
+    return None
 
 
 ROPE = register(OpDef("ROPE", "rope", _ref_rope, params=PARAMS, float_params=FLOAT_PARAMS, flops=_rope_flops, sample=_sample,

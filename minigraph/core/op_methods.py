@@ -315,10 +315,10 @@ class OpMethods:
     def gated_delta_net(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor, K: int = 1) -> Tensor:
         """The gated delta rule over T tokens, every head and sequence in one node (ggml_gated_delta_net).
 
-        Per value head h (reading q/k head h % H_k; gated_delta_net_set_bcast switches to h // (H_v / H_k))
-        and token t: S = exp(g_t) * S (g per head for
-        GDA, per key row for KDA); delta = beta_t * (v_t - S^T k_t); S += k_t delta^T; and
-        o_t = S^T q_t / sqrt(S). The caller l2-normalises q and k (ctx.l2_norm), as llama.cpp does.
+        Per value head h (reading q/k head h % H_k; gated_delta_net_set_bcast switches to
+        h // (H_v / H_k)) and token t: S = exp(g_t) * S (g per head for GDA, per key row for KDA);
+        delta = beta_t * (v_t - S^T k_t); S += k_t delta^T; and o_t = S^T q_t / sqrt(S). The caller
+        l2-normalises q and k (ctx.l2_norm), as llama.cpp does.
 
         q:      [S, H_k, T, n_seqs_qk] f32, contiguous rows; H_v % H_k == 0 (GQA), n_seqs % n_seqs_qk == 0.
         k:      [S, H_k, T, n_seqs_qk] f32, q's shape.

@@ -57,11 +57,6 @@ class OpDef:
     rebuild: Optional[Callable[..., Any]] = None
     sample: Optional[Callable[[Any, int, np.random.Generator], Optional[np.ndarray]]] = None
 
-    def sample_source(self, node: Any, i: int, rng: np.random.Generator) -> np.ndarray:
-        """Conformance values for node.src[i] (numpy order): the op's `sample`, else the default."""
-        got = self.sample(node, i, rng) if self.sample is not None else None
-        return default_sample(node.src[i], rng) if got is None else got
-
     def param_values(self, node: Any, byte_scale: int = 1) -> tuple:
         """The node's params in kernel order, typed as the kernels expect; byte params are
         multiplied by `byte_scale` (f32 size / the node type's size when computed in f32)."""
