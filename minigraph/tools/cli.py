@@ -1,9 +1,10 @@
 """The `minigraph` command (console script and `python -m minigraph`): argument parsing and
-dispatch. The work lives in minigraph.dump, .profile, .compare, .test_backend_ops and .warmup.
+dispatch. The work lives in minigraph.tools' dump, profile, compare, trace, test_backend_ops,
+graph_ops (export-ops) and warmup.
 
-Exit status: 0 fine, 1 a divergence or a failing test, 2 a usage error, a bad target or any
-other refusal (printed as one short message, with the user's own traceback frame when their
-file raised).
+Exit status: 0 fine, 1 a divergence, a failing test or a node that is not finite (trace
+--stop-at-nan), 2 a usage error, a bad target or any other refusal (printed as one short
+message, with the user's own traceback frame when their file raised).
 """
 from __future__ import annotations
 
