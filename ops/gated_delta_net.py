@@ -55,7 +55,7 @@ def _rebuild(ctx, spec, *srcs) -> Tensor:
 
 # bcast: the q/k head map, set by gated_delta_net_set_bcast (0 tiled, 1 interleaved)
 GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K", "bcast"), flops=_flops,
-                                 sample=_sample, rebuild=_rebuild))
+                                 sample=_sample, rebuild=_rebuild, param_defaults={"bcast": 0}))
 
 GDN_BCAST_TILED = 0         # value head h reads q/k head h % H_k (ggml_repeat's order; ggml's op)
 GDN_BCAST_INTERLEAVED = 1   # value head h reads q/k head h // (H_v / H_k) (llama.cpp's Qwen3-Next repeat)

@@ -54,6 +54,10 @@ def test_cpu_runs_it_and_a_graph_file_keeps_it():
     np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=2e-6 * np.abs(want).max())
     again = graph_from_dict(graph_to_dict(gf))
     assert mg.gated_delta_net_get_bcast(again.nodes[-1]) == 1
+    old = graph_to_dict(gf)                 # a file written before the param existed: the tiled map
+    rec = next(r for r in old["tensors"] if r["op"] == "GATED_DELTA_NET")
+    del rec["op_params"]["bcast"]
+    assert mg.gated_delta_net_get_bcast(graph_from_dict(old).nodes[-1]) == 0
 
 
 def test_cuda_refuses_the_interleaved_map_and_the_scheduler_runs_it_on_the_cpu():

@@ -36,6 +36,8 @@ class OpDef:
                graph file's record (`spec` is a NodeSpec: the record's type, ne, nb, op_params,
                view_offs), so a loaded node passes the same checks as a built one; the loader
                then refuses any difference between the rebuilt node and the record.
+    param_defaults: values of params added after graph files were first written (GATED_DELTA_NET's
+               bcast): a record without them loads as if it held these.
     sample:    fn(node, i, rng) -> values for source i (numpy order, reversed ne) that keep the
                op well-posed when conformance runs it on random data: indices in range, a
                positive log argument, a well-conditioned triangle, stable gates; None (or no
@@ -56,6 +58,7 @@ class OpDef:
     doc: str = ""
     rebuild: Optional[Callable[..., Any]] = None
     sample: Optional[Callable[[Any, int, np.random.Generator], Optional[np.ndarray]]] = None
+    param_defaults: dict = field(default_factory=dict)
 
     def param_values(self, node: Any, byte_scale: int = 1) -> tuple:
         """The node's params in kernel order, typed as the kernels expect; byte params are

@@ -255,7 +255,8 @@ def _node(ctx: Context, rec: dict, where: _Where, by_id: list, ids: dict) -> Ten
         raise where.fail("data", "only leafs carry data")
     op = OPS[rec["op"]]
     srcs = [None if s_ is None else by_id[s_] for s_ in rec["src"]]
-    spec = NodeSpec(_TYPE_BY_NAME[rec["type"]], tuple(rec["ne"]), tuple(rec["nb"]), rec["op_params"],
+    params = {**op.param_defaults, **rec["op_params"]}   # a file from before a param existed
+    spec = NodeSpec(_TYPE_BY_NAME[rec["type"]], tuple(rec["ne"]), tuple(rec["nb"]), params,
                     rec["view_offs"], rec["view_src"] is not None and not op.is_view)
     try:
         t = op.rebuild(ctx, spec, *srcs)
@@ -270,8 +271,8 @@ def _node(ctx: Context, rec: dict, where: _Where, by_id: list, ids: dict) -> Ten
     for field, value in got.items():
         if rec[field] != value:
             raise where.fail(field, f"{rec[field]!r:.80} in the file, but {op.name} of these sources gives {value!r:.80}")
-    if _canonical(rec["op_params"]) != _canonical(t.op_params):
-        raise where.fail("op_params", f"{_canonical(rec['op_params'])[:120]} in the file, but {op.name} of these "
+    if _canonical(params) != _canonical(t.op_params):
+        raise where.fail("op_params", f"{_canonical(params)[:120]} in the file, but {op.name} of these "
                          f"arguments records {_canonical(t.op_params)[:120]}")
     for key in ANNOTATION_PARAMS:
         if key in rec["op_params"]:
