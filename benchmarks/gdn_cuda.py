@@ -293,7 +293,7 @@ def variants(quick):
             run = gf.standalone(out, *d, 1)
         for rows, regs in ((4, 0), (4, 128), (2, 0)):
             la = gdn_tc.decode_launch(S, Hv, ns, kda, rows=rows, regs=regs)
-            t = cuda_time(lambda: la.kernel[la.grid, la.block](*run.args), 20)
+            t = cuda_time(lambda: la.kernel[la.grid, la.block](*run.args, *la.scalars), 20)
             nreg = next(iter(la.kernel.overloads.values()))._codelibrary.get_cufunc().attrs.regs
             print(f"  {'KDA' if kda else 'GDA'} rows={4 * rows} cap={regs or '-'} regs={nreg}: {t[0] * 1e6:.1f} us "
                   f"({t[1] * 1e6:.0f}-{t[2] * 1e6:.0f}) {2 * ns * Hv * S * S * 4 / t[0] / 1e12:.2f} TB/s", flush=True)

@@ -7,7 +7,8 @@ GDA (--kda: KDA, gates per key), fp32, B=1; GPU time by CUDA events, median of T
                                            [--variants [--only ..]]
 
 --baseline DIR: the kernels built from DIR's gdn_tc*.cu / gdn_tc.cuh (another tree's
-backends/cuda) timed beside this tree's, trial by trial in turn with fla, and their outputs compared;
+backends/cuda) timed beside this tree's, trial by trial in turn with fla, and their outputs compared
+(the C functions must take this tree's arguments: since session 9 a trailing q/k head divisor hd);
 --kda-threads N ..: this tree's KDA prep also built with blocks of N threads (256 or 512).
 
 --ncu: one run of each kernel at the first T and nothing else (the script to run under ncu).

@@ -1,8 +1,8 @@
 """The gdn_repeat pass (minigraph/passes/gdn_repeat.py): q/k REPEATs that tile heads into a
 GATED_DELTA_NET are dropped and the op reads the H_k-head tensors; llama.cpp's interleaved
 Qwen3-Next repeat too, the node then mapping heads interleaved (gated_delta_net_set_bcast) where
-the backend supports it; every other layout (repeated sequences, one of q/k only, a backend
-without the map) is a logged near miss that leaves the graph as written. Results always equal
+the backend supports it (CPU and CUDA); every other layout (repeated sequences, one of q/k only,
+a backend without the map) is a logged near miss that leaves the graph as written. Results always equal
 the unfused graph's."""
 import numpy as np
 import pytest
@@ -177,14 +177,17 @@ def test_shared_repeat_stays_for_its_other_reader():
     assert_same(gf, (out, other), exact=True)
 
 
-def test_cuda_backend_keeps_the_interleaved_repeat():
-    """The CUDA kernels know the tiled map only: on CUDA the interleaved repeat stays (a near miss)."""
+@pytest.mark.parametrize("T", [1, 2])
+def test_cuda_backend_absorbs_the_interleaved_repeat(T):
+    """On CUDA too (the simulator in CI): decode and the recurrence read q/k head h // r."""
     from test_cuda_backend import SKIP
     if SKIP is not None:
         pytest.skip(SKIP)
-    gf, outs = gqa_graph(build_delta_net_fused, 2, 4, 2, 1, "interleaved")
-    run = mg.optimize(gf, mg.backend_cuda_init(0))
-    assert ops_of(run).count("REPEAT") == 2 and "with bcast 1" in log_of(run, "near_miss")[0]
+    be = mg.backend_cuda_init(0)
+    gf, outs = gqa_graph(build_delta_net_fused, 2, 4, T, 1, "interleaved")
+    run = mg.optimize(gf, be)
+    assert "REPEAT" not in ops_of(run) and "interleaved (bcast 1)" in log_of(run, "fused")[0]
+    assert_same(gf, outs, be)
 
 
 def test_cuda_backend_absorbs_too():

@@ -60,20 +60,20 @@ def test_cpu_runs_it_and_a_graph_file_keeps_it():
     assert mg.gated_delta_net_get_bcast(graph_from_dict(old).nodes[-1]) == 0
 
 
-def test_cuda_refuses_the_interleaved_map_and_the_scheduler_runs_it_on_the_cpu():
+@pytest.mark.parametrize("T", [1, 5])
+def test_cuda_runs_the_interleaved_map(T):
+    """Decode and the recurrence here (the simulator in CI); the GPU run adds the chunked and the
+    tensor-core kernels (tests/test_gdn_cuda_fast.py's gpu cases, the conformance cases)."""
     from test_cuda_backend import SKIP
     if SKIP is not None:
         pytest.skip(SKIP)
     ctx = mg.Context()
-    out = _node(ctx, np.random.default_rng(4))
+    out = _node(ctx, np.random.default_rng(4), T=T)
     mg.gated_delta_net_set_bcast(out, 1)
     cuda = mg.backend_cuda_init(0)
-    ok = cuda.supports_op(out)
-    assert not ok and "bcast 1" in ok.reason
+    assert cuda.supports_op(out)
     gf = ctx.new_graph()
     gf.build_forward_expand(out)
-    sched = mg.backend_sched_new([cuda, mg.backend_cpu_init(1)])
-    sched.graph_compute(gf)
-    assert sched.get_tensor_backend(out).name == "CPU"
     want = mg.reference_compute(gf)[out]
+    cuda.graph_compute(gf)
     np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=2e-6 * np.abs(want).max())

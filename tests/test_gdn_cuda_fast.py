@@ -138,8 +138,8 @@ def test_plan_picks_kernels(be, small_chunks):
     assert kernel(pre) == [ck.prep, ck.state, ck.out]
     assert kernel(snap) == [small_chunks.recurrent_kernel()]
     assert kernel(odd) == [generic.gated_delta_net] and choice(odd) == "generic"
-    # K, then the workspace (device arrays), travel as the launches' scalars (not the op's bcast)
-    assert all(la.scalars[0] == 1 and len(la.scalars) == 6 and not la.with_params
+    # K, the q/k head divisor, then the workspace (device arrays) travel as the launches' scalars
+    assert all(la.scalars[:2] == (1, 1) and len(la.scalars) == 7 and not la.with_params
                for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
 
 
@@ -246,6 +246,19 @@ def test_tc_chunked_matches_float64(be, kda, S, Hk, Hv, T, N, Nqk, g_lo):
 @pytest.mark.gpu
 @tc_only
 @pytest.mark.parametrize("kda", [False, True])
+@pytest.mark.parametrize("T", [1, 130])
+def test_tc_kernels_take_the_interleaved_head_map(be, kda, T):
+    """bcast 1 (value head h reads q/k head h // (H_v / H_k)): the chunked form and the decode."""
+    ctx = mg.Context()
+    out = gdn(ctx, 128, 2, 6, T, 2, 1, kda, 1, g_lo=-5.0)
+    mg.gated_delta_net_set_bcast(out, 1)
+    assert choice(out) == ("recurrent" if T == 1 else "chunked")
+    assert max_rel(be, out) < 2e-6
+
+
+@pytest.mark.gpu
+@tc_only
+@pytest.mark.parametrize("kda", [False, True])
 @pytest.mark.parametrize("S,N,K", [(128, 5, 1), (128, 2, 3), (84, 3, 2), (8, 2, 1)])
 def test_tc_decode_matches_float64(be, kda, S, N, K):
     ctx = mg.Context()
@@ -267,7 +280,7 @@ def test_tc_plan_picks_the_cuda_cpp_kernels(be):
     assert kernel(pre) == [gdn_tc.prep_kernel(128), gdn_tc.state_kernel(128)]
     assert kernel(kda) == [gdn_tc.prep_kernel(64, True), gdn_tc.state_kernel(64, True)]
     assert kernel(dec) == [gdn_tc.decode_kernel(True, 128)]
-    assert all(la.scalars[0] == 1 and len(la.scalars) == 1 + gdn_tc.NWS
+    assert all(la.scalars[:2] == (1, 1) and len(la.scalars) == 2 + gdn_tc.NWS
                for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
     short = gdn(ctx, 128, 2, 4, 63, 1, 1, False, 1)     # below TC_MIN_T: the recurrence
     assert choice(short) == "recurrent"

@@ -26,8 +26,9 @@ def _build(tmp_path, name, defines):
     return exe, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _run(exe, *args):
-    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120)
+def _run(exe, *args, interleaved=False):
+    env = dict(os.environ, GDN_EMU_INTERLEAVED="1" if interleaved else "0")
+    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     words = r.stdout.split()          # "out <err> state <err> unwritten <n>"
     return float(words[1]), float(words[3]), int(words[5])
@@ -51,3 +52,8 @@ def test_emulated_kernels_match_float64(tmp_path):
     for kda_flag in (0, 1):   # decode with K = 2 (a zeroed snapshot slot), S = 12: a partial float4 lane set
         out, state, unwritten = _run(gda, "decode", 12, 1, 2, 3, 1, kda_flag, 2, -5.0, 2)
         assert unwritten == 0 and out < 2e-6 and state < 2e-6, (kda_flag, out, state)
+    # the interleaved q/k head map (the op's bcast 1): 2 q/k heads, 4 value heads, h reads h / 2
+    for exe, args in ((gda, ("chunked", 12, 2, 4, 40, 1, 1, -20.0, 3)), (kda, ("chunked", 12, 2, 4, 40, 1, 1, -5.0, 3)),
+                      (gda, ("decode", 12, 2, 4, 2, 1, 0, 1, -5.0, 3))):
+        out, state, unwritten = _run(exe, *args, interleaved=True)
+        assert unwritten == 0 and out < 2e-6 and state < 2e-6, (exe, args, out, state)

@@ -3,8 +3,8 @@
 Layout (ggml ne order): q, k [S, H_k, T, n_seqs_qk]; v [S, H_v, T, n_seqs]; g [1 or S, H_v, T,
 n_seqs]; beta [1, H_v, T, n_seqs]; state [S, S, H_v, n_seqs] stored transposed (element
 (i, j) of a head, i fastest, is S[i][j]: i key index, j value index). Value head h reads q/k
-head h % H_k (the op's bcast 0; bcast 1 is refused, the CPU runs it) and q/k sequence
-seq // (n_seqs / n_seqs_qk). dst F32 [S*H_v, T*n_seqs +
+head (h // hd) % H_k (hd 1, the op's bcast 0: h % H_k; bcast 1: hd = H_v / H_k, h // hd) and q/k
+sequence seq // (n_seqs / n_seqs_qk). dst F32 [S*H_v, T*n_seqs +
 K*S*n_seqs]: the output [S, H_v, T, n_seqs], then K state snapshots (slot 0 = final state,
 slot s = s tokens before the end, slots s >= T zeroed).
 
@@ -47,7 +47,7 @@ def _store(meta, dst, flat, x):
 
 
 @cuda.jit
-def gated_delta_net(meta, dst, q, k, v, g, beta, state, K):
+def gated_delta_net(meta, dst, q, k, v, g, beta, state, K, hd):
     sk = cuda.shared.array(GDN_MAX_S, float32)
     sq = cuda.shared.array(GDN_MAX_S, float32)
     sg = cuda.shared.array(GDN_MAX_S, float32)
@@ -59,7 +59,7 @@ def gated_delta_net(meta, dst, q, k, v, g, beta, state, K):
     Hv = ne(meta, 3, 1)
     T = ne(meta, 3, 2)
     N = ne(meta, 3, 3)
-    hk = h % ne(meta, 1, 1)
+    hk = (h // hd) % ne(meta, 1, 1)
     sqk = seq // (N // ne(meta, 1, 3))
     kda = ne(meta, 4, 0) != 1
     scale = float32(1.0 / math.sqrt(S))
@@ -121,17 +121,14 @@ def _launches(node):
     if gdn_fast.fast_path_refusal(node) is None:
         las = gdn_fast.node_launches(node)
     else:
-        las = [Launch(gated_delta_net, (H, N), (max(WARP, -(-S // WARP) * WARP),))]
-    # the kernels take K alone, not the op's bcast (the head map they know is the tiled one; _supports)
+        las = [Launch(gated_delta_net, (H, N), (max(WARP, -(-S // WARP) * WARP),), (gdn_fast.head_divisor(node),))]
+    # every kernel takes K, then the head divisor hd (its first scalar), not the op's bcast flag
     K = node.op_params["K"]
     return [replace(la, scalars=(K, *la.scalars), with_params=False) for la in las]
 
 
 def _supports(node):
     S, H, T, N = node.src[2].ne
-    if node.op_params.get("bcast", 0):
-        return ("GATED_DELTA_NET: the CUDA kernels map value head h to q/k head h % H_k only; "
-                "bcast 1 (interleaved, h // (H_v / H_k)) runs on the CPU")
     if S > GDN_MAX_S:
         return f"GATED_DELTA_NET: CUDA kernel holds a state column per thread: S={S} > {GDN_MAX_S}"
     if N > MAX_GRID_YZ:

@@ -44,7 +44,7 @@ def make_prep(L: int, max_registers: int = 0) -> Any:
     GP4 = 4 * GP
 
     @cuda.jit(**({} if SIM or not max_registers else {"max_registers": max_registers}))
-    def prep(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw):
+    def prep(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw):
         gs = cuda.shared.array(L, float32)
         bs = cuda.shared.array(L, float32)
         A = cuda.shared.array(ASZ, float32, alignment=ALIGN)
@@ -62,7 +62,7 @@ def make_prep(L: int, max_registers: int = 0) -> Any:
         h = cuda.blockIdx.y
         seq = cuda.blockIdx.z
         sq = seq // rep
-        hk = h % Hk
+        hk = (h // hd) % Hk
         hs = seq * Hv + h
         nc = (T + L - 1) // L
         Tp = nc * L
@@ -286,7 +286,7 @@ def make_state(L: int) -> Any:
     PF4 = 4 * NPF
 
     @cuda.jit
-    def state_pass(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw):
+    def state_pass(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw):
         stg = cuda.shared.array(STG, float32, alignment=ALIGN)
         Ms = cuda.shared.array(MSZ, float32, alignment=ALIGN)
         Ds = cuda.shared.array(DSZ, float32, alignment=ALIGN)
@@ -299,7 +299,7 @@ def make_state(L: int) -> Any:
         h = cuda.blockIdx.y
         seq = cuda.blockIdx.z
         sq = seq // rep
-        hk = h % Hk
+        hk = (h // hd) % Hk
         hs = seq * Hv + h
         nc = (T + L - 1) // L
         Tp = nc * L
@@ -473,7 +473,7 @@ def make_out(L: int) -> Any:
             pb += SP
 
     @cuda.jit(**({} if SIM else {"max_registers": 128}))   # 2 blocks an SM, no spills
-    def out(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw):
+    def out(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw):
         ra = cuda.shared.array(RAS, float32, alignment=ALIGN)   # Q^T or P^T slice [x][r]
         cb = cuda.shared.array(CBS, float32, alignment=ALIGN)   # H_c or D slice [x][j]
         acc = cuda.local.array(32, float32)
@@ -482,7 +482,7 @@ def make_out(L: int) -> Any:
         h = cuda.blockIdx.y
         seq = cuda.blockIdx.z
         sq = seq // rep
-        hk = h % Hk
+        hk = (h // hd) % Hk
         hs = seq * Hv + h
         nc = (T + L - 1) // L
         Tp = nc * L

@@ -77,7 +77,7 @@ def recurrent_kernel(rpw: int = RPW, hint: bool = STREAM_HINT) -> Any:
     SCR = REC_WARPS * WARP * NRED if SIM else 1
 
     @cuda.jit
-    def recurrent(meta, dst, q, k, v, g, beta, state, K):
+    def recurrent(meta, dst, q, k, v, g, beta, state, K, hd):
         scr = cuda.shared.array(SCR, float32)
         row = cuda.local.array(R4, float32)
         red = cuda.local.array(NRED, float32)
@@ -88,7 +88,7 @@ def recurrent_kernel(rpw: int = RPW, hint: bool = STREAM_HINT) -> Any:
         h = cuda.blockIdx.y
         seq = cuda.blockIdx.z
         sq = seq // rep
-        hk = h % Hk
+        hk = (h // hd) % Hk
         i0 = 4 * lane
         act = i0 < S
         od, oq, ok, ov = meta[0], meta[SLOT_W], meta[2 * SLOT_W], meta[3 * SLOT_W]
@@ -177,7 +177,7 @@ def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC
     SCR = warps * WARP * NRED if SIM else 1
 
     @cuda.jit(**({} if SIM or not max_registers else {"max_registers": max_registers}))
-    def decode(meta, dst, q, k, v, g, beta, state, K):
+    def decode(meta, dst, q, k, v, g, beta, state, K, hd):
         scr = cuda.shared.array(SCR, float32)
         cur = cuda.local.array(R4, float32)
         nxt = cuda.local.array(R4, float32)
@@ -204,7 +204,7 @@ def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC
         k0 = k1 = k2 = k3 = q0 = q1 = q2 = q3 = float32(0.0)
         e0 = e1 = e2 = e3 = float32(1.0)
         if act:
-            qk = ((seq // rep) * Hk + h % Hk) * S + i0
+            qk = ((seq // rep) * Hk + (h // hd) % Hk) * S + i0
             k0, k1, k2, k3 = ld4(k, ok + qk)
             q0, q1, q2, q3 = ld4(q, oq + qk)
             if ne(meta, 4, 0) != 1:
@@ -281,31 +281,32 @@ def workspace(S: int, Hv: int, T: int, N: int, L: int = CHUNK, kda: bool = False
 
 
 def plan(S: int, Hv: int, T: int, N: int, K: int, kda: bool, ws: Optional[tuple] = None,
-         chunked: Optional[bool] = None) -> list[Launch]:
+         chunked: Optional[bool] = None, hd: int = 1) -> list[Launch]:
     """The launches of one GATED_DELTA_NET (workspace allocated here unless given); `chunked`
-    None picks the form by use_chunked."""
+    None picks the form by use_chunked. hd: value head h reads q/k head (h // hd) % H_k (1 tiled,
+    H_v / H_k interleaved: the op's bcast 1); every kernel takes it as its first scalar."""
     if chunked if chunked is not None else use_chunked(T, K, kda):
         if K != 1 or (kda and not tensor_cores()):
             raise ValueError("GATED_DELTA_NET (cuda): the chunked form takes K == 1 (and GDA gates "
                              "without the tensor-core kernels)")
         if tensor_cores():
-            return gdn_tc.chunked_launches(S, Hv, T, N, kda, ws)
+            return gdn_tc.chunked_launches(S, Hv, T, N, kda, ws, hd=hd)
         ck = chunk_kernels(CHUNK)
         nc = -(-T // ck.L)
         ws = ws if ws is not None else workspace(S, Hv, T, N, ck.L)
-        return [Launch(ck.prep, (nc, Hv, N), (ck.prep_threads,), ws),
-                Launch(ck.state, (-(-S // BV), Hv, N), (ck.state_threads,), ws),
-                Launch(ck.out, (nc, Hv, N), (ck.out_threads,), ws)]
+        return [Launch(ck.prep, (nc, Hv, N), (ck.prep_threads,), (hd, *ws)),
+                Launch(ck.state, (-(-S // BV), Hv, N), (ck.state_threads,), (hd, *ws)),
+                Launch(ck.out, (nc, Hv, N), (ck.out_threads,), (hd, *ws))]
     if T == 1 and tensor_cores():
-        return [gdn_tc.decode_launch(S, Hv, N, kda)]
+        return [gdn_tc.decode_launch(S, Hv, N, kda, hd=hd)]
     if T == 1:          # long row streams per warp when the grid is big, short when small (B=1)
         groups = DEC_GROUPS
         while groups > 1 and -(-S // (REC_WARPS * DEC_RPW * groups)) * Hv * N < DEC_MIN_BLOCKS:
             groups //= 2
         rows = REC_WARPS * DEC_RPW * groups
-        return [Launch(decode_kernel(groups=groups), (-(-S // rows), Hv, N), (REC_WARPS * WARP,))]
+        return [Launch(decode_kernel(groups=groups), (-(-S // rows), Hv, N), (REC_WARPS * WARP,), (hd,))]
     rows = REC_WARPS * RPW
-    return [Launch(recurrent_kernel(), (-(-S // rows), Hv, N), (REC_WARPS * WARP,))]
+    return [Launch(recurrent_kernel(), (-(-S // rows), Hv, N), (REC_WARPS * WARP,), (hd,))]
 
 
 def fast_path_refusal(node: Any) -> Optional[str]:
@@ -325,9 +326,14 @@ def fast_path_refusal(node: Any) -> Optional[str]:
     return None
 
 
+def head_divisor(node: Any) -> int:
+    """hd of a GATED_DELTA_NET node: 1 for the tiled q/k head map, H_v / H_k for the interleaved one."""
+    return node.src[2].ne[1] // node.src[0].ne[1] if node.op_params.get("bcast", 0) else 1
+
+
 def node_launches(node: Any) -> list[Launch]:
     S, Hv, T, N = node.src[2].ne
-    return plan(S, Hv, T, N, node.op_params["K"], node.src[3].ne[0] != 1)
+    return plan(S, Hv, T, N, node.op_params["K"], node.src[3].ne[0] != 1, hd=head_divisor(node))
 
 
 # ----------------------------------------------------------------------------- standalone
@@ -346,7 +352,7 @@ def contiguous_meta(dst_size: int, *arrays: Any) -> np.ndarray:
     return meta
 
 
-def standalone(dst, q, k, v, g, beta, state, K, workspace=None, chunked=None):
+def standalone(dst, q, k, v, g, beta, state, K, workspace=None, chunked=None, hd=1):
     """A callable run(stream=0) doing GATED_DELTA_NET on numpy-shaped C-contiguous device
     arrays: q, k (n_seqs_qk, T, H_k, S); v (n_seqs, T, H_v, S); g (n_seqs, T, H_v, 1 or S);
     beta (n_seqs, T, H_v, 1); state (n_seqs, H_v, S, S); dst flat float32 of
@@ -357,7 +363,7 @@ def standalone(dst, q, k, v, g, beta, state, K, workspace=None, chunked=None):
         raise ValueError(f"GATED_DELTA_NET (cuda gdn_fast): S={S} needs S <= {MAX_S}, S % 4 == 0")
     meta = cuda.to_device(contiguous_meta(dst.size, q, k, v, g, beta, state))
     args = (meta, *(a.reshape(a.size) for a in (dst, q, k, v, g, beta, state)), K)
-    launches = plan(S, Hv, T, N, K, g.shape[3] != 1, workspace, chunked)
+    launches = plan(S, Hv, T, N, K, g.shape[3] != 1, workspace, chunked, hd)
 
     def run(stream=0):
         for la in launches:

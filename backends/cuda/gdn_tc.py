@@ -160,8 +160,10 @@ if not SIM:
         return _FP(a, i), codegen
 
     _ARR = "float32[::1]"
-    _SIG_WS = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64, {', '.join([_ARR] * NWS)})"
-    _SIG = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64)"
+    # meta, dst and the six sources, K, hd (the q/k head divisor: value head h reads (h / hd) % H_k),
+    # then the workspace
+    _SIG_WS = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64, int64, {', '.join([_ARR] * NWS)})"
+    _SIG = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64, int64)"
 
 
 _CACHE: dict = {}
@@ -175,37 +177,37 @@ def _declare(name: str, kernel: str, nptr: int, nint: int, defines: Optional[dic
 
 
 def _prep_py(fn: Any, kda: bool) -> Any:
-    def prep(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+    def prep(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
         fn(fptr(q, meta[SLOT_W]), fptr(k, meta[2 * SLOT_W]), fptr(v, meta[3 * SLOT_W]),
            fptr(g, meta[4 * SLOT_W]), fptr(beta, meta[5 * SLOT_W]), fptr(Uw, 0), fptr(Ww, 0),
            fptr(Pw, 0), fptr(Gw, 0), fptr(KGw, 0), fptr(QGw, 0), meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2],
-           meta[3 * SLOT_W + 3], meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4])
+           meta[3 * SLOT_W + 3], meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4], hd)
     return prep
 
 
 def _state_py(fn: Any, kda: bool) -> Any:
-    def state_pass(meta, dst, q, k, v, g, beta, state, K, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+    def state_pass(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
         S, Hv, T, N = meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 3], meta[3 * SLOT_W + 4]
         ks = fptr(KGw, 0) if kda else fptr(k, meta[2 * SLOT_W])     # KDA: prep's K e^(gl - gc)
         qs = fptr(QGw, 0) if kda else fptr(q, meta[SLOT_W])          # and Q e^gc
         fn(ks, qs, fptr(state, meta[6 * SLOT_W]), fptr(dst, meta[0] + S * Hv * T * N), fptr(dst, meta[0]),
-           fptr(Uw, 0), fptr(Ww, 0), fptr(Pw, 0), fptr(Gw, 0), S, Hv, T, meta[SLOT_W + 2], N // meta[SLOT_W + 4])
+           fptr(Uw, 0), fptr(Ww, 0), fptr(Pw, 0), fptr(Gw, 0), S, Hv, T, meta[SLOT_W + 2], N // meta[SLOT_W + 4], hd)
     return state_pass
 
 
 def _decode_py(fn: Any, kda: bool) -> Any:
-    def decode(meta, dst, q, k, v, g, beta, state, K):
+    def decode(meta, dst, q, k, v, g, beta, state, K, hd):
         fn(fptr(q, meta[SLOT_W]), fptr(k, meta[2 * SLOT_W]), fptr(v, meta[3 * SLOT_W]),
            fptr(g, meta[4 * SLOT_W]), fptr(beta, meta[5 * SLOT_W]), fptr(state, meta[6 * SLOT_W]),
            fptr(dst, meta[0]), meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 4],
-           meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4], K)
+           meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4], K, hd)
     return decode
 
 
 # name, .cu file, pointer and integer arguments of its C function, the Python wrapper
-SPECS = {"prep": ("gdn_tc_prep", "gdn_tc_prep.cu", 11, 5, _prep_py),
-         "state": ("gdn_tc_state", "gdn_tc_state.cu", 9, 5, _state_py),
-         "decode": ("gdn_tc_decode", "gdn_tc_decode.cu", 7, 6, _decode_py)}
+SPECS = {"prep": ("gdn_tc_prep", "gdn_tc_prep.cu", 11, 6, _prep_py),
+         "state": ("gdn_tc_state", "gdn_tc_state.cu", 9, 6, _state_py),
+         "decode": ("gdn_tc_decode", "gdn_tc_decode.cu", 7, 7, _decode_py)}
 
 
 def wrapper(kind: str, defines: dict) -> tuple:
@@ -276,19 +278,21 @@ def workspace(S: int, Hv: int, T: int, N: int, kda: bool = False) -> tuple:
 
 
 def chunked_launches(S: int, Hv: int, T: int, N: int, kda: bool = False, ws: Optional[tuple] = None,
-                     nj: int = STATE_NJ, acc: int = ACC, ks: int = STATE_KS) -> list[Launch]:
-    """The two launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given."""
+                     nj: int = STATE_NJ, acc: int = ACC, ks: int = STATE_KS, hd: int = 1) -> list[Launch]:
+    """The two launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given.
+    hd: value head h reads q/k head (h / hd) % H_k (1 tiled; H_v / H_k interleaved, the op's bcast 1)."""
     nc = -(-T // CHUNK)
     ws = ws if ws is not None else workspace(S, Hv, T, N, kda)
-    return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (prep_threads(kda),), ws),
-            Launch(state_kernel(S, kda, nj, acc, ks), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), ws)]
+    return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (prep_threads(kda),), (hd, *ws)),
+            Launch(state_kernel(S, kda, nj, acc, ks), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), (hd, *ws))]
 
 
 def decode_launch(S: int, Hv: int, N: int, kda: bool, rows: int = DEC_ROWS, regs: int = DEC_REGS,
-                  max_blocks: Optional[int] = None) -> Launch:
-    """One warp an item of 4*rows rows; `max_blocks` caps the grid (the warps then loop)."""
+                  max_blocks: Optional[int] = None, hd: int = 1) -> Launch:
+    """One warp an item of 4*rows rows; `max_blocks` caps the grid (the warps then loop); hd as in
+    chunked_launches."""
     items = Hv * N * -(-S // (4 * rows))
     blocks = -(-items // DEC_WARPS)
     if max_blocks:
         blocks = min(blocks, max_blocks)
-    return Launch(decode_kernel(kda, S, rows, regs), (blocks,), (DEC_WARPS * 32,))
+    return Launch(decode_kernel(kda, S, rows, regs), (blocks,), (DEC_WARPS * 32,), (hd,))

@@ -11,8 +11,9 @@
 extern "C" __device__ int gdn_tc_decode(const float* q, const float* k, const float* v, const float* g,
                                          const float* beta, const float* state, float* dst, long long S_,
                                          long long Hv_, long long N_, long long Hk_, long long rep_,
-                                         long long K_) {
+                                         long long K_, long long hd_) {
     const int S = GDN_DIM_S(S_), Hv = (int)Hv_, N = (int)N_, Hk = (int)Hk_, rep = (int)rep_, K = (int)K_;
+    const int hd = (int)hd_;   // value head h reads q/k head (h / hd) % Hk: hd 1 tiled, H_v / H_k interleaved
     const int lane = threadIdx.x & 31, l8 = lane & 7, rq = lane >> 3;
     const int rows_item = 4 * DP;
     const int per_head = (S + rows_item - 1) / rows_item;
@@ -37,8 +38,8 @@ extern "C" __device__ int gdn_tc_decode(const float* q, const float* k, const fl
                 x[p][m] = j < S && i < S ? ld_cs4(sb + (long long)j * S + i) : make_float4(0.f, 0.f, 0.f, 0.f);
             }
         }
-        const float* qb = q + ((long long)(seq / rep) * Hk + h % Hk) * S;
-        const float* kb = k + ((long long)(seq / rep) * Hk + h % Hk) * S;
+        const float* qb = q + ((long long)(seq / rep) * Hk + (h / hd) % Hk) * S;
+        const float* kb = k + ((long long)(seq / rep) * Hk + (h / hd) % Hk) * S;
         float4 kk[4], qq[4], ee[4];
         float kq = 0.f;
 #pragma unroll

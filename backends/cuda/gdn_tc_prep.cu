@@ -265,7 +265,7 @@ GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* b
 extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const float* v, const float* g,
                                        const float* beta, float* Uw, float* Ww, float* Pw, float* Gw,
                                        float* KGw, float* QGw, long long S_, long long Hv_, long long T_, long long Hk_,
-                                       long long rep_) {
+                                       long long rep_, long long hd_) {
     need_smem(PREP_SMEM_FLOATS * 4);
     float* sm = GDN_SMEM;
     float* Ks = sm + P_KS;
@@ -280,7 +280,7 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     const int c = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g4 = lane >> 2, t4 = lane & 3;
     const int nc = (T + L - 1) / L, Tp = nc * L, t0 = c * L;
-    const int sq = seq / rep, hk = h % Hk, hs = seq * Hv + h;
+    const int sq = seq / rep, hk = (h / (int)hd_) % Hk, hs = seq * Hv + h;
     const int vr = T - t0 < L ? T - t0 : L;
     const long long qk_row = (long long)Hk * S;
     const float* kc = k + ((long long)(sq * T + t0) * Hk + hk) * S;

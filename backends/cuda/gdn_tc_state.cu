@@ -95,7 +95,7 @@ GDN_INL void put_partials(float* Xs, float (*x)[GDN_CW], int ks, int lane) {
 extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const float* state, float* dst_state,
                                         float* dst_out, const float* Uw, const float* Ww, const float* Pw,
                                         const float* Gw, long long S_, long long Hv_, long long T_, long long Hk_,
-                                        long long rep_) {
+                                        long long rep_, long long hd_) {
     need_smem(STATE_SMEM_FLOATS * 4);
     float* sm = GDN_SMEM;
     const int S = GDN_DIM_S(S_), Hv = (int)Hv_, T = (int)T_, Hk = (int)Hk_, rep = (int)rep_;
@@ -106,7 +106,7 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
     const int n0 = ks * NI;                        // and its keys: 8 n0 .. 8 (n0 + NI)
     const int ja = jb + g4, jc = jb + g4 + 8;      // the two columns (C rows) a lane holds
     const int nc = (T + L - 1) / L, Tp = nc * L;
-    const int sq = seq / rep, hk = h % Hk, hs = seq * Hv + h;
+    const int sq = seq / rep, hk = (h / (int)hd_) % Hk, hs = seq * Hv + h;
     const float scale = 1.0f / sqrtf((float)S);
 #if GDN_KDA
     const long long qk_row = S;

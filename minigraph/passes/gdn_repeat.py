@@ -17,7 +17,7 @@ value head h to q/k head h % H_k and value sequence n to q/k sequence n // (n_se
           takes bcast 1 (GDN_BCAST_INTERLEAVED: h // (H_v / H_k)), which equals h // r when the
           repeat makes all H_v heads (r H_k == H_v); H_k == 1 or r == 1 needs no switch. ggml.h
           plans the switch (TODO ggml_gated_delta_net_set_bcast, TAG_GGML_GDN_BCAST); a backend
-          that does not support it (CUDA today) keeps the repeat, a logged near miss.
+          that does not support it keeps the repeat, a logged near miss (CPU and CUDA support it).
 Preconditions: q and k are both such repeats of same-shaped tensors (the op needs q.ne == k.ne);
 the backend that runs the GATED_DELTA_NET supports_op the new node. A REPEAT that other nodes
 also read stays for them; the op reads its source either way.

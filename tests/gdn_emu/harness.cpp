@@ -18,6 +18,9 @@
 #endif
 #define KDA kda_flag
 static bool kda_flag = false;
+// GDN_EMU_INTERLEAVED=1 in the environment: value head h reads q/k head h / (H_v / H_k) (the op's
+// bcast 1) instead of h % H_k, in the kernels and the reference alike
+static bool interleaved() { const char* e = getenv("GDN_EMU_INTERLEAVED"); return e && atoi(e) != 0; }
 #include "gdn_tc_decode.cu"
 
 using vec = std::vector<float>;
@@ -59,7 +62,7 @@ static void reference(const Inputs& in, int S, int Hk, int Hv, int T, int N, int
     std::vector<double> M((size_t)S * S), kv(S), dl(S);
     for (int n = 0; n < N; ++n)
         for (int h = 0; h < Hv; ++h) {
-            const int sq = n / (N / Nqk), hk = h % Hk;
+            const int sq = n / (N / Nqk), hk = interleaved() ? h / (Hv / Hk) : h % Hk;
             for (int j = 0; j < S; ++j)
                 for (int i = 0; i < S; ++i) M[(size_t)i * S + j] = in.state[(((size_t)n * Hv + h) * S + j) * S + i];
             for (int t = 0; t < T; ++t) {
@@ -116,13 +119,14 @@ int main(int argc, char** argv) {
         const int rep = N / Nqk;
         emu_launch({(unsigned)nc, (unsigned)Hv, (unsigned)N}, PREP_THREADS, PREP_SMEM_FLOATS * 4, [&] {
             gdn_tc_prep(in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(), U.data(), W.data(),
-                        P.data(), G.data(), KG.data(), QG.data(), S, Hv, T, Hk, rep);
+                        P.data(), G.data(), KG.data(), QG.data(), S, Hv, T, Hk, rep, interleaved() ? Hv / Hk : 1);
         });
         float* dstate = dst.data() + (size_t)S * Hv * T * N;
         emu_launch({(unsigned)((S + BV - 1) / BV), (unsigned)Hv, (unsigned)N}, STATE_THREADS, STATE_SMEM_FLOATS * 4,
                    [&] {
                        gdn_tc_state(kda ? KG.data() : in.k.data(), kda ? QG.data() : in.q.data(), in.state.data(),
-                                    dstate, dst.data(), U.data(), W.data(), P.data(), G.data(), S, Hv, T, Hk, rep);
+                                    dstate, dst.data(), U.data(), W.data(), P.data(), G.data(), S, Hv, T, Hk, rep,
+                                    interleaved() ? Hv / Hk : 1);
                    });
         std::vector<double> ro, rf;
         reference(in, S, Hk, Hv, T, N, Nqk, kda, ro, rf);
@@ -140,7 +144,7 @@ int main(int argc, char** argv) {
     vec dst((size_t)S * Hv * (N + K * S * N), NAN);
     emu_launch({3, 1, 1}, 64, 16, [&] {
         gdn_tc_decode(in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(), in.state.data(),
-                      dst.data(), S, Hv, N, Hk, N / Nqk, K);
+                      dst.data(), S, Hv, N, Hk, N / Nqk, K, interleaved() ? Hv / Hk : 1);
     });
     std::vector<double> ro, rf;
     reference(in, S, Hk, Hv, 1, N, Nqk, kda_flag, ro, rf);
