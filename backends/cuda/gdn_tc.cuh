@@ -210,6 +210,13 @@ GDN_INL void acc_fold(float* c) {
 #endif
 }
 
+// lower-triangle pair number p (0, 1, 2, ... over (0,0), (1,0), (1,1), (2,0), ...) as row r >= column s
+GDN_INL void tri_pair(int p, int& r, int& s) {
+    r = 0;
+    while (p > r) { p -= r + 1; ++r; }
+    s = p;
+}
+
 // a 16x8 C fragment's four floats into row-major out (ld floats a row): rows r0 + g and r0 + g + 8,
 // columns j and j + 1 (j = 8n + 2t), unless j is past the last column n_cols
 GDN_INL void store_c(float* out, long long ld, const float* c, int r0, int j, int n_cols, int g) {

@@ -163,10 +163,10 @@ GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* b
         }
         __syncthreads();
         for (int it = tid; it < 136 * 4; it += PREP_THREADS) {   // warp-uniform: 136 * 4 = 2 * 256 + 32
-            const int pr = it >> 2, qt = it & 3;
-            int rr = 0, rest = pr;
-            while (rest > rr) { rest -= rr + 1; ++rr; }
-            const int ss = rest, r = r0 + rr, s = r0 + ss;
+            const int qt = it & 3;
+            int rr, ss;
+            tri_pair(it >> 2, rr, ss);
+            const int r = r0 + rr, s = r0 + ss;
             float ak = 0.f, aq = 0.f;
             for (int j = qt; j < nb; j += 4) {
                 const int key = badk[b * SMAX + j];
@@ -204,9 +204,9 @@ GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* b
     // 5. the 10 lower blocks (I, J): jobs 0..9 K K^T, 10..19 Q K^T, two 8-column tiles each
     for (int j = warp; j < 20; j += PREP_THREADS / 32) {
         const int prod = j >= 10;
-        int bt = prod ? j - 10 : j, I = 0;
-        while (bt > I) { bt -= I + 1; ++I; }
-        const int J = bt, diag = I == J;
+        int I, J;
+        tri_pair(prod ? j - 10 : j, I, J);
+        const int diag = I == J;
         const float* Ab = (prod ? Xs : Ks) + 16 * I * KSP;
         const float* sv = sc + (diag ? SC_IL + I * SMAX : SC_LAM + (I * (I - 1) / 2 + J) * SMAX);
         float acc[2][GDN_CW];
@@ -331,9 +331,8 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     // 1. Gram products on the 10 lower 16x16 blocks: jobs 0..9 K K^T, 10..19 Q K^T
     for (int j = warp; j < 20; j += PREP_THREADS / 32) {
         const int prod = j >= 10;
-        int b = prod ? j - 10 : j, bi = 0;
-        while (b > bi) { b -= bi + 1; ++bi; }
-        const int bj = b;
+        int bi, bj;
+        tri_pair(prod ? j - 10 : j, bi, bj);
         const float* Ab = (prod ? Xs : Ks) + 16 * bi * KSP;
         float acc[2][GDN_CW];
         acc_zero(acc[0]);
