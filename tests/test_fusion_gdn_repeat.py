@@ -181,7 +181,7 @@ def test_shared_repeat_stays_for_its_other_reader():
 def test_cuda_backend_absorbs_the_interleaved_repeat(T):
     """On CUDA too (the simulator in CI): decode and the recurrence read q/k head h // r."""
     from test_cuda_backend import SKIP
-    if SKIP is not None:
+    if SKIP is not None:   # no numba-cuda: neither a GPU nor the simulator to run it on (SKIP says which)
         pytest.skip(SKIP)
     be = mg.backend_cuda_init(0)
     gf, outs = gqa_graph(build_delta_net_fused, 2, 4, T, 1, "interleaved")
@@ -193,7 +193,7 @@ def test_cuda_backend_absorbs_the_interleaved_repeat(T):
 def test_cuda_backend_absorbs_too():
     """On the CUDA backend (the simulator in CI): the repeat goes, the results stay."""
     from test_cuda_backend import SKIP
-    if SKIP is not None:
+    if SKIP is not None:   # no numba-cuda: neither a GPU nor the simulator to run it on (SKIP says which)
         pytest.skip(SKIP)
     be = mg.backend_cuda_init(0)
     gf, outs = gqa_graph(build_delta_net_fused, 2, 4, 2, 1, "tiled")

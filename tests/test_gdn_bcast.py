@@ -65,7 +65,7 @@ def test_cuda_runs_the_interleaved_map(T):
     """Decode and the recurrence here (the simulator in CI); the GPU run adds the chunked and the
     tensor-core kernels (tests/test_gdn_cuda_fast.py's gpu cases, the conformance cases)."""
     from test_cuda_backend import SKIP
-    if SKIP is not None:
+    if SKIP is not None:   # no numba-cuda: neither a GPU nor the simulator to run it on (SKIP says which)
         pytest.skip(SKIP)
     ctx = mg.Context()
     out = _node(ctx, np.random.default_rng(4), T=T)
