@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from minigraph.backends.reference import ReferenceResult
 from minigraph.core import dtypes
 from minigraph.core.cases import CASES, Case
 from minigraph.core.context import Context
@@ -181,25 +182,17 @@ def input_values(gf: Graph, node: Tensor, rng: np.random.Generator) -> dict[int,
     written through that source's strides and offset (not for a block-quantized leaf, whose
     values all go through the quantizer)."""
     op = OPS[node.op]
-    vals = {id(leaf): default_sample(leaf, rng).astype(np.int64 if leaf.type in dtypes.INT_TYPES else np.float64)
-            for leaf in gf.leafs}
+    mem = ReferenceResult()   # the reference engine's flat per-root memory and its strided views
+    for leaf in gf.leafs:
+        mem.mem[id(leaf)] = default_sample(leaf, rng).astype(
+            np.int64 if leaf.type in dtypes.INT_TYPES else np.float64).reshape(-1)
     for i, s in enumerate(node.src):
         if s is None or i in op.shape_only or op.sample is None:
             continue
         got = op.sample(node, i, rng)
-        root = s.root
-        if got is None or id(root) not in vals or dtypes.is_quantized(root.type):
-            continue
-        flat = vals[id(root)].reshape(-1)
-        ts = dtypes.type_size(root.type)
-        offs = s.view_offs if s.view_src is not None else 0
-        last = offs // ts + sum((n - 1) * (b // ts) for n, b in zip(s.ne, s.nb))
-        if offs % ts or any(b % ts or b < 0 for b in s.nb) or min(s.ne) <= 0 or last >= flat.size:
-            continue   # never write outside the root (the loader has refused such views already)
-        view = np.lib.stride_tricks.as_strided(flat[offs // ts:], shape=tuple(reversed(s.ne)),
-                                               strides=tuple(8 * (b // ts) for b in reversed(s.nb)), writeable=True)
-        view[...] = got
-    return {k: vals[id(leaf)] for k, leaf in enumerate(gf.leafs)}
+        if got is not None and id(s.root) in mem.mem and not dtypes.is_quantized(s.root.type) and min(s.ne) > 0:
+            mem.view4(s)[...] = got   # through s's strides and offset (graph_from_dict checked their bounds)
+    return {k: mem.mem[id(leaf)].reshape(tuple(reversed(leaf.ne))) for k, leaf in enumerate(gf.leafs)}
 
 
 def _compute_node(gf: Graph, op: str) -> Tensor:

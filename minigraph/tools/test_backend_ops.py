@@ -189,6 +189,13 @@ def result_line(r: Result, mode: str) -> str:
     return f"  {r.case}: OK"
 
 
+def print_result(r: Result, mode: str, seed: int, out: TextIO, test_file: str = "") -> None:
+    """A result's line, and for a failure its seed and repro command."""
+    print(result_line(r, mode), file=out, flush=True)
+    if r.status == "fail":
+        print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
+
+
 def repro(r: Result, seed: int, test_file: str = "") -> str:
     b = "ggml" if r.backend == "ggml-CPU" else r.backend
     extra = " --against ggml" if b == "ggml" else f" -b {b}"
@@ -209,9 +216,7 @@ def run_backend(mode: str, backend: Any, cases: list[Case], seed: int, out: Opti
         results.append(r)
         if out is not None:
             prog.clear()
-            print(result_line(r, mode), file=out, flush=True)
-            if r.status == "fail":
-                print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
+            print_result(r, mode, seed, out, test_file)
     prog.clear()
     return results
 
@@ -247,9 +252,7 @@ def run_parallel(mode: str, name: str, cases: list[Case], seed: int, jobs: int, 
     results = [by_case[c.name] for c in cases if c.name in by_case]
     for r in results:
         if out is not None:
-            print(result_line(r, mode), file=out, flush=True)
-            if r.status == "fail":
-                print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
+            print_result(r, mode, seed, out, test_file)
     return results
 
 
@@ -280,9 +283,7 @@ def run_ggml(cases: list[Case], seed: int, out: Optional[TextIO], test_file: str
         r = Result("ggml-CPU", rec["case"], names[rec["case"]].op, status[rec["status"]], detail)
         results.append(r)
         if out is not None:
-            print(result_line(r, "test"), file=out, flush=True)
-            if r.status == "fail":
-                print(f"    seed {seed}; repro: {repro(r, seed, test_file)}", file=out)
+            print_result(r, "test", seed, out, test_file)
     return results
 
 

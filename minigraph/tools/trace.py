@@ -20,7 +20,7 @@ import numpy as np
 from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
-from minigraph.tools.compare import checked_tensors, run_way
+from minigraph.tools.compare import checked_tensors, run_way, stats
 from minigraph.tools.dump import label
 
 EDGE = 3    # values shown at each end of a dim with -v (ggml's eval-callback shows 3)
@@ -36,12 +36,7 @@ def node_record(index: int, t: Any, value: np.ndarray, labels: dict, edge: int =
     fin = np.isfinite(a)
     rec = {"index": index, "op": t.op, "name": label(t, labels), "type": dtypes.type_name(t.type), "ne": list(t.ne),
            "src": [f"{label(s, labels)} {_shape_text(s)}" for s in t.src if s is not None],
-           "nonfinite": int(a.size - int(fin.sum())), "nan": int(np.isnan(a).sum())}
-    if fin.any():
-        v = a[fin]
-        rec.update(sum=float(v.sum()), min=float(v.min()), max=float(v.max()), mean=float(v.mean()))
-    else:
-        rec.update(sum=None, min=None, max=None, mean=None)
+           **stats(a), "sum": float(a[fin].sum()) if fin.any() else None, "nan": int(np.isnan(a).sum())}
     if edge:
         n = max([t.n_dims] + [i + 1 for i, x in enumerate(t.ne) if x == 0])
         rec["values"] = np.array2string(a.reshape(tuple(reversed(t.ne[:n]))), threshold=0, edgeitems=edge,
