@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import sys
 import tempfile
@@ -48,6 +49,20 @@ def load_kernel(path):
     return mod._gdn_decode, mod.STREAM_BYTES
 
 
+def _params(fn):
+    return list(inspect.signature(fn.py_func).parameters)
+
+
+def _extra(fn, state):
+    """The state-destination arguments of kernels that take them (sd unused: to_sd 0)."""
+    return (state, 0) if "to_sd" in _params(fn) else ()
+
+
+def _bcast(fn):
+    """The q/k head map of kernels that take it (0: tiled), so older copies of gdn_rows.py run too."""
+    return (0,) if "bcast" in _params(fn) else ()
+
+
 def make_inputs(ns, kda, rng):
     """q, k, v, g, beta, state in kernel order (reversed ggml ne)."""
     def unit(shape):
@@ -68,7 +83,7 @@ def measure(kernels, ns, kda, rng):
     for label, (fn, stream_bytes) in kernels.items():
         dst = np.zeros((1, 1, ns + S * ns, S * H_V), np.float32)
         stream = arrs[5].nbytes >= stream_bytes
-        calls[label] = (lambda fn, dst, stream: lambda: fn(dst, *arrs, 1, stream))(fn, dst, stream)
+        calls[label] = (lambda fn, dst, stream: lambda: fn(dst, *arrs, *_extra(fn, arrs[5]), 1, *_bcast(fn), stream))(fn, dst, stream)
         outs.append(dst)
     src = arrs[5].reshape(-1, 1024)
     copy = np.empty_like(src)

@@ -8,21 +8,30 @@ Inputs (ggml ne order):
   state  [S, S, H_v, n_seqs]      transposed: element [j*S + i] is S[i][j] (i key, j value)
 Output: F32 [S*H_v, T*n_seqs + K*S*n_seqs]: the attention output [S, H_v, T, n_seqs], then K state
 snapshots [S, S, H_v, n_seqs] (slot 0 = final state, slot s = the state s tokens before the end).
+
+A node may also carry a 7th source, the state destination (the gdn_state_write pass attaches it,
+attach_state_dst; ggml-cuda's #23940 and ik_llama #2251 do the same inside their backends): the
+final state then goes straight there, typically the recurrent-cache slot llama.cpp would `cpy` it
+into, and the result's snapshot slot is left unwritten. Only with K == 1.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
 from minigraph.core.errors import MinigraphError, expect
-from minigraph.core.tensor import Tensor, row_size
+from minigraph.core.tensor import Tensor, is_contiguous, row_size
 
 from minigraph.ops.common import F32, check_int, check_tensor
 from minigraph.ops.gdn_reference import gated_delta_net_reference
-from minigraph.core.registry import OpDef, builder, register
+from minigraph.core.registry import WRITTEN_BY, OpDef, builder, register
 
 
-def _ref(node, q, k, v, g, beta, state, K, bcast):
-    # sources arrive as (ne3, ne2, ne1, ne0) arrays: exactly the layout the reference takes
+def _ref(node, q, k, v, g, beta, state, state_dst=None, K=1, bcast=0):
+    # sources arrive as (ne3, ne2, ne1, ne0) arrays: exactly the layout the reference takes. The
+    # reference keeps the packed result whole: with a state destination its copy (the CPY the pass
+    # marked written_by) still reads the final state from here
     out = gated_delta_net_reference(q, k, v, g, beta, state, K, bcast)
     return out.reshape(tuple(reversed(node.ne)))
 
@@ -47,15 +56,19 @@ def _sample(node, i: int, rng: np.random.Generator):
 
 
 def _rebuild(ctx, spec, *srcs) -> Tensor:
-    t = ctx.gated_delta_net(*srcs, spec.params.get("K"))
+    t = ctx.gated_delta_net(*srcs[:6], spec.params.get("K"))
     if spec.params.get("bcast"):
         gated_delta_net_set_bcast(t, spec.params["bcast"])
+    if len(srcs) > 6:
+        attach_state_dst(t, srcs[6])
     return t
 
 
-# bcast: the q/k head map, set by gated_delta_net_set_bcast (0 tiled, 1 interleaved)
+# bcast: the q/k head map, set by gated_delta_net_set_bcast (0 tiled, 1 interleaved); source 6,
+# when present, is written, never read (attach_state_dst)
 GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K", "bcast"), flops=_flops,
-                                 sample=_sample, rebuild=_rebuild, param_defaults={"bcast": 0}))
+                                 sample=_sample, rebuild=_rebuild, param_defaults={"bcast": 0},
+                                 shape_only=(6,), written_srcs=(6,)))
 
 GDN_BCAST_TILED = 0         # value head h reads q/k head h % H_k (ggml_repeat's order; ggml's op)
 GDN_BCAST_INTERLEAVED = 1   # value head h reads q/k head h // (H_v / H_k) (llama.cpp's Qwen3-Next repeat)
@@ -82,6 +95,44 @@ def gated_delta_net_get_bcast(a: Tensor) -> int:
     expect(isinstance(a, Tensor) and a.op == "GATED_DELTA_NET", "gated_delta_net_get_bcast",
            "expects a GATED_DELTA_NET node", *([a] if isinstance(a, Tensor) else []))
     return int(a.op_params.get("bcast", 0))
+
+
+def attach_state_dst(node: Tensor, dst: Tensor) -> None:
+    """Make GATED_DELTA_NET `node` write its final state into `dst` (its 7th source) instead of
+    its result's snapshot slot, which stays unwritten. dst: f32, [S, S, H_v, n_seqs] contiguous,
+    the layout of the input state (element [j*S + i] of a head is S[i][j]); it may be the input
+    state's own memory (an in-place update: every kernel reads a head's rows before it writes
+    them). K must be 1. What else may read or write dst, and when, is the caller's to check: the
+    gdn_state_write pass does, and is what attaches it."""
+    expect(isinstance(node, Tensor) and node.op == "GATED_DELTA_NET" and len(node.src) == 6,
+           "gated_delta_net", "a state destination goes on a GATED_DELTA_NET node without one",
+           *([node] if isinstance(node, Tensor) else []))
+    check_tensor("gated_delta_net", dst)
+    S, H, T, N, K = gdn_dims(node)
+    expect(K == 1, "gated_delta_net", f"a state destination needs K == 1 (one snapshot), got K={K}", node)
+    expect(dst.type == F32 and dst.ne == (S, S, H, N) and is_contiguous(dst), "gated_delta_net",
+           f"the state destination must be a contiguous f32 [{S}, {S}, {H}, {N}]", node, dst)
+    node.src.append(dst)
+
+
+def mark_state_written(c: Tensor) -> None:
+    """Mark CPY node c written_by its source's GATED_DELTA_NET (backends then skip it): c must copy
+    that node's whole final state into exactly the node's state destination. How a graph file's
+    mark is checked; the gdn_state_write pass sets it where it attaches the destination."""
+    a, b = (c.src + [None, None])[:2] if isinstance(c, Tensor) else (None, None)
+    gdn = a.root if isinstance(a, Tensor) else None
+    sd = state_dst(gdn) if gdn is not None and gdn.op == "GATED_DELTA_NET" else None
+    ok = (c.op == "CPY" and sd is not None and b is not None and b.root is sd.root and b.view_offs == sd.view_offs
+          and is_contiguous(b) and is_contiguous(a) and a.view_offs == 4 * sd.ne[0] * sd.ne[2] * gdn.src[2].ne[2] * sd.ne[3]
+          and a.ne[0] * a.ne[1] * a.ne[2] * a.ne[3] == sd.ne[0] * sd.ne[1] * sd.ne[2] * sd.ne[3])
+    expect(ok, "cpy", "written_by GATED_DELTA_NET marks only the copy of such a node's final state into its "
+           "state destination", *[t for t in (c, a, b) if isinstance(t, Tensor)])
+    c.op_params[WRITTEN_BY] = "GATED_DELTA_NET"
+
+
+def state_dst(node: Tensor) -> Optional[Tensor]:
+    """The state destination of a GATED_DELTA_NET node (attach_state_dst), or None."""
+    return node.src[6] if len(node.src) > 6 else None
 
 
 def gdn_dims(node: Tensor) -> tuple[int, int, int, int, int]:

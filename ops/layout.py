@@ -15,7 +15,7 @@ from minigraph.core.errors import expect, fail
 from minigraph.core.tensor import Tensor, can_repeat, contiguous_strides, is_contiguous, nelements
 
 from minigraph.ops.common import F32, check_int, check_tensor, tile_to
-from minigraph.core.registry import OpDef, builder, register
+from minigraph.core.registry import WRITTEN_BY, OpDef, builder, register
 
 NONE_BYTES = lambda node: 0.0  # noqa: E731  (views do no arithmetic)
 
@@ -52,9 +52,17 @@ CONT = register(OpDef("CONT", "layout", _logical_copy, flops=NONE_BYTES,
                       doc="contiguous copy of any view, optionally with a new shape",
                       rebuild=lambda ctx, spec, a: ctx.cont_4d(a, *spec.ne)))
 DUP = register(OpDef("DUP", "layout", _logical_copy, flops=NONE_BYTES, rebuild=lambda ctx, spec, a: ctx.dup(a)))
+def _rebuild_cpy(ctx, spec, a, b):
+    t = ctx.cpy(a, b)
+    if spec.params.get(WRITTEN_BY):
+        from minigraph.ops.gated_delta_net import mark_state_written   # the one op that writes for a CPY
+        mark_state_written(t)
+    return t
+
+
 CPY = register(OpDef("CPY", "layout", _logical_copy, flops=NONE_BYTES, shape_only=(1,),
                      doc="copy src0 into src1's memory (converting type); the node is a view of src1",
-                     rebuild=lambda ctx, spec, a, b: ctx.cpy(a, b)))
+                     rebuild=_rebuild_cpy))
 
 
 def _ref_pad(node, a, p0, p1, p2, p3):

@@ -113,7 +113,7 @@ def test_non_contiguous_inputs():
     from minigraph.backends.cpu.gdn_rows import _gdn_decode
     arrs = (q_nc[:, :1], k[:, :1], v[:, :1], g_nc[:, :1], beta_nc[:, :1], state_nc)
     out = np.full((1, 1, 2 + 2 * 32 * 2, 32 * 4), np.nan, np.float32)
-    _gdn_decode(out, *arrs, 2, 0, True)
+    _gdn_decode(out, *arrs, arrs[5], 0, 2, 0, True)
     assert rel_err(out[0, 0], reference(*arrs, 2)) < RTOL
     assert GDN_CHUNKED.any_layout and GDN_RECURRENT.any_layout and not GDN_DECODE.any_layout
 
@@ -205,7 +205,7 @@ def test_decode_single_pass(kda, S, stream, shift, g_lo):
     arrs = make(rng, S, 2, 4, 1, 2, 1, S if kda else 1, g_lo)
     ns, Hv, K = 2, 4, 2
     out = aligned_out(ns + K * S * ns, S * Hv, shift)
-    _gdn_decode(out, *arrs, K, 0, stream)
+    _gdn_decode(out, *arrs, arrs[5], 0, K, 0, stream)
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
 
 

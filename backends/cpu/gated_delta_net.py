@@ -325,9 +325,9 @@ _call_chunk_head_kda = CHUNK_HEAD_KDA.call
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _chunked_group(dst, q, k, v, g, beta, state, K, bcast, grp, G):
+def _chunked_group(dst, q, k, v, g, beta, state, sd, to_sd, K, bcast, grp, G):
     """Group `grp` of _gdn_chunked: (seq, head) pairs grp*G .. grp*G+G-1 from their states to
-    their outputs and snapshots."""
+    their outputs and snapshots (to_sd: the final state into sd, the state destination)."""
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
@@ -380,7 +380,12 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, bcast, grp, G):
         M = Ms[p - p0]
         for t in range(Tc, T + 1):                   # snapshot of the state after token t-1
             slot = T - t
-            if slot < K:
+            if slot == 0 and to_sd:
+                for j in range(S):
+                    row = sd[seq, h, j]
+                    for i in range(S):
+                        row[i] = M[i, j]
+            elif slot < K:
                 for j in range(S):
                     row = _dst_row(dst, _snap_off(slot, seq, h, j, S, Hv, T, ns), S)
                     for i in range(S):
@@ -399,12 +404,12 @@ def _chunked_group(dst, q, k, v, g, beta, state, K, bcast, grp, G):
 
 
 # the group body, called by address from the parallel loop (compiled once, not again inside it)
-CHUNKED_GROUP = Helper(_chunked_group, (_A4,) * 7 + (types.int64,) * 4)
+CHUNKED_GROUP = Helper(_chunked_group, (_A4,) * 8 + (types.int64,) * 5)
 _call_chunked_group = CHUNKED_GROUP.call
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_chunked(dst, q, k, v, g, beta, state, K, bcast):
+def _gdn_chunked_to(dst, q, k, v, g, beta, state, sd, to_sd, K, bcast):
     """The first T - K + 1 tokens in chunks of CHUNK (_chunk_step; KDA: _chunk_step_kda), the
     last K - 1 token by token so every snapshot slot is a state the rule passes through.
     Work goes out in groups of HEAD_GROUP (seq, head) pairs (_chunked_group); a group walks its
@@ -412,7 +417,17 @@ def _gdn_chunked(dst, q, k, v, g, beta, state, K, bcast):
     P = v.shape[0] * v.shape[2]
     G = -(-P // max(-(-P // HEAD_GROUP), min(P, MIN_GROUPS)))   # <= HEAD_GROUP, >= MIN_GROUPS groups
     for grp in prange((P + G - 1) // G):
-        _call_chunked_group(dst, q, k, v, g, beta, state, K, bcast, grp, G)
+        _call_chunked_group(dst, q, k, v, g, beta, state, sd, to_sd, K, bcast, grp, G)
+
+
+@njit(cache=True, nogil=True)
+def _gdn_chunked(dst, q, k, v, g, beta, state, K, bcast):
+    _gdn_chunked_to(dst, q, k, v, g, beta, state, state, 0, K, bcast)
+
+
+@njit(cache=True, nogil=True)
+def _gdn_chunked_sd(dst, q, k, v, g, beta, state, sd, K, bcast):
+    _gdn_chunked_to(dst, q, k, v, g, beta, state, sd, 1, K, bcast)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -432,17 +447,34 @@ def gated_delta_net(dst, q, k, v, g, beta, state, K, bcast):
     map (qk_head)."""
     T = v.shape[1]
     if T == 1:
-        _gdn_decode(dst, q, k, v, g, beta, state, K, bcast, state.size * 4 >= STREAM_BYTES)
+        _gdn_decode(dst, q, k, v, g, beta, state, state, 0, K, bcast, state.size * 4 >= STREAM_BYTES)
     elif uses_chunked(T, g.shape[3], K):
-        _gdn_chunked(dst, q, k, v, g, beta, state, K, bcast)
+        _gdn_chunked_to(dst, q, k, v, g, beta, state, state, 0, K, bcast)
     else:
-        _gdn_recurrent(dst, q, k, v, g, beta, state, K, bcast)
+        _gdn_recurrent(dst, q, k, v, g, beta, state, state, 0, K, bcast)
 
 
 @njit(cache=True, nogil=True)
 def gated_delta_net_decode(dst, q, k, v, g, beta, state, K, bcast):
     """The T == 1 form alone (the entry point's first branch), for plans that run only it."""
-    _gdn_decode(dst, q, k, v, g, beta, state, K, bcast, state.size * 4 >= STREAM_BYTES)
+    _gdn_decode(dst, q, k, v, g, beta, state, state, 0, K, bcast, state.size * 4 >= STREAM_BYTES)
+
+
+# the forms of a node with a state destination (ops/gated_delta_net.attach_state_dst, K == 1): its
+# 7th source sd (n_seqs, H_v, S, S) takes the final state, dst's snapshot slot stays unwritten
+@njit(cache=True, nogil=True)
+def gated_delta_net_decode_sd(dst, q, k, v, g, beta, state, sd, K, bcast):
+    _gdn_decode(dst, q, k, v, g, beta, state, sd, 1, K, bcast, state.size * 4 >= STREAM_BYTES)
+
+
+@njit(cache=True, nogil=True)
+def _gdn_recurrent_sd(dst, q, k, v, g, beta, state, sd, K, bcast):
+    _gdn_recurrent(dst, q, k, v, g, beta, state, sd, 1, K, bcast)
+
+
+@njit(cache=True, nogil=True)
+def _gdn_recurrent_plain(dst, q, k, v, g, beta, state, K, bcast):
+    _gdn_recurrent(dst, q, k, v, g, beta, state, state, 0, K, bcast)
 
 
 # the op picks its own parallelism inside, so both builds are the same entry point
@@ -455,18 +487,25 @@ GDN_DECODE = DualKernel(gated_delta_net_decode, gated_delta_net_decode, "gated_d
 # nothing from C-contiguous arrays: one compiled form each serves every layout (any_layout)
 GDN_CHUNKED = DualKernel(_gdn_chunked, _gdn_chunked, "gated_delta_net chunked", any_layout=True,
                          helpers=(CHUNK_HEAD, CHUNK_HEAD_KDA, CHUNKED_GROUP))
-GDN_RECURRENT = DualKernel(_gdn_recurrent, _gdn_recurrent, "gated_delta_net recurrent", any_layout=True)
+GDN_RECURRENT = DualKernel(_gdn_recurrent_plain, _gdn_recurrent_plain, "gated_delta_net recurrent", any_layout=True)
+GDN_DECODE_SD = DualKernel(gated_delta_net_decode_sd, gated_delta_net_decode_sd, "gated_delta_net decode, state dst")
+GDN_CHUNKED_SD = DualKernel(_gdn_chunked_sd, _gdn_chunked_sd, "gated_delta_net chunked, state dst", any_layout=True,
+                            helpers=(CHUNK_HEAD, CHUNK_HEAD_KDA, CHUNKED_GROUP))
+GDN_RECURRENT_SD = DualKernel(_gdn_recurrent_sd, _gdn_recurrent_sd, "gated_delta_net recurrent, state dst",
+                              any_layout=True)
 
 
 def pick_form(node) -> DualKernel:
     """The form `gated_delta_net` would branch to for this node (same tests, from the node's ne:
-    v [S, H_v, T, n_seqs], g [1 or S, ...], param K), so a plan compiles only that one."""
+    v [S, H_v, T, n_seqs], g [1 or S, ...], param K), so a plan compiles only that one; a node
+    with a state destination (7 sources) takes that form's variant writing it."""
     T = node.src[2].ne[2]
+    sd = len(node.src) > 6
     if T == 1:
-        return GDN_DECODE
+        return GDN_DECODE_SD if sd else GDN_DECODE
     if T >= CHUNK_MIN_T and node.op_params["K"] <= CHUNK:
-        return GDN_CHUNKED
-    return GDN_RECURRENT
+        return GDN_CHUNKED_SD if sd else GDN_CHUNKED
+    return GDN_RECURRENT_SD if sd else GDN_RECURRENT
 
 
 register_kernel("GATED_DELTA_NET", "cpu", GATED_DELTA_NET_KERNEL, pick=pick_form)

@@ -92,6 +92,15 @@ def _store_rows(dst, buf, j0, j1, slot, seq, h, S, Hv, T, ns):
 
 
 @njit(**INLINE)
+def _store_state(sd, buf, j0, j1, seq, h, S):
+    """Rows j0 .. j1-1 of the local state buffer into the state destination sd (n_seqs, H_v, S, S)."""
+    for j in range(j0, j1):
+        row = sd[seq, h, j]
+        for i in range(S):
+            row[i] = buf[j, i]
+
+
+@njit(**INLINE)
 def _load_gate(out, g, seq, t, h, S):
     """exp of the gate of token t as an S-vector (GDA broadcasts its scalar)."""
     if g.shape[3] == 1:
@@ -170,6 +179,17 @@ def _stream_row(out, s, e, kb, d):
 # ----------------------------------------------------------------------------- T == 1
 
 @njit(**INLINE)
+def _new_row(row, s, gd, kb, delta, stream, kda):
+    """Row j of the new state, e^g s + k delta, into `row` (non-temporal stores when `stream`)."""
+    if stream:
+        _stream_row(row, s, gd, kb, delta)
+    elif kda:
+        _update_row(row, s, gd, kb, delta)
+    else:
+        _update_row_gda(row, s, gd[0], kb, delta)
+
+
+@njit(**INLINE)
 def _dots2(s, a, b):
     """(s.a, s.b) for one state row: a single read of s."""
     x = np.float32(0.0)
@@ -181,15 +201,18 @@ def _dots2(s, a, b):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_decode(dst, q, k, v, g, beta, state, K, bcast, stream):
+def _gdn_decode(dst, q, k, v, g, beta, state, sd, to_sd, K, bcast, stream):
     """T == 1, one pass: row j of head (seq, h) is read once (its dots with the decayed
     key and query), then its new value written once, while it is in L1. Rows go in
-    order: reading several rows interleaved halved the prefetchers' DRAM throughput."""
+    order: reading several rows interleaved halved the prefetchers' DRAM throughput.
+    to_sd: the new state goes to sd (n_seqs, H_v, S, S), the node's state destination, not to
+    dst's snapshot slot (sd may be `state` itself: each row is read before it is written)."""
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
     scale = np.float32(1.0 / math.sqrt(S))
-    stream = stream and dst.strides[3] == 4 and state.strides[3] == 4   # _stream_row needs unit strides
+    stream = (stream and dst.strides[3] == 4 and state.strides[3] == 4   # _stream_row needs unit strides
+              and sd.strides[3] == 4)
     kda = g.shape[3] != 1
     for p in prange(ns * Hv):
         seq = p // Hv
@@ -218,13 +241,10 @@ def _gdn_decode(dst, q, k, v, g, beta, state, K, bcast, stream):
             a, c = _dots2(st[j], kg, qg)
             delta = (vr[j] - a) * b
             out[j] = (c + delta * kq) * scale  # q . (e^g S_j + k delta)
-            row = _dst_row(dst, _snap_off(0, seq, h, j, S, Hv, T, ns), S)
-            if stream:
-                _stream_row(row, st[j], gd, kb, delta)
-            elif kda:
-                _update_row(row, st[j], gd, kb, delta)
+            if to_sd:
+                _new_row(sd[seq, h, j], st[j], gd, kb, delta, stream, kda)
             else:
-                _update_row_gda(row, st[j], gd[0], kb, delta)
+                _new_row(_dst_row(dst, _snap_off(0, seq, h, j, S, Hv, T, ns), S), st[j], gd, kb, delta, stream, kda)
         if stream:
             _store_fence()
         if K > 1:
@@ -341,7 +361,7 @@ def _load_block(kk, qq, dd, kn, vb, bb, q, k, v, g, beta, sq, seq, hk, h, t0, nb
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def _gdn_recurrent(dst, q, k, v, g, beta, state, K, bcast):
+def _gdn_recurrent(dst, q, k, v, g, beta, state, sd, to_sd, K, bcast):
     ns, T, Hv, S = v.shape
     Hk = q.shape[2]
     rep = ns // q.shape[0]
@@ -401,7 +421,9 @@ def _gdn_recurrent(dst, q, k, v, g, beta, state, K, bcast):
                     ob[t, j + 2] = o2 * scale
                     ob[t, j + 3] = o3 * scale
                     slot = T - 1 - (t0 + t)
-                    if slot < K:
+                    if slot == 0 and to_sd:
+                        _store_state(sd, buf, j, j + 4, seq, h, S)
+                    elif slot < K:
                         _store_rows(dst, buf, j, j + 4, slot, seq, h, S, Hv, T, ns)
                 kd[j], kd[j + 1], kd[j + 2], kd[j + 3] = c0, c1, c2, c3
             for j in range(S4, S):  # S % 4 leftover rows, one at a time
@@ -411,7 +433,9 @@ def _gdn_recurrent(dst, q, k, v, g, beta, state, K, bcast):
                     o0, c0 = _row_step(buf[j], dd[t], kk[t], qq[t], kn[t], e0)
                     ob[t, j] = o0 * scale
                     slot = T - 1 - (t0 + t)
-                    if slot < K:
+                    if slot == 0 and to_sd:
+                        _store_state(sd, buf, j, j + 1, seq, h, S)
+                    elif slot < K:
                         _store_rows(dst, buf, j, j + 1, slot, seq, h, S, Hv, T, ns)
                 kd[j] = c0
             for t in range(nb):

@@ -39,13 +39,13 @@ from minigraph.backends.cpu.compile_pool import Job, compile_in_parallel
 from minigraph.backends.cpu.jit import kernels_fingerprint
 from minigraph.backends.progress import CompileProgress
 
-MAX_SLOTS = 7
+MAX_SLOTS = 8      # dst + up to 7 sources (GATED_DELTA_NET with a state destination)
 SLOT_W = 10
 HEAD = 3          # code, build, n_slots
 IP = HEAD + MAX_SLOTS * SLOT_W
 MAX_PARAMS = 16   # per kind (int / float); storage slots add one int (their type code) each
 ROW_W = IP + MAX_PARAMS
-GENERATOR_VERSION = 7
+GENERATOR_VERSION = 8
 # slot dtype letter -> numpy dtype the slot is viewed as; "b": raw bytes, the rows of a
 # block-quantized tensor (encode_quant_slot)
 SLOT_BUFFERS = {"f": np.float32, "i": np.int32, "l": np.int64, "h": np.uint16, "b": np.uint8}

@@ -29,6 +29,9 @@ class OpDef:
     inplace_ok: the output may share memory with src[0] (elementwise, same shape and type).
     shape_only: src slots whose values are never read (FILL's input, CPY's destination): a
                leaf used only there needs no data.
+    written_srcs: src slots the node writes into (GATED_DELTA_NET's state destination, when the
+               node has that source): the scheduler runs the node where that memory lives and
+               never copies it in.
     byte_params: params counted in bytes of the node's type (rescaled when a backend computes
                an f16/bf16 node in f32).
     flops:     fn(node) -> float operations, for profiles and perf mode.
@@ -53,6 +56,7 @@ class OpDef:
     is_view: bool = False
     inplace_ok: bool = False
     shape_only: tuple[int, ...] = ()
+    written_srcs: tuple[int, ...] = ()
     byte_params: tuple[str, ...] = ()
     flops: Callable[[Any], float] = field(default=lambda node: float(np.prod(node.ne)))
     doc: str = ""
@@ -66,6 +70,17 @@ class OpDef:
         return tuple(float(node.op_params[p]) if p in self.float_params
                      else int(node.op_params[p]) * (byte_scale if p in self.byte_params else 1)
                      for p in self.params)
+
+
+# op_params key of a node whose effect another node performs (a CPY into the recurrent cache whose
+# GATED_DELTA_NET writes the state there itself: passes/gdn_state_write.py): backends skip it; the
+# reference engine runs it as written (the same values)
+WRITTEN_BY = "written_by"
+
+
+def written_by(node: Any) -> Optional[str]:
+    """The op that already writes this node's memory (backends then skip the node), or None."""
+    return node.op_params.get(WRITTEN_BY) if node.op_params else None
 
 
 def default_sample(t: Any, rng: np.random.Generator) -> np.ndarray:

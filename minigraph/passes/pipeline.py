@@ -5,8 +5,10 @@ Pipeline (each pass: Graph in, rewrites out, a new Graph built from them):
   2. delta_net_autoregressive  llama.cpp's one-token delta net (GDA)    -> GATED_DELTA_NET + 2 views
   3. gdn_repeat                q/k REPEATs that tile heads into a GATED_DELTA_NET -> the op reads the
                                H_k-head tensors (it broadcasts heads itself)
-  4. attention                 llama.cpp's attention without flash attn -> FLASH_ATTN_EXT (+ a permute view)
-  5. elementwise               chains of elementwise ops over one shape -> FUSED_ELEMENTWISE
+  4. gdn_state_write           cpy(GATED_DELTA_NET's final state, cache slot) -> the op writes the slot
+                               itself (the CPY stays, marked written_by: backends skip it)
+  5. attention                 llama.cpp's attention without flash attn -> FLASH_ATTN_EXT (+ a permute view)
+  6. elementwise               chains of elementwise ops over one shape -> FUSED_ELEMENTWISE
 A rewrite happens only where the backend the region would run on (the first of the target's
 backends, in priority order, that supports the region's anchor node) `supports_op` the fused node.
 Every fused node carries op_params["fused_from"] (the op names it replaced), op_params["fused_pattern"]

@@ -408,8 +408,9 @@ def _buffer_name(st: _State, t: Tensor) -> str:
     return f"{owner} ({kind}, {t.root.nbytes()} bytes)"
 
 
-def _preallocated_error(st: _State, node: Tensor, i: int, reason: str) -> MinigraphError:
-    root = node.root
+def _preallocated_error(st: _State, node: Tensor, i: int, reason: str,
+                        root: Optional[Tensor] = None) -> MinigraphError:
+    root = node.root if root is None else root
     able = [b.name for k, b in enumerate(st.backends) if st.supports(k, node)]
     fix = (f"allocate '{st.label(root)}' on a backend that supports {node.op} "
            f"(mg.backend_tensor_alloc(backend, t) with one of: {', '.join(able)})" if able else
@@ -451,6 +452,19 @@ def pass1_preallocated(st: _State) -> None:
         if st.where(node) is not None:
             continue  # placed by pass 0 (row split, user)
         root = node.root
+        op = OPS.get(node.op)
+        written = [node.src[s] for s in (op.written_srcs if op else ()) if s < len(node.src)]
+        if written and written[0].root.op is None:
+            # a node that writes into a source (GATED_DELTA_NET's state destination) runs where
+            # that memory is: a copy of it would take the write
+            w = written[0].root
+            i = st.where(w)
+            i = st.residence(w) if i is None else i
+            sup = st.supports(i, node)
+            if not sup:
+                raise _preallocated_error(st, node, i, sup.reason, w)
+            st.assign(node, i, "pre-allocated dst", f"writes into '{st.label(w)}' in {_buffer_name(st, w)}")
+            continue
         if node.view_src is not None and root.op is None:
             i = st.where(root)
             if i is None:  # a view of a tensor that is not a leaf of this graph
