@@ -26,8 +26,8 @@ def _build(tmp_path, name, defines):
     return exe, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _run(exe, *args, interleaved=False):
-    env = dict(os.environ, GDN_EMU_INTERLEAVED="1" if interleaved else "0")
+def _run(exe, *args, interleaved=False, inplace=False):
+    env = dict(os.environ, GDN_EMU_INTERLEAVED="1" if interleaved else "0", GDN_EMU_INPLACE="1" if inplace else "0")
     r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     words = r.stdout.split()          # "out <err> state <err> unwritten <n>"
@@ -56,4 +56,9 @@ def test_emulated_kernels_match_float64(tmp_path):
     for exe, args in ((gda, ("chunked", 12, 2, 4, 40, 1, 1, -20.0, 3)), (kda, ("chunked", 12, 2, 4, 40, 1, 1, -5.0, 3)),
                       (gda, ("decode", 12, 2, 4, 2, 1, 0, 1, -5.0, 3))):
         out, state, unwritten = _run(exe, *args, interleaved=True)
+        assert unwritten == 0 and out < 2e-6 and state < 2e-6, (exe, args, out, state)
+    # the final state over the input state (a state destination that is the slot it was read from)
+    for exe, args in ((gda, ("chunked", 12, 1, 2, 70, 1, 1, -20.0, 4)), (kda, ("chunked", 12, 1, 2, 40, 1, 1, -5.0, 4)),
+                      (gda, ("decode", 12, 1, 2, 2, 1, 1, 1, -5.0, 4))):
+        out, state, unwritten = _run(exe, *args, inplace=True)
         assert unwritten == 0 and out < 2e-6 and state < 2e-6, (exe, args, out, state)

@@ -34,7 +34,7 @@ from minigraph.core.buffer import (DLPACK_CUDA, Buffer, HostBuffer, aligned_zero
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
-from minigraph.core.registry import OPS, kernels_for, quant_kernels_for
+from minigraph.core.registry import OPS, kernels_for, quant_kernels_for, written_by
 from minigraph.core.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, is_contiguous, nelements
 from minigraph.device.backend import Backend
 from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
@@ -384,9 +384,10 @@ class CudaPlan:
         self.launches = []    # (configured kernel, args)
         metas = []
         for n in graph.nodes:
-            if OPS[n.op].is_view:
-                continue
+            if OPS[n.op].is_view or written_by(n):
+                continue  # a view computes nothing; a written_by node's producer wrote its memory
             meta = np.zeros(META_W, np.int64)
+            writes = {0, *(s + 1 for s in OPS[n.op].written_srcs)}
             bufs, extents = [], []
             kern = self._kernel_of(n)
             for s, t in enumerate([n, *n.src]):
@@ -394,7 +395,7 @@ class CudaPlan:
                     bufs.append(backend._dummy.flat(np.float32))
                     extents.append((0, None))
                     continue
-                buf, offs = self._locate(t, written=(s == 0))
+                buf, offs = self._locate(t, written=(s in writes))
                 dt = SLOT_DTYPES[t.type]
                 es = np.dtype(dt).itemsize
                 if offs % es or any(x % es for x in t.nb):

@@ -37,7 +37,7 @@ from minigraph.core import dtypes, flags
 
 SIM = flags.cuda_simulator()
 
-MAX_SLOTS = 7          # dst + up to 6 sources (GATED_DELTA_NET)
+MAX_SLOTS = 8          # dst + up to 7 sources (GATED_DELTA_NET with a state destination)
 SLOT_W = 9             # offset, ne[4], nb[4]
 META_W = MAX_SLOTS * SLOT_W
 # Threads per block of the flat (one thread per element) kernels. The simulator runs every

@@ -129,6 +129,11 @@ def _launches(node):
 
 def _supports(node):
     S, H, T, N = node.src[2].ne
+    if len(node.src) > 6:   # a state destination (attach_state_dst): the fast kernels' forms that write one
+        why = gdn_fast.fast_path_refusal(node) or gdn_fast.state_dst_refusal(T, node.op_params["K"],
+                                                                            node.src[3].ne[0] != 1)
+        if why:
+            return f"GATED_DELTA_NET: no CUDA kernel here writes a state destination: {why}"
     if S > GDN_MAX_S:
         return f"GATED_DELTA_NET: CUDA kernel holds a state column per thread: S={S} > {GDN_MAX_S}"
     if N > MAX_GRID_YZ:

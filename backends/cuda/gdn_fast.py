@@ -164,10 +164,11 @@ _DECODE: dict = {}
 
 
 def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC_WARPS,
-                  hint: bool = STREAM_HINT, max_registers: int = DEC_MAX_REGS) -> Any:
+                  hint: bool = STREAM_HINT, max_registers: int = DEC_MAX_REGS, sd: bool = False) -> Any:
     """T == 1: each warp streams `groups` groups of `rpw` rows, the next group's loads in flight
-    while the current one is reduced and stored (.cs loads / stores when `hint`)."""
-    key = (rpw, groups, warps, hint, max_registers)
+    while the current one is reduced and stored (.cs loads / stores when `hint`). sd: the node's
+    state destination (its 7th source, K == 1) takes the new state, not dst's snapshot slot."""
+    key = (rpw, groups, warps, hint, max_registers, sd)
     if key in _DECODE:
         return _DECODE[key]
     lds, sts = (ld4cs, st4cs) if hint else (ld4, st4)
@@ -176,8 +177,9 @@ def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC
     R4 = 4 * rpw
     SCR = warps * WARP * NRED if SIM else 1
 
-    @cuda.jit(**({} if SIM or not max_registers else {"max_registers": max_registers}))
-    def decode(meta, dst, q, k, v, g, beta, state, K, hd):
+    @cuda.jit(device=True)
+    def body(meta, dst, q, k, v, g, beta, state, out, so, K, hd):
+        """The kernel with the new state going to out[so + ...] (so: slot 0's first element)."""
         scr = cuda.shared.array(SCR, float32)
         cur = cuda.local.array(R4, float32)
         nxt = cuda.local.array(R4, float32)
@@ -214,7 +216,7 @@ def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC
                 e0 = e1 = e2 = e3 = math.exp(g[og + vt])
         bt = beta[ob + vt]
         scale = float32(1.0) / math.sqrt(float32(S))
-        obase = od + S * Hv * N + (seq * Hv + h) * S * S + i0      # snapshot slot 0
+        obase = so + (seq * Hv + h) * S * S + i0                  # snapshot slot 0 (or the destination)
         ng = min(groups, (S - jw + rpw - 1) // rpw)     # a runtime trip count: not unrolled
         for gi in range(ng):
             j0 = jw + gi * rpw
@@ -247,7 +249,7 @@ def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC
                     if lane == r % WARP:
                         dst[od + vt * S + j] = (red[2 * r + 1] + delta * red[R2]) * scale
                     if act:
-                        sts(dst, obase + j * S, cur[4 * r] + k0 * delta, cur[4 * r + 1] + k1 * delta,
+                        sts(out, obase + j * S, cur[4 * r] + k0 * delta, cur[4 * r + 1] + k1 * delta,
                             cur[4 * r + 2] + k2 * delta, cur[4 * r + 3] + k3 * delta)
             for m in range(R4):
                 cur[m] = nxt[m]
@@ -256,6 +258,17 @@ def decode_kernel(rpw: int = DEC_RPW, groups: int = DEC_GROUPS, warps: int = REC
                 if act and jw + r < S:
                     z = float32(0.0)
                     st4(dst, obase + slot * S * S * Hv * N + (jw + r) * S, z, z, z, z)
+
+    jit = cuda.jit(**({} if SIM or not max_registers else {"max_registers": max_registers}))
+    if sd:
+        @jit
+        def decode(meta, dst, q, k, v, g, beta, state, sdst, K, hd):
+            body(meta, dst, q, k, v, g, beta, state, sdst, meta[7 * SLOT_W], K, hd)
+    else:
+        @jit
+        def decode(meta, dst, q, k, v, g, beta, state, K, hd):
+            body(meta, dst, q, k, v, g, beta, state, dst,
+                 meta[0] + ne(meta, 3, 0) * ne(meta, 3, 1) * ne(meta, 3, 3), K, hd)
 
     _DECODE[key] = decode
     return decode
@@ -280,17 +293,30 @@ def workspace(S: int, Hv: int, T: int, N: int, L: int = CHUNK, kda: bool = False
     return tuple(cuda.device_array(max(n, 4), np.float32) for n in sizes)
 
 
+def state_dst_refusal(T: int, K: int, kda: bool) -> Optional[str]:
+    """None when the form a node takes can write a state destination (attach_state_dst), else why not:
+    the decode kernels and the tensor-core chunked form can; the Numba recurrence and chunked form
+    (the simulator's prefill) cannot."""
+    if T == 1 or (tensor_cores() and use_chunked(T, K, kda)):
+        return None
+    return (f"a state destination is written by the decode kernels and the tensor-core chunked form "
+            f"(T={T} takes the {'chunked' if use_chunked(T, K, kda) else 'recurrent'} Numba kernels here)")
+
+
 def plan(S: int, Hv: int, T: int, N: int, K: int, kda: bool, ws: Optional[tuple] = None,
-         chunked: Optional[bool] = None, hd: int = 1) -> list[Launch]:
+         chunked: Optional[bool] = None, hd: int = 1, sd: bool = False) -> list[Launch]:
     """The launches of one GATED_DELTA_NET (workspace allocated here unless given); `chunked`
     None picks the form by use_chunked. hd: value head h reads q/k head (h // hd) % H_k (1 tiled,
-    H_v / H_k interleaved: the op's bcast 1); every kernel takes it as its first scalar."""
+    H_v / H_k interleaved: the op's bcast 1); every kernel takes it as its first scalar. sd: the
+    node has a state destination (state_dst_refusal says which forms take one)."""
+    if sd and state_dst_refusal(T, K, kda):
+        raise ValueError(f"GATED_DELTA_NET (cuda): {state_dst_refusal(T, K, kda)}")
     if chunked if chunked is not None else use_chunked(T, K, kda):
         if K != 1 or (kda and not tensor_cores()):
             raise ValueError("GATED_DELTA_NET (cuda): the chunked form takes K == 1 (and GDA gates "
                              "without the tensor-core kernels)")
         if tensor_cores():
-            return gdn_tc.chunked_launches(S, Hv, T, N, kda, ws, hd=hd)
+            return gdn_tc.chunked_launches(S, Hv, T, N, kda, ws, hd=hd, sd=sd)
         ck = chunk_kernels(CHUNK)
         nc = -(-T // ck.L)
         ws = ws if ws is not None else workspace(S, Hv, T, N, ck.L)
@@ -298,13 +324,13 @@ def plan(S: int, Hv: int, T: int, N: int, K: int, kda: bool, ws: Optional[tuple]
                 Launch(ck.state, (-(-S // BV), Hv, N), (ck.state_threads,), (hd, *ws)),
                 Launch(ck.out, (nc, Hv, N), (ck.out_threads,), (hd, *ws))]
     if T == 1 and tensor_cores():
-        return [gdn_tc.decode_launch(S, Hv, N, kda, hd=hd)]
+        return [gdn_tc.decode_launch(S, Hv, N, kda, hd=hd, sd=sd)]
     if T == 1:          # long row streams per warp when the grid is big, short when small (B=1)
         groups = DEC_GROUPS
         while groups > 1 and -(-S // (REC_WARPS * DEC_RPW * groups)) * Hv * N < DEC_MIN_BLOCKS:
             groups //= 2
         rows = REC_WARPS * DEC_RPW * groups
-        return [Launch(decode_kernel(groups=groups), (-(-S // rows), Hv, N), (REC_WARPS * WARP,), (hd,))]
+        return [Launch(decode_kernel(groups=groups, sd=sd), (-(-S // rows), Hv, N), (REC_WARPS * WARP,), (hd,))]
     rows = REC_WARPS * RPW
     return [Launch(recurrent_kernel(), (-(-S // rows), Hv, N), (REC_WARPS * WARP,), (hd,))]
 
@@ -333,7 +359,8 @@ def head_divisor(node: Any) -> int:
 
 def node_launches(node: Any) -> list[Launch]:
     S, Hv, T, N = node.src[2].ne
-    return plan(S, Hv, T, N, node.op_params["K"], node.src[3].ne[0] != 1, hd=head_divisor(node))
+    return plan(S, Hv, T, N, node.op_params["K"], node.src[3].ne[0] != 1, hd=head_divisor(node),
+                sd=len(node.src) > 6)
 
 
 # ----------------------------------------------------------------------------- standalone

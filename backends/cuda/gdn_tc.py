@@ -160,10 +160,12 @@ if not SIM:
         return _FP(a, i), codegen
 
     _ARR = "float32[::1]"
-    # meta, dst and the six sources, K, hd (the q/k head divisor: value head h reads (h / hd) % H_k),
-    # then the workspace
-    _SIG_WS = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64, int64, {', '.join([_ARR] * NWS)})"
-    _SIG = f"void(int64[::1], {', '.join([_ARR] * 7)}, int64, int64)"
+
+    def _sig(ws: bool, sd: bool) -> str:
+        """meta, dst and the six sources (and the state destination), K, hd (the q/k head divisor:
+        value head h reads (h / hd) % H_k), then the workspace."""
+        arrays = ", ".join([_ARR] * (8 if sd else 7))
+        return f"void(int64[::1], {arrays}, int64, int64{''.join(', ' + _ARR for _ in range(NWS if ws else 0))})"
 
 
 _CACHE: dict = {}
@@ -176,47 +178,75 @@ def _declare(name: str, kernel: str, nptr: int, nint: int, defines: Optional[dic
                                link=[cuda.CUSource(source(kernel, defines))], abi="c")
 
 
-def _prep_py(fn: Any, kda: bool) -> Any:
-    def prep(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+# Each wrapper comes in two forms: the node's six sources, or seven with the state destination
+# (attach_state_dst, K == 1), which then takes the final state instead of dst's snapshot slot 0.
+# The C functions get that slot's address either way (the prep kernel ignores it).
+
+def _prep_py(fn: Any, kda: bool, sd: bool) -> Any:
+    def run(meta, q, k, v, g, beta, Uw, Ww, Pw, Gw, KGw, QGw, hd):
         fn(fptr(q, meta[SLOT_W]), fptr(k, meta[2 * SLOT_W]), fptr(v, meta[3 * SLOT_W]),
            fptr(g, meta[4 * SLOT_W]), fptr(beta, meta[5 * SLOT_W]), fptr(Uw, 0), fptr(Ww, 0),
            fptr(Pw, 0), fptr(Gw, 0), fptr(KGw, 0), fptr(QGw, 0), meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2],
            meta[3 * SLOT_W + 3], meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4], hd)
+    run = cuda.jit(device=True)(run)
+    if sd:
+        def prep(meta, dst, q, k, v, g, beta, state, sdst, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+            run(meta, q, k, v, g, beta, Uw, Ww, Pw, Gw, KGw, QGw, hd)
+    else:
+        def prep(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+            run(meta, q, k, v, g, beta, Uw, Ww, Pw, Gw, KGw, QGw, hd)
     return prep
 
 
-def _state_py(fn: Any, kda: bool) -> Any:
-    def state_pass(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+def _state_py(fn: Any, kda: bool, sd: bool) -> Any:
+    def run(meta, dst, q, k, state, out, so, hd, Uw, Ww, Pw, Gw, KGw, QGw):
         S, Hv, T, N = meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 3], meta[3 * SLOT_W + 4]
         ks = fptr(KGw, 0) if kda else fptr(k, meta[2 * SLOT_W])     # KDA: prep's K e^(gl - gc)
         qs = fptr(QGw, 0) if kda else fptr(q, meta[SLOT_W])          # and Q e^gc
-        fn(ks, qs, fptr(state, meta[6 * SLOT_W]), fptr(dst, meta[0] + S * Hv * T * N), fptr(dst, meta[0]),
+        fn(ks, qs, fptr(state, meta[6 * SLOT_W]), fptr(out, so), fptr(dst, meta[0]),
            fptr(Uw, 0), fptr(Ww, 0), fptr(Pw, 0), fptr(Gw, 0), S, Hv, T, meta[SLOT_W + 2], N // meta[SLOT_W + 4], hd)
+    run = cuda.jit(device=True)(run)
+    if sd:
+        def state_pass(meta, dst, q, k, v, g, beta, state, sdst, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+            run(meta, dst, q, k, state, sdst, meta[7 * SLOT_W], hd, Uw, Ww, Pw, Gw, KGw, QGw)
+    else:
+        def state_pass(meta, dst, q, k, v, g, beta, state, K, hd, Uw, Ww, Pw, Gw, Hw, KGw, QGw):
+            so = meta[0] + meta[3 * SLOT_W + 1] * meta[3 * SLOT_W + 2] * meta[3 * SLOT_W + 3] * meta[3 * SLOT_W + 4]
+            run(meta, dst, q, k, state, dst, so, hd, Uw, Ww, Pw, Gw, KGw, QGw)
     return state_pass
 
 
-def _decode_py(fn: Any, kda: bool) -> Any:
-    def decode(meta, dst, q, k, v, g, beta, state, K, hd):
+def _decode_py(fn: Any, kda: bool, sd: bool) -> Any:
+    def run(meta, dst, q, k, v, g, beta, state, out, so, K, hd):
         fn(fptr(q, meta[SLOT_W]), fptr(k, meta[2 * SLOT_W]), fptr(v, meta[3 * SLOT_W]),
            fptr(g, meta[4 * SLOT_W]), fptr(beta, meta[5 * SLOT_W]), fptr(state, meta[6 * SLOT_W]),
-           fptr(dst, meta[0]), meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 4],
+           fptr(dst, meta[0]), fptr(out, so), meta[3 * SLOT_W + 1], meta[3 * SLOT_W + 2], meta[3 * SLOT_W + 4],
            meta[SLOT_W + 2], meta[3 * SLOT_W + 4] // meta[SLOT_W + 4], K, hd)
+    run = cuda.jit(device=True)(run)
+    if sd:
+        def decode(meta, dst, q, k, v, g, beta, state, sdst, K, hd):
+            run(meta, dst, q, k, v, g, beta, state, sdst, meta[7 * SLOT_W], K, hd)
+    else:
+        def decode(meta, dst, q, k, v, g, beta, state, K, hd):
+            so = meta[0] + meta[3 * SLOT_W + 1] * meta[3 * SLOT_W + 2] * meta[3 * SLOT_W + 4]   # T == 1
+            run(meta, dst, q, k, v, g, beta, state, dst, so, K, hd)
     return decode
 
 
 # name, .cu file, pointer and integer arguments of its C function, the Python wrapper
 SPECS = {"prep": ("gdn_tc_prep", "gdn_tc_prep.cu", 11, 6, _prep_py),
          "state": ("gdn_tc_state", "gdn_tc_state.cu", 9, 6, _state_py),
-         "decode": ("gdn_tc_decode", "gdn_tc_decode.cu", 7, 7, _decode_py)}
+         "decode": ("gdn_tc_decode", "gdn_tc_decode.cu", 8, 7, _decode_py)}
 
 
-def wrapper(kind: str, defines: dict) -> tuple:
+def wrapper(kind: str, defines: dict, sd: bool = False) -> tuple:
     """(python kernel, signature) of one kernel: the Numba side, before compilation (also what a
-    local build check compiles to PTX with cuda.compile_ptx)."""
+    local build check compiles to PTX with cuda.compile_ptx); sd: the form of a node with a state
+    destination."""
     name, cu, nptr, nint, make = SPECS[kind]
     fn = _declare(name, cu, nptr, nint, defines)
     kda = bool(defines.get("GDN_KDA", 0) or defines.get("KDA", 0))
-    return make(fn, kda), (_SIG if kind == "decode" else _SIG_WS)
+    return make(fn, kda, sd), _sig(kind != "decode", sd)
 
 
 def _defs(S: Optional[int], **kw: int) -> dict:
@@ -232,37 +262,38 @@ def prep_threads(kda: bool) -> int:
     return KDA_THREADS if kda else THREADS
 
 
-def prep_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC) -> SmemKernel:
+def prep_kernel(S: Optional[int] = None, kda: bool = False, acc: int = ACC, sd: bool = False) -> SmemKernel:
     """chunk c, head h, seq: gates, A, P, Tm = (I + A)^-1, U, W (gdn_tc_prep.cu), prep_threads(kda)
     threads a block."""
-    key = ("prep", S in SPECIAL_S and S, kda, acc, SPLIT, prep_threads(kda))
+    key = ("prep", S in SPECIAL_S and S, kda, acc, SPLIT, prep_threads(kda), sd)
     if key not in _CACHE:
-        py, sig = wrapper("prep", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda), PREP_THREADS=prep_threads(kda)))
+        py, sig = wrapper("prep", _defs(S, GDN_ACC=acc, GDN_KDA=int(kda), PREP_THREADS=prep_threads(kda)), sd)
         _CACHE[key] = SmemKernel(cuda.jit(sig, max_registers=PREP_REGS)(py), PREP_SMEM_KDA if kda else PREP_SMEM)
     return _CACHE[key]
 
 
 def state_kernel(S: Optional[int] = None, kda: bool = False, nj: int = STATE_NJ, acc: int = ACC,
-                 ks: int = STATE_KS) -> SmemKernel:
+                 ks: int = STATE_KS, sd: bool = False) -> SmemKernel:
     """16 nj value columns, head h, seq: the sequential pass over the chunks and the output
     (gdn_tc_state.cu), ks warps a 16-column tile (32 nj ks threads)."""
-    key = ("state", S in SPECIAL_S and S, kda, nj, acc, ks, SPLIT)
+    key = ("state", S in SPECIAL_S and S, kda, nj, acc, ks, SPLIT, sd)
     if ks not in (2, 4, 8) or state_smem(nj, ks) > MAX_SMEM:
         raise ValueError(f"GATED_DELTA_NET (cuda): no state pass of {nj} column tiles x {ks} warps (2, 4 or 8 "
                          f"warps a tile, at most {MAX_SMEM} bytes of shared memory: {state_smem(nj, ks)})")
     if key not in _CACHE:
-        py, sig = wrapper("state", _defs(S, STATE_NJ=nj, GDN_ACC=acc, STATE_KS=ks, GDN_KDA=int(kda)))
+        py, sig = wrapper("state", _defs(S, STATE_NJ=nj, GDN_ACC=acc, STATE_KS=ks, GDN_KDA=int(kda)), sd)
         # a block of 512 threads must fit the register file: 128 a thread at most
         cap = {"max_registers": 65536 // (32 * nj * ks) // 8 * 8} if 32 * nj * ks > 256 else {}
         _CACHE[key] = SmemKernel(cuda.jit(sig, **cap)(py), state_smem(nj, ks))
     return _CACHE[key]
 
 
-def decode_kernel(kda: bool, S: Optional[int] = None, rows: int = DEC_ROWS, regs: int = DEC_REGS) -> Any:
+def decode_kernel(kda: bool, S: Optional[int] = None, rows: int = DEC_ROWS, regs: int = DEC_REGS,
+                  sd: bool = False) -> Any:
     """T == 1: items of 4*rows state rows, eight lanes a row (gdn_tc_decode.cu)."""
-    key = ("decode", kda, S in SPECIAL_S and S, rows, regs, SPLIT)
+    key = ("decode", kda, S in SPECIAL_S and S, rows, regs, SPLIT, sd)
     if key not in _CACHE:
-        py, sig = wrapper("decode", _defs(S, DP=rows, KDA=int(kda)))
+        py, sig = wrapper("decode", _defs(S, DP=rows, KDA=int(kda)), sd)
         _CACHE[key] = cuda.jit(sig, **({"max_registers": regs} if regs else {}))(py)
     return _CACHE[key]
 
@@ -278,21 +309,23 @@ def workspace(S: int, Hv: int, T: int, N: int, kda: bool = False) -> tuple:
 
 
 def chunked_launches(S: int, Hv: int, T: int, N: int, kda: bool = False, ws: Optional[tuple] = None,
-                     nj: int = STATE_NJ, acc: int = ACC, ks: int = STATE_KS, hd: int = 1) -> list[Launch]:
+                     nj: int = STATE_NJ, acc: int = ACC, ks: int = STATE_KS, hd: int = 1,
+                     sd: bool = False) -> list[Launch]:
     """The two launches of the chunked form (GDA or KDA, K == 1); workspace made here unless given.
-    hd: value head h reads q/k head (h / hd) % H_k (1 tiled; H_v / H_k interleaved, the op's bcast 1)."""
+    hd: value head h reads q/k head (h / hd) % H_k (1 tiled; H_v / H_k interleaved, the op's bcast 1).
+    sd: the node has a state destination (its 7th source takes the final state)."""
     nc = -(-T // CHUNK)
     ws = ws if ws is not None else workspace(S, Hv, T, N, kda)
-    return [Launch(prep_kernel(S, kda, acc), (nc, Hv, N), (prep_threads(kda),), (hd, *ws)),
-            Launch(state_kernel(S, kda, nj, acc, ks), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), (hd, *ws))]
+    return [Launch(prep_kernel(S, kda, acc, sd), (nc, Hv, N), (prep_threads(kda),), (hd, *ws)),
+            Launch(state_kernel(S, kda, nj, acc, ks, sd), (-(-S // (16 * nj)), Hv, N), (32 * nj * ks,), (hd, *ws))]
 
 
 def decode_launch(S: int, Hv: int, N: int, kda: bool, rows: int = DEC_ROWS, regs: int = DEC_REGS,
-                  max_blocks: Optional[int] = None, hd: int = 1) -> Launch:
-    """One warp an item of 4*rows rows; `max_blocks` caps the grid (the warps then loop); hd as in
-    chunked_launches."""
+                  max_blocks: Optional[int] = None, hd: int = 1, sd: bool = False) -> Launch:
+    """One warp an item of 4*rows rows; `max_blocks` caps the grid (the warps then loop); hd and sd
+    as in chunked_launches."""
     items = Hv * N * -(-S // (4 * rows))
     blocks = -(-items // DEC_WARPS)
     if max_blocks:
         blocks = min(blocks, max_blocks)
-    return Launch(decode_kernel(kda, S, rows, regs), (blocks,), (DEC_WARPS * 32,), (hd,))
+    return Launch(decode_kernel(kda, S, rows, regs, sd), (blocks,), (DEC_WARPS * 32,), (hd,))

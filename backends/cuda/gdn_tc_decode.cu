@@ -5,11 +5,14 @@
 // items it, it + total warps, ...; per row the two dot products (x.k, x.q) are summed over the eight
 // lanes in three xor shuffles. DP and KDA are defined by the includer.
 //   x = S[:, j] * e^g (g scalar, or per key i for KDA); delta = (v_j - x.k) beta
-//   S'[:, j] = x + k delta  -> dst snapshot slot 0 (slots 1..K-1 are zero: T == 1)
+//   S'[:, j] = x + k delta  -> out_state: dst's snapshot slot 0 (slots 1..K-1 after it are zero:
+//                              T == 1), or the node's state destination (K == 1; it may be `state`
+//                              itself: a warp loads its item's rows before it stores them)
 //   out_j = (x.q + delta k.q) / sqrt(S)
 
 extern "C" __device__ int gdn_tc_decode(const float* q, const float* k, const float* v, const float* g,
-                                         const float* beta, const float* state, float* dst, long long S_,
+                                         const float* beta, const float* state, float* dst,
+                                         float* out_state, long long S_,
                                          long long Hv_, long long N_, long long Hk_, long long rep_,
                                          long long K_, long long hd_) {
     const int S = GDN_DIM_S(S_), Hv = (int)Hv_, N = (int)N_, Hk = (int)Hk_, rep = (int)rep_, K = (int)K_;
@@ -22,7 +25,6 @@ extern "C" __device__ int gdn_tc_decode(const float* q, const float* k, const fl
     const long long step = (long long)gridDim.x * wpb;
     const float scale = 1.0f / sqrtf((float)S);
     const long long SS = (long long)S * S;
-    float* out_state = dst + (long long)S * Hv * N;
     for (long long it = blockIdx.x * wpb + (threadIdx.x >> 5); it < n_items; it += step) {
         const int hs = (int)(it / per_head);
         const int jb = (int)(it - (long long)hs * per_head) * rows_item;

@@ -21,6 +21,9 @@ static bool kda_flag = false;
 // GDN_EMU_INTERLEAVED=1 in the environment: value head h reads q/k head h / (H_v / H_k) (the op's
 // bcast 1) instead of h % H_k, in the kernels and the reference alike
 static bool interleaved() { const char* e = getenv("GDN_EMU_INTERLEAVED"); return e && atoi(e) != 0; }
+// GDN_EMU_INPLACE=1: the final state goes over the input state (a state destination that is the
+// slot the state was read from, ops/gated_delta_net.attach_state_dst), not into dst's snapshot slot
+static bool inplace() { const char* e = getenv("GDN_EMU_INPLACE"); return e && atoi(e) != 0; }
 #include "gdn_tc_decode.cu"
 
 using vec = std::vector<float>;
@@ -117,19 +120,19 @@ int main(int argc, char** argv) {
             KG(kda ? (size_t)hs * Tp * S : 1, NAN), QG(kda ? (size_t)hs * Tp * S : 1, NAN);
         vec dst((size_t)S * Hv * (T * N + S * N), NAN);
         const int rep = N / Nqk;
+        std::vector<double> ro, rf;
+        reference(in, S, Hk, Hv, T, N, Nqk, kda, ro, rf);   // before the kernels: in place, they overwrite the state
         emu_launch({(unsigned)nc, (unsigned)Hv, (unsigned)N}, PREP_THREADS, PREP_SMEM_FLOATS * 4, [&] {
             gdn_tc_prep(in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(), U.data(), W.data(),
                         P.data(), G.data(), KG.data(), QG.data(), S, Hv, T, Hk, rep, interleaved() ? Hv / Hk : 1);
         });
-        float* dstate = dst.data() + (size_t)S * Hv * T * N;
+        float* dstate = inplace() ? in.state.data() : dst.data() + (size_t)S * Hv * T * N;
         emu_launch({(unsigned)((S + BV - 1) / BV), (unsigned)Hv, (unsigned)N}, STATE_THREADS, STATE_SMEM_FLOATS * 4,
                    [&] {
                        gdn_tc_state(kda ? KG.data() : in.k.data(), kda ? QG.data() : in.q.data(), in.state.data(),
                                     dstate, dst.data(), U.data(), W.data(), P.data(), G.data(), S, Hv, T, Hk, rep,
                                     interleaved() ? Hv / Hk : 1);
                    });
-        std::vector<double> ro, rf;
-        reference(in, S, Hk, Hv, T, N, Nqk, kda, ro, rf);
         int nan = 0;
         double eo = rel(dst.data(), ro, ro.size(), nan), es = rel(dstate, rf, rf.size(), nan);
         printf("out %.3e state %.3e unwritten %d\n", eo, es, nan);
@@ -142,14 +145,16 @@ int main(int argc, char** argv) {
     unsigned seed = atoi(argv[10]);
     Inputs in = make(S, Hk, Hv, 1, N, Nqk, kda_flag, g_lo, seed);
     vec dst((size_t)S * Hv * (N + K * S * N), NAN);
-    emu_launch({3, 1, 1}, 64, 16, [&] {
-        gdn_tc_decode(in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(), in.state.data(),
-                      dst.data(), S, Hv, N, Hk, N / Nqk, K, interleaved() ? Hv / Hk : 1);
-    });
     std::vector<double> ro, rf;
     reference(in, S, Hk, Hv, 1, N, Nqk, kda_flag, ro, rf);
+    if (inplace() && K != 1) return 2;
+    float* out_state = inplace() ? in.state.data() : dst.data() + (size_t)S * Hv * N;
+    emu_launch({3, 1, 1}, 64, 16, [&] {
+        gdn_tc_decode(in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(), in.state.data(),
+                      dst.data(), out_state, S, Hv, N, Hk, N / Nqk, K, interleaved() ? Hv / Hk : 1);
+    });
     int nan = 0;
-    double eo = rel(dst.data(), ro, ro.size(), nan), es = rel(dst.data() + ro.size(), rf, rf.size(), nan);
+    double eo = rel(dst.data(), ro, ro.size(), nan), es = rel(out_state, rf, rf.size(), nan);
     for (size_t i = ro.size() + rf.size(); i < dst.size(); ++i)
         if (dst[i] != 0.f) ++nan;
     printf("out %.3e state %.3e unwritten %d\n", eo, es, nan);
