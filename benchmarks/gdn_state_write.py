@@ -1,8 +1,9 @@
 """Decode-step benchmark of the gdn_state_write pass: GATED_DELTA_NET then llama.cpp's ggml_cpy of
 its final state into the recurrent cache, unfused (the op writes its snapshot slot, the copy reads
 it and writes the cache) against fused (the op writes the cache slot itself, in place over the
-state it read), beside the op alone (no copy) as the floor. One run, the three alternating each
-round; median (min-max) ms a step and the state traffic in GB/s. Prints markdown.
+state it read), beside the op alone (no copy) and a plain copy of the state (numpy's, or a
+device-to-device copy on CUDA: what a good CPY costs). One run, all alternating each round; median
+(min-max) ms a step and the fused step's state traffic (read + write) in GB/s. Prints markdown.
 
     python benchmarks/gdn_state_write.py [--backend cpu|cuda] [--threads N] [--seqs 1,32] [--kda] [--rounds R] [--reps N]
 
@@ -65,27 +66,38 @@ def main() -> None:
         from numba import cuda
         be, sync = mg.backend_cuda_init(0), cuda.synchronize
         where = cuda.get_current_device().name.decode()
+
+        def plain_copy(n):
+            src, dst = cuda.to_device(np.ones(n, np.float32)), cuda.device_array(n, np.float32)
+            return lambda: dst.copy_to_device(src)
     else:
         be, sync = mg.backend_cpu_init(a.threads), (lambda: None)
         where = f"{platform.processor() or platform.machine()}, {a.threads} threads, load {os.getloadavg()[0]:.1f}"
+
+        def plain_copy(n):
+            src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+            return lambda: np.copyto(dst, src)
     print(f"GATED_DELTA_NET decode + state write, {'KDA' if a.kda else 'GDA'}, S={S} H_k={H_K} H_v={H_V}, "
           f"{a.backend} ({where}), {a.rounds} rounds x {a.reps} steps\n")
-    print("| n_seqs | state MB | unfused (op + cpy) | fused (op writes the cache) | op alone | unfused / fused | fused GB/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| n_seqs | state MB | unfused (op + cpy) | fused (op writes the cache) | op alone | copy of the state "
+          "| unfused / fused | (op alone + copy) / fused | fused GB/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for N in (int(x) for x in a.seqs.split(",")):
-        ways = {"unfused": layer(be, N, a.kda, True), "fused": layer(be, N, a.kda, True), "alone": layer(be, N, a.kda, False)}
-        fuse = {"unfused": False, "fused": True, "alone": False}
-        run = mg.optimize(ways["fused"][0], be)
+        ways = {"unfused": layer(be, N, a.kda, True)[0], "alone": layer(be, N, a.kda, False)[0]}
+        run = mg.optimize(layer(be, N, a.kda, True)[0], be)
         assert any(p == "gdn_state_write" and s == "fused" for p, s, _ in run.log.entries), str(run.log)
-        times: dict = {w: [] for w in ways}
-        for w, (gf, _) in ways.items():
-            mg.compute(gf, be, fuse=fuse[w])    # compile and plan
+        ways["fused"] = run.graph     # each graph straight to the backend: the same Python path for all
+        calls = {w: (lambda gf: lambda: be.graph_compute(gf))(gf) for w, gf in ways.items()}
+        calls["copy"] = plain_copy(S * S * H_V * N)
+        times: dict = {w: [] for w in calls}
+        for call in calls.values():
+            call()                               # compile and plan
         for _ in range(a.rounds):
-            for w, (gf, _) in ways.items():
+            for w, call in calls.items():
                 sync()
                 t0 = time.perf_counter()
                 for _ in range(a.reps):
-                    mg.compute(gf, be, fuse=fuse[w])
+                    call()
                 sync()
                 times[w].append(1e3 * (time.perf_counter() - t0) / a.reps)
         med = {w: float(np.median(t)) for w, t in times.items()}
@@ -93,8 +105,9 @@ def main() -> None:
 
         def cell(w):
             return f"{med[w]:.3f} ({min(times[w]):.3f}-{max(times[w]):.3f})"
-        print(f"| {N} | {mb:.1f} | {cell('unfused')} | {cell('fused')} | {cell('alone')} | "
-              f"{med['unfused'] / med['fused']:.2f}x | {2 * mb / med['fused']:.1f} |")
+        print(f"| {N} | {mb:.1f} | {cell('unfused')} | {cell('fused')} | {cell('alone')} | {cell('copy')} | "
+              f"{med['unfused'] / med['fused']:.2f}x | {(med['alone'] + med['copy']) / med['fused']:.2f}x | "
+              f"{2 * mb / med['fused']:.1f} |")
 
 
 if __name__ == "__main__":
