@@ -101,3 +101,45 @@ def test_nvrtc_builds_without_spills():
     spills = [line for line in log.splitlines() if "spill" in line and not line.strip().startswith("0 bytes spill")
               and " 0 bytes spill stores, 0 bytes spill loads" not in line]
     assert not spills, log
+
+
+def test_coop_form_with_two_warps_a_row_matches_cpu(monkeypatch):
+    """The COOP form (the threads of a row share each block) with CW = 2 warps a row (their sums
+    meet in shared memory) and UNROLL = 3 (a partial last step): Q8_0 fused against two launches
+    bit for bit; Q4_0 three columns over 2-byte offset rows (both funnel-shift cases of load8);
+    Q4_K rows at a 4-byte offset (the 32-bit loads, not the 16-byte ones)."""
+    from minigraph.backends.cuda import quant_mmvq as qm
+    from minigraph.core.buffer import tensor_start
+
+    default = dict(qm.CONFIG)
+    qm.CONFIG.update(CW=2, UNROLL=3, COOP=sum(1 << t for t in qm.COOP_TYPES))
+    try:
+        kernels = ("mmvq_8_f", "mmvq_8_1", "mmvq_2_4", "mmvq_12_1")
+        node, _ = _node(D.TYPE_Q8_0, 1)
+        fused, _, bad_f = cuda_emu_mmvq.run_mul_mat(node, fuse=True, kernels=kernels)
+        plain, _, bad_p = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=kernels)
+        assert bad_f == 0 and bad_p == 0
+        np.testing.assert_array_equal(fused, plain)
+        _close(plain, _cpu(node).reshape(plain.shape))
+
+        node, _ = _node(D.TYPE_Q4_0, 3, offset_rows=True)
+        got, _, bad = cuda_emu_mmvq.run_mul_mat(node, kernels=kernels)
+        assert bad == 0
+        _close(got, _cpu(node).reshape(got.shape))
+
+        # (a view cannot split Q4_K blocks, so the emulator reads src0 from a copy 4 bytes past
+        # a 16-byte boundary)
+        node, _ = _node(D.TYPE_Q4_K, 1)
+        raw = node.src[0].root._buf.data.reshape(-1).view(np.uint8)
+        shifted = np.zeros(raw.size + 32, np.uint8)
+        at = (-shifted.ctypes.data) % 16 + 4
+        shifted[at:at + raw.size] = raw
+        host_ptr = cuda_emu_mmvq._host_ptr
+        monkeypatch.setattr(cuda_emu_mmvq, "_host_ptr", lambda t: shifted.ctypes.data + at + tensor_start(t)
+                            if t is node.src[0] else host_ptr(t))
+        got, _, bad = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=kernels)
+        assert bad == 0
+        _close(got, _cpu(node).reshape(got.shape))
+    finally:
+        qm.CONFIG.clear()
+        qm.CONFIG.update(default)
