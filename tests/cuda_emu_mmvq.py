@@ -35,7 +35,6 @@ PRELUDE = r"""
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-#define __shared__ static          // one block at a time: a static is the block's shared array
 using std::min;
 using std::max;
 struct dim3 { unsigned x = 0, y = 0, z = 0; };
@@ -44,9 +43,6 @@ dim3 blockIdx, blockDim;
 struct uint4 { unsigned x, y, z, w; };
 struct int4 { int x, y, z, w; };
 struct uint2 { unsigned x, y; };
-struct int2 { int x, y; };
-static inline int2 make_int2(int a, int b) { return {a, b}; }
-static inline int4 make_int4(int a, int b, int c, int d) { return {a, b, c, d}; }
 static inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 static unsigned char* g_smem;
 static std::barrier<>* g_bar;
@@ -80,9 +76,6 @@ static inline float round_f16(float x) { return (float)(_Float16)x; }
 static inline uint4 ld16_global(const u8* p) { check_align(p, 16); uint4 r; std::memcpy(&r, p, 16); return r; }
 static inline u32 ld2(const u8* p) { check_align(p, 2); u32 r; std::memcpy(&r, p, 4); return r; }
 static inline u32 ld4(const u8* p) { check_align(p, 4); u32 r; std::memcpy(&r, p, 4); return r; }
-static inline u32 ldg4(const u8* p) { return ld4(p); }
-static inline u32 ldg2(const u8* p) { check_align(p, 2); unsigned short r; std::memcpy(&r, p, 2); return r; }
-static inline u32 funnel(u32 lo, u32 hi, int bits) { return (u32)((((u64)hi << 32) | lo) >> (bits & 31)); }
 static inline void grid_wait() {}      // one launch at a time here: the grid ahead has ended
 static inline void grid_release() {}
 """

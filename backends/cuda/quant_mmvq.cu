@@ -62,15 +62,6 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #ifndef PDL_HEAD
 #define PDL_HEAD 0         // bit T set: that kernel waits for src1 at its start, not after its first loads
 #endif
-#ifndef COOP
-#define COOP 0             // bit T set (Q4_0, Q8_0, Q4_K): the threads of a row share each block (see row_coop)
-#endif
-#ifndef CW
-#define CW 1               // COOP: warps sharing a row (> 1: their sums meet in shared memory)
-#endif
-#ifndef UNROLL
-#define UNROLL 2           // COOP: slots whose loads a thread issues before it uses the first
-#endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
 #endif
@@ -101,10 +92,6 @@ static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-
     return (u32)h[0] | ((u32)h[1] << 16);
 }
 static __device__ __forceinline__ u32 ld4(const u8* p) { return *(const u32*)p; }
-// read-only path (ld.global.nc): the weights
-static __device__ __forceinline__ u32 ldg4(const u8* p) { return __ldg((const unsigned int*)p); }   // 4-aligned
-static __device__ __forceinline__ u32 ldg2(const u8* p) { return __ldg((const unsigned short*)p); } // 2-aligned
-static __device__ __forceinline__ u32 funnel(u32 lo, u32 hi, int bits) { return __funnelshift_r(lo, hi, bits); }
 // programmatic dependent launch (sm_90): a grid launched with the programmatic-serialization
 // attribute may start before the grid ahead of it in the stream ends; grid_wait() returns once
 // that grid has finished and its writes are visible (at once when there is none); grid_release()
@@ -311,154 +298,6 @@ static __device__ __forceinline__ void row_tiles(const u8* row, int nu, bool wid
     }
 }
 
-// -- COOP: the threads of a row share each block --------------------------------------------
-// A row's blocks are cut into slots of 8 bytes (Q8_0: 4 a block, Q4_0: 2) or 16 bytes of quants
-// (Q4_K: 8 a super-block); the R = 32 * CW threads of the row take consecutive slots (slot
-// i * R + t on step i), so one warp load covers 256 B (Q8_0) .. 512 B (Q4_K) of the row instead
-// of lanes 18 / 34 bytes apart each touching its own block. A thread issues the loads of
-// UNROLL slots before it uses the first. A unit's integer sum is put together from its slots
-// with shuffles, so every unit gives the same float as unit_dot; only the order in which the
-// units' floats are added differs from the lane-a-unit form.
-static __host__ __device__ constexpr bool is_coop(int T) {
-    return ((COOP >> T) & 1) && (T == T_Q4_0 || T == T_Q8_0 || T == T_Q4_K);
-}
-static __host__ __device__ constexpr int coop_parts(int T) { return T == T_Q8_0 ? 4 : T == T_Q4_0 ? 2 : 8; }
-
-// 8 bytes at a 2-aligned address as two words: two aligned 32-bit loads and one 16-bit load,
-// joined by a funnel shift (the bytes read never pass the 8 asked for)
-static __device__ __forceinline__ void load8(const u8* p, u32& q0, u32& q1) {
-    const int sh = 8 * (int)((u64)p & 2);
-    const u8* a = p - ((u64)p & 2);
-    const u32 w0 = ldg4(a), w1 = ldg4(a + 4), h = ldg2(p + 6);
-    q0 = funnel(w0, w1, sh);
-    q1 = funnel(w1, h, sh);
-}
-
-struct Slot {
-    u32 q[4];      // Q8_0: q[0..1] the slot's 8 quants; Q4_0: its 8 bytes of nibbles; Q4_K: 16 bytes
-    float d, m;    // block scale; Q4_K: d and dmin
-    int sc, mn;    // Q4_K: the 6-bit scale and min of the group this thread finishes
-};
-
-// slot j of block blk (zeros past the row's end: ok false)
-template <int T> static __device__ __forceinline__ void load_slot(const u8* row, int blk, int j, bool ok,
-                                                                  bool wide, Slot& w) {
-    w.q[0] = w.q[1] = w.q[2] = w.q[3] = 0;
-    w.d = w.m = 0.f;
-    w.sc = w.mn = 0;
-    if (!ok) return;
-    if (T == T_Q8_0 || T == T_Q4_0) {
-        const u8* b = row + (T == T_Q8_0 ? 34 : 18) * (i64)blk;
-        load8(b + 2 + 8 * j, w.q[0], w.q[1]);
-        w.d = f16(b);
-    } else {  // Q4_K: j = 2p + h, bytes 16h .. 16h + 15 of the 32-byte chunk p of qs
-        const u8* b = row + 144 * (i64)blk;
-        const u8* qs = b + 16 + 16 * j;
-        if (wide) {
-            const uint4 v = ld16_global(qs);
-            w.q[0] = v.x; w.q[1] = v.y; w.q[2] = v.z; w.q[3] = v.w;
-        } else {
-#pragma unroll
-            for (int k = 0; k < 4; ++k) w.q[k] = ldg4(qs + 4 * k);
-        }
-        // this thread finishes group g = j (2p + h): scale and min as get_scale_min_k4 reads them
-        const int gi = j & 3;
-        const u32 a = (ldg4(b + 4) >> (8 * gi)) & 0xFF, c = (ldg4(b + 8) >> (8 * gi)) & 0xFF,
-                  e = (ldg4(b + 12) >> (8 * gi)) & 0xFF;
-        if (j < 4) {
-            w.sc = a & 63;
-            w.mn = c & 63;
-        } else {
-            w.sc = (e & 15) | ((a >> 6) << 4);
-            w.mn = (e >> 4) | ((c >> 6) << 4);
-        }
-        w.d = f16(b);
-        w.m = f16(b + 2);
-    }
-}
-
-// slot (blk, j) times src1 columns 0 .. NC - 1 (all lanes of the warp call it: shuffles); the
-// unit's float goes into acc on its finishing thread only (ok false: nothing)
-template <int T, int NC>
-static __device__ __forceinline__ void slot_dot(const Slot& w, int blk, int j, bool ok, const signed char* yq,
-                                                const float* yd, const float* ys, i64 sq, i64 sd, i64 ss,
-                                                int ncols, float* acc) {
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-        if (c < ncols) {    // (uniform over the warp)
-            const signed char* y = yq + c * sq;
-            if (T == T_Q8_0 || T == T_Q4_0) {
-                int s = 0;
-                int2 y0 = make_int2(0, 0), y1 = make_int2(0, 0);
-                if (ok) y0 = *(const int2*)(y + 32 * (i64)blk + 8 * j);
-                if (T == T_Q8_0) {
-                    s = __dp4a((int)w.q[0], y0.x, __dp4a((int)w.q[1], y0.y, 0));
-                } else {
-                    if (ok) y1 = *(const int2*)(y + 32 * (i64)blk + 16 + 8 * j);
-                    const int l0 = (int)(w.q[0] & 0x0F0F0F0F), l1 = (int)(w.q[1] & 0x0F0F0F0F);
-                    const int h0 = (int)((w.q[0] >> 4) & 0x0F0F0F0F), h1 = (int)((w.q[1] >> 4) & 0x0F0F0F0F);
-                    const int t = __dp4a(0x01010101, y0.x, __dp4a(0x01010101, y0.y,
-                                  __dp4a(0x01010101, y1.x, __dp4a(0x01010101, y1.y, 0))));
-                    s = __dp4a(l0, y0.x, __dp4a(l1, y0.y, __dp4a(h0, y1.x, __dp4a(h1, y1.y, 0)))) - 8 * t;
-                }
-                s += __shfl_xor_sync(0xffffffffu, s, 1);
-                if (T == T_Q8_0) s += __shfl_xor_sync(0xffffffffu, s, 2);
-                if (ok && j == 0) acc[c] += (float)s * (w.d * yd[c * sd + blk]);
-            } else {  // Q4_K: the low nibbles are group 2p, the high ones group 2p + 1 (this half's 16 elements)
-                const int h = j & 1, p = j >> 1;
-                int4 ya = make_int4(0, 0, 0, 0), yb = make_int4(0, 0, 0, 0);
-                if (ok) {
-                    ya = *(const int4*)(y + 256 * (i64)blk + 64 * p + 16 * h);
-                    yb = *(const int4*)(y + 256 * (i64)blk + 64 * p + 32 + 16 * h);
-                }
-                int lo[4], hi[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    lo[k] = (int)(w.q[k] & 0x0F0F0F0F);
-                    hi[k] = (int)((w.q[k] >> 4) & 0x0F0F0F0F);
-                }
-                const int sl = __dp4a(lo[0], ya.x, __dp4a(lo[1], ya.y, __dp4a(lo[2], ya.z, __dp4a(lo[3], ya.w, 0))));
-                const int su = __dp4a(hi[0], yb.x, __dp4a(hi[1], yb.y, __dp4a(hi[2], yb.z, __dp4a(hi[3], yb.w, 0))));
-                // thread h finishes group 2p + h: its own half plus the partner's (lane ^ 1)
-                const int s = (h ? su : sl) + __shfl_xor_sync(0xffffffffu, h ? sl : su, 1);
-                if (ok) {
-                    const int u = 8 * blk + j;
-                    const float dy = yd[c * sd + blk];
-                    const float sy = ys[c * ss + 2 * u] + ys[c * ss + 2 * u + 1];
-                    acc[c] += (float)(w.sc * s) * (w.d * dy) - (float)w.mn * sy * (w.m * dy);
-                }
-            }
-        }
-    }
-}
-
-// thread t (of the row's R = 32 * CW) adds its share of the row's nblk blocks into acc; wait:
-// grid_wait() once the first slots' weight loads are issued (PDL)
-template <int T, int NC>
-static __device__ __forceinline__ void row_coop(const u8* row, int nblk, int t, const signed char* yq,
-                                                const float* yd, const float* ys, i64 sq, i64 sd, i64 ss,
-                                                int ncols, float* acc, bool wait) {
-    constexpr int P = coop_parts(T), R = 32 * CW;
-    const int steps = (nblk * P + R - 1) / R;
-    const bool wide = T == T_Q4_K && ((u64)row & 15) == 0;
-    for (int i0 = 0; i0 < steps; i0 += UNROLL) {
-        Slot w[UNROLL];
-#pragma unroll
-        for (int i = 0; i < UNROLL; ++i) {
-            const int slot = (i0 + i) * R + t;
-            load_slot<T>(row, slot / P, slot % P, i0 + i < steps && slot / P < nblk, wide, w[i]);
-        }
-        if (wait && i0 == 0) grid_wait();
-#pragma unroll
-        for (int i = 0; i < UNROLL; ++i) {
-            if (i0 + i < steps) {   // (uniform over the row)
-                const int slot = (i0 + i) * R + t;
-                slot_dot<T, NC>(w[i], slot / P, slot % P, slot / P < nblk, yq, yd, ys, sq, sd, ss, ncols, acc);
-            }
-        }
-    }
-}
-
 struct Args {
     const u8* x;            // src0's first byte
     const signed char* yq;  // src1 quantized: row r (dst order) at r * K
@@ -484,52 +323,7 @@ template <int NC> static __device__ __forceinline__ void store_sums(const Args& 
     }
 }
 
-// COOP: the warp sums of a row's CW warps (W warps a block) added in warp order, then stored
-template <int NC, int W> static __device__ __forceinline__ void store_coop(const Args& p, float* acc, int m, bool live,
-                                                                           int n0, int i2, int i3, int lane, int warp) {
-#pragma unroll
-    for (int c = 0; c < NC; ++c)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[c] += __shfl_xor_sync(0xffffffffu, acc[c], o);
-    if constexpr (CW > 1) {
-        __shared__ float red[W][NC];
-        if (lane == 0)
-#pragma unroll
-            for (int c = 0; c < NC; ++c) red[warp][c] = acc[c];
-        __syncthreads();
-        if (warp % CW != 0) return;
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-            for (int k = 1; k < CW; ++k) acc[c] += red[warp + k][c];
-    }
-#pragma unroll
-    for (int c = 0; c < NC; ++c)
-        if (live && lane == 0 && n0 + c < p.N) p.dst[m * p.d0 + (n0 + c) * p.d1 + i2 * p.d2 + i3 * p.d3] = acc[c];
-}
-
-// COOP: block of WARPS warps, WARPS / CW rows (every warp reaches store_coop's barrier)
-template <int T, int NC> static __device__ __forceinline__ void mmvq_coop(const Args& p) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int m = blockIdx.x * (WARPS / CW) + warp / CW;
-    const bool live = m < p.M;
-    const int n0 = blockIdx.y * NC;
-    const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
-    const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
-    const i64 nd = is_kq(T) ? p.K >> 8 : p.K >> 5, ns = is_kq(T) ? p.K >> 4 : p.K >> 5;
-    const i64 r0 = ((i64)i3 * p.n2 + i2) * p.N + n0;
-    const int ncols = min(NC, p.N - n0);
-    constexpr bool pdl = (PDL >> T) & 1, head = (PDL_HEAD >> T) & 1;
-    if (pdl && head) grid_wait();
-    float acc[NC];
-#pragma unroll
-    for (int c = 0; c < NC; ++c) acc[c] = 0.f;
-    if (live)
-        row_coop<T, NC>(row, (int)nd, (warp % CW) * 32 + lane, p.yq + r0 * p.K, p.yd + r0 * nd, p.ys + r0 * ns, p.K,
-                        nd, ns, ncols, acc, pdl && !head);
-    store_coop<NC, WARPS>(p, acc, m, live, n0, i2, i3, lane, warp);
-}
-
-template <int T, int NC> static __device__ __forceinline__ void mmvq_lanes(const Args& p) {
+template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args& p) {
     const int lane = threadIdx.x & 31;
     const int m = blockIdx.x * WARPS + (threadIdx.x >> 5);
     if (m >= p.M) return;
@@ -578,11 +372,6 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq_lanes(const
         }
     }
     store_sums<NC>(p, acc, m, n0, i2, i3, lane);
-}
-
-template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args& p) {
-    if constexpr (is_coop(T)) mmvq_coop<T, NC>(p);
-    else mmvq_lanes<T, NC>(p);
 }
 
 // -- src1 quantized to the vec_dot type (ggml's reference quantizers, byte for byte) ----------
@@ -705,8 +494,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
 template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p) {
     extern __shared__ __align__(16) u8 smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    // (COOP: WARPS_FUSED / CW rows a block, as mmvq_coop has WARPS / CW)
-    const int m = is_coop(T) ? blockIdx.x * (WARPS_FUSED / CW) + warp / CW : blockIdx.x * WARPS_FUSED + warp;
+    const int m = blockIdx.x * WARPS_FUSED + warp;
     const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
     const int nu = p.K >> 5;
     const int nd = is_kq(T) ? p.K >> 8 : nu;
@@ -716,7 +504,7 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     const bool live = m < p.M;                   // (a warp past the last row still quantizes)
     const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
     Unit w0;
-    if (!is_coop(T) && live && lane < nu) load_unit<T>(row, lane, w0);   // in flight while src1 is quantized
+    if (live && lane < nu) load_unit<T>(row, lane, w0);          // in flight while src1 is quantized
     const float* x = p.b + i2 * p.b2 + i3 * p.b3;
     if (is_kq(T)) {
         for (int sb = warp; sb < nd; sb += WARPS_FUSED)
@@ -730,13 +518,8 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
         }
     }
     __syncthreads();
-    float acc[1] = {0.f};
-    if constexpr (is_coop(T)) {    // the same sums in the same order as mmvq_coop<T, 1>
-        if (live) row_coop<T, 1>(row, nd, (warp % CW) * 32 + lane, sq, sd, ss, 0, 0, 0, 1, acc, false);
-        store_coop<1, WARPS_FUSED>(p, acc, m, live, 0, i2, i3, lane, warp);
-        return;
-    }
     if (!live) return;
+    float acc[1] = {0.f};
     if (lane < nu) accumulate<T, 1>(w0, lane, sq, sd, ss, 0, 0, 0, 1, acc);
     for (int u = lane + 32; u < nu; u += 32) {     // the rest as mmvq<T, 1> does
         Unit w;

@@ -55,13 +55,8 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # it; see `pdl_on`); PDL_HEAD: bit T set, that kernel waits at its start instead (Q8_0: holding its
 # first unit across the wait measured slower than no PDL, waiting first faster; Q4_0 / Q4_K the
 # other way round). The other types measured neither way: plain launches.
-# COOP: bit T set (Q4_0, Q8_0, Q4_K), the threads of a row share each block (quant_mmvq.cu's
-# row_coop: consecutive threads take consecutive 8- or 16-byte slices of the row), CW warps a row,
-# UNROLL slices' loads issued a thread before the first is used.
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
-          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
-          "COOP": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "CW": 1, "UNROLL": 2}
-COOP_TYPES = (D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q4_K)
+          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
@@ -149,22 +144,9 @@ def refusal(node) -> Optional[str]:
     return None
 
 
-def coop(type_: int) -> bool:
-    """Whether the dot kernels of this type share each block among a row's threads (CONFIG COOP)."""
-    return type_ in COOP_TYPES and bool(CONFIG["COOP"] >> type_ & 1)
-
-
-def rows_per_block(type_: int, warps: int) -> int:
-    """src0 rows a block of `warps` warps: one a warp, or one every CW warps (COOP)."""
-    return warps // CONFIG["CW"] if coop(type_) else warps
-
-
 def tile_smem(type_: int) -> int:
-    """Shared memory of a mmvq_T_NC block: a tile a warp for the K-quants read by lanes, none
-    for the rest (the COOP form's few bytes of warp sums are static)."""
-    if coop(type_) or type_ not in TILED:
-        return 0
-    return CONFIG["WARPS"] * CONFIG["TILE_UNITS"] // 8 * TILED[type_]
+    """Shared memory of a mmvq_T_NC block: a tile a warp for the K-quants, none for the rest."""
+    return CONFIG["WARPS"] * CONFIG["TILE_UNITS"] // 8 * TILED[type_] if type_ in TILED else 0
 
 
 def fused_smem(node) -> int:
@@ -281,14 +263,13 @@ def grids(node) -> dict:
     M, N, n2, n3 = node.ne
     if fused(node):
         wf = CONFIG["WARPS_FUSED"]
-        return {f"mmvq_{a.type}_f": ((-(-M // rows_per_block(a.type, wf)), 1, n2 * n3), 32 * wf, fused_smem(node))}
+        return {f"mmvq_{a.type}_f": ((-(-M // wf), 1, n2 * n3), 32 * wf, fused_smem(node))}
     w, nc = CONFIG["WARPS"], nc_of(node)
     per_warp = 1 if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else 8     # super-blocks / 32-blocks a warp
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
     return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
-            f"mmvq_{a.type}_{nc}": ((-(-M // rows_per_block(a.type, w)), -(-N // nc), n2 * n3), 32 * w,
-                                    tile_smem(a.type))}
+            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
 
 
 def launches(node, work: tuple) -> list:
