@@ -62,6 +62,12 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #ifndef PDL_HEAD
 #define PDL_HEAD 0         // bit T set: that kernel waits for src1 at its start, not after its first loads
 #endif
+#ifndef W32
+#define W32 0              // bit T set (Q4_0, Q8_0): a unit's quants read as aligned 32-bit words (see load_w32)
+#endif
+#ifndef NCLD
+#define NCLD 0             // 1: load_w32's loads take the read-only path (ld.global.nc)
+#endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
 #endif
@@ -92,6 +98,23 @@ static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-
     return (u32)h[0] | ((u32)h[1] << 16);
 }
 static __device__ __forceinline__ u32 ld4(const u8* p) { return *(const u32*)p; }
+// load_w32's loads: the u32 at a 4-aligned p, the u16 at a 2-aligned p (NCLD: read-only path)
+static __device__ __forceinline__ u32 ldw(const u8* p) {
+#if NCLD
+    return __ldg((const unsigned int*)p);
+#else
+    return *(const u32*)p;
+#endif
+}
+static __device__ __forceinline__ u32 ldh(const u8* p) {
+#if NCLD
+    return __ldg((const unsigned short*)p);
+#else
+    return *(const u16*)p;
+#endif
+}
+// the 32 bits of hi:lo from bit `bits` (0 .. 31) up
+static __device__ __forceinline__ u32 funnel(u32 lo, u32 hi, int bits) { return __funnelshift_r(lo, hi, bits); }
 // programmatic dependent launch (sm_90): a grid launched with the programmatic-serialization
 // attribute may start before the grid ahead of it in the stream ends; grid_wait() returns once
 // that grid has finished and its writes are visible (at once when there is none); grid_release()
@@ -120,8 +143,40 @@ static __device__ __forceinline__ int spread4(u32 h) {
     return ((h << 4) & 0x00000010) | ((h << 11) & 0x00001000) | ((h << 18) & 0x00100000) | ((h << 25) & 0x10000000);
 }
 
+// W32: the N words of quants at a 2-aligned p (a block's qs after its f16 d) from N aligned
+// 32-bit loads and one 16-bit load joined by funnel shifts: N + 1 load instructions a lane, not
+// 2N, each touching as many lines (lanes are 18 / 34 bytes apart); the bytes read stay inside
+// p - 2 .. p + 4N - 1, the block's own
+template <int N> static __device__ __forceinline__ void load_w32(const u8* p, u32* q) {
+    const int sh = 8 * (int)((u64)p & 2);
+    const u8* a = p - ((u64)p & 2);
+    u32 w[N + 1];
+#pragma unroll
+    for (int k = 0; k < N; ++k) w[k] = ldw(a + 4 * k);
+    w[N] = ldh(p + 4 * N - 2);
+#pragma unroll
+    for (int k = 0; k < N; ++k) q[k] = funnel(w[k], w[k + 1], sh);
+}
+
 template <int T> static __device__ __forceinline__ void load_unit(const u8* row, int u, Unit& w) {
-    if (T == T_Q4_0 || T == T_Q4_1) {
+    constexpr bool w32 = (W32 >> T) & 1;
+    if (T == T_Q4_0 && w32) {
+        const u8* b = row + 18 * (i64)u;
+        u32 v[4];
+        load_w32<4>(b + 2, v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            w.q[k] = v[k] & 0x0F0F0F0F;
+            w.q[k + 4] = (v[k] >> 4) & 0x0F0F0F0F;
+        }
+        w.d = f16(b);
+        w.m = 0.f;
+    } else if (T == T_Q8_0 && w32) {
+        const u8* b = row + 34 * (i64)u;
+        load_w32<8>(b + 2, (u32*)w.q);
+        w.d = f16(b);
+        w.m = 0.f;
+    } else if (T == T_Q4_0 || T == T_Q4_1) {
         const u8* b = row + (T == T_Q4_0 ? 18 : 20) * (i64)u;
         const u8* qs = b + (T == T_Q4_0 ? 2 : 4);
 #pragma unroll

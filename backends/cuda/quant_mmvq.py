@@ -56,7 +56,8 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # first unit across the wait measured slower than no PDL, waiting first faster; Q4_0 / Q4_K the
 # other way round). The other types measured neither way: plain launches.
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
-          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0}
+          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
+          "W32": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0), "NCLD": 0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
