@@ -76,6 +76,9 @@ static inline float round_f16(float x) { return (float)(_Float16)x; }
 static inline uint4 ld16_global(const u8* p) { check_align(p, 16); uint4 r; std::memcpy(&r, p, 16); return r; }
 static inline u32 ld2(const u8* p) { check_align(p, 2); u32 r; std::memcpy(&r, p, 4); return r; }
 static inline u32 ld4(const u8* p) { check_align(p, 4); u32 r; std::memcpy(&r, p, 4); return r; }
+template <bool nc> static inline u32 ldw(const u8* p) { return ld4(p); }
+template <bool nc> static inline u32 ldh(const u8* p) { check_align(p, 2); unsigned short r; std::memcpy(&r, p, 2); return r; }
+static inline u32 funnel(u32 lo, u32 hi, int bits) { return (u32)((((u64)hi << 32) | lo) >> (bits & 31)); }
 static inline void grid_wait() {}      // one launch at a time here: the grid ahead has ended
 static inline void grid_release() {}
 """

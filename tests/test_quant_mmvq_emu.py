@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(cuda_emu_mmvq.available() is not None,
 K = 4352
 MM_TOL = 1e-5
 FUSED_TYPES = [D.TYPE_Q8_0, D.TYPE_Q4_1, D.TYPE_Q4_K, D.TYPE_Q6_K]
-UNALIGNED_TYPES = [D.TYPE_Q4_0, D.TYPE_Q5_0, D.TYPE_Q6_K]      # the types read in 16-bit loads
+UNALIGNED_TYPES = [D.TYPE_Q4_0, D.TYPE_Q5_0, D.TYPE_Q6_K, D.TYPE_Q8_0]   # 2-byte aligned blocks (Q8_0: W32)
 # one emulator build for the whole file
 KERNELS = tuple(f"mmvq_{t}_{s}" for t in FUSED_TYPES for s in "f1") + tuple(f"mmvq_{t}_4" for t in UNALIGNED_TYPES)
 

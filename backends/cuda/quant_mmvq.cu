@@ -34,7 +34,8 @@
 // qs[16]} 22 B, Q5_1 {d, m, qh[4], qs[16]} 24 B, Q8_0 {d, qs[32]} 34 B, Q4_K {d, dmin,
 // scales[12], qs[128]} 144 B, Q5_K {d, dmin, scales[12], qh[32], qs[128]} 176 B, Q6_K {ql[128],
 // qh[64], scales[16], d} 210 B. 18/22/34/210-byte blocks are 2-byte aligned: their words are read
-// as two 16-bit loads; the others as 32-bit loads (quant_mmvq.py checks the row alignment).
+// as two 16-bit loads (Q8_0, W32: as aligned 32-bit loads joined by funnel shifts, on the read-only
+// path); the others as 32-bit loads (quant_mmvq.py checks the row alignment).
 // 64 units of a K-quant are a multiple of 16 bytes, so a 16-byte aligned row's full tiles are
 // too; other rows, and a row's last partial tile, are copied into the tile with 16-bit loads.
 
@@ -61,6 +62,12 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #endif
 #ifndef PDL_HEAD
 #define PDL_HEAD 0         // bit T set: that kernel waits for src1 at its start, not after its first loads
+#endif
+#ifndef W32
+#define W32 0              // bit T set (Q8_0 only): a unit's quants read as aligned 32-bit words (see load_w32)
+#endif
+#ifndef NCLD
+#define NCLD 0             // bit T set: that type's load_w32 loads take the read-only path (ld.global.nc)
 #endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
@@ -92,6 +99,15 @@ static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-
     return (u32)h[0] | ((u32)h[1] << 16);
 }
 static __device__ __forceinline__ u32 ld4(const u8* p) { return *(const u32*)p; }
+// load_w32's loads: the u32 at a 4-aligned p, the u16 at a 2-aligned p (nc: the read-only path)
+template <bool nc> static __device__ __forceinline__ u32 ldw(const u8* p) {
+    return nc ? __ldg((const unsigned int*)p) : *(const u32*)p;
+}
+template <bool nc> static __device__ __forceinline__ u32 ldh(const u8* p) {
+    return nc ? __ldg((const unsigned short*)p) : *(const u16*)p;
+}
+// the 32 bits of hi:lo from bit `bits` (0 .. 31) up
+static __device__ __forceinline__ u32 funnel(u32 lo, u32 hi, int bits) { return __funnelshift_r(lo, hi, bits); }
 // programmatic dependent launch (sm_90): a grid launched with the programmatic-serialization
 // attribute may start before the grid ahead of it in the stream ends; grid_wait() returns once
 // that grid has finished and its writes are visible (at once when there is none); grid_release()
@@ -120,8 +136,31 @@ static __device__ __forceinline__ int spread4(u32 h) {
     return ((h << 4) & 0x00000010) | ((h << 11) & 0x00001000) | ((h << 18) & 0x00100000) | ((h << 25) & 0x10000000);
 }
 
+// W32: the N words of quants at a 2-aligned p (a block's qs after its f16 d) from N aligned
+// 32-bit loads and one 16-bit load joined by funnel shifts: N + 1 load instructions a lane, not
+// 2N, each touching as many lines (lanes 34 bytes apart); the bytes read stay inside
+// p - 2 .. p + 4N - 1, the block's own. H200, Q8_0 (N = 8) with nc, node: 9.15 / 22.41 / 23.97 us
+// -> 8.46 / 20.66 / 20.94 at 4096 x 4096 / 4096 x 14336 / 14336 x 4096 (without nc 8.64 / 20.76 /
+// 21.33); Q4_0 (N = 4): 6.36 / 15.83 / 15.32 -> 6.54 / 15.56 / 15.69 (with nc 6.61 / 15.59 / 16.26),
+// not kept: its 40 registers become 48 (12 blocks an SM -> 10)
+template <int N, bool nc> static __device__ __forceinline__ void load_w32(const u8* p, u32* q) {
+    const int sh = 8 * (int)((u64)p & 2);
+    const u8* a = p - ((u64)p & 2);
+    u32 w[N + 1];
+#pragma unroll
+    for (int k = 0; k < N; ++k) w[k] = ldw<nc>(a + 4 * k);
+    w[N] = ldh<nc>(p + 4 * N - 2);
+#pragma unroll
+    for (int k = 0; k < N; ++k) q[k] = funnel(w[k], w[k + 1], sh);
+}
+
 template <int T> static __device__ __forceinline__ void load_unit(const u8* row, int u, Unit& w) {
-    if (T == T_Q4_0 || T == T_Q4_1) {
+    if (T == T_Q8_0 && ((W32 >> T) & 1)) {
+        const u8* b = row + 34 * (i64)u;
+        load_w32<8, (NCLD >> T) & 1>(b + 2, (u32*)w.q);
+        w.d = f16(b);
+        w.m = 0.f;
+    } else if (T == T_Q4_0 || T == T_Q4_1) {
         const u8* b = row + (T == T_Q4_0 ? 18 : 20) * (i64)u;
         const u8* qs = b + (T == T_Q4_0 ? 2 : 4);
 #pragma unroll

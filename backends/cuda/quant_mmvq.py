@@ -30,6 +30,14 @@ Q8_0 10.3 -> 9.6 (2026-12-02; the other types untried, plain launches). Measured
 a lane's eight consecutive units read as 16-byte words and cut in registers (mmvq_T_cR, branch
 qmmv9's first commit): 40-80% slower in all nine decode cases, each warp load instruction then
 touching 32 lines for the weights and again for src1's 256-byte strided units.
+
+Q8_0's unit (CONFIG W32, NCLD) is read as aligned 32-bit words on the read-only path, joined by
+funnel shifts: 10 load instructions a lane for its 34 bytes instead of 17 (ncu, q4_0's lane-a-unit
+kernel at 4096 x 14336: L1/TEX throughput 80% against DRAM 42%, 7.5 of each 32-byte sector used a
+load). H200 node: 9.15 -> 8.46 / 22.41 -> 20.66 / 23.97 -> 20.94 us (2026-12-02). Measured and
+dropped (branch qmmv10): the threads of a row sharing each block (ggml's mapping, consecutive
+threads on consecutive 8- or 16-byte slices, unit sums joined by shuffles): slower in all nine
+cases (q4_0 4096 x 14336 20.0 against 15.7 us; L1/TEX 41%, but 64% more instructions, DRAM 30%).
 """
 from __future__ import annotations
 
@@ -55,8 +63,13 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # it; see `pdl_on`); PDL_HEAD: bit T set, that kernel waits at its start instead (Q8_0: holding its
 # first unit across the wait measured slower than no PDL, waiting first faster; Q4_0 / Q4_K the
 # other way round). The other types measured neither way: plain launches.
+# W32: bit T set (Q8_0 only), a unit's 32 quants are read as 8 aligned 32-bit loads and one 16-bit
+# load joined by funnel shifts instead of 16 16-bit loads; NCLD: bit T set, those loads take the
+# read-only path (ld.global.nc). H200, Q8_0 node 9.15 / 22.41 / 23.97 -> 8.46 / 20.66 / 20.94 us
+# (4096 x 4096 / 4096 x 14336 / 14336 x 4096); Q4_0 the same way measured mixed (+3 / -2 / +2%).
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
-          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0}
+          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
+          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
