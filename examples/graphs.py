@@ -19,7 +19,7 @@ import numpy as np
 
 import minigraph as mg
 from minigraph.models import mla
-from minigraph.models.delta_net import build_delta_net_chunking, build_delta_net_fused
+from minigraph.models.delta_net import build_delta_net_autoregressive, build_delta_net_chunking, build_delta_net_fused
 
 MLA_CONFIGS = {"small": mla.SMALL, "q_lora": mla.SMALL_Q_LORA, "lite": mla.DEEPSEEK_V2_LITE}
 TYPES = {"f16": mg.TYPE_F16, "f32": mg.TYPE_F32, "q8_0": mg.TYPE_Q8_0, "i32": mg.TYPE_I32, "i64": mg.TYPE_I64}
@@ -90,6 +90,28 @@ def delta_net(ctx: mg.Context, n_tokens: int = 70, head_dim: int = 16, n_heads: 
     build = build_delta_net_fused if fused else build_delta_net_chunking
     out, state = build(ctx, q, k, v, g, b, s)
     return out.set_name("dn_out"), state.set_name("dn_state")
+
+
+def delta_net_cache(ctx: mg.Context, n_tokens: int = 1, head_dim: int = 16, n_heads: int = 2, n_seqs: int = 2,
+                    n_slots: int = 4, slot: int = 1, seed: int = 0) -> tuple[mg.Tensor, mg.Tensor]:
+    """A delta-net step over a recurrent cache as llama.cpp runs it: the state read from cache slot
+    `slot` (n_seqs states a slot), the one-token (or, n_tokens > 1, chunked) graph, and the new
+    state written back with ggml_cpy. mg.optimize fuses the graph, then lets the op write the slot
+    itself (the gdn_state_write pass). Returns (output, the copy into the cache)."""
+    rng = np.random.default_rng(seed)
+    S, H, T, N = head_dim, n_heads, n_tokens, n_seqs
+    q = ctx.l2_norm(_input(ctx, rng, "q", [S, H, T, N]), 1e-6)
+    k = ctx.l2_norm(_input(ctx, rng, "k", [S, H, T, N]), 1e-6)
+    v = _input(ctx, rng, "v", [S, H, T, N])
+    g = _input(ctx, rng, "g", [1, H, T, N], -2.0, -0.01)
+    b = _input(ctx, rng, "beta", [1, H, T, N], 0.0, 1.0)
+    n = S * S * H * N
+    cache = _input(ctx, rng, "ssm_states", [n * n_slots], -0.5, 0.5)
+    s = ctx.reshape_4d(ctx.view_1d(cache, n, 4 * n * slot), S, S, H, N)
+    build = build_delta_net_autoregressive if T == 1 else build_delta_net_chunking
+    out, state = build(ctx, q, k, v, g, b, s)
+    write = ctx.cpy(state, ctx.view_1d(cache, n, 4 * n * slot))
+    return out.set_name("dn_out"), write.set_name("dn_state_write")
 
 
 def _pick(table: dict, key: str, what: str):

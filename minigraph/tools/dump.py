@@ -18,6 +18,7 @@ from typing import Any, Optional
 from minigraph.core import dtypes
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph, graph_labels
+from minigraph.core.registry import written_by
 from minigraph.passes import DEFAULT_PIPELINE, Optimized
 from minigraph.tools.graphio import load_target, node_attr
 from minigraph.core.tensor import Tensor, is_contiguous, nbytes
@@ -134,7 +135,7 @@ def tensor_row(p: Prepared, t: Tensor, index: int) -> dict:
             "backend": be.name if be is not None else "-", "split": split,
             "cause": (p.sched.get_tensor_cause(t) or ("", ""))[0],
             "fused_from": list(fused) if fused else [], "fused_names": list(fused_names or []),
-            "bytes": nbytes(t)}
+            "written_by": written_by(t) if t.op else None, "bytes": nbytes(t)}
 
 
 def summary(p: Prepared) -> dict:
@@ -179,7 +180,13 @@ def _cells(r: dict) -> list[str]:
     view = f"{r['view']['src']}+{r['view']['offs']}" if r["view"] else ""
     split = "" if r["split"] is None else str(r["split"])
     return [str(r["index"]), r["op"], r["name"], r["type"], _ne(r["ne"]), _layout(r), view,
-            ", ".join(r["src"]), r["backend"], split, _fused(r["fused_from"], r["fused_names"]), str(r["bytes"])]
+            ", ".join(r["src"]), r["backend"], split, _fused(r["fused_from"], r["fused_names"]) or _done(r),
+            str(r["bytes"])]
+
+
+def _done(r: dict) -> str:
+    """A node another node performs (registry.WRITTEN_BY): the backends skip it."""
+    return f"written by its {r['written_by']} (skipped)" if r.get("written_by") else ""
 
 
 def _fused(ops: list, names: list = ()) -> str:
@@ -259,6 +266,8 @@ def _dot_label(r: dict) -> str:
         parts.append(f"view of {r['view']['src']} +{r['view']['offs']}")
     if r["fused_from"]:
         parts.append("fused from " + _fused(r["fused_from"], r["fused_names"]))
+    if _done(r):
+        parts.append(_done(r))
     return "{" + "|".join(_esc(x) for x in parts) + "}"
 
 
