@@ -64,11 +64,16 @@ GDN_INL void ldA_c(FragA& f, const float* c) {   // a C fragment as an A fragmen
     split(c[3], f.h[3], f.l[3]);
 }
 
-// P_c's 16x16 blocks on and below the diagonal (the only ones prep writes, and the only ones read)
+#define PSTEP (STATE_THREADS / 16)   // P_c rows a pass of the block's threads (16 pieces of 16 bytes a row)
+// P_c's 16x16 blocks on and below the diagonal (the only ones prep writes, and the only ones read),
+// offsets fixed a thread as in stage_rows: rows tid / 16 + PSTEP i, columns 4 (tid % 16) .. + 3, in
+// block column (tid % 16) / 4
 GDN_INL void stage_p(float* dst, const float* src, int tid) {
-    for (int e = tid; e < L * (L / 4); e += STATE_THREADS) {
-        const int r = e / (L / 4), c4 = (e % (L / 4)) * 4;
-        if (c4 < 16 * (r / 16 + 1)) cp_async16(dst + r * PSP + c4, src + r * L + c4, 16);
+    const int r0 = tid >> 4, c4 = (tid & 15) * 4;
+#pragma unroll
+    for (int i = 0; i < L / PSTEP; ++i) {
+        const int r = r0 + PSTEP * i;
+        if ((c4 >> 4) <= (r >> 4)) cp_async16(dst + r * PSP + c4, src + r * L + c4, 16);
     }
 }
 
