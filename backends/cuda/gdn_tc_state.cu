@@ -19,10 +19,10 @@
 // Warps: STATE_KS (2, 4 or 8) warps a 16-column j-tile split the key index (warp ks holds M^T[:,
 // 128 ks / STATE_KS ...]), so phase 1 gives each partial X^T and Y^T over its keys; through shared
 // memory the owner of each 8-row r-tile (own_tile: the same output work for every warp) sums them
-// in warp order: D^T = U^T - X^T, handed to all (unscaled for the output, scaled by f for phase 2), then Y^T, and the owner finishes
-// its r-tiles of O^T. STATE_NJ j-tiles a block share W_c, Q_c, K_c and P_c; K_c and P_c are
-// double-buffered (chunk c+1's land while chunk c computes), W_c and Q_c single (c+1's are issued
-// once every warp is past phase 1, a second __syncthreads a chunk).
+// in warp order: D^T = U^T - X^T, handed to all (unscaled for the output, scaled by f for phase 2),
+// then Y^T, and the owner finishes its r-tiles of O^T. STATE_NJ j-tiles a block share W_c, Q_c, K_c
+// and P_c; K_c and P_c are double-buffered (chunk c+1's land while chunk c computes), W_c and Q_c
+// single (c+1's are issued once every warp is past phase 1, a second __syncthreads a chunk).
 // The final M goes to dst's snapshot slot 0, transposed like the input state ([seq][h][j][i]).
 // GDN_KDA: k is Kg = K e^(gl - gc) and q is Qg = Q e^gc, both of prep ([hs][Tp][S]; no row factor
 // on D, 1 / sqrt(S) alone on Y) and the decay of M is a vector over its keys (Gw [hs][c][S]: e^gl
