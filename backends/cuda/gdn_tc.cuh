@@ -57,7 +57,8 @@ GDN_INL void mma_tf32_z(float* d, const u32* a, const u32* b) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.f));
 }
 
-// 16 bytes global -> shared, asynchronously; bytes == 0 writes zeros (src must still be valid)
+// 16 bytes global -> shared, asynchronously; bytes == 0 writes zeros and reads nothing (the compiler
+// makes it cp.async's ignore-src predicate)
 GDN_INL void cp_async16(float* sdst, const float* gsrc, int bytes) {
     u32 s = (u32)__cvta_generic_to_shared(sdst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gsrc), "r"(bytes) : "memory");
@@ -239,10 +240,27 @@ GDN_INL void mma3_p(float* c, const FragA& a, const FragB& b) {
 
 // rows [0, rows) of a [rows][width] global block (row r at src + r*stride, width floats, a multiple
 // of 4) into shared rows of ld floats, asynchronously; rows >= valid_rows and columns >= valid_w
-// are zero-filled. nthreads threads, thread tid.
+// are zero-filled. nthreads threads, thread tid. When nthreads is a multiple of width / 4 and
+// divides the block's 16-byte pieces (every call here: the sizes are constants), each thread keeps
+// one column: its copies are rows tid / (width / 4) + i nthreads / (width / 4), with offsets fixed a
+// thread (the generic loop's division and 64-bit address arithmetic were ~20 instructions a copy,
+// a fifth of the state pass's instructions).
 GDN_INL void stage_rows(float* dst, int ld, const float* src, long long stride, int rows, int width,
                         int valid_rows, int valid_w, int tid, int nthreads) {
-    int w4 = width / 4;
+    const int w4 = width / 4;
+    if (nthreads % w4 == 0 && (rows * w4) % nthreads == 0) {
+        const int r0 = (int)((unsigned)tid / (unsigned)w4), c = (int)((unsigned)tid % (unsigned)w4) * 4;
+        const int step = nthreads / w4;
+        const bool col_ok = c < valid_w;
+        const float* p = src + r0 * stride + c;   // past a zero-filled row it points anywhere: not read
+#pragma unroll
+        for (int i = 0; i < rows * w4 / nthreads; ++i) {
+            const int r = r0 + step * i;
+            cp_async16(dst + r * ld + c, p, col_ok && r < valid_rows ? 16 : 0);
+            p += step * stride;
+        }
+        return;
+    }
     for (int e = tid; e < rows * w4; e += nthreads) {
         int r = e / w4;
         int c = (e - r * w4) * 4;

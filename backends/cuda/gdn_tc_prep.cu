@@ -249,13 +249,18 @@ GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* b
     }
     __syncthreads();
     // 6. K e^gc over K rho (for W), Kg = K gamma e^(gl - gc_e), Qg = Q rho e^gc_n out, e^gl out
-    for (int e = tid; e < L * SMAX; e += PREP_THREADS) {
-        const int r = e >> 7, k = e & (SMAX - 1), b = r >> 4;
-        const float e1 = sc[SC_E1 + b * SMAX + k];
-        Ks[r * KSP + k] *= e1;
+    //    (four keys a thread and pass: S is a multiple of 4, every row 16-byte aligned)
+    for (int e = tid; e < L * SMAX / 4; e += PREP_THREADS) {
+        const int r = e >> 5, k = 4 * (e & 31), b = r >> 4;
+        const float4 e1 = *(const float4*)(sc + SC_E1 + b * SMAX + k);
+        float4* kr = (float4*)(Ks + r * KSP + k);
+        const float4 kv = *kr;
+        *kr = make_float4(kv.x * e1.x, kv.y * e1.y, kv.z * e1.z, kv.w * e1.w);
         if (k < S) {
-            qg[(long long)r * S + k] = Xs[r * QSP + k] * e1;
-            kg[(long long)r * S + k] = Gt[r * GTSP + k] * sc[SC_E2 + b * SMAX + k];
+            const float4 xq = *(const float4*)(Xs + r * QSP + k), gt = *(const float4*)(Gt + r * GTSP + k);
+            const float4 e2 = *(const float4*)(sc + SC_E2 + b * SMAX + k);
+            *(float4*)(qg + r * S + k) = make_float4(xq.x * e1.x, xq.y * e1.y, xq.z * e1.z, xq.w * e1.w);
+            *(float4*)(kg + r * S + k) = make_float4(gt.x * e2.x, gt.y * e2.y, gt.z * e2.z, gt.w * e2.w);
         }
     }
     if (tid < S) gl[tid] = sc[SC_GL + tid];

@@ -18,11 +18,11 @@
 // every chunk's start (134 MB at T=4096) for a separate output kernel to read back, and D with it.
 // Warps: STATE_KS (2, 4 or 8) warps a 16-column j-tile split the key index (warp ks holds M^T[:,
 // 128 ks / STATE_KS ...]), so phase 1 gives each partial X^T and Y^T over its keys; through shared
-// memory the owner of each 8-row r-tile (warp tile % KS) sums them in warp order: D^T = U^T - X^T,
-// handed to all (unscaled for the output, scaled by f for phase 2), then Y^T, and the owner finishes
-// its r-tiles of O^T. STATE_NJ j-tiles a block share W_c, Q_c, K_c and P_c; K_c and P_c are
-// double-buffered (chunk c+1's land while chunk c computes), W_c and Q_c single (c+1's are issued
-// once every warp is past phase 1, a second __syncthreads a chunk).
+// memory the owner of each 8-row r-tile (own_tile: the same output work for every warp) sums them
+// in warp order: D^T = U^T - X^T, handed to all (unscaled for the output, scaled by f for phase 2),
+// then Y^T, and the owner finishes its r-tiles of O^T. STATE_NJ j-tiles a block share W_c, Q_c, K_c
+// and P_c; K_c and P_c are double-buffered (chunk c+1's land while chunk c computes), W_c and Q_c
+// single (c+1's are issued once every warp is past phase 1, a second __syncthreads a chunk).
 // The final M goes to dst's snapshot slot 0, transposed like the input state ([seq][h][j][i]).
 // GDN_KDA: k is Kg = K e^(gl - gc) and q is Qg = Q e^gc, both of prep ([hs][Tp][S]; no row factor
 // on D, 1 / sqrt(S) alone on Y) and the decay of M is a vector over its keys (Gw [hs][c][S]: e^gl
@@ -64,11 +64,16 @@ GDN_INL void ldA_c(FragA& f, const float* c) {   // a C fragment as an A fragmen
     split(c[3], f.h[3], f.l[3]);
 }
 
-// P_c's 16x16 blocks on and below the diagonal (the only ones prep writes, and the only ones read)
+#define PSTEP (STATE_THREADS / 16)   // P_c rows a pass of the block's threads (16 pieces of 16 bytes a row)
+// P_c's 16x16 blocks on and below the diagonal (the only ones prep writes, and the only ones read),
+// offsets fixed a thread as in stage_rows: rows tid / 16 + PSTEP i, columns 4 (tid % 16) .. + 3, in
+// block column (tid % 16) / 4
 GDN_INL void stage_p(float* dst, const float* src, int tid) {
-    for (int e = tid; e < L * (L / 4); e += STATE_THREADS) {
-        const int r = e / (L / 4), c4 = (e % (L / 4)) * 4;
-        if (c4 < 16 * (r / 16 + 1)) cp_async16(dst + r * PSP + c4, src + r * L + c4, 16);
+    const int r0 = tid >> 4, c4 = (tid & 15) * 4;
+#pragma unroll
+    for (int i = 0; i < L / PSTEP; ++i) {
+        const int r = r0 + PSTEP * i;
+        if ((c4 >> 4) <= (r >> 4)) cp_async16(dst + r * PSP + c4, src + r * L + c4, 16);
     }
 }
 
@@ -85,6 +90,10 @@ GDN_INL float4 sum_partials(const float* Xs, int n, int lane) {
     }
     return s4;
 }
+
+// the qq-th r-tile warp ks owns: ks and 2 KS - 1 - ks of every 2 KS tiles, so that the output's
+// triangular work (r-tile n takes s-tiles 0..n) is the same for every warp (KS = 8: tile ks)
+GDN_INL int own_tile(int ks, int qq) { return (qq & 1) ? STATE_KS * (qq + 1) - 1 - ks : STATE_KS * qq + ks; }
 
 GDN_INL void put_partials(float* Xs, float (*x)[GDN_CW], int ks, int lane) {
 #pragma unroll
@@ -156,13 +165,13 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
         const int t0 = c * L, cur = c & 1;
         const int vr = T - t0 < L ? T - t0 : L;
         const int nr = T - t0 - L < L ? T - t0 - L : L;   // valid rows of chunk c + 1
-        // U^T and the gates of the r-tiles this warp owns (n = ks + KS q): loaded now, used after
+        // U^T and the gates of the r-tiles this warp owns (n = own_tile(ks, q)): loaded now, used after
         // phase 1; (ja, r), (ja, r + 1), (jc, r), (jc, r + 1) with r = 8 n + 2t
         float u[OWN][4], f[OWN][2], eg[OWN][2];
         const float* ub = Uw + ((long long)hs * Tp + t0) * S;
 #pragma unroll
         for (int qq = 0; qq < OWN; ++qq) {
-            const int r = 8 * (ks + STATE_KS * qq) + 2 * t4;
+            const int r = 8 * own_tile(ks, qq) + 2 * t4;
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int j = e < 2 ? ja : jc;
@@ -240,7 +249,7 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
         bar_named(1 + jt, 32 * STATE_KS);
 #pragma unroll
         for (int qq = 0; qq < OWN; ++qq) {
-            const int n = ks + STATE_KS * qq;
+            const int n = own_tile(ks, qq);
             const float4 s4 = sum_partials(Xs, n, lane);
             const float d0 = u[qq][0] - s4.x, d1 = u[qq][1] - s4.y, d2 = u[qq][2] - s4.z, d3 = u[qq][3] - s4.w;
             *(float4*)(Du + (n * 32 + lane) * 4) = make_float4(d0, d1, d2, d3);
@@ -263,14 +272,14 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
         for (int qq = 0; qq < OWN; ++qq) acc_zero(o[qq]);
 #pragma unroll
         for (int kk = 0; kk < 8; ++kk) {
-            if (kk <= ks + STATE_KS * (OWN - 1)) {
+            if (kk <= own_tile(ks, OWN - 1)) {
                 const float4 d4 = *(const float4*)(Du + (kk * 32 + lane) * 4);
                 const float dd[4] = {d4.x, d4.y, d4.z, d4.w};
                 FragA fa;
                 ldA_c(fa, dd);
 #pragma unroll
                 for (int qq = 0; qq < OWN; ++qq) {
-                    const int n = ks + STATE_KS * qq;
+                    const int n = own_tile(ks, qq);
                     if (kk <= n) {
                         const float2 p2 = *(const float2*)(Pc + (8 * n + g4) * PSP + 8 * kk + 2 * t4);
                         FragB fb;
@@ -283,7 +292,7 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
         }
 #pragma unroll
         for (int qq = 0; qq < OWN; ++qq) {
-            const int n = ks + STATE_KS * qq, r = 8 * n + 2 * t4;
+            const int n = own_tile(ks, qq), r = 8 * n + 2 * t4;
             acc_fold(o[qq]);
             const float4 y4 = sum_partials(Xs, n, lane);
             const float o0 = o[qq][0] + eg[qq][0] * y4.x, o1 = o[qq][1] + eg[qq][1] * y4.y;
