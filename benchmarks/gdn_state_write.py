@@ -65,7 +65,8 @@ def main() -> None:
     if a.backend == "cuda":
         from numba import cuda
         be, sync = mg.backend_cuda_init(0), cuda.synchronize
-        where = cuda.get_current_device().name.decode()
+        name = getattr(cuda.get_current_device(), "name", "numba-cuda simulator")
+        where = name.decode() if isinstance(name, bytes) else name
 
         def plain_copy(n):
             src, dst = cuda.to_device(np.ones(n, np.float32)), cuda.device_array(n, np.float32)

@@ -135,7 +135,7 @@ def test_dump_profile_filter_end_to_end():
 def test_python_target_without_function_lists_them(capsys, tmp_path):
     rc, _ = run("dump", GRAPHS)
     err = capsys.readouterr().err
-    listed = "mlp, ffn_quant, delta_net, mla_decode"   # examples/graphs.py's targets, in file order
+    listed = "mlp, ffn_quant, delta_net, delta_net_cache, mla_decode"   # examples/graphs.py's targets, in file order
     assert rc == 2 and ":FUNCTION" in err and listed in err and "Extra data" not in err
     rc, _ = run("dump", GRAPHS + ":")
     assert rc == 2 and listed in capsys.readouterr().err
