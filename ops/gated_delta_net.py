@@ -55,6 +55,12 @@ def _sample(node, i: int, rng: np.random.Generator):
     return None
 
 
+def _tail(node) -> int:
+    """Byte offset of snapshot slot 0 in a GATED_DELTA_NET result."""
+    S, H, T, N = node.src[2].ne
+    return 4 * S * H * T * N
+
+
 def _rebuild(ctx, spec, *srcs) -> Tensor:
     t = ctx.gated_delta_net(*srcs[:6], spec.params.get("K"))
     if spec.params.get("bcast"):
@@ -68,7 +74,7 @@ def _rebuild(ctx, spec, *srcs) -> Tensor:
 # when present, is written, never read (attach_state_dst)
 GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K", "bcast"), flops=_flops,
                                  sample=_sample, rebuild=_rebuild, param_defaults={"bcast": 0},
-                                 shape_only=(6,), written_srcs=(6,)))
+                                 shape_only=(6,), written_srcs=(6,), written_at=lambda node, slot: _tail(node)))
 
 GDN_BCAST_TILED = 0         # value head h reads q/k head h % H_k (ggml_repeat's order; ggml's op)
 GDN_BCAST_INTERLEAVED = 1   # value head h reads q/k head h // (H_v / H_k) (llama.cpp's Qwen3-Next repeat)
@@ -105,7 +111,8 @@ def attach_state_dst(node: Tensor, dst: Tensor) -> None:
     them). K must be 1. What else may read or write dst, and when, is the caller's to check: the
     gdn_state_write pass does, and is what attaches it."""
     expect(isinstance(node, Tensor) and node.op == "GATED_DELTA_NET" and len(node.src) == 6,
-           "gated_delta_net", "a state destination goes on a GATED_DELTA_NET node without one",
+           "gated_delta_net", "a state destination goes on a minigraph GATED_DELTA_NET node without one "
+           "(ggml's op has none)",
            *([node] if isinstance(node, Tensor) else []))
     check_tensor("gated_delta_net", dst)
     S, H, T, N, K = gdn_dims(node)
@@ -123,7 +130,7 @@ def mark_state_written(c: Tensor) -> None:
     gdn = a.root if isinstance(a, Tensor) else None
     sd = state_dst(gdn) if gdn is not None and gdn.op == "GATED_DELTA_NET" else None
     ok = (c.op == "CPY" and sd is not None and b is not None and b.root is sd.root and b.view_offs == sd.view_offs
-          and is_contiguous(b) and is_contiguous(a) and a.view_offs == 4 * sd.ne[0] * sd.ne[2] * gdn.src[2].ne[2] * sd.ne[3]
+          and is_contiguous(b) and is_contiguous(a) and a.view_offs == _tail(gdn)
           and a.ne[0] * a.ne[1] * a.ne[2] * a.ne[3] == sd.ne[0] * sd.ne[1] * sd.ne[2] * sd.ne[3])
     expect(ok, "cpy", "written_by GATED_DELTA_NET marks only the copy of such a node's final state into its "
            "state destination", *[t for t in (c, a, b) if isinstance(t, Tensor)])

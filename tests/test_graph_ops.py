@@ -86,6 +86,28 @@ def test_a_fused_delta_net_and_its_unfused_ops(tmp_path):
         assert check_case(c, cpu, 3) is None, c.name
 
 
+def test_a_state_written_into_the_cache(tmp_path):
+    """The fused graph of a decode step over a recurrent cache: the GATED_DELTA_NET with its state
+    destination (in place over the input state) is a case whose conformance reads the state there,
+    so a kernel that does not write it fails; the copy it replaced is listed as skipped."""
+    path, doc = _export(tmp_path, "delta_net_cache")
+    gdn = _entry(doc, "GATED_DELTA_NET")
+    assert len(gdn["graph"]["tensors"][-1]["src"]) == 7
+    assert [s["op"] for s in doc["skipped"]] == ["CPY"] and "backends skip" in doc["skipped"][0]["why"]
+    cpu = mg.backend_cpu_init(1)
+    (case,) = [c for c in graph_ops.load_cases(path) if c.op == "GATED_DELTA_NET"]
+    assert check_case(case, cpu, 4) is None
+
+    class NoStateWrite(type(cpu)):
+        """The CPU, but its GATED_DELTA_NET kernel leaves the state destination alone."""
+        def graph_compute(self, graph):
+            node = graph.nodes[-1]
+            keep = node.src[6].numpy().copy()
+            super().graph_compute(graph)
+            mg.backend_tensor_set(node.src[6], keep)
+    assert "NMSE" in check_case(case, NoStateWrite(1), 4)
+
+
 def _values(entry: dict, seed: int = 0) -> tuple:
     gf = graph_from_dict(entry["graph"])
     node = gf.nodes[-1]

@@ -32,6 +32,9 @@ class OpDef:
     written_srcs: src slots the node writes into (GATED_DELTA_NET's state destination, when the
                node has that source): the scheduler runs the node where that memory lives and
                never copies it in.
+    written_at: fn(node, slot) -> the byte offset in the node's result whose bytes a written
+               source holds instead (GATED_DELTA_NET: its snapshot slot 0), so conformance reads
+               them there.
     byte_params: params counted in bytes of the node's type (rescaled when a backend computes
                an f16/bf16 node in f32).
     flops:     fn(node) -> float operations, for profiles and perf mode.
@@ -57,6 +60,7 @@ class OpDef:
     inplace_ok: bool = False
     shape_only: tuple[int, ...] = ()
     written_srcs: tuple[int, ...] = ()
+    written_at: Optional[Callable[[Any, int], int]] = None
     byte_params: tuple[str, ...] = ()
     flops: Callable[[Any], float] = field(default=lambda node: float(np.prod(node.ne)))
     doc: str = ""

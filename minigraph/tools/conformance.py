@@ -6,8 +6,10 @@ from typing import Any, Optional
 import numpy as np
 
 from minigraph.backends.reference import reference_compute
+from minigraph.core import dtypes
 from minigraph.core.cases import Case, nmse
 from minigraph.core.context import Context
+from minigraph.core.registry import OPS
 
 
 def run_case(case: Case, backend: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -19,7 +21,21 @@ def run_case(case: Case, backend: Any, seed: int = 0) -> tuple[np.ndarray, np.nd
     gf.build_forward_expand(out)
     ref = reference_compute(gf)[out]
     backend.graph_compute(gf)
-    return out.numpy(), ref
+    return _result(out), ref
+
+
+def _result(out: Any) -> np.ndarray:
+    """The node's values; where it writes a source instead of part of its result (OpDef.written_at:
+    GATED_DELTA_NET's state destination), that source's values in that part."""
+    got = out.numpy()
+    op = OPS[out.op]
+    for slot in op.written_srcs:
+        if slot < len(out.src) and op.written_at is not None:
+            flat = got.reshape(-1)
+            w = out.src[slot].numpy().reshape(-1)
+            start = op.written_at(out, slot) // dtypes.type_size(out.type)
+            flat[start:start + w.size] = w
+    return got
 
 
 def check_case(case: Case, backend: Any, seed: int = 0) -> Optional[str]:

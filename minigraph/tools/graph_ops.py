@@ -32,7 +32,7 @@ from minigraph.core.cases import CASES, Case
 from minigraph.core.context import Context
 from minigraph.core.errors import MinigraphError
 from minigraph.core.graph import Graph
-from minigraph.core.registry import OPS, NodeSpec, default_sample
+from minigraph.core.registry import OPS, NodeSpec, default_sample, written_by
 from minigraph.core.tensor import Tensor, contiguous_strides
 from minigraph.tools.graphio import ANNOTATION_PARAMS, graph_from_dict, graph_to_dict
 
@@ -109,6 +109,10 @@ def export_ops(gf: Graph, source: str = "") -> dict:
     skipped = []
     for node in gf.nodes:
         if OPS[node.op].is_view:
+            continue
+        if written_by(node):
+            skipped.append({"op": node.op, "name": node.name,
+                            "why": f"its {written_by(node)} writes it: the backends skip the node"})
             continue
         try:
             d = graph_to_dict(_op_graph(node), data=False)
