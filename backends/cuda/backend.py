@@ -461,16 +461,27 @@ class CudaPlan:
         return m.buf, offs
 
     def _output_ranges(self, graph: Graph) -> list[tuple[int, int]]:
-        """Byte ranges of the arena the host reads after compute (outputs, flagged, sinks)."""
+        """Byte ranges of the arena the host reads after compute: each output's (and flagged
+        node's) own bytes, the whole of a sink (a root no node reads). Only the output's extent: a
+        view of a packed result (GATED_DELTA_NET's output beside its 537 MB state at B=256) brought
+        the whole result back every compute."""
         if not self.backend.download_outputs or not self.bound:
             return []
         read = {id(s.root) for n in graph.nodes for s in n.src if s is not None}
-        want = {id(t.root) for t in graph.outputs} | {id(n.root) for n in graph.nodes if n.flags & FLAG_OUTPUT}
-        ranges = sorted((self.memory.offsets[id(r)], extent_bytes(r.type, r.ne, r.nb)) for r in self.bound
-                        if id(r) in want or id(r) not in read)
-        if sum(sz for _, sz in ranges) > 0 and self.host_arena.nbytes <= DOWNLOAD_ALL_BYTES:
+        bound = {id(r) for r in self.bound}
+        outs = list(graph.outputs) + [n for n in graph.nodes if n.flags & FLAG_OUTPUT]
+        spans = [(self.memory.offsets[id(t.root)] + (t.view_offs if t.view_src is not None else 0),
+                  extent_bytes(t.type, t.ne, t.nb)) for t in outs if id(t.root) in bound]
+        spans += [(self.memory.offsets[id(r)], extent_bytes(r.type, r.ne, r.nb)) for r in self.bound if id(r) not in read]
+        if sum(sz for _, sz in spans) > 0 and self.host_arena.nbytes <= DOWNLOAD_ALL_BYTES:
             return [(0, self.host_arena.nbytes)]
-        return [(o, sz) for o, sz in ranges if sz > 0]
+        merged: list[list[int]] = []
+        for lo, sz in sorted(s for s in spans if s[1] > 0):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], lo + sz)
+            else:
+                merged.append([lo, lo + sz])
+        return [(lo, hi - lo) for lo, hi in merged]
 
     def inputs_in_place(self) -> bool:
         """Whether every tensor outside the arena still lives in the buffer it was planned with."""
