@@ -70,3 +70,23 @@ def test_the_record_of_an_empty_and_an_all_nan_tensor():
     t = ctx.new_tensor_1d(mg.TYPE_F32, 3)
     rec = trace.node_record(0, t, np.full(3, np.nan), {}, edge=1)
     assert rec["sum"] is None and rec["nonfinite"] == rec["nan"] == 3 and "nan" in rec["values"]
+
+
+def test_a_fused_state_write_shows_the_state_where_the_op_wrote_it():
+    """The fused graph of a decode step over a recurrent cache: the GATED_DELTA_NET leaves its
+    snapshot slot unwritten and writes the cache; its record shows the state it wrote there (the
+    same sum as the float64 reference of the whole packed result, the output and the state of the
+    unfused graph), not the slot's stale bytes."""
+    target = os.path.join(ROOT, "examples", "graphs.py") + ":delta_net_cache"
+    rc, out = run("trace", target, "--json")
+    res = json.loads(out)
+    assert rc == 0
+    gdn = next(r for r in res["nodes"] if r["op"] == "GATED_DELTA_NET")
+    assert len(gdn["src"]) == 7
+    gf = load_target(target)
+    fill_random_inputs(gf, 0)
+    want = mg.reference_compute(gf)
+    by_name = {n.name: n for n in gf.nodes}
+    packed = want[by_name["dn_out"]].sum() + want[by_name["dn_state_write"]].sum()   # output, then slot 0
+    np.testing.assert_allclose(gdn["sum"], packed, rtol=1e-4, atol=1e-4)
+    assert abs(packed - want[by_name["dn_out"]].sum()) > 1.0    # the state's share is not negligible

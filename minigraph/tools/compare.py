@@ -19,6 +19,7 @@ from minigraph.tools.dump import backends_for, label, optimize
 from minigraph.core.graph import Graph
 from minigraph.device.buffers import backend_tensor_get
 from minigraph.core.tensor import Tensor
+from minigraph.tools.conformance import node_values
 
 DEFAULT_TOL = 1e-6  # NMSE, as test-backend-ops measures it
 
@@ -72,7 +73,7 @@ def run_way(gf: Graph, way: str, fuse: Optional[bool] = None) -> Run:
     sched = mg.backend_sched_new(backends_for(way))
     g = _keep_all(gf)
     sched.graph_compute(g, fuse=fuse)
-    return Run(way, gf, {id(n): np.asarray(mg.backend_tensor_get(n), np.float64) for n in checked_tensors(gf)})
+    return Run(way, gf, {id(n): np.asarray(node_values(n), np.float64) for n in checked_tensors(gf)})
 
 
 def stats(a: np.ndarray) -> dict:

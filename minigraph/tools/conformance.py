@@ -21,12 +21,13 @@ def run_case(case: Case, backend: Any, seed: int = 0) -> tuple[np.ndarray, np.nd
     gf.build_forward_expand(out)
     ref = reference_compute(gf)[out]
     backend.graph_compute(gf)
-    return _result(out), ref
+    return node_values(out), ref
 
 
-def _result(out: Any) -> np.ndarray:
-    """The node's values; where it writes a source instead of part of its result (OpDef.written_at:
-    GATED_DELTA_NET's state destination), that source's values in that part."""
+def node_values(out: Any) -> np.ndarray:
+    """The node's values after a backend ran it; where it writes a source instead of part of its
+    result (OpDef.written_at: GATED_DELTA_NET's state destination), that source's values in that
+    part (what the float64 reference holds there)."""
     got = out.numpy()
     op = OPS[out.op]
     for slot in op.written_srcs:
