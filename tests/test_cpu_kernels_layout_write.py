@@ -293,3 +293,21 @@ def test_write_half_types_rescale_byte_params(rng, type_):
     ref = mg.reference_compute(gf)[node]
     mg.backend_cpu_init(1).graph_compute(gf)
     np.testing.assert_allclose(node.numpy().astype(np.float64), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_large_flat_copies_stream_and_stay_exact():
+    """Contiguous f32 copies of STREAM_COPY_BYTES or more go through 64-byte non-temporal stores
+    where a block is whole aligned lines, ordinary stores elsewhere: an aligned destination with a
+    ragged last block, a misaligned one, and int32 (never streamed) all copy exactly."""
+    from minigraph.backends.cpu.layout import FLAT_BLOCK, STREAM_COPY_BYTES, cpy, logical_copy
+    from minigraph.core.buffer import aligned_zeros
+    n = STREAM_COPY_BYTES // 4 + FLAT_BLOCK // 2 + 7          # the last block neither whole nor a multiple of 16
+    src = np.random.default_rng(0).standard_normal(n + 1).astype(np.float32)
+    for shift in (0, 1):                                       # 64-byte aligned, then 4 bytes off
+        dst = aligned_zeros(4 * (n + 1)).view(np.float32)[shift:shift + n].reshape(1, 1, 1, n)
+        cpy.parallel(dst, src[1:].reshape(1, 1, 1, n), dst)
+        np.testing.assert_array_equal(dst.reshape(-1), src[1:])
+    xi = np.arange(n, dtype=np.int32).reshape(1, 1, 1, n)
+    yi = np.zeros_like(xi)
+    logical_copy.parallel(yi, xi)
+    np.testing.assert_array_equal(yi, xi)
