@@ -75,17 +75,23 @@ def ffn_quant(ctx: mg.Context, n_embd: int = 256, n_ff: int = 512, n_tokens: int
     return ctx.add(down, x).set_name("ffn_out")
 
 
+def _delta_net_inputs(ctx: mg.Context, rng: np.random.Generator, S: int, H: int, T: int, N: int) -> tuple:
+    """q, k (l2-normalised), v [S, H, T, N], g (GDA gates in [-2, -0.01]) and beta [1, H, T, N]."""
+    q = ctx.l2_norm(_input(ctx, rng, "q", [S, H, T, N]), 1e-6)
+    k = ctx.l2_norm(_input(ctx, rng, "k", [S, H, T, N]), 1e-6)
+    v = _input(ctx, rng, "v", [S, H, T, N])
+    g = _input(ctx, rng, "g", [1, H, T, N], -2.0, -0.01)
+    b = _input(ctx, rng, "beta", [1, H, T, N], 0.0, 1.0)
+    return q, k, v, g, b
+
+
 def delta_net(ctx: mg.Context, n_tokens: int = 70, head_dim: int = 16, n_heads: int = 2, n_seqs: int = 1,
               fused: bool = False, seed: int = 0) -> tuple[mg.Tensor, mg.Tensor]:
     """A gated delta-net layer as llama.cpp builds it (chunked, minigraph.models.delta_net), or
     the fused GATED_DELTA_NET op with fused=True. Returns (output, new_state)."""
     rng = np.random.default_rng(seed)
     S, H, T, N = head_dim, n_heads, n_tokens, n_seqs
-    q = ctx.l2_norm(_input(ctx, rng, "q", [S, H, T, N]), 1e-6)
-    k = ctx.l2_norm(_input(ctx, rng, "k", [S, H, T, N]), 1e-6)
-    v = _input(ctx, rng, "v", [S, H, T, N])
-    g = _input(ctx, rng, "g", [1, H, T, N], -2.0, -0.01)
-    b = _input(ctx, rng, "beta", [1, H, T, N], 0.0, 1.0)
+    q, k, v, g, b = _delta_net_inputs(ctx, rng, S, H, T, N)
     s = _input(ctx, rng, "state", [S, S, H, N])
     build = build_delta_net_fused if fused else build_delta_net_chunking
     out, state = build(ctx, q, k, v, g, b, s)
@@ -100,11 +106,7 @@ def delta_net_cache(ctx: mg.Context, n_tokens: int = 1, head_dim: int = 16, n_he
     itself (the gdn_state_write pass). Returns (output, the copy into the cache)."""
     rng = np.random.default_rng(seed)
     S, H, T, N = head_dim, n_heads, n_tokens, n_seqs
-    q = ctx.l2_norm(_input(ctx, rng, "q", [S, H, T, N]), 1e-6)
-    k = ctx.l2_norm(_input(ctx, rng, "k", [S, H, T, N]), 1e-6)
-    v = _input(ctx, rng, "v", [S, H, T, N])
-    g = _input(ctx, rng, "g", [1, H, T, N], -2.0, -0.01)
-    b = _input(ctx, rng, "beta", [1, H, T, N], 0.0, 1.0)
+    q, k, v, g, b = _delta_net_inputs(ctx, rng, S, H, T, N)
     n = S * S * H * N
     cache = _input(ctx, rng, "ssm_states", [n * n_slots], -0.5, 0.5)
     s = ctx.reshape_4d(ctx.view_1d(cache, n, 4 * n * slot), S, S, H, N)
