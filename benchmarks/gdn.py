@@ -35,7 +35,8 @@ import numpy as np
 from numba import njit, prange
 
 import minigraph as mg
-from minigraph.backends.cpu.gdn_rows import _store_fence, _stream_row
+from minigraph.backends.cpu.gdn_rows import _stream_row
+from minigraph.backends.cpu.storage import store_fence
 from minigraph.testing import ggml_bridge
 
 FULL = dict(S=128, H_k=16, H_v=32, shapes=[  # (name, T, n_seqs, repeat)
@@ -120,7 +121,7 @@ def _stream_rows(dst, src, one, zero):
     for b in prange(src.shape[0] // 16):           # 64 KB blocks (a decode head), one fence each
         for r in range(16 * b, 16 * b + 16):
             _stream_row(dst[r], src[r], one, zero, np.float32(0.0))   # dst = src, non-temporal
-        _store_fence()
+        store_fence()
 
 
 @njit(parallel=True, cache=True)

@@ -9,7 +9,7 @@ from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
-from minigraph.backends.cpu.storage import data_ptr
+from minigraph.backends.cpu.storage import data_ptr, store_fence
 
 # reassociation lets LLVM vectorise the dot-product reductions; no nnan/ninf (isfinite
 # must keep working), no afn (exp stays exact).
@@ -139,16 +139,6 @@ def _nt_update16(typingctx, out, i, s, e, kb, d):
     return sig, codegen
 
 
-@intrinsic
-def _store_fence(typingctx):
-    """A full fence: orders this thread's non-temporal stores before whatever follows
-    (x86 mfence; they are weakly ordered, and other threads read dst after the kernel)."""
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
 @njit(**INLINE)
 def _update_row(out, s, e, kb, d):
     """out = s * e + kb * d: one state row, per-key decay e (KDA)."""
@@ -255,7 +245,7 @@ def _gdn_decode(dst, q, k, v, g, beta, state, sd, to_sd, K, bcast, stream):
             else:
                 _new_row(_dst_row(dst, _snap_off(0, seq, h, j, S, Hv, T, ns), S), st[j], gd, kb, delta, stream, kda)
         if stream:
-            _store_fence()
+            store_fence()
         if K > 1:
             _zero_slots(dst, seq, h, 1, K, S, Hv, T, ns)
 

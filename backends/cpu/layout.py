@@ -6,14 +6,13 @@ float32 data and int32 (I32) data both work, and CPY converts between them on as
 """
 from __future__ import annotations
 
-from llvmlite import ir
 from numba import carray, njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 from minigraph.core.registry import register_kernel
 
 from minigraph.backends.cpu.jit import kernel, row_index, scalar
-from minigraph.backends.cpu.storage import data_ptr
+from minigraph.backends.cpu.storage import data_ptr, nt_copy16, store_fence
 
 # elements a worker copies at a time when both sides are contiguous (a flat copy: a 67 MB state
 # into the recurrent cache, one row of 16.8M elements, went through one thread's carry loop at
@@ -23,35 +22,6 @@ FLAT_BLOCK = 1 << 15
 # no read for ownership of destination lines that will not stay cached (Zen 3, 2 threads, 67 MB:
 # 16-20 ms with ordinary stores, numpy's memcpy 8-9 ms)
 STREAM_COPY_BYTES = 4 << 20
-
-
-@intrinsic
-def _nt_copy16(typingctx, d, i, s):
-    """d[i:i+16] = s[i:i+16] as one non-temporal 64-byte store (d + i 64-byte aligned; the load
-    may be unaligned). Explicit, as in gdn_rows._nt_update16: LLVM leaves a loop of scalar
-    non-temporal stores scalar."""
-    sig = types.void(d, i, s)
-
-    def codegen(context, builder, signature, args):
-        vec = ir.VectorType(ir.FloatType(), 16)
-
-        def ptr(k):
-            data = context.make_array(signature.args[k])(context, builder, args[k]).data
-            return builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
-
-        st = builder.store(builder.load(ptr(2), align=4), ptr(0), align=64)
-        st.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def _fence(typingctx):
-    """Orders this thread's non-temporal stores before what follows (they are weakly ordered)."""
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-    return types.void(), codegen
 
 
 def _copy_block(d, s, lo, hi, stream):
@@ -65,8 +35,8 @@ def _copy_block_impl(d, s, lo, hi, stream):
         def nt(d, s, lo, hi, stream):
             if stream and (d.ctypes.data + 4 * lo) % 64 == 0 and (hi - lo) % 16 == 0:
                 for i in range(lo, hi, 16):
-                    _nt_copy16(d, i, s)
-                _fence()
+                    nt_copy16(d, i, s)
+                store_fence()
             else:
                 for i in range(lo, hi):
                     d[i] = s[i]

@@ -72,6 +72,36 @@ def f32_from_bits(typingctx, bits):
 
 
 @intrinsic
+def store_fence(typingctx):
+    """A full fence: orders this thread's non-temporal stores before whatever follows
+    (x86 mfence; they are weakly ordered, and other threads read dst after the kernel)."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def nt_copy16(typingctx, d, i, s):
+    """d[i:i+16] = s[i:i+16] (1-D contiguous f32) as one non-temporal 64-byte store (d + i 64-byte
+    aligned; the load may be unaligned). Explicit, as gdn_rows._nt_update16: LLVM leaves a loop of
+    scalar non-temporal stores scalar."""
+    sig = types.void(d, i, s)
+
+    def codegen(context, builder, signature, args):
+        vec = ir.VectorType(ir.FloatType(), 16)
+
+        def ptr(k):
+            data = context.make_array(signature.args[k])(context, builder, args[k]).data
+            return builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
+
+        st = builder.store(builder.load(ptr(2), align=4), ptr(0), align=64)
+        st.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
 def data_ptr(typingctx, arr):
     """Pointer to an array's first element (for carray and BLAS)."""
     def codegen(context, builder, signature, args):
