@@ -21,7 +21,7 @@ from minigraph.core.buffer import HostBuffer, aligned_zeros, storage_view, tenso
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
-from minigraph.core.registry import OPS, Kernel, kernels_for, quant_kernels_for, quant_programs_for, written_by
+from minigraph.core.registry import OPS, Kernel, kernels_for, quant_kernels_for, quant_programs_for, runs_kernel
 from minigraph.core.tensor import Tensor, is_contiguous, nelements, row_size
 from minigraph.device.backend import Backend
 from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
@@ -155,9 +155,9 @@ class CpuPlan:
         variants: dict[tuple, int] = {}
         rows, frows = [], []
         for n in graph.nodes:
+            if not runs_kernel(n):
+                continue
             op = OPS[n.op]
-            if op.is_view or written_by(n):
-                continue  # a view computes nothing; a written_by node's producer wrote its memory
             kern = node_kernel(backend, n)
             build = "parallel" if op.flops(n) >= flags.parallel_min_elements() else "serial"
             slots = [n, *n.src]

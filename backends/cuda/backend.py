@@ -34,7 +34,7 @@ from minigraph.core.buffer import (DLPACK_CUDA, Buffer, HostBuffer, aligned_zero
 from minigraph.core.errors import MinigraphError, describe
 from minigraph.core.graph import Graph
 from minigraph.core.plan_cache import PlanCache
-from minigraph.core.registry import OPS, kernels_for, quant_kernels_for, written_by
+from minigraph.core.registry import OPS, kernels_for, quant_kernels_for, runs_kernel
 from minigraph.core.tensor import FLAG_OUTPUT, Tensor, contiguous_strides, is_contiguous, nelements
 from minigraph.device.backend import Backend
 from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
@@ -384,8 +384,8 @@ class CudaPlan:
         self.launches = []    # (configured kernel, args)
         metas = []
         for n in graph.nodes:
-            if OPS[n.op].is_view or written_by(n):
-                continue  # a view computes nothing; a written_by node's producer wrote its memory
+            if not runs_kernel(n):
+                continue
             meta = np.zeros(META_W, np.int64)
             writes = {0, *(s + 1 for s in OPS[n.op].written_srcs)}
             bufs, extents = [], []

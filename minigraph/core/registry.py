@@ -87,6 +87,12 @@ def written_by(node: Any) -> Optional[str]:
     return node.op_params.get(WRITTEN_BY) if node.op_params else None
 
 
+def runs_kernel(node: Any) -> bool:
+    """Whether a backend runs a kernel for this node: not for a view (it only relabels memory),
+    not for a written_by node (its producer wrote its memory)."""
+    return not OPS[node.op].is_view and not written_by(node)
+
+
 def default_sample(t: Any, rng: np.random.Generator) -> np.ndarray:
     """Uniform [-1, 1) floats, integers in [0, 2) (the random inputs of `compare` and `dump`),
     numpy order."""

@@ -3,7 +3,7 @@ tensor wherever it lives. Everything goes through the buffer interface (minigrap
 a backend that owns device memory provides `alloc_buffer(nbytes)`, host backends get HostBuffers."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -18,6 +18,15 @@ def tensor_buffer(t: Tensor) -> Optional[Buffer]:
     host memory (or no memory yet)."""
     buf = t.root._buf
     return buf if buf is not None and buf.backend is not None else None
+
+
+def residence_index(t: Tensor, backends: Sequence[Any]) -> Optional[int]:
+    """Index in `backends` of the one whose memory holds t: its buffer's backend, or the last (the
+    CPU, by the schedulers' convention) for host memory; None when that backend is not listed."""
+    buf = tensor_buffer(t)
+    if buf is None:
+        return len(backends) - 1
+    return next((i for i, b in enumerate(backends) if b is buf.backend), None)
 
 
 def alloc_buffer(backend: Any, nbytes: int) -> Buffer:

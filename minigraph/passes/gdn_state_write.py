@@ -29,11 +29,10 @@ from minigraph.core.buffer import extent_bytes
 from minigraph.core.context import Context
 from minigraph.core.dtypes import TYPE_F32
 from minigraph.core.graph import Graph
-from minigraph.core.registry import OPS, WRITTEN_BY
+from minigraph.core.registry import OPS, written_by
 from minigraph.core.tensor import Tensor, is_contiguous, nelements
-from minigraph.device.buffers import tensor_buffer
-from minigraph.ops.gated_delta_net import GATED_DELTA_NET, attach_state_dst, gdn_dims
-from minigraph.ops.layout import CPY
+from minigraph.device.buffers import residence_index
+from minigraph.ops.gated_delta_net import GATED_DELTA_NET, attach_state_dst, gdn_dims, mark_state_written
 from minigraph.passes.pipeline import PassLog, Rewrite, Target
 from minigraph.passes.patterns import Miss
 
@@ -50,12 +49,6 @@ def _overlap(a: Tensor, b: Tensor) -> bool:
     ra, la, ha = _span(a)
     rb, lb, hb = _span(b)
     return ra == rb and la < hb and lb < ha
-
-
-def _home(target: Target, t: Tensor):
-    """The backend whose memory holds leaf t: its buffer's, or the CPU (the last) for host memory."""
-    buf = tensor_buffer(t)
-    return buf.backend if buf is not None else target.backends[-1]
 
 
 def _fuse(graph: Graph, pos: dict, c: Tensor, target: Target, keep: set,
@@ -109,15 +102,17 @@ def _fuse(graph: Graph, pos: dict, c: Tensor, target: Target, keep: set,
     if not ok:
         why = ok.reason if ok is not None else "no backend runs the node"
         return Miss(gdn, f"{getattr(backend, 'name', '?')} does not support GATED_DELTA_NET with a state destination: {why}")
-    if len(target.backends) > 1 and _home(target, b.root) is not backend:
-        return Miss(c, f"the state's destination lives on {getattr(_home(target, b.root), 'name', '?')}, "
-                       f"the GATED_DELTA_NET runs on {backend.name}")
+    home = residence_index(b.root, target.backends)
+    if len(target.backends) > 1 and (home is None or target.backends[home] is not backend):
+        where = "a backend the target lacks" if home is None else target.backends[home].name
+        return Miss(c, f"the state's destination lives on {where}, the GATED_DELTA_NET runs on {backend.name}")
     fused.name = gdn.name
     fused.op_params["fused_from"] = list(gdn.op_params.get("fused_from", ["GATED_DELTA_NET"])) + ["CPY"]
     fused.op_params["fused_pattern"] = "+".join(p for p in (gdn.op_params.get("fused_pattern"), PASS) if p)
     fused.op_params["fused_names"] = list(gdn.op_params.get("fused_names", [])) + ([c.name] if c.name else [])
-    done = ctx.new_node(CPY, c.type, c.ne, [a, b], params={**c.op_params, WRITTEN_BY: "GATED_DELTA_NET"},
-                        nb=c.nb, view_src=b)
+    # the copy again, from the new node's final state, marked by the one function that defines the mark
+    done = ctx.cpy(ctx.view_4d(fused, *a.ne, *a.nb[1:], a.view_offs), b)
+    mark_state_written(done)
     done.name, done.flags = c.name, c.flags
     return Rewrite(PASS, fused, replace={id(gdn): fused, id(c): done}, keep=[gdn, c], absorbed=[gdn])
 
@@ -127,7 +122,7 @@ def gdn_state_write_pass(graph: Graph, target: Target, log: PassLog, keep: set) 
     pos = {id(n): i for i, n in enumerate(graph.nodes)}
     rewrites, taken = [], set()
     for c in graph.nodes:
-        if c.op != "CPY" or c.op_params.get(WRITTEN_BY):
+        if c.op != "CPY" or written_by(c):
             continue
         out: Optional[Union[Miss, Rewrite]] = _fuse(graph, pos, c, target, keep, ctx)
         if out is None:

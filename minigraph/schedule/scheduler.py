@@ -39,7 +39,7 @@ from minigraph.core.graph import Graph, graph_labels
 from minigraph.core.plan_cache import PlanCache
 from minigraph.core.registry import OPS
 from minigraph.core.tensor import Tensor, nelements
-from minigraph.device.buffers import alloc_buffer, backend_tensor_alloc, tensor_buffer
+from minigraph.device.buffers import alloc_buffer, backend_tensor_alloc, residence_index, tensor_buffer
 from minigraph.device.split_buffer import check_tensor_split
 from minigraph.memory.alloc import ALIGNMENT, plan_memory
 from minigraph.memory.binding import bind_results, bind_storage, binding_epoch, graph_lock
@@ -385,15 +385,24 @@ class _State:
 
     def residence(self, t: Tensor) -> int:
         """Backend index of a leaf's memory: its buffer's backend, or the CPU (last) for host."""
+        i = residence_index(t, self.backends)
+        if i is not None:
+            return i
         buf = tensor_buffer(t)
-        if buf is None:
-            return len(self.backends) - 1
-        for i, b in enumerate(self.backends):
-            if b is buf.backend:
-                return i
         raise MinigraphError(f"tensor {describe(t)} lives in a buffer of backend "
                              f"{getattr(buf.backend, 'name', buf.backend)!r}, which is not one of the "
                              f"scheduler's backends ({', '.join(b.name for b in self.backends)})")
+
+
+def _written_leaf(node: Tensor) -> Optional[Tensor]:
+    """The leaf whose memory a node views or writes (its own root, or the root of a source it
+    writes into: OpDef.written_srcs, GATED_DELTA_NET's state destination); None when it has none.
+    The node runs where that memory is: a copy of it would take the write."""
+    op = OPS.get(node.op)
+    for s in op.written_srcs if op else ():
+        if s < len(node.src) and node.src[s].root.op is None:
+            return node.src[s].root
+    return node.root if node.view_src is not None and node.root.op is None else None
 
 
 def _is_view_op(node: Tensor) -> bool:
@@ -451,31 +460,18 @@ def pass1_preallocated(st: _State) -> None:
     for node in st.nodes:
         if st.where(node) is not None:
             continue  # placed by pass 0 (row split, user)
-        root = node.root
-        op = OPS.get(node.op)
-        written = [node.src[s] for s in (op.written_srcs if op else ()) if s < len(node.src)]
-        if written and written[0].root.op is None:
-            # a node that writes into a source (GATED_DELTA_NET's state destination) runs where
-            # that memory is: a copy of it would take the write
-            w = written[0].root
+        w = _written_leaf(node)
+        if w is not None:
             i = st.where(w)
-            i = st.residence(w) if i is None else i
+            if i is None:  # a view of a tensor that is not a leaf of this graph
+                i = st.residence(w)
+            if _is_view_op(node):
+                st.assign(node, i, "view src", f"view of '{st.label(w)}' on {st.backends[i].name}")
+                continue
             sup = st.supports(i, node)
             if not sup:
                 raise _preallocated_error(st, node, i, sup.reason, w)
             st.assign(node, i, "pre-allocated dst", f"writes into '{st.label(w)}' in {_buffer_name(st, w)}")
-            continue
-        if node.view_src is not None and root.op is None:
-            i = st.where(root)
-            if i is None:  # a view of a tensor that is not a leaf of this graph
-                i = st.residence(root)
-            if _is_view_op(node):
-                st.assign(node, i, "view src", f"view of '{st.label(root)}' on {st.backends[i].name}")
-                continue
-            sup = st.supports(i, node)
-            if not sup:
-                raise _preallocated_error(st, node, i, sup.reason)
-            st.assign(node, i, "pre-allocated dst", f"writes into '{st.label(root)}' in {_buffer_name(st, root)}")
             continue
         if node.view_src is not None:
             continue  # views of computed nodes: pass 2/3
