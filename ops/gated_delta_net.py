@@ -55,10 +55,11 @@ def _sample(node, i: int, rng: np.random.Generator):
     return None
 
 
-def _tail(node) -> int:
-    """Byte offset of snapshot slot 0 in a GATED_DELTA_NET result."""
+def snapshot_offset(node: Tensor, slot: int = 0) -> int:
+    """Byte offset of state snapshot `slot` in a GATED_DELTA_NET result (after the output
+    [S, H_v, T, n_seqs]; each snapshot [S, S, H_v, n_seqs] f32)."""
     S, H, T, N = node.src[2].ne
-    return 4 * S * H * T * N
+    return 4 * S * H * (T * N + slot * S * N)
 
 
 def _rebuild(ctx, spec, *srcs) -> Tensor:
@@ -74,7 +75,7 @@ def _rebuild(ctx, spec, *srcs) -> Tensor:
 # when present, is written, never read (attach_state_dst)
 GATED_DELTA_NET = register(OpDef("GATED_DELTA_NET", "gated_delta_net", _ref, params=("K", "bcast"), flops=_flops,
                                  sample=_sample, rebuild=_rebuild, param_defaults={"bcast": 0},
-                                 shape_only=(6,), written_srcs=(6,), written_at=lambda node, slot: _tail(node)))
+                                 shape_only=(6,), written_srcs=(6,), written_at=lambda node, slot: snapshot_offset(node)))
 
 GDN_BCAST_TILED = 0         # value head h reads q/k head h % H_k (ggml_repeat's order; ggml's op)
 GDN_BCAST_INTERLEAVED = 1   # value head h reads q/k head h // (H_v / H_k) (llama.cpp's Qwen3-Next repeat)
@@ -130,7 +131,7 @@ def mark_state_written(c: Tensor) -> None:
     gdn = a.root if isinstance(a, Tensor) else None
     sd = state_dst(gdn) if gdn is not None and gdn.op == "GATED_DELTA_NET" else None
     ok = (c.op == "CPY" and sd is not None and b is not None and b.root is sd.root and b.view_offs == sd.view_offs
-          and is_contiguous(b) and is_contiguous(a) and a.view_offs == _tail(gdn)
+          and is_contiguous(b) and is_contiguous(a) and a.view_offs == snapshot_offset(gdn)
           and a.ne[0] * a.ne[1] * a.ne[2] * a.ne[3] == sd.ne[0] * sd.ne[1] * sd.ne[2] * sd.ne[3])
     expect(ok, "cpy", "written_by GATED_DELTA_NET marks only the copy of such a node's final state into its "
            "state destination", *[t for t in (c, a, b) if isinstance(t, Tensor)])
@@ -220,4 +221,4 @@ def gated_delta_net_state(ctx, out: Tensor, slot: int = 0) -> Tensor:
     slot = check_int("gated_delta_net_state", "slot", slot)
     expect(0 <= slot < K, "gated_delta_net_state", f"slot {slot} must be in 0..{K - 1}", out)
     rs = row_size(F32, S)
-    return ctx.view_4d(out, S, S, H, N, rs, rs * S, rs * S * H, rs * H * T * N + slot * rs * S * H * N)
+    return ctx.view_4d(out, S, S, H, N, rs, rs * S, rs * S * H, snapshot_offset(out, slot))

@@ -32,7 +32,8 @@ from minigraph.core.graph import Graph
 from minigraph.core.registry import OPS, written_by
 from minigraph.core.tensor import Tensor, is_contiguous, nelements
 from minigraph.device.buffers import residence_index
-from minigraph.ops.gated_delta_net import GATED_DELTA_NET, attach_state_dst, gdn_dims, mark_state_written
+from minigraph.ops.gated_delta_net import (GATED_DELTA_NET, attach_state_dst, gdn_dims, mark_state_written,
+                                          snapshot_offset)
 from minigraph.passes.pipeline import PassLog, Rewrite, Target
 from minigraph.passes.patterns import Miss
 
@@ -58,7 +59,7 @@ def _fuse(graph: Graph, pos: dict, c: Tensor, target: Target, keep: set,
     if gdn is a or gdn.op != "GATED_DELTA_NET" or len(gdn.src) != 6:
         return None
     S, H, T, N, K = gdn_dims(gdn)
-    tail = 4 * S * H * T * N
+    tail = snapshot_offset(gdn)
     if K != 1:
         return Miss(c, f"copies a snapshot of a GATED_DELTA_NET with K={K} (the fused write takes K == 1)")
     if not (a.type == TYPE_F32 and is_contiguous(a) and a.view_offs == tail and nelements(a) == S * S * H * N):
