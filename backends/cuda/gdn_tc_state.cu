@@ -265,23 +265,63 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
         // the Y^T partials through Xs again
         put_partials(Xs, y, ks, lane);
         bar_named(1 + jt, 32 * STATE_KS);
-        // O^T = e Y^T + D^T P^T for the owned r-tiles; P is zero right of the diagonal, so r-tile n
-        // takes s-tiles 0..n
+        // phase 2 and the output's D^T P^T in one loop over D^T's r-tiles rt (independent products:
+        // the output's short triangular chains of mma run beside phase 2's, not after them; H200,
+        // this kernel alone, bitwise the same results: GDA T=4096 397 -> 392 us, T=16384 1563 ->
+        // 1519, KDA 392 -> 376, 1588 -> 1523)
+        //   phase 2: M^T <- e^gl M^T + D^T diag(f) K_c over this warp's keys (ACC 3: the chunk's
+        //            product in an accumulator pair of its own, added to the decayed M^T after the
+        //            loop, so the tensor cores' truncating sums never run over the whole pass)
+        //   output:  O^T = e Y^T + D^T P^T for the owned r-tiles; P is zero right of the diagonal,
+        //            so r-tile n takes s-tiles 0..n
         float o[OWN][GDN_CW];
 #pragma unroll
         for (int qq = 0; qq < OWN; ++qq) acc_zero(o[qq]);
+#if GDN_ACC == 3
+        float pm[NI][GDN_CW];
 #pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
-            if (kk <= own_tile(ks, OWN - 1)) {
-                const float4 d4 = *(const float4*)(Du + (kk * 32 + lane) * 4);
+        for (int n = 0; n < NI; ++n) acc_zero(pm[n]);
+#else
+        float (*pm)[4] = m;
+#pragma unroll
+        for (int n = 0; n < NI; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+#if GDN_KDA
+                m[n][e] *= dk[n][e & 1];
+#else
+                m[n][e] *= dec;
+#endif
+            }
+#endif
+#pragma unroll
+        for (int rt = 0; rt < 8; ++rt) {
+            {
+                const float4 d4 = *(const float4*)(Ds + (rt * 32 + lane) * 4);
+                const float dd[4] = {d4.x, d4.y, d4.z, d4.w};
+                FragA fa;
+                ldA_c(fa, dd);
+                const float* kp = Kc + (8 * rt + 2 * t4) * KSP2 + 8 * n0 + g4;
+#pragma unroll
+                for (int n = 0; n < NI; ++n) {
+                    if (n0 + n < ksteps) {
+                        FragB fb;
+                        split(kp[8 * n], fb.h[0], fb.l[0]);
+                        split(kp[KSP2 + 8 * n], fb.h[1], fb.l[1]);
+                        mma3(pm[n], fa, fb);
+                    }
+                }
+            }
+            if (rt <= own_tile(ks, OWN - 1)) {
+                const float4 d4 = *(const float4*)(Du + (rt * 32 + lane) * 4);
                 const float dd[4] = {d4.x, d4.y, d4.z, d4.w};
                 FragA fa;
                 ldA_c(fa, dd);
 #pragma unroll
                 for (int qq = 0; qq < OWN; ++qq) {
                     const int n = own_tile(ks, qq);
-                    if (kk <= n) {
-                        const float2 p2 = *(const float2*)(Pc + (8 * n + g4) * PSP + 8 * kk + 2 * t4);
+                    if (rt <= n) {
+                        const float2 p2 = *(const float2*)(Pc + (8 * n + g4) * PSP + 8 * rt + 2 * t4);
                         FragB fb;
                         split(p2.x, fb.h[0], fb.l[0]);
                         split(p2.y, fb.h[1], fb.l[1]);
@@ -306,49 +346,6 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
             if (r + 1 < vr) {
                 if (ja < S) ob[rs + ja] = o1;
                 if (jc < S) ob[rs + jc] = o3;
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-            const float4 d4 = *(const float4*)(Ds + (n * 32 + lane) * 4);
-            x[n][0] = d4.x;
-            x[n][1] = d4.y;
-            x[n][2] = d4.z;
-            x[n][3] = d4.w;
-        }
-        // phase 2: M^T <- e^gl M^T + D^T diag(f) K_c over this warp's keys (ACC 3: the chunk's
-        // product in an accumulator pair of its own, added to the decayed M^T after the loop, so
-        // the tensor cores' truncating sums never run over the whole pass)
-#if GDN_ACC == 3
-        float pm[NI][GDN_CW];
-#pragma unroll
-        for (int n = 0; n < NI; ++n) acc_zero(pm[n]);
-#else
-        float (*pm)[4] = m;
-#pragma unroll
-        for (int n = 0; n < NI; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-#if GDN_KDA
-                m[n][e] *= dk[n][e & 1];
-#else
-                m[n][e] *= dec;
-#endif
-            }
-#endif
-#pragma unroll
-        for (int rt = 0; rt < 8; ++rt) {
-            FragA fa;
-            ldA_c(fa, x[rt]);
-            const float* kp = Kc + (8 * rt + 2 * t4) * KSP2 + 8 * n0 + g4;
-#pragma unroll
-            for (int n = 0; n < NI; ++n) {
-                if (n0 + n < ksteps) {
-                    FragB fb;
-                    split(kp[8 * n], fb.h[0], fb.l[0]);
-                    split(kp[KSP2 + 8 * n], fb.h[1], fb.l[1]);
-                    mma3(pm[n], fa, fb);
-                }
             }
         }
 #if GDN_ACC == 3
