@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import minigraph as mg
+from minigraph.core.registry import kernels_for
 from minigraph.run import backend_cuda_init
 
 
@@ -143,6 +144,29 @@ def test_cpy_into_leaf_and_view(be):
     big = ctx.from_numpy(np.zeros((4, 5), np.float32))
     view = ctx.view_2d(big, 3, 4, big.nb[1], 8)
     check(be, ctx.cpy(ctx.from_numpy(randn(4, 3)), view), exact=True)
+
+
+def test_contiguous_copies_fast_path(be):
+    """CONT / DUP / CPY of contiguous tensors take the sliced element-i-to-i launch, also into a
+    view at an offset inside a leaf, whose other elements stay as they were."""
+    from minigraph.backends.cuda import layout
+
+    ctx = mg.Context()
+    a = ctx.from_numpy(randn(2, 3, 4))
+    check(be, ctx.cont_2d(a, 6, 4), exact=True)
+    check(be, ctx.dup(a), exact=True)
+    base = randn(40)
+    big = ctx.from_numpy(base.copy())
+    view = ctx.view_2d(big, 4, 6, 16, 28)                      # elements 7 .. 30, contiguous
+    out = ctx.cpy(ctx.from_numpy(randn(6, 4)), view)
+    check(be, out, exact=True)
+    want = base.copy()
+    want[7:31] = out.src[0].numpy().reshape(-1)
+    np.testing.assert_array_equal(big.numpy(), want)
+    for node, fast in ((out, True), (ctx.dup(a), True), (ctx.cont(transposed(ctx, randn(3, 4))), False)):
+        la = kernels_for("cuda")[node.op].fn.launches(node)
+        kern = layout.cpy_contig if node.op == "CPY" else layout.copy_contig
+        assert (la[0].kernel is kern) == fast and la[0].sliced == fast
 
 
 def test_pad_repeat_concat(be):
