@@ -101,3 +101,25 @@ def test_nvrtc_builds_without_spills():
     spills = [line for line in log.splitlines() if "spill" in line and not line.strip().startswith("0 bytes spill")
               and " 0 bytes spill stores, 0 bytes spill loads" not in line]
     assert not spills, log
+
+
+@pytest.mark.parametrize("rows", ["R2", "R4"])
+def test_rows_a_warp_give_the_same_floats(rows, monkeypatch):
+    """Several src0 rows a warp (R2 / R4: each src1 unit read once for them) give each row's
+    floats of one row a warp bit for bit; M = 5 leaves a warp with rows past the last one (they
+    read the last row again and store nothing)."""
+    from minigraph.backends.cuda import quant_mmvq as qm
+
+    types = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q5_1]
+    kernels = tuple(f"mmvq_{t}_{s}" for t in types for s in "12")
+    plain = {}
+    for t in types:
+        node, _ = _node(t, 2, offset_rows=t != D.TYPE_Q5_1)
+        plain[t] = (node, cuda_emu_mmvq.run_mul_mat(node, kernels=kernels))
+    monkeypatch.setitem(qm.CONFIG, rows, sum(1 << t for t in types))
+    for t, (node, (want, _, bad_w)) in plain.items():
+        assert qm.rows_of(t) == (2 if rows == "R2" else 4)
+        got, _, bad = cuda_emu_mmvq.run_mul_mat(node, kernels=kernels)
+        assert bad == 0 and bad_w == 0
+        np.testing.assert_array_equal(got, want)
+        _close(got, _cpu(node).reshape(got.shape))

@@ -69,6 +69,12 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #ifndef NCLD
 #define NCLD 0             // bit T set: that type's load_w32 loads take the read-only path (ld.global.nc)
 #endif
+#ifndef R2
+#define R2 0               // bit T set: a warp of mmvq_T_NC takes 2 consecutive rows (32-block types)
+#endif
+#ifndef R4
+#define R4 0               // bit T set: 4 rows a warp (over R2)
+#endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
 #endif
@@ -231,11 +237,9 @@ template <int T> static __device__ __forceinline__ void load_unit(const u8* row,
     }
 }
 
-// unit w times src1's unit (yq: its 32 int8 quants, 16-byte aligned): the share of the dot.
+// unit w times src1's unit y (its 32 int8 quants as eight words): the share of the dot.
 // dy: the src1 block scale; sy: Q8_1's s (Q4_1/Q5_1) or the group's two Q8_K bsums added.
-template <int T> static __device__ __forceinline__ float unit_dot(const Unit& w, const int4* yq, float dy, float sy) {
-    const int4 y0 = yq[0], y1 = yq[1];
-    const int y[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+template <int T> static __device__ __forceinline__ float unit_dot_y(const Unit& w, const int* y, float dy, float sy) {
     int s0 = 0, s1 = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -257,6 +261,18 @@ template <int T> static __device__ __forceinline__ float unit_dot(const Unit& w,
     if (T == T_Q4_1 || T == T_Q5_1) return (float)(s0 + s1) * (w.d * dy) + w.m * sy;
     // Q4_K / Q5_K: d * sc * (q . y) - dmin * mn * (the group's src1 sum)
     return (float)(w.sc0 * (s0 + s1)) * (w.d * dy) - (float)w.sc1 * sy * (w.m * dy);
+}
+
+// src1's unit at yq (16-byte aligned) as eight words
+static __device__ __forceinline__ void load_y(const int4* yq, int* y) {
+    const int4 y0 = yq[0], y1 = yq[1];
+    y[0] = y0.x; y[1] = y0.y; y[2] = y0.z; y[3] = y0.w;
+    y[4] = y1.x; y[5] = y1.y; y[6] = y1.z; y[7] = y1.w;
+}
+template <int T> static __device__ __forceinline__ float unit_dot(const Unit& w, const int4* yq, float dy, float sy) {
+    int y[8];
+    load_y(yq, y);
+    return unit_dot_y<T>(w, y, dy, sy);
 }
 
 // -- tiles: a warp's TILE_UNITS units of its row, read into shared memory ---------------------
@@ -290,15 +306,17 @@ static __device__ __forceinline__ void tile_copy2(const u8* src, u8* tile, int b
     for (int h = lane; h < bytes / 2; h += 32) ((u16*)tile)[h] = ((const u16*)src)[h];
 }
 
-// unit u's weights w times the columns 0 .. ncols - 1 of src1 quantized (column c: quants
-// yq + c * sq, block scales yd + c * sd, sums ys + c * ss), added into acc
-template <int T, int NC>
-static __device__ __forceinline__ void accumulate(const Unit& w, int u, const signed char* yq, const float* yd,
+// unit u's weights of R rows, w[0 .. R - 1], times the columns 0 .. ncols - 1 of src1 quantized
+// (column c: quants yq + c * sq, block scales yd + c * sd, sums ys + c * ss), added into
+// acc[r * NC + c]: each src1 unit is read once for the R rows
+template <int T, int NC, int R = 1>
+static __device__ __forceinline__ void accumulate(const Unit* w, int u, const signed char* yq, const float* yd,
                                                   const float* ys, i64 sq, i64 sd, i64 ss, int ncols, float* acc) {
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
         if (c < ncols) {
-            const int4* y = (const int4*)(yq + c * sq + 32 * (i64)u);
+            int y[8];
+            load_y((const int4*)(yq + c * sq + 32 * (i64)u), y);
             float dy, sy = 0.f;
             if (is_kq(T)) {
                 dy = yd[c * sd + (u >> 3)];
@@ -307,7 +325,8 @@ static __device__ __forceinline__ void accumulate(const Unit& w, int u, const si
                 dy = yd[c * sd + u];
                 if (T == T_Q4_1 || T == T_Q5_1) sy = ys[c * ss + u];
             }
-            acc[c] += unit_dot<T>(w, y, dy, sy);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r * NC + c] += unit_dot_y<T>(w[r], y, dy, sy);
         }
     }
 }
@@ -330,7 +349,7 @@ static __device__ __forceinline__ void row_tiles(const u8* row, int nu, bool wid
             if (j < tu) {
                 Unit w;
                 load_unit<T>(tile, j, w);
-                accumulate<T, NC>(w, t * TILE_UNITS + j, yq, yd, ys, sq, sd, ss, ncols, acc);
+                accumulate<T, NC>(&w, t * TILE_UNITS + j, yq, yd, ys, sq, sd, ss, ncols, acc);
             }
         }
         __syncwarp();
@@ -362,13 +381,23 @@ template <int NC> static __device__ __forceinline__ void store_sums(const Args& 
     }
 }
 
+// rows a warp of mmvq_T_NC (R2 / R4; the K-quants, read through tiles, take one)
+static __host__ __device__ constexpr int rows_of(int T) {
+    return is_kq(T) ? 1 : ((R4 >> T) & 1) ? 4 : ((R2 >> T) & 1) ? 2 : 1;
+}
+
 template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args& p) {
+    constexpr int R = rows_of(T);
     const int lane = threadIdx.x & 31;
-    const int m = blockIdx.x * WARPS + (threadIdx.x >> 5);
-    if (m >= p.M) return;
+    const int m0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;    // the warp's first row
+    if (m0 >= p.M) return;
     const int n0 = blockIdx.y * NC;
     const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
-    const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
+    const u8* row = p.x + m0 * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
+    // row r of the warp's R: rows past the last read the last one again (their sums are dropped)
+    i64 roff[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) roff[r] = (i64)min(r, p.M - 1 - m0) * p.xb1;
     const int nu = p.K >> 5;
     const i64 nd = is_kq(T) ? p.K >> 8 : nu, ns = is_kq(T) ? p.K >> 4 : nu;
     const i64 r0 = ((i64)i3 * p.n2 + i2) * p.N + n0;   // src1 row of column n0
@@ -379,9 +408,9 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
     // the first read of them (after the first weight loads are issued, unless PDL_HEAD)
     constexpr bool pdl = (PDL >> T) & 1, head = (PDL_HEAD >> T) & 1;
     if (pdl && head) grid_wait();
-    float acc[NC];
+    float acc[R * NC];
 #pragma unroll
-    for (int c = 0; c < NC; ++c) acc[c] = 0.f;
+    for (int c = 0; c < R * NC; ++c) acc[c] = 0.f;
     if constexpr (is_kq(T)) {
         // K-quants through shared-memory tiles: a unit's own loads would read its super-block's
         // shared bytes again (qs for two units, Q5_K's qh for eight, Q6_K's ql / qh for two / four)
@@ -393,24 +422,26 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
         row_tiles<T, NC>(row, nu, wide, smem + (threadIdx.x >> 5) * tile_bytes(T), r, yq, yd, ys, p.K, nd, ns,
                          ncols, acc, lane);
     } else {
-        // one unit a step (loading two before either is used measured 10-15% slower on an H200)
-        if constexpr (pdl && !head) {
-            Unit w;                 // the first unit in flight while quantize_q8 finishes
-            if (lane < nu) load_unit<T>(row, lane, w);
+        // one unit (of each of the R rows) a step (loading two before either is used measured
+        // 10-15% slower on an H200)
+        Unit w[R];
+        if constexpr (pdl && !head) {   // the first units in flight while quantize_q8 finishes
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                if (lane < nu) load_unit<T>(row + roff[r], lane, w[r]);
             grid_wait();
-            for (int u = lane; u < nu; u += 32) {
-                if (u != lane) load_unit<T>(row, u, w);
-                accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+        }
+        for (int u = lane; u < nu; u += 32) {
+            if (!(pdl && !head) || u != lane) {
+#pragma unroll
+                for (int r = 0; r < R; ++r) load_unit<T>(row + roff[r], u, w[r]);
             }
-        } else {
-            for (int u = lane; u < nu; u += 32) {
-                Unit w;
-                load_unit<T>(row, u, w);
-                accumulate<T, NC>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
-            }
+            accumulate<T, NC, R>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
         }
     }
-    store_sums<NC>(p, acc, m, n0, i2, i3, lane);
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+        if (m0 + r < p.M) store_sums<NC>(p, acc + r * NC, m0 + r, n0, i2, i3, lane);
 }
 
 // -- src1 quantized to the vec_dot type (ggml's reference quantizers, byte for byte) ----------
@@ -559,11 +590,11 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     __syncthreads();
     if (!live) return;
     float acc[1] = {0.f};
-    if (lane < nu) accumulate<T, 1>(w0, lane, sq, sd, ss, 0, 0, 0, 1, acc);
+    if (lane < nu) accumulate<T, 1>(&w0, lane, sq, sd, ss, 0, 0, 0, 1, acc);
     for (int u = lane + 32; u < nu; u += 32) {     // the rest as mmvq<T, 1> does
         Unit w;
         load_unit<T>(row, u, w);
-        accumulate<T, 1>(w, u, sq, sd, ss, 0, 0, 0, 1, acc);
+        accumulate<T, 1>(&w, u, sq, sd, ss, 0, 0, 0, 1, acc);
     }
     store_sums<1>(p, acc, m, 0, i2, i3, lane);
 }

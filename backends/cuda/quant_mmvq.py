@@ -69,7 +69,7 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # (4096 x 4096 / 4096 x 14336 / 14336 x 4096); Q4_0 the same way measured mixed (+3 / -2 / +2%).
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
           "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
-          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0}
+          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0, "R2": 0, "R4": 0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
@@ -265,6 +265,13 @@ def quant_fields(node) -> dict:
                 b3=b.nb[3] // 4, vdt=D.VEC_DOT_TYPE[node.src[0].type])
 
 
+def rows_of(type_: int) -> int:
+    """src0 rows a warp of mmvq_T_NC (R2 / R4 bits; the K-quants' tiles take one row)."""
+    if type_ in TILED:
+        return 1
+    return 4 if CONFIG["R4"] >> type_ & 1 else 2 if CONFIG["R2"] >> type_ & 1 else 1
+
+
 def nc_of(node) -> int:
     """src1 columns a warp of mmvq_T_NC."""
     return next(c for c in (1, 2, 4, NC_MAX) if c >= min(node.ne[1], NC_MAX))
@@ -282,7 +289,8 @@ def grids(node) -> dict:
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
     return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
-            f"mmvq_{a.type}_{nc}": ((-(-M // w), -(-N // nc), n2 * n3), 32 * w, tile_smem(a.type))}
+            f"mmvq_{a.type}_{nc}": ((-(-M // (w * rows_of(a.type))), -(-N // nc), n2 * n3), 32 * w,
+                                    tile_smem(a.type))}
 
 
 def launches(node, work: tuple) -> list:
