@@ -107,14 +107,15 @@ def test_nvrtc_builds_without_spills():
 def test_rows_a_warp_give_the_same_floats(rows, monkeypatch):
     """Several src0 rows a warp (R2 / R4: each src1 unit read once for them) give each row's
     floats of one row a warp bit for bit; M = 5 leaves a warp with rows past the last one (they
-    read the last row again and store nothing)."""
+    read the last row again and store nothing). Q4_K's rows are 16-byte aligned (the tiles'
+    16-byte loads), Q6_K's and the 32-block types' at 2-byte aligned offsets (the 16-bit copies)."""
     from minigraph.backends.cuda import quant_mmvq as qm
 
-    types = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q5_1]
+    types = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q6_K]   # Q4_K, Q6_K: a tile a row
     kernels = tuple(f"mmvq_{t}_{s}" for t in types for s in "12")
     plain = {}
     for t in types:
-        node, _ = _node(t, 2, offset_rows=t != D.TYPE_Q5_1)
+        node, _ = _node(t, 2, offset_rows=t not in (D.TYPE_Q5_1, D.TYPE_Q4_K))
         plain[t] = (node, cuda_emu_mmvq.run_mul_mat(node, kernels=kernels))
     monkeypatch.setitem(qm.CONFIG, rows, sum(1 << t for t in types))
     for t, (node, (want, _, bad_w)) in plain.items():

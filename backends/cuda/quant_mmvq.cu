@@ -331,25 +331,35 @@ static __device__ __forceinline__ void accumulate(const Unit* w, int u, const si
     }
 }
 
-// the row's nu units, tile by tile; r holds tile 0 already when the row is wide and has a full tile
-template <int T, int NC>
-static __device__ __forceinline__ void row_tiles(const u8* row, int nu, bool wide, u8* tile, uint4* r,
-                                                 const signed char* yq, const float* yd, const float* ys,
-                                                 i64 sq, i64 sd, i64 ss, int ncols, float* acc, int lane) {
+// the nu units of the warp's R rows (row + roff[i]), tile by tile; r[i] holds row i's tile 0
+// already when the rows are wide and have a full tile. tile: R tiles of the warp.
+template <int T, int NC, int R>
+static __device__ __forceinline__ void row_tiles(const u8* row, const i64* roff, int nu, bool wide, u8* tile,
+                                                 uint4 (*r)[lane_words(T)], const signed char* yq, const float* yd,
+                                                 const float* ys, i64 sq, i64 sd, i64 ss, int ncols, float* acc,
+                                                 int lane) {
     const int nt = (nu + TILE_UNITS - 1) / TILE_UNITS;
     for (int t = 0; t < nt; ++t) {
         const int tu = min(TILE_UNITS, nu - t * TILE_UNITS);
-        if (wide && tu == TILE_UNITS) tile_store<T>(tile, r, lane);
-        else tile_copy2(row + (i64)t * tile_bytes(T), tile, tu / blk_units(T) * blk_bytes(T), lane);
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            u8* ti = tile + i * tile_bytes(T);
+            if (wide && tu == TILE_UNITS) tile_store<T>(ti, r[i], lane);
+            else tile_copy2(row + roff[i] + (i64)t * tile_bytes(T), ti, tu / blk_units(T) * blk_bytes(T), lane);
+        }
         __syncwarp();
-        if (wide && nu - (t + 1) * TILE_UNITS >= TILE_UNITS) tile_load<T>(row + (i64)(t + 1) * tile_bytes(T), r, lane);
+        if (wide && nu - (t + 1) * TILE_UNITS >= TILE_UNITS) {
+#pragma unroll
+            for (int i = 0; i < R; ++i) tile_load<T>(row + roff[i] + (i64)(t + 1) * tile_bytes(T), r[i], lane);
+        }
 #pragma unroll
         for (int j0 = 0; j0 < TILE_UNITS; j0 += 32) {
             const int j = j0 + lane;
             if (j < tu) {
-                Unit w;
-                load_unit<T>(tile, j, w);
-                accumulate<T, NC>(&w, t * TILE_UNITS + j, yq, yd, ys, sq, sd, ss, ncols, acc);
+                Unit w[R];
+#pragma unroll
+                for (int i = 0; i < R; ++i) load_unit<T>(tile + i * tile_bytes(T), j, w[i]);
+                accumulate<T, NC, R>(w, t * TILE_UNITS + j, yq, yd, ys, sq, sd, ss, ncols, acc);
             }
         }
         __syncwarp();
@@ -381,10 +391,8 @@ template <int NC> static __device__ __forceinline__ void store_sums(const Args& 
     }
 }
 
-// rows a warp of mmvq_T_NC (R2 / R4; the K-quants, read through tiles, take one)
-static __host__ __device__ constexpr int rows_of(int T) {
-    return is_kq(T) ? 1 : ((R4 >> T) & 1) ? 4 : ((R2 >> T) & 1) ? 2 : 1;
-}
+// rows a warp of mmvq_T_NC (R2 / R4 bits)
+static __host__ __device__ constexpr int rows_of(int T) { return ((R4 >> T) & 1) ? 4 : ((R2 >> T) & 1) ? 2 : 1; }
 
 template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args& p) {
     constexpr int R = rows_of(T);
@@ -415,12 +423,15 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
         // K-quants through shared-memory tiles: a unit's own loads would read its super-block's
         // shared bytes again (qs for two units, Q5_K's qh for eight, Q6_K's ql / qh for two / four)
         extern __shared__ __align__(16) u8 smem[];
-        const bool wide = ((u64)row & 15) == 0;
-        uint4 r[lane_words(T)];
-        if (wide && nu >= TILE_UNITS) tile_load<T>(row, r, lane);
+        const bool wide = ((u64)row & 15) == 0 && (R == 1 || (p.xb1 & 15) == 0);
+        uint4 r[R][lane_words(T)];
+        if (wide && nu >= TILE_UNITS) {
+#pragma unroll
+            for (int i = 0; i < R; ++i) tile_load<T>(row + roff[i], r[i], lane);
+        }
         if (pdl && !head) grid_wait();
-        row_tiles<T, NC>(row, nu, wide, smem + (threadIdx.x >> 5) * tile_bytes(T), r, yq, yd, ys, p.K, nd, ns,
-                         ncols, acc, lane);
+        row_tiles<T, NC, R>(row, roff, nu, wide, smem + (threadIdx.x >> 5) * R * tile_bytes(T), r, yq, yd, ys, p.K,
+                            nd, ns, ncols, acc, lane);
     } else {
         // one unit (of each of the R rows) a step (loading two before either is used measured
         // 10-15% slower on an H200)

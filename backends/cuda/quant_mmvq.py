@@ -158,8 +158,8 @@ def refusal(node) -> Optional[str]:
 
 
 def tile_smem(type_: int) -> int:
-    """Shared memory of a mmvq_T_NC block: a tile a warp for the K-quants, none for the rest."""
-    return CONFIG["WARPS"] * CONFIG["TILE_UNITS"] // 8 * TILED[type_] if type_ in TILED else 0
+    """Shared memory of a mmvq_T_NC block: a tile a warp and row for the K-quants, none for the rest."""
+    return CONFIG["WARPS"] * rows_of(type_) * CONFIG["TILE_UNITS"] // 8 * TILED[type_] if type_ in TILED else 0
 
 
 def fused_smem(node) -> int:
@@ -266,9 +266,7 @@ def quant_fields(node) -> dict:
 
 
 def rows_of(type_: int) -> int:
-    """src0 rows a warp of mmvq_T_NC (R2 / R4 bits; the K-quants' tiles take one row)."""
-    if type_ in TILED:
-        return 1
+    """src0 rows a warp of mmvq_T_NC (R2 / R4 bits; a K-quant's warp then has a tile a row)."""
     return 4 if CONFIG["R4"] >> type_ & 1 else 2 if CONFIG["R2"] >> type_ & 1 else 1
 
 
