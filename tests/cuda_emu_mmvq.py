@@ -136,6 +136,8 @@ def emulated_source(kernels: list[str]) -> str:
 
 def _instance(name: str) -> str:
     _, t, nc = name.split("_")
+    if "k" in nc:                        # mmvq_T_1k2: warps split a row's units
+        return "MMVQ_K({}, {}, {})".format(t, *nc.split("k"))
     return f"MMVQ_F({t})" if nc == "f" else f"MMVQ({t}, {nc})"
 
 

@@ -124,3 +124,45 @@ def test_rows_a_warp_give_the_same_floats(rows, monkeypatch):
         assert bad == 0 and bad_w == 0
         np.testing.assert_array_equal(got, want)
         _close(got, _cpu(node).reshape(got.shape))
+
+
+@pytest.mark.parametrize("split", [2, 4])
+def test_split_rows_match_cpu(split, monkeypatch):
+    """S warps sharing each row slot (SPLITK) and splitting its units: K = 4352 leaves a warp with
+    fewer units (32-block types) or tiles (K-quants: 2 full and a partial one; at S = 4 a warp
+    with none), M = 5 warps past the last row that still reach the block's barrier; with R2 too."""
+    from minigraph.backends.cuda import quant_mmvq as qm
+
+    types = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q4_K, D.TYPE_Q6_K]
+    kernels = tuple(f"mmvq_{t}_1k{split}" for t in types)
+    monkeypatch.setitem(qm.CONFIG, "SPLITK", split)
+    for rows in (0, sum(1 << t for t in types)):
+        monkeypatch.setitem(qm.CONFIG, "R2", rows)
+        for t in types:
+            node, _ = _node(t, 1, offset_rows=t in (D.TYPE_Q4_0, D.TYPE_Q6_K))
+            assert qm.dot_name(node) == f"mmvq_{t}_1k{split}"
+            got, _, bad = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=kernels)
+            assert bad == 0
+            _close(got, _cpu(node).reshape(got.shape))
+
+
+def test_split_choice():
+    """SPLITK_WARPS: the fewest warps a row slot that give the launch that many warps."""
+    from minigraph.backends.cuda import quant_mmvq as qm
+
+    ctx = mg.Context()
+    x = ctx.from_numpy(np.zeros((1, 4096), np.float32))
+    old = dict(qm.CONFIG)
+    try:
+        qm.CONFIG.update(SPLITK=0, SPLITK_WARPS=8192, R2=0)
+        for m, want in ((16384, 1), (8192, 1), (4096, 2), (2048, 4), (5, 4)):
+            w = ctx.new_tensor_2d(D.TYPE_Q4_0, 4096, m)
+            assert qm.splitk_of(ctx.mul_mat(w, x)) == want, m
+        qm.CONFIG.update(SPLITK_WARPS=0)
+        assert qm.splitk_of(ctx.mul_mat(w, x)) == 1
+        x2 = ctx.from_numpy(np.zeros((2, 4096), np.float32))          # two columns: mmvq_T_2, no split
+        qm.CONFIG.update(SPLITK=2)
+        assert qm.splitk_of(ctx.mul_mat(w, x2)) == 1
+    finally:
+        qm.CONFIG.clear()
+        qm.CONFIG.update(old)

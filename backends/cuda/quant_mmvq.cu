@@ -331,15 +331,15 @@ static __device__ __forceinline__ void accumulate(const Unit* w, int u, const si
     }
 }
 
-// the nu units of the warp's R rows (row + roff[i]), tile by tile; r[i] holds row i's tile 0
-// already when the rows are wide and have a full tile. tile: R tiles of the warp.
-template <int T, int NC, int R>
+// the nu units of the warp's R rows (row + roff[i]), tiles ks, ks + S, ...; r[i] holds row i's
+// tile ks already when the rows are wide and it is a full tile. tile: R tiles of the warp.
+template <int T, int NC, int R, int S>
 static __device__ __forceinline__ void row_tiles(const u8* row, const i64* roff, int nu, bool wide, u8* tile,
                                                  uint4 (*r)[lane_words(T)], const signed char* yq, const float* yd,
                                                  const float* ys, i64 sq, i64 sd, i64 ss, int ncols, float* acc,
-                                                 int lane) {
+                                                 int ks, int lane) {
     const int nt = (nu + TILE_UNITS - 1) / TILE_UNITS;
-    for (int t = 0; t < nt; ++t) {
+    for (int t = ks; t < nt; t += S) {
         const int tu = min(TILE_UNITS, nu - t * TILE_UNITS);
 #pragma unroll
         for (int i = 0; i < R; ++i) {
@@ -348,9 +348,9 @@ static __device__ __forceinline__ void row_tiles(const u8* row, const i64* roff,
             else tile_copy2(row + roff[i] + (i64)t * tile_bytes(T), ti, tu / blk_units(T) * blk_bytes(T), lane);
         }
         __syncwarp();
-        if (wide && nu - (t + 1) * TILE_UNITS >= TILE_UNITS) {
+        if (wide && nu - (t + S) * TILE_UNITS >= TILE_UNITS) {
 #pragma unroll
-            for (int i = 0; i < R; ++i) tile_load<T>(row + roff[i] + (i64)(t + 1) * tile_bytes(T), r[i], lane);
+            for (int i = 0; i < R; ++i) tile_load<T>(row + roff[i] + (i64)(t + S) * tile_bytes(T), r[i], lane);
         }
 #pragma unroll
         for (int j0 = 0; j0 < TILE_UNITS; j0 += 32) {
@@ -394,18 +394,26 @@ template <int NC> static __device__ __forceinline__ void store_sums(const Args& 
 // rows a warp of mmvq_T_NC (R2 / R4 bits)
 static __host__ __device__ constexpr int rows_of(int T) { return ((R4 >> T) & 1) ? 4 : ((R2 >> T) & 1) ? 2 : 1; }
 
-template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args& p) {
+// S warps of a block share a row slot and split its units (warp ks takes the units u with
+// (u / 32) % S == ks, or a K-quant's tiles t with t % S == ks); their sums meet in shared memory
+// after the tiles and are added in warp order by the slot's first warp. More warps in flight
+// where M alone gives too few (M = 4096: 31 warps an SM of an H200); the floats differ from
+// S = 1's by the order of the float sums.
+template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(const Args& p) {
     constexpr int R = rows_of(T);
-    const int lane = threadIdx.x & 31;
-    const int m0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;    // the warp's first row
-    if (m0 >= p.M) return;
+    static_assert(WARPS % S == 0, "S must divide WARPS");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int ks = warp % S;
+    const int m0 = (blockIdx.x * (WARPS / S) + warp / S) * R;    // the warp's first row
+    if (S == 1 && m0 >= p.M) return;
+    const bool live = m0 < p.M;                                  // (S > 1: every warp reaches the barrier)
     const int n0 = blockIdx.y * NC;
     const int i2 = blockIdx.z % p.n2, i3 = blockIdx.z / p.n2;
-    const u8* row = p.x + m0 * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
+    const u8* row = p.x + min(m0, p.M - 1) * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
     // row r of the warp's R: rows past the last read the last one again (their sums are dropped)
     i64 roff[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) roff[r] = (i64)min(r, p.M - 1 - m0) * p.xb1;
+    for (int r = 0; r < R; ++r) roff[r] = (i64)max(0, min(r, p.M - 1 - m0)) * p.xb1;
     const int nu = p.K >> 5;
     const i64 nd = is_kq(T) ? p.K >> 8 : nu, ns = is_kq(T) ? p.K >> 4 : nu;
     const i64 r0 = ((i64)i3 * p.n2 + i2) * p.N + n0;   // src1 row of column n0
@@ -419,36 +427,59 @@ template <int T, int NC> static __device__ __forceinline__ void mmvq(const Args&
     float acc[R * NC];
 #pragma unroll
     for (int c = 0; c < R * NC; ++c) acc[c] = 0.f;
+    extern __shared__ __align__(16) u8 smem[];
     if constexpr (is_kq(T)) {
         // K-quants through shared-memory tiles: a unit's own loads would read its super-block's
         // shared bytes again (qs for two units, Q5_K's qh for eight, Q6_K's ql / qh for two / four)
-        extern __shared__ __align__(16) u8 smem[];
         const bool wide = ((u64)row & 15) == 0 && (R == 1 || (p.xb1 & 15) == 0);
         uint4 r[R][lane_words(T)];
-        if (wide && nu >= TILE_UNITS) {
+        if (live && wide && nu >= (ks + 1) * TILE_UNITS) {
 #pragma unroll
-            for (int i = 0; i < R; ++i) tile_load<T>(row + roff[i], r[i], lane);
+            for (int i = 0; i < R; ++i) tile_load<T>(row + roff[i] + (i64)ks * tile_bytes(T), r[i], lane);
         }
         if (pdl && !head) grid_wait();
-        row_tiles<T, NC, R>(row, roff, nu, wide, smem + (threadIdx.x >> 5) * R * tile_bytes(T), r, yq, yd, ys, p.K,
-                            nd, ns, ncols, acc, lane);
+        if (live)
+            row_tiles<T, NC, R, S>(row, roff, nu, wide, smem + warp * R * tile_bytes(T), r, yq, yd, ys, p.K, nd, ns,
+                                   ncols, acc, ks, lane);
     } else {
         // one unit (of each of the R rows) a step (loading two before either is used measured
         // 10-15% slower on an H200)
         Unit w[R];
+        const int u0 = lane + 32 * ks;
         if constexpr (pdl && !head) {   // the first units in flight while quantize_q8 finishes
 #pragma unroll
             for (int r = 0; r < R; ++r)
-                if (lane < nu) load_unit<T>(row + roff[r], lane, w[r]);
+                if (live && u0 < nu) load_unit<T>(row + roff[r], u0, w[r]);
             grid_wait();
         }
-        for (int u = lane; u < nu; u += 32) {
-            if (!(pdl && !head) || u != lane) {
+        for (int u = u0; live && u < nu; u += 32 * S) {
+            if (!(pdl && !head) || u != u0) {
 #pragma unroll
                 for (int r = 0; r < R; ++r) load_unit<T>(row + roff[r], u, w[r]);
             }
             accumulate<T, NC, R>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
         }
+    }
+    if constexpr (S > 1) {
+        // the warp's sums, then the slot's S partials added in warp order (after the tiles)
+        float* part = (float*)(smem + (is_kq(T) ? WARPS * R * tile_bytes(T) : 0));
+#pragma unroll
+        for (int c = 0; c < R * NC; ++c) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[c] += __shfl_xor_sync(0xffffffffu, acc[c], o);
+            if (lane == 0) part[warp * R * NC + c] = acc[c];
+        }
+        __syncthreads();
+        if (ks != 0 || lane != 0 || !live) return;
+#pragma unroll
+        for (int c = 0; c < R * NC; ++c) {
+            float v = part[warp * R * NC + c];
+#pragma unroll
+            for (int k = 1; k < S; ++k) v += part[(warp + k) * R * NC + c];
+            const int m = m0 + c / NC, n = n0 + c % NC;
+            if (m < p.M && n < p.N) p.dst[m * p.d0 + n * p.d1 + i2 * p.d2 + i3 * p.d3] = v;
+        }
+        return;
     }
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -612,9 +643,11 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
 
 #define MMVQ(T, NC)                                                                                 \
     extern "C" __global__ void BOUNDS(32 * WARPS) mmvq_##T##_##NC(Args p) { mmvq<T, NC>(p); }
+#define MMVQ_K(T, NC, S)                                                                            \
+    extern "C" __global__ void BOUNDS(32 * WARPS) mmvq_##T##_##NC##k##S(Args p) { mmvq<T, NC, S>(p); }
 #define MMVQ_F(T)                                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * WARPS_FUSED) mmvq_##T##_f(Args p) { mmvq_fused<T>(p); }
-#define MMVQ_ALL(T) MMVQ(T, 1) MMVQ(T, 2) MMVQ(T, 4) MMVQ(T, 8) MMVQ_F(T)
+#define MMVQ_ALL(T) MMVQ(T, 1) MMVQ(T, 2) MMVQ(T, 4) MMVQ(T, 8) MMVQ_K(T, 1, 2) MMVQ_K(T, 1, 4) MMVQ_F(T)
 #ifdef MMVQ_INSTANCES
 MMVQ_INSTANCES
 #else

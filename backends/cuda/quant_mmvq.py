@@ -69,7 +69,7 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # (4096 x 4096 / 4096 x 14336 / 14336 x 4096); Q4_0 the same way measured mixed (+3 / -2 / +2%).
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
           "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
-          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0, "R2": 0, "R4": 0}
+          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0, "R2": 0, "R4": 0, "SPLITK": 0, "SPLITK_WARPS": 0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
@@ -270,6 +270,18 @@ def rows_of(type_: int) -> int:
     return 4 if CONFIG["R4"] >> type_ & 1 else 2 if CONFIG["R2"] >> type_ & 1 else 1
 
 
+def splitk_of(node) -> int:
+    """Warps that share a row slot of mmvq_T_1 and split its units (1, 2 or 4): CONFIG SPLITK when
+    set, else the fewest that give the launch SPLITK_WARPS warps (0: one a row slot)."""
+    a = node.src[0]
+    if nc_of(node) != 1 or a.ne[0] // 32 < 64:
+        return 1
+    if CONFIG["SPLITK"]:
+        return CONFIG["SPLITK"]
+    rows = node.ne[0] * node.ne[2] * node.ne[3] // rows_of(a.type)
+    return next((s for s in (1, 2) if rows * s >= CONFIG["SPLITK_WARPS"]), 4)
+
+
 def nc_of(node) -> int:
     """src1 columns a warp of mmvq_T_NC."""
     return next(c for c in (1, 2, 4, NC_MAX) if c >= min(node.ne[1], NC_MAX))
@@ -282,13 +294,19 @@ def grids(node) -> dict:
     if fused(node):
         wf = CONFIG["WARPS_FUSED"]
         return {f"mmvq_{a.type}_f": ((-(-M // wf), 1, n2 * n3), 32 * wf, fused_smem(node))}
-    w, nc = CONFIG["WARPS"], nc_of(node)
+    w, nc, sk = CONFIG["WARPS"], nc_of(node), splitk_of(node)
     per_warp = 1 if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else 8     # super-blocks / 32-blocks a warp
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
     return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
-            f"mmvq_{a.type}_{nc}": ((-(-M // (w * rows_of(a.type))), -(-N // nc), n2 * n3), 32 * w,
-                                    tile_smem(a.type))}
+            dot_name(node): ((-(-M // (w // sk * rows_of(a.type))), -(-N // nc), n2 * n3), 32 * w,
+                             tile_smem(a.type) + (4 * w * rows_of(a.type) if sk > 1 else 0))}
+
+
+def dot_name(node) -> str:
+    """mmvq_<type>_<nc>, or mmvq_<type>_1k<S> where S warps split each row slot's units."""
+    sk = splitk_of(node)
+    return f"mmvq_{node.src[0].type}_{nc_of(node)}" + (f"k{sk}" if sk > 1 else "")
 
 
 def launches(node, work: tuple) -> list:
