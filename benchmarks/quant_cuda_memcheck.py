@@ -4,8 +4,13 @@ shapes: rows at 2-byte offsets, K = 14336, several src1 columns, two ne2 batches
 one src0 plane, the K-quants' tiles; each against the CPU backend (relative max error printed),
 computed twice (the second replays the captured CUDA graph).
 
-    compute-sanitizer --tool memcheck python3 benchmarks/quant_cuda_memcheck.py
+    compute-sanitizer --tool memcheck python3 benchmarks/quant_cuda_memcheck.py [KEY=V ...]
+
+KEY=V: quant_mmvq.CONFIG settings for the run (e.g. SPLITK=2 R2=4356: warps splitting a row's
+units, two rows a warp).
 """
+import sys
+
 import numpy as np
 
 import minigraph as mg
@@ -15,6 +20,10 @@ from minigraph.core import dtypes as D
 
 qm.CONFIG["PDL"] = sum(1 << t for t in (D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0,
                                         D.TYPE_Q4_K, D.TYPE_Q5_K, D.TYPE_Q6_K))
+for kv in sys.argv[1:]:
+    key, _, value = kv.partition("=")
+    assert key in qm.CONFIG, f"not a quant_mmvq.CONFIG key: {key}"
+    qm.CONFIG[key] = int(value)
 be, cpu = CudaBackend(0), mg.backend_cpu_init(1)
 rng = np.random.default_rng(0)
 # (type, K, M, src0 view at a row's offset, src1 columns, ne2)
