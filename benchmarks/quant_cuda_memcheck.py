@@ -6,8 +6,8 @@ computed twice (the second replays the captured CUDA graph).
 
     compute-sanitizer --tool memcheck python3 benchmarks/quant_cuda_memcheck.py [KEY=V ...]
 
-KEY=V: quant_mmvq.CONFIG settings for the run (e.g. SPLITK=2 R2=4356: warps splitting a row's
-units, two rows a warp).
+KEY=V: quant_mmvq.CONFIG settings for the run (e.g. K2=4356 R2=4356: two warps splitting each
+row's units, two rows a warp, for Q4_0, Q8_0 and Q4_K).
 """
 import sys
 

@@ -218,17 +218,21 @@ def test_decode_shapes_match_cpu(be, cpu, type_, n):
 @pytest.mark.parametrize("type_", [D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q4_K, D.TYPE_Q6_K], ids=D.type_name)
 def test_fused_decode_equals_two_launches(be, cpu, type_):
     """One src1 column (a strided view, two ne2 batches broadcast over one src0 plane): the fused
-    kernel (src1 quantized in shared memory) gives the two-launch kernels' floats bit for bit,
-    and the CPU's within the tolerance."""
+    kernel (src1 quantized in shared memory) gives the two-launch kernels' floats bit for bit
+    (with one warp a row, as the fused kernel has), and the CPU's within the tolerance; so does the
+    two-launch form with the default rows and split a warp."""
     from minigraph.backends.cuda import quant_mmvq
 
     rng = np.random.default_rng(type_)
     w = rng.standard_normal((300, 4352)).astype(np.float32)
     x = rng.standard_normal((2, 4352, 3)).astype(np.float32)
     res = {}
-    default = quant_mmvq.FUSE
-    for name, backend, fuse in (("fused", be, True), ("two", be, False), ("cpu", cpu, True)):
+    default, config = quant_mmvq.FUSE, dict(quant_mmvq.CONFIG)
+    one_row = {"R2": 0, "R4": 0, "K2": 0, "K4": 0}
+    for name, backend, fuse in (("fused", be, True), ("two", be, False), ("default", be, False), ("cpu", cpu, True)):
         quant_mmvq.FUSE = fuse
+        if name != "default":
+            quant_mmvq.CONFIG.update(one_row)
         try:
             ctx = mg.Context()
             col = ctx.view_3d(ctx.from_numpy(x), 1, 4352, 2, 12, 12 * 4352, 4)   # [1, 4352, 2]: column 1
@@ -240,8 +244,10 @@ def test_fused_decode_equals_two_launches(be, cpu, type_):
             res[name] = mm.numpy()
         finally:
             quant_mmvq.FUSE = default
+            quant_mmvq.CONFIG.update(config)
     np.testing.assert_array_equal(res["fused"], res["two"])
     _close(res["fused"], res["cpu"])
+    _close(res["default"], res["cpu"])
 
 
 @pytest.mark.gpu

@@ -63,9 +63,19 @@ def _close(got, want):
     assert float(np.abs(got - want).max()) <= MM_TOL * scale, (float(np.abs(got - want).max()), scale)
 
 
+def _one_row_a_warp(monkeypatch):
+    """quant_mmvq's settings with one warp a row slot and one row a warp for every type."""
+    from minigraph.backends.cuda import quant_mmvq as qm
+
+    for key in ("R2", "R4", "K2", "K4"):
+        monkeypatch.setitem(qm.CONFIG, key, 0)
+
+
 @pytest.mark.parametrize("type_", FUSED_TYPES, ids=D.type_name)
-def test_fused_and_two_launch_kernels_match_cpu(type_):
-    """One src1 column: mmvq_T_f against quantize_q8 + mmvq_T_1 (bit for bit) and the CPU."""
+def test_fused_and_two_launch_kernels_match_cpu(type_, monkeypatch):
+    """One src1 column: mmvq_T_f against quantize_q8 + mmvq_T_1 (bit for bit: one warp a row, as
+    the fused kernel has) and the CPU."""
+    _one_row_a_warp(monkeypatch)
     node, _ = _node(type_, 1)
     fused, _, bad_f = cuda_emu_mmvq.run_mul_mat(node, fuse=True, kernels=KERNELS)
     plain, (yq, yd, ys), bad_p = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=KERNELS)
@@ -111,6 +121,7 @@ def test_rows_a_warp_give_the_same_floats(rows, monkeypatch):
     16-byte loads), Q6_K's and the 32-block types' at 2-byte aligned offsets (the 16-bit copies)."""
     from minigraph.backends.cuda import quant_mmvq as qm
 
+    _one_row_a_warp(monkeypatch)
     types = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q5_1, D.TYPE_Q4_K, D.TYPE_Q6_K]   # Q4_K, Q6_K: a tile a row
     kernels = tuple(f"mmvq_{t}_{s}" for t in types for s in "12")
     plain = {}
@@ -128,15 +139,17 @@ def test_rows_a_warp_give_the_same_floats(rows, monkeypatch):
 
 @pytest.mark.parametrize("split", [2, 4])
 def test_split_rows_match_cpu(split, monkeypatch):
-    """S warps sharing each row slot (SPLITK) and splitting its units: K = 4352 leaves a warp with
+    """S warps sharing each row slot (K2 / K4) and splitting its units: K = 4352 leaves a warp with
     fewer units (32-block types) or tiles (K-quants: 2 full and a partial one; at S = 4 a warp
     with none), M = 5 warps past the last row that still reach the block's barrier; with R2 too."""
     from minigraph.backends.cuda import quant_mmvq as qm
 
     types = [D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q4_K, D.TYPE_Q6_K]
     kernels = tuple(f"mmvq_{t}_1k{split}" for t in types)
-    monkeypatch.setitem(qm.CONFIG, "SPLITK", split)
-    for rows in (0, sum(1 << t for t in types)):
+    bits = sum(1 << t for t in types)
+    monkeypatch.setitem(qm.CONFIG, "K4" if split == 4 else "K2", bits)
+    monkeypatch.setitem(qm.CONFIG, "K2" if split == 4 else "K4", 0)
+    for rows in (0, bits):
         monkeypatch.setitem(qm.CONFIG, "R2", rows)
         for t in types:
             node, _ = _node(t, 1, offset_rows=t in (D.TYPE_Q4_0, D.TYPE_Q6_K))
@@ -146,23 +159,16 @@ def test_split_rows_match_cpu(split, monkeypatch):
             _close(got, _cpu(node).reshape(got.shape))
 
 
-def test_split_choice():
-    """SPLITK_WARPS: the fewest warps a row slot that give the launch that many warps."""
+def test_split_choice(monkeypatch):
+    """K4 / K2 bits pick the split for one src1 column over rows of >= 64 units, else none."""
     from minigraph.backends.cuda import quant_mmvq as qm
 
+    monkeypatch.setitem(qm.CONFIG, "K2", 1 << D.TYPE_Q4_0)
+    monkeypatch.setitem(qm.CONFIG, "K4", 1 << D.TYPE_Q8_0)
     ctx = mg.Context()
-    x = ctx.from_numpy(np.zeros((1, 4096), np.float32))
-    old = dict(qm.CONFIG)
-    try:
-        qm.CONFIG.update(SPLITK=0, SPLITK_WARPS=8192, R2=0)
-        for m, want in ((16384, 1), (8192, 1), (4096, 2), (2048, 4), (5, 4)):
-            w = ctx.new_tensor_2d(D.TYPE_Q4_0, 4096, m)
-            assert qm.splitk_of(ctx.mul_mat(w, x)) == want, m
-        qm.CONFIG.update(SPLITK_WARPS=0)
-        assert qm.splitk_of(ctx.mul_mat(w, x)) == 1
-        x2 = ctx.from_numpy(np.zeros((2, 4096), np.float32))          # two columns: mmvq_T_2, no split
-        qm.CONFIG.update(SPLITK=2)
-        assert qm.splitk_of(ctx.mul_mat(w, x2)) == 1
-    finally:
-        qm.CONFIG.clear()
-        qm.CONFIG.update(old)
+
+    def mm(type_, k, n):
+        return ctx.mul_mat(ctx.new_tensor_2d(type_, k, 8), ctx.from_numpy(np.zeros((n, k), np.float32)))
+    assert [qm.splitk_of(mm(t, 4096, 1)) for t in (D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q4_K)] == [2, 4, 1]
+    assert qm.splitk_of(mm(D.TYPE_Q4_0, 4096, 2)) == 1          # two columns: mmvq_T_2, no split
+    assert qm.splitk_of(mm(D.TYPE_Q8_0, 1024, 1)) == 1          # 32 units a row

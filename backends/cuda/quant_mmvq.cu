@@ -2,16 +2,19 @@
 // Q8_1 / Q8_K, ggml's reference quantizers byte for byte): ggml's CPU semantics, the integer dot
 // product of a 32-element unit with dp4a (four int8 products an instruction), scaled per block.
 //
-// One warp a src0 row m; its lanes walk the row's units (u = lane, lane + 32, ...), each unit's
-// weights loaded once for all the src1 columns of the launch; a butterfly of shuffles sums the
-// lanes. The 32-block types load a unit's block straight from global memory. The K-quants read
+// One warp a src0 row m (R2 / R4: 2 or 4 consecutive rows, each src1 unit loaded once for them);
+// its lanes walk the row's units (u = lane, lane + 32, ...), each unit's weights loaded once for
+// all the src1 columns of the launch; a butterfly of shuffles sums the lanes. mmvq_T_1kS: S warps
+// share the row slot and split its units (the 32-unit steps or a K-quant's tiles in turn), their
+// sums added in shared memory in warp order. The 32-block types load a unit's block straight from global memory. The K-quants read
 // the row in tiles of TILE_UNITS units: 16-byte lane-strided loads (each warp load instruction
 // 512 contiguous bytes; the next tile in flight while the warp decodes this one from shared
 // memory), so bytes that several units of a super-block share are read once (H200, q4_K
 // 4096 x 14336 node: 17.4 us against 20.2 with per-unit loads in the same run; the same tiles
 // for q8_0 / q4_0 measured 16% / 7% slower than their per-unit loads). Two forms:
 //   mmvq_T_NC  src1 already quantized (quantize_q8, a launch before); NC src1 columns a warp.
-//              Block WARPS rows; grid (rows / WARPS, columns / NC, ne2 * ne3).
+//              Block WARPS row slots; grid (rows / (WARPS * R), columns / NC, ne2 * ne3).
+//   mmvq_T_1kS the same for one column with WARPS / S row slots a block.
 //   mmvq_T_f   one src1 column, quantized by the block itself into shared memory (one launch, not
 //              two): each warp first issues the loads of its first unit, then the block quantizes
 //              src1, then syncs. Every block quantizes all of src1 again (K floats from L2) and

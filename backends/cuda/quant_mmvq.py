@@ -31,6 +31,11 @@ a lane's eight consecutive units read as 16-byte words and cut in registers (mmv
 qmmv9's first commit): 40-80% slower in all nine decode cases, each warp load instruction then
 touching 32 lines for the weights and again for src1's 256-byte strided units.
 
+Rows and warps (CONFIG R2 / R4, K2 / K4, per type): at M = 4096 one warp a row gives an H200 31
+warps an SM, each walking its row's units one after another, and every warp loads src1's units
+again. Q4_0 takes two rows a warp and two warps a row slot, Q8_0 four warps a row slot, Q4_K one
+of each (measured: see CONFIG).
+
 Q8_0's unit (CONFIG W32, NCLD) is read as aligned 32-bit words on the read-only path, joined by
 funnel shifts: 10 load instructions a lane for its 34 bytes instead of 17 (ncu, q4_0's lane-a-unit
 kernel at 4096 x 14336: L1/TEX throughput 80% against DRAM 42%, 7.5 of each 32-byte sector used a
@@ -67,9 +72,18 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # load joined by funnel shifts instead of 16 16-bit loads; NCLD: bit T set, those loads take the
 # read-only path (ld.global.nc). H200, Q8_0 node 9.15 / 22.41 / 23.97 -> 8.46 / 20.66 / 20.94 us
 # (4096 x 4096 / 4096 x 14336 / 14336 x 4096); Q4_0 the same way measured mixed (+3 / -2 / +2%).
+# R2 / R4: bit T set, a warp of mmvq_T_NC takes 2 / 4 consecutive rows (each src1 unit loaded
+# once for them; a K-quant warp keeps a tile a row). K2 / K4 (Python only, `splitk_of`): bit T
+# set, 2 / 4 warps share each row slot of mmvq_T_1 and split its units. H200, whole node, one run
+# (2026-12-02; main, then the settings kept): Q4_0 with R2 and K2 6.56 / 15.82 / 15.68 -> 6.21 /
+# 14.29 / 14.53 us (R2 alone 7.09 / 14.48 / 18.18, K2 alone 7.19 / 16.32 / 17.34); Q8_0 with K4
+# 8.41 / 20.06 / 20.34 -> 8.02 / 19.61 / 19.75 (K2 8.25 / 18.79 / 20.54); Q4_K keeps one row a
+# warp alone (R2 7.20 / 16.82 / 18.30, K2 8.05 / 20.39 / 19.78, K2 with R2 8.55 / 16.89 / 20.08
+# against 6.97 / 17.24 / 15.82).
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
           "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
-          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0, "R2": 0, "R4": 0, "SPLITK": 0, "SPLITK_WARPS": 0}
+          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0, "R2": 1 << D.TYPE_Q4_0, "R4": 0,
+          "K2": 1 << D.TYPE_Q4_0, "K4": 1 << D.TYPE_Q8_0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
@@ -271,15 +285,12 @@ def rows_of(type_: int) -> int:
 
 
 def splitk_of(node) -> int:
-    """Warps that share a row slot of mmvq_T_1 and split its units (1, 2 or 4): CONFIG SPLITK when
-    set, else the fewest that give the launch SPLITK_WARPS warps (0: one a row slot)."""
+    """Warps that share a row slot of mmvq_T_1 and split its units: 4 or 2 where src0's type has
+    its bit in CONFIG K4 / K2 (one src1 column, rows of 64 units or more), else 1."""
     a = node.src[0]
     if nc_of(node) != 1 or a.ne[0] // 32 < 64:
         return 1
-    if CONFIG["SPLITK"]:
-        return CONFIG["SPLITK"]
-    rows = node.ne[0] * node.ne[2] * node.ne[3] // rows_of(a.type)
-    return next((s for s in (1, 2) if rows * s >= CONFIG["SPLITK_WARPS"]), 4)
+    return 4 if CONFIG["K4"] >> a.type & 1 else 2 if CONFIG["K2"] >> a.type & 1 else 1
 
 
 def nc_of(node) -> int:
