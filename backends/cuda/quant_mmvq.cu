@@ -6,12 +6,13 @@
 // its lanes walk the row's units (u = lane, lane + 32, ...), each unit's weights loaded once for
 // all the src1 columns of the launch; a butterfly of shuffles sums the lanes. mmvq_T_1kS: S warps
 // share the row slot and split its units (the 32-unit steps or a K-quant's tiles in turn), their
-// sums added in shared memory in warp order. The 32-block types load a unit's block straight from global memory. The K-quants read
-// the row in tiles of TILE_UNITS units: 16-byte lane-strided loads (each warp load instruction
-// 512 contiguous bytes; the next tile in flight while the warp decodes this one from shared
-// memory), so bytes that several units of a super-block share are read once (H200, q4_K
-// 4096 x 14336 node: 17.4 us against 20.2 with per-unit loads in the same run; the same tiles
-// for q8_0 / q4_0 measured 16% / 7% slower than their per-unit loads). Two forms:
+// sums added in shared memory in warp order. The 32-block types load a unit's block straight
+// from global memory. The K-quants read the row in tiles of TILE_UNITS units: 16-byte
+// lane-strided loads (each warp load instruction 512 contiguous bytes; the next tile in flight
+// while the warp decodes this one from shared memory), so bytes that several units of a
+// super-block share are read once (H200, q4_K 4096 x 14336 node: 17.4 us against 20.2 with
+// per-unit loads in the same run; the same tiles for q8_0 / q4_0 measured 16% / 7% slower than
+// their per-unit loads). Two forms:
 //   mmvq_T_NC  src1 already quantized (quantize_q8, a launch before); NC src1 columns a warp.
 //              Block WARPS row slots; grid (rows / (WARPS * R), columns / NC, ne2 * ne3).
 //   mmvq_T_1kS the same for one column with WARPS / S row slots a block.
@@ -73,7 +74,7 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #define NCLD 0             // bit T set: that type's load_w32 loads take the read-only path (ld.global.nc)
 #endif
 #ifndef R2
-#define R2 0               // bit T set: a warp of mmvq_T_NC takes 2 consecutive rows (32-block types)
+#define R2 0               // bit T set: a warp of mmvq_T_NC takes 2 consecutive rows (K-quants: a tile each)
 #endif
 #ifndef R4
 #define R4 0               // bit T set: 4 rows a warp (over R2)
