@@ -483,11 +483,11 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
             const int m = m0 + c / NC, n = n0 + c % NC;
             if (m < p.M && n < p.N) p.dst[m * p.d0 + n * p.d1 + i2 * p.d2 + i3 * p.d3] = v;
         }
-        return;
-    }
+    } else {
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-        if (m0 + r < p.M) store_sums<NC>(p, acc + r * NC, m0 + r, n0, i2, i3, lane);
+        for (int r = 0; r < R; ++r)
+            if (m0 + r < p.M) store_sums<NC>(p, acc + r * NC, m0 + r, n0, i2, i3, lane);
+    }
 }
 
 // -- src1 quantized to the vec_dot type (ggml's reference quantizers, byte for byte) ----------
