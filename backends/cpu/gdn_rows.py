@@ -9,7 +9,7 @@ from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
-from minigraph.backends.cpu.storage import data_ptr, store_fence
+from minigraph.backends.cpu.storage import VEC16, data_ptr, store_fence, store_nt16, vec16_ptr
 
 # reassociation lets LLVM vectorise the dot-product reductions; no nnan/ninf (isfinite
 # must keep working), no afn (exp stays exact).
@@ -123,18 +123,12 @@ def _nt_update16(typingctx, out, i, s, e, kb, d):
     sig = types.void(out, i, s, e, kb, d)
 
     def codegen(context, builder, signature, args):
-        vec = ir.VectorType(ir.FloatType(), 16)
-
-        def ptr(k):
-            data = context.make_array(signature.args[k])(context, builder, args[k]).data
-            return builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
-
-        vs, ve, vk = (builder.load(ptr(k), align=4) for k in (2, 3, 4))
-        dv = builder.insert_element(ir.Constant(vec, ir.Undefined), args[5], ir.IntType(32)(0))
+        vs, ve, vk = (builder.load(vec16_ptr(context, builder, signature, args, k), align=4) for k in (2, 3, 4))
+        dv = builder.insert_element(ir.Constant(VEC16, ir.Undefined), args[5], ir.IntType(32)(0))
         dv = builder.shuffle_vector(dv, dv, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
-        fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(vec, [vec] * 3))
-        st = builder.store(builder.call(fma, [vk, dv, builder.fmul(vs, ve)]), ptr(0), align=64)
-        st.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(VEC16, [VEC16] * 3))
+        store_nt16(builder, builder.call(fma, [vk, dv, builder.fmul(vs, ve)]),
+                   vec16_ptr(context, builder, signature, args, 0))
         return context.get_dummy_value()
     return sig, codegen
 

@@ -81,6 +81,21 @@ def store_fence(typingctx):
     return types.void(), codegen
 
 
+VEC16 = ir.VectorType(ir.FloatType(), 16)    # one 64-byte line of f32
+
+
+def vec16_ptr(context, builder, signature, args, k: int, i: int = 1):
+    """Codegen helper: a <16 x float>* to element args[i] of the 1-D contiguous f32 array args[k]."""
+    data = context.make_array(signature.args[k])(context, builder, args[k]).data
+    return builder.bitcast(builder.gep(data, [args[i]]), VEC16.as_pointer())
+
+
+def store_nt16(builder, value, ptr) -> None:
+    """Codegen helper: `value` (16 floats) to a 64-byte aligned `ptr` as one non-temporal store."""
+    st = builder.store(value, ptr, align=64)
+    st.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+
+
 @intrinsic
 def nt_copy16(typingctx, d, i, s):
     """d[i:i+16] = s[i:i+16] (1-D contiguous f32) as one non-temporal 64-byte store (d + i 64-byte
@@ -89,14 +104,8 @@ def nt_copy16(typingctx, d, i, s):
     sig = types.void(d, i, s)
 
     def codegen(context, builder, signature, args):
-        vec = ir.VectorType(ir.FloatType(), 16)
-
-        def ptr(k):
-            data = context.make_array(signature.args[k])(context, builder, args[k]).data
-            return builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
-
-        st = builder.store(builder.load(ptr(2), align=4), ptr(0), align=64)
-        st.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        src = builder.load(vec16_ptr(context, builder, signature, args, 2), align=4)
+        store_nt16(builder, src, vec16_ptr(context, builder, signature, args, 0))
         return context.get_dummy_value()
     return sig, codegen
 
