@@ -228,11 +228,10 @@ def test_fused_decode_equals_two_launches(be, cpu, type_):
     x = rng.standard_normal((2, 4352, 3)).astype(np.float32)
     res = {}
     default, config = quant_mmvq.FUSE, dict(quant_mmvq.CONFIG)
-    one_row = {"R2": 0, "R4": 0, "K2": 0, "K4": 0}
     for name, backend, fuse in (("fused", be, True), ("two", be, False), ("default", be, False), ("cpu", cpu, True)):
         quant_mmvq.FUSE = fuse
         if name != "default":
-            quant_mmvq.CONFIG.update(one_row)
+            quant_mmvq.CONFIG.update(quant_mmvq.ONE_ROW)
         try:
             ctx = mg.Context()
             col = ctx.view_3d(ctx.from_numpy(x), 1, 4352, 2, 12, 12 * 4352, 4)   # [1, 4352, 2]: column 1

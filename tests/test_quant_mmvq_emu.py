@@ -67,8 +67,8 @@ def _one_row_a_warp(monkeypatch):
     """quant_mmvq's settings with one warp a row slot and one row a warp for every type."""
     from minigraph.backends.cuda import quant_mmvq as qm
 
-    for key in ("R2", "R4", "K2", "K4"):
-        monkeypatch.setitem(qm.CONFIG, key, 0)
+    for key, value in qm.ONE_ROW.items():
+        monkeypatch.setitem(qm.CONFIG, key, value)
 
 
 @pytest.mark.parametrize("type_", FUSED_TYPES, ids=D.type_name)

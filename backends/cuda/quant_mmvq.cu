@@ -384,13 +384,18 @@ struct Args {
     i64 b0, b2, b3;         // mmvq_T_f: src1 strides nb0, nb2, nb3 (elements)
 };
 
+// v summed over the warp's lanes (a butterfly: every lane gets the total, in one order)
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 template <int NC> static __device__ __forceinline__ void store_sums(const Args& p, float* acc, int m, int n0, int i2,
                                                                     int i3, int lane) {
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
-        float v = acc[c];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        const float v = warp_sum(acc[c]);
         if (lane == 0 && n0 + c < p.N) p.dst[m * p.d0 + (n0 + c) * p.d1 + i2 * p.d2 + i3 * p.d3] = v;
     }
 }
@@ -469,9 +474,8 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
         float* part = (float*)(smem + (is_kq(T) ? WARPS * R * tile_bytes(T) : 0));
 #pragma unroll
         for (int c = 0; c < R * NC; ++c) {
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[c] += __shfl_xor_sync(0xffffffffu, acc[c], o);
-            if (lane == 0) part[warp * R * NC + c] = acc[c];
+            const float v = warp_sum(acc[c]);
+            if (lane == 0) part[warp * R * NC + c] = v;
         }
         __syncthreads();
         if (ks != 0 || lane != 0 || !live) return;

@@ -84,6 +84,8 @@ CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
           "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
           "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0, "R2": 1 << D.TYPE_Q4_0, "R4": 0,
           "K2": 1 << D.TYPE_Q4_0, "K4": 1 << D.TYPE_Q8_0}
+# the settings of one warp a row slot and one row a warp (the fused kernel's order of sums)
+ONE_ROW = {"R2": 0, "R4": 0, "K2": 0, "K4": 0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
 # the one launch quantizes src1 again in every block (4 K bytes of L2 reads a block of rows): it
 # can only win where the launch gap dominates, never where the weights' bandwidth does (see `fused`)
