@@ -6,12 +6,18 @@ the same 537 MB state through different access structures, side by side with tor
   contig   a warp an item of 8 KB too, each load / store instruction 512 contiguous bytes
   contig-wb  the same with plain ld.global / st.global
   stride   grid-stride float4 copy (4 a thread in flight), 8 blocks of 256 an SM
+  bulk     Hopper's bulk copies (cp.async.bulk on an mbarrier): 32 KB global -> shared -> global a
+           block of one warp (bulk1: 8 KB); bulkrw: the block reads and rewrites each float4 in
+           shared memory between the two copies; bulkld: bulk load, then st.cs from registers
 and rows8 / torch with the destination moved by a few offsets (placement of dst against src).
 GPU time by CUDA events, median (min-max) of gdn_cuda.TRIALS trials of 20 launches.
 H200, 2026-12-01, one run: rows8 271.9 us, contig 275.7, contig-wb 269.2, stride 281.5, torch 258.8;
 moving dst by 4 KB .. 4 MB changes neither (rows8 269-274, torch 257-259). No copy written here
 gets within 4% of torch's, so decode's 280 us goal (92% of torch's copy) sits at the edge of what
 this access structure (16-byte loads and stores from registers) reaches.
+H200, 2026-12-02, one run: rows8 269.5, contig 275.7, contig-wb 270.9, stride 282.7, bulk 271.9,
+bulk1 273.1, bulkrw 268.3, bulkld 269.4, torch 256.9 us: the copy engine's bulk copies land where
+register copies do (session 8's bulk decode kernel, not merged, measured the same).
 Run on the device: python benchmarks/gdn_decode_probe.py
 """
 from __future__ import annotations
@@ -84,6 +90,56 @@ extern "C" __device__ int probe_stride(const float* src, float* dst, long long n
     }
     return 0;
 }
+// Bulk copies (TMA, cp.async.bulk): a block of BT threads moves ITEMS items of 8 KB global ->
+// shared (one instruction, an mbarrier counting the bytes), then shared -> global.
+//   bulk      lane 0 issues both copies; the threads do nothing else
+//   bulkrw    the block reads each float4 from shared memory and writes it back (the decode's
+//             arithmetic would sit there), then the bulk store
+//   bulkld    bulk load, then each thread streams its float4s from shared memory to global (st.cs)
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+template <int MODE, int ITEMS>
+__device__ __forceinline__ int bulk(const float* src, float* dst, long long n) {
+    __shared__ alignas(128) float buf[ITEMS * 2048];
+    __shared__ alignas(8) unsigned long long bar;
+    const long long base = (long long)blockIdx.x * ITEMS * 2048;
+    if (base >= n) return 0;
+    const unsigned bytes = ITEMS * 8192, b = smem_u32(&bar), s = smem_u32(buf);
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(b));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     ::"r"(s), "l"(src + base), "r"(bytes), "r"(b) : "memory");
+    }
+    __syncthreads();
+    asm volatile("{\n .reg .pred p;\n W%=: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0;\n @!p bra W%=;\n}"
+                 ::"r"(b) : "memory");
+    if (MODE == 2) {
+        for (int i = threadIdx.x; i < ITEMS * 512; i += blockDim.x)
+            stcs(dst + base + 4 * i, *(const float4*)(buf + 4 * i));
+        return 0;
+    }
+    if (MODE == 1) {
+        for (int i = threadIdx.x; i < ITEMS * 512; i += blockDim.x) {
+            float4 v = *(const float4*)(buf + 4 * i);
+            v.x *= 1.0f; v.y *= 1.0f; v.z *= 1.0f; v.w *= 1.0f;
+            *(float4*)(buf + 4 * i) = v;
+        }
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(dst + base), "r"(s), "r"(bytes)
+                     : "memory");
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+    }
+    return 0;
+}
+extern "C" __device__ int probe_bulk(const float* src, float* dst, long long n) { return bulk<0, 4>(src, dst, n); }
+extern "C" __device__ int probe_bulk1(const float* src, float* dst, long long n) { return bulk<0, 1>(src, dst, n); }
+extern "C" __device__ int probe_bulkrw(const float* src, float* dst, long long n) { return bulk<1, 4>(src, dst, n); }
+extern "C" __device__ int probe_bulkld(const float* src, float* dst, long long n) { return bulk<2, 4>(src, dst, n); }
 """
 _FP = types.CPointer(types.float32)
 
@@ -112,10 +168,12 @@ def main():
     ts, td = torch.as_tensor(src, device="cuda"), torch.as_tensor(dst, device="cuda")
     ts.normal_()
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
-    ks = {name: _kernel(f"probe_{name.replace('-', '_')}") for name in ("rows8", "contig", "contig-wb", "stride")}
+    names = ("rows8", "contig", "contig-wb", "stride", "bulk", "bulk1", "bulkrw", "bulkld")
+    ks = {name: _kernel(f"probe_{name.replace('-', '_')}") for name in names}
     items = n // 2048
     grids = {"rows8": (items // 4, 128), "contig": (items // 4, 128), "contig-wb": (items // 4, 128),
-             "stride": (8 * sms, 256)}
+             "stride": (8 * sms, 256), "bulk": (items // 4, 32), "bulk1": (items, 32),
+             "bulkrw": (items // 4, 128), "bulkld": (items // 4, 128)}
     print(f"## copy of {2 * n * 4 / 1e9:.2f} GB (read + written), {cuda.get_current_device().name}")
     for name, k in ks.items():
         g, b = grids[name]
