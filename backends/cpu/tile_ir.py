@@ -11,6 +11,10 @@ the shape of a GEMM micro-kernel:
   over j < nj of p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < r (beta 0: o is only
   written); per reduction step two 8-float loads of vb, one broadcast of p per output row and 2r
   fused multiply-adds.
+- `dots{r}x{c}w`, `pv_rows{r}w` (wide): the same with 16-lane vectors, for AVX-512's 16-float
+  FMAs (`WIDE` says whether the host has them): `dots..w` takes the same n8 (an odd last 8 is
+  added into the low lanes); `pv_rows{r}w` updates 32 columns o[.., d0:d0 + 32]. On a host without
+  AVX-512 LLVM splits their vectors in two: the same results, no faster (the tests run both).
 
 a, s and o are float32 tiles (2-D, C-contiguous); p is any 2-D float32 array (a transposed view
 too: both its strides are used). b and vb are 2-D with rows at any byte stride and contiguous
@@ -21,15 +25,30 @@ that, the column stride and every index (the micro-kernels read what they are to
 """
 from __future__ import annotations
 
+import llvmlite.binding as llvm
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from minigraph.backends.cpu.quant_ir import F32, I8, I16, I32, I64, hsum, splat, splat_const, vec
+from minigraph.backends.cpu.quant_ir import F32, I8, I16, I32, I64, hsum, shuffle, splat, splat_const, vec
 
 LANES = 8                                  # floats a vector (a pv call updates 2 vectors = 16 columns)
 V8 = vec(F32, LANES)
+
+
+def _has_avx512() -> bool:
+    """AVX-512F on the machine Numba compiles for (the host unless NUMBA_CPU_NAME names another)."""
+    if numba.config.CPU_NAME not in (None, "", "host"):
+        return False
+    feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    return llvm.get_process_triple().startswith("x86_64") and "avx512f" in feats
+
+
+# Zen 5, 2 threads, MLA decode n_kv=4096 (FLASH_ATTN_EXT): 8 lanes 178 GFLOP/s, where OpenBLAS's
+# sgemm (its AVX2 kernels) runs 206; see BENCHMARKS.md for the 16-lane figures
+WIDE = _has_avx512()
 
 
 def _row_ptr(b, arr, row, col, itemsize):
@@ -39,16 +58,24 @@ def _row_ptr(b, arr, row, col, itemsize):
     return b.gep(base, [b.add(b.mul(row, stride), b.mul(col, ir.Constant(I64, itemsize)))])
 
 
-def _load8(b, p, k, elem):
-    """The k-th 8 values at i8* p as <8 x float> (no alignment assumed); elem: "f32", "f16" or
+def _load(b, p, k, elem, n=LANES):
+    """The k-th n values at i8* p as <n x float> (no alignment assumed); elem: "f32", "f16" or
     "bf16" (the bits become the top half of an f32)."""
+    vf = vec(F32, n)
     if elem == "f32":
-        return b.load(b.bitcast(b.gep(p, [ir.Constant(I64, 32 * k)]), V8.as_pointer()), align=4)
-    bits = b.load(b.bitcast(b.gep(p, [ir.Constant(I64, 16 * k)]), vec(I16, LANES).as_pointer()), align=2)
+        return b.load(b.bitcast(b.gep(p, [ir.Constant(I64, 4 * n * k)]), vf.as_pointer()), align=4)
+    bits = b.load(b.bitcast(b.gep(p, [ir.Constant(I64, 2 * n * k)]), vec(I16, n).as_pointer()), align=2)
     if elem == "f16":
-        return b.fpext(b.bitcast(bits, vec(ir.HalfType(), LANES)), V8)
-    wide = b.shl(b.zext(bits, vec(I32, LANES)), splat_const(I32, LANES, 16))
-    return b.bitcast(wide, V8)
+        return b.fpext(b.bitcast(bits, vec(ir.HalfType(), n)), vf)
+    wide = b.shl(b.zext(bits, vec(I32, n)), splat_const(I32, n, 16))
+    return b.bitcast(wide, vf)
+
+
+def _widen(b, v, n):
+    """<8 x float> v as the low lanes of <n x float>, zeros above (v itself when it has n)."""
+    if v.type.count == n:
+        return v
+    return shuffle(b, v, ir.Constant(V8, [0.0] * LANES), list(range(n)))
 
 
 def _operand(ty):
@@ -89,29 +116,40 @@ def _arrays(context, b, sig, args, *idx):
     return [context.make_array(sig.args[i])(context, b, args[i]) for i in idx]
 
 
-def _fma(b):
-    return b.module.declare_intrinsic("llvm.fmuladd.v8f32", fnty=ir.FunctionType(V8, [V8] * 3))
+def _fma(b, n=LANES):
+    vf = vec(F32, n)
+    return b.module.declare_intrinsic(f"llvm.fmuladd.v{n}f32", fnty=ir.FunctionType(vf, [vf] * 3))
 
 
-def _make_dots(rows: int, cols: int):
+def _make_dots(rows: int, cols: int, n: int = LANES):
+    """n lanes a vector (8 or 16); the reduction is n8 steps of 8 floats either way."""
     def codegen(context, builder, sig, args):
         b = builder
         _, i0, _, j0, n8, _, bf16 = args
         kind, isz = _operand(sig.args[2])
         aa, ba, sa = _arrays(context, b, sig, args, 0, 2, 5)
-        fma = _fma(b)
+        fma = _fma(b, n)
         zero = ir.Constant(I64, 0)
         arow = [_row_ptr(b, aa, b.add(i0, ir.Constant(I64, i)), zero, 4) for i in range(rows)]
         brow = [_row_ptr(b, ba, b.add(j0, ir.Constant(I64, j)), zero, isz) for j in range(cols)]
-        acc = [[cgutils.alloca_once_value(b, ir.Constant(V8, [0.0] * LANES)) for _ in range(cols)] for _ in range(rows)]
+        acc = [[cgutils.alloca_once_value(b, ir.Constant(vec(F32, n), [0.0] * n)) for _ in range(cols)]
+               for _ in range(rows)]
+        steps = b.udiv(n8, ir.Constant(I64, n // LANES))
+
+        def step(at, width, elem):
+            """acc += the 8 or n values from element `at` on (an 8 widened to n)."""
+            x = [_widen(b, _load(b, b.gep(p, [b.mul(at, ir.Constant(I64, 4))]), 0, "f32", width), n) for p in arow]
+            y = [_widen(b, _load(b, b.gep(p, [b.mul(at, ir.Constant(I64, isz))]), 0, elem, width), n) for p in brow]
+            for i in range(rows):
+                for j in range(cols):
+                    b.store(b.call(fma, [x[i], y[j], b.load(acc[i][j])]), acc[i][j])
 
         def loop(elem):
-            with cgutils.for_range(b, n8) as it:
-                x = [_load8(b, b.gep(p, [b.mul(it.index, ir.Constant(I64, 32))]), 0, "f32") for p in arow]
-                y = [_load8(b, b.gep(p, [b.mul(it.index, ir.Constant(I64, 8 * isz))]), 0, elem) for p in brow]
-                for i in range(rows):
-                    for j in range(cols):
-                        b.store(b.call(fma, [x[i], y[j], b.load(acc[i][j])]), acc[i][j])
+            with cgutils.for_range(b, steps) as it:
+                step(b.mul(it.index, ir.Constant(I64, n)), n, elem)
+            if n > LANES:   # n8 odd: its last 8
+                with b.if_then(b.icmp_unsigned("!=", b.and_(n8, ir.Constant(I64, 1)), zero)):
+                    step(b.mul(steps, ir.Constant(I64, n)), LANES, elem)
 
         _per_elem(b, kind, bf16, loop)
         for i in range(rows):
@@ -126,17 +164,18 @@ def _make_dots(rows: int, cols: int):
             return None
         return types.void(a, types.int64, bm, types.int64, types.int64, s, types.int64), codegen
 
-    typer.__name__ = f"dots{rows}x{cols}"
+    typer.__name__ = f"dots{rows}x{cols}" + ("w" if n > LANES else "")
     return intrinsic(typer)
 
 
-def _make_pv(rows: int):
+def _make_pv(rows: int, n: int = LANES):
+    """Two vectors of n lanes a row: 2n columns."""
     def codegen(context, builder, sig, args):
         b = builder
         _, r0, _, voff, nj, _, d0, bf16, beta = args
         kind, isz = _operand(sig.args[2])
         pa, va, oa = _arrays(context, b, sig, args, 0, 2, 5)
-        fma = _fma(b)
+        fma = _fma(b, n)
         zero = ir.Constant(I64, 0)
         orow = [_row_ptr(b, oa, b.add(r0, ir.Constant(I64, i)), d0, 4) for i in range(rows)]
         prow = [_row_ptr(b, pa, b.add(r0, ir.Constant(I64, i)), zero, 4) for i in range(rows)]
@@ -144,32 +183,32 @@ def _make_pv(rows: int):
         vcol = _row_ptr(b, va, zero, b.add(voff, d0), isz)
         vstride = cgutils.unpack_tuple(b, va.strides, 2)[0]
         keep = b.fcmp_ordered("!=", beta, ir.Constant(F32, 0.0))
-        zeros = ir.Constant(V8, [0.0] * LANES)
+        zeros = ir.Constant(vec(F32, n), [0.0] * n)
         acc = [[None, None] for _ in range(rows)]
         for i in range(rows):
             for k in range(2):
                 acc[i][k] = cgutils.alloca_once_value(b, zeros)
         with b.if_then(keep):   # beta 0: o is not read (it may hold anything)
-            scale = splat(b, beta, LANES)
+            scale = splat(b, beta, n)
             for i in range(rows):
                 for k in range(2):
-                    b.store(b.fmul(_load8(b, orow[i], k, "f32"), scale), acc[i][k])
+                    b.store(b.fmul(_load(b, orow[i], k, "f32", n), scale), acc[i][k])
 
         def loop(elem):
             with cgutils.for_range(b, nj) as it:
                 j = it.index
                 pv = b.gep(vcol, [b.mul(j, vstride)])
-                v = [_load8(b, pv, k, elem) for k in range(2)]
+                v = [_load(b, pv, k, elem, n) for k in range(2)]
                 for i in range(rows):
                     pij = b.load(b.bitcast(b.gep(prow[i], [b.mul(j, pstep)]), F32.as_pointer()), align=4)
-                    x = splat(b, pij, LANES)
+                    x = splat(b, pij, n)
                     for k in range(2):
                         b.store(b.call(fma, [x, v[k], b.load(acc[i][k])]), acc[i][k])
 
         _per_elem(b, kind, bf16, loop)
         for i in range(rows):
             for k in range(2):
-                dst = b.bitcast(b.gep(orow[i], [ir.Constant(I64, 32 * k)]), V8.as_pointer())
+                dst = b.bitcast(b.gep(orow[i], [ir.Constant(I64, 4 * n * k)]), vec(F32, n).as_pointer())
                 b.store(b.load(acc[i][k]), dst, align=4)
         return context.get_dummy_value()
 
@@ -179,7 +218,7 @@ def _make_pv(rows: int):
         return (types.void(p, types.int64, vb, types.int64, types.int64, o, types.int64, types.int64, types.float32),
                 codegen)
 
-    typer.__name__ = f"pv_rows{rows}"
+    typer.__name__ = f"pv_rows{rows}" + ("w" if n > LANES else "")
     return intrinsic(typer)
 
 
@@ -191,3 +230,17 @@ pv_rows1 = _make_pv(1)
 pv_rows2 = _make_pv(2)
 pv_rows4 = _make_pv(4)
 pv_rows6 = _make_pv(6)
+
+# the 16-lane kernels (module docstring); 32 vector registers take 8-row tiles (Zen 5, one core:
+# scores 16 x 128 x 576 f16 8 x 3: 192 GFLOP/s, 4 x 3: 172; output 16 x 128 x 512, 8 rows: 218, 6: 188)
+dots8x3w = _make_dots(8, 3, 16)
+dots8x1w = _make_dots(8, 1, 16)
+dots4x3w = _make_dots(4, 3, 16)
+dots4x1w = _make_dots(4, 1, 16)
+dots1x3w = _make_dots(1, 3, 16)
+dots1x1w = _make_dots(1, 1, 16)
+pv_rows1w = _make_pv(1, 16)
+pv_rows2w = _make_pv(2, 16)
+pv_rows4w = _make_pv(4, 16)
+pv_rows6w = _make_pv(6, 16)
+pv_rows8w = _make_pv(8, 16)

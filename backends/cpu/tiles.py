@@ -17,8 +17,9 @@ import numpy as np
 
 from minigraph.core import dtypes
 from minigraph.backends.cpu.storage import BF16, to_f32
-from minigraph.backends.cpu.tile_ir import (dots1x1, dots1x3, dots4x1, dots4x3, pv_rows1, pv_rows2, pv_rows4,
-                                            pv_rows6)
+from minigraph.backends.cpu.tile_ir import (WIDE, dots1x1, dots1x1w, dots1x3, dots1x3w, dots4x1, dots4x1w,
+                                            dots4x3, dots4x3w, dots8x1w, dots8x3w, pv_rows1, pv_rows1w, pv_rows2,
+                                            pv_rows2w, pv_rows4, pv_rows4w, pv_rows6, pv_rows6w, pv_rows8w)
 
 F32 = dtypes.TYPE_F32
 # reassociation lets LLVM vectorise the edge loops' reductions; no nnan/ninf (-inf logits)
@@ -28,27 +29,48 @@ _FAST = dict(fastmath={"reassoc", "contract", "nsz", "arcp"}, cache=True, nogil=
 @numba.njit(**_FAST)
 def dots(a, na, b, nb_, dk, s, b_type):
     """s[i, j] = a[i, :dk] . b[j, :dk] for i < na, j < nb_: 4 x 3 register tiles of 8-lane
-    accumulators, then 4 x 1, 1 x 3 and 1 x 1 for the edges and plain loops for the columns past
-    the last multiple of 8. a, s: C-contiguous f32; b: rows at any stride with contiguous values,
-    f32 or F16/BF16 bits (b_type) read in place."""
+    accumulators (16-lane 8 x 3 and 4 x 3 where the host has AVX-512), then 4 x 1, 1 x 3 and 1 x 1
+    for the edges and plain loops for the columns past the last multiple of 8. a, s: C-contiguous
+    f32; b: rows at any stride with contiguous values, f32 or F16/BF16 bits (b_type) read in place."""
+    dots_w(a, na, b, nb_, dk, s, b_type, WIDE)
+
+
+@numba.njit(**_FAST)
+def dots_w(a, na, b, nb_, dk, s, b_type, wide):
+    """dots with 16-lane (wide) or 8-lane kernels: the tests run both on any host."""
     n8 = dk // 8
     bf = 1 if b_type == BF16 else 0
     i = 0
     while i < na:
-        four = i + 4 <= na   # a block of 4 rows, else the last rows one by one
+        eight = wide and i + 8 <= na   # wide: blocks of 8 rows first
+        four = i + 4 <= na             # a block of 4 rows, else the last rows one by one
         j = 0
         while j + 3 <= nb_:
-            if four:
-                dots4x3(a, i, b, j, n8, s, bf)
+            if eight:
+                dots8x3w(a, i, b, j, n8, s, bf)
+            elif four:
+                if wide:
+                    dots4x3w(a, i, b, j, n8, s, bf)
+                else:
+                    dots4x3(a, i, b, j, n8, s, bf)
+            elif wide:
+                dots1x3w(a, i, b, j, n8, s, bf)
             else:
                 dots1x3(a, i, b, j, n8, s, bf)
             j += 3
         for jj in range(j, nb_):
-            if four:
-                dots4x1(a, i, b, jj, n8, s, bf)
+            if eight:
+                dots8x1w(a, i, b, jj, n8, s, bf)
+            elif four:
+                if wide:
+                    dots4x1w(a, i, b, jj, n8, s, bf)
+                else:
+                    dots4x1(a, i, b, jj, n8, s, bf)
+            elif wide:
+                dots1x1w(a, i, b, jj, n8, s, bf)
             else:
                 dots1x1(a, i, b, jj, n8, s, bf)
-        i += 4 if four else 1
+        i += 8 if eight else (4 if four else 1)
     if 8 * n8 < dk:
         for ii in range(na):
             for jj in range(nb_):
@@ -62,27 +84,50 @@ def dots(a, na, b, nb_, dk, s, b_type):
 def madd(p, nr, vb, voff, nj, dv, o, v_type, beta):
     """o[r, :dv] = beta * o[r, :dv] + sum_j p[r, j] * vb[j, voff:voff + dv] for r < nr (beta 0: o
     is only written, whatever it held; 1: exactly o + ...): blocks of 6, 4, 2 and 1 output rows x
-    16 columns kept in registers over the whole j loop; the columns past the last multiple of 16
-    as plain loops. p: any f32 2-D array (transposed views too); o: C-contiguous f32; vb: rows at
-    any stride with contiguous values, f32 or F16/BF16 bits (v_type)."""
+    16 columns (AVX-512: 8, 6, 4, 2 and 1 rows x 32 columns, then one of 16) kept in registers over
+    the whole j loop; the columns past the last multiple of 16 as plain loops. p: any f32 2-D array
+    (transposed views too); o: C-contiguous f32; vb: rows at any stride with contiguous values,
+    f32 or F16/BF16 bits (v_type)."""
+    madd_w(p, nr, vb, voff, nj, dv, o, v_type, beta, WIDE)
+
+
+@numba.njit(**_FAST)
+def madd_w(p, nr, vb, voff, nj, dv, o, v_type, beta, wide):
+    """madd with 16-lane (wide) or 8-lane kernels: the tests run both on any host."""
     d16 = dv - dv % 16
+    d32 = dv - dv % 32 if wide else 0   # the wide kernels' 32-column steps; 16-column ones after
     bf = 1 if v_type == BF16 else 0
     beta = np.float32(beta)
     r = 0
+    while wide and r + 8 <= nr:
+        for d0 in range(0, d32, 32):
+            pv_rows8w(p, r, vb, voff, nj, o, d0, bf, beta)
+        for d0 in range(d32, d16, 16):
+            pv_rows4(p, r, vb, voff, nj, o, d0, bf, beta)
+            pv_rows4(p, r + 4, vb, voff, nj, o, d0, bf, beta)
+        r += 8
     while r + 6 <= nr:
-        for d0 in range(0, d16, 16):
+        for d0 in range(0, d32, 32):
+            pv_rows6w(p, r, vb, voff, nj, o, d0, bf, beta)
+        for d0 in range(d32, d16, 16):
             pv_rows6(p, r, vb, voff, nj, o, d0, bf, beta)
         r += 6
     if r + 4 <= nr:
-        for d0 in range(0, d16, 16):
+        for d0 in range(0, d32, 32):
+            pv_rows4w(p, r, vb, voff, nj, o, d0, bf, beta)
+        for d0 in range(d32, d16, 16):
             pv_rows4(p, r, vb, voff, nj, o, d0, bf, beta)
         r += 4
     if r + 2 <= nr:
-        for d0 in range(0, d16, 16):
+        for d0 in range(0, d32, 32):
+            pv_rows2w(p, r, vb, voff, nj, o, d0, bf, beta)
+        for d0 in range(d32, d16, 16):
             pv_rows2(p, r, vb, voff, nj, o, d0, bf, beta)
         r += 2
     if r < nr:
-        for d0 in range(0, d16, 16):
+        for d0 in range(0, d32, 32):
+            pv_rows1w(p, r, vb, voff, nj, o, d0, bf, beta)
+        for d0 in range(d32, d16, 16):
             pv_rows1(p, r, vb, voff, nj, o, d0, bf, beta)
     if d16 < dv:
         for rr in range(nr):
