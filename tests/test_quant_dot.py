@@ -34,9 +34,10 @@ def test_src1_quantizer_is_the_reference(src0):
 
 
 def test_portable_dot_products_equal_the_avx2_ones():
-    """The vector IR has an AVX2 form (ggml's instructions) and a portable form (other x86, ARM):
-    on arbitrary block bytes (any scale, q8_0 quants of -128, negative q6_K scales) both give the
-    same float32 results, bit for bit. Recompiles the dot products with the portable form."""
+    """The vector IR has an AVX2 form (ggml's instructions), a VNNI form (vpdpbusd, where the host
+    has it) and a portable form (other x86, ARM): on arbitrary block bytes (any scale, q8_0 quants
+    of -128, negative q6_K scales) all give the same float32 results, bit for bit. Recompiles the
+    dot products with VNNI off, then with the portable form."""
     import numba
     from minigraph.backends.cpu import quant as Q, quant_dot, quant_ir
     rng = np.random.default_rng(10)
@@ -58,15 +59,18 @@ def test_portable_dot_products_equal_the_avx2_ones():
                                for m in range(rows)], np.float32)
         return out
     native = run(numba.njit(Q._vec_dot.py_func))
-    saved = quant_ir.AVX2, quant_ir.NATIVE_HALF
+    saved = quant_ir.AVX2, quant_ir.NATIVE_HALF, quant_ir.VNNI
     try:
+        quant_ir.VNNI = False       # the AVX2 sequence where the host has VNNI (else: native again)
+        no_vnni = run(numba.njit(Q._vec_dot.py_func))
         quant_ir.AVX2 = quant_ir.NATIVE_HALF = False
         portable = run(numba.njit(Q._vec_dot.py_func))
     finally:
-        quant_ir.AVX2, quant_ir.NATIVE_HALF = saved
+        quant_ir.AVX2, quant_ir.NATIVE_HALF, quant_ir.VNNI = saved
     for t in cases:
         assert np.isfinite(native[t]).all(), D.type_name(t)
         np.testing.assert_array_equal(portable[t], native[t], err_msg=D.type_name(t))
+        np.testing.assert_array_equal(no_vnni[t], native[t], err_msg=D.type_name(t))
 
 
 def test_mul_mat_in_the_program_equals_the_per_node_path(monkeypatch):

@@ -11,7 +11,9 @@ with AVX2 it is ggml's sequence (vpsignb / vpmaddubsw / vpmaddwd); elsewhere it 
 (sign-extend to i16, multiply, add pairs) that LLVM lowers for the target (NEON on ARM). No
 intermediate can overflow or saturate as long as y lies in [-127, 127], which holds for every
 src1 row (quantized by ggml's Q8_0 / Q8_1 / Q8_K reference quantizers): so both forms give the
-same integers, and the float code around them is one and the same IR.
+same integers, and the float code around them is one and the same IR. Where the CPU has VNNI
+(Zen 4 / 5, Ice Lake and later) dot4 is one vpdpbusd instead of vpmaddubsw + vpmaddwd: exact
+too, the same integers again.
 """
 from __future__ import annotations
 
@@ -37,6 +39,16 @@ def _target() -> tuple[bool, bool]:
 
 
 AVX2, NATIVE_HALF = _target()
+
+
+def _vnni() -> bool:
+    """vpdpbusd on 256-bit vectors (AVX-VNNI, or AVX512-VNNI with VL): four u8 x s8 products
+    summed into each i32 lane in one instruction."""
+    feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    return AVX2 and ("avxvnni" in feats or {"avx512vnni", "avx512vl"} <= feats)
+
+
+VNNI = _vnni()
 
 
 def vec(t: ir.Type, n: int) -> ir.VectorType:
@@ -104,13 +116,17 @@ def pairs(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return b.add(shuffle(b, v, v, range(0, n, 2)), shuffle(b, v, v, range(1, n, 2)))
 
 
+def _as_unsigned(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """ggml's trick for signed x: (|x| as unsigned bytes, y with x's sign), the same products."""
+    ax = _intrinsic(b, "llvm.abs.v32i8", vec(I8, 32), [x, ir.Constant(I1, 0)])
+    return ax, _intrinsic(b, "llvm.x86.avx2.psign.b", vec(I8, 32), [y, x])
+
+
 def _products16(b: ir.IRBuilder, x: ir.Value, y: ir.Value, x_signed: bool) -> ir.Value:
     """<16 x i16>: lane i = x[2i]y[2i] + x[2i+1]y[2i+1] (|x| <= 128, |y| <= 127: no overflow)."""
     if AVX2:
-        if x_signed:   # ggml's trick: |x| as unsigned times y with x's sign
-            ax = _intrinsic(b, "llvm.abs.v32i8", vec(I8, 32), [x, ir.Constant(I1, 0)])
-            y = _intrinsic(b, "llvm.x86.avx2.psign.b", vec(I8, 32), [y, x])
-            x = ax
+        if x_signed:
+            x, y = _as_unsigned(b, x, y)
         return _intrinsic(b, "llvm.x86.avx2.pmadd.ub.sw", vec(I16, 16), [x, y])
     xw = (b.sext if x_signed else b.zext)(x, vec(I16, 32))
     return pairs(b, b.mul(xw, b.sext(y, vec(I16, 32))))
@@ -118,6 +134,12 @@ def _products16(b: ir.IRBuilder, x: ir.Value, y: ir.Value, x_signed: bool) -> ir
 
 def dot4(b: ir.IRBuilder, x: ir.Value, y: ir.Value, x_signed: bool) -> ir.Value:
     """<32 x i8> x (signed or unsigned bytes), y -> <8 x i32>, lane j = sum of x[4j+k] y[4j+k]."""
+    if VNNI:   # one vpdpbusd (u8 x s8, four products a lane) for vpmaddubsw + vpmaddwd
+        if x_signed:
+            x, y = _as_unsigned(b, x, y)
+        v8 = vec(I32, 8)
+        return _intrinsic(b, "llvm.x86.avx512.vpdpbusd.256", v8,
+                          [ir.Constant(v8, [0] * 8), b.bitcast(x, v8), b.bitcast(y, v8)])
     p = _products16(b, x, y, x_signed)
     if AVX2:
         return _intrinsic(b, "llvm.x86.avx2.pmadd.wd", vec(I32, 8), [p, splat_const(I16, 16, 1)])
