@@ -35,7 +35,9 @@ Speed (2-core Zen 3 dev box): both products are the register-tiled micro-kernels
 in one process: the scores 66-78 GFLOP/s and the output update 61-74, where the Numba loops they
 replaced ran 50-69 and 52-60; OpenBLAS itself on these small tiles measured 45-67 with its
 operand packing. MLA prefill on both cores: 112-132 GFLOP/s, 82-88% of the sgemm's. exp is a
-vectorisable polynomial (libm's expf is scalar and cost ~15% of prefill).
+vectorisable polynomial (libm's expf is scalar and cost ~15% of prefill). On AVX-512 (2-core
+Zen 5) the micro-kernels take 16-lane vectors and 8-row tiles: MLA decode n_kv=4096 on both cores
+173-178 -> 289-320 GFLOP/s, prefill 166-258 -> 281-314 (BENCHMARKS.md).
 """
 from __future__ import annotations
 
