@@ -158,6 +158,27 @@ def test_mul_mat_is_ggmls_integer_dot(type_):
         assert ((got - ref) ** 2).sum() / (ref ** 2).sum() < 1e-10
 
 
+@pytest.mark.parametrize("type_", [D.TYPE_Q4_0, D.TYPE_Q4_K], ids=["q4_0", "q4_K"])
+def test_mul_mat_rows_split_into_tasks(type_):
+    """src0 rows in tasks of quant.ROWS_PER_TASK: two full tasks and a partial one per plane, over
+    broadcast planes: every row equals its float64 product (a dropped partial task fails it)."""
+    from minigraph.backends.cpu import quant as Q
+    rng = np.random.default_rng(4)
+    m, k = 2 * Q.ROWS_PER_TASK + 5, 256
+    w = rng.standard_normal((1, 2, m, k)).astype(np.float32)
+    x = rng.standard_normal((1, 2, 1, k)).astype(np.float32)
+    ctx = mg.Context()
+    a = ctx.from_numpy(w, type_)
+    out = ctx.mul_mat(a, ctx.from_numpy(x))
+    _compute(out)
+    vt = D.VEC_DOT_TYPE[type_]
+    xq = quants.dequantize(quants.quantize(x, vt), vt).astype(np.float64)
+    want = (xq @ np.swapaxes(a.numpy().astype(np.float64).reshape(1, 2, m, k), -1, -2)).reshape(2, 1, m)
+    got = out.numpy()
+    assert got.shape == (2, 1, m) and np.isfinite(got).all()
+    assert ((got - want) ** 2).sum() / (want ** 2).sum() < 1e-10
+
+
 def test_cpy_quantizes_in_logical_order_and_back():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 64)).astype(np.float32)

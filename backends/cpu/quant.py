@@ -144,8 +144,12 @@ def _vec_dot(kind, a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16):
     return dot_q6_k(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
 
 
-# src0 rows per task: 256 tasks for a 4096-row weight, so the threads even out their ends
-ROWS_PER_TASK = 16
+# src0 rows per task (ggml's mat-vec chunk too): 64 tasks for a 4096-row weight, enough for the
+# threads to even out their ends. Zen 5, 2 threads, one token, three alternating runs: 64 against
+# 16 rows, [4096, 14336] q4_0 1.13-1.22 vs 1.46-2.46 ms, q8_0 1.30-1.37 vs 1.66-1.88, q4_K
+# 0.99-1.18 vs 1.16-1.22; [4096, 4096] 0.28-0.35 vs 0.33-0.40 (each task a longer stream of rows
+# for the prefetchers, a quarter of the shared queue's atomics)
+ROWS_PER_TASK = 64
 MAX_LANES = 64      # prange lanes taking tasks from a shared queue (idle lanes cost nothing)
 
 
