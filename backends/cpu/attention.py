@@ -141,25 +141,28 @@ def _softmax_rows(s, bias, jlo, nr, nj, scale, softcap, slope, G, shared_mask, m
     shares the mask (shared_mask); bias is zero without a mask."""
     for r in range(nr):
         srow = s[r]
-        brow = bias[r - r % G] if shared_mask else bias[r]
+        # a view from jlo: an index with a variable start (brow[jlo + j]) keeps LLVM from
+        # vectorising the loop (it cannot rule out a negative, wrapping index)
+        brow = (bias[r - r % G] if shared_mask else bias[r])[jlo:jlo + nj]
         sl = slope[r]
         if softcap != 0.0:
             for j in range(nj):
-                srow[j] = softcap * math.tanh(srow[j] * scale) + sl * brow[jlo + j]
+                srow[j] = softcap * math.tanh(srow[j] * scale) + sl * brow[j]
         else:
             for j in range(nj):
-                srow[j] = srow[j] * scale + sl * brow[jlo + j]
+                srow[j] = srow[j] * scale + sl * brow[j]
         m_new = _row_max(srow, nj, m_run[r])
         if m_new == -np.inf:   # nothing live in this row yet: its weights are 0
             for j in range(nj):
                 srow[j] = 0.0
             continue
         if m_new > m_run[r]:
-            f = np.float32(math.exp(m_run[r] - m_new))   # 0 when the row had nothing yet
-            l_run[r] *= f
-            orow = o[r]
-            for d in range(orow.shape[0]):
-                orow[d] *= f
+            if m_run[r] != -np.inf:   # a row with nothing yet has o = 0 and l = 0: no rescale
+                f = np.float32(math.exp(m_run[r] - m_new))
+                l_run[r] *= f
+                orow = o[r]
+                for d in range(orow.shape[0]):
+                    orow[d] *= f
             m_run[r] = m_new
         for j in range(nj):
             srow[j] = exp_nonpos(srow[j] - m_new)
