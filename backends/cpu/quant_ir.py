@@ -27,28 +27,25 @@ I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType
 F32 = ir.FloatType()
 
 
-def _target() -> tuple[bool, bool]:
-    """(AVX2, native half -> float) for the machine Numba compiles for. Numba targets the host
-    unless NUMBA_CPU_NAME names another CPU; then only the portable IR is used."""
+def host_features() -> tuple[str, set[str]]:
+    """(process triple, CPU features) of the machine Numba compiles for: the host's, or no
+    features when NUMBA_CPU_NAME names another CPU (then only portable IR is emitted)."""
     if numba.config.CPU_NAME not in (None, "", "host"):
-        return False, False
-    triple = llvm.get_process_triple()
-    feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
+        return "", set()
+    return llvm.get_process_triple(), {k for k, v in llvm.get_host_cpu_features().items() if v}
+
+
+def _target() -> tuple[bool, bool, bool]:
+    """(AVX2, native half -> float, VNNI: vpdpbusd on 256-bit vectors, AVX-VNNI or AVX512-VNNI
+    with VL, four u8 x s8 products summed into each i32 lane in one instruction)."""
+    triple, feats = host_features()
     x86 = triple.startswith(("x86_64", "i686", "i386"))
-    return x86 and "avx2" in feats, (x86 and "f16c" in feats) or triple.startswith(("aarch64", "arm64"))
+    avx2 = x86 and "avx2" in feats
+    return (avx2, (x86 and "f16c" in feats) or triple.startswith(("aarch64", "arm64")),
+            avx2 and ("avxvnni" in feats or {"avx512vnni", "avx512vl"} <= feats))
 
 
-AVX2, NATIVE_HALF = _target()
-
-
-def _vnni() -> bool:
-    """vpdpbusd on 256-bit vectors (AVX-VNNI, or AVX512-VNNI with VL): four u8 x s8 products
-    summed into each i32 lane in one instruction."""
-    feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
-    return AVX2 and ("avxvnni" in feats or {"avx512vnni", "avx512vl"} <= feats)
-
-
-VNNI = _vnni()
+AVX2, NATIVE_HALF, VNNI = _target()
 
 
 def vec(t: ir.Type, n: int) -> ir.VectorType:

@@ -25,30 +25,22 @@ that, the column stride and every index (the micro-kernels read what they are to
 """
 from __future__ import annotations
 
-import llvmlite.binding as llvm
-import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from minigraph.backends.cpu.quant_ir import F32, I8, I16, I32, I64, hsum, shuffle, splat, splat_const, vec
+from minigraph.backends.cpu.quant_ir import (F32, I8, I16, I32, I64, host_features, hsum, shuffle, splat, splat_const,
+                                             vec)
 
 LANES = 8                                  # floats a vector (a pv call updates 2 vectors = 16 columns)
 V8 = vec(F32, LANES)
 
 
-def _has_avx512() -> bool:
-    """AVX-512F on the machine Numba compiles for (the host unless NUMBA_CPU_NAME names another)."""
-    if numba.config.CPU_NAME not in (None, "", "host"):
-        return False
-    feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
-    return llvm.get_process_triple().startswith("x86_64") and "avx512f" in feats
-
-
-# Zen 5, 2 threads, MLA decode n_kv=4096 (FLASH_ATTN_EXT): 8 lanes 178 GFLOP/s, where OpenBLAS's
-# sgemm (its AVX2 kernels) runs 206; see BENCHMARKS.md for the 16-lane figures
-WIDE = _has_avx512()
+# AVX-512F on the machine Numba compiles for. Zen 5, 2 threads, MLA decode n_kv=4096
+# (FLASH_ATTN_EXT): 8 lanes 178 GFLOP/s, 16 lanes 289-320 (BENCHMARKS.md)
+_TRIPLE, _FEATURES = host_features()
+WIDE = _TRIPLE.startswith("x86_64") and "avx512f" in _FEATURES
 
 
 def _row_ptr(b, arr, row, col, itemsize):
