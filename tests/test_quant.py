@@ -126,14 +126,22 @@ def test_quantizers_keep_their_error_bounds():
 
 # -- CPU paths ------------------------------------------------------------------------------------
 
+# 7 rows: one task; 2 full tasks of the CPU's mat-vec (quant.ROWS_PER_TASK rows) and a partial one
+ROWS = (7, 2 * 64 + 5)
+
+
+@pytest.mark.parametrize("m", ROWS)
 @pytest.mark.parametrize("type_", STORAGE, ids=[D.type_name(t) for t in STORAGE])
-def test_mul_mat_is_ggmls_integer_dot(type_):
+def test_mul_mat_is_ggmls_integer_dot(type_, m):
     """MUL_MAT equals the float64 product of the dequantized weights and the dequantized
     vec_dot-type src1 up to float32 rounding (ggml's semantics), with ne0 = 256 * k, odd rows and
-    broadcast dims; and ggml's CPU backend gives the same numbers."""
+    broadcast dims, in one or several CPU tasks (a dropped partial task fails it); and ggml's CPU
+    backend gives the same numbers."""
+    from minigraph.backends.cpu import quant as Q
+    assert ROWS[1] == 2 * Q.ROWS_PER_TASK + 5
     rng = np.random.default_rng(1)
     k = 512
-    w = rng.standard_normal((1, 2, 7, k)).astype(np.float32)
+    w = rng.standard_normal((1, 2, m, k)).astype(np.float32)
     x = rng.standard_normal((3, 4, 2, k)).astype(np.float32)
     ctx = mg.Context()
     a = ctx.from_numpy(w, type_)
@@ -141,14 +149,14 @@ def test_mul_mat_is_ggmls_integer_dot(type_):
     _compute(out)
     vt = D.VEC_DOT_TYPE[type_]
     xq = quants.dequantize(quants.quantize(x, vt), vt).astype(np.float64)
-    wd = np.repeat(a.numpy().astype(np.float64).reshape(1, 2, 7, k), 2, axis=1)   # ne12 / ne02 = 2: in blocks
+    wd = np.repeat(a.numpy().astype(np.float64).reshape(1, 2, m, k), 2, axis=1)   # ne12 / ne02 = 2: in blocks
     want = xq @ np.swapaxes(wd, -1, -2)
     if vt == D.TYPE_Q8_1:   # ggml keeps q8_1's block sum s as float16
         tol = 1e-6
     else:
         tol = 1e-10
     got = out.numpy()
-    assert got.shape == (3, 4, 2, 7)
+    assert got.shape == (3, 4, 2, m)
     assert ((got - want) ** 2).sum() / (want ** 2).sum() < tol
     gb = pytest.importorskip("minigraph.testing.ggml_bridge")
     if gb.available():
@@ -156,27 +164,6 @@ def test_mul_mat_is_ggmls_integer_dot(type_):
         gout = g.mul_mat(g.from_block_bytes(a.numpy(copy=False), type_), g.from_numpy(x))
         ref = gb.compute(gout)[0]
         assert ((got - ref) ** 2).sum() / (ref ** 2).sum() < 1e-10
-
-
-@pytest.mark.parametrize("type_", [D.TYPE_Q4_0, D.TYPE_Q4_K], ids=["q4_0", "q4_K"])
-def test_mul_mat_rows_split_into_tasks(type_):
-    """src0 rows in tasks of quant.ROWS_PER_TASK: two full tasks and a partial one per plane, over
-    broadcast planes: every row equals its float64 product (a dropped partial task fails it)."""
-    from minigraph.backends.cpu import quant as Q
-    rng = np.random.default_rng(4)
-    m, k = 2 * Q.ROWS_PER_TASK + 5, 256
-    w = rng.standard_normal((1, 2, m, k)).astype(np.float32)
-    x = rng.standard_normal((1, 2, 1, k)).astype(np.float32)
-    ctx = mg.Context()
-    a = ctx.from_numpy(w, type_)
-    out = ctx.mul_mat(a, ctx.from_numpy(x))
-    _compute(out)
-    vt = D.VEC_DOT_TYPE[type_]
-    xq = quants.dequantize(quants.quantize(x, vt), vt).astype(np.float64)
-    want = (xq @ np.swapaxes(a.numpy().astype(np.float64).reshape(1, 2, m, k), -1, -2)).reshape(2, 1, m)
-    got = out.numpy()
-    assert got.shape == (2, 1, m) and np.isfinite(got).all()
-    assert ((got - want) ** 2).sum() / (want ** 2).sum() < 1e-10
 
 
 def test_cpy_quantizes_in_logical_order_and_back():
