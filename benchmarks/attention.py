@@ -32,7 +32,6 @@ import argparse
 from importlib import metadata
 import math
 import os
-import platform
 import time
 
 import numba
@@ -42,6 +41,7 @@ import minigraph as mg
 from minigraph.backends.cpu.attention import flash_attn_ext as fa_kernel
 from minigraph.core import dtypes
 from minigraph.testing import ggml_bridge
+from minigraph.testing.host import cpu_line
 
 N_HEAD, DK, DV = 16, 576, 512
 F16, F32 = dtypes.TYPE_F16, dtypes.TYPE_F32
@@ -164,14 +164,7 @@ def agree(a, b) -> float:
 
 
 def machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {threads} threads; numba {numba.__version__} "
-            f"(layer {numba.threading_layer()}), numpy {np.__version__}, ggml-python {metadata.version('ggml-python')}")
+    return f"{cpu_line(threads)}, ggml-python {metadata.version('ggml-python')}"
 
 
 SGEMM = """

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numba
@@ -38,6 +37,7 @@ import minigraph as mg
 from minigraph.backends.cpu.gdn_rows import _stream_row
 from minigraph.backends.cpu.storage import store_fence
 from minigraph.testing import ggml_bridge
+from minigraph.testing.host import cpu_line
 
 FULL = dict(S=128, H_k=16, H_v=32, shapes=[  # (name, T, n_seqs, repeat)
     ("decode N=1", 1, 1, 300),
@@ -246,16 +246,9 @@ def rel(a, ref):
 
 
 def machine(threads, torch):
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     tv = f", torch {torch.__version__}" if torch else ""
     load = ", load average %.1f (other processes share these cores)" % os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, {threads} threads; numba {numba.__version__} "
-            f"(layer {numba.threading_layer()}), numpy {np.__version__}{tv}{load}")
+    return f"{cpu_line(threads)}{tv}{load}"
 
 
 def measure(name, T, ns, repeat, arrs, args, torch):

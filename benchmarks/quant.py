@@ -40,6 +40,7 @@ from numba import prange
 import minigraph as mg
 from minigraph.core import dtypes, quants
 from minigraph.testing import ggml_bridge
+from minigraph.testing.host import cpu_line
 
 K = 4096
 SHAPES = (4096, 14336)
@@ -61,8 +62,9 @@ def _read(words, parts):
     n = words.shape[0]
     for p in prange(parts):
         s = np.int64(0)
-        for i in range(p * n // parts, (p + 1) * n // parts):
-            s ^= words[i]
+        w = words[p * n // parts:(p + 1) * n // parts]   # a view: a loop from a variable start stays scalar
+        for i in range(w.shape[0]):
+            s ^= w[i]
         out[p] = s
     return out
 
@@ -153,7 +155,7 @@ def main() -> None:
     types = [names[t.strip().lower()] for t in args.types.split(",")]
     rng = np.random.default_rng(0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    print(f"CPU, {args.threads} threads; ggml-python {'present' if ggml_bridge.available() else 'absent'}; "
+    print(f"{cpu_line(args.threads)}; ggml-python {'present' if ggml_bridge.available() else 'absent'}; "
           f"load average {load[0]:.2f}")
     for n in (int(b) for b in args.batch.split(",")):
         for m in SHAPES[:1] if args.quick else SHAPES:
