@@ -38,14 +38,21 @@ def _copy_block_impl(d, s, lo, hi, stream):
                     nt_copy16(d, i, s)
                 store_fence()
             else:
-                for i in range(lo, hi):
-                    d[i] = s[i]
+                _copy_from(d, s, lo, hi)
         return nt
 
     def plain(d, s, lo, hi, stream):
-        for i in range(lo, hi):
-            d[i] = s[i]
+        _copy_from(d, s, lo, hi)
     return plain
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _copy_from(d, s, lo, hi):
+    """d[lo:hi] = s[lo:hi] through views: a loop from a variable start stays scalar (LLVM cannot
+    rule out a negative, wrapping index), 10x slower on data in cache (Zen 5, 128 KB)."""
+    dv, sv = d[lo:hi], s[lo:hi]
+    for i in range(hi - lo):
+        dv[i] = sv[i]
 
 
 @scalar
