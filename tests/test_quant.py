@@ -8,6 +8,7 @@ import pytest
 
 import minigraph as mg
 from minigraph.core import dtypes as D
+from minigraph.backends.cpu import quant as cpu_quant
 from minigraph.core import quants
 
 CPU = mg.backend_cpu_init(2)
@@ -127,7 +128,7 @@ def test_quantizers_keep_their_error_bounds():
 # -- CPU paths ------------------------------------------------------------------------------------
 
 # 7 rows: one task; 2 full tasks of the CPU's mat-vec (quant.ROWS_PER_TASK rows) and a partial one
-ROWS = (7, 2 * 64 + 5)
+ROWS = (7, 2 * cpu_quant.ROWS_PER_TASK + 5)
 
 
 @pytest.mark.parametrize("m", ROWS)
@@ -137,8 +138,6 @@ def test_mul_mat_is_ggmls_integer_dot(type_, m):
     vec_dot-type src1 up to float32 rounding (ggml's semantics), with ne0 = 256 * k, odd rows and
     broadcast dims, in one or several CPU tasks (a dropped partial task fails it); and ggml's CPU
     backend gives the same numbers."""
-    from minigraph.backends.cpu import quant as Q
-    assert ROWS[1] == 2 * Q.ROWS_PER_TASK + 5
     rng = np.random.default_rng(1)
     k = 512
     w = rng.standard_normal((1, 2, m, k)).astype(np.float32)
