@@ -38,6 +38,24 @@ def dots(a, na, b, nb_, dk, s, b_type):
     dots_w(a, na, b, nb_, dk, s, b_type, WIDE)
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def _dots_tile(rows, three, wide, a, i, b, j, n8, s, bf):
+    """The micro-kernel for a tile of `rows` (8: wide only, 4 or 1) x 3 (three) or 1 scores."""
+    if three:
+        if rows == 8:
+            dots8x3w(a, i, b, j, n8, s, bf)
+        elif rows == 4:
+            dots4x3w(a, i, b, j, n8, s, bf) if wide else dots4x3(a, i, b, j, n8, s, bf)
+        else:
+            dots1x3w(a, i, b, j, n8, s, bf) if wide else dots1x3(a, i, b, j, n8, s, bf)
+    elif rows == 8:
+        dots8x1w(a, i, b, j, n8, s, bf)
+    elif rows == 4:
+        dots4x1w(a, i, b, j, n8, s, bf) if wide else dots4x1(a, i, b, j, n8, s, bf)
+    else:
+        dots1x1w(a, i, b, j, n8, s, bf) if wide else dots1x1(a, i, b, j, n8, s, bf)
+
+
 @numba.njit(**_FAST)
 def dots_w(a, na, b, nb_, dk, s, b_type, wide):
     """dots with 16-lane (wide) or 8-lane kernels: the tests run both on any host."""
@@ -45,35 +63,15 @@ def dots_w(a, na, b, nb_, dk, s, b_type, wide):
     bf = 1 if b_type == BF16 else 0
     i = 0
     while i < na:
-        eight = wide and i + 8 <= na   # wide: blocks of 8 rows first
-        four = i + 4 <= na             # a block of 4 rows, else the last rows one by one
+        # blocks of 8 rows first (wide), then of 4, then the last rows one by one
+        rows = 8 if wide and i + 8 <= na else 4 if i + 4 <= na else 1
         j = 0
         while j + 3 <= nb_:
-            if eight:
-                dots8x3w(a, i, b, j, n8, s, bf)
-            elif four:
-                if wide:
-                    dots4x3w(a, i, b, j, n8, s, bf)
-                else:
-                    dots4x3(a, i, b, j, n8, s, bf)
-            elif wide:
-                dots1x3w(a, i, b, j, n8, s, bf)
-            else:
-                dots1x3(a, i, b, j, n8, s, bf)
+            _dots_tile(rows, True, wide, a, i, b, j, n8, s, bf)
             j += 3
         for jj in range(j, nb_):
-            if eight:
-                dots8x1w(a, i, b, jj, n8, s, bf)
-            elif four:
-                if wide:
-                    dots4x1w(a, i, b, jj, n8, s, bf)
-                else:
-                    dots4x1(a, i, b, jj, n8, s, bf)
-            elif wide:
-                dots1x1w(a, i, b, jj, n8, s, bf)
-            else:
-                dots1x1(a, i, b, jj, n8, s, bf)
-        i += 8 if eight else (4 if four else 1)
+            _dots_tile(rows, False, wide, a, i, b, jj, n8, s, bf)
+        i += rows
     if 8 * n8 < dk:
         for ii in range(na):
             for jj in range(nb_):
@@ -94,6 +92,34 @@ def madd(p, nr, vb, voff, nj, dv, o, v_type, beta):
     madd_w(p, nr, vb, voff, nj, dv, o, v_type, beta, WIDE)
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def _pv_block(rows, wide, p, r, vb, voff, nj, o, d0, bf, beta):
+    """The micro-kernel for `rows` (8: wide only, 6, 4, 2 or 1) output rows from column d0: 32
+    columns (wide) or 16 (8 rows: two blocks of 4)."""
+    if wide:
+        if rows == 8:
+            pv_rows8w(p, r, vb, voff, nj, o, d0, bf, beta)
+        elif rows == 6:
+            pv_rows6w(p, r, vb, voff, nj, o, d0, bf, beta)
+        elif rows == 4:
+            pv_rows4w(p, r, vb, voff, nj, o, d0, bf, beta)
+        elif rows == 2:
+            pv_rows2w(p, r, vb, voff, nj, o, d0, bf, beta)
+        else:
+            pv_rows1w(p, r, vb, voff, nj, o, d0, bf, beta)
+    elif rows == 8:
+        pv_rows4(p, r, vb, voff, nj, o, d0, bf, beta)
+        pv_rows4(p, r + 4, vb, voff, nj, o, d0, bf, beta)
+    elif rows == 6:
+        pv_rows6(p, r, vb, voff, nj, o, d0, bf, beta)
+    elif rows == 4:
+        pv_rows4(p, r, vb, voff, nj, o, d0, bf, beta)
+    elif rows == 2:
+        pv_rows2(p, r, vb, voff, nj, o, d0, bf, beta)
+    else:
+        pv_rows1(p, r, vb, voff, nj, o, d0, bf, beta)
+
+
 @numba.njit(**_FAST)
 def madd_w(p, nr, vb, voff, nj, dv, o, v_type, beta, wide):
     """madd with 16-lane (wide) or 8-lane kernels: the tests run both on any host."""
@@ -102,36 +128,14 @@ def madd_w(p, nr, vb, voff, nj, dv, o, v_type, beta, wide):
     bf = 1 if v_type == BF16 else 0
     beta = np.float32(beta)
     r = 0
-    while wide and r + 8 <= nr:
+    while r < nr:
+        left = nr - r   # blocks of 8 rows (wide), of 6, then at most one each of 4, 2 and 1
+        rows = 8 if wide and left >= 8 else 6 if left >= 6 else 4 if left >= 4 else 2 if left >= 2 else 1
         for d0 in range(0, d32, 32):
-            pv_rows8w(p, r, vb, voff, nj, o, d0, bf, beta)
+            _pv_block(rows, True, p, r, vb, voff, nj, o, d0, bf, beta)
         for d0 in range(d32, d16, 16):
-            pv_rows4(p, r, vb, voff, nj, o, d0, bf, beta)
-            pv_rows4(p, r + 4, vb, voff, nj, o, d0, bf, beta)
-        r += 8
-    while r + 6 <= nr:
-        for d0 in range(0, d32, 32):
-            pv_rows6w(p, r, vb, voff, nj, o, d0, bf, beta)
-        for d0 in range(d32, d16, 16):
-            pv_rows6(p, r, vb, voff, nj, o, d0, bf, beta)
-        r += 6
-    if r + 4 <= nr:
-        for d0 in range(0, d32, 32):
-            pv_rows4w(p, r, vb, voff, nj, o, d0, bf, beta)
-        for d0 in range(d32, d16, 16):
-            pv_rows4(p, r, vb, voff, nj, o, d0, bf, beta)
-        r += 4
-    if r + 2 <= nr:
-        for d0 in range(0, d32, 32):
-            pv_rows2w(p, r, vb, voff, nj, o, d0, bf, beta)
-        for d0 in range(d32, d16, 16):
-            pv_rows2(p, r, vb, voff, nj, o, d0, bf, beta)
-        r += 2
-    if r < nr:
-        for d0 in range(0, d32, 32):
-            pv_rows1w(p, r, vb, voff, nj, o, d0, bf, beta)
-        for d0 in range(d32, d16, 16):
-            pv_rows1(p, r, vb, voff, nj, o, d0, bf, beta)
+            _pv_block(rows, False, p, r, vb, voff, nj, o, d0, bf, beta)
+        r += rows
     if d16 < dv:
         for rr in range(nr):
             orow = o[rr]
