@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 
 import minigraph as mg
+from minigraph.testing.host import cpu_model
 from minigraph.core import flags
 from minigraph.models.delta_net import build_delta_net_chunking, build_delta_net_fused
 
@@ -182,7 +182,7 @@ def main() -> None:
         where = f"CUDA backend on {name.decode() if isinstance(name, bytes) else name} (times include the host round trip)"
     else:
         cpu = mg.backend_cpu_init(a.threads)
-        where = f"CPU backend, {cpu.n_threads} threads ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+        where = f"CPU backend, {cpu.n_threads} threads ({os.cpu_count()} cores, {cpu_model()})"
     print(f"{where}, median of {a.reps} runs after 2 warm-ups\n")
     cases = [(128, 4, 64, 1, 0), (128, 4, 512, 1, 0), (128, 8, 1024, 1, 0), (128, 4, 100, 2, 0),
              (128, 4, 256, 1, 1), (64, 4, 1, 1, 0),

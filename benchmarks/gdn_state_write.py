@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 
 import minigraph as mg
+from minigraph.testing.host import cpu_model
 
 S, H_K, H_V = 128, 16, 32
 
@@ -73,7 +73,7 @@ def main() -> None:
             return lambda: dst.copy_to_device(src)
     else:
         be, sync = mg.backend_cpu_init(a.threads), (lambda: None)
-        where = f"{platform.processor() or platform.machine()}, {a.threads} threads, load {os.getloadavg()[0]:.1f}"
+        where = f"{cpu_model()}, {a.threads} threads, load {os.getloadavg()[0]:.1f}"
 
         def plain_copy(n):
             src, dst = np.ones(n, np.float32), np.empty(n, np.float32)

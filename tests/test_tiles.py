@@ -24,9 +24,8 @@ def _operand(rng, rows, cols, kind, pad=3):
     if kind == F16:
         h = x.astype(np.float16)
         return h[:, :cols].astype(np.float64), h.view(np.uint16)[:, :cols]
-    bits = (x.view(np.uint32) >> 16).astype(np.uint16)     # bfloat16: the top half of each float
-    as_f = (bits.astype(np.uint32) << 16).view(np.float32)
-    return as_f[:, :cols].astype(np.float64), bits[:, :cols]
+    bits = dtypes.f32_to_bf16(x)
+    return dtypes.bf16_to_f32(bits)[:, :cols].astype(np.float64), bits[:, :cols]
 
 
 def _rel(got, want):
