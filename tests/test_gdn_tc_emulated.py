@@ -46,9 +46,10 @@ def test_emulated_kernels_match_float64(tmp_path):
     # S=12: k-steps past S zero-padded; T=40: a partial chunk; 2 value heads on 1 q/k head
     # KDA at gates >= -5: the diagonal blocks' factored products; >= -12: most keys decay past e^-60
     # inside a 16-row block and take the pair-by-pair terms (factored, they would overflow)
-    for exe, g_lo in ((gda, -20.0), (kda, -5.0), (kda, -12.0)):
-        out, state, unwritten = _run(exe, "chunked", 12, 1, 2, 40, 1, 1, g_lo, 1)
-        assert unwritten == 0 and out < 2e-6 and state < 2e-6, (exe, out, state)
+    # T=70: a whole chunk first (every 16-row block of the prep's inverse, all six of its block products)
+    for exe, g_lo, T in ((gda, -20.0, 40), (kda, -5.0, 40), (kda, -12.0, 40), (kda, -5.0, 70)):
+        out, state, unwritten = _run(exe, "chunked", 12, 1, 2, T, 1, 1, g_lo, 1)
+        assert unwritten == 0 and out < 2e-6 and state < 2e-6, (exe, T, out, state)
     for kda_flag in (0, 1):   # decode with K = 2 (a zeroed snapshot slot), S = 12: a partial float4 lane set
         out, state, unwritten = _run(gda, "decode", 12, 1, 2, 3, 1, kda_flag, 2, -5.0, 2)
         assert unwritten == 0 and out < 2e-6 and state < 2e-6, (kda_flag, out, state)

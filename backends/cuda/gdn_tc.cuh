@@ -80,6 +80,17 @@ GDN_INL void need_smem(u32 bytes) {
     if (have < bytes) __trap();
 }
 
+// `bytes` (a multiple of 16) from 16-byte aligned global p into L2, in the background (sm_90's bulk
+// prefetch); the number of SMs (%nsmid)
+GDN_INL void prefetch_l2(const float* p, u32 bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+GDN_INL u32 n_sm() {
+    u32 n;
+    asm("mov.u32 %0, %%nsmid;" : "=r"(n));
+    return n;
+}
+
 // streaming (evict-first) 16-byte global loads and stores: decode touches the state once
 GDN_INL float4 ld_cs4(const float* p) {
     float4 r;
@@ -138,6 +149,15 @@ GDN_INL void ldA_row_scaled(FragA& f, const float* p, int ld, int g, int t, floa
     split(p[g * ld + t + 4] * s1, f.h[2], f.l[2]);
     split(p[(g + 8) * ld + t + 4] * s1, f.h[3], f.l[3]);
 }
+// a 16x8 C fragment as the A fragment of a product over its columns, taken in the k order 2t, 2t + 1
+// (c0 (g, 2t) as a0, c2 (g + 8, 2t) as a1, c1 (g, 2t + 1) as a2, c3 as a3): no data movement, so
+// long as the B operand's k rows are read in the same order
+GDN_INL void ldA_c(FragA& f, const float* c) {
+    split(c[0], f.h[0], f.l[0]);
+    split(c[2], f.h[1], f.l[1]);
+    split(c[1], f.h[2], f.l[2]);
+    split(c[3], f.h[3], f.l[3]);
+}
 // B element (k, n) at p[k*ld + n] ("kn") or p[n*ld + k] ("nk"); p points at (k0, n0)
 GDN_INL void ldB_kn(FragB& f, const float* p, int ld, int g, int t) {
     split(p[t * ld + g], f.h[0], f.l[0]);
@@ -155,9 +175,31 @@ GDN_INL void ldB_nk_scaled(FragB& f, const float* p, int ld, int g, int t, float
 
 // e^x of a float64 x to about expf's own error whatever |x|: x = h + l in floats, e^x ~ e^h (1 + l)
 // (expf((float)x) is off by |x| 2^-24 relative: 4e-6 at |x| = 60)
+GDN_INL float exp_ff(float h, float l);
 GDN_INL float exp_acc(double x) {
-    const float h = (float)x, l = (float)(x - (double)h), e = expf(h);
-    return fmaf(e, l, e);
+    const float h = (float)x;
+    return exp_ff(h, (float)(x - (double)h));
+}
+
+// Float-float sums (a value h + l, |l| small against |h|) where a float64 sum would convert each
+// term: on sm_90 a conversion to or from float64 issues at 16 a clock an SM, a float add at 128
+// (H200, KDA prep: the gating's float64 offsets took 15% of the kernel, most of it conversions).
+// s + e = a + b exactly (TwoSum: six float adds; no contraction applies, there is no product)
+GDN_INL void two_sum(float a, float b, float& s, float& e) {
+    s = a + b;
+    const float bb = s - a;
+    e = (a - (s - bb)) + (b - bb);
+}
+// (h, l) += x
+GDN_INL void ff_add(float& h, float& l, float x) {
+    float e;
+    two_sum(h, x, h, e);
+    l += e;
+}
+// e^(h + l) to about expf's own error: h + l renormalised (|l| <= ulp(h) / 2), then e^h (1 + l)
+GDN_INL float exp_ff(float h, float l) {
+    const float s = h + l, lo = l - (s - h), e = expf(s);
+    return fmaf(e, lo, e);
 }
 
 #if GDN_ACC == 3

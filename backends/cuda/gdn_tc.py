@@ -50,7 +50,7 @@ from minigraph.backends.cuda.common import SIM, SLOT_W, Launch
 CHUNK = 64                 # tokens per chunk (fixed by the kernels' tiles)
 MAX_S = 128
 THREADS = 256              # prep blocks (GDA)
-KDA_THREADS = 512          # KDA prep blocks (149 KB of shared memory: one block an SM, so 16 warps rather
+KDA_THREADS = 512          # KDA prep blocks (146 KB of shared memory: one block an SM, so 16 warps rather
                            # than 8; H200: T=4096 380 us against 390 at 256, T=16384 1524 against 1577)
 STATE_NJ = 2               # state pass: 16-column j-tiles a block (ceil(S / 16 NJ) blocks a head)
 STATE_KS = 4               # state pass: warps a j-tile, splitting the key index (2, 4 or 8; H200,
@@ -79,7 +79,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 # shared memory of each kernel in floats (the .cu files' *_SMEM_FLOATS)
 _L, _SMAX = CHUNK, MAX_S
-PREP_SMEM = 4 * (_L * 132 + _L * 136 + _L * 68 + 3 * _L + 3 * 256 + 2 * _L)
+PREP_SMEM = 4 * (_L * 132 + _L * 136 + _L * 68 + 3 * _L + 2 * _L)
 # KDA: the gates (then K gamma), float64 block sums, per-key scales, the bad keys' diagonal terms, their lists
 PREP_SMEM_KDA = PREP_SMEM + 4 * (_L * 132 + 16 * _SMAX + 19 * _SMAX + 2048 + 4 * _SMAX + 8)
 NWS = 7                    # workspace arrays of the chunked launches

@@ -30,7 +30,7 @@
 //   W  = Tm diag(beta) (K e^gc);   Kg = K e^(gl - gc) -> KGw, Qg = Q e^gc -> QGw  [hs][Tp][S]
 //        (what the state pass reads instead of K and Q), from the gated rows and a per-key scale of
 //        the block (e^gc_n, e^(gl - gc_e));  e^gl per key -> Gw [hs][c][S].
-// Every phase runs on all threads (PREP_THREADS 512: the shared memory, ~149 KB, leaves one block an
+// Every phase runs on all threads (PREP_THREADS 512: the shared memory, ~146 KB, leaves one block an
 // SM). H200, S=128, H_v=32, T=4096: 380-398 us, where the diagonal blocks pair by pair for every key
 // (~70k expf of float64 differences a chunk) and the off-diagonal gating in serial loops on half
 // the threads took 783-973 us in the same runs.
@@ -40,6 +40,9 @@
 #endif
 #ifndef PREP_THREADS
 #define PREP_THREADS (GDN_KDA ? 512 : 256)   // 256 or 512 (KDA: one block an SM for its shared memory)
+#endif
+#ifndef PREP_PREFETCH
+#define PREP_PREFETCH 0      // 1: each block prefetches into L2 the rows of the block a wave after it
 #endif
 #define L 64
 #define SMAX 128
@@ -53,8 +56,7 @@
 #define P_G (P_AS + L * ASP)
 #define P_B (P_G + L)
 #define P_BE (P_B + L)
-#define P_XM (P_BE + L)
-#define P_GD (P_XM + 3 * 256)       // gc in float64 (8-byte aligned: every offset is a multiple of 4)
+#define P_GD (P_BE + L)             // gc in float64 (8-byte aligned: every offset is a multiple of 4)
 #if GDN_KDA
 #define GTSP 132  // the chunk's gates, one row a token; K gamma after the gating
 #ifndef KDA_RANGE
@@ -80,7 +82,8 @@
 #if GDN_KDA
 // The KDA gating and Gram products: K, Q raw in Ks, Xs, the chunk's gates in Gt; A (strictly lower,
 // beta applied) into As, P (lower) into the chunk's P [r][s] in global memory; leaves K e^gc in Ks
-// and writes Kg, Qg and e^gl. Starts at a barrier; the caller's ends it.
+// and writes Kg, Qg and e^gl. Starts at a barrier with the gates landed (K's and Q's copies may
+// still be in flight: their wait is before pass 3); the caller's barrier ends it.
 GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* bs, float* sm, float* P,
                       float* kg, float* qg, float* gl, int S, float scale, int ksteps, int tid, int warp,
                       int g4, int t4) {
@@ -93,9 +96,10 @@ GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* b
     const int lane = tid & 31, i = tid & (SMAX - 1), q = tid >> 7;   // q: a quarter of 512 threads
     // 1. per key and block (one or two blocks a thread): tot and the sum of the block's gates
     for (int b = q; b < 4; b += PREP_THREADS / SMAX) {
-        double a = 0.0;
+        float ah = 0.f, al = 0.f;   // float-float (gdn_tc.cuh's ff_add): float64's digits, no conversions
 #pragma unroll
-        for (int rr = 1; rr < 16; ++rr) a += Gt[(16 * b + rr) * GTSP + i];
+        for (int rr = 1; rr < 16; ++rr) ff_add(ah, al, Gt[(16 * b + rr) * GTSP + i]);
+        const double a = (double)ah + (double)al;
         tot[b * SMAX + i] = a;
         sb[b * SMAX + i] = a + Gt[16 * b * GTSP + i];
     }
@@ -145,6 +149,7 @@ GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* b
             if (lane == 0) nbad[warp] = cnt;
         }
     }
+    CP_ASYNC_WAIT(0);   // K and Q, from here on
     __syncthreads();
     // 3. the bad keys' diagonal-block terms, pair by pair (four lanes a pair, every fourth bad key
     //    each) with e^(o_r - o_s) from float64 offsets D (in As's space: A is written later)
@@ -187,14 +192,18 @@ GDN_INL void kda_gram(float* Ks, float* Xs, float* Gt, float* As, const float* b
         __syncthreads();
     }
     // 4. the gated rows, in place: K rho, Q rho, K gamma (over the gates, each read before written)
+    //    (o and t - o as float-float values, no float64 in the loop)
     for (int b = q; b < 4; b += PREP_THREADS / SMAX) {
         const double t = tot[b * SMAX + i];
-        double o = 0.0;
+        const float th = (float)t, tl = (float)(t - (double)th);
+        float oh = 0.f, ol = 0.f;
 #pragma unroll 4
         for (int rr = 0; rr < 16; ++rr) {
             const int r = 16 * b + rr;
-            if (rr) o += Gt[r * GTSP + i];
-            const float rho = exp_acc(o), gam = exp_acc(t - o), kv = Ks[r * KSP + i];
+            if (rr) ff_add(oh, ol, Gt[r * GTSP + i]);
+            float dh, dl;
+            two_sum(th, -oh, dh, dl);
+            const float rho = exp_ff(oh, ol), gam = exp_ff(dh, dl + (tl - ol)), kv = Ks[r * KSP + i];
             Ks[r * KSP + i] = kv * rho;
             Xs[r * QSP + i] *= rho;
             Gt[r * GTSP + i] = kv * gam;
@@ -280,7 +289,6 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     double* gcd = (double*)(sm + P_GD);
     float* bs = sm + P_B;
     float* bes = sm + P_BE;
-    float* Xm = sm + P_XM;
     const int S = GDN_DIM_S(S_), Hv = (int)Hv_, T = (int)T_, Hk = (int)Hk_, rep = (int)rep_;
     const int c = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g4 = lane >> 2, t4 = lane & 3;
@@ -293,14 +301,32 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     const float* vc = v + ((long long)(seq * T + t0) * Hv + h) * S;
     const float scale = 1.0f / sqrtf((float)S);
 
+#if GDN_KDA
+    float* Gt = sm + P_GT;   // the gates first, a group of their own: the gating's first passes need
+    stage_rows(Gt, GTSP, g + ((long long)(seq * T + t0) * Hv + h) * S, (long long)Hv * S, L, SMAX, vr, S, tid,
+               PREP_THREADS);   // only them, while K and Q land (kda_gram waits for those)
+    cp_async_commit();
+#endif
     stage_rows(Ks, KSP, kc, qk_row, L, SMAX, vr, S, tid, PREP_THREADS);
     stage_rows(Xs, QSP, qc, qk_row, L, SMAX, vr, S, tid, PREP_THREADS);
-#if GDN_KDA
-    float* Gt = sm + P_GT;
-    stage_rows(Gt, GTSP, g + ((long long)(seq * T + t0) * Hv + h) * S, (long long)Hv * S, L, SMAX, vr, S, tid,
-               PREP_THREADS);
-#endif
     cp_async_commit();
+#if PREP_PREFETCH
+    {   // blocks start in linear order, a wave (SMs x blocks an SM) at a time: the rows of k, q, v (and
+        // KDA's g) of the block a wave after this one go into L2 while this one computes
+        const long long nb = (long long)nc * Hv * gridDim.z;
+        const long long nxt = c + (long long)nc * (h + (long long)Hv * seq) + (long long)n_sm() * (PREP_THREADS > 256 ? 1 : 2);
+        const int r = tid & (L - 1), a = tid / L;
+        if (nxt < nb && a < (GDN_KDA ? 4 : 3)) {
+            const int c2 = (int)(nxt % nc), h2 = (int)((nxt / nc) % Hv), seq2 = (int)(nxt / ((long long)nc * Hv));
+            const int t2 = c2 * L + r, hk2 = (h2 / (int)hd_) % Hk;
+            if (t2 < T) {
+                const long long qk = ((long long)((seq2 / rep) * T + t2) * Hk + hk2) * S;
+                const long long vg = ((long long)(seq2 * T + t2) * Hv + h2) * S;
+                prefetch_l2(a == 0 ? k + qk : a == 1 ? q + qk : a == 2 ? v + vg : g + vg, 4 * S);
+            }
+        }
+    }
+#endif
     if (tid < L) {
         bool ok = tid < vr;
         long long e = (long long)(seq * T + t0 + tid) * Hv + h;
@@ -323,7 +349,11 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
         ge.y = expf((float)(al - a));
         *(float2*)(Gw + 2 * ((long long)hs * Tp + t0 + tid)) = ge;
     }
+#if GDN_KDA
+    CP_ASYNC_WAIT(1);
+#else
     CP_ASYNC_WAIT(0);
+#endif
     __syncthreads();
 
     const int ksteps = (S + 7) / 8;
@@ -398,27 +428,68 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
         for (int rr = 0; rr < 16; ++rr) As[(bb + rr) * ASP + bb + cc] = x[rr];
     }
     __syncthreads();
-    // 2b. block rows: T_ib,jb = -T_ib,ib sum_{m=jb}^{ib-1} A_ib,m T_m,jb
-    for (int ib = 1; ib < L / 16; ++ib) {
-        for (int e = tid; e < ib * 256; e += PREP_THREADS) {
-            const int jb = e >> 8, rr = (e >> 4) & 15, cl = e & 15;
-            float a = 0.f;
-            for (int m = jb; m < ib; ++m) {
+    // 2b. block rows, T_ib,jb = -T_ib,ib sum_{m=jb}^{ib-1} A_ib,m T_m,jb, on tensor cores and
+    //     transposed: X^T = sum_m T_m,jb^T A_ib,m^T, then T_ib,jb^T = -X^T T_ib,ib^T with X^T's C
+    //     fragments as the A operand (gdn_tc.cuh's ldA_c). Warp w < 6 owns the pair (ib, jb) =
+    //     (1,0), (2,0), (2,1), (3,0), (3,1), (3,2); at stage m (block rows <= m final) every pair
+    //     with jb <= m < ib adds its term m, and the pairs of row ib = m + 1 finish after a barrier
+    //     (their T blocks go over the A blocks of that row, which the stage still reads). In fp32
+    //     FMA from shared memory (two loads an FMA) this step was 13% of the KDA prep (H200).
+    {
+        int ib = 0, jb = 0;
+        const bool job = warp < 6;
+        if (job) {
+            tri_pair(warp, ib, jb);
+            ++ib;
+        }
+        float xa[2][GDN_CW];
+        acc_zero(xa[0]);
+        acc_zero(xa[1]);
+        for (int m = 0; m < L / 16 - 1; ++m) {
+            if (job && jb <= m && m < ib) {
 #pragma unroll
-                for (int s = 0; s < 16; ++s)
-                    a += As[(16 * ib + rr) * ASP + 16 * m + s] * As[(16 * m + s) * ASP + 16 * jb + cl];
+                for (int kk = 0; kk < 2; ++kk) {
+                    FragA fa;   // T_m,jb^T: element (cl, s) at As[(16m + s) ASP + 16jb + cl]
+                    ldA_col(fa, As + (16 * m + 8 * kk) * ASP + 16 * jb, ASP, g4, t4);
+#pragma unroll
+                    for (int n = 0; n < 2; ++n) {
+                        FragB fb;   // A_ib,m^T: element (s, rr) at As[(16ib + rr) ASP + 16m + s]
+                        ldB_nk(fb, As + (16 * ib + 8 * n) * ASP + 16 * m + 8 * kk, ASP, g4, t4);
+                        mma3(xa[n], fa, fb);
+                    }
+                }
             }
-            Xm[e] = a;
-        }
-        __syncthreads();
-        for (int e = tid; e < ib * 256; e += PREP_THREADS) {
-            const int jb = e >> 8, rr = (e >> 4) & 15, cl = e & 15;
-            float a = 0.f;
+            __syncthreads();
+            if (job && ib == m + 1) {
+                float ya[2][GDN_CW];
+                acc_zero(ya[0]);
+                acc_zero(ya[1]);
 #pragma unroll
-            for (int s = 0; s < 16; ++s) a += As[(16 * ib + rr) * ASP + 16 * ib + s] * Xm[jb * 256 + s * 16 + cl];
-            As[(16 * ib + rr) * ASP + 16 * jb + cl] = -a;
+                for (int hf = 0; hf < 2; ++hf) {   // k = rr: X^T's n-tile hf, in its k order 2t, 2t + 1
+                    acc_fold(xa[hf]);
+                    FragA fa;
+                    ldA_c(fa, xa[hf]);
+#pragma unroll
+                    for (int n = 0; n < 2; ++n) {   // T_ib,ib^T (rr, rr') = T_ib,ib (rr', rr)
+                        const float2 tv = *(const float2*)(As + (16 * ib + 8 * n + g4) * ASP + 16 * ib + 8 * hf + 2 * t4);
+                        FragB fb;
+                        split(tv.x, fb.h[0], fb.l[0]);
+                        split(tv.y, fb.h[1], fb.l[1]);
+                        mma3(ya[n], fa, fb);
+                    }
+                }
+#pragma unroll
+                for (int n = 0; n < 2; ++n) {   // (cl, rr') of T_ib,jb^T into T_ib,jb (rr', cl)
+                    acc_fold(ya[n]);
+                    float* o = As + (16 * ib + 8 * n + 2 * t4) * ASP + 16 * jb + g4;
+                    o[0] = -ya[n][0];
+                    o[ASP] = -ya[n][1];
+                    o[8] = -ya[n][2];
+                    o[ASP + 8] = -ya[n][3];
+                }
+            }
+            __syncthreads();
         }
-        __syncthreads();
     }
     CP_ASYNC_WAIT(0);
     __syncthreads();

@@ -57,13 +57,6 @@
 #define S_D (S_X + STATE_NJ * STATE_KS * 8 * 128)   // D^T, then D^T diag(f): [STATE_NJ][2][8][32][4]
 #define STATE_SMEM_FLOATS (S_D + STATE_NJ * 2 * 8 * 128)
 
-GDN_INL void ldA_c(FragA& f, const float* c) {   // a C fragment as an A fragment (k order 2t, 2t+1)
-    split(c[0], f.h[0], f.l[0]);
-    split(c[2], f.h[1], f.l[1]);
-    split(c[1], f.h[2], f.l[2]);
-    split(c[3], f.h[3], f.l[3]);
-}
-
 #define PSTEP (STATE_THREADS / 16)   // P_c rows a pass of the block's threads (16 pieces of 16 bytes a row)
 // P_c's 16x16 blocks on and below the diagonal (the only ones prep writes, and the only ones read),
 // offsets fixed a thread as in stage_rows: rows tid / 16 + PSTEP i, columns 4 (tid % 16) .. + 3, in
