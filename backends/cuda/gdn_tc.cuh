@@ -80,17 +80,6 @@ GDN_INL void need_smem(u32 bytes) {
     if (have < bytes) __trap();
 }
 
-// `bytes` (a multiple of 16) from 16-byte aligned global p into L2, in the background (sm_90's bulk
-// prefetch); the number of SMs (%nsmid)
-GDN_INL void prefetch_l2(const float* p, u32 bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-GDN_INL u32 n_sm() {
-    u32 n;
-    asm("mov.u32 %0, %%nsmid;" : "=r"(n));
-    return n;
-}
-
 // streaming (evict-first) 16-byte global loads and stores: decode touches the state once
 GDN_INL float4 ld_cs4(const float* p) {
     float4 r;

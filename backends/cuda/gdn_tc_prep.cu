@@ -30,19 +30,17 @@
 //   W  = Tm diag(beta) (K e^gc);   Kg = K e^(gl - gc) -> KGw, Qg = Q e^gc -> QGw  [hs][Tp][S]
 //        (what the state pass reads instead of K and Q), from the gated rows and a per-key scale of
 //        the block (e^gc_n, e^(gl - gc_e));  e^gl per key -> Gw [hs][c][S].
-// Every phase runs on all threads (PREP_THREADS 512: the shared memory, ~146 KB, leaves one block an
-// SM). H200, S=128, H_v=32, T=4096: 380-398 us, where the diagonal blocks pair by pair for every key
-// (~70k expf of float64 differences a chunk) and the off-diagonal gating in serial loops on half
-// the threads took 783-973 us in the same runs.
+// Every phase but the inverse's block rows (six warps) runs on all threads (PREP_THREADS 512: the
+// shared memory, ~146 KB, leaves one block an SM). H200, S=128, H_v=32, T=4096: 332 us (T=16384:
+// 1311 us), where the block rows in fp32 FMA and the gating's offsets in float64 took 373 (1444);
+// before that the diagonal blocks pair by pair for every key (~70k expf of float64 differences a
+// chunk) and the off-diagonal gating in serial loops on half the threads took 783-973 us.
 
 #ifndef GDN_KDA
 #define GDN_KDA 0
 #endif
 #ifndef PREP_THREADS
 #define PREP_THREADS (GDN_KDA ? 512 : 256)   // 256 or 512 (KDA: one block an SM for its shared memory)
-#endif
-#ifndef PREP_PREFETCH
-#define PREP_PREFETCH 0      // 1: each block prefetches into L2 the rows of the block a wave after it
 #endif
 #define L 64
 #define SMAX 128
@@ -310,23 +308,6 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
     stage_rows(Ks, KSP, kc, qk_row, L, SMAX, vr, S, tid, PREP_THREADS);
     stage_rows(Xs, QSP, qc, qk_row, L, SMAX, vr, S, tid, PREP_THREADS);
     cp_async_commit();
-#if PREP_PREFETCH
-    {   // blocks start in linear order, a wave (SMs x blocks an SM) at a time: the rows of k, q, v (and
-        // KDA's g) of the block a wave after this one go into L2 while this one computes
-        const long long nb = (long long)nc * Hv * gridDim.z;
-        const long long nxt = c + (long long)nc * (h + (long long)Hv * seq) + (long long)n_sm() * (PREP_THREADS > 256 ? 1 : 2);
-        const int r = tid & (L - 1), a = tid / L;
-        if (nxt < nb && a < (GDN_KDA ? 4 : 3)) {
-            const int c2 = (int)(nxt % nc), h2 = (int)((nxt / nc) % Hv), seq2 = (int)(nxt / ((long long)nc * Hv));
-            const int t2 = c2 * L + r, hk2 = (h2 / (int)hd_) % Hk;
-            if (t2 < T) {
-                const long long qk = ((long long)((seq2 / rep) * T + t2) * Hk + hk2) * S;
-                const long long vg = ((long long)(seq2 * T + t2) * Hv + h2) * S;
-                prefetch_l2(a == 0 ? k + qk : a == 1 ? q + qk : a == 2 ? v + vg : g + vg, 4 * S);
-            }
-        }
-    }
-#endif
     if (tid < L) {
         bool ok = tid < vr;
         long long e = (long long)(seq * T + t0 + tid) * Hv + h;

@@ -128,8 +128,6 @@ inline void cp_async16(float* sdst, const float* gsrc, int bytes) {
     emu_pending.push_back({sdst, gsrc, bytes, emu_group});
 }
 inline void cp_async_commit() { ++emu_group; }
-inline void prefetch_l2(const float*, u32) {}   // a hint: nothing to emulate
-inline u32 n_sm() { return 132; }
 inline void emu_wait(int n) {   // complete all groups but the n most recent committed ones
     std::vector<EmuCopy> keep;
     for (auto& cp : emu_pending) {
