@@ -209,6 +209,20 @@ def test_decode_single_pass(kda, S, stream, shift, g_lo):
     assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
 
 
+@pytest.mark.parametrize("kda", [False, True])
+def test_decode_strided_dst(kda):
+    """A dst whose rows are padded (not one flat run): the decode writes the snapshot row by row
+    instead of through the per-head (S, S) view it takes of contiguous rows."""
+    from minigraph.backends.cpu.gdn_rows import _gdn_decode
+    S, ns, Hv, K = 32, 2, 4, 2
+    arrs = make(np.random.default_rng(7 + kda), S, 2, Hv, 1, ns, 1, S if kda else 1, -5.0)
+    wide = np.full((1, 1, ns + K * S * ns, S * Hv + 4), np.nan, np.float32)
+    out = wide[..., :S * Hv]
+    _gdn_decode(out, *arrs, arrs[5], 0, K, 0, False)
+    assert rel_err(out[0, 0], reference(*arrs, K)) < RTOL
+    assert np.isnan(wide[..., S * Hv:]).all()   # the padding is not written
+
+
 def test_decode_big_state_streams():
     """A state of STREAM_BYTES through the entry point (streaming stores, dst on a line)."""
     from minigraph.backends.cpu.gated_delta_net import STREAM_BYTES, gated_delta_net
