@@ -162,14 +162,6 @@ GDN_INL void ldB_nk_scaled(FragB& f, const float* p, int ld, int g, int t, float
     split(p[g * ld + t + 4] * s1, f.h[1], f.l[1]);
 }
 
-// e^x of a float64 x to about expf's own error whatever |x|: x = h + l in floats, e^x ~ e^h (1 + l)
-// (expf((float)x) is off by |x| 2^-24 relative: 4e-6 at |x| = 60)
-GDN_INL float exp_ff(float h, float l);
-GDN_INL float exp_acc(double x) {
-    const float h = (float)x;
-    return exp_ff(h, (float)(x - (double)h));
-}
-
 // Float-float sums (a value h + l, |l| small against |h|) where a float64 sum would convert each
 // term: on sm_90 a conversion to or from float64 issues at 16 a clock an SM, a float add at 128
 // (H200, KDA prep: the gating's float64 offsets took 15% of the kernel, most of it conversions).
@@ -189,6 +181,12 @@ GDN_INL void ff_add(float& h, float& l, float x) {
 GDN_INL float exp_ff(float h, float l) {
     const float s = h + l, lo = l - (s - h), e = expf(s);
     return fmaf(e, lo, e);
+}
+// e^x of a float64 x to about expf's own error whatever |x|: x = h + l in floats, exp_ff
+// (expf((float)x) is off by |x| 2^-24 relative: 4e-6 at |x| = 60)
+GDN_INL float exp_acc(double x) {
+    const float h = (float)x;
+    return exp_ff(h, (float)(x - (double)h));
 }
 
 #if GDN_ACC == 3
