@@ -6,7 +6,10 @@ that the output and the operands do not overlap, so every pass over the reductio
 stored the outputs again. Here the accumulators are vector registers for the whole reduction,
 the shape of a GEMM micro-kernel:
 - `dots{r}x{c}(a, i0, b, j0, n8, s, bf16)`: s[i0 + i, j0 + j] = a[i0 + i, :8 n8] . b[j0 + j, :8 n8]
-  for i < r, j < c; r x c accumulators of 8 lanes, summed across lanes at the end.
+  for i < r, j < c; r x c accumulators of 8 lanes, summed across lanes at the end, together
+  (`_fold`: a transposed reduction; one core of the Zen 5, scores 64 x 128 x 576: f16 K
+  194-196 -> 194-205 GFLOP/s, f32 K 163 -> 175-206; MLA prefill, kernel alone, 14.39-14.47 ->
+  14.22-14.27 ms in three alternating runs, decode within its noise).
 - `pv_rows{r}(p, r0, vb, voff, nj, o, d0, bf16, beta)`: o[r0 + i, d0:d0 + 16] = beta * o[..] + sum
   over j < nj of p[r0 + i, j] * vb[j, voff + d0:voff + d0 + 16] for i < r (beta 0: o is only
   written); per reduction step two 8-float loads of vb, one broadcast of p per output row and 2r
@@ -30,7 +33,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from minigraph.backends.cpu.quant_ir import (F32, I8, I16, I32, I64, host_features, hsum, shuffle, splat, splat_const,
+from minigraph.backends.cpu.quant_ir import (F32, I8, I16, I32, I64, host_features, shuffle, splat, splat_const,
                                              vec)
 
 LANES = 8                                  # floats a vector (a pv call updates 2 vectors = 16 columns)
@@ -113,6 +116,52 @@ def _fma(b, n=LANES):
     return b.module.declare_intrinsic(f"llvm.fmuladd.v{n}f32", fnty=ir.FunctionType(vf, [vf] * 3))
 
 
+def _fold(b, vs):
+    """Sums of the lanes of every vector in vs (all of n lanes, len(vs) a power of two <= n) as
+    one vector of len(vs) lanes, lane k the sum of vs[k], in one fixed order: a transposed
+    reduction. Pairs of vectors become one, the first halves of each's lane blocks then the
+    second halves added (blocks halve as vectors merge); a last vector folds onto itself until
+    each block is one lane. 16 accumulators of 16 lanes: 15 adds and 30 shuffles where one
+    horizontal sum each took 16 x (4 adds, 7 shuffles and extracts)."""
+    n = vs[0].type.count
+    blk = n                                    # lanes a vector's block (one accumulator's partials) spans
+    while len(vs) > 1:
+        half = blk // 2
+        nb = n // blk                          # blocks a vector
+        lo = [t * blk + i for t in range(nb) for i in range(half)]
+        hi = [t * blk + half + i for t in range(nb) for i in range(half)]
+        vs = [b.fadd(shuffle(b, x, y, lo + [n + i for i in lo]), shuffle(b, x, y, hi + [n + i for i in hi]))
+              for x, y in zip(vs[0::2], vs[1::2])]
+        blk = half
+    v = vs[0]
+    width = n
+    while blk > 1:                             # one vector left: fold its blocks onto themselves
+        half = blk // 2
+        nb = width // blk
+        lo = [t * blk + i for t in range(nb) for i in range(half)]
+        hi = [t * blk + half + i for t in range(nb) for i in range(half)]
+        v = b.fadd(shuffle(b, v, v, lo), shuffle(b, v, v, hi))
+        width //= 2
+        blk = half
+    return v
+
+
+def _lane_sums(b, accs):
+    """The lane sums of the accumulators accs (one vector each), as scalars in their order:
+    groups of a power of two (at most the lane count) reduced together by _fold."""
+    n = accs[0].type.count
+    out = []
+    i = 0
+    while i < len(accs):
+        g = 1
+        while g * 2 <= min(n, len(accs) - i):
+            g *= 2
+        v = _fold(b, accs[i:i + g])
+        out += [b.extract_element(v, ir.Constant(I32, k)) for k in range(g)]
+        i += g
+    return out
+
+
 def _make_dots(rows: int, cols: int, n: int = LANES):
     """n lanes a vector (8 or 16); the reduction is n8 steps of 8 floats either way."""
     def codegen(context, builder, sig, args):
@@ -144,11 +193,12 @@ def _make_dots(rows: int, cols: int, n: int = LANES):
                     step(b.mul(steps, ir.Constant(I64, n)), LANES, elem)
 
         _per_elem(b, kind, bf16, loop)
+        sums = _lane_sums(b, [b.load(acc[i][j]) for i in range(rows) for j in range(cols)])
         for i in range(rows):
             srow = _row_ptr(b, sa, b.add(i0, ir.Constant(I64, i)), j0, 4)
             for j in range(cols):
                 out = b.bitcast(b.gep(srow, [ir.Constant(I64, 4 * j)]), F32.as_pointer())
-                b.store(hsum(b, b.load(acc[i][j])), out, align=4)
+                b.store(sums[i * cols + j], out, align=4)
         return context.get_dummy_value()
 
     def typer(typingctx, a, i0, bm, j0, n8, s, bf16):
