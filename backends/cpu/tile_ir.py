@@ -122,7 +122,7 @@ def _fold(b, vs):
     reduction. Pairs of vectors become one, the first halves of each's lane blocks then the
     second halves added (blocks halve as vectors merge); a last vector folds onto itself until
     each block is one lane. 16 accumulators of 16 lanes: 15 adds and 30 shuffles where one
-    horizontal sum each took 16 x (4 adds, 7 shuffles and extracts)."""
+    horizontal sum each took 16 x (4 adds and 8 shuffles or extracts)."""
     n = vs[0].type.count
     blk = n                                    # lanes a vector's block (one accumulator's partials) spans
     while len(vs) > 1:
