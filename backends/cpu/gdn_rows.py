@@ -227,10 +227,8 @@ def _gdn_decode(dst, q, k, v, g, beta, state, sd, to_sd, K, bcast, stream):
         # the head's rows of snapshot slot 0 as one (S, S) array where dst's rows are contiguous: a
         # view a head, not a 4-D slice and a division a row (the same floats; kernel alone in
         # gdn_decode_ab.py N=1 5-11% faster, within the noise in benchmarks/gdn.py)
-        off0 = _snap_off(0, seq, h, 0, S, Hv, T, ns)
-        r0 = off0 // dst.shape[3]
         flat = dst.strides[3] == 4 and dst.strides[2] == 4 * dst.shape[3]
-        dh = carray(data_ptr(dst[0, 0, r0, off0 - r0 * dst.shape[3]:]), (S, S)) if flat else st
+        dh = carray(data_ptr(_dst_row(dst, _snap_off(0, seq, h, 0, S, Hv, T, ns), S)), (S, S)) if flat else st
         for j in range(S):
             a, c = _dots2(st[j], kg, qg)
             delta = (vr[j] - a) * b

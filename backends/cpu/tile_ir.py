@@ -123,26 +123,25 @@ def _fold(b, vs):
     second halves added (blocks halve as vectors merge); a last vector folds onto itself until
     each block is one lane. 16 accumulators of 16 lanes: 15 adds and 30 shuffles where one
     horizontal sum each took 16 x (4 adds and 8 shuffles or extracts)."""
+    def halves(width, blk):
+        """Lane indices of the first and of the second halves of a vector's blocks of blk lanes."""
+        h = blk // 2
+        lo = [t * blk + i for t in range(width // blk) for i in range(h)]
+        return lo, [i + h for i in lo]
+
     n = vs[0].type.count
     blk = n                                    # lanes a vector's block (one accumulator's partials) spans
     while len(vs) > 1:
-        half = blk // 2
-        nb = n // blk                          # blocks a vector
-        lo = [t * blk + i for t in range(nb) for i in range(half)]
-        hi = [t * blk + half + i for t in range(nb) for i in range(half)]
+        lo, hi = halves(n, blk)
         vs = [b.fadd(shuffle(b, x, y, lo + [n + i for i in lo]), shuffle(b, x, y, hi + [n + i for i in hi]))
               for x, y in zip(vs[0::2], vs[1::2])]
-        blk = half
-    v = vs[0]
-    width = n
+        blk //= 2
+    v, width = vs[0], n
     while blk > 1:                             # one vector left: fold its blocks onto themselves
-        half = blk // 2
-        nb = width // blk
-        lo = [t * blk + i for t in range(nb) for i in range(half)]
-        hi = [t * blk + half + i for t in range(nb) for i in range(half)]
+        lo, hi = halves(width, blk)
         v = b.fadd(shuffle(b, v, v, lo), shuffle(b, v, v, hi))
         width //= 2
-        blk = half
+        blk //= 2
     return v
 
 

@@ -147,6 +147,13 @@ GDN_INL void ldA_c(FragA& f, const float* c) {
     split(c[1], f.h[2], f.l[2]);
     split(c[3], f.h[3], f.l[3]);
 }
+// B's k rows in ldA_c's order: elements (2t, n) and (2t + 1, n) as the float2 at p (an n-major
+// row, 8-byte aligned)
+GDN_INL void ldB_c(FragB& f, const float* p) {
+    const float2 v = *(const float2*)p;
+    split(v.x, f.h[0], f.l[0]);
+    split(v.y, f.h[1], f.l[1]);
+}
 // B element (k, n) at p[k*ld + n] ("kn") or p[n*ld + k] ("nk"); p points at (k0, n0)
 GDN_INL void ldB_kn(FragB& f, const float* p, int ld, int g, int t) {
     split(p[t * ld + g], f.h[0], f.l[0]);

@@ -452,10 +452,8 @@ extern "C" __device__ int gdn_tc_prep(const float* q, const float* k, const floa
                     ldA_c(fa, xa[hf]);
 #pragma unroll
                     for (int n = 0; n < 2; ++n) {   // T_ib,ib^T (rr, rr') = T_ib,ib (rr', rr)
-                        const float2 tv = *(const float2*)(As + (16 * ib + 8 * n + g4) * ASP + 16 * ib + 8 * hf + 2 * t4);
                         FragB fb;
-                        split(tv.x, fb.h[0], fb.l[0]);
-                        split(tv.y, fb.h[1], fb.l[1]);
+                        ldB_c(fb, As + (16 * ib + 8 * n + g4) * ASP + 16 * ib + 8 * hf + 2 * t4);
                         mma3(ya[n], fa, fb);
                     }
                 }

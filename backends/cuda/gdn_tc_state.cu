@@ -219,13 +219,9 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
                 const int off = g4 * WSP + 8 * (n0 + n) + 2 * t4;
 #pragma unroll
                 for (int rt = 0; rt < 8; ++rt) {
-                    const float2 w2 = *(const float2*)(Ws + off + 8 * rt * WSP);
-                    const float2 q2 = *(const float2*)(Qs + off + 8 * rt * WSP);
                     FragB fb, fq;
-                    split(w2.x, fb.h[0], fb.l[0]);
-                    split(w2.y, fb.h[1], fb.l[1]);
-                    split(q2.x, fq.h[0], fq.l[0]);
-                    split(q2.y, fq.h[1], fq.l[1]);
+                    ldB_c(fb, Ws + off + 8 * rt * WSP);
+                    ldB_c(fq, Qs + off + 8 * rt * WSP);
                     mma3(x[rt], fa, fb);
                     mma3(y[rt], fa, fq);
                 }
@@ -314,10 +310,8 @@ extern "C" __device__ int gdn_tc_state(const float* k, const float* q, const flo
                 for (int qq = 0; qq < OWN; ++qq) {
                     const int n = own_tile(ks, qq);
                     if (rt <= n) {
-                        const float2 p2 = *(const float2*)(Pc + (8 * n + g4) * PSP + 8 * rt + 2 * t4);
                         FragB fb;
-                        split(p2.x, fb.h[0], fb.l[0]);
-                        split(p2.y, fb.h[1], fb.l[1]);
+                        ldB_c(fb, Pc + (8 * n + g4) * PSP + 8 * rt + 2 * t4);
                         mma3(o[qq], fa, fb);
                     }
                 }
