@@ -39,6 +39,12 @@ def n_threads() -> int:
     return max(0, _env_int("MINIGRAPH_THREADS", 0))
 
 
+def vector_bits() -> int:
+    """MINIGRAPH_VECTOR_BITS=256 keeps LLVM's 256-bit preference for vectorised loops on Intel
+    AVX-512 CPUs (backends/cpu/vector_width.py); unset or anything else: 512-bit vectors."""
+    return 256 if os.environ.get("MINIGRAPH_VECTOR_BITS", "").strip() == "256" else 512
+
+
 def parallel_min_elements() -> int:
     """MINIGRAPH_PARALLEL_MIN: nodes with fewer output elements run the serial kernel build."""
     return _env_int("MINIGRAPH_PARALLEL_MIN", 1 << 15)
