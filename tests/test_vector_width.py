@@ -1,6 +1,8 @@
 """backends/cpu/vector_width.py: 512-bit loop vectorisation on AVX-512 CPUs that LLVM tunes for
 256 bits, set before anything compiles, and only where the user has not chosen."""
 import llvmlite.binding as llvm
+import numba
+import numpy as np
 import pytest
 
 from minigraph.backends.cpu import vector_width
@@ -19,7 +21,7 @@ def test_features_lift_the_256_bit_preference_on_avx512(monkeypatch):
     if not AVX512:
         assert feats is None                 # nothing to widen: the host's own features stay
         return
-    assert feats.endswith(",-prefer-256-bit")
+    assert feats.endswith("," + vector_width.FLAG)
     assert "+avx512f" in feats.split(",")    # the host's features, all of them, come first
     assert feats.startswith(llvm.get_host_cpu_features().flatten())
 
@@ -36,15 +38,12 @@ def test_a_users_choice_wins(name, value, monkeypatch):
 def test_numba_compiles_with_the_flag(monkeypatch):
     """After `import minigraph` Numba's target machine carries the flag (unless the environment of
     this test run chose otherwise), and a loop Numba vectorises uses zmm registers."""
-    import os
-
-    import numba
-    import numpy as np
-
-    if "-prefer-256-bit" not in (os.environ.get("NUMBA_CPU_FEATURES") or ""):
+    if not vector_width.wide():
+        # NUMBA_CPU_FEATURES / NUMBA_CPU_NAME / MINIGRAPH_VECTOR_BITS=256 set for the whole run:
+        # the flag is rightly absent, which test_a_users_choice_wins covers
         pytest.skip("this run's environment chose the CPU features itself")
     from numba.core.registry import cpu_target
-    assert "-prefer-256-bit" in cpu_target.target_context.codegen()._tm_features
+    assert vector_width.FLAG in cpu_target.target_context.codegen()._tm_features
 
     @numba.njit(fastmath=True)
     def dot(a, b):

@@ -26,6 +26,13 @@ import numba
 
 from minigraph.core import flags
 
+FLAG = "-prefer-256-bit"
+
+
+def wide() -> bool:
+    """Whether this process's Numba compiles with the 256-bit preference lifted."""
+    return FLAG in (os.environ.get("NUMBA_CPU_FEATURES") or "")
+
 
 def wide_features() -> str | None:
     """The host's feature string with `-prefer-256-bit`, or None where nothing should change:
@@ -37,7 +44,7 @@ def wide_features() -> str | None:
     feats = llvm.get_host_cpu_features()
     if not feats.get("avx512f", False):
         return None
-    return feats.flatten() + ",-prefer-256-bit"
+    return feats.flatten() + "," + FLAG
 
 
 def prefer_wide_vectors() -> None:

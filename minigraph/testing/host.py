@@ -23,11 +23,11 @@ def cpu_line(threads: int) -> str:
     (layer ..), numpy ..'."""
     import llvmlite.binding as llvm
 
-    from minigraph.backends.cpu import quant_ir, tile_ir
+    from minigraph.backends.cpu import quant_ir, tile_ir, vector_width
     isa = ("16-lane float tiles (AVX-512)" if tile_ir.WIDE else "8-lane float tiles") + ", " + (
         "VNNI dots" if quant_ir.VNNI else "AVX2 dots" if quant_ir.AVX2 else "portable dots")
-    if "-prefer-256-bit" in (os.environ.get("NUMBA_CPU_FEATURES") or ""):
-        isa += ", 512-bit loops"          # backends/cpu/vector_width.py lifted LLVM's 256-bit preference
+    if vector_width.wide():
+        isa += ", 512-bit loops"
     try:
         layer = numba.threading_layer()
     except ValueError:          # no parallel region has run yet: the configured choice
