@@ -28,11 +28,6 @@ import argparse
 import os
 import time
 
-# Numba's OpenMP workers spin-wait after each parallel region; in interleaved rounds they would
-# take the cores ggml's threads need next (ggml's Q4_0 mat-vec measured 0.6 ms best / 14 ms median
-# with spinning workers). Passive waiting lets each contender have the cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numba
 import numpy as np
 from numba import prange
@@ -41,6 +36,13 @@ import minigraph as mg
 from minigraph.core import dtypes, quants
 from minigraph.testing import ggml_bridge
 from minigraph.testing.host import cpu_line
+
+# Idle workers wait as a README install has them wait (backends/cpu/threads.py: OpenMP spins ~0.1
+# ms after a parallel region, then sleeps); SETTLE between the contenders' blocks lets a spinning
+# pool go to sleep before the next contender starts (GNU OpenMP's own 7 ms spin once cost ggml's
+# Q4_0 mat-vec 0.6 -> 14 ms). This script used to force OMP_WAIT_POLICY=passive, a sleep and a
+# wake-up every minigraph compute; Zen 3, two alternating pairs of runs: alike within the noise.
+SETTLE = 0.005
 
 K = 4096
 SHAPES = (4096, 14336)
@@ -123,6 +125,7 @@ def bench(m: int, n: int, types: list, threads: int, rounds: int, repeat: int, r
         times = {k: [] for k in runners}
         for _ in range(rounds):
             for k, (run, _) in runners.items():
+                time.sleep(SETTLE)
                 times[k].append(run(reps))
         outs = {k: np.asarray(get()).reshape(-1) for k, (_, get) in runners.items() if get is not None}
         ref = outs.get("ggml quant", outs["mg quant"])
