@@ -41,7 +41,8 @@ from minigraph.testing.host import cpu_line
 # ms after a parallel region, then sleeps); SETTLE between the contenders' blocks lets a spinning
 # pool go to sleep before the next contender starts (GNU OpenMP's own 7 ms spin once cost ggml's
 # Q4_0 mat-vec 0.6 -> 14 ms). This script used to force OMP_WAIT_POLICY=passive, a sleep and a
-# wake-up every minigraph compute; Zen 3, two alternating pairs of runs: alike within the noise.
+# wake-up every minigraph compute; that measured no slower for minigraph (Zen 3, two alternating
+# pairs of runs, BENCHMARKS.md), but it is not what users run.
 SETTLE = 0.005
 
 K = 4096
