@@ -41,7 +41,7 @@ from minigraph.core.buffer import tensor_start
 from minigraph.core.errors import MinigraphError
 
 from minigraph.backends.cuda.common import SIM
-from minigraph.backends.cuda.driver import check, device_arch, nvrtc_cubin
+from minigraph.backends.cuda.driver import RawKernel, check, device_arch, device_ptr as _ptr, nvrtc_cubin
 
 SOURCE = Path(__file__).with_name("attention_mma.cu")
 ROWS = 16                  # rows a block (the mma's M)
@@ -258,41 +258,6 @@ def plan(node) -> tuple[Config, int, int]:
 
 # -- launching ------------------------------------------------------------------------------
 
-def _ptr(a: Any) -> int:
-    return int(a.__cuda_array_interface__["data"][0] or 0)
-
-
-def _stream(stream: Any) -> Any:
-    from cuda.bindings import driver as drv
-
-    h = getattr(stream, "handle", stream)
-    if isinstance(h, drv.CUstream):
-        return h
-    return drv.CUstream(int(getattr(h, "value", h) or 0))
-
-
-class RawKernel:
-    """A driver function launched like a Numba kernel: kernel[grid, block, stream](*args), args in
-    the backend's order (meta row, dst, q, k, v, mask, sinks, op params, then the scalars)."""
-
-    def __init__(self, fn: Any, smem: int, pack: Any) -> None:
-        self.fn, self.smem, self.pack = fn, smem, pack
-
-    def __getitem__(self, cfg: tuple) -> Any:
-        grid, block, stream = cfg
-        g = tuple(grid) + (1,) * (3 - len(grid))
-        b = tuple(block) + (1,) * (3 - len(block))
-
-        def launch(*args: Any) -> None:
-            from cuda.bindings import driver as drv
-
-            vals = self.pack(*args)
-            ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(x) for x in vals])
-            _check(drv.cuLaunchKernel(self.fn, *g, *b, self.smem, _stream(stream), ctypes.addressof(ptrs), 0), "launch")
-
-        return launch
-
-
 def _pack_chunk(meta, dst, q, k, v, mask, sinks, scale, max_bias, softcap, prec, v_in_k, has_mask, has_sinks,
                 m0, m1, n_log2, mask_f32, v_off, chunk, n_parts, part) -> list:
     for name, a in (("k", k), ("v", v)):
@@ -326,6 +291,7 @@ def launches(node, m0: float, m1: float, n_log2: int) -> list:
     mask = node.src[3]
     mask_f32 = int(mask is not None and mask.type == dtypes.TYPE_F32)
     scalars = (m0, m1, n_log2, mask_f32, max(0, share_offset(node)), chunk, n_chunks, part)
-    return [(RawKernel(fc, smem_bytes(c), _pack_chunk), (n_chunks, n_rg * k.ne[2], n3), (32 * c.WARPS,), scalars),
-            (RawKernel(fm, 0, _pack_combine), (n_head * n_q * n3, -(-dv // COMBINE_THREADS)), (COMBINE_THREADS,),
+    what = "FLASH_ATTN_EXT"
+    return [(RawKernel(fc, smem_bytes(c), _pack_chunk, what), (n_chunks, n_rg * k.ne[2], n3), (32 * c.WARPS,), scalars),
+            (RawKernel(fm, 0, _pack_combine, what), (n_head * n_q * n3, -(-dv // COMBINE_THREADS)), (COMBINE_THREADS,),
              scalars)]

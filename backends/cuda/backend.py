@@ -41,7 +41,7 @@ from minigraph.memory.binding import bind_storage, binding_epoch, graph_lock
 from minigraph.memory.scaffold import prepare
 
 from minigraph.backends.cuda.common import META_W, SIM, SLOT_W
-from minigraph.backends.cuda.driver import check
+from minigraph.backends.cuda.driver import check, stream_handle
 from minigraph.backends.cuda.peer import copy_peer, peer_access
 
 DOWNLOAD_ALL_BYTES = 1 << 20   # arenas up to this size come back in one copy, else range by range
@@ -549,7 +549,7 @@ class _CudaGraph:
     def capture(stream: Any, launches: list) -> "_CudaGraph":
         from cuda.bindings import driver as drv
 
-        h = _stream_handle(stream, drv)
+        h = stream_handle(stream)
         _check(drv.cuStreamBeginCapture(h, drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")
         try:
             for cfg, args, _ in launches:
@@ -564,7 +564,7 @@ class _CudaGraph:
     def launch(self, stream: Any) -> None:
         from cuda.bindings import driver as drv
 
-        _check(drv.cuGraphLaunch(self.exec, _stream_handle(stream, drv)), "graph launch")
+        _check(drv.cuGraphLaunch(self.exec, stream_handle(stream)), "graph launch")
 
     def __del__(self) -> None:
         try:
@@ -574,13 +574,6 @@ class _CudaGraph:
             drv.cuGraphDestroy(self.graph)
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
-
-
-def _stream_handle(stream: Any, drv: Any) -> Any:
-    h = stream.handle
-    if isinstance(h, drv.CUstream):
-        return h
-    return drv.CUstream(int(getattr(h, "value", h) or 0))
 
 
 def _check(result: Any, what: str) -> Any:

@@ -57,7 +57,7 @@ from minigraph.core.buffer import tensor_start
 from minigraph.core.errors import MinigraphError
 
 from minigraph.backends.cuda.common import SIM, Launch
-from minigraph.backends.cuda.driver import check, device_arch, nvrtc_cubin
+from minigraph.backends.cuda.driver import check, device_arch, device_ptr as _ptr, nvrtc_cubin, stream_handle
 
 SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
@@ -195,10 +195,6 @@ def fused(node) -> bool:
     return FUSE and node.ne[1] == 1 and weights <= FUSED_MAX_BYTES and fused_smem(node) <= FUSED_SMEM_MAX
 
 
-def _ptr(x: Any) -> int:
-    return int(x.__cuda_array_interface__["data"][0] or 0)
-
-
 class QArgs(ctypes.Structure):
     """quant_mmvq.cu's `struct QArgs` (quantize_q8's parameter)."""
 
@@ -249,8 +245,7 @@ class _Launcher:
 
             p = self.pack(*args)
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
-            h = getattr(stream, "handle", stream)
-            h = h if isinstance(h, drv.CUstream) else drv.CUstream(int(getattr(h, "value", h) or 0))
+            h = stream_handle(stream)
             if self.pdl and not _PDL_REFUSED:
                 res = drv.cuLaunchKernelEx(_pdl_config(grid, block, self.smem, h), self.fn,
                                            ctypes.addressof(params), 0)
