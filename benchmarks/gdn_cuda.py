@@ -291,11 +291,13 @@ def variants(quick):
         out = cuda.device_array(S * Hv * (ns + S * ns), np.float32)
         with path(True):
             run = gf.standalone(out, *d, 1)
-        for rows, regs in ((4, 0), (4, 128), (2, 0)):
-            la = gdn_tc.decode_launch(S, Hv, ns, kda, rows=rows, regs=regs)
+        for rows, regs in ((4, 0), (4, 128), (2, 0), (4, None)):
+            nvrtc = regs is None   # the default form: NVRTC, launch bounds (gdn_tc.DEC_NVRTC)
+            la = gdn_tc.decode_launch(S, Hv, ns, kda, rows=rows, regs=regs or 0, nvrtc=nvrtc)
             t = cuda_time(lambda: la.kernel[la.grid, la.block](*run.args, *la.scalars), 20)
-            nreg = next(iter(la.kernel.overloads.values()))._codelibrary.get_cufunc().attrs.regs
-            print(f"  {'KDA' if kda else 'GDA'} rows={4 * rows} cap={regs or '-'} regs={nreg}: {t[0] * 1e6:.1f} us "
+            how = "nvrtc" if nvrtc else f"linked cap={regs or '-'} regs=" + str(
+                next(iter(la.kernel.overloads.values()))._codelibrary.get_cufunc().attrs.regs)
+            print(f"  {'KDA' if kda else 'GDA'} rows={4 * rows} {how}: {t[0] * 1e6:.1f} us "
                   f"({t[1] * 1e6:.0f}-{t[2] * 1e6:.0f}) {2 * ns * Hv * S * S * 4 / t[0] / 1e12:.2f} TB/s", flush=True)
     print("\n## prefill T=4096 B=1 GDA: state pass column tiles x warps a tile, accumulation mode (error: T=1000, "
           "g >= -20)")

@@ -284,3 +284,37 @@ def test_tc_plan_picks_the_cuda_cpp_kernels(be):
                for la in be.kernels["GATED_DELTA_NET"].fn.launches(pre))
     short = gdn(ctx, 128, 2, 4, 63, 1, 1, False, 1)     # below TC_MIN_T: the recurrence
     assert choice(short) == "recurrent"
+
+
+@pytest.mark.gpu
+@tc_only
+@pytest.mark.parametrize("S,N,Nqk,K,kda", [(128, 3, 3, 1, False), (128, 2, 1, 2, True), (84, 2, 2, 1, False),
+                                          (84, 3, 1, 3, True)])
+def test_tc_decode_nvrtc_equals_the_linked_kernel(S, N, Nqk, K, kda):
+    """The decode compiled by NVRTC as its own kernel (gdn_tc.DEC_NVRTC, what plans take) and the
+    Numba kernel linking the same C function write the same floats, snapshots and padding too."""
+    from numba import cuda
+
+    from minigraph.backends.cuda import gdn_fast, gdn_tc
+    from minigraph.backends.cuda.driver import RawKernel
+
+    rng = np.random.default_rng(7)
+    Hk, Hv = 2, 4
+    unit = lambda shape: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(  # noqa: E731
+        rng.standard_normal(shape).astype(np.float32))
+    arrs = (unit((Nqk, 1, Hk, S)), unit((Nqk, 1, Hk, S)), rng.standard_normal((N, 1, Hv, S)).astype(np.float32),
+            rng.uniform(-5.0, -1e-3, (N, 1, Hv, S if kda else 1)).astype(np.float32),
+            rng.uniform(0.1, 1, (N, 1, Hv, 1)).astype(np.float32),
+            (0.1 * rng.standard_normal((N, Hv, S, S))).astype(np.float32))
+    outs = []
+    for nvrtc in (True, False):
+        out = cuda.to_device(np.full(S * Hv * (N + K * S * N), np.nan, np.float32))
+        args = (cuda.to_device(gdn_fast.contiguous_meta(out.size, *arrs)), out,
+                *(cuda.to_device(a).reshape(a.size) for a in arrs), K)
+        la = gdn_tc.decode_launch(S, Hv, N, kda, nvrtc=nvrtc)
+        assert isinstance(la.kernel, RawKernel) == nvrtc
+        la.kernel[la.grid, la.block](*args, *la.scalars)
+        cuda.synchronize()
+        outs.append(out.copy_to_host())
+    assert not np.isnan(outs[0]).any()
+    np.testing.assert_array_equal(outs[0], outs[1])

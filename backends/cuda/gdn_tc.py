@@ -10,7 +10,7 @@ takes Q_c M beside W_c M from the same split fragments, so the state at each chu
 written out (134 MB at T=4096; the output kernel that read it back took 226 us, and writing it
 ~50 us of the state pass). The kernels are bound by instruction issue and latency (3xTF32:
 fragment splits and fp32 sums around each mma), hence the integer-op split and ACC 3. Decode
-B=256 286 us.
+B=256 279-282 us (NVRTC build; 285-292 linked into a Numba kernel).
 KDA (per-key gates, H_k=16, H_v=32): its prep gates K and Q rows in place (per key and 16-row block,
 float64 offsets) and takes all ten lower 16x16 blocks of A and P as tensor-core products, the
 diagonal ones through e^-tot per key where a key decays by at most e^-60 inside the block (the rest
@@ -22,10 +22,12 @@ state 1.66-1.71) against 3.66-3.77 (1.18-1.20x). Worst off float64 over the corr
 
 numba-cuda compiles each .cu with NVRTC and links it into a thin Numba kernel that reads the
 meta row (backend convention, common.py) and calls the C function with pointers and dims
-(`cuda.declare_device(..., abi="c")`). The kernels want more than 48 KB of dynamic shared
+(`cuda.declare_device(..., abi="c")`). The chunked kernels want more than 48 KB of dynamic shared
 memory, so each is compiled eagerly for the backend's argument types and its limit raised
-(`SmemKernel`). The simulator (and CI) never come here: gdn_fast.py keeps the plain Numba
-kernels for it, and `available()` says whether this path is on.
+(`SmemKernel`). The decode is compiled by NVRTC itself instead, as a __global__ that reads the
+meta row the same way and is launched through the driver (DEC_NVRTC: 2-3% faster on an H200).
+The simulator (and CI) never come here: gdn_fast.py keeps the plain Numba kernels for it, and
+`available()` says whether this path is on.
 
 Layout as in gdn_fast.py (ggml ne; numpy shapes reversed): q, k [S, H_k, T, n_seqs_qk]; v
 [S, H_v, T, n_seqs]; g [1 or S, H_v, T, n_seqs]; beta [1, H_v, T, n_seqs]; state [S, S, H_v,
@@ -46,6 +48,7 @@ from numba import cuda
 
 from minigraph.core import flags
 from minigraph.backends.cuda.common import SIM, SLOT_W, Launch
+from minigraph.backends.cuda.driver import RawKernel, check, device_arch, device_ptr, nvrtc_cubin_text
 
 CHUNK = 64                 # tokens per chunk (fixed by the kernels' tiles)
 MAX_S = 128
@@ -74,6 +77,13 @@ DEC_ROWS = 4               # decode: passes of 4 state rows an item (DP in the .
 DEC_REGS = 128             # decode: register cap (0: none; rows 4 at 128: no spills, 16 warps an SM:
                            # 286 us at B=256, 3.75 TB/s of the copy's 4.16)
 DEC_WARPS = 4              # decode: warps a block
+DEC_NVRTC = True           # decode: compiled by NVRTC as a __global__ of its own (_DEC_KERNEL), not linked
+                           # into a Numba kernel: H200, B=256 GDA, the same floats, 278.8-282.4 us over four
+                           # probe runs against 284.5-291.9 for the linked form in the same runs (reading
+                           # the meta row measured free: the compile is the difference). Off, or where
+                           # NVRTC fails: the linked form
+DEC_MIN_BLOCKS = 3         # the NVRTC decode's __launch_bounds__ blocks an SM: 146 registers, no spills
+                           # (4: 128 and 8 bytes of spills, 280.7-281.7 us; 5: 96 and spills, 331 us)
 PREP_REGS = 128            # GDA: 2 blocks of 256 threads an SM; KDA: 1 of 512
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -289,13 +299,67 @@ def state_kernel(S: Optional[int] = None, kda: bool = False, nj: int = STATE_NJ,
 
 
 def decode_kernel(kda: bool, S: Optional[int] = None, rows: int = DEC_ROWS, regs: int = DEC_REGS,
-                  sd: bool = False) -> Any:
-    """T == 1: items of 4*rows state rows, eight lanes a row (gdn_tc_decode.cu)."""
+                  sd: bool = False, nvrtc: Optional[bool] = None) -> Any:
+    """T == 1: items of 4*rows state rows, eight lanes a row (gdn_tc_decode.cu). nvrtc (default
+    DEC_NVRTC): the NVRTC form, launched like the Numba one (`regs` then unused: its launch bounds
+    set the registers), or the Numba kernel linking the same C function."""
+    if DEC_NVRTC if nvrtc is None else nvrtc:
+        key = ("decode-nvrtc", cuda.get_current_device().id, kda, S in SPECIAL_S and S, rows, SPLIT)
+        if key not in _CACHE:
+            try:
+                _CACHE[key] = _nvrtc_decode(_defs(S, DP=rows, KDA=int(kda)))
+            except Exception as e:  # noqa: BLE001 - remembered: the linked form runs instead
+                _CACHE[key] = f"{type(e).__name__}: {e}"
+        if not isinstance(_CACHE[key], str):
+            return _CACHE[key]
     key = ("decode", kda, S in SPECIAL_S and S, rows, regs, SPLIT, sd)
     if key not in _CACHE:
         py, sig = wrapper("decode", _defs(S, DP=rows, KDA=int(kda)), sd)
         _CACHE[key] = cuda.jit(sig, **({"max_registers": regs} if regs else {}))(py)
     return _CACHE[key]
+
+
+# The decode as a kernel of its own: the meta row read as the Numba wrapper (_decode_py) reads it;
+# sdst null: the new state goes to dst's snapshot slot 0, after the T == 1 outputs
+_DEC_KERNEL = r"""
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS, DEC_MIN_BLOCKS)
+gdn_decode_k(const long long* meta, float* dst, const float* q, const float* k, const float* v, const float* g,
+             const float* beta, const float* state, float* sdst, long long K, long long hd) {
+    const long long W = SLOT_W, S = meta[3 * W + 1], Hv = meta[3 * W + 2], N = meta[3 * W + 4];
+    float* out = sdst ? sdst + meta[7 * W] : dst + meta[0] + S * Hv * N;
+    gdn_tc_decode(q + meta[W], k + meta[2 * W], v + meta[3 * W], g + meta[4 * W], beta + meta[5 * W],
+                  state + meta[6 * W], dst + meta[0], out, S, Hv, N, meta[W + 2], N / meta[W + 4], K, hd);
+}
+"""
+
+
+def _pack_decode(meta: Any, dst: Any, q: Any, k: Any, v: Any, g: Any, beta: Any, state: Any, *rest: Any) -> list:
+    """gdn_decode_k's parameters from the Numba decode's arguments: (sdst,) K, hd."""
+    import ctypes
+
+    P = ctypes.c_void_p
+    sdst = P(device_ptr(rest[0])) if len(rest) == 3 else P(0)
+    return [*(P(device_ptr(a)) for a in (meta, dst, q, k, v, g, beta, state)), sdst,
+            ctypes.c_longlong(int(rest[-2])), ctypes.c_longlong(int(rest[-1]))]
+
+
+def _nvrtc_decode(defines: dict) -> RawKernel:
+    """gdn_decode_k compiled by NVRTC for the current device and loaded into its context."""
+    import ctypes
+
+    from cuda.bindings import driver as drv
+
+    cuda.current_context()
+    defs = dict(defines, SLOT_W=SLOT_W, DEC_WARPS=DEC_WARPS, DEC_MIN_BLOCKS=DEC_MIN_BLOCKS)
+    text = source("gdn_tc_decode.cu", defs) + _DEC_KERNEL
+    cubin, _ = nvrtc_cubin_text(text.encode(), "gdn_tc_decode.cu", device_arch(), (), (),
+                                "GATED_DELTA_NET decode")
+    image = ctypes.create_string_buffer(cubin)
+    mod = check(drv.cuModuleLoadData(ctypes.addressof(image)), "GATED_DELTA_NET decode: module load")
+    fn = check(drv.cuModuleGetFunction(mod, b"gdn_decode_k"), "GATED_DELTA_NET decode: get gdn_decode_k")
+    kern = RawKernel(fn, 0, _pack_decode, "GATED_DELTA_NET decode")
+    kern.module = (mod, image)   # loaded in this device's context, kept as long as the kernel
+    return kern
 
 
 def workspace(S: int, Hv: int, T: int, N: int, kda: bool = False) -> tuple:
@@ -321,11 +385,12 @@ def chunked_launches(S: int, Hv: int, T: int, N: int, kda: bool = False, ws: Opt
 
 
 def decode_launch(S: int, Hv: int, N: int, kda: bool, rows: int = DEC_ROWS, regs: int = DEC_REGS,
-                  max_blocks: Optional[int] = None, hd: int = 1, sd: bool = False) -> Launch:
+                  max_blocks: Optional[int] = None, hd: int = 1, sd: bool = False,
+                  nvrtc: Optional[bool] = None) -> Launch:
     """One warp an item of 4*rows rows; `max_blocks` caps the grid (the warps then loop); hd and sd
-    as in chunked_launches."""
+    as in chunked_launches; nvrtc as in decode_kernel."""
     items = Hv * N * -(-S // (4 * rows))
     blocks = -(-items // DEC_WARPS)
     if max_blocks:
         blocks = min(blocks, max_blocks)
-    return Launch(decode_kernel(kda, S, rows, regs, sd), (blocks,), (DEC_WARPS * 32,), (hd,))
+    return Launch(decode_kernel(kda, S, rows, regs, sd, nvrtc), (blocks,), (DEC_WARPS * 32,), (hd,))
