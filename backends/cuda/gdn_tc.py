@@ -25,7 +25,7 @@ meta row (backend convention, common.py) and calls the C function with pointers 
 (`cuda.declare_device(..., abi="c")`). The chunked kernels want more than 48 KB of dynamic shared
 memory, so each is compiled eagerly for the backend's argument types and its limit raised
 (`SmemKernel`). The decode is compiled by NVRTC itself instead, as a __global__ that reads the
-meta row the same way and is launched through the driver (DEC_NVRTC: 2-3% faster on an H200).
+meta row the same way and is launched through the driver (DEC_NVRTC: 1-3% faster on an H200).
 The simulator (and CI) never come here: gdn_fast.py keeps the plain Numba kernels for it, and
 `available()` says whether this path is on.
 
