@@ -10,9 +10,9 @@ reordered one, side by side with the device's read bandwidth.
 One warp R rows (R = 1, 2, 4: the src1 loads shared by the R rows); lane l takes the 16-byte
 quant words l, l + 32, ... of the row: word c is half c % 2 of the 32 bytes that hold groups
 2j and 2j + 1 (j = c % 8 / 2) of super-block c / 8, dotted with src1's Q8_K quants by dp4a and
-scaled as ggml's vec_dot_q4_K_q8_K does. Random block bytes (finite half scales); each form is
-checked against a float64 reference. GPU time of one mat-vec: a CUDA graph of 20 launches over
-distinct weight copies (together > 4x the L2), median (min-max) of 7 replays.
+scaled as ggml's vec_dot_q4_K_q8_K does. Random block bytes (quant_cuda.random_blocks); each form
+is checked against minigraph's float64 dequantization. GPU time of one mat-vec: a CUDA graph of
+20 launches over distinct weight copies (together > 4x the L2), median (min-max) of 7 replays.
 
 H200, 2026-12-03, one run (read bandwidth 4.40 TB/s), us for R = 1 / 2 / 4:
   K=4096 M=4096    ggml 7.99 / 7.85 / 11.62    reorder 8.02 / 7.74 / 12.92
@@ -34,9 +34,10 @@ import numpy as np
 from numba import cuda, types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quant_cuda import read_bandwidth  # noqa: E402  (the same torch sum as benchmarks/quant_cuda.py)
+from quant_cuda import random_blocks, read_bandwidth  # noqa: E402  (quant_cuda.py's blocks and torch sum)
 
 from minigraph.backends.cuda.backend import _CudaGraph  # noqa: E402
+from minigraph.core import dtypes, quants  # noqa: E402
 
 SRC = r"""
 #include <cuda_fp16.h>
@@ -128,26 +129,11 @@ def reorder(rows: np.ndarray, nsb: int) -> np.ndarray:
     return np.concatenate([sb[:, :, :16].reshape(len(rows), -1), sb[:, :, 16:].reshape(len(rows), -1)], axis=1)
 
 
-def reference(rows: np.ndarray, yq: np.ndarray, yd: np.ndarray, bs: np.ndarray, nsb: int) -> np.ndarray:
-    """float64 vec_dot_q4_K_q8_K of ggml-layout rows with one Q8_K row."""
-    M = len(rows)
-    sb = rows.reshape(M, nsb, 144)
-    d = sb[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
-    dm = sb[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
-    s = sb[:, :, 4:16].astype(np.int64)
-    sc, mn = np.zeros((M, nsb, 8), np.int64), np.zeros((M, nsb, 8), np.int64)
-    for g in range(8):
-        if g < 4:
-            sc[..., g], mn[..., g] = s[..., g] & 63, s[..., g + 4] & 63
-        else:
-            sc[..., g] = (s[..., g + 4] & 15) | ((s[..., g - 4] >> 6) << 4)
-            mn[..., g] = (s[..., g + 4] >> 4) | ((s[..., g] >> 6) << 4)
-    qs = sb[:, :, 16:].reshape(M, nsb, 4, 32).astype(np.int64)
-    q = np.empty((M, nsb, 8, 32), np.int64)
-    q[:, :, 0::2], q[:, :, 1::2] = qs & 15, qs >> 4
-    dots = (q * yq.reshape(nsb, 8, 32).astype(np.int64)[None]).sum(-1)
-    gsum = bs.reshape(nsb, 8, 2).astype(np.int64).sum(-1)
-    return ((d[..., None] * sc * dots - dm[..., None] * mn * gsum[None]) * yd.astype(np.float64)[None, :, None]).sum((1, 2))
+def reference(rows: np.ndarray, yq: np.ndarray, yd: np.ndarray) -> np.ndarray:
+    """float64 dot of ggml-layout Q4_K rows with one Q8_K row (quants yq, block scales yd): the
+    rows as minigraph's reference dequantizes them."""
+    w = quants.dequantize(rows, dtypes.TYPE_Q4_K).astype(np.float64).reshape(len(rows), -1)
+    return w @ (yq.reshape(len(yd), 256).astype(np.float64) * yd[:, None]).reshape(-1)
 
 
 def _f32(a: np.ndarray):
@@ -156,13 +142,11 @@ def _f32(a: np.ndarray):
 
 def case(k: int, m: int, kernels: dict, rng, bw: float) -> None:
     nsb = k // 256
-    rows = rng.integers(0, 256, (m, nsb, 144), dtype=np.uint8)
-    rows[:, :, 0:4] = (rng.uniform(0.5, 1.5, (m, nsb, 2)) * 1e-2).astype(np.float16).view(np.uint8).reshape(m, nsb, 4)
-    rows = rows.reshape(m, -1)
+    rows = random_blocks(dtypes.TYPE_Q4_K, m, k, rng)
     yq = rng.integers(-127, 128, k, dtype=np.int8)
     yd = rng.uniform(0.01, 0.02, nsb).astype(np.float32)
-    bs = yq.reshape(-1, 16).astype(np.int64).sum(-1).astype(np.int16)
-    ref = reference(rows, yq, yd, bs, nsb)
+    bs = yq.reshape(-1, 16).astype(np.int64).sum(-1).astype(np.int16)    # Q8_K's bsums
+    ref = reference(rows, yq, yd)
     copies = max(2, -(-200_000_000 // rows.nbytes))
     src1 = (_f32(yq), _f32(yd), _f32(bs))
     out = cuda.device_array(m, np.float32)

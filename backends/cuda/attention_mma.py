@@ -41,7 +41,7 @@ from minigraph.core.buffer import tensor_start
 from minigraph.core.errors import MinigraphError
 
 from minigraph.backends.cuda.common import SIM
-from minigraph.backends.cuda.driver import RawKernel, check, device_arch, device_ptr as _ptr, nvrtc_cubin
+from minigraph.backends.cuda.driver import Module, RawKernel, check, device_arch, device_ptr as _ptr, nvrtc_cubin
 
 SOURCE = Path(__file__).with_name("attention_mma.cu")
 ROWS = 16                  # rows a block (the mma's M)
@@ -145,7 +145,7 @@ def _fits_two(c: Config) -> bool:
 
 # -- compiling and loading --------------------------------------------------------------------
 
-_MODULES: dict = {}        # (Config, arch, device) -> (module, chunk fn, combine fn, occupancy, image) or the error
+_MODULES: dict = {}        # (Config, arch, device) -> (driver.Module, chunk fn, combine fn, occupancy) or the error
 
 
 def nvrtc_compile(c: Config, arch: str, extra: tuple = ()) -> tuple[bytes, str]:
@@ -170,11 +170,8 @@ def kernels(c: Config) -> tuple:
         from cuda.bindings import driver as drv
 
         try:
-            cuda.current_context()          # numba's (primary) context current on this thread
-            image = ctypes.create_string_buffer(nvrtc_compile(c, key[1])[0])
-            mod = _check(drv.cuModuleLoadData(ctypes.addressof(image)), "module load")
-            fc = _check(drv.cuModuleGetFunction(mod, b"fa_mma_chunk"), "get fa_mma_chunk")
-            fm = _check(drv.cuModuleGetFunction(mod, b"fa_mma_combine"), "get fa_mma_combine")
+            mod = Module(nvrtc_compile(c, key[1])[0], "FLASH_ATTN_EXT")
+            fc, fm = mod.function("fa_mma_chunk"), mod.function("fa_mma_combine")
             smem = smem_bytes(c)
             _check(drv.cuFuncSetAttribute(fc, drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                           smem), "shared memory attribute")
@@ -184,7 +181,7 @@ def kernels(c: Config) -> tuple:
         except Exception as e:  # noqa: BLE001 - remembered: the node then runs the Numba kernels
             _MODULES[key] = f"{type(e).__name__}: {e}"
             raise MinigraphError(_MODULES[key]) from e
-        got = _MODULES[key] = (mod, fc, fm, int(occ), image)
+        got = _MODULES[key] = (mod, fc, fm, int(occ))
     return got[1], got[2], got[3]
 
 

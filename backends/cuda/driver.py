@@ -73,6 +73,30 @@ def nvrtc_cubin_text(text: bytes, name: str, arch: str, defines: Sequence[tuple[
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+class Module:
+    """A cubin loaded into the current device's context (numba's primary one, made current here):
+    `function(name)` its driver functions, looked up once. The image stays alive with the module;
+    `what` names the op in errors."""
+
+    def __init__(self, cubin: bytes, what: str) -> None:
+        from cuda.bindings import driver as drv
+        from numba import cuda
+
+        cuda.current_context()
+        self.what = what
+        self.image = ctypes.create_string_buffer(cubin)
+        self.handle = check(drv.cuModuleLoadData(ctypes.addressof(self.image)), f"{what}: module load")
+        self.functions: dict[str, Any] = {}
+
+    def function(self, name: str) -> Any:
+        if name not in self.functions:
+            from cuda.bindings import driver as drv
+
+            self.functions[name] = check(drv.cuModuleGetFunction(self.handle, name.encode()),
+                                         f"{self.what}: get {name}")
+        return self.functions[name]
+
+
 def device_ptr(a: Any) -> int:
     """The device address of an array with __cuda_array_interface__ (0 for an empty one)."""
     return int(a.__cuda_array_interface__["data"][0] or 0)

@@ -40,6 +40,7 @@ unused).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any, Optional
 
@@ -48,7 +49,7 @@ from numba import cuda
 
 from minigraph.core import flags
 from minigraph.backends.cuda.common import SIM, SLOT_W, Launch
-from minigraph.backends.cuda.driver import RawKernel, check, device_arch, device_ptr, nvrtc_cubin_text
+from minigraph.backends.cuda.driver import Module, RawKernel, device_arch, device_ptr, nvrtc_cubin_text
 
 CHUNK = 64                 # tokens per chunk (fixed by the kernels' tiles)
 MAX_S = 128
@@ -303,7 +304,7 @@ def decode_kernel(kda: bool, S: Optional[int] = None, rows: int = DEC_ROWS, regs
     """T == 1: items of 4*rows state rows, eight lanes a row (gdn_tc_decode.cu). nvrtc (default
     DEC_NVRTC): the NVRTC form, launched like the Numba one (`regs` then unused: its launch bounds
     set the registers), or the Numba kernel linking the same C function."""
-    if DEC_NVRTC if nvrtc is None else nvrtc:
+    if (DEC_NVRTC if nvrtc is None else nvrtc):
         key = ("decode-nvrtc", cuda.get_current_device().id, kda, S in SPECIAL_S and S, rows, SPLIT)
         if key not in _CACHE:
             try:
@@ -335,8 +336,6 @@ gdn_decode_k(const long long* meta, float* dst, const float* q, const float* k, 
 
 def _pack_decode(meta: Any, dst: Any, q: Any, k: Any, v: Any, g: Any, beta: Any, state: Any, *rest: Any) -> list:
     """gdn_decode_k's parameters from the Numba decode's arguments: (sdst,) K, hd."""
-    import ctypes
-
     P = ctypes.c_void_p
     sdst = P(device_ptr(rest[0])) if len(rest) == 3 else P(0)
     return [*(P(device_ptr(a)) for a in (meta, dst, q, k, v, g, beta, state)), sdst,
@@ -345,20 +344,12 @@ def _pack_decode(meta: Any, dst: Any, q: Any, k: Any, v: Any, g: Any, beta: Any,
 
 def _nvrtc_decode(defines: dict) -> RawKernel:
     """gdn_decode_k compiled by NVRTC for the current device and loaded into its context."""
-    import ctypes
-
-    from cuda.bindings import driver as drv
-
-    cuda.current_context()
+    what = "GATED_DELTA_NET decode"
     defs = dict(defines, SLOT_W=SLOT_W, DEC_WARPS=DEC_WARPS, DEC_MIN_BLOCKS=DEC_MIN_BLOCKS)
     text = source("gdn_tc_decode.cu", defs) + _DEC_KERNEL
-    cubin, _ = nvrtc_cubin_text(text.encode(), "gdn_tc_decode.cu", device_arch(), (), (),
-                                "GATED_DELTA_NET decode")
-    image = ctypes.create_string_buffer(cubin)
-    mod = check(drv.cuModuleLoadData(ctypes.addressof(image)), "GATED_DELTA_NET decode: module load")
-    fn = check(drv.cuModuleGetFunction(mod, b"gdn_decode_k"), "GATED_DELTA_NET decode: get gdn_decode_k")
-    kern = RawKernel(fn, 0, _pack_decode, "GATED_DELTA_NET decode")
-    kern.module = (mod, image)   # loaded in this device's context, kept as long as the kernel
+    mod = Module(nvrtc_cubin_text(text.encode(), "gdn_tc_decode.cu", device_arch(), (), (), what)[0], what)
+    kern = RawKernel(mod.function("gdn_decode_k"), 0, _pack_decode, what)
+    kern.module = mod   # loaded in this device's context, kept as long as the kernel
     return kern
 
 

@@ -57,7 +57,7 @@ from minigraph.core.buffer import tensor_start
 from minigraph.core.errors import MinigraphError
 
 from minigraph.backends.cuda.common import SIM, Launch
-from minigraph.backends.cuda.driver import check, device_arch, device_ptr as _ptr, nvrtc_cubin, stream_handle
+from minigraph.backends.cuda.driver import Module, check, device_arch, device_ptr as _ptr, nvrtc_cubin, stream_handle
 
 SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # compile-time constants of quant_mmvq.cu (a benchmark may change them; each set is its own module):
@@ -96,7 +96,7 @@ TILED = {D.TYPE_Q4_K: 144, D.TYPE_Q5_K: 176, D.TYPE_Q6_K: 210}         # read in
 NC_MAX = 8
 MAX_GRID_YZ = 65535
 _PDL_REFUSED: list = []    # the driver's answer once it refused a programmatic launch (then plain ones)
-_MODULES: dict = {}        # (arch, device, config) -> (module, {name: function}, image) or the error text
+_MODULES: dict = {}        # (arch, device, config) -> driver.Module or the error text
 
 
 class Args(ctypes.Structure):
@@ -132,22 +132,12 @@ def function_named(name: str) -> Any:
     if isinstance(got, str):
         raise MinigraphError(got)
     if got is None:
-        from cuda.bindings import driver as drv
-
         try:
-            cuda.current_context()
-            image = ctypes.create_string_buffer(nvrtc_compile(key[0])[0])
-            mod = _check(drv.cuModuleLoadData(ctypes.addressof(image)), "module load")
-            got = _MODULES[key] = (mod, {}, image)
+            got = _MODULES[key] = Module(nvrtc_compile(key[0])[0], "MUL_MAT (quantized)")
         except Exception as e:  # noqa: BLE001 - remembered: such nodes then run the Numba kernel
             _MODULES[key] = f"{type(e).__name__}: {e}"
             raise MinigraphError(_MODULES[key]) from e
-    fns = got[1]
-    if name not in fns:
-        from cuda.bindings import driver as drv
-
-        fns[name] = _check(drv.cuModuleGetFunction(got[0], name.encode()), f"get {name}")
-    return fns[name]
+    return got.function(name)
 
 
 def refusal(node) -> Optional[str]:
