@@ -73,6 +73,39 @@ def test_portable_dot_products_equal_the_avx2_ones():
         np.testing.assert_array_equal(no_vnni[t], native[t], err_msg=D.type_name(t))
 
 
+def test_row_group_dots_equal_the_single_row_ones():
+    """The 32-element block types take quant_dot.ROWS src0 rows a call (four accumulator chains
+    sharing src1's loads): each row's float is the single-row dot's, bit for bit, on arbitrary
+    block bytes with rows at odd byte strides."""
+    import numba
+    from minigraph.backends.cpu import quant as Q, quant_dot
+    rng = np.random.default_rng(14)
+    k, rows = 512, quant_dot.ROWS
+    y = rng.standard_normal((1, k)).astype(np.float32)
+
+    @numba.njit
+    def both(t, raw, step, yq, yd, ys, nblk, f16):
+        group = Q._vec_dot_rows(t, raw, 3, step, yq, 0, yd, 0, ys, 0, nblk, f16)
+        one = np.empty((2, len(group)), np.float32)
+        for j in range(len(group)):
+            one[0, j] = group[j]
+            one[1, j] = Q._vec_dot(t, raw, 3 + j * step, yq, 0, yd, 0, ys, 0, nblk, f16)
+        return one
+    for t in (D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0):
+        row = k // D.blck_size(t) * D.type_size(t)
+        step = row + 5
+        raw = rng.integers(0, 256, 3 + rows * step, dtype=np.uint8)
+        for r in range(rows):   # finite float16 scales: the high byte of d (and m) below 0x3C
+            blocks = raw[3 + r * step: 3 + r * step + row].reshape(-1, D.type_size(t))
+            blocks[:, 1] &= 0x3B
+            if t in (D.TYPE_Q4_1, D.TYPE_Q5_1):
+                blocks[:, 3] &= 0x3B
+        yq, yd, ys, _ = Q.quantize_src1(y, t)
+        got = both(t, raw, step, yq, yd, ys, k // D.blck_size(t), Q.F16_TABLE)
+        assert np.isfinite(got).all(), D.type_name(t)
+        np.testing.assert_array_equal(got[0], got[1], err_msg=D.type_name(t))
+
+
 def test_mul_mat_in_the_program_equals_the_per_node_path(monkeypatch):
     """Quantized MUL_MAT runs inside the compiled executor (src0 as a raw-byte slot); the
     per-node path (from Python, for nodes the program cannot take) gives the same bits,

@@ -26,9 +26,10 @@ from minigraph.core.errors import fail
 from minigraph.core.registry import Kernel, register_quant_kernel
 from minigraph.core.tensor import nbytes
 
-from minigraph.backends.cpu.jit import JIT_OPTIONS, fetch_add, kernel
-from minigraph.backends.cpu.quant_dot import (dot_q4_0, dot_q4_1, dot_q4_k, dot_q5_0, dot_q5_1, dot_q5_k,
-                                              dot_q6_k, dot_q8_0)
+from minigraph.backends.cpu.jit import JIT_OPTIONS, fetch_add, kernel, row_index
+from minigraph.backends.cpu.quant_dot import (ROWS, dot_q4_0, dot_q4_0_rows, dot_q4_1, dot_q4_1_rows, dot_q4_k,
+                                              dot_q5_0, dot_q5_0_rows, dot_q5_1, dot_q5_1_rows, dot_q5_k, dot_q6_k,
+                                              dot_q8_0, dot_q8_0_rows)
 
 import numba
 
@@ -144,6 +145,21 @@ def _vec_dot(kind, a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16):
     return dot_q6_k(a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16)
 
 
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _vec_dot_rows(kind, a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16):
+    """ROWS src0 rows `step` bytes apart against one src1 row (32-element block types only): the
+    floats _vec_dot gives each row."""
+    if kind == D.TYPE_Q4_0:
+        return dot_q4_0_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    if kind == D.TYPE_Q4_1:
+        return dot_q4_1_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    if kind == D.TYPE_Q5_0:
+        return dot_q5_0_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    if kind == D.TYPE_Q5_1:
+        return dot_q5_1_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    return dot_q8_0_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+
+
 # src0 rows per task (ggml's mat-vec chunk too): 64 tasks for a 4096-row weight, enough for the
 # threads to even out their ends. Zen 5, 2 threads, one token, three alternating runs: 64 against
 # 16 rows, [4096, 14336] q4_0 1.13-1.22 vs 1.46-2.46 ms, q8_0 1.30-1.37 vs 1.66-1.88, q4_K
@@ -151,14 +167,29 @@ def _vec_dot(kind, a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16):
 # for the prefetchers, a quarter of the shared queue's atomics)
 ROWS_PER_TASK = 64
 MAX_LANES = 64      # prange lanes taking tasks from a shared queue (idle lanes cost nothing)
+# Claims shrink as the rows run out (OpenMP's "guided"): long runs of consecutive rows first, for
+# the prefetchers. Sapphire Rapids, 2 threads, 4096 x 4096 Q4_K, two processes each: fixed claims
+# of 64 rows 330-340 us, 1/8 of the rest 296-306, 1/2 308-312 (Q8_0 within noise)
+GUIDE = 8
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _rows(dst, i3, i2, m0, m1, a, ao0, a_nb1, yq, yd, ys, ys_row, kind, nblk, f16):
-    """dst[i3, i2, :, m0:m1]: each src0 row against every src1 column (the row stays in L1)."""
+    """dst[i3, i2, :, m0:m1]: each src0 row against every src1 column (the row stays in L1), the
+    32-element block types ROWS rows at a time."""
     n2, n1 = dst.shape[1], dst.shape[2]
     k = yq.shape[0] // max(1, dst.shape[0] * n2 * n1)
-    for m in range(m0, m1):
+    m = m0
+    if kind == D.TYPE_Q4_0 or kind == D.TYPE_Q4_1 or kind == D.TYPE_Q5_0 or kind == D.TYPE_Q5_1 or kind == D.TYPE_Q8_0:
+        while m + ROWS <= m1:
+            ao = ao0 + m * a_nb1
+            for n in range(n1):
+                r = (i3 * n2 + i2) * n1 + n
+                got = _vec_dot_rows(kind, a, ao, a_nb1, yq, r * k, yd, r * nblk, ys, r * ys_row, nblk, f16)
+                for j in range(ROWS):
+                    dst[i3, i2, n, m + j] = got[j]
+            m += ROWS
+    for m in range(m, m1):
         ao = ao0 + m * a_nb1
         for n in range(n1):
             r = (i3 * n2 + i2) * n1 + n
@@ -168,26 +199,35 @@ def _rows(dst, i3, i2, m0, m1, a, ao0, a_nb1, yq, yd, ys, ys_row, kind, nblk, f1
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _mul_mat_tasks(dst, a, a_nb1, a_nb2, a_nb3, a3, a2, yq, yd, ys, ys_row, kind, nblk, f16):
     """The body of mul_mat_q (inlined into both of its forms, so its prange runs in parallel).
-    Tasks of ROWS_PER_TASK src0 rows come from a shared queue (as ggml's chunks do): a thread
-    slowed by another process's work on its core takes fewer of them."""
+    The threads claim runs of src0 rows from a shared counter (dst's rows, all (i3, i2) in turn),
+    each 1/GUIDE of what is left and at least ROWS_PER_TASK: a thread slowed by another process's
+    work on its core claims fewer of them."""
     n3, n2, n1, m_rows = dst.shape
     r3 = n3 // a3
     r2 = n2 // a2
-    n_chunks = (m_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    n_tasks = n3 * n2 * n_chunks
+    total = n3 * n2 * m_rows
     # not np.zeros: under parallel=True Numba turns np.zeros into a parallel loop of its own, a
     # second fork/join (thread wake-up) per node that cost 10-25% of a 4096 x 4096 mat-vec
     queue = np.empty(1, np.int64)
     queue[0] = 0
-    for lane in prange(min(n_tasks, MAX_LANES)):
-        task = fetch_add(queue, 1)
-        while task < n_tasks:
-            i3 = task // (n2 * n_chunks)
-            i2 = (task // n_chunks) % n2
-            m0 = (task % n_chunks) * ROWS_PER_TASK
-            _rows(dst, i3, i2, m0, min(m0 + ROWS_PER_TASK, m_rows), a, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
-                  a_nb1, yq, yd, ys, ys_row, kind, nblk, f16)
-            task = fetch_add(queue, 1)
+    for lane in prange(min((total + ROWS_PER_TASK - 1) // ROWS_PER_TASK, MAX_LANES)):
+        while True:
+            # guided: a claim is 1/GUIDE of the rows left (at least ROWS_PER_TASK), so each thread
+            # streams long runs of consecutive rows first and the claims shrink towards the end
+            size = max(ROWS_PER_TASK, (total - queue[0]) // GUIDE // ROWS * ROWS)
+            g = fetch_add(queue, size)
+            if g >= total:
+                break
+            end = min(g + size, total)
+            while g < end:
+                i32 = g // m_rows
+                m0 = g - i32 * m_rows
+                m1 = min(m_rows, m0 + (end - g))
+                i3 = i32 // n2
+                i2 = i32 - i3 * n2
+                _rows(dst, i3, i2, m0, m1, a, (i3 // r3) * a_nb3 + (i2 // r2) * a_nb2,
+                      a_nb1, yq, yd, ys, ys_row, kind, nblk, f16)
+                g += m1 - m0
 
 
 @kernel
@@ -219,8 +259,11 @@ def mul_mat_q_program(dst, a, b, kind):
     n3, n2, n1, k = b.shape
     x = np.empty((n3 * n2 * n1, k), np.float32)
     for r in range(x.shape[0]):
+        # the row's indices outside the element loop: divided per element they cost 30-45 us of
+        # a 4096-long src1 row (Sapphire Rapids; a 4096 x 4096 Q8_0 mat-vec is ~400 us)
+        i3, i2, i1 = row_index(r, n2, n1)
         for i in range(k):
-            x[r, i] = b[r // (n2 * n1), (r // n1) % n2, r % n1, i]
+            x[r, i] = b[i3, i2, i1, i]
     yq = np.empty((x.shape[0], k), np.int8)
     if kind == D.TYPE_Q4_K or kind == D.TYPE_Q5_K or kind == D.TYPE_Q6_K:
         yd = np.empty((x.shape[0], k // 256), np.float32)
