@@ -152,10 +152,12 @@ def out_prod(dst, a, b):
         i2 = (task // n_rows) % n2
         n = task % n_rows
         acc = np.zeros(m_rows, np.float32)
+        ab = a[i3 // r3, i2 // r2]     # not indexed per element: LLVM keeps the divisions in the loop
         for k in range(k_len):
             bv = b[i3, i2, k, n]
+            ak = ab[k]
             for m in range(m_rows):
-                acc[m] += a[i3 // r3, i2 // r2, k, m] * bv
+                acc[m] += ak[m] * bv
         for m in range(m_rows):
             dst[i3, i2, n, m] = acc[m]
 
