@@ -138,8 +138,9 @@ def repeat(dst, a):
     a3, a2, a1, a0 = a.shape
     for r in prange(n3 * n2 * n1):
         i3, i2, i1 = row_index(r, n2, n1)
+        arow = a[i3 % a3, i2 % a2, i1 % a1]   # once a row: LLVM keeps the modulos inside the loop
         for i0 in range(n0):
-            dst[i3, i2, i1, i0] = a[i3 % a3, i2 % a2, i1 % a1, i0 % a0]
+            dst[i3, i2, i1, i0] = arow[i0 % a0]
 
 
 @kernel
@@ -178,9 +179,9 @@ def get_rows(dst, a, idx):
                     raise IndexError("get_rows: row index out of range")
     for r in prange(n3 * n2 * n1):
         i3, i2, i1 = row_index(r, n2, n1)
-        row = idx[0, i3, i2, i1]
+        arow = a[i3 % a3, i2 % a2, idx[0, i3, i2, i1]]
         for i0 in range(n0):
-            dst[i3, i2, i1, i0] = a[i3 % a3, i2 % a2, row, i0]
+            dst[i3, i2, i1, i0] = arow[i0]
 
 
 register_kernel("CONT", "cpu", logical_copy)

@@ -130,10 +130,11 @@ def soft_max(dst, a, mask, sinks, scale, max_bias, has_mask, has_sinks):
             slope = np.float32(m0 ** (i2 + 1) if i2 < n_log2 else m1 ** (2 * (i2 - n_log2) + 1))
         # pass 1: the logits into dst, and their max
         mx = -np.inf
+        mrow = mask[i3 % k3, i2 % k2, i1]    # once a row: LLVM keeps a modulo inside the loop
         for i0 in range(n0):
             x = a[i3, i2, i1, i0] * sc
             if has_mask:
-                x += slope * mask[i3 % k3, i2 % k2, i1, i0]
+                x += slope * mrow[i0]
             dst[i3, i2, i1, i0] = x
             mx = max(mx, x)
         sink = np.float32(0.0)
