@@ -43,7 +43,7 @@ import math
 from typing import Optional
 
 import numpy as np
-from numba import cuda, float32, int32
+from numba import cuda, float32, int32, int64
 
 from minigraph.core import dtypes
 from minigraph.core.buffer import tensor_start
@@ -195,6 +195,7 @@ def split_kernel(RW: int, DKL: int, DVL: int):
         fr = cuda.local.array(RW, float32)      # rescale of acc for this kv row
         er = cuda.local.array(RW, float32)      # weight of this kv row
         sl = cuda.local.array(RW, float32)      # ALiBi slope
+        mo = cuda.local.array(RW, int64)        # the row's mask element at kv 0 (its stride: mask_j)
         am = cuda.local.array(DKL, float32)     # per-block |q| maxima (a quantized K)
         tid = cuda.threadIdx.x
         lane = tid % WARP
@@ -238,6 +239,10 @@ def split_kernel(RW: int, DKL: int, DVL: int):
             mr[rr] = -math.inf
             lr[rr] = float32(0.0)
             sl[rr] = alibi(h, max_bias, m0, m1, n_log2)
+            # where the row's mask values start, found once: in the kv loop the four divisions
+            # and modulos would cost more than the row's dot product
+            mo[rr] = at(meta, 4, 0, r // G, h % ne(meta, 4, 2), i3 % ne(meta, 4, 3)) if has_mask and r < n_rows else 0
+        mask_j = meta[4 * SLOT_W + 5]
         share = v_in_k == 0            # V = the first DV values of the K row: take them from kr
         j_lo = cuda.blockIdx.x * chunk
         j_hi = min(n_kv, j_lo + chunk)
@@ -265,8 +270,7 @@ def split_kernel(RW: int, DKL: int, DVL: int):
                 if softcap != 0.0:
                     s = softcap * math.tanh(s)
                 if has_mask and r < n_rows:
-                    h = ik2 * G + r % G
-                    s += sl[rr] * float32(mask[at(meta, 4, jj, r // G, h % ne(meta, 4, 2), i3 % ne(meta, 4, 3))])
+                    s += sl[rr] * float32(mask[mo[rr] + jj * mask_j])
                 f = float32(1.0)
                 e = float32(0.0)
                 if live and r < n_rows and s != -math.inf:
