@@ -224,11 +224,12 @@ def split_kernel(RW: int, DKL: int, DVL: int):
         for rr in range(RW):
             r = r0 + rr
             h = ik2 * G + r % G
+            rq = r // G
             for i in range(DKL):
                 d = lane + WARP * i
                 x = float32(0.0)
                 if r < n_rows and d < dk:
-                    x = q[at(meta, 1, d, r // G, h, i3)]
+                    x = q[at(meta, 1, d, rq, h, i3)]
                 qr[rr * DKL + i] = x
             if kbf >= 2:   # a quantized K is dotted with q's Q8_0 values, as on ggml's CPU
                 round_q8(scr, qr, rr * DKL, am, DKL)

@@ -229,8 +229,10 @@ def unit_dot(kind, a, xr, u, yq, yo, yd, ys, r_blocks):
         quarter = g % 4
         s0 = int32(0)
         s1 = int32(0)
+        lo0 = xa + 64 * h + 32 * (quarter % 2)
+        lo_shift = 4 * (quarter // 2)
         for j in range(UNIT):
-            lo = int32(a[xa + 64 * h + 32 * (quarter % 2) + j]) >> (4 * (quarter // 2))
+            lo = int32(a[lo0 + j]) >> lo_shift
             hi = (int32(a[xa + 128 + 32 * h + j]) >> (2 * quarter)) & 3
             p = (((lo & 15) | (hi << 4)) - 32) * int32(yq[y + j])
             if j < 16:
@@ -243,8 +245,9 @@ def unit_dot(kind, a, xr, u, yq, yo, yd, ys, r_blocks):
     xa = xr + (176 if five else 144) * i
     qs = xa + (48 if five else 16) + 32 * (g // 2)
     s = int32(0)
+    shift = 4 * (g % 2)
     for j in range(UNIT):
-        q = (int32(a[qs + j]) >> (4 * (g % 2))) & 15
+        q = (int32(a[qs + j]) >> shift) & 15
         if five:
             q += 16 * ((int32(a[xa + 16 + j]) >> g) & 1)
         s += q * int32(yq[y + j])
