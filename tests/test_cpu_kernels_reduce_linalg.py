@@ -33,8 +33,9 @@ def kernel_args(node):
     srcs = [np.zeros((1, 1, 1, 1), np.float32) if s is None else view4(s) for s in node.src]
     params = [node.op_params[k] for k in OPS[node.op].params]
     kern = KERNELS["cpu"][node.op]
-    kern.fn.load_helpers()   # its builds are called straight from here, not through a plan
-    return kern.fn, srcs, params + list(kern.extra)
+    fn = kern.pick(node) if kern.pick else kern.fn   # the form a plan would compile (MUL_MAT: dot or tiles)
+    fn.load_helpers()   # its builds are called straight from here, not through a plan
+    return fn, srcs, params + list(kern.extra)
 
 
 def run_serial(node):
@@ -175,6 +176,8 @@ def test_mul_mat_broadcast_both_dims():
     a = ctx.from_numpy(randn(2, 3, 33, 65))                   # ne [65, 33, 3, 2]
     b = ctx.from_numpy(randn(4, 6, 7, 65))                    # ne [65, 7, 6, 4]: r2 = 2, r3 = 2
     check(ctx.mul_mat(a, b))
+    for n in (1, 3):                                          # the dot path (N <= MM_DOT_MAX_N) too
+        check(ctx.mul_mat(a, ctx.from_numpy(randn(4, 6, n, 65))))
     base = ctx.from_numpy(randn(3, 40, 80))                   # a row-offset view with padded rows
     a = ctx.view_3d(base, 65, 33, 3, base.nb[1], base.nb[2], 5 * base.nb[0] + 2 * base.nb[1])
     check(ctx.mul_mat(a, ctx.from_numpy(randn(6, 7, 65))))

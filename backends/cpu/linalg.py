@@ -14,6 +14,8 @@ from minigraph.core.registry import register_kernel
 
 from minigraph.backends import scalar_math
 from minigraph.backends.cpu.jit import JIT_OPTIONS, Helper, kernel, row_index, scalar
+from minigraph.backends.cpu.tiles import dots
+from minigraph.core.dtypes import TYPE_F32 as F32
 
 tri_keep = scalar(scalar_math.tri_keep)
 
@@ -28,6 +30,7 @@ MM_BLOCK_K = 256
 # those products run as row dot products, 8 independent f32 lanes (vectorisable without fastmath)
 MM_DOT_MAX_N = 3
 DOT_LANES = 8
+DOT_ROWS = 64        # src0 rows a task of the tiled dot path
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -69,6 +72,28 @@ def mul_mat_dot(dst, a, b):
     k_len = a.shape[3]
     r3 = n3 // a.shape[0]
     r2 = n2 // a.shape[1]
+    if a.strides[3] == 4 and k_len >= 8:
+        # src0 rows with adjacent values: tiles.dots' register tiles (each src1 value loaded once for
+        # three src0 rows, 8 or 16 lanes), on src1's rows copied contiguous once
+        bc = np.empty((n3 * n2, n_rows, k_len), np.float32)
+        for r in range(n3 * n2):
+            for n in range(n_rows):
+                brow = b[r // n2, r % n2, n]
+                for k in range(k_len):
+                    bc[r, n, k] = brow[k]
+        n_blk = (m_rows + DOT_ROWS - 1) // DOT_ROWS
+        for task in prange(n3 * n2 * n_blk):
+            r = task // n_blk
+            i3 = r // n2
+            i2 = r - i3 * n2
+            m0 = (task - r * n_blk) * DOT_ROWS
+            mw = min(DOT_ROWS, m_rows - m0)
+            s = np.zeros((n_rows, DOT_ROWS), np.float32)
+            dots(bc[r], n_rows, a[i3 // r3, i2 // r2, m0:m0 + mw], mw, k_len, s, F32)
+            for n in range(n_rows):
+                for m in range(mw):
+                    dst[i3, i2, n, m0 + m] = s[n, m]
+        return
     for task in prange(n3 * n2 * m_rows):
         i3 = task // (n2 * m_rows)
         i2 = (task // m_rows) % n2
