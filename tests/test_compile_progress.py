@@ -117,9 +117,13 @@ def test_mul_mat_picks_its_form_and_the_tiled_form_ignores_layout():
     kern = kernels_for("cpu")["MUL_MAT"]
     dot = node_variant(kern, ctx.mul_mat(a, ctx.new_tensor_2d(mg.TYPE_F32, 8, 2)), "serial")
     assert dot[0] is linalg_cpu.mul_mat_dot and dot[2] == "FFF"          # keeps C layouts
-    bt = ctx.transpose(ctx.new_tensor_2d(mg.TYPE_F32, 9, 8))             # ne [9, 8] viewed as [8, 9]
-    tiled = node_variant(kern, ctx.mul_mat(a, bt), "serial")
-    plain = node_variant(kern, ctx.mul_mat(a, ctx.new_tensor_2d(mg.TYPE_F32, 8, 9)), "serial")
+    wide = node_variant(kern, ctx.mul_mat(a, ctx.new_tensor_2d(mg.TYPE_F32, 8, 9)), "serial")
+    assert wide[0] is linalg_cpu.mul_mat_dot                              # any N on src0 rows of adjacent values
+    # src0 ne [8, 16, 4] with its values 16 bytes apart (not transposed in ggml's sense: nb0 < nb1)
+    at = ctx.permute(ctx.new_tensor_3d(mg.TYPE_F32, 4, 8, 16), 2, 0, 1, 3)
+    bt = ctx.permute(ctx.new_tensor_3d(mg.TYPE_F32, 9, 8, 4), 1, 0, 2, 3)   # ne [8, 9, 4], strided
+    tiled = node_variant(kern, ctx.mul_mat(at, bt), "serial")
+    plain = node_variant(kern, ctx.mul_mat(at, ctx.new_tensor_3d(mg.TYPE_F32, 8, 9, 4)), "serial")
     assert tiled[0] is linalg_cpu.mul_mat_tiled and tiled == plain and tiled[2] == "fff"
 
 

@@ -183,6 +183,16 @@ def test_mul_mat_broadcast_both_dims():
     check(ctx.mul_mat(a, ctx.from_numpy(randn(6, 7, 65))))
 
 
+@pytest.mark.parametrize("N", [1, 5])
+def test_mul_mat_src0_values_apart(N):
+    """src0 whose values are not adjacent (nb0 = 12 bytes < nb1: not transposed in ggml's sense)
+    takes the row dots (N <= 3) or the copying tiles; adjacent values take the register tiles."""
+    ctx = mg.Context()
+    a = ctx.permute(ctx.from_numpy(randn(70, 33, 3)), 2, 0, 1, 3)      # ne [33, 70, 3], nb0 = 12
+    assert a.nb[0] == 12 and a.nb[0] < a.nb[1]
+    check(ctx.mul_mat(a, ctx.from_numpy(randn(3, N, 33))))
+
+
 @pytest.mark.parametrize("N", [1, 3, 4, 9])
 def test_mul_mat_long_k(N):
     """K over several 256-wide slices (the last one partial), M over two 64-row blocks."""
