@@ -116,7 +116,10 @@ def test_mul_mat_picks_its_form_and_the_tiled_form_ignores_layout():
     a = ctx.new_tensor_2d(mg.TYPE_F32, 8, 16)
     kern = kernels_for("cpu")["MUL_MAT"]
     dot = node_variant(kern, ctx.mul_mat(a, ctx.new_tensor_2d(mg.TYPE_F32, 8, 2)), "serial")
-    assert dot[0] is linalg_cpu.mul_mat_dot and dot[2] == "FFF"          # keeps C layouts
+    assert dot[0] is linalg_cpu.mul_mat_dot and dot[2] == "FfF"          # C layouts; src0 a storage slot
+    half = node_variant(kern, ctx.mul_mat(ctx.new_tensor_2d(mg.TYPE_F16, 8, 16),
+                                          ctx.new_tensor_2d(mg.TYPE_F32, 8, 2)), "serial")
+    assert half[0] is linalg_cpu.mul_mat_dot and half[2] == "FhF"        # F16 weights read as stored
     wide = node_variant(kern, ctx.mul_mat(a, ctx.new_tensor_2d(mg.TYPE_F32, 8, 9)), "serial")
     assert wide[0] is linalg_cpu.mul_mat_dot                              # any N on src0 rows of adjacent values
     # src0 ne [8, 16, 4] with its values 16 bytes apart (not transposed in ggml's sense: nb0 < nb1)

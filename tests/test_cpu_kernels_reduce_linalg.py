@@ -10,6 +10,7 @@ import pytest
 
 import minigraph as mg
 import minigraph.backends.cpu  # noqa: F401  (registers the kernels)
+from minigraph.core import dtypes
 from minigraph.core.registry import KERNELS, OPS
 
 MAX_NMSE = 1e-7  # test-backend-ops' default
@@ -33,9 +34,10 @@ def kernel_args(node):
     srcs = [np.zeros((1, 1, 1, 1), np.float32) if s is None else view4(s) for s in node.src]
     params = [node.op_params[k] for k in OPS[node.op].params]
     kern = KERNELS["cpu"][node.op]
-    fn = kern.pick(node) if kern.pick else kern.fn   # the form a plan would compile (MUL_MAT: dot or tiles)
+    fn = kern.for_node(node)   # the form a plan would compile (MUL_MAT: dot or tiles)
     fn.load_helpers()   # its builds are called straight from here, not through a plan
-    return fn, srcs, params + list(kern.extra)
+    codes = [dtypes.TYPE_F32] * len(kern.storage_slots)   # storage slots: these tests pass f32 arrays
+    return fn, srcs, params + codes + list(kern.extra)
 
 
 def run_serial(node):

@@ -201,3 +201,26 @@ def test_set_rows_writes_a_16_bit_cache_in_place_in_the_program(cache_type, rows
     stored = r32.astype(np.float16).astype(np.float32) if cache_type == mg.TYPE_F16 else dtypes.bf16_to_f32(dtypes.f32_to_bf16(r32))
     want[[7, 0, 11]] = stored
     np.testing.assert_array_equal(cache.numpy().reshape(12, 40), want)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("layout", ["cont", "perm", "offs", "apart"])
+@pytest.mark.parametrize("kind", TYPES)
+def test_mul_mat_reads_f16_bf16_weights_as_stored(kind, layout, n):
+    """MUL_MAT takes src0 as a storage slot: F16 / BF16 weights go to the register tiles as their
+    bits (rows of adjacent values), or through one f32 conversion to the row dots (N <= 3) and
+    the copying tiles (values 3 elements apart: permuted, nb0 < nb1); broadcast over dim 2."""
+    rng = np.random.default_rng(20)
+    ctx = mg.Context()
+    t = TYPES[kind]
+    if layout == "apart":
+        base = ctx.new_tensor_3d(t, 3, 40, 70)                       # ne [3, 40, 70] -> [40, 70, 3]
+        base.set_data(rng.uniform(-1, 1, (70, 40, 3)).astype(np.float32))
+        a = ctx.permute(base, 2, 0, 1, 3)
+        assert a.nb[0] == 3 * dtypes.type_size(t) < a.nb[1]
+    else:
+        a = _kv(ctx, rng, t, layout, 40, 70, 3)
+    b = ctx.from_numpy(rng.uniform(-1, 1, (1, 6, n, 40)).astype(np.float32))   # ne [40, n, 6]: r2 = 2
+    if layout == "apart":
+        b = ctx.from_numpy(rng.uniform(-1, 1, (1, 3, n, 40)).astype(np.float32))
+    _check(ctx, ctx.mul_mat(a, b))

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from minigraph.core.registry import register_kernel
 
 from minigraph.backends import scalar_math
 from minigraph.backends.cpu.jit import JIT_OPTIONS, Helper, kernel, row_index, scalar
+from minigraph.backends.cpu.storage import to_f32
 from minigraph.backends.cpu.tiles import dots
+from minigraph.core import dtypes
 from minigraph.core.dtypes import TYPE_F32 as F32
 
 tri_keep = scalar(scalar_math.tri_keep)
@@ -64,8 +67,31 @@ def _row_dot(a, j3, j2, m, b, i3, i2, n, k_len, part):
     return s
 
 
+def as_f32(a, a_type):
+    """src0 as float32: itself when stored as f32, else a converted copy of its F16 / BF16 bits
+    (the paths that index it element by element; the register tiles read the bits in place)."""
+
+
+@overload(as_f32, inline="always")
+def _as_f32(a, a_type):
+    if isinstance(a, types.Array) and a.dtype == types.float32:
+        return lambda a, a_type: a
+
+    def convert(a, a_type):
+        out = np.empty(a.shape, np.float32)
+        for i3 in range(a.shape[0]):
+            for i2 in range(a.shape[1]):
+                for i1 in range(a.shape[2]):
+                    row = a[i3, i2, i1]
+                    orow = out[i3, i2, i1]
+                    for i0 in range(row.shape[0]):
+                        orow[i0] = to_f32(row[i0], a_type)
+        return out
+    return convert
+
+
 @kernel
-def mul_mat_dot(dst, a, b):
+def mul_mat_dot(dst, a, b, a_type):
     """MUL_MAT as dot products of src0 rows with src1 rows: tiles.dots' register tiles where src0's
     values are adjacent (any N), else (N <= MM_DOT_MAX_N) row dots read straight from a and b.
     dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
@@ -73,7 +99,7 @@ def mul_mat_dot(dst, a, b):
     k_len = a.shape[3]
     r3 = n3 // a.shape[0]
     r2 = n2 // a.shape[1]
-    if a.strides[3] == 4 and k_len >= 8:
+    if a.strides[3] == a.itemsize and k_len >= 8:
         # src0 rows with adjacent values: tiles.dots' register tiles (each src1 value loaded once for
         # three src0 rows, 8 or 16 lanes), on src1's rows copied contiguous once
         bc = np.empty((n3 * n2, n_rows, k_len), np.float32)
@@ -90,18 +116,19 @@ def mul_mat_dot(dst, a, b):
             m0 = (task - r * n_blk) * DOT_ROWS
             mw = min(DOT_ROWS, m_rows - m0)
             s = np.zeros((n_rows, DOT_ROWS), np.float32)
-            dots(bc[r], n_rows, a[i3 // r3, i2 // r2, m0:m0 + mw], mw, k_len, s, F32)
+            dots(bc[r], n_rows, a[i3 // r3, i2 // r2, m0:m0 + mw], mw, k_len, s, a_type)
             for n in range(n_rows):
                 for m in range(mw):
                     dst[i3, i2, n, m0 + m] = s[n, m]
         return
+    af = as_f32(a, a_type)
     for task in prange(n3 * n2 * m_rows):
         i3 = task // (n2 * m_rows)
         i2 = (task // m_rows) % n2
         m = task % m_rows
         part = np.empty(DOT_LANES, np.float32)
         for n in range(n_rows):
-            dst[i3, i2, n, m] = _row_dot(a, i3 // r3, i2 // r2, m, b, i3, i2, n, k_len, part)
+            dst[i3, i2, n, m] = _row_dot(af, i3 // r3, i2 // r2, m, b, i3, i2, n, k_len, part)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -152,13 +179,14 @@ _call_tiled_task = TILED_TASK.call
 
 
 @kernel(any_layout=True, helpers=(TILED_TASK,))
-def mul_mat_tiled(dst, a, b):
+def mul_mat_tiled(dst, a, b, a_type):
     """MUL_MAT in tiles (N > MM_DOT_MAX_N): what it reads it copies into contiguous tiles first,
     so any strides do as well as contiguous ones (one compiled form for every layout).
     dst[i3, i2, n, m] = sum_k a[i3 // r3, i2 // r2, m, k] * b[i3, i2, n, k]; a [K, M], b [K, N]."""
     n_mblk = (dst.shape[3] + MM_BLOCK_M - 1) // MM_BLOCK_M
+    af = as_f32(a, a_type)
     for task in prange(dst.shape[0] * dst.shape[1] * n_mblk):
-        _call_tiled_task(dst, a, b, task)
+        _call_tiled_task(dst, af, b, task)
 
 
 def _pick_mul_mat(node):
@@ -166,7 +194,8 @@ def _pick_mul_mat(node):
     node.ne[1] <= MM_DOT_MAX_N, else the copying tiles: the plan compiles one. Sapphire Rapids, 2
     threads, f32 [4096, 4096] x N: N = 4 18.8 -> 1.6 ms, 64 58.8 -> 11.9, 512 342 -> 79 ms (217
     GFLOP/s; numpy's OpenBLAS 6.3 / 12.4 / 59 ms)."""
-    return mul_mat_dot if node.ne[1] <= MM_DOT_MAX_N or node.src[0].nb[0] == 4 else mul_mat_tiled
+    a = node.src[0]
+    return mul_mat_dot if node.ne[1] <= MM_DOT_MAX_N or a.nb[0] == dtypes.type_size(a.type) else mul_mat_tiled
 
 
 @kernel
@@ -261,7 +290,8 @@ def solve_tri(dst, a, b, left, lower, uni):
                 dst[i3, i2, v, i] = s
 
 
-register_kernel("MUL_MAT", "cpu", mul_mat_tiled, pick=_pick_mul_mat)
+# src0 in its storage type: F16 / BF16 weights are read as stored, not copied to f32 every compute
+register_kernel("MUL_MAT", "cpu", mul_mat_tiled, pick=_pick_mul_mat, storage_slots=(1,))
 register_kernel("OUT_PROD", "cpu", out_prod)
 register_kernel("TRI", "cpu", tri)
 register_kernel("FILL", "cpu", fill)
