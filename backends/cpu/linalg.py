@@ -18,7 +18,6 @@ from minigraph.backends.cpu.jit import JIT_OPTIONS, Helper, kernel, row_index, s
 from minigraph.backends.cpu.storage import to_f32
 from minigraph.backends.cpu.tiles import dots
 from minigraph.core import dtypes
-from minigraph.core.dtypes import TYPE_F32 as F32
 
 tri_keep = scalar(scalar_math.tri_keep)
 
