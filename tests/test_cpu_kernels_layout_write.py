@@ -57,7 +57,8 @@ def run_kernel(node, build):
     srcs = [mem.view(s) for s in node.src]
     dst = mem.view(node)
     params = [node.op_params[p] for p in OPS[node.op].params]
-    getattr(k.fn, build)(dst, *srcs, *params, *k.extra)
+    codes = [[node, *node.src][s].type for s in k.storage_slots]   # storage slots' type codes (f32 / i32 here)
+    getattr(k.fn, build)(dst, *srcs, *params, *codes, *k.extra)
     assert mem.guards_intact(), "kernel wrote outside the tensors' memory"
     return mem
 

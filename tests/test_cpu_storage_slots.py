@@ -224,3 +224,34 @@ def test_mul_mat_reads_f16_bf16_weights_as_stored(kind, layout, n):
     if layout == "apart":
         b = ctx.from_numpy(rng.uniform(-1, 1, (1, 3, n, 40)).astype(np.float32))
     _check(ctx, ctx.mul_mat(a, b))
+
+
+@pytest.mark.parametrize("layout", ["cont", "perm", "offs"])
+@pytest.mark.parametrize("kind", TYPES)
+def test_get_rows_reads_f16_bf16_tables_as_stored(kind, layout):
+    """GET_ROWS takes its table as a storage slot: an F16 / BF16 table (a token embedding) is read
+    row by row as its bits inside the compiled program, never converted whole; the rows come out
+    as f32, exactly the stored values; ne2 broadcast over the table's heads."""
+    rng = np.random.default_rng(21)
+    ctx = mg.Context()
+    table = _kv(ctx, rng, TYPES[kind], layout, 24, 30, 2)              # ne [24, 30, 2]
+    idx = ctx.from_numpy(np.array([[29, 0, 7], [3, 3, 11]], np.int32))  # ne [3, 2]
+    out = ctx.get_rows(table, idx)
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    ref = mg.reference_compute(gf)[out]
+    CPU.graph_compute(gf)
+    assert _in_program(gf), CPU.plan(gf).steps
+    assert out.type == mg.TYPE_F32
+    np.testing.assert_array_equal(out.numpy(), ref.astype(np.float32))
+
+
+def test_get_rows_from_an_i32_table_stays_in_the_program():
+    ctx = mg.Context()
+    table = ctx.from_numpy(np.arange(40, dtype=np.int32).reshape(8, 5) * 1000003)   # odd, past 2**24: no float round trip
+    out = ctx.get_rows(table, ctx.from_numpy(np.array([7, 2], np.int32)))
+    gf = ctx.new_graph()
+    gf.build_forward_expand(out)
+    CPU.graph_compute(gf)
+    assert _in_program(gf), CPU.plan(gf).steps
+    np.testing.assert_array_equal(out.numpy(), (np.arange(40).reshape(8, 5) * 1000003)[[7, 2]])

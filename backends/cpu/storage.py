@@ -138,6 +138,18 @@ def _to_f32(x, type_):
     return lambda x, type_: np.float32(x)
 
 
+def load_value(x, type_):
+    """One stored element as a kernel computes with it: F16 / BF16 bits as f32, anything else
+    (f32, i32) as it is."""
+
+
+@overload(load_value, inline="always")
+def _load_value(x, type_):
+    if x == types.uint16:
+        return lambda x, type_: to_f32(x, type_)
+    return lambda x, type_: x
+
+
 def from_f32(x, type_, dst):
     """An f32 value as an element of array `dst` holding type_ values (its uint16 bits for F16/BF16)."""
 
