@@ -130,7 +130,8 @@ def soft_max(dst, a, mask, sinks, scale, max_bias, has_mask, has_sinks):
             slope = np.float32(m0 ** (i2 + 1) if i2 < n_log2 else m1 ** (2 * (i2 - n_log2) + 1))
         # pass 1: the logits into dst, and their max
         mx = -np.inf
-        mrow = mask[i3 % k3, i2 % k2, i1]    # once a row: LLVM keeps a modulo inside the loop
+        # once a row (LLVM keeps a modulo inside the loop); without a mask the dummy's one row
+        mrow = mask[i3 % k3, i2 % k2, i1] if has_mask else mask[0, 0, 0]
         for i0 in range(n0):
             x = a[i3, i2, i1, i0] * sc
             if has_mask:
