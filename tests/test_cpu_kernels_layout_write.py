@@ -10,6 +10,7 @@ import pytest
 
 import minigraph as mg
 import minigraph.backends.cpu  # noqa: F401  (registers the kernels)
+from minigraph.core import dtypes
 from minigraph.core.registry import KERNELS, OPS
 
 TOL = 1e-6  # copies are exact; ACC adds two float32s
@@ -306,9 +307,9 @@ def test_large_flat_copies_stream_and_stay_exact():
     src = np.random.default_rng(0).standard_normal(n + 1).astype(np.float32)
     for shift in (0, 1):                                       # 64-byte aligned, then 4 bytes off
         dst = aligned_zeros(4 * (n + 1)).view(np.float32)[shift:shift + n].reshape(1, 1, 1, n)
-        cpy.parallel(dst, src[1:].reshape(1, 1, 1, n), dst)
+        cpy.parallel(dst, src[1:].reshape(1, 1, 1, n), dst, dtypes.TYPE_F32, dtypes.TYPE_F32, dtypes.TYPE_F32)
         np.testing.assert_array_equal(dst.reshape(-1), src[1:])
     xi = np.arange(n, dtype=np.int32).reshape(1, 1, 1, n)
     yi = np.zeros_like(xi)
-    logical_copy.parallel(yi, xi)
+    logical_copy.parallel(yi, xi, dtypes.TYPE_I32, dtypes.TYPE_I32)
     np.testing.assert_array_equal(yi, xi)

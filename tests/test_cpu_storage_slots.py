@@ -255,3 +255,31 @@ def test_get_rows_from_an_i32_table_stays_in_the_program():
     CPU.graph_compute(gf)
     assert _in_program(gf), CPU.plan(gf).steps
     np.testing.assert_array_equal(out.numpy(), (np.arange(40).reshape(8, 5) * 1000003)[[7, 2]])
+
+
+COPY_TYPES = {"f32": mg.TYPE_F32, **TYPES}
+
+
+@pytest.mark.parametrize("layout", ["cont", "perm", "offs"])
+@pytest.mark.parametrize("dst_kind", COPY_TYPES)
+@pytest.mark.parametrize("src_kind", COPY_TYPES)
+def test_cpy_and_cont_convert_f16_bf16_in_the_program(src_kind, dst_kind, layout):
+    """CPY and CONT take dst and src in their storage types: F16 / BF16 copied as bits, f32 <->
+    F16 / BF16 rounded to nearest even (ggml's rule), from any layout, in the compiled program,
+    exactly the reference's values; a contiguous pair takes the flat copy or conversion."""
+    rng = np.random.default_rng(22)
+    ctx = mg.Context()
+    src = _kv(ctx, rng, COPY_TYPES[src_kind], layout, 24, 30, 2)      # ne [24, 30, 2]
+    dst = ctx.new_tensor_3d(COPY_TYPES[dst_kind], 24, 30, 2)
+    outs = [ctx.cpy(src, dst)]
+    if src_kind == dst_kind:
+        outs.append(ctx.cont(ctx.permute(src, 1, 0, 2, 3)))
+    gf = ctx.new_graph()
+    for o in outs:
+        gf.build_forward_expand(o)
+    ref = mg.reference_compute(gf)
+    CPU.graph_compute(gf)
+    assert _in_program(gf), CPU.plan(gf).steps
+    for o in outs:   # the reference's values rounded to dst's type, as they must be stored
+        want = dtypes.to_float(dtypes.from_float(np.asarray(ref[o], np.float32), o.type), o.type)
+        np.testing.assert_array_equal(np.asarray(o.numpy(), np.float64), np.asarray(want, np.float64))

@@ -34,7 +34,8 @@ _DUMMY = HostBuffer(np.zeros(64, np.uint8))  # stands in for an absent optional 
 # program slot letters (program.SLOT_BUFFERS) of the types any kernel slot takes as they are,
 # and of the types a storage slot takes (f16/bf16 as raw 16-bit words)
 _FAST_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_I32: "i", dtypes.TYPE_I64: "l"}
-_STORAGE_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_F16: "h", dtypes.TYPE_BF16: "h", dtypes.TYPE_I32: "i"}
+_STORAGE_TYPES = {dtypes.TYPE_F32: "f", dtypes.TYPE_F16: "h", dtypes.TYPE_BF16: "h", dtypes.TYPE_I32: "i",
+                  dtypes.TYPE_I64: "l"}
 
 
 def _set_threads(n: int) -> None:
