@@ -244,6 +244,8 @@ class CpuPlan:
         raw 16-bit words)."""
         op = OPS[n.op]
         kern = self.backend.kernels[n.op]
+        quant = _has_quantized(n)
+        slots = () if quant else kern.storage_slots   # the quantized paths take f16 / bf16 as f32
         arrays = []
         for s, t in enumerate(n.src, start=1):
             if t is None:
@@ -251,15 +253,14 @@ class CpuPlan:
                 continue
             raw = storage_view(t.root._buf.data, self._locate(t)[1], t.type, t.ne, t.nb)
             if t.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16):
-                raw = raw.view(np.uint16) if s in kern.storage_slots else np.ascontiguousarray(dtypes.to_float(raw, t.type))
+                raw = raw.view(np.uint16) if s in slots else np.ascontiguousarray(dtypes.to_float(raw, t.type))
             arrays.append(raw)
         dst_raw = storage_view(n.root._buf.data, self._locate(n)[1], n.type, n.ne, n.nb)
-        converted = n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) and 0 not in kern.storage_slots
+        converted = n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) and 0 not in slots
         if converted:
             dst = np.array(dtypes.to_float(dst_raw, n.type), np.float32)
         else:
             dst = dst_raw.view(np.uint16) if n.type in (dtypes.TYPE_F16, dtypes.TYPE_BF16) else dst_raw
-        quant = _has_quantized(n)
         try:
             if quant:  # block-quantized tensors come as raw row bytes (backends/cpu/quant.py)
                 self.backend.quant_kernels[n.op].fn(n, build, dst, *arrays)
