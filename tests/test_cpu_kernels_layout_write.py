@@ -10,6 +10,7 @@ import pytest
 
 import minigraph as mg
 import minigraph.backends.cpu  # noqa: F401  (registers the kernels)
+from minigraph.backends.cpu.backend import _storage_codes
 from minigraph.core import dtypes
 from minigraph.core.registry import KERNELS, OPS
 
@@ -58,8 +59,7 @@ def run_kernel(node, build):
     srcs = [mem.view(s) for s in node.src]
     dst = mem.view(node)
     params = [node.op_params[p] for p in OPS[node.op].params]
-    codes = [[node, *node.src][s].type for s in k.storage_slots]   # storage slots' type codes (f32 / i32 here)
-    getattr(k.fn, build)(dst, *srcs, *params, *codes, *k.extra)
+    getattr(k.fn, build)(dst, *srcs, *params, *_storage_codes(node, k.storage_slots), *k.extra)
     assert mem.guards_intact(), "kernel wrote outside the tensors' memory"
     return mem
 

@@ -10,7 +10,7 @@ import pytest
 
 import minigraph as mg
 import minigraph.backends.cpu  # noqa: F401  (registers the kernels)
-from minigraph.core import dtypes
+from minigraph.backends.cpu.backend import _storage_codes
 from minigraph.core.registry import KERNELS, OPS
 
 MAX_NMSE = 1e-7  # test-backend-ops' default
@@ -36,8 +36,7 @@ def kernel_args(node):
     kern = KERNELS["cpu"][node.op]
     fn = kern.for_node(node)   # the form a plan would compile (MUL_MAT: dot or tiles)
     fn.load_helpers()   # its builds are called straight from here, not through a plan
-    codes = [dtypes.TYPE_F32] * len(kern.storage_slots)   # storage slots: these tests pass f32 arrays
-    return fn, srcs, params + codes + list(kern.extra)
+    return fn, srcs, params + _storage_codes(node, kern.storage_slots) + list(kern.extra)
 
 
 def run_serial(node):

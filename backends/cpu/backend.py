@@ -245,7 +245,7 @@ class CpuPlan:
         op = OPS[n.op]
         kern = self.backend.kernels[n.op]
         quant = _has_quantized(n)
-        slots = () if quant else kern.storage_slots   # the quantized paths take f16 / bf16 as f32
+        slots = (self.backend.quant_kernels[n.op] if quant else kern).storage_slots   # the path that runs
         arrays = []
         for s, t in enumerate(n.src, start=1):
             if t is None:

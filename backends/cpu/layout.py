@@ -24,25 +24,26 @@ FLAT_BLOCK = 1 << 15
 STREAM_COPY_BYTES = 4 << 20
 
 
-def _copy_block(d, s, lo, hi, stream):
-    """d[lo:hi] = s[lo:hi] for 1-D contiguous arrays; stream: non-temporal stores where the types
-    are f32 and the block is whole 64-byte lines (typed by the overload below)."""
+def _copy_block(d, s, lo, hi, stream, d_type, s_type):
+    """d[lo:hi] = s[lo:hi] for 1-D contiguous arrays, each element as stored_as makes it; stream:
+    non-temporal stores where both are f32 and the block is whole 64-byte lines (typed by the
+    overload below)."""
 
 
 @overload(_copy_block, inline="always")
-def _copy_block_impl(d, s, lo, hi, stream):
+def _copy_block_impl(d, s, lo, hi, stream, d_type, s_type):
     if d.dtype == types.float32 and s.dtype == types.float32:
-        def nt(d, s, lo, hi, stream):
+        def nt(d, s, lo, hi, stream, d_type, s_type):
             if stream and (d.ctypes.data + 4 * lo) % 64 == 0 and (hi - lo) % 16 == 0:
                 for i in range(lo, hi, 16):
                     nt_copy16(d, i, s)
                 store_fence()
             else:
-                _copy_from(d, s, lo, hi)
+                _copy_from(d, s, lo, hi, d_type, s_type)
         return nt
 
-    def plain(d, s, lo, hi, stream):
-        _copy_from(d, s, lo, hi)
+    def plain(d, s, lo, hi, stream, d_type, s_type):
+        _copy_from(d, s, lo, hi, d_type, s_type)
     return plain
 
 
@@ -64,20 +65,12 @@ def _stored_as(x, x_type, dst_type, dst):
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _convert_from(d, s, lo, hi, d_type, s_type):
-    """d[lo:hi] = s[lo:hi] converted (as stored_as) for 1-D contiguous arrays."""
+def _copy_from(d, s, lo, hi, d_type, s_type):
+    """d[lo:hi] = s[lo:hi] (as stored_as) through views: a loop from a variable start stays scalar
+    (LLVM cannot rule out a negative, wrapping index), 10x slower on data in cache (Zen 5, 128 KB)."""
     dv, sv = d[lo:hi], s[lo:hi]
     for i in range(hi - lo):
         dv[i] = stored_as(sv[i], s_type, d_type, d)
-
-
-@njit(inline="always", cache=True, nogil=True)
-def _copy_from(d, s, lo, hi):
-    """d[lo:hi] = s[lo:hi] through views: a loop from a variable start stays scalar (LLVM cannot
-    rule out a negative, wrapping index), 10x slower on data in cache (Zen 5, 128 KB)."""
-    dv, sv = d[lo:hi], s[lo:hi]
-    for i in range(hi - lo):
-        dv[i] = sv[i]
 
 
 @scalar
@@ -108,19 +101,14 @@ def _copy_row(dst, src, i3, i2, i1, k, d_type, s_type):
 @njit(inline="always", cache=True, nogil=True)
 def _flat_copy(dst, a, d_type, a_type):
     """dst = a element by element in memory order when both are contiguous (then row-major order
-    is memory order on both sides), split over the threads: a copy where the types match, else a
-    conversion (stored_as); False (nothing done) otherwise."""
+    is memory order on both sides), split over the threads (a conversion where the types differ);
+    False (nothing done) otherwise."""
     if not (dst.flags.c_contiguous and a.flags.c_contiguous):
         return False
     d, s = carray(data_ptr(dst), dst.size), carray(data_ptr(a), a.size)
-    stream = dst.size * dst.itemsize >= STREAM_COPY_BYTES
-    same = d_type == a_type
+    stream = d_type == a_type and dst.size * dst.itemsize >= STREAM_COPY_BYTES
     for c in prange((dst.size + FLAT_BLOCK - 1) // FLAT_BLOCK):
-        lo, hi = c * FLAT_BLOCK, min((c + 1) * FLAT_BLOCK, dst.size)
-        if same:
-            _copy_block(d, s, lo, hi, stream)
-        else:
-            _convert_from(d, s, lo, hi, d_type, a_type)
+        _copy_block(d, s, c * FLAT_BLOCK, min((c + 1) * FLAT_BLOCK, dst.size), stream, d_type, a_type)
     return True
 
 

@@ -15,7 +15,7 @@ from minigraph.core.registry import register_kernel
 
 from minigraph.backends import scalar_math
 from minigraph.backends.cpu.jit import JIT_OPTIONS, Helper, kernel, row_index, scalar
-from minigraph.backends.cpu.storage import to_f32
+from minigraph.backends.cpu.storage import load_row
 from minigraph.backends.cpu.tiles import dots
 from minigraph.core import dtypes
 
@@ -81,10 +81,7 @@ def _as_f32(a, a_type):
         for i3 in range(a.shape[0]):
             for i2 in range(a.shape[1]):
                 for i1 in range(a.shape[2]):
-                    row = a[i3, i2, i1]
-                    orow = out[i3, i2, i1]
-                    for i0 in range(row.shape[0]):
-                        orow[i0] = to_f32(row[i0], a_type)
+                    load_row(a[i3, i2, i1], out[i3, i2, i1], a_type)
         return out
     return convert
 

@@ -27,7 +27,7 @@ from minigraph.core.registry import Kernel, register_quant_kernel
 from minigraph.core.tensor import nbytes
 
 from minigraph.backends.cpu.jit import JIT_OPTIONS, fetch_add, kernel, row_index
-from minigraph.backends.cpu.quant_dot import (ROWS, dot_q4_0, dot_q4_0_rows, dot_q4_1, dot_q4_1_rows, dot_q4_k,
+from minigraph.backends.cpu.quant_dot import (ROW_KINDS, ROWS, dot_q4_0, dot_q4_0_rows, dot_q4_1, dot_q4_1_rows, dot_q4_k,
                                               dot_q5_0, dot_q5_0_rows, dot_q5_1, dot_q5_1_rows, dot_q5_k, dot_q6_k,
                                               dot_q8_0, dot_q8_0_rows)
 
@@ -147,8 +147,8 @@ def _vec_dot(kind, a, ao, yq, yo, yd, ydo, ys, yso, nblk, f16):
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _vec_dot_rows(kind, a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16):
-    """ROWS src0 rows `step` bytes apart against one src1 row (32-element block types only): the
-    floats _vec_dot gives each row."""
+    """ROWS src0 rows `step` bytes apart against one src1 row (kind in ROW_KINDS): the floats
+    _vec_dot gives each row."""
     if kind == D.TYPE_Q4_0:
         return dot_q4_0_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q4_1:
@@ -180,7 +180,7 @@ def _rows(dst, i3, i2, m0, m1, a, ao0, a_nb1, yq, yd, ys, ys_row, kind, nblk, f1
     n2, n1 = dst.shape[1], dst.shape[2]
     k = yq.shape[0] // max(1, dst.shape[0] * n2 * n1)
     m = m0
-    if kind == D.TYPE_Q4_0 or kind == D.TYPE_Q4_1 or kind == D.TYPE_Q5_0 or kind == D.TYPE_Q5_1 or kind == D.TYPE_Q8_0:
+    if kind in ROW_KINDS:
         while m + ROWS <= m1:
             ao = ao0 + m * a_nb1
             for n in range(n1):

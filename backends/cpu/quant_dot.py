@@ -250,6 +250,7 @@ dot_q6_k = _make_dot(D.TYPE_Q6_K)
 # 4096 x 4096, against the single row (Sapphire Rapids): Q8_0 -7%, Q4_0 -6%, Q5_0 / Q5_1 -7 / -11%,
 # Q4_1 -1%; the K-quants lose 5-10% (a super-block is long enough work for one chain already)
 ROWS = 4
+ROW_KINDS = (D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0)   # the types with a dot_*_rows
 dot_q4_0_rows = _make_dot(D.TYPE_Q4_0, ROWS)
 dot_q4_1_rows = _make_dot(D.TYPE_Q4_1, ROWS)
 dot_q5_0_rows = _make_dot(D.TYPE_Q5_0, ROWS)
