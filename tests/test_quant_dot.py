@@ -29,8 +29,8 @@ def test_src1_quantizer_is_the_reference(src0):
     if vt == D.TYPE_Q8_K:
         np.testing.assert_array_equal(ys.view(np.int16), rec["bsums"].reshape(-1))
         assert ys_row == 2 * 512 // 16
-    if src0 == D.TYPE_Q4_0:   # 8 x the sums of each 4 quants
-        np.testing.assert_array_equal(ys.view(np.int32), 8 * rec["qs"].reshape(-1, 4).astype(np.int32).sum(axis=1))
+    if src0 == D.TYPE_Q4_0:   # -8 x the sums of each 4 quants (where Q4_0's unsigned dots start)
+        np.testing.assert_array_equal(ys.view(np.int32), -8 * rec["qs"].reshape(-1, 4).astype(np.int32).sum(axis=1))
 
 
 def test_portable_dot_products_equal_the_avx2_ones():

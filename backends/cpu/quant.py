@@ -70,7 +70,7 @@ def quantize_q8(x, yq, yd, ys, with_sum, lanes, lane_off, f16):
     (R, K / 32) as float32 (the float16-rounded d the dot products use), and for Q8_1 the block
     sums ys (R, K / 32), s = fp16(d * sum of quants), as float32 (quantize_row_q8_{0,1}_ref).
     lane_off != 0: lanes (R, K / 4) int32 = lane_off * the sum of each 4 quants (Q4_0 / Q5_0's
-    offsets, subtracted from their unsigned dot products)."""
+    negated offsets, where their unsigned dot products start: LANE_OFFSET)."""
     for r in prange(x.shape[0]):
         scratch = np.empty(1, np.float32)
         for i in range(x.shape[1] // 32):
@@ -273,7 +273,7 @@ def mul_mat_q_program(dst, a, b, kind):
         ys_row = 2 * (k // 16)
     else:
         with_sum = kind == D.TYPE_Q4_1 or kind == D.TYPE_Q5_1
-        off = 8 if kind == D.TYPE_Q4_0 else 16 if kind == D.TYPE_Q5_0 else 0
+        off = -8 if kind == D.TYPE_Q4_0 else -16 if kind == D.TYPE_Q5_0 else 0   # LANE_OFFSET's
         yd = np.empty((x.shape[0], k // 32), np.float32)
         sums = np.empty((x.shape[0], k // 32) if with_sum else (1, 1), np.float32)
         lanes = np.empty((x.shape[0], k // 4) if off else (1, 1), np.int32)
@@ -292,9 +292,9 @@ def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(raw, shape=(n,), strides=(1,)) if n else np.zeros(1, np.uint8)
 
 
-# what src0's quants are stored above their value (Q4_0: q - 8, Q5_0: q - 16): the dot products
-# take q unsigned and subtract offset * src1's sums of each 4 quants
-LANE_OFFSET = {D.TYPE_Q4_0: 8, D.TYPE_Q5_0: 16}
+# what src0's quants are stored above their value (Q4_0: q - 8, Q5_0: q - 16), negated: the dot
+# products take q unsigned and start from -offset * src1's sums of each 4 quants
+LANE_OFFSET = {D.TYPE_Q4_0: -8, D.TYPE_Q5_0: -16}
 
 
 def quantize_src1(b: np.ndarray, src0_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

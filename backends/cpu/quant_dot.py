@@ -5,7 +5,7 @@
 dot_q6_k) is the dot of the nblk blocks at byte x_off of uint8 array x with one src1 row: yq its
 int8 quants (element y_off on), yd its block scales (float32, element yd_off on), ys its extra
 block data as bytes from byte ys_off (Q8_1: the block sums s as float32; Q8_K: the int16 bsums,
-16 a block; Q8_0 under Q4_0 / Q5_0: 8 int32 a block, 8 or 16 times the sums of each 4 quants);
+16 a block; Q8_0 under Q4_0 / Q5_0: 8 int32 a block, -8 or -16 times the sums of each 4 quants);
 table: float16 bit pattern -> float32 (used where the CPU cannot convert halves).
 
 Per block (Q4_0 ... Q8_0) or super-block (K-quants) the integer products go into 8 int32 lanes
@@ -28,16 +28,16 @@ from numba.extending import intrinsic
 
 from minigraph.core import dtypes as D
 
-from minigraph.backends.cpu.quant_ir import (F32, I8, I16, I32, at, dot4, dot4_scaled, half, hsum, load, madd16,
-                                             nibbles, pairs, scaled_lanes, shuffle, splat, splat_const, vec)
+from minigraph.backends.cpu.quant_ir import (F32, I8, I16, I32, add_scaled_lanes, at, dot4, dot4_scaled, half, hsum,
+                                             lane_splat16, load, madd16, nibbles, nibbles32, pairs, shuffle, splat,
+                                             splat_const, vec)
 
 V32 = vec(I8, 32)
 
 
 def _q4_x(b, px, off):
     """32 nibbles from the 16 bytes at px + off: low nibbles (elements 0..15), then high."""
-    v = load(b, at(b, px, off), vec(I8, 16))
-    return shuffle(b, nibbles(b, v, 0), nibbles(b, v, 4), range(32))
+    return nibbles32(b, load(b, at(b, px, off), vec(I8, 16)))
 
 
 def _q5_high(b, px, off):
@@ -58,9 +58,9 @@ def _q8_0(b, px, py, yd, ys, tab):
 
 
 def _q4_0(b, px, py, yd, ys, tab):
-    # (q - 8) . y as q . y - 8 * (y's lane sums, precomputed with src1): unsigned q skips the
-    # sign trick, two instructions of about twenty a block
-    lanes = b.sub(dot4(b, _q4_x(b, px, 2), load(b, py, V32), False), load(b, ys, vec(I32, 8)))
+    # (q - 8) . y as q . y - 8 * (y's lane sums, precomputed with src1 as -8 times them, the dot's
+    # starting sums): unsigned q skips the sign trick, two instructions of about twenty a block
+    lanes = dot4(b, _q4_x(b, px, 2), load(b, py, V32), False, load(b, ys, vec(I32, 8)))
     return lanes, b.fmul(half(b, px, tab), yd), None
 
 
@@ -71,7 +71,7 @@ def _q4_1(b, px, py, yd, ys, tab):
 
 def _q5_0(b, px, py, yd, ys, tab):
     x = b.or_(_q4_x(b, px, 6), _q5_high(b, px, 2))                # as Q4_0, offset 16
-    lanes = b.sub(dot4(b, x, load(b, py, V32), False), load(b, ys, vec(I32, 8)))
+    lanes = dot4(b, x, load(b, py, V32), False, load(b, ys, vec(I32, 8)))
     return lanes, b.fmul(half(b, px, tab), yd), None
 
 
@@ -106,6 +106,7 @@ def _k_mins(b, scales, ys):
 def _qk(b, px, py, yd, ys, tab, five):
     """Q4_K (five False) / Q5_K: 8 groups of 32, q = nibble (+ 16 from qh bit g for Q5_K)."""
     scales = _k4_scales(b, at(b, px, 4))
+    sc_dup = shuffle(b, scales, scales, list(range(8)) * 2)   # the 8 scales in both 128-bit halves
     qs = 48 if five else 16
     lanes = None
     for g in range(8):
@@ -113,8 +114,7 @@ def _qk(b, px, py, yd, ys, tab, five):
         if five:
             hb = b.and_(b.lshr(load(b, at(b, px, 16), V32), splat_const(I8, 32, g)), splat_const(I8, 32, 1))
             x = b.or_(x, b.shl(hb, splat_const(I8, 32, 4)))
-        sc = shuffle(b, scales, scales, [g] * 16)
-        part = dot4_scaled(b, x, load(b, at(b, py, 32 * g), V32), False, sc)
+        part = dot4_scaled(b, x, load(b, at(b, py, 32 * g), V32), False, lane_splat16(b, sc_dup, g, g))
         lanes = part if lanes is None else b.add(lanes, part)
     dmin = b.fneg(b.fmul(half(b, at(b, px, 2), tab), yd))
     extra = b.fmul(b.sitofp(_k_mins(b, scales, ys), vec(F32, 4)), splat(b, dmin, 4))
@@ -135,13 +135,13 @@ def _q6_k(b, px, py, yd, ys, tab):
     scales = b.sext(load(b, at(b, px, 192), vec(I8, 16)), vec(I16, 16))
     lanes = None
     for h in range(2):
+        half_sc = shuffle(b, scales, scales, [8 * h + i for i in range(8)] * 2)   # scales 8h .. 8h + 7, twice
         qh = load(b, at(b, px, 128 + 32 * h), V32)
         for k in range(4):
             lo = nibbles(b, load(b, at(b, px, 64 * h + 32 * (k % 2)), V32), 4 * (k // 2))
             hi = b.shl(b.and_(b.lshr(qh, splat_const(I8, 32, 2 * k)), splat_const(I8, 32, 3)), splat_const(I8, 32, 4))
             x = b.sub(b.or_(lo, hi), splat_const(I8, 32, 32))
-            j = 8 * h + 2 * k
-            sc = shuffle(b, scales, scales, [j] * 8 + [j + 1] * 8)
+            sc = lane_splat16(b, half_sc, 2 * k, 2 * k + 1)   # scales 8h + 2k and 8h + 2k + 1
             part = dot4_scaled(b, x, load(b, at(b, py, 128 * h + 32 * k), V32), True, sc)
             lanes = part if lanes is None else b.add(lanes, part)
     return lanes, b.fmul(half(b, at(b, px, 208), tab), yd), None
@@ -249,7 +249,7 @@ def _make_dot(kind: int, rows: int = 1):
                 if kind in PREFETCH and rows == 1:
                     _prefetch(b, kind, px, i, bsize)
                 lanes, scale, more = emit(b, at(b, px, b.mul(i, i.type(bsize))), py, yd_i, pys, tab)
-                b.store(b.fadd(b.load(acc), scaled_lanes(b, lanes, scale)), acc)
+                b.store(add_scaled_lanes(b, b.load(acc), lanes, scale), acc)
                 if more is not None:
                     b.store(b.fadd(b.load(extra), more), extra)
         out = [b.fadd(hsum(b, b.load(acc)), hsum(b, b.load(extra))) for acc, extra in zip(accs, extras)]
