@@ -74,9 +74,9 @@ def test_portable_dot_products_equal_the_avx2_ones():
 
 
 def test_row_group_dots_equal_the_single_row_ones():
-    """The 32-element block types take quant_dot.ROWS src0 rows a call (four accumulator chains
-    sharing src1's loads): each row's float is the single-row dot's, bit for bit, on arbitrary
-    block bytes with rows at odd byte strides."""
+    """Every quantized type takes quant_dot.ROWS src0 rows a call (four accumulator chains sharing
+    src1's loads): each row's float is the single-row dot's, bit for bit, on arbitrary block
+    bytes with rows at odd byte strides."""
     import numba
     from minigraph.backends.cpu import quant as Q, quant_dot
     rng = np.random.default_rng(14)
@@ -91,15 +91,18 @@ def test_row_group_dots_equal_the_single_row_ones():
             one[0, j] = group[j]
             one[1, j] = Q._vec_dot(t, raw, 3 + j * step, yq, 0, yd, 0, ys, 0, nblk, f16)
         return one
-    for t in (D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0):
+    assert set(quant_dot.ROW_KINDS) == set(quant_dot.SPECS)   # every type with a dot
+    # the float16 scales of each block: byte offsets of their high bytes
+    f16_high = {D.TYPE_Q4_1: (1, 3), D.TYPE_Q5_1: (1, 3), D.TYPE_Q4_K: (1, 3), D.TYPE_Q5_K: (1, 3),
+                D.TYPE_Q6_K: (209,)}
+    for t in quant_dot.ROW_KINDS:
         row = k // D.blck_size(t) * D.type_size(t)
         step = row + 5
         raw = rng.integers(0, 256, 3 + rows * step, dtype=np.uint8)
         for r in range(rows):   # finite float16 scales: the high byte of d (and m) below 0x3C
             blocks = raw[3 + r * step: 3 + r * step + row].reshape(-1, D.type_size(t))
-            blocks[:, 1] &= 0x3B
-            if t in (D.TYPE_Q4_1, D.TYPE_Q5_1):
-                blocks[:, 3] &= 0x3B
+            for hi in f16_high.get(t, (1,)):
+                blocks[:, hi] &= 0x3B
         yq, yd, ys, _ = Q.quantize_src1(y, t)
         got = both(t, raw, step, yq, yd, ys, k // D.blck_size(t), Q.F16_TABLE)
         assert np.isfinite(got).all(), D.type_name(t)

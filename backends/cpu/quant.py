@@ -28,8 +28,8 @@ from minigraph.core.tensor import nbytes
 
 from minigraph.backends.cpu.jit import JIT_OPTIONS, fetch_add, kernel, row_index
 from minigraph.backends.cpu.quant_dot import (ROW_KINDS, ROWS, dot_q4_0, dot_q4_0_rows, dot_q4_1, dot_q4_1_rows, dot_q4_k,
-                                              dot_q5_0, dot_q5_0_rows, dot_q5_1, dot_q5_1_rows, dot_q5_k, dot_q6_k,
-                                              dot_q8_0, dot_q8_0_rows)
+                                              dot_q4_k_rows, dot_q5_0, dot_q5_0_rows, dot_q5_1, dot_q5_1_rows, dot_q5_k,
+                                              dot_q5_k_rows, dot_q6_k, dot_q6_k_rows, dot_q8_0, dot_q8_0_rows)
 
 import numba
 
@@ -157,7 +157,13 @@ def _vec_dot_rows(kind, a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16):
         return dot_q5_0_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
     if kind == D.TYPE_Q5_1:
         return dot_q5_1_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
-    return dot_q8_0_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    if kind == D.TYPE_Q8_0:
+        return dot_q8_0_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    if kind == D.TYPE_Q4_K:
+        return dot_q4_k_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    if kind == D.TYPE_Q5_K:
+        return dot_q5_k_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
+    return dot_q6_k_rows(a, ao, step, yq, yo, yd, ydo, ys, yso, nblk, f16)
 
 
 # src0 rows per task (ggml's mat-vec chunk too): 64 tasks for a 4096-row weight, enough for the
@@ -175,8 +181,8 @@ GUIDE = 8
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _rows(dst, i3, i2, m0, m1, a, ao0, a_nb1, yq, yd, ys, ys_row, kind, nblk, f16):
-    """dst[i3, i2, :, m0:m1]: each src0 row against every src1 column (the row stays in L1), the
-    32-element block types ROWS rows at a time."""
+    """dst[i3, i2, :, m0:m1]: src0 rows against every src1 column (the rows stay in L1), ROWS
+    rows at a time (the types of quant_dot.ROW_KINDS), the rest one by one."""
     n2, n1 = dst.shape[1], dst.shape[2]
     k = yq.shape[0] // max(1, dst.shape[0] * n2 * n1)
     m = m0
