@@ -2,7 +2,9 @@
 the same 537 MB state through different access structures, side by side with torch's copy.
 
   rows8    the decode kernel's structure (gdn_tc_decode.cu): a warp an item of 16 state rows,
-           eight lanes a row, 16 float4 loads (ld.global.cs) then 16 stores (st.global.cs)
+           eight lanes a row, 16 float4 loads (ld.global.cs) then 16 stores (st.global.cs);
+           rows8-l2 the loads with the L2::256B fetch-size hint, rows8-nc as ld.global.nc with
+           L1::no_allocate and L2::256B
   contig   a warp an item of 8 KB too, each load / store instruction 512 contiguous bytes
   contig-wb  the same with plain ld.global / st.global
   stride   grid-stride float4 copy (4 a thread in flight), 8 blocks of 256 an SM
@@ -18,6 +20,9 @@ this access structure (16-byte loads and stores from registers) reaches.
 H200, 2026-12-02, one run: rows8 269.5, contig 275.7, contig-wb 270.9, stride 282.7, bulk 271.9,
 bulk1 273.1, bulkrw 268.3, bulkld 269.4, torch 256.9 us: the copy engine's bulk copies land where
 register copies do (session 8's bulk decode kernel, not merged, measured the same).
+H200, 2026-12-04, one run: rows8 270.5, rows8-l2 278.9, rows8-nc 280.7, contig 269.7, contig-wb
+266.1, bulk 266.6, torch 257.2 us: the L2::256B fetch-size hint (with or without the read-only
+path) makes the same copy 3-4% slower, so the decode keeps plain ld.global.cs.
 Run on the device: python benchmarks/gdn_decode_probe.py
 """
 from __future__ import annotations
@@ -40,7 +45,20 @@ __device__ __forceinline__ float4 ldcs(const float* p) {
 __device__ __forceinline__ void stcs(float* p, float4 v) {
     asm volatile("st.global.cs.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
 }
-extern "C" __device__ int probe_rows8(const float* src, float* dst, long long n) {
+// LD: 0 ld.global.cs, 1 ld.global.cs.L2::256B (L2 fetches 256-byte blocks from DRAM),
+// 2 ld.global.nc.L1::no_allocate.L2::256B
+template <int LD> __device__ __forceinline__ float4 ldq(const float* p) {
+    float4 r;
+    if (LD == 1)
+        asm volatile("ld.global.cs.L2::256B.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w) : "l"(p));
+    else if (LD == 2)
+        asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.f32 {%0,%1,%2,%3}, [%4];"
+                     : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w) : "l"(p));
+    else
+        r = ldcs(p);
+    return r;
+}
+template <int LD> __device__ __forceinline__ int rows8(const float* src, float* dst, long long n) {
     const int lane = threadIdx.x & 31, l8 = lane & 7, rq = lane >> 3;
     const long long it = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const long long base = it * 2048;                       // 16 rows of 128 floats
@@ -49,13 +67,16 @@ extern "C" __device__ int probe_rows8(const float* src, float* dst, long long n)
 #pragma unroll
     for (int p = 0; p < 4; ++p)
 #pragma unroll
-        for (int m = 0; m < 4; ++m) x[p][m] = ldcs(src + base + (4 * p + rq) * 128 + 32 * m + 4 * l8);
+        for (int m = 0; m < 4; ++m) x[p][m] = ldq<LD>(src + base + (4 * p + rq) * 128 + 32 * m + 4 * l8);
 #pragma unroll
     for (int p = 0; p < 4; ++p)
 #pragma unroll
         for (int m = 0; m < 4; ++m) stcs(dst + base + (4 * p + rq) * 128 + 32 * m + 4 * l8, x[p][m]);
     return 0;
 }
+extern "C" __device__ int probe_rows8(const float* src, float* dst, long long n) { return rows8<0>(src, dst, n); }
+extern "C" __device__ int probe_rows8_l2(const float* src, float* dst, long long n) { return rows8<1>(src, dst, n); }
+extern "C" __device__ int probe_rows8_nc(const float* src, float* dst, long long n) { return rows8<2>(src, dst, n); }
 template <bool CS>   // CS: ld/st.global.cs, else plain ld.global / st.global
 __device__ __forceinline__ int contig(const float* src, float* dst, long long n) {
     const int lane = threadIdx.x & 31;
@@ -168,10 +189,10 @@ def main():
     ts, td = torch.as_tensor(src, device="cuda"), torch.as_tensor(dst, device="cuda")
     ts.normal_()
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
-    names = ("rows8", "contig", "contig-wb", "stride", "bulk", "bulk1", "bulkrw", "bulkld")
+    names = ("rows8", "rows8-l2", "rows8-nc", "contig", "contig-wb", "stride", "bulk", "bulk1", "bulkrw", "bulkld")
     ks = {name: _kernel(f"probe_{name.replace('-', '_')}") for name in names}
     items = n // 2048
-    grids = {"rows8": (items // 4, 128), "contig": (items // 4, 128), "contig-wb": (items // 4, 128),
+    grids = {"rows8": (items // 4, 128), "rows8-l2": (items // 4, 128), "rows8-nc": (items // 4, 128), "contig": (items // 4, 128), "contig-wb": (items // 4, 128),
              "stride": (8 * sms, 256), "bulk": (items // 4, 32), "bulk1": (items, 32),
              "bulkrw": (items // 4, 128), "bulkld": (items // 4, 128)}
     print(f"## copy of {2 * n * 4 / 1e9:.2f} GB (read + written), {cuda.get_current_device().name}")
