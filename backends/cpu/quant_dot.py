@@ -58,8 +58,8 @@ def _q8_0(b, px, py, yd, ys, tab):
 
 
 def _q4_0(b, px, py, yd, ys, tab):
-    # (q - 8) . y as q . y - 8 * (y's lane sums, precomputed with src1 as -8 times them, the dot's
-    # starting sums): unsigned q skips the sign trick, two instructions of about twenty a block
+    # (q - 8) . y as q . y - 8 * (y's lane sums): the dot starts from -8 times those sums,
+    # precomputed with src1; unsigned q skips the sign trick (two instructions of about twenty)
     lanes = dot4(b, _q4_x(b, px, 2), load(b, py, V32), False, load(b, ys, vec(I32, 8)))
     return lanes, b.fmul(half(b, px, tab), yd), None
 
@@ -165,11 +165,12 @@ SPECS: dict[int, tuple[int, int, int, int, Callable]] = {
 # gained nothing (Q8_0 lost at 2048) and take none. Zen 3 (session 16) measured no gain either way.
 PREFETCH = {D.TYPE_Q4_K: (2048, 2, 1), D.TYPE_Q5_K: (2048, 2, 1), D.TYPE_Q6_K: (2048, 2, 1),
             D.TYPE_Q4_0: (1024, 1, 4), D.TYPE_Q5_0: (1024, 1, 2)}
-# The ROWS-row dots (the 32-element block types) prefetch the next group of rows instead: at block
-# i of its rows m .. m + 3, the same block of rows m + 4 .. m + 7, every PREFETCH_GROUP-th block
-# (a line a row). The hint above runs ahead inside each row, so the next group's rows, which the
-# thread takes next, started cold (a prefetch past row m's end lands in row m + 1, already being
-# read); one group ahead the lines arrive ~1 us before they are read. Ice Lake server VM, 2
+# The ROWS-row dots prefetch the next group of rows instead: at block i of its rows m .. m + 3,
+# the same block of rows m + 4 .. m + 7 (a line a row every PREFETCH_GROUP-th 32-element block;
+# a K-quant super-block's lines every block). The hint above runs ahead inside each row, so the
+# next group's rows, which the thread takes next, started cold (a prefetch past row m's end
+# lands in row m + 1, already being read); one group ahead the lines arrive ~1 us before they
+# are read. Ice Lake server VM, 2
 # threads, the four-row dot over all rows of [4096, M] weights in one process, 15 alternating
 # rounds, median ms, M = 14336 (two copies alternated: from DRAM) / 4096 (from L3): in-row hint
 # (Q4_0, Q5_0) or none against the group every 2 blocks: Q4_0 2.92 -> 1.89 / 0.55 -> 0.47, Q8_0
