@@ -290,7 +290,7 @@ def mul_mat_q_program(dst, a, b, kind):
         ys_row = 2 * (k // 16)
     else:
         with_sum = kind == D.TYPE_Q4_1 or kind == D.TYPE_Q5_1
-        off = -8 if kind == D.TYPE_Q4_0 else -16 if kind == D.TYPE_Q5_0 else 0   # LANE_OFFSET's
+        off = _Q4_0_OFFSET if kind == D.TYPE_Q4_0 else _Q5_0_OFFSET if kind == D.TYPE_Q5_0 else 0
         yd = np.empty((x.shape[0], k // 32), np.float32)
         sums = np.empty((x.shape[0], k // 32) if with_sum else (1, 1), np.float32)
         lanes = np.empty((x.shape[0], k // 4) if off else (1, 1), np.int32)
@@ -312,6 +312,7 @@ def _flat_bytes(raw: np.ndarray, n: int) -> np.ndarray:
 # what src0's quants are stored above their value (Q4_0: q - 8, Q5_0: q - 16), negated: the dot
 # products take q unsigned and start from -offset * src1's sums of each 4 quants
 LANE_OFFSET = {D.TYPE_Q4_0: -8, D.TYPE_Q5_0: -16}
+_Q4_0_OFFSET, _Q5_0_OFFSET = LANE_OFFSET[D.TYPE_Q4_0], LANE_OFFSET[D.TYPE_Q5_0]   # for the program (Numba)
 
 
 def quantize_src1(b: np.ndarray, src0_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
