@@ -6,9 +6,10 @@ One token (src1 one column), weights [K, M] (ggml ne: K = ne0 the row length). G
 each case is one minigraph graph of C mat-vecs over C distinct weight copies (together > 4x the
 L2 cache, so every mat-vec reads its weights from HBM), captured as the backend's CUDA graph and
 replayed R times between CUDA events; the time per mat-vec is the total / (R * C). "node" is the
-whole quantized MUL_MAT (quantize src1 to Q8_0/Q8_1/Q8_K, then the dot kernel); "dot" replays a
-CUDA graph of the dot launches only (the same as "node" where one src1 column is quantized inside
-the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2 GiB f32 buffer
+whole quantized MUL_MAT (quantize src1 to Q8_0/Q8_1/Q8_K, then the dot kernel; Q4_0 and Q4_K read
+the reordered copy of their weights, quant_reorder.py, and "q4_0 ggml" / "q4_K ggml" are the same
+over ggml's bytes); "dot" replays a CUDA graph of the dot launches only (the same as "node" where
+one src1 column is quantized inside the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2 GiB f32 buffer
 (torch; not measured without it). Spread: the min and max of `--runs` timed runs of each case.
 
 `--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
@@ -29,8 +30,9 @@ import numpy as np
 
 import minigraph as mg
 from minigraph.core import dtypes as D
-from minigraph.backends.cuda import quant_mmvq
-from minigraph.backends.cuda.backend import CudaBackend, _CudaGraph
+from minigraph.backends.cuda import quant_mmvq, quant_reorder
+from minigraph.backends.cuda.backend import CudaBackend, CudaBuffer, _CudaGraph
+from minigraph.core.buffer import tensor_start
 
 L2_BYTES = 60 << 20        # H200: 50 MiB; the copies together exceed 4x this
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]   # (K = ne0, M = ne1)
@@ -75,6 +77,18 @@ def parse_variants(spec: str) -> list[tuple[str, dict, dict]]:
     return out
 
 
+def _reordered(be: CudaBackend, node):
+    """The node's quant_reorder.Reordered bound to the copy its plan made (None without one)."""
+    r = quant_reorder.Reordered.of(node)
+    a = node.src[0]
+    buf = a.root._buf
+    buf = buf if isinstance(buf, CudaBuffer) else be.mirror(buf).buf
+    if r is not None:
+        r.bind(buf, tensor_start(a), False)
+        r.refresh(be.stream)                 # nothing to do where the plan's copy is up to date
+    return r
+
+
 def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies: int) -> dict:
     """name -> [us a mat-vec] of the plan's quantized MUL_MATs relaunched under each variant."""
     stream = be.stream
@@ -92,7 +106,7 @@ def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies
                 setattr(quant_mmvq, k, v)
             seq = []
             for n, args in firsts.items():
-                for la in quant_mmvq.launches(n, tuple(args[4:7])):
+                for la in quant_mmvq.launches(n, tuple(args[4:7]), _reordered(be, n)):
                     seq.append((la.kernel[la.grid, la.block, stream], args, n))
             g = _CudaGraph.capture(stream, seq)
             out[name] = [_events_time(stream, lambda: g.launch(stream), reps) / (reps * copies) * 1e6
@@ -216,6 +230,14 @@ def main() -> int:
         for name in args.types.split(","):
             rows.append(bench_minigraph(be, D.type_from_name(name), k, m, args.runs, args.reps, rng,
                                         parse_variants(args.variants)))
+            t = D.type_from_name(name)
+            if t in quant_reorder.KINDS and quant_reorder.REORDER:   # the same over ggml's bytes, side by side
+                quant_reorder.REORDER = False
+                try:
+                    rows.append({**bench_minigraph(be, t, k, m, args.runs, args.reps, rng),
+                                 "type": f"{name} ggml"})
+                finally:
+                    quant_reorder.REORDER = True
         if args.f32:
             rows.append(bench_minigraph(be, D.TYPE_F32, k, m, args.runs, max(2, args.reps // 10), rng))
         t = bench_torch(k, m, args.runs, args.reps)

@@ -2,7 +2,8 @@
 after quantize_q8 (quant_mmvq CONFIG PDL, for every type here), for compute-sanitizer, on odd
 shapes: rows at 2-byte offsets, K = 14336, several src1 columns, two ne2 batches broadcast over
 one src0 plane, the K-quants' tiles; each against the CPU backend (relative max error printed),
-computed twice (the second replays the captured CUDA graph).
+computed twice (the second replays the captured CUDA graph). Q4_0 runs over its reordered copy
+(quant_reorder: reorder_q4_0, then the Q4_0R dot kernel).
 
     compute-sanitizer --tool memcheck python3 benchmarks/quant_cuda_memcheck.py [KEY=V ...]
 
@@ -19,7 +20,7 @@ from minigraph.backends.cuda.backend import CudaBackend
 from minigraph.core import dtypes as D
 
 qm.CONFIG["PDL"] = sum(1 << t for t in (D.TYPE_Q4_0, D.TYPE_Q4_1, D.TYPE_Q5_0, D.TYPE_Q5_1, D.TYPE_Q8_0,
-                                        D.TYPE_Q4_K, D.TYPE_Q5_K, D.TYPE_Q6_K))
+                                        D.TYPE_Q4_K, D.TYPE_Q5_K, D.TYPE_Q6_K, qm.Q4_0R))
 for kv in sys.argv[1:]:
     key, _, value = kv.partition("=")
     assert key in qm.CONFIG, f"not a quant_mmvq.CONFIG key: {key}"
@@ -27,7 +28,7 @@ for kv in sys.argv[1:]:
 be, cpu = CudaBackend(0), mg.backend_cpu_init(1)
 rng = np.random.default_rng(0)
 # (type, K, M, src0 view at a row's offset, src1 columns, ne2)
-cases = [(D.TYPE_Q4_0, 4128, 37, True, 1, 1), (D.TYPE_Q8_0, 14336, 9, False, 1, 1),
+cases = [(D.TYPE_Q4_0, 4128, 37, True, 1, 1), (D.TYPE_Q4_0, 4384, 41, True, 3, 2), (D.TYPE_Q8_0, 14336, 9, False, 1, 1),
          (D.TYPE_Q4_K, 4096, 300, False, 1, 2), (D.TYPE_Q6_K, 4352, 21, False, 3, 1),
          (D.TYPE_Q5_1, 4128, 140, True, 1, 1), (D.TYPE_Q8_0, 4096, 133, True, 5, 2),
          (D.TYPE_Q5_K, 4352, 19, False, 1, 1)]

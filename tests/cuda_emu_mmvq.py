@@ -74,6 +74,10 @@ static inline void check_align(const void* p, int n) { if ((uintptr_t)p % n) g_m
 static inline float f16(const u8* p) { check_align(p, 2); _Float16 h; std::memcpy(&h, p, 2); return (float)h; }
 static inline float round_f16(float x) { return (float)(_Float16)x; }
 static inline uint4 ld16_global(const u8* p) { check_align(p, 16); uint4 r; std::memcpy(&r, p, 16); return r; }
+static inline int4 ld16_int4(const int4* p) { check_align(p, 16); return *p; }
+static inline float ld_f32_nc(const float* p) { check_align(p, 4); return *p; }
+static inline float f16_nc(const u8* p) { return f16(p); }
+static inline float f16_bits(u32 h) { unsigned short b = (unsigned short)h; _Float16 x; std::memcpy(&x, &b, 2); return (float)x; }
 static inline u32 ld2(const u8* p) { check_align(p, 2); u32 r; std::memcpy(&r, p, 4); return r; }
 static inline u32 ld4(const u8* p) { check_align(p, 4); u32 r; std::memcpy(&r, p, 4); return r; }
 template <bool nc> static inline u32 ldw(const u8* p) { return ld4(p); }
@@ -130,7 +134,8 @@ def emulated_source(kernels: list[str]) -> str:
     head, rest = src.split("// -- device intrinsics", 1)
     _, tail = rest.split("// -- end of device intrinsics --", 1)
     tail = tail.replace("extern __shared__ __align__(16) u8 smem[];", "u8* smem = g_smem;")
-    calls = " ".join(f"KERNEL({k}, {'QArgs' if k == 'quantize_q8' else 'Args'})" for k in kernels)
+    structs = {"quantize_q8": "QArgs", "reorder_q4_0": "RArgs", "reorder_q4_k": "RArgs"}
+    calls = " ".join(f"KERNEL({k}, {structs.get(k, 'Args')})" for k in kernels)
     return PRELUDE + head + INTRINSICS + tail + DRIVER.replace("KERNELS", calls)
 
 
@@ -144,8 +149,8 @@ def _instance(name: str) -> str:
 def library(kernels: list[str], defines: dict) -> ctypes.CDLL:
     """The emulator of the named kernels (quantize_q8 is always there) for one config (-D values),
     cached by source and config."""
-    dots = sorted(k for k in kernels if k != "quantize_q8")
-    text = emulated_source(["quantize_q8", *dots])
+    dots = sorted(k for k in kernels if k not in ("quantize_q8", "reorder_q4_0", "reorder_q4_k"))
+    text = emulated_source(["quantize_q8", "reorder_q4_0", "reorder_q4_k", *dots])
     defines = {**defines, "MMVQ_INSTANCES": " ".join(_instance(k) for k in dots)}
     key = (text, tuple(sorted(defines.items())))
     if key in _LIBS:
@@ -165,12 +170,30 @@ def _host_ptr(t) -> int:
     return t.root._buf.data.ctypes.data + tensor_start(t)
 
 
-def run_mul_mat(node, fuse: bool = True, kernels: tuple = ()) -> tuple[np.ndarray, tuple, int]:
+def reorder_rows(node) -> np.ndarray:
+    """src0 of `node` (Q4_0 / Q4_K, host data) through the emulated reorder_q4_0 / reorder_q4_k:
+    the copy quant_reorder.Reordered makes on a GPU, as (rows, row bytes) uint8."""
+    from minigraph.backends.cuda import quant_reorder as qr
+
+    a = node.src[0]
+    r = qr.Reordered(node)
+    out = np.full((r.rows, r.drow), 0xA5, np.uint8)       # stale bytes where the kernel writes none
+    p = qr.RArgs(src=_host_ptr(a), dst=out.ctypes.data, nu=r.nu, n1=a.ne[1], n2=a.ne[2], n3=a.ne[3], s1=a.nb[1],
+                 s2=a.nb[2], s3=a.nb[3], drow=r.drow)
+    lib = library([], {})
+    rc = lib.emu_launch(r.kernel.encode(), -(-r.nu * r.rows // qr.THREADS), 1, 1, qr.THREADS, 0, ctypes.addressof(p))
+    assert rc == 0
+    return out
+
+
+def run_mul_mat(node, fuse: bool = True, kernels: tuple = (), reordered: bool = False) -> tuple[np.ndarray, tuple, int]:
     """MUL_MAT `node` (quantized src0, f32 src1: leaves with host data) through the emulated
     kernels that quant_mmvq.launches would run (its grids, shared memory and fields), from a
-    library of those and `kernels` (one build for many calls). Returns (dst as numpy in ne order
+    library of those and `kernels` (one build for many calls); `reordered` (Q4_0, Q4_K): the dot
+    kernel over src0's reordered copy, as a GPU plan binds it. Returns (dst as numpy in ne order
     reversed, the workspace (yq, yd, ys), misaligned accesses seen)."""
     from minigraph.backends.cuda import quant_mmvq as qm
+    from minigraph.backends.cuda import quant_reorder as qr
     from minigraph.core import dtypes as D
 
     a, b = node.src
@@ -183,20 +206,26 @@ def run_mul_mat(node, fuse: bool = True, kernels: tuple = ()) -> tuple[np.ndarra
     ys = np.zeros(rows * (K // 16 if kq else K // 32), np.float32)
     dst = np.full(M * N * n2 * n3, np.nan, np.float32)
     old = qm.FUSE
-    qm.FUSE = fuse
+    qm.FUSE = fuse and not reordered
     try:
-        plan = qm.grids(node)
+        plan = qm.grids(node, qr.KINDS[a.type][0] if reordered else None)
     finally:
         qm.FUSE = old
     lib = library(sorted(set(plan) | set(kernels)), dict(qm.CONFIG))
+    x, fields = _host_ptr(a), qm.dot_fields(node)
+    if reordered:
+        copy = reorder_rows(node)
+        r = qr.Reordered(node)
+        x = copy.ctypes.data
+        fields.update(zip(("xb1", "xb2", "xb3"), r.strides()))
     before = lib.emu_misaligned()
     for name, (grid, threads, smem) in plan.items():
         if name == "quantize_q8":
             p = qm.QArgs(b=_host_ptr(b), yq=yq.ctypes.data, yd=yd.ctypes.data, ys=ys.ctypes.data,
                          **qm.quant_fields(node))
         else:
-            p = qm.Args(x=_host_ptr(a), yq=yq.ctypes.data, yd=yd.ctypes.data, ys=ys.ctypes.data,
-                        dst=dst.ctypes.data, b=_host_ptr(b), **qm.dot_fields(node))
+            p = qm.Args(x=x, yq=yq.ctypes.data, yd=yd.ctypes.data, ys=ys.ctypes.data,
+                        dst=dst.ctypes.data, b=_host_ptr(b), **fields)
         rc = lib.emu_launch(name.encode(), *grid, threads, smem, ctypes.addressof(p))
         assert rc == 0, f"emulator has no kernel {name}"
     return dst.reshape(n3, n2, N, M), (yq, yd, ys), lib.emu_misaligned() - before

@@ -264,7 +264,8 @@ def test_programmatic_dot_launch_equals_plain_launch(be, cpu):
     x = rng.standard_normal((3, 4096)).astype(np.float32)
     default = dict(quant_mmvq.CONFIG)
     res = {}
-    for name, backend, mask in (("pdl", be, sum(1 << t for t in types)), ("plain", be, 0), ("cpu", cpu, 0)):
+    pdl_mask = sum(1 << t for t in (*types, quant_mmvq.Q4_0R, quant_mmvq.Q4_KR))   # and over reordered copies
+    for name, backend, mask in (("pdl", be, pdl_mask), ("plain", be, 0), ("cpu", cpu, 0)):
         quant_mmvq.CONFIG["PDL"] = mask
         try:
             ctx = mg.Context()
@@ -283,3 +284,104 @@ def test_programmatic_dot_launch_equals_plain_launch(be, cpu):
         np.testing.assert_array_equal(first, plain)
         np.testing.assert_array_equal(again, plain)
         _close(first, want)
+
+
+def _reorders(gf, be):
+    """The active quant_reorder.Reordered copies of a computed graph's plan on `be`."""
+    return be.plan(gf).prepares
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("type_,k", [(D.TYPE_Q4_0, 4384), (D.TYPE_Q4_K, 4352)], ids=["q4_0", "q4_K"])
+def test_reordered_copy_follows_writes(be, cpu, monkeypatch, type_, k):
+    """Q4_0 / Q4_K weights are read from a reordered copy (quant_reorder) made once and made again
+    only after their bytes were written: set_data on a host weight (the mirror's upload), set_data
+    on a weight in device memory (tensor_set), a SET_ROWS graph writing rows of it (Q4_0, which
+    CUDA's SET_ROWS writes). Each time the floats equal the dot kernel over ggml's bytes (REORDER
+    off) bit for bit, and the CPU's within the tolerance. Q4_0's K = 4384: 137 blocks a row."""
+    from minigraph.backends.cuda import quant_reorder
+
+    rng = np.random.default_rng(11)
+    w1, w2 = rng.standard_normal((2, 300, k)).astype(np.float32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    ctx = mg.Context()
+    wh = ctx.from_numpy(w1, type_)                        # host memory, mirrored on the GPU
+    wd = mg.backend_tensor_alloc(be, ctx.from_numpy(w1, type_))   # device memory
+    xt = ctx.from_numpy(x)
+    mms = [ctx.mul_mat(wh, xt), ctx.mul_mat(wd, xt)]
+    gf = _compute(be, *mms)
+
+    def check(made):
+        got = [m.numpy().copy() for m in mms]
+        assert [r.made for r in _reorders(gf, be)] == made
+        monkeypatch.setattr(quant_reorder, "REORDER", False)
+        try:
+            ctx2 = mg.Context()
+            plain = [ctx2.mul_mat(w, xt) for w in (wh, wd)]
+            gp = _compute(be, *plain)
+            assert _reorders(gp, be) == []
+            for g, p in zip(got, plain):
+                np.testing.assert_array_equal(g, p.numpy())
+        finally:
+            monkeypatch.setattr(quant_reorder, "REORDER", True)
+        for g, w in zip(got, (wh, wd)):
+            ctxc = mg.Context()
+            ref = ctxc.mul_mat(ctxc.from_numpy(w.root._buf.get(w).reshape(300, -1), type_), ctxc.from_numpy(x))
+            _compute(cpu, ref)
+            _close(g, ref.numpy())
+
+    assert all(r.active for r in _reorders(gf, be)) and len(_reorders(gf, be)) == 2
+    check([1, 1])
+    be.graph_compute(gf)                                   # replays the CUDA graph: nothing to remake
+    be.graph_compute(gf)
+    check([1, 1])
+    wh.set_data(w2)
+    be.graph_compute(gf)
+    check([2, 1])
+    wd.set_data(w2)
+    be.graph_compute(gf)
+    check([2, 2])
+    if type_ != D.TYPE_Q4_0:
+        return
+    ctx3 = mg.Context()                                    # rows 7 and 250 of wd by another graph
+    rows = ctx3.from_numpy(rng.standard_normal((2, k)).astype(np.float32))
+    sr = ctx3.set_rows(wd, rows, ctx3.from_numpy(np.array([7, 250], np.int32)))
+    _compute(be, sr)
+    be.graph_compute(gf)
+    check([2, 3])
+
+
+@pytest.mark.gpu
+@gpu
+def test_q4_0_read_as_stored_where_a_copy_could_go_stale(be, cpu):
+    """No reordered copy where it could not stay true: src0 written by the same graph (CPY into
+    it, then MUL_MAT), a weight handed out as a device view before planning. A view handed out
+    after planning makes the copy volatile: made again at every run. Results equal the CPU's."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((64, 4096)).astype(np.float32)
+    x = rng.standard_normal((1, 4096)).astype(np.float32)
+    ctx = mg.Context()
+    dst = ctx.new_tensor_2d(D.TYPE_Q4_0, 4096, 64)
+    mm = ctx.mul_mat(ctx.cpy(ctx.from_numpy(w), dst), ctx.from_numpy(x))
+    gf = _compute(be, mm)
+    assert _reorders(gf, be) == []
+    ctxc = mg.Context()
+    ref = ctxc.mul_mat(ctxc.from_numpy(w, D.TYPE_Q4_0), ctxc.from_numpy(x))
+    _compute(cpu, ref)
+    _close(mm.numpy(), ref.numpy())
+
+    shown = mg.backend_tensor_alloc(be, ctx.from_numpy(w, D.TYPE_Q4_0))
+    be.tensor_device_array(shown)
+    g2 = _compute(be, ctx.mul_mat(shown, ctx.from_numpy(x)))
+    assert _reorders(g2, be) == []
+
+    later = mg.backend_tensor_alloc(be, ctx.from_numpy(w, D.TYPE_Q4_0))
+    m3 = ctx.mul_mat(later, ctx.from_numpy(x))
+    g3 = _compute(be, m3)
+    (r,) = _reorders(g3, be)
+    be.tensor_device_array(later)
+    be.graph_compute(g3)
+    be.graph_compute(g3)
+    assert r.made == 3
+    _close(m3.numpy(), ref.numpy())

@@ -172,3 +172,92 @@ def test_split_choice(monkeypatch):
     assert [qm.splitk_of(mm(t, 4096, 1)) for t in (D.TYPE_Q4_0, D.TYPE_Q8_0, D.TYPE_Q4_K)] == [2, 4, 1]
     assert qm.splitk_of(mm(D.TYPE_Q4_0, 4096, 2)) == 1          # two columns: mmvq_T_2, no split
     assert qm.splitk_of(mm(D.TYPE_Q8_0, 1024, 1)) == 1          # 32 units a row
+
+
+
+def _reorder_batch(type_, k, n, seed=1):
+    """MUL_MAT of Q4_0 / Q4_K rows [k, 5, 2] (rows 1..5 of each batch of a [k, 6, 2] tensor: Q4_0's
+    only 2-byte aligned) by src1 [k, n, 4] (src0 broadcast over dim 2)."""
+    rng = np.random.default_rng(seed)
+    ctx = mg.Context()
+    w = rng.standard_normal((2, 6, k)).astype(np.float32)
+    big = ctx.from_numpy(w, type_)
+    a = ctx.view_3d(big, k, 5, 2, big.nb[1], big.nb[2], big.nb[1])
+    x = ctx.from_numpy(rng.standard_normal((4, n, k)).astype(np.float32))
+    return ctx.mul_mat(a, x), ctx
+
+
+def _raw_rows(a):
+    """The ggml bytes of a quantized view's rows, (ne3 * ne2 * ne1, row bytes), in dense order."""
+    from minigraph.core.buffer import tensor_start
+
+    raw = a.root._buf.data
+    rb = a.ne[0] // D.blck_size(a.type) * D.type_size(a.type)
+    out = [raw[tensor_start(a) + i1 * a.nb[1] + i2 * a.nb[2] + i3 * a.nb[3]:][:rb]
+           for i3 in range(a.ne[3]) for i2 in range(a.ne[2]) for i1 in range(a.ne[1])]
+    return np.stack(out)
+
+
+REORDER_CASES = [(D.TYPE_Q4_0, 4352), (D.TYPE_Q4_0, 4384), (D.TYPE_Q4_K, 4352)]
+
+
+@pytest.mark.parametrize("type_,k", REORDER_CASES, ids=lambda v: D.type_name(v) if v < 100 else str(v))
+def test_reorder_kernel_writes_the_reordered_rows(type_, k):
+    """reorder_q4_0 / reorder_q4_k over a strided view (two batches; Q4_0 rows at 2-byte aligned
+    offsets) write each row as quant_reorder.reorder_host does (units' quants as 16 contiguous
+    bytes, then the scales), in dense row order; Q4_0 with K = 4384 (137 blocks) leaves the
+    padding to the row's 16 bytes untouched."""
+    from minigraph.backends.cuda import quant_reorder as qr
+
+    node, _ = _reorder_batch(type_, k, 1)
+    got = cuda_emu_mmvq.reorder_rows(node)
+    want = qr.reorder_host(_raw_rows(node.src[0]), type_, k // 32)
+    used = 18 * (k // 32) + (k // 64 if type_ == D.TYPE_Q4_K else 0)
+    np.testing.assert_array_equal(got[:, :used], want[:, :used])
+    assert (got[:, used:] == 0xA5).all()                 # the padding is never written
+    assert got.shape[1] == qr.row_bytes(type_, k // 32) and got.shape[1] % 16 == 0
+
+
+def test_reorder_host_layouts_dequantize_as_ggml():
+    """reorder_host's layouts dequantize to ggml's values: Q4_0 unit u = d[u] * (nibbles of qs[u]
+    - 8); Q4_K unit u = d * sc[u] * nibbles - dmin * mn[u] with its super-block's d, dmin."""
+    from minigraph.backends.cuda import quant_reorder as qr
+
+    rng = np.random.default_rng(3)
+    for type_ in (D.TYPE_Q4_0, D.TYPE_Q4_K):
+        raw = quants.quantize(rng.standard_normal((3, 512)).astype(np.float32), type_)
+        r = qr.reorder_host(raw, type_, 16)
+        q = r[:, :256].reshape(3, 16, 16)
+        nib = np.concatenate([q & 15, q >> 4], axis=2).astype(np.float64)       # (rows, unit, 32)
+        want = quants.dequantize(raw, type_).reshape(3, 16, 32).astype(np.float64)
+        if type_ == D.TYPE_Q4_0:
+            d = r[:, 256:288].copy().view(np.float16).astype(np.float64)
+            np.testing.assert_array_equal(d[:, :, None] * (nib - 8), want)
+        else:
+            scm = r[:, 256:288].reshape(3, 16, 2).astype(np.float32)
+            dd = r[:, 288:296].copy().view(np.float16).astype(np.float32).reshape(3, 2, 2)
+            d, dm = np.repeat(dd[:, :, 0], 8, axis=1), np.repeat(dd[:, :, 1], 8, axis=1)
+            vals = (d * scm[:, :, 0])[..., None] * nib.astype(np.float32) - (dm * scm[:, :, 1])[..., None]
+            np.testing.assert_array_equal(vals, want.astype(np.float32))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("type_,k", REORDER_CASES, ids=lambda v: D.type_name(v) if v < 100 else str(v))
+def test_reordered_rows_give_the_same_floats(type_, k, n):
+    """The dot kernel over the reordered copy (Q4_0R / Q4_KR: one 16-byte load of quants a unit,
+    two units in flight a lane) gives the floats of the kernel over ggml's bytes bit for bit: one
+    src1 column (Q4_0: two warps splitting a row slot, two rows a warp) and three (mmvq_T_4),
+    Q4_0 with an odd block count (137: lanes with unequal units, a second unit past the row's
+    end), src0 broadcast over dim 2; no misaligned load (the copy's rows are 16-byte aligned)."""
+    from minigraph.backends.cuda import quant_mmvq as qm
+    from minigraph.backends.cuda import quant_reorder as qr
+
+    node, _ = _reorder_batch(type_, k, n)
+    code = qr.KINDS[type_][0]
+    names = (qm.dot_name(node), qm.dot_name(node, code))
+    assert names[1] == names[0].replace(f"mmvq_{type_}_", f"mmvq_{code}_")
+    plain, _, bad_p = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=names)
+    got, _, bad = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=names, reordered=True)
+    assert bad == 0 and bad_p == 0
+    np.testing.assert_array_equal(got, plain)
+    _close(got, _cpu(node).reshape(got.shape))

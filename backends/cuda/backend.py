@@ -58,6 +58,18 @@ def graphs_enabled() -> bool:
     return flags.cuda_graphs()
 
 
+class Derived:
+    """Device data a kernel derived from bytes [lo, hi) of a CudaBuffer (a reordered copy of
+    weights): `dev` its device array, `stale` while those bytes have been written since it was
+    made (every write this backend makes is noted: tensor_set, device copies, plans' writes, mirror
+    uploads), `volatile` once they were handed out as a device view (writes then go unseen: it is
+    made again at every run)."""
+
+    def __init__(self, lo: int, hi: int, dev: Any) -> None:
+        self.lo, self.hi, self.dev = lo, hi, dev
+        self.stale, self.volatile = True, False
+
+
 class CudaBuffer(Buffer):
     """Device memory of one CudaBackend: `dev` is a flat uint8 device array."""
 
@@ -69,6 +81,30 @@ class CudaBuffer(Buffer):
         self.nbytes = int(dev.size)
         self.owner = owner        # the caller's array, kept alive, for wrapped memory
         self._flat: dict[Any, Any] = {}
+        self.derived: dict[Any, Derived] = {}     # key -> data derived from this buffer's bytes
+        self.exposed: list[tuple[int, int]] = []  # byte ranges handed out as device views
+
+    def derive(self, key: Any, lo: int, hi: int, nbytes: int) -> Derived:
+        """The Derived of `key` over bytes [lo, hi), made (stale, nbytes of device memory) on first
+        use; it lives as long as this buffer."""
+        d = self.derived.get(key)
+        if d is None:
+            with self.backend.activate():
+                d = self.derived[key] = Derived(lo, hi, cuda.device_array(max(16, nbytes), np.uint8))
+            d.volatile = self.owner is not None or any(a < hi and lo < b for a, b in self.exposed)
+        return d
+
+    def note_write(self, lo: int, hi: int) -> None:
+        """Bytes [lo, hi) are (being) written: what was derived from them is stale."""
+        for d in self.derived.values():
+            if d.lo < hi and lo < d.hi:
+                d.stale = True
+
+    def _note_exposed(self, lo: int, hi: int) -> None:
+        self.exposed.append((lo, hi))
+        for d in self.derived.values():
+            if d.lo < hi and lo < d.hi:
+                d.volatile = True
 
     @classmethod
     def alloc(cls, backend: "CudaBackend", nbytes: int) -> "CudaBuffer":
@@ -90,6 +126,7 @@ class CudaBuffer(Buffer):
         n = nelements(t) // dtypes.blck_size(t.type) * dtypes.type_size(t.type)   # quantized: whole blocks
         if raw.size != n:
             raise MinigraphError(f"tensor_set: {describe(t)} takes {n} bytes, got {raw.size}")
+        self.note_write(offs, offs + extent_bytes(t.type, t.ne, t.nb))
         with self.backend.activate():
             if is_contiguous(t):
                 self.dev[offs:offs + n].copy_to_device(raw, stream=stream)
@@ -119,6 +156,7 @@ class CudaBuffer(Buffer):
         dt = np.dtype(dtypes.storage_dtype(t.type))
         nd = t.n_dims
         shape, strides = tuple(reversed(t.ne[:nd])), tuple(reversed(t.nb[:nd]))
+        self._note_exposed(offs, offs + ext)     # the caller may write through it
         base = self.dev[offs:offs + max(ext, dt.itemsize)]
         if SIM:
             from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
@@ -128,6 +166,12 @@ class CudaBuffer(Buffer):
         return DeviceNDArray(shape, strides, dt, stream=0, gpu_data=base.gpu_data)
 
     def data_ptr(self) -> int:
+        """The buffer's device address, for a DLPack export (the consumer may write anywhere in it)."""
+        self._note_exposed(0, self.nbytes)
+        return self.device_address()
+
+    def device_address(self) -> int:
+        """The buffer's device address for this backend's own kernels and copies (not an export)."""
         if SIM:
             return int(getattr(self.dev, "_ary", self.dev).ctypes.data)
         return int(self.dev.device_ctypes_pointer.value)
@@ -153,6 +197,7 @@ class _Mirror:
             return
         if self.snapshot is not None and np.array_equal(host.data, self.snapshot):
             return
+        self.buf.note_write(0, host.nbytes)
         self.buf.dev[: host.nbytes].copy_to_device(host.data, stream=stream)
         self.snapshot = host.data.copy()
 
@@ -259,12 +304,14 @@ class CudaBackend(Backend):
         n = nelements(src) * dtypes.type_size(src.type)
         so, do = tensor_start(src), tensor_start(dst)
         if n:
+            db.note_write(do, do + n)
             sb.backend.synchronize()
             with self.activate():
                 if same:
                     db.dev[do:do + n].copy_to_device(sb.dev[so:so + n], stream=self.stream)
                 else:
-                    copy_peer(db.data_ptr() + do, self.device, sb.data_ptr() + so, sb.backend.device, n, self.stream)
+                    copy_peer(db.device_address() + do, self.device, sb.device_address() + so, sb.backend.device, n,
+                              self.stream)
         return "device" if same else "peer"
 
     # -- zero-copy interop ---------------------------------------------------------------------
@@ -382,20 +429,27 @@ class CudaPlan:
         self.written = {}     # mirrors of host inputs that nodes write into (downloaded after)
         self.external = {}    # id(root) -> (root, buffer) of the other tensors: the plan holds while they stay
         self.launches = []    # (configured kernel, args)
+        self.writes = []      # (buffer, first byte, end byte) of what the nodes write outside the arena
+        self.prepares = []    # Launch.prepare objects bound here: refreshed before each run
         metas = []
+        to_bind = []          # (prepare, buffer, offset) of launches that derive data from a tensor
         for n in graph.nodes:
             if not runs_kernel(n):
                 continue
             meta = np.zeros(META_W, np.int64)
             writes = {0, *(s + 1 for s in OPS[n.op].written_srcs)}
-            bufs, extents = [], []
+            bufs, extents, located = [], [], []
             kern = self._kernel_of(n)
             for s, t in enumerate([n, *n.src]):
                 if t is None:
                     bufs.append(backend._dummy.flat(np.float32))
                     extents.append((0, None))
+                    located.append(None)
                     continue
                 buf, offs = self._locate(t, written=(s in writes))
+                located.append((buf, offs))
+                if s in writes and buf is not self.arena:
+                    self.writes.append((buf, offs, offs + extent_bytes(t.type, t.ne, t.nb)))
                 dt = SLOT_DTYPES[t.type]
                 es = np.dtype(dt).itemsize
                 if offs % es or any(x % es for x in t.nb):
@@ -411,6 +465,16 @@ class CudaPlan:
             for la in kern.fn.launches(n):
                 args = [b[lo:hi] for b, (lo, hi) in zip(bufs, extents)] if la.sliced else bufs
                 metas.append((meta, la, args, params, n, kern))
+                if la.prepare is not None and located[la.prepare.slot] is not None:
+                    to_bind.append((la.prepare, *located[la.prepare.slot]))
+        # after every node is located: a derived copy of bytes that this graph writes itself (the
+        # arena holds only what it computes) would be stale inside the run, so such a launch
+        # keeps reading the tensor as it is
+        for prep, buf, offs in to_bind:
+            lo, hi = prep.span(offs)
+            prep.bind(buf, offs, buf is self.arena or any(b is buf and a < hi and lo < e for b, a, e in self.writes))
+            if prep.active:
+                self.prepares.append(prep)
         rows = [m[0] for m in metas] or [np.zeros(META_W, np.int64)]
         self.meta = cuda.to_device(np.array(rows, np.int64).reshape(-1, META_W))
         # error words: launches that report bad data (an index out of range) write them; read after a run
@@ -495,6 +559,8 @@ class CudaPlan:
             self.epoch = bind_storage([(r, self.host_arena, self.memory.offsets[id(r)]) for r in self.bound])
         for m in self.inputs.values():
             m.upload_if_changed(stream)
+        for prep in self.prepares:     # on the stream ahead of the launches that read it
+            prep.refresh(stream)
         if be.use_graphs and self.n_runs >= 1 and self.graph_error is None:
             if self.graph_exec is None:
                 try:
@@ -508,6 +574,8 @@ class CudaPlan:
         else:
             self._launch_all()
         self.n_runs += 1
+        for buf, lo, hi in self.writes:
+            buf.note_write(lo, hi)
         for off, size in self.outputs:
             self.arena.dev[off:off + size].copy_to_host(self.host_arena.data[off:off + size], stream=stream)
         for m in self.written.values():

@@ -57,6 +57,9 @@ class Launch:
     sliced: bool = False       # no meta row: each tensor is its own 1-D array (contiguous only)
     n_err: int = 0             # > 0: an int64 device array of that many error words comes last;
                                # word 0 != 0 after the run fails the compute (CudaKernel.explain says why)
+    prepare: Any = None        # data derived from one of the launch's tensors, kept by the plan
+                               # (quant_reorder.Reordered): .slot (0 dst, 1.. srcs), .bind(buffer, offset,
+                               # written_here) once at planning, .refresh(stream) before each run
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from minigraph.core.registry import register_quant_kernel
 
 from minigraph.backends.cuda import quant_mmvq
 from minigraph.backends.cuda.common import CudaKernel, Launch, at, block_sum, flat_launch, ne
+from minigraph.backends.cuda.quant_reorder import Reordered
 from minigraph.backends.cuda.quant_blocks import DOT_TYPES, UNIT, mul_rn, nearest_int, round_f16, roundf, unit_dot
 from minigraph.backends.cuda.quant_rows import row_at
 
@@ -134,7 +135,7 @@ def _launches(node):
     yq, yd, ys = work = workspace(node)
     span = 256 if vdt == Q8_K else UNIT
     if USE_MMVQ and quant_mmvq.refusal(node) is None:
-        return quant_mmvq.launches(node, work)
+        return quant_mmvq.launches(node, work, Reordered.of(node))
     quant = flat_launch(quantize_src1, a.ne[0] // span * N * n2 * n3, (*work, vdt))
     return [quant, Launch(dot_rows, (M, N, n2 * n3), (DOT_THREADS,), (yq, yd, ys, a.type))]
 

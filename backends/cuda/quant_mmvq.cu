@@ -42,6 +42,8 @@
 // path); the others as 32-bit loads (quant_mmvq.py checks the row alignment).
 // 64 units of a K-quant are a multiple of 16 bytes, so a 16-byte aligned row's full tiles are
 // too; other rows, and a row's last partial tile, are copied into the tile with 16-bit loads.
+// Reordered rows (T_Q4_0R, T_Q4_KR below; quant_reorder.py makes them with reorder_q4_0 /
+// reorder_q4_k): each unit's quants one 16-byte load, two units in flight a lane (U2).
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -50,6 +52,16 @@ typedef long long i64;
 typedef unsigned long long u64;
 
 enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+// Rows reordered by reorder_q4_0 / reorder_q4_k (codes of this file's own, no ggml types), so that
+// a lane's unit is one 16-byte load of quants and a warp's load 512 contiguous bytes:
+//   T_Q4_0R  the 16 bytes of qs of each of the row's nu blocks, then their nu f16 d (18 nu bytes
+//            rounded up to 16 a row). ggml's 18-byte blocks: nine 16-bit loads a unit, each
+//            spanning 576 bytes a warp.
+//   T_Q4_KR  each unit's 32 quants as Q4_0 packs them (byte j: element j low, j + 16 high: 16
+//            bytes), then each unit's 6-bit scale and min as two bytes, then each super-block's
+//            f16 d and dmin (18.5 nu bytes rounded up to 16 a row). ggml's: a group's quants are
+//            half the nibbles of 32 bytes that its neighbour group shares (hence the tiles).
+enum { T_Q4_KR = 28, T_Q4_0R = 29 };
 enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 
 #ifndef WARPS
@@ -79,6 +91,9 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #ifndef R4
 #define R4 0               // bit T set: 4 rows a warp (over R2)
 #endif
+#ifndef U2
+#define U2 0               // bit T set: a lane of a 32-block type issues the loads of 2 units before using either
+#endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
 #endif
@@ -103,6 +118,18 @@ static __device__ __forceinline__ float round_f16(float x) {   // GGML_FP32_TO_F
 }
 static __device__ __forceinline__ uint4 ld16_global(const u8* p) {   // read-only path, 16-byte aligned
     return __ldg((const uint4*)p);
+}
+static __device__ __forceinline__ int4 ld16_int4(const int4* p) { return __ldg(p); }   // read-only path
+static __device__ __forceinline__ float ld_f32_nc(const float* p) { return __ldg(p); }
+static __device__ __forceinline__ float f16_bits(u32 h) {      // the float16 in h's low 16 bits
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+    return f;
+}
+static __device__ __forceinline__ float f16_nc(const u8* p) {  // f16() on the read-only path
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(__ldg((const unsigned short*)p)));
+    return f;
 }
 static __device__ __forceinline__ u32 ld2(const u8* p) {      // 4 bytes at a 2-byte aligned address
     const u16* h = (const u16*)p;
@@ -164,8 +191,23 @@ template <int N, bool nc> static __device__ __forceinline__ void load_w32(const 
     for (int k = 0; k < N; ++k) q[k] = funnel(w[k], w[k + 1], sh);
 }
 
-template <int T> static __device__ __forceinline__ void load_unit(const u8* row, int u, Unit& w) {
-    if (T == T_Q8_0 && ((W32 >> T) & 1)) {
+// unit u of a row of nu units (nu: only the reordered rows' scale offsets need it)
+template <int T> static __device__ __forceinline__ void load_unit(const u8* row, int u, Unit& w, int nu = 0) {
+    if (T == T_Q4_0R) {   // q[0..3] the packed words as loaded (unit_dot_y splits the nibbles)
+        const uint4 v = ld16_global(row + 16 * (i64)u);
+        w.q[0] = v.x; w.q[1] = v.y; w.q[2] = v.z; w.q[3] = v.w;
+        w.d = f16_nc(row + 16 * (i64)nu + 2 * u);
+        w.m = 0.f;
+    } else if (T == T_Q4_KR) {   // as T_Q4_0R's words; the unit's scale and min, its super-block's d, dmin
+        const uint4 v = ld16_global(row + 16 * (i64)u);
+        w.q[0] = v.x; w.q[1] = v.y; w.q[2] = v.z; w.q[3] = v.w;
+        const u32 sm = ldh<true>(row + 16 * (i64)nu + 2 * u);
+        const u32 dd = ldw<true>(row + 18 * (i64)nu + 4 * (u >> 3));
+        w.sc0 = (int)(sm & 0xFF);
+        w.sc1 = (int)(sm >> 8);
+        w.d = f16_bits(dd & 0xFFFF);
+        w.m = f16_bits(dd >> 16);
+    } else if (T == T_Q8_0 && ((W32 >> T) & 1)) {
         const u8* b = row + 34 * (i64)u;
         load_w32<8, (NCLD >> T) & 1>(b + 2, (u32*)w.q);
         w.d = f16(b);
@@ -247,17 +289,21 @@ template <int T> static __device__ __forceinline__ float unit_dot_y(const Unit& 
     int s0 = 0, s1 = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        s0 = __dp4a(w.q[k], y[k], s0);
-        s1 = __dp4a(w.q[k + 4], y[k + 4], s1);
+        // the reordered rows keep their four packed words until here: 4 registers a unit in flight, not 8
+        constexpr bool packed = T == T_Q4_0R || T == T_Q4_KR;
+        const int lo = packed ? w.q[k] & 0x0F0F0F0F : w.q[k];
+        const int hi = packed ? (w.q[k] >> 4) & 0x0F0F0F0F : w.q[k + 4];
+        s0 = __dp4a(lo, y[k], s0);
+        s1 = __dp4a(hi, y[k + 4], s1);
     }
-    if (T == T_Q4_0 || T == T_Q5_0 || T == T_Q6_K) {   // offset quants: q - 8, q - 16, q - 32
+    if (T == T_Q4_0 || T == T_Q4_0R || T == T_Q5_0 || T == T_Q6_K) {   // offset quants: q - 8, q - 16, q - 32
         int t0 = 0, t1 = 0;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             t0 = __dp4a(0x01010101, y[k], t0);
             t1 = __dp4a(0x01010101, y[k + 4], t1);
         }
-        const int off = T == T_Q4_0 ? 8 : (T == T_Q5_0 ? 16 : 32);
+        const int off = T == T_Q4_0 || T == T_Q4_0R ? 8 : (T == T_Q5_0 ? 16 : 32);
         if (T == T_Q6_K) return (float)(w.sc0 * (s0 - off * t0) + w.sc1 * (s1 - off * t1)) * (w.d * dy);
         return (float)(s0 + s1 - off * (t0 + t1)) * (w.d * dy);
     }
@@ -267,9 +313,9 @@ template <int T> static __device__ __forceinline__ float unit_dot_y(const Unit& 
     return (float)(w.sc0 * (s0 + s1)) * (w.d * dy) - (float)w.sc1 * sy * (w.m * dy);
 }
 
-// src1's unit at yq (16-byte aligned) as eight words
-static __device__ __forceinline__ void load_y(const int4* yq, int* y) {
-    const int4 y0 = yq[0], y1 = yq[1];
+// src1's unit at yq (16-byte aligned) as eight words (nc: on the read-only path)
+template <bool nc = false> static __device__ __forceinline__ void load_y(const int4* yq, int* y) {
+    const int4 y0 = nc ? ld16_int4(yq) : yq[0], y1 = nc ? ld16_int4(yq + 1) : yq[1];
     y[0] = y0.x; y[1] = y0.y; y[2] = y0.z; y[3] = y0.w;
     y[4] = y1.x; y[5] = y1.y; y[6] = y1.z; y[7] = y1.w;
 }
@@ -285,7 +331,9 @@ static __host__ __device__ constexpr int blk_bytes(int T) {
     return T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : T == T_Q5_0 ? 22 : T == T_Q5_1 ? 24 : T == T_Q8_0 ? 34
          : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : 210;
 }
-static __host__ __device__ constexpr bool is_kq(int T) { return T == T_Q4_K || T == T_Q5_K || T == T_Q6_K; }
+// K-quant semantics (super-blocks of 8 units, Q8_K src1); tiled: read through shared-memory tiles
+static __host__ __device__ constexpr bool is_kq(int T) { return T == T_Q4_K || T == T_Q5_K || T == T_Q6_K || T == T_Q4_KR; }
+static __host__ __device__ constexpr bool tiled(int T) { return is_kq(T) && T != T_Q4_KR; }
 static __host__ __device__ constexpr int blk_units(int T) { return is_kq(T) ? 8 : 1; }
 static __host__ __device__ constexpr int tile_bytes(int T) { return TILE_UNITS / blk_units(T) * blk_bytes(T); }
 static __host__ __device__ constexpr int tile_words(int T) { return tile_bytes(T) / 16; }
@@ -320,13 +368,16 @@ static __device__ __forceinline__ void accumulate(const Unit* w, int u, const si
     for (int c = 0; c < NC; ++c) {
         if (c < ncols) {
             int y[8];
-            load_y((const int4*)(yq + c * sq + 32 * (i64)u), y);
+            constexpr bool nc = T == T_Q4_0R || T == T_Q4_KR;
+            load_y<nc>((const int4*)(yq + c * sq + 32 * (i64)u), y);
             float dy, sy = 0.f;
             if (is_kq(T)) {
-                dy = yd[c * sd + (u >> 3)];
-                if (T != T_Q6_K) sy = ys[c * ss + 2 * u] + ys[c * ss + 2 * u + 1];
+                dy = nc ? ld_f32_nc(yd + c * sd + (u >> 3)) : yd[c * sd + (u >> 3)];
+                if (T != T_Q6_K)
+                    sy = nc ? ld_f32_nc(ys + c * ss + 2 * u) + ld_f32_nc(ys + c * ss + 2 * u + 1)
+                            : ys[c * ss + 2 * u] + ys[c * ss + 2 * u + 1];
             } else {
-                dy = yd[c * sd + u];
+                dy = nc ? ld_f32_nc(yd + c * sd + u) : yd[c * sd + u];
                 if (T == T_Q4_1 || T == T_Q5_1) sy = ys[c * ss + u];
             }
 #pragma unroll
@@ -437,7 +488,7 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
 #pragma unroll
     for (int c = 0; c < R * NC; ++c) acc[c] = 0.f;
     extern __shared__ __align__(16) u8 smem[];
-    if constexpr (is_kq(T)) {
+    if constexpr (tiled(T)) {
         // K-quants through shared-memory tiles: a unit's own loads would read its super-block's
         // shared bytes again (qs for two units, Q5_K's qh for eight, Q6_K's ql / qh for two / four)
         const bool wide = ((u64)row & 15) == 0 && (R == 1 || (p.xb1 & 15) == 0);
@@ -451,27 +502,37 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
             row_tiles<T, NC, R, S>(row, roff, nu, wide, smem + warp * R * tile_bytes(T), r, yq, yd, ys, p.K, nd, ns,
                                    ncols, acc, ks, lane);
     } else {
-        // one unit (of each of the R rows) a step (loading two before either is used measured
-        // 10-15% slower on an H200)
-        Unit w[R];
-        const int u0 = lane + 32 * ks;
-        if constexpr (pdl && !head) {   // the first units in flight while quantize_q8 finishes
+        // U units (of each of the R rows) a step, their loads issued before any is used, added
+        // in unit order (the same floats for any U). U = 2 only where U2 says: on ggml's
+        // 18-byte Q4_0 blocks two in flight measured 10-15% slower on an H200 than one; on the
+        // reordered rows (T_Q4_0R) faster (see quant_mmvq.py)
+        // (not with 8 columns: each unit's loads serve eight dots there, and Q4_KR's would spill)
+        constexpr int U = ((U2 >> T) & 1) && NC < 8 ? 2 : 1;
+        auto step = [&](int u, bool wait) {
+            Unit w[U][R];
 #pragma unroll
-            for (int r = 0; r < R; ++r)
-                if (live && u0 < nu) load_unit<T>(row + roff[r], u0, w[r]);
-            grid_wait();
-        }
-        for (int u = u0; live && u < nu; u += 32 * S) {
-            if (!(pdl && !head) || u != u0) {
+            for (int j = 0; j < U; ++j)
+                if (u + 32 * S * j < nu) {
 #pragma unroll
-                for (int r = 0; r < R; ++r) load_unit<T>(row + roff[r], u, w[r]);
-            }
-            accumulate<T, NC, R>(w, u, yq, yd, ys, p.K, nd, ns, ncols, acc);
+                    for (int r = 0; r < R; ++r) load_unit<T>(row + roff[r], u + 32 * S * j, w[j][r], nu);
+                }
+            if (wait) grid_wait();
+#pragma unroll
+            for (int j = 0; j < U; ++j)
+                if (u + 32 * S * j < nu) accumulate<T, NC, R>(w[j], u + 32 * S * j, yq, yd, ys, p.K, nd, ns, ncols, acc);
+        };
+        int u = lane + 32 * ks;
+        // PDL: the first units in flight while quantize_q8 finishes (the wait kept out of the loop:
+        // inside it, its memory clobber kept the loop's loads from being hoisted)
+        if constexpr (pdl && !head) {
+            if (live && u < nu) step(u, true);
+            u += 32 * S * U;
         }
+        for (; live && u < nu; u += 32 * S * U) step(u, false);
     }
     if constexpr (S > 1) {
         // the warp's sums, then the slot's S partials added in warp order (after the tiles)
-        float* part = (float*)(smem + (is_kq(T) ? WARPS * R * tile_bytes(T) : 0));
+        float* part = (float*)(smem + (tiled(T) ? WARPS * R * tile_bytes(T) : 0));
 #pragma unroll
         for (int c = 0; c < R * NC; ++c) {
             const float v = warp_sum(acc[c]);
@@ -624,7 +685,7 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     const bool live = m < p.M;                   // (a warp past the last row still quantizes)
     const u8* row = p.x + m * p.xb1 + (i2 / p.r2) * p.xb2 + (i3 / p.r3) * p.xb3;
     Unit w0;
-    if (live && lane < nu) load_unit<T>(row, lane, w0);          // in flight while src1 is quantized
+    if (live && lane < nu) load_unit<T>(row, lane, w0, nu);          // in flight while src1 is quantized
     const float* x = p.b + i2 * p.b2 + i3 * p.b3;
     if (is_kq(T)) {
         for (int sb = warp; sb < nd; sb += WARPS_FUSED)
@@ -643,10 +704,71 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     if (lane < nu) accumulate<T, 1>(&w0, lane, sq, sd, ss, 0, 0, 0, 1, acc);
     for (int u = lane + 32; u < nu; u += 32) {     // the rest as mmvq<T, 1> does
         Unit w;
-        load_unit<T>(row, u, w);
+        load_unit<T>(row, u, w, nu);
         accumulate<T, 1>(&w, u, sq, sd, ss, 0, 0, 0, 1, acc);
     }
     store_sums<1>(p, acc, m, 0, i2, i3, lane);
+}
+
+// -- Q4_0 rows into the reordered layout T_Q4_0R ---------------------------------------------
+
+struct RArgs {
+    const u8* src;          // the Q4_0 tensor's first byte
+    u8* dst;                // the reordered copy: row r = (i3 * n2 + i2) * n1 + i1 at r * drow
+    int nu, n1, n2, n3;     // blocks a row; ne1..ne3
+    i64 s1, s2, s3;         // the tensor's nb1..nb3 (bytes)
+    i64 drow;               // bytes a reordered row (18 nu rounded up to 16)
+};
+
+// one thread a block: its qs to dst row + 16 u (one 16-byte store), its d to dst row + 16 nu + 2 u
+extern "C" __global__ void __launch_bounds__(256) reorder_q4_0(RArgs p) {
+    const i64 t = (i64)blockIdx.x * 256 + threadIdx.x;
+    if (t >= (i64)p.nu * p.n1 * p.n2 * p.n3) return;
+    const int u = (int)(t % p.nu);
+    const i64 r = t / p.nu;
+    const int i1 = (int)(r % p.n1), i2 = (int)((r / p.n1) % p.n2), i3 = (int)(r / ((i64)p.n1 * p.n2));
+    const u8* b = p.src + i1 * p.s1 + i2 * p.s2 + i3 * p.s3 + 18 * (i64)u;
+    u8* row = p.dst + r * p.drow;
+    const u16* h = (const u16*)b;
+    uint4 v;
+    v.x = (u32)h[1] | ((u32)h[2] << 16);
+    v.y = (u32)h[3] | ((u32)h[4] << 16);
+    v.z = (u32)h[5] | ((u32)h[6] << 16);
+    v.w = (u32)h[7] | ((u32)h[8] << 16);
+    *(uint4*)(row + 16 * (i64)u) = v;
+    *(u16*)(row + 16 * (i64)p.nu + 2 * u) = h[0];
+}
+
+// one thread a unit u (group g = u % 8 of super-block u / 8): its 32 nibbles packed as Q4_0 packs
+// a block's, at dst row + 16 u; its 6-bit scale and min (get_scale_min_k4) at dst row + 16 nu +
+// 2 u; the thread of group 0 copies the super-block's d and dmin to dst row + 18 nu + 4 (u / 8).
+// Source rows 4-byte aligned (32-bit loads); drow = 18.5 nu rounded up to 16.
+extern "C" __global__ void __launch_bounds__(256) reorder_q4_k(RArgs p) {
+    const i64 t = (i64)blockIdx.x * 256 + threadIdx.x;
+    if (t >= (i64)p.nu * p.n1 * p.n2 * p.n3) return;
+    const int u = (int)(t % p.nu), g = u & 7, shift = 4 * (g & 1);
+    const i64 r = t / p.nu;
+    const int i1 = (int)(r % p.n1), i2 = (int)((r / p.n1) % p.n2), i3 = (int)(r / ((i64)p.n1 * p.n2));
+    const u8* b = p.src + i1 * p.s1 + i2 * p.s2 + i3 * p.s3 + 144 * (i64)(u >> 3);
+    const u32* qs = (const u32*)(b + 16 + 32 * (g >> 1));
+    u8* row = p.dst + r * p.drow;
+    u32 o[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o[k] = ((qs[k] >> shift) & 0x0F0F0F0F) | (((qs[k + 4] >> shift) & 0x0F0F0F0F) << 4);
+    uint4 v;
+    v.x = o[0]; v.y = o[1]; v.z = o[2]; v.w = o[3];
+    *(uint4*)(row + 16 * (i64)u) = v;
+    const u8* s = b + 4;
+    int sc, mn;
+    if (g < 4) {
+        sc = s[g] & 63;
+        mn = s[g + 4] & 63;
+    } else {
+        sc = (s[g + 4] & 15) | ((s[g - 4] >> 6) << 4);
+        mn = (s[g + 4] >> 4) | ((s[g] >> 6) << 4);
+    }
+    *(u16*)(row + 16 * (i64)p.nu + 2 * u) = (u16)(sc | (mn << 8));
+    if (g == 0) *(u32*)(row + 18 * (i64)p.nu + 4 * (u >> 3)) = *(const u32*)b;
 }
 
 #define MMVQ(T, NC)                                                                                 \
@@ -659,5 +781,5 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
 #ifdef MMVQ_INSTANCES
 MMVQ_INSTANCES
 #else
-MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14)
+MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14) MMVQ_ALL(28) MMVQ_ALL(29)
 #endif

@@ -36,6 +36,13 @@ warps an SM, each walking its row's units one after another, and every warp load
 again. Q4_0 takes two rows a warp and two warps a row slot, Q8_0 four warps a row slot, Q4_K one
 of each (measured: see CONFIG).
 
+Reordered rows (quant_reorder.py, Q4_0 and Q4_K): the plan gives the dot launch a device copy of
+src0 in which each unit's quants are 16 contiguous bytes, read by the Q4_0R / Q4_KR kernels (one
+16-byte load a unit, two units in flight a lane: U2) with the grid and order of sums of the
+type's own kernel, so the floats are the same. H200 node, ggml's bytes -> reordered, one run
+(2026-12-04): Q4_0 6.33 / 13.26 / 14.43 -> 5.76 / 12.40 / 12.65 us (4096 x 4096 / 4096 x 14336 /
+14336 x 4096); Q4_K 6.93 / 17.36 / 15.93 -> 7.12 / 14.92 / 16.01.
+
 Q8_0's unit (CONFIG W32, NCLD) is read as aligned 32-bit words on the read-only path, joined by
 funnel shifts: 10 load instructions a lane for its 34 bytes instead of 17 (ncu, q4_0's lane-a-unit
 kernel at 4096 x 14336: L1/TEX throughput 80% against DRAM 42%, 7.5 of each 32-byte sector used a
@@ -80,10 +87,16 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # 8.41 / 20.06 / 20.34 -> 8.02 / 19.61 / 19.75 (K2 8.25 / 18.79 / 20.54); Q4_K keeps one row a
 # warp alone (R2 7.20 / 16.82 / 18.30, K2 8.05 / 20.39 / 19.78, K2 with R2 8.55 / 16.89 / 20.08
 # against 6.97 / 17.24 / 15.82).
+# U2: bit T set, a lane issues the loads of two units before using either (the reordered rows).
+# Q4_0R / Q4_KR: quant_mmvq.cu's codes for Q4_0 / Q4_K rows reordered so that a unit's quants are
+# 16 contiguous bytes (quant_reorder.py); each takes its ggml type's rows, split and PDL (the same
+# grid and the same floats) and U2.
+Q4_KR, Q4_0R = 28, 29
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
-          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K), "PDL_HEAD": 1 << D.TYPE_Q8_0,
-          "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0, "R2": 1 << D.TYPE_Q4_0, "R4": 0,
-          "K2": 1 << D.TYPE_Q4_0, "K4": 1 << D.TYPE_Q8_0}
+          "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K) | (1 << Q4_0R) | (1 << Q4_KR),
+          "PDL_HEAD": 1 << D.TYPE_Q8_0, "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0,
+          "R2": (1 << D.TYPE_Q4_0) | (1 << Q4_0R), "R4": 0, "K2": (1 << D.TYPE_Q4_0) | (1 << Q4_0R),
+          "K4": 1 << D.TYPE_Q8_0, "U2": (1 << Q4_0R) | (1 << Q4_KR)}
 # the settings of one warp a row slot and one row a warp (the fused kernel's order of sums)
 ONE_ROW = {"R2": 0, "R4": 0, "K2": 0, "K4": 0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
@@ -220,10 +233,13 @@ def pdl_on(type_: int) -> bool:
 class _Launcher:
     """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
     quant_mmvq.cu function with `smem` bytes of dynamic shared memory, its one struct parameter
-    made by `pack` from the buffers' arrays."""
+    made by `pack` from the buffers' arrays. `alt` (a function, a pdl flag, its shared bytes and a
+    readiness test): launched instead while the test holds (the dot kernel over a reordered copy
+    of src0, once the plan has bound it)."""
 
-    def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0, pdl: bool = False) -> None:
-        self.fn, self.pack, self.name, self.smem, self.pdl = fn, pack, name, smem, pdl
+    def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0, pdl: bool = False,
+                 alt: Optional[tuple] = None) -> None:
+        self.fn, self.pack, self.name, self.smem, self.pdl, self.alt = fn, pack, name, smem, pdl, alt
 
     def __getitem__(self, cfg: tuple) -> Any:
         grid, block, stream = cfg
@@ -233,18 +249,21 @@ class _Launcher:
         def launch(*args: Any) -> None:
             from cuda.bindings import driver as drv
 
+            fn, pdl, smem = self.fn, self.pdl, self.smem
+            if self.alt is not None and self.alt[3]():
+                fn, pdl, smem = self.alt[:3]
             p = self.pack(*args)
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
             h = stream_handle(stream)
-            if self.pdl and not _PDL_REFUSED:
-                res = drv.cuLaunchKernelEx(_pdl_config(grid, block, self.smem, h), self.fn,
+            if pdl and not _PDL_REFUSED:
+                res = drv.cuLaunchKernelEx(_pdl_config(grid, block, smem, h), fn,
                                            ctypes.addressof(params), 0)
                 err = res[0] if isinstance(res, tuple) else res
                 if err == drv.CUresult.CUDA_SUCCESS:
                     return
                 # a driver that refuses the attribute: the plain launch (grid_wait is then a no-op)
                 _PDL_REFUSED.append(err)
-            _check(drv.cuLaunchKernel(self.fn, *grid, *block, self.smem, h, ctypes.addressof(params), 0), "launch")
+            _check(drv.cuLaunchKernel(fn, *grid, *block, smem, h, ctypes.addressof(params), 0), "launch")
 
         launch.kernel_name = self.name
         return launch
@@ -271,13 +290,15 @@ def rows_of(type_: int) -> int:
     return 4 if CONFIG["R4"] >> type_ & 1 else 2 if CONFIG["R2"] >> type_ & 1 else 1
 
 
-def splitk_of(node) -> int:
-    """Warps that share a row slot of mmvq_T_1 and split its units: 4 or 2 where src0's type has
-    its bit in CONFIG K4 / K2 (one src1 column, rows of 64 units or more), else 1."""
+def splitk_of(node, type_: Optional[int] = None) -> int:
+    """Warps that share a row slot of mmvq_T_1 and split its units: 4 or 2 where the kernel's type
+    (src0's unless given) has its bit in CONFIG K4 / K2 (one src1 column, rows of 64 units or
+    more), else 1."""
     a = node.src[0]
+    t = a.type if type_ is None else type_
     if nc_of(node) != 1 or a.ne[0] // 32 < 64:
         return 1
-    return 4 if CONFIG["K4"] >> a.type & 1 else 2 if CONFIG["K2"] >> a.type & 1 else 1
+    return 4 if CONFIG["K4"] >> t & 1 else 2 if CONFIG["K2"] >> t & 1 else 1
 
 
 def nc_of(node) -> int:
@@ -285,40 +306,52 @@ def nc_of(node) -> int:
     return next(c for c in (1, 2, 4, NC_MAX) if c >= min(node.ne[1], NC_MAX))
 
 
-def grids(node) -> dict:
-    """name -> (grid, threads, dynamic shared bytes) of the node's launches, in launch order."""
+def grids(node, type_: Optional[int] = None) -> dict:
+    """name -> (grid, threads, dynamic shared bytes) of the node's launches, in launch order;
+    type_: the dot kernel's type code when not src0's (Q4_0R over a reordered copy)."""
     a = node.src[0]
+    t = a.type if type_ is None else type_
     M, N, n2, n3 = node.ne
     if fused(node):
         wf = CONFIG["WARPS_FUSED"]
-        return {f"mmvq_{a.type}_f": ((-(-M // wf), 1, n2 * n3), 32 * wf, fused_smem(node))}
-    w, nc, sk = CONFIG["WARPS"], nc_of(node), splitk_of(node)
+        return {f"mmvq_{t}_f": ((-(-M // wf), 1, n2 * n3), 32 * wf, fused_smem(node))}
+    w, nc, sk = CONFIG["WARPS"], nc_of(node), splitk_of(node, t)
     per_warp = 1 if D.VEC_DOT_TYPE[a.type] == D.TYPE_Q8_K else 8     # super-blocks / 32-blocks a warp
     span = 256 if per_warp == 1 else 32
     n_warps = -(-(a.ne[0] // span * N * n2 * n3) // per_warp)
     return {"quantize_q8": ((-(-n_warps // w), 1, 1), 32 * w, 0),
-            dot_name(node): ((-(-M // (w // sk * rows_of(a.type))), -(-N // nc), n2 * n3), 32 * w,
-                             tile_smem(a.type) + (4 * w * rows_of(a.type) if sk > 1 else 0))}
+            dot_name(node, t): ((-(-M // (w // sk * rows_of(t))), -(-N // nc), n2 * n3), 32 * w,
+                                tile_smem(t) + (4 * w * rows_of(t) if sk > 1 else 0))}
 
 
-def dot_name(node) -> str:
+def dot_name(node, type_: Optional[int] = None) -> str:
     """mmvq_<type>_<nc>, or mmvq_<type>_1k<S> where S warps split each row slot's units."""
-    sk = splitk_of(node)
-    return f"mmvq_{node.src[0].type}_{nc_of(node)}" + (f"k{sk}" if sk > 1 else "")
+    t = node.src[0].type if type_ is None else type_
+    sk = splitk_of(node, t)
+    return f"mmvq_{t}_{nc_of(node)}" + (f"k{sk}" if sk > 1 else "")
 
 
-def launches(node, work: tuple) -> list:
+def launches(node, work: tuple, reordered: Any = None) -> list:
     """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products (a
-    programmatic dependent launch where `pdl_on`); or one mmvq_T_f launch (see `fused`)."""
+    programmatic dependent launch where `pdl_on`); or one mmvq_T_f launch (see `fused`).
+    reordered: a quant_reorder.Reordered of src0 (the plan binds it to src0's memory); while it is
+    active the dot kernel is the Q4_0R one over its copy, with the same grid (else it is ignored)."""
     a, b = node.src
     fixed = dot_fields(node)
     qfixed = quant_fields(node)
     a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
     align = 4 if a.type in WORD_ALIGNED else 2
+    if reordered is not None and (fused(node) or [g[:2] for g in grids(node).values()] !=
+                                  [g[:2] for g in grids(node, reordered.code).values()]):
+        reordered = None          # one launch, or a benchmark's CONFIG gave the two kernels different grids
 
     def pack_dot(meta, dst, x, y, yq, yd, ys):
-        p = Args(x=_ptr(x) + a_off, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, b=_ptr(y) + b_off,
-                 **fixed)
+        if reordered is not None and reordered.active:
+            x_ptr, strides = reordered.pointer(), reordered.strides()
+        else:
+            x_ptr, strides = _ptr(x) + a_off, (fixed["xb1"], fixed["xb2"], fixed["xb3"])
+        p = Args(x=x_ptr, yq=_ptr(yq), yd=_ptr(yd), ys=_ptr(ys), dst=_ptr(dst) + d_off, b=_ptr(y) + b_off,
+                 **{**fixed, "xb1": strides[0], "xb2": strides[1], "xb3": strides[2]})
         if p.x % align or p.dst % 4 or p.b % 4:
             raise MinigraphError("MUL_MAT (quantized): a device buffer is not aligned for quant_mmvq.cu")
         return p
@@ -331,6 +364,11 @@ def launches(node, work: tuple) -> list:
     for name, (grid, threads, smem) in names.items():
         pack = pack_quant if name == "quantize_q8" else pack_dot
         pdl = name != "quantize_q8" and "quantize_q8" in names and pdl_on(a.type)
-        out.append(Launch(_Launcher(function_named(name), pack, name, smem, pdl), grid, (threads,), work,
-                          with_params=False))
+        alt = None
+        if name != "quantize_q8" and reordered is not None:
+            code = reordered.code
+            alt = (function_named(dot_name(node, code)), pdl_on(code), grids(node, code)[dot_name(node, code)][2],
+                   lambda: reordered.active)
+        out.append(Launch(_Launcher(function_named(name), pack, name, smem, pdl, alt), grid, (threads,), work,
+                          with_params=False, prepare=reordered if alt is not None else None))
     return out
