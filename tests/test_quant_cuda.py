@@ -385,3 +385,35 @@ def test_q4_0_read_as_stored_where_a_copy_could_go_stale(be, cpu):
     be.graph_compute(g3)
     assert r.made == 3
     _close(m3.numpy(), ref.numpy())
+
+
+def test_derived_copies_go_stale_on_writes_to_their_bytes(be):
+    """CudaBuffer.derive's bookkeeping (what quant_reorder's copies rely on; runs on the simulator
+    too): a copy over bytes [64, 192) is stale until made, again after tensor_set or a device copy
+    into bytes it overlaps, not after writes beside it; a device view handed out over its bytes
+    makes it volatile (made again at every run), one beside them does not."""
+    from minigraph.backends.cuda.backend import CudaBuffer
+
+    ctx = mg.Context()
+    t = mg.backend_tensor_alloc(be, ctx.from_numpy(np.zeros(96, np.float32)))    # bytes [0, 384)
+    buf = t.root._buf
+    assert isinstance(buf, CudaBuffer)
+    d = buf.derive("k", 64, 192, 32)
+    assert buf.derive("k", 64, 192, 32) is d and d.stale and not d.volatile
+    d.stale = False
+    before = ctx.view_1d(t, 16, 0)                        # bytes [0, 64): beside it
+    inside = ctx.view_1d(t, 8, 40 * 4)                    # bytes [160, 192)
+    mg.backend_tensor_set(before, np.ones(16, np.float32))
+    assert not d.stale
+    mg.backend_tensor_set(inside, np.ones(8, np.float32))
+    assert d.stale
+    d.stale = False
+    src = mg.backend_tensor_alloc(be, ctx.from_numpy(np.ones(8, np.float32)))
+    assert be.copy_tensor(src, ctx.view_1d(t, 8, 48 * 4)) == "device"   # bytes [192, 224): beside it
+    assert not d.stale
+    assert be.copy_tensor(src, ctx.view_1d(t, 8, 20 * 4)) == "device"   # bytes [80, 112)
+    assert d.stale
+    be.tensor_device_array(ctx.view_1d(t, 8, 256))        # bytes [256, 288)
+    assert not d.volatile
+    be.tensor_device_array(inside)
+    assert d.volatile and buf.derive("other", 160, 170, 16).volatile

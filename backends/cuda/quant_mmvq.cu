@@ -92,7 +92,7 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #define R4 0               // bit T set: 4 rows a warp (over R2)
 #endif
 #ifndef U2
-#define U2 0               // bit T set: a lane of a 32-block type issues the loads of 2 units before using either
+#define U2 0               // bit T set: a lane issues the loads of 2 units before using either (no tiles)
 #endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 0       // > 0: mmvq_T_NC blocks an SM for __launch_bounds__ (caps registers)
@@ -191,6 +191,18 @@ template <int N, bool nc> static __device__ __forceinline__ void load_w32(const 
     for (int k = 0; k < N; ++k) q[k] = funnel(w[k], w[k + 1], sh);
 }
 
+// ggml's get_scale_min_k4: group g's 6-bit scale and min from a Q4_K / Q5_K block's scales[12] at
+// s. A macro, not a function: as a function ptxas gave the K-quant tile kernels other registers
+// (64 -> 55), a change to a measured kernel that this sharing should not make
+#define SCALE_MIN_K4(s, g, sc, mn)                                    \
+    if ((g) < 4) {                                                    \
+        sc = (s)[g] & 63;                                             \
+        mn = (s)[(g) + 4] & 63;                                       \
+    } else {                                                          \
+        sc = ((s)[(g) + 4] & 15) | (((s)[(g) - 4] >> 6) << 4);        \
+        mn = ((s)[(g) + 4] >> 4) | (((s)[g] >> 6) << 4);              \
+    }
+
 // unit u of a row of nu units (nu: only the reordered rows' scale offsets need it)
 template <int T> static __device__ __forceinline__ void load_unit(const u8* row, int u, Unit& w, int nu = 0) {
     if (T == T_Q4_0R) {   // q[0..3] the packed words as loaded (unit_dot_y splits the nibbles)
@@ -249,13 +261,7 @@ template <int T> static __device__ __forceinline__ void load_unit(const u8* row,
         const int shift = 4 * (g & 1);
         const u8* s = b + 4;
         int sc, mn;
-        if (g < 4) {
-            sc = s[g] & 63;
-            mn = s[g + 4] & 63;
-        } else {
-            sc = (s[g + 4] & 15) | ((s[g - 4] >> 6) << 4);
-            mn = (s[g + 4] >> 4) | ((s[g] >> 6) << 4);
-        }
+        SCALE_MIN_K4(s, g, sc, mn);
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
             int v = (ld4(qs + 4 * k) >> shift) & 0x0F0F0F0F;
@@ -332,7 +338,9 @@ static __host__ __device__ constexpr int blk_bytes(int T) {
          : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : 210;
 }
 // K-quant semantics (super-blocks of 8 units, Q8_K src1); tiled: read through shared-memory tiles
-static __host__ __device__ constexpr bool is_kq(int T) { return T == T_Q4_K || T == T_Q5_K || T == T_Q6_K || T == T_Q4_KR; }
+static __host__ __device__ constexpr bool is_kq(int T) {
+    return T == T_Q4_K || T == T_Q5_K || T == T_Q6_K || T == T_Q4_KR;
+}
 static __host__ __device__ constexpr bool tiled(int T) { return is_kq(T) && T != T_Q4_KR; }
 static __host__ __device__ constexpr int blk_units(int T) { return is_kq(T) ? 8 : 1; }
 static __host__ __device__ constexpr int tile_bytes(int T) { return TILE_UNITS / blk_units(T) * blk_bytes(T); }
@@ -505,7 +513,7 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
         // U units (of each of the R rows) a step, their loads issued before any is used, added
         // in unit order (the same floats for any U). U = 2 only where U2 says: on ggml's
         // 18-byte Q4_0 blocks two in flight measured 10-15% slower on an H200 than one; on the
-        // reordered rows (T_Q4_0R) faster (see quant_mmvq.py)
+        // reordered rows (T_Q4_0R, T_Q4_KR) faster (see quant_reorder.py)
         // (not with 8 columns: each unit's loads serve eight dots there, and Q4_KR's would spill)
         constexpr int U = ((U2 >> T) & 1) && NC < 8 ? 2 : 1;
         auto step = [&](int u, bool wait) {
@@ -519,7 +527,8 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
             if (wait) grid_wait();
 #pragma unroll
             for (int j = 0; j < U; ++j)
-                if (u + 32 * S * j < nu) accumulate<T, NC, R>(w[j], u + 32 * S * j, yq, yd, ys, p.K, nd, ns, ncols, acc);
+                if (u + 32 * S * j < nu)
+                    accumulate<T, NC, R>(w[j], u + 32 * S * j, yq, yd, ys, p.K, nd, ns, ncols, acc);
         };
         int u = lane + 32 * ks;
         // PDL: the first units in flight while quantize_q8 finishes (the wait kept out of the loop:
@@ -710,14 +719,14 @@ template <int T> static __device__ __forceinline__ void mmvq_fused(const Args& p
     store_sums<1>(p, acc, m, 0, i2, i3, lane);
 }
 
-// -- Q4_0 rows into the reordered layout T_Q4_0R ---------------------------------------------
+// -- Q4_0 / Q4_K rows into the reordered layouts T_Q4_0R / T_Q4_KR ------------------------------
 
 struct RArgs {
-    const u8* src;          // the Q4_0 tensor's first byte
+    const u8* src;          // the Q4_0 / Q4_K tensor's first byte
     u8* dst;                // the reordered copy: row r = (i3 * n2 + i2) * n1 + i1 at r * drow
-    int nu, n1, n2, n3;     // blocks a row; ne1..ne3
+    int nu, n1, n2, n3;     // 32-element units a row; ne1..ne3
     i64 s1, s2, s3;         // the tensor's nb1..nb3 (bytes)
-    i64 drow;               // bytes a reordered row (18 nu rounded up to 16)
+    i64 drow;               // bytes a reordered row (quant_reorder.row_bytes)
 };
 
 // one thread a block: its qs to dst row + 16 u (one 16-byte store), its d to dst row + 16 nu + 2 u
@@ -760,13 +769,7 @@ extern "C" __global__ void __launch_bounds__(256) reorder_q4_k(RArgs p) {
     *(uint4*)(row + 16 * (i64)u) = v;
     const u8* s = b + 4;
     int sc, mn;
-    if (g < 4) {
-        sc = s[g] & 63;
-        mn = s[g + 4] & 63;
-    } else {
-        sc = (s[g + 4] & 15) | ((s[g - 4] >> 6) << 4);
-        mn = (s[g + 4] >> 4) | ((s[g] >> 6) << 4);
-    }
+    SCALE_MIN_K4(s, g, sc, mn);
     *(u16*)(row + 16 * (i64)p.nu + 2 * u) = (u16)(sc | (mn << 8));
     if (g == 0) *(u32*)(row + 18 * (i64)p.nu + 4 * (u >> 3)) = *(const u32*)b;
 }
@@ -781,5 +784,6 @@ extern "C" __global__ void __launch_bounds__(256) reorder_q4_k(RArgs p) {
 #ifdef MMVQ_INSTANCES
 MMVQ_INSTANCES
 #else
-MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14) MMVQ_ALL(28) MMVQ_ALL(29)
+MMVQ_ALL(2) MMVQ_ALL(3) MMVQ_ALL(6) MMVQ_ALL(7) MMVQ_ALL(8) MMVQ_ALL(12) MMVQ_ALL(13) MMVQ_ALL(14)
+MMVQ_ALL(28) MMVQ_ALL(29)
 #endif

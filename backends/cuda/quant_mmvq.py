@@ -308,7 +308,7 @@ def nc_of(node) -> int:
 
 def grids(node, type_: Optional[int] = None) -> dict:
     """name -> (grid, threads, dynamic shared bytes) of the node's launches, in launch order;
-    type_: the dot kernel's type code when not src0's (Q4_0R over a reordered copy)."""
+    type_: the dot kernel's type code when not src0's (Q4_0R / Q4_KR over a reordered copy)."""
     a = node.src[0]
     t = a.type if type_ is None else type_
     M, N, n2, n3 = node.ne
@@ -335,7 +335,8 @@ def launches(node, work: tuple, reordered: Any = None) -> list:
     """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products (a
     programmatic dependent launch where `pdl_on`); or one mmvq_T_f launch (see `fused`).
     reordered: a quant_reorder.Reordered of src0 (the plan binds it to src0's memory); while it is
-    active the dot kernel is the Q4_0R one over its copy, with the same grid (else it is ignored)."""
+    active the dot kernel is the Q4_0R / Q4_KR one over its copy, with the same grid (else it is
+    ignored)."""
     a, b = node.src
     fixed = dot_fields(node)
     qfixed = quant_fields(node)

@@ -44,7 +44,7 @@ KINDS = {D.TYPE_Q4_0: (quant_mmvq.Q4_0R, "reorder_q4_0"), D.TYPE_Q4_K: (quant_mm
 
 
 class RArgs(ctypes.Structure):
-    """quant_mmvq.cu's `struct RArgs` (reorder_q4_0's parameter), field for field."""
+    """quant_mmvq.cu's `struct RArgs` (reorder_q4_0's and reorder_q4_k's parameter), field for field."""
 
     _fields_ = [("src", ctypes.c_void_p), ("dst", ctypes.c_void_p), ("nu", ctypes.c_int), ("n1", ctypes.c_int),
                 ("n2", ctypes.c_int), ("n3", ctypes.c_int), ("s1", ctypes.c_int64), ("s2", ctypes.c_int64),
@@ -91,7 +91,6 @@ class Reordered:
 
     def __init__(self, node: Any) -> None:
         a = node.src[0]
-        self.type = a.type
         self.code, self.kernel = KINDS[a.type]     # the dot kernel's type code over the copy
         self.what = f"MUL_MAT (quantized): reordered src0 '{a.name}'"
         self.ne, self.nb = tuple(a.ne), tuple(a.nb)
