@@ -233,9 +233,9 @@ def pdl_on(type_: int) -> bool:
 class _Launcher:
     """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
     quant_mmvq.cu function with `smem` bytes of dynamic shared memory, its one struct parameter
-    made by `pack` from the buffers' arrays. `alt` (a function, a pdl flag, its shared bytes and a
-    readiness test): launched instead while the test holds (the dot kernel over a reordered copy
-    of src0, once the plan has bound it)."""
+    made by `pack` from the buffers' arrays. `alt` (a function, a pdl flag, its shared bytes, a
+    readiness test and its name): launched instead while the test holds (the dot kernel over a
+    reordered copy of src0, once the plan has bound it)."""
 
     def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0, pdl: bool = False,
                  alt: Optional[tuple] = None) -> None:
@@ -265,7 +265,7 @@ class _Launcher:
                 _PDL_REFUSED.append(err)
             _check(drv.cuLaunchKernel(fn, *grid, *block, smem, h, ctypes.addressof(params), 0), "launch")
 
-        launch.kernel_name = self.name
+        launch.kernel_name = self.alt[4] if self.alt is not None and self.alt[3]() else self.name
         return launch
 
 
@@ -368,8 +368,9 @@ def launches(node, work: tuple, reordered: Any = None) -> list:
         alt = None
         if name != "quantize_q8" and reordered is not None:
             code = reordered.code
-            alt = (function_named(dot_name(node, code)), pdl_on(code), grids(node, code)[dot_name(node, code)][2],
-                   lambda: reordered.active)
+            alt_name = dot_name(node, code)
+            alt = (function_named(alt_name), pdl_on(code), grids(node, code)[alt_name][2], lambda: reordered.active,
+                   alt_name)
         out.append(Launch(_Launcher(function_named(name), pack, name, smem, pdl, alt), grid, (threads,), work,
                           with_params=False, prepare=reordered if alt is not None else None))
     return out
