@@ -417,3 +417,20 @@ def test_derived_copies_go_stale_on_writes_to_their_bytes(be):
     assert not d.volatile
     be.tensor_device_array(inside)
     assert d.volatile and buf.derive("other", 160, 170, 16).volatile
+
+
+def test_reorder_is_chosen_for_q4_0_and_q4_k_unless_turned_off(monkeypatch):
+    """quant_reorder.Reordered.of: a copy for Q4_0 / Q4_K src0 (Q4_0R / Q4_KR kernels), none for
+    the other types, for empty weights, or with MINIGRAPH_CUDA_REORDER=0."""
+    from minigraph.backends.cuda import quant_mmvq, quant_reorder
+
+    ctx = mg.Context()
+
+    def mm(type_, rows=8):
+        return ctx.mul_mat(ctx.new_tensor_2d(type_, 512, rows), ctx.new_tensor_2d(D.TYPE_F32, 512, 1))
+
+    codes = {t: getattr(quant_reorder.Reordered.of(mm(t)), "code", None) for t in TYPES}
+    assert codes == {t: {D.TYPE_Q4_0: quant_mmvq.Q4_0R, D.TYPE_Q4_K: quant_mmvq.Q4_KR}.get(t) for t in TYPES}
+    assert quant_reorder.Reordered.of(mm(D.TYPE_Q4_0, rows=0)) is None
+    monkeypatch.setenv("MINIGRAPH_CUDA_REORDER", "0")
+    assert quant_reorder.Reordered.of(mm(D.TYPE_Q4_0)) is None

@@ -23,15 +23,16 @@ buffer that holds the weights (CudaBuffer.derive) and made again only when those
 written since (every write this backend makes marks it stale; see backend.Derived). It is not
 used (the dot kernel reads ggml's bytes) where it could not stay true: for bytes the same graph
 writes, for memory the caller wrapped (set_tensor_device) or was handed as a device view.
-`REORDER = False` turns it off (a benchmark's knob). The Q4_0R / Q4_KR kernels take their type's grid and add in the same
-order, so results equal those over ggml's bytes bit for bit.
+`MINIGRAPH_CUDA_REORDER=0` turns it off (and `REORDER = False`, a benchmark's knob). The Q4_0R /
+Q4_KR kernels take their type's grid and add in the same order, so results equal those over
+ggml's bytes bit for bit.
 """
 from __future__ import annotations
 
 import ctypes
 from typing import Any, Optional
 
-from minigraph.core import dtypes as D
+from minigraph.core import dtypes as D, flags
 from minigraph.core.errors import MinigraphError
 
 from minigraph.backends.cuda import quant_mmvq
@@ -106,9 +107,9 @@ class Reordered:
     @staticmethod
     def of(node: Any) -> Optional["Reordered"]:
         """A Reordered for the node's src0 where one helps (Q4_0 / Q4_K on a GPU that runs
-        quant_mmvq.cu, REORDER on), else None."""
+        quant_mmvq.cu; REORDER and MINIGRAPH_CUDA_REORDER on), else None."""
         a = node.src[0]
-        if not REORDER or a.type not in KINDS or a.ne[1] * a.ne[2] * a.ne[3] == 0:
+        if not (REORDER and flags.cuda_reorder()) or a.type not in KINDS or a.ne[1] * a.ne[2] * a.ne[3] == 0:
             return None
         return Reordered(node)
 

@@ -97,6 +97,13 @@ def cuda_simulator() -> bool:
     return _env_bool("NUMBA_ENABLE_CUDASIM", False)
 
 
+def cuda_reorder() -> bool:
+    """MINIGRAPH_CUDA_REORDER=0: a quantized MUL_MAT on a real GPU reads Q4_0 / Q4_K weights as
+    stored instead of from a reordered device copy (backends/cuda/quant_reorder.py: faster, and
+    costs the weights' bytes again in device memory)."""
+    return _env_bool("MINIGRAPH_CUDA_REORDER", True)
+
+
 def cuda_tensor_cores() -> bool:
     """MINIGRAPH_CUDA_TENSOR_CORES=0: GATED_DELTA_NET on a real GPU runs the plain Numba kernels
     instead of the linked CUDA C++ ones (3xTF32 tensor-core prefill, eight-lanes-a-row decode)."""
