@@ -9,8 +9,9 @@ replayed R times between CUDA events; the time per mat-vec is the total / (R * C
 whole quantized MUL_MAT (quantize src1 to Q8_0/Q8_1/Q8_K, then the dot kernel; Q4_0 and Q4_K read
 the reordered copy of their weights, quant_reorder.py, and "q4_0 ggml" / "q4_K ggml" are the same
 over ggml's bytes); "dot" replays a CUDA graph of the dot launches only (the same as "node" where
-one src1 column is quantized inside the dot kernel). Bandwidth = weight bytes / time. Read bandwidth: a sum over a 2 GiB f32 buffer
-(torch; not measured without it). Spread: the min and max of `--runs` timed runs of each case.
+one src1 column is quantized inside the dot kernel). Bandwidth = weight bytes / time. Read
+bandwidth: a sum over a 2 GiB f32 buffer (torch; not measured without it). Spread: the min and
+max of `--runs` timed runs of each case.
 
 `--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
 quant_mmvq.CONFIG, compile-time constants, PDL=0 among them (no programmatic dependent launch; a bit
