@@ -241,14 +241,15 @@ def test_reorder_host_layouts_dequantize_as_ggml():
             np.testing.assert_array_equal(vals, want.astype(np.float32))
 
 
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n", [1, 3, 8])
 @pytest.mark.parametrize("type_,k", REORDER_CASES, ids=lambda v: D.type_name(v) if v < 100 else str(v))
 def test_reordered_rows_give_the_same_floats(type_, k, n):
     """The dot kernel over the reordered copy (Q4_0R / Q4_KR: one 16-byte load of quants a unit,
-    two units in flight a lane) gives the floats of the kernel over ggml's bytes bit for bit: one
-    src1 column (Q4_0: two warps splitting a row slot, two rows a warp) and three (mmvq_T_4),
-    Q4_0 with an odd block count (137: lanes with unequal units, a second unit past the row's
-    end), src0 broadcast over dim 2; no misaligned load (the copy's rows are 16-byte aligned)."""
+    two units in flight a lane, one with eight columns) gives the floats of the kernel over ggml's
+    bytes bit for bit: one src1 column (Q4_0: two warps splitting a row slot, two rows a warp),
+    three (mmvq_T_4) and eight (mmvq_T_8), Q4_0 with an odd block count (137: lanes with unequal
+    units, a second unit past the row's end), src0 broadcast over dim 2; no misaligned load (the
+    copy's rows are 16-byte aligned)."""
     from minigraph.backends.cuda import quant_mmvq as qm
     from minigraph.backends.cuda import quant_reorder as qr
 
