@@ -32,8 +32,7 @@ import numpy as np
 import minigraph as mg
 from minigraph.core import dtypes as D
 from minigraph.backends.cuda import quant_mmvq, quant_reorder
-from minigraph.backends.cuda.backend import CudaBackend, CudaBuffer, _CudaGraph
-from minigraph.core.buffer import tensor_start
+from minigraph.backends.cuda.backend import CudaBackend, _CudaGraph
 
 L2_BYTES = 60 << 20        # H200: 50 MiB; the copies together exceed 4x this
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]   # (K = ne0, M = ne1)
@@ -78,18 +77,6 @@ def parse_variants(spec: str) -> list[tuple[str, dict, dict]]:
     return out
 
 
-def _reordered(be: CudaBackend, node):
-    """The node's quant_reorder.Reordered bound to the copy its plan made (None without one)."""
-    r = quant_reorder.Reordered.of(node)
-    a = node.src[0]
-    buf = a.root._buf
-    buf = buf if isinstance(buf, CudaBuffer) else be.mirror(buf).buf
-    if r is not None:
-        r.bind(buf, tensor_start(a), False)
-        r.refresh(be.stream)                 # nothing to do where the plan's copy is up to date
-    return r
-
-
 def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies: int) -> dict:
     """name -> [us a mat-vec] of the plan's quantized MUL_MATs relaunched under each variant."""
     stream = be.stream
@@ -99,6 +86,7 @@ def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies
     for cfg, args, n in plan.launches:
         if n.op == "MUL_MAT" and n not in firsts:
             firsts[n] = args
+    bound = {id(r.node): r for r in plan.prepares}   # the plan's reordered copies, by node
     out = {}
     try:
         for name, conf, knobs in variants:
@@ -107,7 +95,7 @@ def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies
                 setattr(quant_mmvq, k, v)
             seq = []
             for n, args in firsts.items():
-                for la in quant_mmvq.launches(n, tuple(args[4:7]), _reordered(be, n)):
+                for la in quant_mmvq.launches(n, tuple(args[4:7]), bound.get(id(n))):
                     seq.append((la.kernel[la.grid, la.block, stream], args, n))
             g = _CudaGraph.capture(stream, seq)
             out[name] = [_events_time(stream, lambda: g.launch(stream), reps) / (reps * copies) * 1e6

@@ -234,8 +234,8 @@ class _Launcher:
     """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
     quant_mmvq.cu function with `smem` bytes of dynamic shared memory, its one struct parameter
     made by `pack` from the buffers' arrays. `alt` (a function, a pdl flag, its shared bytes, a
-    readiness test and its name): launched instead while the test holds (the dot kernel over a
-    reordered copy of src0, once the plan has bound it)."""
+    readiness test and its name): launched instead where the test holds when the launch is
+    configured (the dot kernel over a reordered copy of src0: the plan binds it first)."""
 
     def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0, pdl: bool = False,
                  alt: Optional[tuple] = None) -> None:
@@ -246,12 +246,13 @@ class _Launcher:
         grid = tuple(grid) + (1,) * (3 - len(grid))
         block = tuple(block) + (1,) * (3 - len(block))
 
+        fn, pdl, smem, name = self.fn, self.pdl, self.smem, self.name
+        if self.alt is not None and self.alt[3]():
+            fn, pdl, smem, _, name = self.alt
+
         def launch(*args: Any) -> None:
             from cuda.bindings import driver as drv
 
-            fn, pdl, smem = self.fn, self.pdl, self.smem
-            if self.alt is not None and self.alt[3]():
-                fn, pdl, smem = self.alt[:3]
             p = self.pack(*args)
             params = (ctypes.c_void_p * 1)(ctypes.addressof(p))
             h = stream_handle(stream)
@@ -265,7 +266,7 @@ class _Launcher:
                 _PDL_REFUSED.append(err)
             _check(drv.cuLaunchKernel(fn, *grid, *block, smem, h, ctypes.addressof(params), 0), "launch")
 
-        launch.kernel_name = self.alt[4] if self.alt is not None and self.alt[3]() else self.name
+        launch.kernel_name = name
         return launch
 
 

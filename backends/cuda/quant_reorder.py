@@ -86,11 +86,12 @@ def reorder_host(raw: Any, type_: int, nu: int) -> Any:
 class Reordered:
     """A MUL_MAT's Q4_0 / Q4_K src0 as a reordered copy (a Launch.prepare of the dot launch): the
     plan binds it to src0's device memory once and refreshes it before each run; `active` once
-    bound to a copy the dot kernel may read."""
+    bound to a copy the dot kernel may read. `node`: the MUL_MAT it serves."""
 
     slot = 1                   # the launch's tensor it derives from: src0
 
     def __init__(self, node: Any) -> None:
+        self.node = node
         a = node.src[0]
         self.code, self.kernel = KINDS[a.type]     # the dot kernel's type code over the copy
         self.what = f"MUL_MAT (quantized): reordered src0 '{a.name}'"
@@ -99,7 +100,6 @@ class Reordered:
         self.drow = row_bytes(a.type, self.nu)
         self.rows = a.ne[1] * a.ne[2] * a.ne[3]
         self.extent = sum((n - 1) * s for n, s in zip(a.ne[1:], a.nb[1:])) + 18 * self.nu   # ggml's bytes
-        self.active = False
         self.copy: Optional[Any] = None
         self.src_ptr = 0
         self.made = 0          # reorder launches so far (tests count them)
@@ -112,6 +112,11 @@ class Reordered:
         if not (REORDER and flags.cuda_reorder()) or a.type not in KINDS or a.ne[1] * a.ne[2] * a.ne[3] == 0:
             return None
         return Reordered(node)
+
+    @property
+    def active(self) -> bool:
+        """Bound to a copy (bind found nothing that could make it go stale unseen)."""
+        return self.copy is not None
 
     def span(self, offs: int) -> tuple[int, int]:
         """The bytes [lo, hi) of the buffer the source rows take when they start at `offs`."""
@@ -126,7 +131,6 @@ class Reordered:
         key = (self.kernel, offs, self.ne, self.nb)
         self.copy = buf.derive(key, lo, hi, self.drow * self.rows)
         self.src_ptr = buf.device_address() + offs
-        self.active = True
 
     def refresh(self, stream: Any) -> None:
         """Reorder the rows again where the source bytes were written since (one launch of
