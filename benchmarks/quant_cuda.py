@@ -16,7 +16,8 @@ max of `--runs` timed runs of each case.
 `--variants` times the same weights and buffers again with other quant_mmvq settings (keys of
 quant_mmvq.CONFIG, compile-time constants, PDL=0 among them (no programmatic dependent launch; a bit
 mask of ggml types); other keys set module knobs: FUSE=1 the one-launch form for one column up to
-FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size), one CUDA graph each, e.g.
+FUSED_MAX_BYTES of weights, FUSED_MAX_BYTES=1e12 at any size; REORDER=0 the kernels over ggml's
+bytes where the plan reads a reordered copy), one CUDA graph each, e.g.
 --variants "one:FUSE=1;mb12:MIN_BLOCKS=12;nopdl:PDL=0".
 
     python benchmarks/quant_cuda.py [--types q8_0,q4_0,q4_K] [--runs 5] [--f32] [--variants SPEC] [--json out.json]
@@ -92,10 +93,12 @@ def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies
         for name, conf, knobs in variants:
             quant_mmvq.CONFIG.update(conf)
             for k, v in {**base_knobs, **knobs}.items():
-                setattr(quant_mmvq, k, v)
+                if k != "REORDER":
+                    setattr(quant_mmvq, k, v)
             seq = []
+            over_copy = knobs.get("REORDER", 1)      # REORDER=0: the kernels over ggml's bytes
             for n, args in firsts.items():
-                for la in quant_mmvq.launches(n, tuple(args[4:7]), bound.get(id(n))):
+                for la in quant_mmvq.launches(n, tuple(args[4:7]), bound.get(id(n)) if over_copy else None):
                     seq.append((la.kernel[la.grid, la.block, stream], args, n))
             g = _CudaGraph.capture(stream, seq)
             out[name] = [_events_time(stream, lambda: g.launch(stream), reps) / (reps * copies) * 1e6
