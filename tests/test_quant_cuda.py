@@ -253,8 +253,9 @@ def test_fused_decode_equals_two_launches(be, cpu, type_):
 @gpu
 def test_programmatic_dot_launch_equals_plain_launch(be, cpu):
     """The dot kernel as a programmatic dependent launch after quantize_q8 (CONFIG PDL: for these
-    types its blocks start while src1 is quantized and wait for it with griddepcontrol.wait) gives
-    the plain launch's floats bit for bit (one and three columns, the first compute and the CUDA
+    types its blocks start while src1 is quantized and wait for it with griddepcontrol.wait), and
+    quantize_q8 as one after the kernel ahead of it (PDLQ: src1 here that kernel's output) give the
+    plain launches' floats bit for bit (one and three columns, the first compute and the CUDA
     graph's replay), and the CPU's within the tolerance."""
     from minigraph.backends.cuda import quant_mmvq
 
@@ -266,12 +267,16 @@ def test_programmatic_dot_launch_equals_plain_launch(be, cpu):
     res = {}
     pdl_mask = sum(1 << t for t in (*types, quant_mmvq.Q4_0R, quant_mmvq.Q4_KR))   # and over reordered copies
     for name, backend, mask in (("pdl", be, pdl_mask), ("plain", be, 0), ("cpu", cpu, 0)):
-        quant_mmvq.CONFIG["PDL"] = mask
+        quant_mmvq.CONFIG["PDL"] = quant_mmvq.CONFIG["PDLQ"] = mask
         try:
             ctx = mg.Context()
-            outs = [ctx.mul_mat(ctx.from_numpy(w, t), ctx.from_numpy(x[:n])) for t in types for n in (1, 3)]
+            # src1 the output of the kernel ahead (a PDLQ quantize_q8 waits for it), each dot
+            # kernel ahead of the next node's quantize_q8 (released early, that one waits too)
+            xs = ctx.scale(ctx.from_numpy(x), 0.5)
+            outs = [ctx.mul_mat(ctx.from_numpy(w, t), ctx.view_2d(xs, 4096, n, xs.nb[1], 0))
+                    for t in types for n in (1, 3)]
             if backend is be:
-                assert all(quant_mmvq.pdl_on(t) == bool(mask) for t in types)
+                assert all(quant_mmvq.pdl_on(t) == quant_mmvq.pdlq_on(t) == bool(mask) for t in types)
             gf = _compute(backend, *outs)
             got = [[o.numpy().copy() for o in outs]]
             backend.graph_compute(gf)                # the second compute replays the captured graph
@@ -299,8 +304,9 @@ def test_reordered_copy_follows_writes(be, cpu, monkeypatch, type_, k):
     only after their bytes were written: set_data on a host weight (the mirror's upload), set_data
     on a weight in device memory (tensor_set), a SET_ROWS graph writing rows of it (Q4_0, which
     CUDA's SET_ROWS writes). Each time the floats equal the dot kernel over ggml's bytes (REORDER
-    off) bit for bit, and the CPU's within the tolerance. Q4_0's K = 4384: 137 blocks a row."""
-    from minigraph.backends.cuda import quant_reorder
+    off; with the same rows and split: quant_reorder.same_order) bit for bit, and the CPU's within
+    the tolerance. Q4_0's K = 4384: 137 blocks a row."""
+    from minigraph.backends.cuda import quant_mmvq, quant_reorder
 
     rng = np.random.default_rng(11)
     w1, w2 = rng.standard_normal((2, 300, k)).astype(np.float32)
@@ -316,6 +322,8 @@ def test_reordered_copy_follows_writes(be, cpu, monkeypatch, type_, k):
         got = [m.numpy().copy() for m in mms]
         assert [r.made for r in _reorders(gf, be)] == made
         monkeypatch.setattr(quant_reorder, "REORDER", False)
+        config = dict(quant_mmvq.CONFIG)
+        quant_mmvq.CONFIG.update(quant_reorder.same_order(type_))    # Q4_K's kernel with Q4_KR's rows and split
         try:
             ctx2 = mg.Context()
             plain = [ctx2.mul_mat(w, xt) for w in (wh, wd)]
@@ -325,6 +333,7 @@ def test_reordered_copy_follows_writes(be, cpu, monkeypatch, type_, k):
                 np.testing.assert_array_equal(g, p.numpy())
         finally:
             monkeypatch.setattr(quant_reorder, "REORDER", True)
+            quant_mmvq.CONFIG.update(config)
         for g, w in zip(got, (wh, wd)):
             ctxc = mg.Context()
             ref = ctxc.mul_mat(ctxc.from_numpy(w.root._buf.get(w).reshape(300, -1), type_), ctxc.from_numpy(x))

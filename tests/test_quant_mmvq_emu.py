@@ -243,18 +243,21 @@ def test_reorder_host_layouts_dequantize_as_ggml():
 
 @pytest.mark.parametrize("n", [1, 3, 8])
 @pytest.mark.parametrize("type_,k", REORDER_CASES, ids=lambda v: D.type_name(v) if v < 100 else str(v))
-def test_reordered_rows_give_the_same_floats(type_, k, n):
+def test_reordered_rows_give_the_same_floats(type_, k, n, monkeypatch):
     """The dot kernel over the reordered copy (Q4_0R / Q4_KR: one 16-byte load of quants a unit,
-    two units in flight a lane, one with eight columns) gives the floats of the kernel over ggml's
-    bytes bit for bit: one src1 column (Q4_0: two warps splitting a row slot, two rows a warp),
-    three (mmvq_T_4) and eight (mmvq_T_8), Q4_0 with an odd block count (137: lanes with unequal
-    units, a second unit past the row's end), src0 broadcast over dim 2; no misaligned load (the
-    copy's rows are 16-byte aligned)."""
+    Q4_0R two units in flight a lane, one with eight columns) gives the floats of the kernel over
+    ggml's bytes with the same rows a warp and split (quant_reorder.same_order: Q4_0's own, Q4_K's
+    tiled kernel given Q4_KR's) bit for bit: one src1 column (two warps splitting a row slot, two
+    rows a warp), three (mmvq_T_4) and eight (mmvq_T_8), Q4_0 with an odd block count (137: lanes
+    with unequal units, a second unit past the row's end), src0 broadcast over dim 2; no misaligned
+    load (the copy's rows are 16-byte aligned)."""
     from minigraph.backends.cuda import quant_mmvq as qm
     from minigraph.backends.cuda import quant_reorder as qr
 
     node, _ = _reorder_batch(type_, k, n)
     code = qr.KINDS[type_][0]
+    for key, bits in qr.same_order(type_).items():
+        monkeypatch.setitem(qm.CONFIG, key, bits)
     names = (qm.dot_name(node), qm.dot_name(node, code))
     assert names[1] == names[0].replace(f"mmvq_{type_}_", f"mmvq_{code}_")
     plain, _, bad_p = cuda_emu_mmvq.run_mul_mat(node, fuse=False, kernels=names)

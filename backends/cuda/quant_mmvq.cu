@@ -43,7 +43,11 @@
 // 64 units of a K-quant are a multiple of 16 bytes, so a 16-byte aligned row's full tiles are
 // too; other rows, and a row's last partial tile, are copied into the tile with 16-bit loads.
 // Reordered rows (T_Q4_0R, T_Q4_KR below; quant_reorder.py makes them with reorder_q4_0 /
-// reorder_q4_k): each unit's quants one 16-byte load, two units in flight a lane (U2).
+// reorder_q4_k): each unit's quants one 16-byte load (Q4_0R: two units in flight a lane, U2).
+// PDLQ (bit T of the define): quantize_q8 is a programmatic dependent launch too, after whatever
+// kernel is ahead of it: it waits for that kernel at its start (src1 may be its output, and the
+// dot kernel it then releases reads src0 before its own wait), and T's dot kernel releases the
+// grid after it at its start, so the next node's quantize_q8 is resident before this one ends.
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -75,6 +79,10 @@ enum { V_Q8_0 = 8, V_Q8_1 = 9, V_Q8_K = 15 };
 #endif
 #ifndef PDL
 #define PDL 0              // bit T set: mmvq_T_NC is a programmatic dependent launch after quantize_q8
+#endif
+#ifndef PDLQ
+#define PDLQ 0             // bit T set: quantize_q8 is a programmatic dependent launch after the kernel ahead of it
+                           // (it waits for that kernel first), and T's mmvq_T_NC releases the grid after it at its start
 #endif
 #ifndef PDL_HEAD
 #define PDL_HEAD 0         // bit T set: that kernel waits for src1 at its start, not after its first loads
@@ -473,6 +481,8 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int ks = warp % S;
     const int m0 = (blockIdx.x * (WARPS / S) + warp / S) * R;    // the warp's first row
+    // PDLQ: the next node's quantize_q8 may launch now (it waits for this grid before it reads or writes)
+    if ((PDLQ >> T) & 1) grid_release();
     if (S == 1 && m0 >= p.M) return;
     const bool live = m0 < p.M;                                  // (S > 1: every warp reaches the barrier)
     const int n0 = blockIdx.y * NC;
@@ -513,31 +523,37 @@ template <int T, int NC, int S = 1> static __device__ __forceinline__ void mmvq(
         // U units (of each of the R rows) a step, their loads issued before any is used, added
         // in unit order (the same floats for any U). U = 2 only where U2 says: on ggml's
         // 18-byte Q4_0 blocks two in flight measured 10-15% slower on an H200 than one; on the
-        // reordered rows (T_Q4_0R, T_Q4_KR) faster (see quant_reorder.py)
+        // reordered Q4_0 rows (T_Q4_0R) faster (see quant_reorder.py)
         // (not with 8 columns: each unit's loads serve eight dots there, and Q4_KR's would spill)
         constexpr int U = ((U2 >> T) & 1) && NC < 8 ? 2 : 1;
-        auto step = [&](int u, bool wait) {
+        // the lane's k-th unit: warp ks of S takes CH 32-unit steps in turn. T_Q4_KR: CH = a
+        // tile's, the split of Q4_K's tiled kernel (with the same rows and split it adds in the
+        // same order); H200 node, Q4_KR with R2 and K2: 5.79 / 13.37 / 12.89 us against 6.18 /
+        // 14.22 / 13.42 with single 32-unit steps (4096 x 4096 / 4096 x 14336 / 14336 x 4096)
+        constexpr int CH = T == T_Q4_KR ? TILE_UNITS / 32 : 1;
+        auto unit_of = [&](int k) { return lane + 32 * ((k / CH) * S * CH + ks * CH + k % CH); };
+        auto step = [&](int k, bool wait) {
             Unit w[U][R];
 #pragma unroll
             for (int j = 0; j < U; ++j)
-                if (u + 32 * S * j < nu) {
+                if (unit_of(k + j) < nu) {
 #pragma unroll
-                    for (int r = 0; r < R; ++r) load_unit<T>(row + roff[r], u + 32 * S * j, w[j][r], nu);
+                    for (int r = 0; r < R; ++r) load_unit<T>(row + roff[r], unit_of(k + j), w[j][r], nu);
                 }
             if (wait) grid_wait();
 #pragma unroll
             for (int j = 0; j < U; ++j)
-                if (u + 32 * S * j < nu)
-                    accumulate<T, NC, R>(w[j], u + 32 * S * j, yq, yd, ys, p.K, nd, ns, ncols, acc);
+                if (unit_of(k + j) < nu)
+                    accumulate<T, NC, R>(w[j], unit_of(k + j), yq, yd, ys, p.K, nd, ns, ncols, acc);
         };
-        int u = lane + 32 * ks;
+        int k = 0;
         // PDL: the first units in flight while quantize_q8 finishes (the wait kept out of the loop:
         // inside it, its memory clobber kept the loop's loads from being hoisted)
         if constexpr (pdl && !head) {
-            if (live && u < nu) step(u, true);
-            u += 32 * S * U;
+            if (live && unit_of(0) < nu) step(0, true);
+            k += U;
         }
-        for (; live && u < nu; u += 32 * S * U) step(u, false);
+        for (; live && unit_of(k) < nu; k += U) step(k, false);
     }
     if constexpr (S > 1) {
         // the warp's sums, then the slot's S partials added in warp order (after the tiles)
@@ -659,6 +675,10 @@ struct QArgs {
 // src1 row r (dst order: r = (i3 * ne2 + i2) * ne1 + n) into the workspace: a warp eight 32-blocks
 // (Q8_0 / Q8_1) or one super-block (Q8_K); grid: enough warps of WARPS-warp blocks
 extern "C" __global__ void __launch_bounds__(32 * WARPS) quantize_q8(QArgs p) {
+    // PDLQ: launched before the kernel ahead of it ended: wait for it (whose writes src1 may be)
+    // before this grid reads, writes or lets the dot kernel start (that reads src0 before its own
+    // wait, so src0's writers must have ended first)
+    if (PDLQ) grid_wait();
     if (PDL) grid_release();        // the dot kernel may start now; it waits for these writes
     const int lane = threadIdx.x & 31;
     const i64 w = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);

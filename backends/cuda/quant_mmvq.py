@@ -33,15 +33,27 @@ touching 32 lines for the weights and again for src1's 256-byte strided units.
 
 Rows and warps (CONFIG R2 / R4, K2 / K4, per type): at M = 4096 one warp a row gives an H200 31
 warps an SM, each walking its row's units one after another, and every warp loads src1's units
-again. Q4_0 takes two rows a warp and two warps a row slot, Q8_0 four warps a row slot, Q4_K one
-of each (measured: see CONFIG).
+again. Q4_0 and Q4_K take two rows a warp and two warps a row slot, Q8_0 four warps a row slot
+(measured: see CONFIG).
 
 Reordered rows (quant_reorder.py, Q4_0 and Q4_K): the plan gives the dot launch a device copy of
 src0 in which each unit's quants are 16 contiguous bytes, read by the Q4_0R / Q4_KR kernels (one
-16-byte load a unit, two units in flight a lane: U2) with the grid and order of sums of the
-type's own kernel, so the floats are the same. H200 node, ggml's bytes -> reordered, one run
-(2026-12-04): Q4_0 6.33 / 13.26 / 14.43 -> 5.76 / 12.40 / 12.65 us (4096 x 4096 / 4096 x 14336 /
-14336 x 4096); Q4_K 6.93 / 17.36 / 15.93 -> 7.12 / 14.92 / 16.01.
+16-byte load a unit; Q4_0R two units in flight a lane: U2). Q4_0R takes the grid and order of
+sums of Q4_0's own kernel, so the floats are the same. Q4_KR takes two rows a warp and two warps
+a row slot (CONFIG), which Q4_K's tiled kernel measured slower with: that one keeps one row a
+warp, and the two differ in the order of the float sums only (quant_reorder.same_order gives
+the tiled kernel Q4_KR's settings: then the floats are the same). H200 node, ggml's bytes ->
+reordered, one run (2026-12-04): Q4_0 6.33 / 13.26 / 14.43 -> 5.76 / 12.40 / 12.65 us (4096 x
+4096 / 4096 x 14336 / 14336 x 4096); Q4_K (with the rows and split above, 2026-12-04) 6.95 /
+17.16 / 15.84 -> 5.79 / 13.37 / 12.89.
+
+Measured and dropped (2026-12-04, H200 node, Q4_KR, against 7.20 / 14.98 / 15.86 us of the lane
+kernel then): whole reordered rows streamed into shared memory by cp.async.bulk (a block an SM,
+each warp a ring of 2 to 8 row buffers on mbarriers, the lane kernel's order of sums): 8.87 to
+10.94 / 19.86 to 28.30 / 15.58 to 23.24 us over 4, 8, 12 and 16 warps a block. With the dot
+products left out it streamed the rows in 6.22 / 12.61 / 12.36 us, no faster than the Q4_0R
+lane kernel's 5.76 / 12.40 / 12.65 with them: the copy engine gains nothing over 16-byte loads
+here, and a block's few warps could not hide the dot products' latency.
 
 Q8_0's unit (CONFIG W32, NCLD) is read as aligned 32-bit words on the read-only path, joined by
 funnel shifts: 10 load instructions a lane for its 34 bytes instead of 17 (ncu, q4_0's lane-a-unit
@@ -84,19 +96,35 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # set, 2 / 4 warps share each row slot of mmvq_T_1 and split its units. H200, whole node, one run
 # (2026-12-02; main, then the settings kept): Q4_0 with R2 and K2 6.56 / 15.82 / 15.68 -> 6.21 /
 # 14.29 / 14.53 us (R2 alone 7.09 / 14.48 / 18.18, K2 alone 7.19 / 16.32 / 17.34); Q8_0 with K4
-# 8.41 / 20.06 / 20.34 -> 8.02 / 19.61 / 19.75 (K2 8.25 / 18.79 / 20.54); Q4_K keeps one row a
-# warp alone (R2 7.20 / 16.82 / 18.30, K2 8.05 / 20.39 / 19.78, K2 with R2 8.55 / 16.89 / 20.08
-# against 6.97 / 17.24 / 15.82).
-# U2: bit T set, a lane issues the loads of two units before using either (the reordered rows).
+# 8.41 / 20.06 / 20.34 -> 8.02 / 19.61 / 19.75 (K2 8.25 / 18.79 / 20.54). Q4_K over ggml's bytes
+# (the tiles) measured best with one row a warp (R2 7.20 / 16.82 / 18.30, K2 8.05 / 20.39 / 19.78,
+# K2 with R2 8.55 / 16.89 / 20.08 against 6.97 / 17.24 / 15.82), but the kernel that runs is Q4_KR
+# over the reordered copy, with its type's grid, and that one gains from R2 and K2 (below).
+# U2: bit T set, a lane issues the loads of two units before using either (Q4_0R).
 # Q4_0R / Q4_KR: quant_mmvq.cu's codes for Q4_0 / Q4_K rows reordered so that a unit's quants are
-# 16 contiguous bytes (quant_reorder.py); each takes its ggml type's rows, split and PDL (the same
-# grid and the same floats) and U2.
+# 16 contiguous bytes (quant_reorder.py), with bits of their own (Q4_0R: Q4_0's rows, split and
+# PDL: the same grid and floats; Q4_KR: two rows a warp and two warps a row slot, Q4_K one).
 Q4_KR, Q4_0R = 28, 29
+# PDLQ: bit T set, quantize_q8 is itself a programmatic dependent launch after the kernel ahead
+# of it (it waits for that kernel at its start, then releases the dot kernel) and T's dot kernel
+# releases the grid after it at its start: the next node's quantize_q8 is launched and resident
+# while this dot kernel runs. H200 node, one run (2026-12-04): Q4_0 5.83 / 12.21 / 13.13 -> 5.33 /
+# 11.95 / 12.09 us; Q8_0 7.86 / 19.40 / 19.89 -> 8.18 / 20.32 / 20.19 (not kept: Q8_0 waits at
+# its start, PDL_HEAD); Q4_K with R2, K2 and no U2 6.04 / 13.57 / 12.74 -> 5.95 / 13.49 / 12.37.
+# Q4_K / Q4_KR, H200 node, one run each (2026-12-04), settings -> us at 4096 x 4096 / 4096 x 14336
+# / 14336 x 4096: one row a warp, U2 (the settings before) 7.22 / 15.09 / 16.07; R2 with U2
+# 6.58 / 15.56 / 15.71; R2 alone 6.73 / 13.38 / 15.27; R2 and K2 6.04 / 13.57 / 12.74 (R2, K2 with
+# U2 7.24 / 13.95 / 17.04; R2 and K4 6.69 / 14.96 / 14.08; R4 10.84 / 14.53 / 30.96, R4 with U2
+# 7.00 / 14.75 / 17.38; R2 with WARPS 8 9.47 / 17.78 / 24.26): two rows a warp share each src1
+# unit's loads, two warps a row slot double the warps in flight at M = 4096, and a lane's one unit
+# of each of two rows is in flight instead of two units of one row.
 CONFIG = {"WARPS": 4, "WARPS_FUSED": 8, "MIN_BLOCKS": 0, "TILE_UNITS": 64,
           "PDL": (1 << D.TYPE_Q4_0) | (1 << D.TYPE_Q8_0) | (1 << D.TYPE_Q4_K) | (1 << Q4_0R) | (1 << Q4_KR),
           "PDL_HEAD": 1 << D.TYPE_Q8_0, "W32": 1 << D.TYPE_Q8_0, "NCLD": 1 << D.TYPE_Q8_0,
-          "R2": (1 << D.TYPE_Q4_0) | (1 << Q4_0R), "R4": 0, "K2": (1 << D.TYPE_Q4_0) | (1 << Q4_0R),
-          "K4": 1 << D.TYPE_Q8_0, "U2": (1 << Q4_0R) | (1 << Q4_KR)}
+          "R2": (1 << D.TYPE_Q4_0) | (1 << Q4_0R) | (1 << Q4_KR), "R4": 0,
+          "K2": (1 << D.TYPE_Q4_0) | (1 << Q4_0R) | (1 << Q4_KR),
+          "K4": 1 << D.TYPE_Q8_0, "U2": 1 << Q4_0R,
+          "PDLQ": (1 << D.TYPE_Q4_0) | (1 << Q4_0R) | (1 << D.TYPE_Q4_K) | (1 << Q4_KR)}
 # the settings of one warp a row slot and one row a warp (the fused kernel's order of sums)
 ONE_ROW = {"R2": 0, "R4": 0, "K2": 0, "K4": 0}
 FUSE = False               # one src1 column over small weights: one launch (measured slower; a knob)
@@ -224,6 +252,13 @@ def _pdl_config(grid: tuple, block: tuple, smem: int, stream: Any) -> Any:
     return cfg
 
 
+def pdlq_on(type_: int) -> bool:
+    """Whether a src0 of this type has quantize_q8 as a programmatic dependent launch after the
+    kernel ahead of it (and its dot kernel releasing the next one at its start): its bit in
+    CONFIG["PDLQ"], on an sm_90+ GPU."""
+    return bool(CONFIG["PDLQ"] >> type_ & 1) and cuda.get_current_device().compute_capability >= (9, 0)
+
+
 def pdl_on(type_: int) -> bool:
     """Whether a src0 of this type gets its dot kernel as a programmatic dependent launch after
     quantize_q8: its bit in CONFIG["PDL"], on an sm_90+ GPU (griddepcontrol; compiled out below)."""
@@ -234,8 +269,9 @@ class _Launcher:
     """kernel[grid, block, stream](meta, dst, src0, src1, yq, yd, ys): one cuLaunchKernel of a
     quant_mmvq.cu function with `smem` bytes of dynamic shared memory, its one struct parameter
     made by `pack` from the buffers' arrays. `alt` (a function, a pdl flag, its shared bytes, a
-    readiness test and its name): launched instead where the test holds when the launch is
-    configured (the dot kernel over a reordered copy of src0: the plan binds it first)."""
+    readiness test, its name, grid and threads a block): launched instead where the test holds
+    when the launch is configured (the dot kernel over a reordered copy of src0, with its own rows
+    and split a warp: the plan binds the copy first)."""
 
     def __init__(self, fn: Any, pack: Any, name: str, smem: int = 0, pdl: bool = False,
                  alt: Optional[tuple] = None) -> None:
@@ -248,7 +284,8 @@ class _Launcher:
 
         fn, pdl, smem, name = self.fn, self.pdl, self.smem, self.name
         if self.alt is not None and self.alt[3]():
-            fn, pdl, smem, _, name = self.alt
+            fn, pdl, smem, _, name, grid, threads = self.alt
+            block = (threads, 1, 1)
 
         def launch(*args: Any) -> None:
             from cuda.bindings import driver as drv
@@ -336,16 +373,15 @@ def launches(node, work: tuple, reordered: Any = None) -> list:
     """The node's launches: src1 quantized into `work` (quantize_q8), then the dot products (a
     programmatic dependent launch where `pdl_on`); or one mmvq_T_f launch (see `fused`).
     reordered: a quant_reorder.Reordered of src0 (the plan binds it to src0's memory); while it is
-    active the dot kernel is the Q4_0R / Q4_KR one over its copy, with the same grid (else it is
+    active the dot kernel is the Q4_0R / Q4_KR one over its copy, with its own grid (else it is
     ignored)."""
     a, b = node.src
     fixed = dot_fields(node)
     qfixed = quant_fields(node)
     a_off, d_off, b_off = tensor_start(a), tensor_start(node), tensor_start(b)
     align = 4 if a.type in WORD_ALIGNED else 2
-    if reordered is not None and (fused(node) or [g[:2] for g in grids(node).values()] !=
-                                  [g[:2] for g in grids(node, reordered.code).values()]):
-        reordered = None          # one launch, or a benchmark's CONFIG gave the two kernels different grids
+    if reordered is not None and fused(node):
+        reordered = None          # one launch, over ggml's bytes
 
     def pack_dot(meta, dst, x, y, yq, yd, ys):
         if reordered is not None and reordered.active:
@@ -365,13 +401,17 @@ def launches(node, work: tuple, reordered: Any = None) -> list:
     names = grids(node)
     for name, (grid, threads, smem) in names.items():
         pack = pack_quant if name == "quantize_q8" else pack_dot
-        pdl = name != "quantize_q8" and "quantize_q8" in names and pdl_on(a.type)
+        if name == "quantize_q8":
+            pdl = pdlq_on(a.type)
+        else:
+            pdl = "quantize_q8" in names and pdl_on(a.type)
         alt = None
         if name != "quantize_q8" and reordered is not None:
             code = reordered.code
             alt_name = dot_name(node, code)
-            alt = (function_named(alt_name), pdl_on(code), grids(node, code)[alt_name][2], lambda: reordered.active,
-                   alt_name)
+            alt_grid, alt_threads, alt_smem = grids(node, code)[alt_name]
+            alt = (function_named(alt_name), pdl_on(code), alt_smem, lambda: reordered.active, alt_name, alt_grid,
+                   alt_threads)
         out.append(Launch(_Launcher(function_named(name), pack, name, smem, pdl, alt), grid, (threads,), work,
                           with_params=False, prepare=reordered if alt is not None else None))
     return out

@@ -16,16 +16,20 @@ scales are decoded once into a byte each (with its 16-byte heads kept whole, the
 per-unit decode made it slower than the tiles: 7.13 / 17.82 / 17.39 against 6.91 / 17.15 /
 15.80 us). H200 node (quant_cuda.py, 2026-12-04), ggml's bytes -> reordered: Q4_0 6.33 / 13.26 /
 14.43 -> 5.76 / 12.40 / 12.65 us at 4096 x 4096 / 4096 x 14336 / 14336 x 4096 (34 / 57 / 52 ->
-37 / 61 / 60% of the read bandwidth), Q4_K 6.93 / 17.36 / 15.93 -> 7.12 / 14.92 / 16.01.
+37 / 61 / 60% of the read bandwidth), Q4_K 6.93 / 17.36 / 15.93 -> 7.12 / 14.92 / 16.01; Q4_K
+with the Q4_KR kernel's own rows and split (two each) and PDLQ, one run (2026-12-04): 6.95 /
+17.16 / 15.84 -> 5.79 / 13.37 / 12.89 (31 / 44 / 48 -> 37 / 56 / 59%).
 
 The copy costs the weights' bytes again in device memory (Q4_K's 2.8% more); it is kept with the
 buffer that holds the weights (CudaBuffer.derive) and made again only when those bytes were
 written since (every write this backend makes marks it stale; see backend.Derived). It is not
 used (the dot kernel reads ggml's bytes) where it could not stay true: for bytes the same graph
 writes, for memory the caller wrapped (set_tensor_device) or was handed as a device view.
-`MINIGRAPH_CUDA_REORDER=0` turns it off (and `REORDER = False`, a benchmark's knob). The Q4_0R /
-Q4_KR kernels take their type's grid and add in the same order, so results equal those over
-ggml's bytes bit for bit.
+`MINIGRAPH_CUDA_REORDER=0` turns it off (and `REORDER = False`, a benchmark's knob). The Q4_0R
+kernel takes Q4_0's grid and adds in its order, so results equal those over ggml's bytes bit for
+bit; Q4_KR takes two rows a warp and two warps a row slot where Q4_K's tiled kernel keeps one
+(each the faster over its bytes), so they differ in the order of the float sums (`same_order`
+gives the tiled kernel Q4_KR's settings, and the same floats).
 """
 from __future__ import annotations
 
@@ -50,6 +54,16 @@ class RArgs(ctypes.Structure):
     _fields_ = [("src", ctypes.c_void_p), ("dst", ctypes.c_void_p), ("nu", ctypes.c_int), ("n1", ctypes.c_int),
                 ("n2", ctypes.c_int), ("n3", ctypes.c_int), ("s1", ctypes.c_int64), ("s2", ctypes.c_int64),
                 ("s3", ctypes.c_int64), ("drow", ctypes.c_int64)]
+
+
+def same_order(type_: int) -> dict:
+    """quant_mmvq.CONFIG overrides under which the dot kernel over ggml's bytes of `type_` (Q4_0,
+    Q4_K) takes the rows a warp and warps a row slot of its kernel over the copy, and so adds in
+    the same order: the same floats. (Q4_0's are the same already; Q4_K's tiled kernel keeps one
+    row a warp by default, faster over ggml's bytes, and Q4_KR takes its tiles in turn when split.)"""
+    code = KINDS[type_][0]
+    c = quant_mmvq.CONFIG
+    return {k: c[k] & ~(1 << type_) | (c[k] >> code & 1) << type_ for k in ("R2", "R4", "K2", "K4")}
 
 
 def row_bytes(type_: int, nu: int) -> int:
