@@ -26,14 +26,17 @@ a programmatic edge), quantize_q8 releases it at its start (griddepcontrol.launc
 its blocks wait for src1's quants with griddepcontrol.wait: Q4_0 / Q4_K after issuing their
 first weight loads, Q8_0 at the start (PDL_HEAD). The dot kernel's launch and the first loads
 overlap the quantization. H200, whole node: Q4_0 4096 x 4096 7.96 -> 6.41 us, Q4_K 8.51 -> 6.79,
-Q8_0 10.3 -> 9.6 (2026-12-02; the other types untried, plain launches). Measured and dropped:
-a lane's eight consecutive units read as 16-byte words and cut in registers (mmvq_T_cR, branch
-qmmv9's first commit): 40-80% slower in all nine decode cases, each warp load instruction then
-touching 32 lines for the weights and again for src1's 256-byte strided units.
+Q8_0 10.3 -> 9.6 (2026-12-02; the other types untried, plain launches). PDLQ (CONFIG) makes
+quantize_q8 of Q4_0 / Q4_K nodes such a launch too, after whatever kernel is ahead of it.
+Measured and dropped: a lane's eight consecutive units read as 16-byte words and cut in
+registers (mmvq_T_cR, branch qmmv9's first commit): 40-80% slower in all nine decode cases, each
+warp load instruction then touching 32 lines for the weights and again for src1's 256-byte
+strided units.
 
 Rows and warps (CONFIG R2 / R4, K2 / K4, per type): at M = 4096 one warp a row gives an H200 31
 warps an SM, each walking its row's units one after another, and every warp loads src1's units
-again. Q4_0 and Q4_K take two rows a warp and two warps a row slot, Q8_0 four warps a row slot
+again. Q4_0 and Q4_K's kernel over its reordered copy (Q4_KR) take two rows a warp and two warps
+a row slot, Q8_0 four warps a row slot, Q4_K's tiled kernel over ggml's bytes one of each
 (measured: see CONFIG).
 
 Reordered rows (quant_reorder.py, Q4_0 and Q4_K): the plan gives the dot launch a device copy of
@@ -99,7 +102,7 @@ SOURCE = Path(__file__).with_name("quant_mmvq.cu")
 # 8.41 / 20.06 / 20.34 -> 8.02 / 19.61 / 19.75 (K2 8.25 / 18.79 / 20.54). Q4_K over ggml's bytes
 # (the tiles) measured best with one row a warp (R2 7.20 / 16.82 / 18.30, K2 8.05 / 20.39 / 19.78,
 # K2 with R2 8.55 / 16.89 / 20.08 against 6.97 / 17.24 / 15.82), but the kernel that runs is Q4_KR
-# over the reordered copy, with its type's grid, and that one gains from R2 and K2 (below).
+# over the reordered copy, with a grid of its own, and that one gains from R2 and K2 (below).
 # U2: bit T set, a lane issues the loads of two units before using either (Q4_0R).
 # Q4_0R / Q4_KR: quant_mmvq.cu's codes for Q4_0 / Q4_K rows reordered so that a unit's quants are
 # 16 contiguous bytes (quant_reorder.py), with bits of their own (Q4_0R: Q4_0's rows, split and
