@@ -92,11 +92,11 @@ def bench_variants(be: CudaBackend, plan, variants, runs: int, reps: int, copies
     try:
         for name, conf, knobs in variants:
             quant_mmvq.CONFIG.update(conf)
+            knobs = dict(knobs)
+            over_copy = knobs.pop("REORDER", 1)      # REORDER=0: the kernels over ggml's bytes
             for k, v in {**base_knobs, **knobs}.items():
-                if k != "REORDER":
-                    setattr(quant_mmvq, k, v)
+                setattr(quant_mmvq, k, v)
             seq = []
-            over_copy = knobs.get("REORDER", 1)      # REORDER=0: the kernels over ggml's bytes
             for n, args in firsts.items():
                 for la in quant_mmvq.launches(n, tuple(args[4:7]), bound.get(id(n)) if over_copy else None):
                     seq.append((la.kernel[la.grid, la.block, stream], args, n))

@@ -265,3 +265,20 @@ def test_reordered_rows_give_the_same_floats(type_, k, n, monkeypatch):
     assert bad == 0 and bad_p == 0
     np.testing.assert_array_equal(got, plain)
     _close(got, _cpu(node).reshape(got.shape))
+
+
+def test_launcher_takes_the_alternative_launch_once_it_is_ready():
+    """quant_mmvq._Launcher: when it is configured, the reordered copy's launch (an _Alt) replaces
+    the plain one, with its own function, name, grid and block, where its readiness test holds
+    (the plan binds the copy first); else the plain launch stays. Nothing is launched here."""
+    from minigraph.backends.cuda import quant_mmvq as qm
+
+    ready = [False]
+    alt = qm._Alt("fn_r", False, 64, lambda: ready[0], "mmvq_28_1k2", (7, 1, 1), 128)
+    la = qm._Launcher("fn", None, "mmvq_12_1", 0, True, alt)
+    plain = la[(5,), (128,), None]
+    assert (plain.kernel_name, plain.grid, plain.block, plain.smem) == ("mmvq_12_1", (5, 1, 1), (128, 1, 1), 0)
+    ready[0] = True
+    launch = la[(5,), (128,), None]
+    assert launch.kernel_name == "mmvq_28_1k2"
+    assert (launch.grid, launch.block, launch.smem) == ((7, 1, 1), (128, 1, 1), 64)

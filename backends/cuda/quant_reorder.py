@@ -63,7 +63,7 @@ def same_order(type_: int) -> dict:
     row a warp by default, faster over ggml's bytes, and Q4_KR takes its tiles in turn when split.)"""
     code = KINDS[type_][0]
     c = quant_mmvq.CONFIG
-    return {k: c[k] & ~(1 << type_) | (c[k] >> code & 1) << type_ for k in ("R2", "R4", "K2", "K4")}
+    return {k: c[k] & ~(1 << type_) | (c[k] >> code & 1) << type_ for k in quant_mmvq.ONE_ROW}
 
 
 def row_bytes(type_: int, nu: int) -> int:
